@@ -1,0 +1,1 @@
+//! anomaly_map (not yet implemented).

@@ -1,0 +1,1 @@
+//! ResNet-family backbones (torchvision layout) with BatchNorm folded at load time.

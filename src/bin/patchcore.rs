@@ -1,0 +1,2 @@
+//! The `patchcore` command-line tool.
+fn main() {}

@@ -1,0 +1,1 @@
+//! coreset (not yet implemented).

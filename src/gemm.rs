@@ -1,0 +1,28 @@
+//! The crate's one entry point for matrix products.
+//!
+//! STUB (to be replaced by the kernels work): a plain triple loop.
+
+/// `c[m×n] (+)= a[m×k] · b[k×n]`, all row-major and contiguous.
+/// With `accumulate == false`, `c` is overwritten.
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if !accumulate {
+        c[..m * n].fill(0.0);
+    }
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p];
+            for j in 0..n {
+                c[i * n + j] += av * b[p * n + j];
+            }
+        }
+    }
+}

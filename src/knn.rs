@@ -1,0 +1,1 @@
+//! knn (not yet implemented).

@@ -1,0 +1,21 @@
+//! PatchCore industrial anomaly detection on the CPU, in pure Rust.
+#![warn(missing_docs)]
+
+pub mod error;
+
+mod conv;
+mod gemm;
+mod pool;
+
+pub mod anomaly_map;
+pub mod backbone;
+pub mod coreset;
+pub mod embedding;
+pub mod knn;
+pub mod metrics;
+pub mod model;
+pub mod preprocess;
+pub mod scoring;
+pub mod segmentation;
+
+pub use error::{Error, Result};

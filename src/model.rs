@@ -1,0 +1,1 @@
+//! model (not yet implemented).

@@ -1,0 +1,1 @@
+//! preprocess (not yet implemented).

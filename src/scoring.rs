@@ -1,0 +1,1 @@
+//! scoring (not yet implemented).
