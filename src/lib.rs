@@ -3,13 +3,12 @@
 
 pub mod error;
 
-mod conv;
-mod gemm;
-mod pool;
+pub mod kernels;
 
 pub mod anomaly_map;
 pub mod backbone;
 pub mod coreset;
+pub mod dataset;
 pub mod embedding;
 pub mod knn;
 pub mod metrics;
@@ -17,5 +16,6 @@ pub mod model;
 pub mod preprocess;
 pub mod scoring;
 pub mod segmentation;
+pub mod visualize;
 
 pub use error::{Error, Result};

@@ -6,13 +6,13 @@
 ///
 /// `weight` is `[cout, cin, kh, kw]` row-major (PyTorch layout); `bias` has `cout` entries.
 #[derive(Debug, Clone)]
-pub(crate) struct Conv2d {
-    pub(crate) cout: usize,
-    pub(crate) cin: usize,
-    pub(crate) kh: usize,
-    pub(crate) kw: usize,
-    pub(crate) stride: usize,
-    pub(crate) pad: usize,
+pub struct Conv2d {
+    pub cout: usize,
+    pub cin: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
     weight: Vec<f32>,
     bias: Vec<f32>,
 }
@@ -20,7 +20,7 @@ pub(crate) struct Conv2d {
 impl Conv2d {
     /// Build from PyTorch-layout weights `[cout, cin, kh, kw]` and a bias of length `cout`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    pub fn new(
         cout: usize,
         cin: usize,
         kh: usize,
@@ -46,7 +46,7 @@ impl Conv2d {
     }
 
     /// Output spatial size for an `h × w` input.
-    pub(crate) fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         (
             (h + 2 * self.pad - self.kh) / self.stride + 1,
             (w + 2 * self.pad - self.kw) / self.stride + 1,
@@ -57,7 +57,7 @@ impl Conv2d {
     /// Computes `out = act(conv(input) + bias (+ residual))`, where `act` is ReLU when `relu`.
     /// `scratch` is reused between calls to avoid allocation.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward_image(
+    pub fn forward_image(
         &self,
         input: &[f32],
         h: usize,

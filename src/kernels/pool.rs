@@ -3,12 +3,12 @@
 //! STUB (to be replaced by the kernels work).
 
 /// Output size of a max-pool over `n` input cells.
-pub(crate) fn maxpool_out(n: usize, k: usize, stride: usize, pad: usize) -> usize {
+pub fn maxpool_out(n: usize, k: usize, stride: usize, pad: usize) -> usize {
     (n + 2 * pad - k) / stride + 1
 }
 
 /// Max pool of one `[c, h, w]` image into `[c, oh, ow]`; padded cells never win.
-pub(crate) fn maxpool2d(
+pub fn maxpool2d(
     input: &[f32],
     c: usize,
     h: usize,

@@ -1,0 +1,8 @@
+//! Numerical kernels: matrix products, convolution, pooling.
+//!
+//! These are public for benchmarks and advanced users; the rest of the crate goes through them
+//! for every matrix product.
+
+pub mod conv;
+pub mod gemm;
+pub mod pool;
