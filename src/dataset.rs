@@ -225,11 +225,20 @@ mod tests {
         touch(&d.join("ground_truth/crack/003_mask.png"));
         let c = Category::open(&d).unwrap();
         assert_eq!(c.name, "bottle");
-        assert_eq!(c.train, vec![d.join("train/good/000.png"), d.join("train/good/001.png")]);
+        assert_eq!(
+            c.train,
+            vec![d.join("train/good/000.png"), d.join("train/good/001.png")]
+        );
         assert_eq!(c.test.len(), 3);
         assert_eq!(c.test[0].defect, "crack");
-        assert_eq!(c.test[0].mask, Some(d.join("ground_truth/crack/001_mask.png")));
-        assert_eq!(c.test[1].mask, Some(d.join("ground_truth/crack/003_mask.png")));
+        assert_eq!(
+            c.test[0].mask,
+            Some(d.join("ground_truth/crack/001_mask.png"))
+        );
+        assert_eq!(
+            c.test[1].mask,
+            Some(d.join("ground_truth/crack/003_mask.png"))
+        );
         assert!(c.test[1].is_anomalous());
         assert_eq!(c.test[2].defect, "good");
         assert!(!c.test[2].is_anomalous());
@@ -252,11 +261,17 @@ mod tests {
         let d = tmpdir("empty").join("cat");
         std::fs::create_dir_all(d.join("train/good")).unwrap();
         touch(&d.join("test/good/000.png"));
-        assert!(matches!(Category::open(&d), Err(Error::InvalidInput { .. })));
+        assert!(matches!(
+            Category::open(&d),
+            Err(Error::InvalidInput { .. })
+        ));
         touch(&d.join("train/good/notes.txt"));
         let e = Category::open(&d).unwrap_err();
         assert!(e.to_string().contains("notes.txt"), "{e}");
-        assert!(matches!(Category::open(&tmpdir("none")), Err(Error::InvalidInput { .. })));
+        assert!(matches!(
+            Category::open(&tmpdir("none")),
+            Err(Error::InvalidInput { .. })
+        ));
     }
 
     #[test]
@@ -265,6 +280,9 @@ mod tests {
         touch(&d.join(".DS_Store"));
         touch(&d.join("a.PNG"));
         touch(&d.join("b.jpeg"));
-        assert_eq!(list_images(&d).unwrap(), vec![d.join("a.PNG"), d.join("b.jpeg")]);
+        assert_eq!(
+            list_images(&d).unwrap(),
+            vec![d.join("a.PNG"), d.join("b.jpeg")]
+        );
     }
 }

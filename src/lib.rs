@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+mod io_util;
 
 pub mod kernels;
 
