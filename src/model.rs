@@ -1,1 +1,0 @@
-//! model (not yet implemented).

@@ -1,0 +1,361 @@
+//! The PatchCore model: [`PatchCore::fit`] on normal images, [`PatchCore::predict`] on new ones,
+//! [`PatchCore::save`] / [`PatchCore::load`] to one safetensors file.
+
+mod file;
+mod params;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ndarray::{Array2, ArrayView2, ArrayView4, Axis};
+use rayon::prelude::*;
+
+pub use file::{BackboneSource, SaveOptions, FORMAT_VERSION};
+pub use params::{PatchCoreConfig, PatchCoreParams};
+
+use crate::anomaly_map;
+use crate::backbone::Backbone;
+use crate::coreset;
+use crate::embedding;
+use crate::error::{Error, Result};
+use crate::knn::{BruteForce, NearestNeighbours};
+use crate::preprocess::{self, ImageLimits};
+use crate::scoring;
+
+/// What [`PatchCore::fit`] reports while it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FitProgress {
+    /// Features of `done` of `total` training images have been extracted.
+    Features {
+        /// Images done so far.
+        done: usize,
+        /// Images in all.
+        total: usize,
+    },
+    /// Coreset selection started on a bank of `rows` patch features.
+    CoresetStarted {
+        /// Rows in the full memory bank.
+        rows: usize,
+        /// Rows the coreset will keep.
+        keep: usize,
+    },
+    /// Fitting finished; the memory bank holds `rows` rows.
+    Done {
+        /// Rows in the final memory bank.
+        rows: usize,
+    },
+}
+
+/// Wall-clock time spent in each stage of a call (for the caller to print or log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Decoding, resizing and normalising images.
+    pub preprocess: Duration,
+    /// The backbone forward pass.
+    pub backbone: Duration,
+    /// Patch embedding.
+    pub embedding: Duration,
+    /// Coreset selection (fit only).
+    pub coreset: Duration,
+    /// Nearest-neighbour search and scoring (predict only).
+    pub scoring: Duration,
+    /// Anomaly maps (predict only, when asked).
+    pub map: Duration,
+}
+
+impl Timings {
+    /// Sum of all stages.
+    pub fn total(&self) -> Duration {
+        self.preprocess + self.backbone + self.embedding + self.coreset + self.scoring + self.map
+    }
+}
+
+/// What to compute in [`PatchCore::predict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PredictOptions {
+    /// Compute the blurred anomaly map at the crop size (skip for score-only inspection).
+    pub anomaly_map: bool,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions { anomaly_map: true }
+    }
+}
+
+/// The result of scoring one image.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Image anomaly score (higher = more anomalous).
+    pub score: f32,
+    /// Patch scores on the patch grid (`h × w` of the first tapped layer).
+    pub patch_scores: Array2<f32>,
+    /// The anomaly map at the network input size (the crop), when asked for.
+    pub anomaly_map: Option<Array2<f32>>,
+    /// Index (row-major on the patch grid) of the patch that gave the image score.
+    pub max_patch: usize,
+}
+
+/// A fitted PatchCore model: a backbone, a configuration and a memory bank.
+#[derive(Debug)]
+pub struct PatchCore {
+    config: PatchCoreConfig,
+    backbone: Backbone,
+    index: BruteForce,
+    threshold: Option<f32>,
+}
+
+impl PatchCore {
+    /// Fits on already decoded normal images.
+    pub fn fit(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        images: &[RgbImage],
+        progress: &mut dyn FnMut(FitProgress),
+    ) -> Result<(PatchCore, Timings)> {
+        Self::fit_with(config, backbone, images.len(), |i| Ok(images[i].clone()), progress)
+    }
+
+    /// Fits on normal images read from files (decoded under `limits`).
+    pub fn fit_paths(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        paths: &[PathBuf],
+        limits: &ImageLimits,
+        progress: &mut dyn FnMut(FitProgress),
+    ) -> Result<(PatchCore, Timings)> {
+        Self::fit_with(
+            config,
+            backbone,
+            paths.len(),
+            |i| preprocess::load_rgb(&paths[i], limits),
+            progress,
+        )
+    }
+
+    fn fit_with(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        n: usize,
+        load: impl Fn(usize) -> Result<RgbImage> + Sync,
+        progress: &mut dyn FnMut(FitProgress),
+    ) -> Result<(PatchCore, Timings)> {
+        if n == 0 {
+            return Err(Error::input("fit needs at least one normal image"));
+        }
+        check_backbone(&config, &backbone)?;
+        let p = config.params();
+        let mut timings = Timings::default();
+        let mut bank: Vec<f32> = Vec::new();
+        let mut dim = 0;
+        let mut grid: Option<(usize, usize)> = None;
+        let mut done = 0;
+        for start in (0..n).step_by(p.batch_size) {
+            let end = (start + p.batch_size).min(n);
+            let t = Instant::now();
+            let images = (start..end)
+                .into_par_iter()
+                .map(&load)
+                .collect::<Result<Vec<_>>>()?;
+            let input = preprocess::preprocess_batch(&images, &p.preprocess)?;
+            timings.preprocess += t.elapsed();
+            let (emb, g) = embed_batch(&config, &backbone, input.view(), &mut timings)?;
+            if let Some(g0) = grid {
+                if g0 != g {
+                    return Err(Error::input(format!(
+                        "training images {start}..{end} give a {}×{} patch grid, earlier ones \
+                         {}×{}: all images must have the same size after preprocessing \
+                         (use a crop or an exact resize)",
+                        g.0, g.1, g0.0, g0.1
+                    )));
+                }
+            }
+            grid = Some(g);
+            dim = emb.ncols();
+            bank.extend(emb.iter());
+            done = end;
+            progress(FitProgress::Features { done, total: n });
+        }
+        debug_assert_eq!(done, n);
+        let rows = bank.len() / dim.max(1);
+        let bank = Array2::from_shape_vec((rows, dim), bank)
+            .map_err(|e| Error::input(format!("memory bank shape: {e}")))?;
+        let keep = coreset::coreset_size(rows, p.coreset.size)?;
+        progress(FitProgress::CoresetStarted { rows, keep });
+        let t = Instant::now();
+        let idx = coreset::select(bank.view(), &p.coreset)?;
+        let memory = bank.select(Axis(0), &idx);
+        drop(bank);
+        timings.coreset = t.elapsed();
+        let index = BruteForce::new(memory)?;
+        progress(FitProgress::Done { rows: index.len() });
+        Ok((
+            PatchCore {
+                config,
+                backbone,
+                index,
+                threshold: None,
+            },
+            timings,
+        ))
+    }
+
+    /// Builds a model from parts (a memory bank computed elsewhere, or one read from a file).
+    pub fn from_parts(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        memory_bank: Array2<f32>,
+        threshold: Option<f32>,
+    ) -> Result<PatchCore> {
+        check_backbone(&config, &backbone)?;
+        let index = BruteForce::new(memory_bank)?;
+        Ok(PatchCore {
+            config,
+            backbone,
+            index,
+            threshold,
+        })
+    }
+
+    /// Scores one decoded image.
+    pub fn predict(&self, image: &RgbImage, opts: PredictOptions) -> Result<(Prediction, Timings)> {
+        let (mut v, t) = self.predict_batch(std::slice::from_ref(image), opts)?;
+        let p = v.pop().ok_or_else(|| Error::input("no prediction"))?;
+        Ok((p, t))
+    }
+
+    /// Scores one image file (decoded under `limits`).
+    pub fn predict_path(
+        &self,
+        path: &Path,
+        limits: &ImageLimits,
+        opts: PredictOptions,
+    ) -> Result<(Prediction, Timings)> {
+        let t = Instant::now();
+        let img = preprocess::load_rgb(path, limits)?;
+        let decode = t.elapsed();
+        let (p, mut timings) = self.predict(&img, opts)?;
+        timings.preprocess += decode;
+        Ok((p, timings))
+    }
+
+    /// Scores a batch of decoded images (all must have the same size after preprocessing).
+    pub fn predict_batch(
+        &self,
+        images: &[RgbImage],
+        opts: PredictOptions,
+    ) -> Result<(Vec<Prediction>, Timings)> {
+        let t = Instant::now();
+        let input = preprocess::preprocess_batch(images, &self.config.params().preprocess)?;
+        let pre = t.elapsed();
+        let (preds, mut timings) = self.predict_tensor(input.view(), opts)?;
+        timings.preprocess += pre;
+        Ok((preds, timings))
+    }
+
+    /// Scores an already normalised NCHW batch.
+    pub fn predict_tensor(
+        &self,
+        input: ArrayView4<f32>,
+        opts: PredictOptions,
+    ) -> Result<(Vec<Prediction>, Timings)> {
+        let p = self.config.params();
+        let mut timings = Timings::default();
+        let (emb, (gh, gw)) = embed_batch(&self.config, &self.backbone, input, &mut timings)?;
+        let t = Instant::now();
+        let per_image = gh * gw;
+        let n = input.shape()[0];
+        let nn = self.index.k_nearest(emb.view(), p.scoring.k)?;
+        let all_scores = scoring::patch_scores(&nn, p.scoring.distance);
+        let mut preds = Vec::with_capacity(n);
+        for i in 0..n {
+            let rows = i * per_image..(i + 1) * per_image;
+            let scores = &all_scores[rows.clone()];
+            let s = scoring::image_score(
+                scores,
+                emb.slice(ndarray::s![rows, ..]),
+                &self.index,
+                &p.scoring,
+            )?;
+            let patch_scores = Array2::from_shape_vec((gh, gw), scores.to_vec())
+                .map_err(|e| Error::input(format!("patch grid: {e}")))?;
+            preds.push(Prediction {
+                score: s.score,
+                patch_scores,
+                anomaly_map: None,
+                max_patch: s.patch,
+            });
+        }
+        timings.scoring = t.elapsed();
+        if opts.anomaly_map {
+            let t = Instant::now();
+            let (h, w) = (input.shape()[2], input.shape()[3]);
+            for pred in &mut preds {
+                let scores = pred.patch_scores.as_slice().unwrap_or(&[]).to_vec();
+                pred.anomaly_map = Some(anomaly_map::anomaly_map(&scores, gh, gw, h, w, &p.map)?);
+            }
+            timings.map = t.elapsed();
+        }
+        Ok((preds, timings))
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &PatchCoreConfig {
+        &self.config
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// The memory bank (`rows × dim`).
+    pub fn memory_bank(&self) -> ArrayView2<'_, f32> {
+        self.index.bank()
+    }
+
+    /// The decision threshold stored with the model, if any.
+    pub fn threshold(&self) -> Option<f32> {
+        self.threshold
+    }
+
+    /// Sets (or clears) the decision threshold stored with the model.
+    pub fn set_threshold(&mut self, threshold: Option<f32>) {
+        self.threshold = threshold;
+    }
+}
+
+/// Backbone → embedding for one normalised batch; returns rows and the patch grid.
+fn embed_batch(
+    config: &PatchCoreConfig,
+    backbone: &Backbone,
+    input: ArrayView4<f32>,
+    timings: &mut Timings,
+) -> Result<(Array2<f32>, (usize, usize))> {
+    let t = Instant::now();
+    let feats = backbone.forward(input)?;
+    timings.backbone += t.elapsed();
+    let t = Instant::now();
+    let views: Vec<_> = feats.iter().map(|f| f.view()).collect();
+    let grid = (feats[0].shape()[2], feats[0].shape()[3]);
+    let emb = embedding::embed(&views, &config.params().aggregator)?;
+    timings.embedding += t.elapsed();
+    Ok((emb, grid))
+}
+
+fn check_backbone(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {
+    if backbone.taps() != config.params().layers.as_slice() {
+        return Err(Error::param(
+            "layers",
+            format!(
+                "the backbone taps {:?} but the configuration asks for {:?}; build the \
+                 backbone with the configuration's layers",
+                backbone.taps(),
+                config.params().layers
+            ),
+        ));
+    }
+    Ok(())
+}
