@@ -18,6 +18,7 @@ pub mod preprocess;
 pub mod scoring;
 pub mod segmentation;
 pub mod synthetic;
+pub mod tensor_io;
 pub mod visualize;
 
 pub use error::{Error, Result};
