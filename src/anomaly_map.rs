@@ -77,9 +77,7 @@ impl MapConfig {
             if r > 65_536.0 {
                 return Err(Error::param(
                     "sigma",
-                    format!(
-                        "kernel radius {r} (truncate·σ) is too large; at most 65536 supported"
-                    ),
+                    format!("kernel radius {r} (truncate·σ) is too large; at most 65536 supported"),
                 ));
             }
         }
@@ -333,10 +331,7 @@ mod tests {
     fn reflect_folds_repeatedly() {
         // n = 3, positions −7..=9: … 0 | 0 1 2 2 1 0 | 0 1 2 | 2 1 0 | 0 1 2 | 2
         let got: Vec<usize> = (-7..10).map(|p| reflect_index(p, 3)).collect();
-        assert_eq!(
-            got,
-            vec![0, 0, 1, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0, 1, 2, 2]
-        );
+        assert_eq!(got, vec![0, 0, 1, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0, 1, 2, 2]);
         assert_eq!(reflect_index(-1, 1), 0);
         assert_eq!(reflect_index(5, 1), 0);
     }

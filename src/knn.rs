@@ -284,7 +284,10 @@ fn row_norms_checked(rows: ArrayView2<f32>, what: &str) -> Result<Vec<f32>> {
     for (i, row) in rows.rows().into_iter().enumerate() {
         let s = match row.as_slice() {
             Some(s) => squared_norm(s),
-            None => row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>(),
+            None => row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>(),
         };
         // f64 cannot overflow on squares of finite f32 values, so NaN/inf here means the row
         // itself holds a NaN or an infinity.

@@ -215,7 +215,9 @@ pub fn reweight(d: &[f32]) -> f32 {
     let Some(&first) = d.first() else {
         return 0.0;
     };
-    let max = d.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(f64::from(v)));
+    let max = d
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &v| a.max(f64::from(v)));
     let denom: f64 = d.iter().map(|&v| (f64::from(v) - max).exp()).sum();
     let p0 = (f64::from(first) - max).exp() / denom;
     (1.0 - p0) as f32

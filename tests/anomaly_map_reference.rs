@@ -30,16 +30,31 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 #[test]
 fn vector_2_bilinear_and_nearest() {
     let bil = anomaly_map(&[0.0, 1.0], 1, 2, 1, 4, &no_blur(Upsample::Bilinear)).unwrap();
-    assert_close(bil.as_slice().unwrap(), &[0.0, 0.25, 0.75, 1.0], 1e-7, "bilinear");
+    assert_close(
+        bil.as_slice().unwrap(),
+        &[0.0, 0.25, 0.75, 1.0],
+        1e-7,
+        "bilinear",
+    );
     let near = anomaly_map(&[0.0, 1.0], 1, 2, 1, 4, &no_blur(Upsample::Nearest)).unwrap();
     assert_eq!(near.as_slice().unwrap(), &[0.0, 0.0, 1.0, 1.0]);
     // Same along the vertical axis.
     let bil = anomaly_map(&[0.0, 1.0], 2, 1, 4, 1, &no_blur(Upsample::Bilinear)).unwrap();
-    assert_close(bil.as_slice().unwrap(), &[0.0, 0.25, 0.75, 1.0], 1e-7, "bilinear y");
+    assert_close(
+        bil.as_slice().unwrap(),
+        &[0.0, 0.25, 0.75, 1.0],
+        1e-7,
+        "bilinear y",
+    );
     // arange(14) → 28 starts [0, .25, .75, 1.25].
     let ramp: Vec<f32> = (0..14).map(|v| v as f32).collect();
     let m = anomaly_map(&ramp, 1, 14, 1, 28, &no_blur(Upsample::Bilinear)).unwrap();
-    assert_close(&m.as_slice().unwrap()[..4], &[0.0, 0.25, 0.75, 1.25], 1e-7, "ramp");
+    assert_close(
+        &m.as_slice().unwrap()[..4],
+        &[0.0, 0.25, 0.75, 1.25],
+        1e-7,
+        "ramp",
+    );
     assert_eq!(m[[0, 27]], 13.0);
 }
 
@@ -57,7 +72,11 @@ fn vector_13_kernel_and_impulse() {
     let mut imp = Array2::<f32>::zeros((41, 41));
     imp[[20, 20]] = 1.0;
     let out = gaussian_blur(imp.view(), 4.0, 4.0).unwrap();
-    assert!((out[[20, 20]] - 0.009_947_89).abs() < 1e-8, "{}", out[[20, 20]]);
+    assert!(
+        (out[[20, 20]] - 0.009_947_89).abs() < 1e-8,
+        "{}",
+        out[[20, 20]]
+    );
     let total: f32 = out.iter().sum();
     assert!((total - 1.0).abs() < 1e-5, "sum {total}");
 }

@@ -48,12 +48,21 @@ fn check_against_naive(q: &Array2<f32>, bank: &Array2<f32>, k: usize) {
                 "query {i} rank {t}: distance {got_d} vs {want_d}"
             );
             if t > 0 {
-                assert!(nn.distances[[i, t]] >= nn.distances[[i, t - 1]], "not ascending");
+                assert!(
+                    nn.distances[[i, t]] >= nn.distances[[i, t - 1]],
+                    "not ascending"
+                );
             }
             // Compare indices only where the neighbour is separated from its neighbours in
             // the ranking (no near-ties).
-            let gap_before = if t > 0 { want_d - want[t - 1].0 } else { f64::INFINITY };
-            let gap_after = want[t + 1..].first().map_or(f64::INFINITY, |n| n.0 - want_d);
+            let gap_before = if t > 0 {
+                want_d - want[t - 1].0
+            } else {
+                f64::INFINITY
+            };
+            let gap_after = want[t + 1..]
+                .first()
+                .map_or(f64::INFINITY, |n| n.0 - want_d);
             if gap_before.min(gap_after) > 1e-4 * want_d.max(1e-3) {
                 assert_eq!(nn.indices[[i, t]], want_j, "query {i} rank {t}");
             }
@@ -187,7 +196,9 @@ fn bad_input_is_a_typed_error() {
         Err(Error::InvalidInput { .. })
     ));
     // No queries is fine.
-    let nn = bank.k_nearest(Array2::<f32>::zeros((0, 2)).view(), 2).unwrap();
+    let nn = bank
+        .k_nearest(Array2::<f32>::zeros((0, 2)).view(), 2)
+        .unwrap();
     assert_eq!(nn.distances.dim(), (0, 2));
     assert_eq!((bank.len(), bank.dim()), (2, 2));
 }

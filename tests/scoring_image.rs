@@ -49,7 +49,13 @@ fn b_one_is_the_plain_maximum() {
     }
     // A one-row bank cannot re-weight: plain maximum.
     let one = BruteForce::new(array![[0.0f32, 0.0]]).unwrap();
-    let s = image_score(&[1.0, 2.0], array![[0.0f32, 1.0], [0.0, 2.0]].view(), &one, &cfg(1, 9, Distance::Euclidean)).unwrap();
+    let s = image_score(
+        &[1.0, 2.0],
+        array![[0.0f32, 1.0], [0.0, 2.0]].view(),
+        &one,
+        &cfg(1, 9, Distance::Euclidean),
+    )
+    .unwrap();
     assert_eq!((s.patch, s.score, s.weight), (1, 2.0, 1.0));
 }
 
