@@ -115,11 +115,11 @@ pub fn anomaly_map(
     let grid = ArrayView2::from_shape((h, w), patch_scores)
         .map_err(|e| Error::input(format!("patch scores do not fit {h}×{w}: {e}")))?;
     let mut map = match cfg.upsample {
-        Upsample::Bilinear => bilinear(grid, out_h, out_w),
+        Upsample::Bilinear => bilinear(grid, out_h, out_w)?,
         Upsample::Nearest => nearest(grid, out_h, out_w),
     };
     if let Some(sigma) = cfg.sigma {
-        gaussian_blur_in_place(&mut map, sigma, cfg.truncate);
+        map = blur(map.view(), &kernel(sigma, cfg.truncate))?;
     }
     Ok(map)
 }
@@ -132,7 +132,7 @@ pub fn anomaly_map(
 /// than [`MAX_MAP_PIXELS`] pixels.
 pub fn resize_map(map: ArrayView2<f32>, out_h: usize, out_w: usize) -> Result<Array2<f32>> {
     check_sizes(map.nrows(), map.ncols(), out_h, out_w)?;
-    Ok(bilinear(map, out_h, out_w))
+    bilinear(map, out_h, out_w)
 }
 
 /// Separable Gaussian blur with scipy `'reflect'` borders, returning a new map.
@@ -146,7 +146,7 @@ pub fn gaussian_blur(map: ArrayView2<f32>, sigma: f32, truncate: f32) -> Result<
         truncate,
     }
     .validate()?;
-    Ok(blur(map, &kernel(sigma, truncate)))
+    blur(map, &kernel(sigma, truncate))
 }
 
 /// The normalised 1-D Gaussian kernel (`2·radius + 1` taps) used by the blur.
@@ -204,13 +204,13 @@ fn bilinear_taps(input: usize, output: usize) -> Taps {
     t
 }
 
-fn bilinear(src: ArrayView2<f32>, out_h: usize, out_w: usize) -> Array2<f32> {
+fn bilinear(src: ArrayView2<f32>, out_h: usize, out_w: usize) -> Result<Array2<f32>> {
     let (h, w) = src.dim();
     let ty = bilinear_taps(h, out_h);
     let tx = bilinear_taps(w, out_w);
     // Horizontal pass on the source rows, then vertical blend of two of them per output row.
-    let mut horiz = Array2::<f32>::zeros((h, out_w));
-    for (src_row, mut dst_row) in src.rows().into_iter().zip(horiz.rows_mut()) {
+    let mut horiz = vec![0.0f32; h * out_w];
+    for (src_row, dst_row) in src.rows().into_iter().zip(horiz.chunks_exact_mut(out_w)) {
         for (x, d) in dst_row.iter_mut().enumerate() {
             let a = src_row[tx.i0[x]];
             let b = src_row[tx.i1[x]];
@@ -218,16 +218,22 @@ fn bilinear(src: ArrayView2<f32>, out_h: usize, out_w: usize) -> Array2<f32> {
             *d = a + l * (b - a);
         }
     }
-    let mut out = Array2::<f32>::zeros((out_h, out_w));
-    for (y, mut dst_row) in out.rows_mut().into_iter().enumerate() {
-        let a = horiz.row(ty.i0[y]);
-        let b = horiz.row(ty.i1[y]);
+    let mut out = vec![0.0f32; out_h * out_w];
+    for (y, dst_row) in out.chunks_exact_mut(out_w).enumerate() {
+        let a = &horiz[ty.i0[y] * out_w..(ty.i0[y] + 1) * out_w];
+        let b = &horiz[ty.i1[y] * out_w..(ty.i1[y] + 1) * out_w];
         let l = ty.frac[y];
-        for ((d, &va), &vb) in dst_row.iter_mut().zip(a.iter()).zip(b.iter()) {
+        for ((d, &va), &vb) in dst_row.iter_mut().zip(a).zip(b) {
             *d = va + l * (vb - va);
         }
     }
-    out
+    to_array(out, out_h, out_w)
+}
+
+/// Wrap a row-major buffer (length checked by construction) as an array.
+fn to_array(data: Vec<f32>, h: usize, w: usize) -> Result<Array2<f32>> {
+    Array2::from_shape_vec((h, w), data)
+        .map_err(|e| Error::input(format!("internal map buffer does not fit {h}×{w}: {e}")))
 }
 
 /// PyTorch `nearest` source index: identity for equal sizes, `dst >> 1` for exact doubling,
@@ -280,17 +286,12 @@ fn reflect_index(pos: i64, n: usize) -> usize {
     (if p >= n { period - 1 - p } else { p }) as usize
 }
 
-/// Blur rows, then columns, with scipy `'reflect'` borders.
-fn gaussian_blur_in_place(map: &mut Array2<f32>, sigma: f32, truncate: f32) {
-    *map = blur(map.view(), &kernel(sigma, truncate));
-}
-
 /// Separable convolution of `src` with the odd-length kernel `k` (rows first, then columns).
-fn blur(src: ArrayView2<f32>, k: &[f32]) -> Array2<f32> {
+fn blur(src: ArrayView2<f32>, k: &[f32]) -> Result<Array2<f32>> {
     let r = (k.len() - 1) / 2;
     let (h, w) = src.dim();
     if h == 0 || w == 0 {
-        return src.to_owned();
+        return Ok(src.to_owned());
     }
     // Rows: pad each row into `padded` (length w + 2r), then out[x] = Σ_t k[t]·padded[x + t].
     let pad_idx: Vec<usize> = (0..w + 2 * r)
@@ -310,8 +311,8 @@ fn blur(src: ArrayView2<f32>, k: &[f32]) -> Array2<f32> {
         }
     }
     // Columns: out_row[y] = Σ_t k[t]·rows[reflect(y + t − r)], vectorised along x.
-    let mut out = Array2::<f32>::zeros((h, w));
-    for (y, mut out_row) in out.rows_mut().into_iter().enumerate() {
+    let mut out = vec![0.0f32; h * w];
+    for (y, out_row) in out.chunks_exact_mut(w).enumerate() {
         for (t, &kt) in k.iter().enumerate() {
             let sy = reflect_index(y as i64 + t as i64 - r as i64, h);
             let in_row = &rows[sy * w..(sy + 1) * w];
@@ -320,7 +321,7 @@ fn blur(src: ArrayView2<f32>, k: &[f32]) -> Array2<f32> {
             }
         }
     }
-    out
+    to_array(out, h, w)
 }
 
 #[cfg(test)]
