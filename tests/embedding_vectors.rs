@@ -10,7 +10,10 @@ use patchcore::Error;
 fn close(a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "length mismatch: {a:?} vs {b:?}");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol, "index {i}: {x} vs {y} (all: {a:?} vs {b:?})");
+        assert!(
+            (x - y).abs() <= tol,
+            "index {i}: {x} vs {y} (all: {a:?} vs {b:?})"
+        );
     }
 }
 
@@ -86,10 +89,7 @@ fn avg_pool_borders() {
 }
 
 fn tiny_layers() -> (Array4<f32>, Array4<f32>) {
-    (
-        array![[[[1.0f32, 2.0], [3.0, 4.0]]]],
-        array![[[[8.0f32]]]],
-    )
+    (array![[[[1.0f32, 2.0], [3.0, 4.0]]]], array![[[[8.0f32]]]])
 }
 
 const TINY_TOP: [f32; 4] = [0.5, 5.0 / 3.0, 4.0 / 3.0, 4.0 / 3.0];
@@ -138,7 +138,11 @@ fn tiny_average_embedding() {
     .unwrap();
     assert_eq!(rows.dim(), (4, 2));
     for r in 0..4 {
-        close(rows.row(r).as_slice().unwrap(), &[10.0 / 9.0, 8.0 / 9.0], 1e-6);
+        close(
+            rows.row(r).as_slice().unwrap(),
+            &[10.0 / 9.0, 8.0 / 9.0],
+            1e-6,
+        );
     }
     let rows = embed(
         &[a.view(), b.view()],
@@ -276,7 +280,10 @@ fn parameter_validation() {
 fn input_errors() {
     let agg = Aggregator::default();
     let empty: [ArrayView4<f32>; 0] = [];
-    assert!(matches!(embed(&empty, &agg), Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        embed(&empty, &agg),
+        Err(Error::InvalidInput { .. })
+    ));
     let a = Array4::<f32>::ones((2, 4, 3, 3));
     let b = Array4::<f32>::ones((1, 4, 2, 2));
     let err = embed(&[a.view(), b.view()], &agg).unwrap_err();

@@ -52,11 +52,7 @@ impl PooledLayer {
 }
 
 /// Average-aggregator embedding of already validated taps.
-pub(crate) fn embed(
-    taps: &[Tap<'_>],
-    p: usize,
-    target_dim: Option<usize>,
-) -> Result<Array2<f32>> {
+pub(crate) fn embed(taps: &[Tap<'_>], p: usize, target_dim: Option<usize>) -> Result<Array2<f32>> {
     let (n, h, w) = (taps[0].n, taps[0].h, taps[0].w);
     let concat_dim = taps
         .iter()

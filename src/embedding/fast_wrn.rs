@@ -81,9 +81,10 @@ pub(crate) fn embed(taps: &[Tap<'_>]) -> Result<Array2<f32>> {
             let t = ty[y];
             for (x, cell) in chunk.chunks_exact_mut(D).enumerate() {
                 let (e2, e3) = cell.split_at_mut(C2);
-                // layer2: centre-weighted 3×3 depthwise filter.
+                // layer2: centre-weighted 3×3 depthwise filter. Start from the centre once; the
+                // window loop below adds it a second time.
                 let centre = &t2_img[(y * w + x) * C2..(y * w + x + 1) * C2];
-                e2.iter_mut().zip(centre).for_each(|(o, &v)| *o = v + v);
+                e2.copy_from_slice(centre);
                 for yy in y.saturating_sub(1)..(y + 2).min(h) {
                     for xx in x.saturating_sub(1)..(x + 2).min(w) {
                         let nb = &t2_img[(yy * w + xx) * C2..(yy * w + xx + 1) * C2];

@@ -44,7 +44,9 @@ impl PaddedLayer {
             .enumerate()
             .for_each(|(img, dst)| {
                 let src = tap.image(img);
-                for (plane_src, plane_dst) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(hp * wp)) {
+                for (plane_src, plane_dst) in
+                    src.chunks_exact(h * w).zip(dst.chunks_exact_mut(hp * wp))
+                {
                     for (row_src, row_dst) in plane_src
                         .chunks_exact(w)
                         .zip(plane_dst.chunks_exact_mut(wp).skip(pad))
@@ -131,7 +133,10 @@ pub(crate) fn embed(
         .len()
         .checked_mul(pre_dim)
         .ok_or_else(|| Error::LimitExceeded {
-            reason: format!("embedding: {} layers × pre_dim {pre_dim} overflows", taps.len()),
+            reason: format!(
+                "embedding: {} layers × pre_dim {pre_dim} overflows",
+                taps.len()
+            ),
         })?;
     let layers = taps
         .iter()

@@ -179,9 +179,7 @@ pub fn embed(layers: &[ArrayView4<f32>], agg: &Aggregator) -> Result<Array2<f32>
         Aggregator::Average {
             patch_size,
             target_dim,
-        } => {
-            average::embed(&contiguous(layers), patch_size, target_dim)
-        }
+        } => average::embed(&contiguous(layers), patch_size, target_dim),
     }
 }
 
@@ -309,7 +307,9 @@ pub(crate) fn alloc_output(n: usize, h: usize, w: usize, dim: usize) -> Result<A
         .ok_or_else(|| Error::LimitExceeded {
             reason: format!("embedding: {n} images × {h}×{w} cells overflows the row count"),
         })?;
-    let total = rows.checked_mul(dim).filter(|&t| t <= isize::MAX as usize / 4);
+    let total = rows
+        .checked_mul(dim)
+        .filter(|&t| t <= isize::MAX as usize / 4);
     if total.is_none() {
         return Err(Error::LimitExceeded {
             reason: format!("embedding: output of {rows} rows × {dim} dims is too large"),

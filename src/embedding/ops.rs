@@ -96,7 +96,12 @@ pub(crate) fn linear_taps(in_len: usize, out_len: usize) -> Vec<LinTap> {
 #[inline]
 pub(crate) fn blend_hwc(hwc: &[f32], w: usize, c: usize, ty: LinTap, tx: LinTap, out: &mut [f32]) {
     let at = |y: usize, x: usize| &hwc[(y * w + x) * c..(y * w + x + 1) * c];
-    let (v00, v01, v10, v11) = (at(ty.i0, tx.i0), at(ty.i0, tx.i1), at(ty.i1, tx.i0), at(ty.i1, tx.i1));
+    let (v00, v01, v10, v11) = (
+        at(ty.i0, tx.i0),
+        at(ty.i0, tx.i1),
+        at(ty.i1, tx.i0),
+        at(ty.i1, tx.i1),
+    );
     for (m, o) in out.iter_mut().enumerate() {
         let top = tx.w0 * v00[m] + tx.w1 * v01[m];
         let bottom = tx.w0 * v10[m] + tx.w1 * v11[m];
