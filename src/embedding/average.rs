@@ -5,7 +5,7 @@
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use super::ops::{blend_hwc, box_sum_plane, linear_taps, pool_into, LinTap};
+use super::ops::{blend_hwc, box_sum_plane, chw_to_hwc, linear_taps, pool_into, LinTap};
 use super::{alloc_output, Tap};
 use crate::{Error, Result};
 
@@ -26,20 +26,26 @@ impl PooledLayer {
         let per_image = hw.checked_mul(c).ok_or_else(|| Error::LimitExceeded {
             reason: format!("embedding: layer [{}, {c}, {h}, {w}] is too large", tap.n),
         })?;
-        let mut data = vec![0.0f32; per_image * tap.n];
         let divisor = (p * p) as f32;
-        data.par_chunks_mut(per_image)
-            .enumerate()
-            .for_each(|(img, dst)| {
-                let mut tmp = vec![0.0f32; hw];
-                let mut sum = vec![0.0f32; hw];
-                for (ch, plane) in tap.image(img).chunks_exact(hw).enumerate() {
-                    box_sum_plane(plane, h, w, p, &mut tmp, &mut sum);
-                    for (i, &s) in sum.iter().enumerate() {
-                        dst[i * c + ch] = s / divisor;
-                    }
-                }
-            });
+        // Pool every plane in parallel (channel-first), then transpose to channel-last.
+        let mut chw = vec![0.0f32; per_image * tap.n];
+        chw.par_chunks_mut(hw).enumerate().for_each_init(
+            || vec![0.0f32; hw],
+            |tmp, (plane, dst)| {
+                let (img, ch) = (plane / c, plane % c);
+                box_sum_plane(&tap.image(img)[ch * hw..(ch + 1) * hw], h, w, p, tmp, dst);
+                dst.iter_mut().for_each(|v| *v /= divisor);
+            },
+        );
+        let mut data = vec![0.0f32; per_image * tap.n];
+        for img in 0..tap.n {
+            chw_to_hwc(
+                &chw[img * per_image..(img + 1) * per_image],
+                c,
+                hw,
+                &mut data[img * per_image..(img + 1) * per_image],
+            );
+        }
         Ok(PooledLayer {
             data,
             c,

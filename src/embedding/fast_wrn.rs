@@ -11,7 +11,7 @@
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use super::ops::{blend_hwc, box_sum_plane, linear_taps};
+use super::ops::{blend_hwc, box_sum_plane, chw_to_hwc, linear_taps};
 use super::{alloc_output, Tap};
 use crate::{Error, Result};
 
@@ -37,33 +37,39 @@ pub(crate) fn embed(taps: &[Tap<'_>]) -> Result<Array2<f32>> {
     let hw = h * w;
     let hw3 = h3 * w3;
 
-    // Phase 1, per image: layer2 transposed to [h, w, 512]; layer3 filtered (3×3 mean), channel
-    // pairs averaged, transposed to [h3, w3, 512].
+    // Phase 1: layer3 filtered (3×3 sum ÷ 9) and channel pairs averaged, one plane per task;
+    // then both layer2 and that result transposed to channel-last [h·w, 512] per image.
+    let mut g3_chw = vec![0.0f32; n * HALF * hw3];
+    g3_chw.par_chunks_mut(hw3).enumerate().for_each_init(
+        || (vec![0.0f32; hw3], vec![0.0f32; hw3], vec![0.0f32; hw3]),
+        |(tmp, sa, sb), (plane, dst)| {
+            let (img, m) = (plane / HALF, plane % HALF);
+            let src = &l3.image(img)[2 * m * hw3..(2 * m + 2) * hw3];
+            let (a, b) = src.split_at(hw3);
+            box_sum_plane(a, h3, w3, 3, tmp, sa);
+            box_sum_plane(b, h3, w3, 3, tmp, sb);
+            for ((o, &va), &vb) in dst.iter_mut().zip(sa.iter()).zip(sb.iter()) {
+                *o = 0.5 * (va / 9.0 + vb / 9.0);
+            }
+        },
+    );
     let mut t2 = vec![0.0f32; n * hw * C2];
     let mut g3 = vec![0.0f32; n * hw3 * HALF];
-    t2.par_chunks_mut(hw * C2)
-        .zip(g3.par_chunks_mut(hw3 * HALF))
-        .enumerate()
-        .for_each(|(img, (t2_img, g3_img))| {
-            let src2 = l2.image(img);
-            for (c, plane) in src2.chunks_exact(hw).enumerate() {
-                for (i, &v) in plane.iter().enumerate() {
-                    t2_img[i * C2 + c] = v;
-                }
-            }
-            let src3 = l3.image(img);
-            let mut tmp = vec![0.0f32; hw3];
-            let mut sa = vec![0.0f32; hw3];
-            let mut sb = vec![0.0f32; hw3];
-            for (m, pair) in src3.chunks_exact(2 * hw3).enumerate() {
-                let (a, b) = pair.split_at(hw3);
-                box_sum_plane(a, h3, w3, 3, &mut tmp, &mut sa);
-                box_sum_plane(b, h3, w3, 3, &mut tmp, &mut sb);
-                for (i, (&va, &vb)) in sa.iter().zip(&sb).enumerate() {
-                    g3_img[i * HALF + m] = 0.5 * (va / 9.0 + vb / 9.0);
-                }
-            }
-        });
+    for img in 0..n {
+        chw_to_hwc(
+            l2.image(img),
+            C2,
+            hw,
+            &mut t2[img * hw * C2..(img + 1) * hw * C2],
+        );
+        chw_to_hwc(
+            &g3_chw[img * HALF * hw3..(img + 1) * HALF * hw3],
+            HALF,
+            hw3,
+            &mut g3[img * hw3 * HALF..(img + 1) * hw3 * HALF],
+        );
+    }
+    drop(g3_chw);
 
     let ty = linear_taps(h3, h);
     let tx = linear_taps(w3, w);

@@ -3,6 +3,7 @@
 //! `count_include_pad`.
 
 use ndarray::{Array3, ArrayView3};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -107,6 +108,27 @@ pub(crate) fn blend_hwc(hwc: &[f32], w: usize, c: usize, ty: LinTap, tx: LinTap,
         let bottom = tx.w0 * v10[m] + tx.w1 * v11[m];
         *o = ty.w0 * top + ty.w1 * bottom;
     }
+}
+
+/// Number of grid positions per task in [`chw_to_hwc`] (16 floats = one cache line per channel
+/// read; 16 output rows per task).
+const TRANSPOSE_BLOCK: usize = 16;
+
+/// Parallel transpose of one image's `[C, HW]` block into `[HW, C]`, in blocks of positions so
+/// that reads are cache-line sized and each task's output stays in cache.
+pub(crate) fn chw_to_hwc(src: &[f32], c: usize, hw: usize, dst: &mut [f32]) {
+    dst.par_chunks_mut(c * TRANSPOSE_BLOCK)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let i0 = block * TRANSPOSE_BLOCK;
+            let k = out.len() / c;
+            for ch in 0..c {
+                let col = &src[ch * hw + i0..ch * hw + i0 + k];
+                for (j, &v) in col.iter().enumerate() {
+                    out[j * c + ch] = v;
+                }
+            }
+        });
 }
 
 /// Bilinear resize of a `[C, H, W]` stack of maps to `[C, out_h, out_w]`, with PyTorch's
