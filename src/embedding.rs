@@ -1,1 +1,0 @@
-//! embedding (not yet implemented).
