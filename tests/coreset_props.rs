@@ -42,8 +42,8 @@ fn naive_traverse(
         }
         let s = best.unwrap();
         out.push(s);
-        for i in 0..n {
-            keys[i] = keys[i].min(dist(z, i, s));
+        for (i, key) in keys.iter_mut().enumerate() {
+            *key = key.min(dist(z, i, s));
         }
     }
     out
