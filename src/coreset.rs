@@ -1,1 +1,0 @@
-//! coreset (not yet implemented).

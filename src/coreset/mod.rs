@@ -1,0 +1,270 @@
+//! Memory-bank subsampling (coreset selection), SPEC §4.
+//!
+//! PatchCore keeps only a representative subset of the memory bank: a *coreset* chosen so that
+//! every bank row lies close to some kept row. This module offers
+//!
+//! * [`Sampler::Greedy`] (default): random-start greedy k-center (farthest-first traversal) on a
+//!   seeded dense random projection of the bank. The random first element **is** part of the
+//!   coreset.
+//! * [`Sampler::ApproximateGreedy`]: the original implementation's approximate greedy sampler
+//!   (several random starts whose mean distance caps the initial key; the starts are not
+//!   emitted).
+//! * [`Sampler::Random`]: uniform subsampling without replacement.
+//! * [`Sampler::None`]: keep the whole bank.
+//!
+//! # Distances and ties
+//! Selection uses the Euclidean distance `Δ(x, y) = sqrt(Σ_j (x_j − y_j)²)`, evaluated in `f32`
+//! in the difference form (exactly `0` for identical rows) with a fixed summation order, so the
+//! chosen indices do not depend on the number of threads or on the machine. The farthest row is
+//! found with `argmax`; ties go to the **lowest** row index. A row that has been emitted is never
+//! emitted again, even when every remaining row coincides with an emitted one.
+//!
+//! # Reproducibility
+//! Everything random comes from one `u64` seed ([`CoresetConfig::seed`]):
+//! the projection matrix is drawn from `ChaCha8Rng::seed_from_u64(seed)` (stream 0), the sampler's
+//! draws (greedy first element, approximate-greedy starts, random subset) from
+//! `ChaCha8Rng::seed_from_u64(seed)` switched to stream 1 with `set_stream(1)`. The greedy first
+//! element is `rng.random_range(0..N)` on that stream; the starts and the random subset are
+//! `rand::seq::index::sample(&mut rng, N, amount)` in the order it returns them.
+//!
+//! # Example
+//! ```
+//! use ndarray::Array2;
+//! use patchcore::coreset::{select, CoresetConfig, CoresetSize};
+//!
+//! let bank = Array2::from_shape_fn((100, 8), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
+//! let cfg = CoresetConfig { size: CoresetSize::Ratio(0.1), ..CoresetConfig::default() };
+//! let idx = select(bank.view(), &cfg).unwrap();
+//! assert_eq!(idx.len(), 10);
+//! ```
+
+mod greedy;
+mod projection;
+
+pub use greedy::{approximate_greedy_from, greedy_from};
+pub use projection::project;
+
+use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{Error, Result};
+
+/// How the coreset is chosen from the memory bank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sampler {
+    /// Random-start greedy k-center (farthest-first) on the projected bank. The first element is
+    /// drawn uniformly from the seeded RNG and is emitted as the first coreset row.
+    #[default]
+    Greedy,
+    /// The original implementation's approximate greedy sampler: `min(starts, N)` distinct start
+    /// rows drawn from the seeded RNG; the initial key of every row is its mean distance to the
+    /// starts (the starts themselves are not emitted); then farthest-first.
+    ApproximateGreedy {
+        /// Number of random start rows (the original uses 10). Must be at least 1.
+        starts: usize,
+    },
+    /// Uniform random subset without replacement (seeded).
+    Random,
+    /// No subsampling: every row, in bank order. [`CoresetConfig::size`] is ignored.
+    None,
+}
+
+impl Sampler {
+    /// The original implementation's approximate greedy sampler with its 10 starts.
+    pub const APPROXIMATE_GREEDY_DEFAULT: Sampler = Sampler::ApproximateGreedy { starts: 10 };
+}
+
+/// How many rows the coreset keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CoresetSize {
+    /// A fraction `f ∈ (0, 1]` of the bank: `k = trunc(N·f)` computed in `f64` (Python
+    /// `int(N * f)`), but at least 1 row for a non-empty bank. `1.0` keeps every row.
+    Ratio(f64),
+    /// An exact number of rows, `1 ≤ k ≤ N`.
+    Count(usize),
+}
+
+impl Default for CoresetSize {
+    /// `Ratio(0.1)`, the paper's 10 % coreset.
+    fn default() -> Self {
+        CoresetSize::Ratio(0.1)
+    }
+}
+
+/// Configuration of the coreset selection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoresetConfig {
+    /// The selection algorithm.
+    pub sampler: Sampler,
+    /// How many rows to keep.
+    pub size: CoresetSize,
+    /// Dimension of the random projection the greedy samplers work on (default 128). `0`, or a
+    /// value equal to the bank's row length, means no projection.
+    pub projection_dim: usize,
+    /// Seed of every random draw (projection matrix and sampler).
+    pub seed: u64,
+}
+
+impl Default for CoresetConfig {
+    fn default() -> Self {
+        CoresetConfig {
+            sampler: Sampler::default(),
+            size: CoresetSize::default(),
+            projection_dim: 128,
+            seed: 0,
+        }
+    }
+}
+
+impl CoresetConfig {
+    /// Checks the parameters that do not depend on the bank.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a ratio outside `(0, 1]` (or NaN), a count of 0, or an
+    /// approximate greedy sampler with 0 starts.
+    pub fn validate(&self) -> Result<()> {
+        match self.size {
+            CoresetSize::Ratio(f) => {
+                // Written so that NaN fails too.
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(Error::param(
+                        "coreset ratio",
+                        format!("must lie in (0, 1] (1.0 keeps every row), got {f}"),
+                    ));
+                }
+            }
+            CoresetSize::Count(0) => {
+                return Err(Error::param(
+                    "coreset count",
+                    "must be at least 1 (use Sampler::None to keep every row)",
+                ));
+            }
+            CoresetSize::Count(_) => {}
+        }
+        if let Sampler::ApproximateGreedy { starts: 0 } = self.sampler {
+            return Err(Error::param(
+                "coreset starts",
+                "the approximate greedy sampler needs at least 1 start (the original uses 10)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Number of rows a coreset of `size` keeps from a bank of `n` rows.
+///
+/// `Ratio(f)` gives `trunc(n·f)` computed in `f64`, exactly Python's `int(n * f)`
+/// (e.g. `int(163856 · 0.1) = 16385`, `int(100 · 0.29) = 28`); when that truncates to 0 on a
+/// non-empty bank the result is 1, so a coreset is never empty. `Count(k)` gives `k`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when `n == 0`; [`Error::InvalidParameter`] for an invalid ratio, a
+/// count of 0, or a count larger than `n`.
+pub fn coreset_size(n: usize, size: CoresetSize) -> Result<usize> {
+    if n == 0 {
+        return Err(Error::input(
+            "the memory bank is empty: there is nothing to subsample",
+        ));
+    }
+    CoresetConfig {
+        size,
+        ..CoresetConfig::default()
+    }
+    .validate()?;
+    match size {
+        CoresetSize::Ratio(f) => {
+            let k = (n as f64 * f).trunc() as usize;
+            Ok(k.clamp(1, n))
+        }
+        CoresetSize::Count(k) if k > n => Err(Error::param(
+            "coreset count",
+            format!("asks for {k} rows but the memory bank has only {n}"),
+        )),
+        CoresetSize::Count(k) => Ok(k),
+    }
+}
+
+/// The sampler's RNG: the seed's ChaCha8 stream 1 (stream 0 draws the projection).
+fn sampler_rng(seed: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(1);
+    rng
+}
+
+/// Chooses the coreset rows of `bank` (`N × D`, one memory-bank row per embedding).
+///
+/// Returns the chosen row indices into `bank`, in selection order (for the greedy samplers the
+/// order of the farthest-first traversal, so the first `j` indices are the coreset of size `j`).
+/// The greedy samplers run on the projection of the bank (see [`project`]); the indices refer to
+/// the original rows.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for an invalid configuration (see [`CoresetConfig::validate`],
+/// [`coreset_size`]); [`Error::InvalidInput`] for an empty bank, rows of length 0, or
+/// non-finite values (in the bank or in its projection).
+pub fn select(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Vec<usize>> {
+    cfg.validate()?;
+    let (n, d) = bank.dim();
+    if n == 0 {
+        return Err(Error::input(
+            "the memory bank is empty: there is nothing to subsample",
+        ));
+    }
+    if d == 0 {
+        return Err(Error::input(format!(
+            "the memory bank has {n} rows of length 0"
+        )));
+    }
+    if let Sampler::None = cfg.sampler {
+        return Ok((0..n).collect());
+    }
+    let k = coreset_size(n, cfg.size)?;
+    if let Some(pos) = bank.iter().position(|v| !v.is_finite()) {
+        return Err(Error::input(format!(
+            "the memory bank holds a non-finite value at row {}, column {}",
+            pos / d,
+            pos % d
+        )));
+    }
+    let mut rng = sampler_rng(cfg.seed);
+    match cfg.sampler {
+        Sampler::None => Ok((0..n).collect()),
+        Sampler::Random => Ok(rand::seq::index::sample(&mut rng, n, k).into_vec()),
+        Sampler::Greedy => {
+            let first = rng.random_range(0..n);
+            let z = projected(bank, cfg)?;
+            greedy_from(z.view(), first, k)
+        }
+        Sampler::ApproximateGreedy { starts } => {
+            let starts = rand::seq::index::sample(&mut rng, n, starts.min(n)).into_vec();
+            let z = projected(bank, cfg)?;
+            approximate_greedy_from(z.view(), &starts, k)
+        }
+    }
+}
+
+/// The bank the greedy samplers work on: borrowed when no projection applies.
+fn projected<'a>(bank: ArrayView2<'a, f32>, cfg: &CoresetConfig) -> Result<CowArray<'a, f32, Ix2>> {
+    let d = bank.ncols();
+    if cfg.projection_dim == 0 || cfg.projection_dim == d {
+        return Ok(CowArray::from(bank));
+    }
+    let z = project(bank, cfg.projection_dim, cfg.seed)?;
+    if z.iter().any(|v| !v.is_finite()) {
+        return Err(Error::input(
+            "the random projection of the memory bank overflows f32: the bank values are too large",
+        ));
+    }
+    Ok(CowArray::from(z))
+}
+
+/// Chooses the coreset like [`select`] and returns its rows (copies of the chosen bank rows, in
+/// selection order).
+///
+/// # Errors
+/// As [`select`].
+pub fn subsample(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Array2<f32>> {
+    let idx = select(bank, cfg)?;
+    Ok(bank.select(Axis(0), &idx))
+}
