@@ -51,9 +51,7 @@ fn bench(c: &mut Criterion) {
     let mv: Vec<_> = masks.iter().map(|m| m.view()).collect();
     let av: Vec<_> = maps.iter().map(|m| m.view()).collect();
     let mut g = c.benchmark_group("metrics_83x224x224");
-    g.bench_function("pixel_auroc", |b| {
-        b.iter(|| pixel_auroc(&mv, &av).unwrap())
-    });
+    g.bench_function("pixel_auroc", |b| b.iter(|| pixel_auroc(&mv, &av).unwrap()));
     g.bench_function("aupro_mvtec_reference", |b| {
         b.iter(|| aupro(&mv, &av, &AuproConfig::default()).unwrap())
     });

@@ -220,3 +220,15 @@ fn decisions() {
     let d = Decision::new(0.7, 0.5);
     assert_eq!((d.score, d.threshold, d.anomalous), (0.7, 0.5, true));
 }
+
+#[test]
+fn f1_threshold_round_trips_negative_scores() {
+    // t = −0.3: TP 2, FP 0 → F1 = 1; the threshold is reported exactly.
+    let y = [true, false, true];
+    let r = f1_max(&y, &[-0.3f32, -0.9, -0.1]).unwrap();
+    assert_eq!((r.f1, r.threshold), (1.0, f64::from(-0.3f32)));
+    let r = f1_max(&y, &[-0.3f64, -0.9, -0.1]).unwrap();
+    assert_eq!(r.threshold, -0.3);
+    let r = f1_max(&[true, false], &[-0.0f32, -1.0]).unwrap();
+    assert_eq!(r.threshold, 0.0);
+}

@@ -1,6 +1,6 @@
 //! Area under the per-region-overlap (PRO) curve.
 
-use super::{check_masks_maps, sort_scores, sort_tagged_desc, Score};
+use super::{check_masks_maps, sort_keys, sort_tagged_desc, Score};
 use crate::segmentation::{connected_components, Connectivity};
 use crate::{Error, Result};
 use ndarray::ArrayView2;
@@ -100,16 +100,16 @@ pub fn aupro<S: Score>(
     }
     let total = check_masks_maps(masks, maps)?;
     let n_defect: usize = masks.iter().map(|m| m.iter().filter(|&&b| b).count()).sum();
-    let mut normal: Vec<S> = Vec::with_capacity(total - n_defect);
+    let mut normal: Vec<S::Key> = Vec::with_capacity(total - n_defect);
     // (score, global region index) for every defect pixel.
-    let mut defect: Vec<(S, u32)> = Vec::with_capacity(n_defect);
+    let mut defect: Vec<(S::Key, u32)> = Vec::with_capacity(n_defect);
     let mut region_sizes: Vec<usize> = Vec::new();
     for (i, (m, a)) in masks.iter().zip(maps).enumerate() {
         if a.iter().any(|s| s.is_nan()) {
             return Err(Error::input(format!("anomaly map {i} contains NaN scores")));
         }
         if !m.iter().any(|&b| b) {
-            normal.extend(a.iter().copied());
+            normal.extend(a.iter().map(|s| s.key()));
             continue;
         }
         let cc = connected_components(m.view(), Connectivity::Eight);
@@ -122,9 +122,9 @@ pub fn aupro<S: Score>(
         }
         for (&lab, &s) in cc.labels.iter().zip(a.iter()) {
             if lab == 0 {
-                normal.push(s);
+                normal.push(s.key());
             } else {
-                defect.push((s, (base + lab as usize - 1) as u32));
+                defect.push((s.key(), (base + lab as usize - 1) as u32));
             }
         }
     }
@@ -138,7 +138,7 @@ pub fn aupro<S: Score>(
             "AUPRO needs at least one normal pixel; every ground-truth mask is full",
         ));
     }
-    sort_scores(&mut normal);
+    sort_keys(&mut normal);
     sort_tagged_desc(&mut defect);
     let inv_size: Vec<f64> = region_sizes.iter().map(|&s| 1.0 / s as f64).collect();
     let n_regions = region_sizes.len() as f64;
@@ -159,8 +159,8 @@ pub fn aupro<S: Score>(
                     ((i as f64 * step) as usize).min(n - 1)
                 }
             };
-            let point = |p: usize, pro: &mut ProSum<'_, S>| -> (f64, f64) {
-                let t = normal[p].key();
+            let point = |p: usize, pro: &mut ProSum<'_, S::Key>| -> (f64, f64) {
+                let t = normal[p];
                 pro.advance_while(|k| k > t);
                 (1.0 - (p + 1) as f64 / n as f64, pro.value() / n_regions)
             };
@@ -181,7 +181,7 @@ pub fn aupro<S: Score>(
             let mut j = n;
             while !integ.done() {
                 // Next distinct threshold: the larger of the two remaining maxima.
-                let next_normal = (j > 0).then(|| normal[j - 1].key());
+                let next_normal = (j > 0).then(|| normal[j - 1]);
                 let next_defect = pro.peek_key();
                 let k = match (next_normal, next_defect) {
                     (Some(a), Some(b)) => a.max(b),
@@ -189,7 +189,7 @@ pub fn aupro<S: Score>(
                     (None, Some(b)) => b,
                     (None, None) => break,
                 };
-                while j > 0 && normal[j - 1].key() == k {
+                while j > 0 && normal[j - 1] == k {
                     j -= 1;
                 }
                 pro.advance_while(|d| d >= k);
@@ -202,16 +202,16 @@ pub fn aupro<S: Score>(
 
 /// Running Σ over passed defect pixels of 1/|region| (Neumaier-compensated), i.e. the sum
 /// over regions of the detected fraction.
-struct ProSum<'a, S: Score> {
-    defect: &'a [(S, u32)],
+struct ProSum<'a, K> {
+    defect: &'a [(K, u32)],
     inv_size: &'a [f64],
     next: usize,
     sum: f64,
     comp: f64,
 }
 
-impl<'a, S: Score> ProSum<'a, S> {
-    fn new(defect: &'a [(S, u32)], inv_size: &'a [f64]) -> Self {
+impl<'a, K: Ord + Copy> ProSum<'a, K> {
+    fn new(defect: &'a [(K, u32)], inv_size: &'a [f64]) -> Self {
         ProSum {
             defect,
             inv_size,
@@ -221,14 +221,14 @@ impl<'a, S: Score> ProSum<'a, S> {
         }
     }
 
-    fn peek_key(&self) -> Option<S::Key> {
-        self.defect.get(self.next).map(|d| d.0.key())
+    fn peek_key(&self) -> Option<K> {
+        self.defect.get(self.next).map(|d| d.0)
     }
 
     /// Consumes defect pixels (descending scores) while `keep(key)` holds.
-    fn advance_while(&mut self, keep: impl Fn(S::Key) -> bool) {
+    fn advance_while(&mut self, keep: impl Fn(K) -> bool) {
         while let Some(&(s, r)) = self.defect.get(self.next) {
-            if !keep(s.key()) {
+            if !keep(s) {
                 break;
             }
             let x = self.inv_size[r as usize];

@@ -1,6 +1,6 @@
 //! Area under the ROC curve.
 
-use super::{check_masks_maps, check_no_nan, sort_scores, split_by_label, Score};
+use super::{check_masks_maps, sort_keys, split_by_label, Score};
 use crate::{Error, Result};
 use ndarray::ArrayView2;
 
@@ -52,17 +52,17 @@ pub fn pixel_auroc<S: Score>(
                 return Err(Error::input(format!("anomaly map {i} contains NaN scores")));
             }
             if l {
-                pos.push(s);
+                pos.push(s.key());
             } else {
-                neg.push(s);
+                neg.push(s.key());
             }
         }
     }
     auroc_split(pos, neg)
 }
 
-/// AUROC from the positive and negative scores (consumed and sorted in place).
-pub(crate) fn auroc_split<S: Score>(mut pos: Vec<S>, mut neg: Vec<S>) -> Result<f64> {
+/// AUROC from the ordering keys of the positive and negative scores (sorted in place).
+fn auroc_split<K: Ord + Copy + Send>(mut pos: Vec<K>, mut neg: Vec<K>) -> Result<f64> {
     if pos.is_empty() || neg.is_empty() {
         return Err(Error::input(format!(
             "AUROC needs both classes, got {} positive and {} negative samples",
@@ -70,27 +70,25 @@ pub(crate) fn auroc_split<S: Score>(mut pos: Vec<S>, mut neg: Vec<S>) -> Result<
             neg.len()
         )));
     }
-    check_no_nan(&pos, "positive scores")?;
-    check_no_nan(&neg, "negative scores")?;
-    sort_scores(&mut pos);
-    sort_scores(&mut neg);
+    sort_keys(&mut pos);
+    sort_keys(&mut neg);
     // Twice the Mann-Whitney U, as an exact integer: each (pos, neg) pair with pos > neg
     // counts 2, each tie counts 1.
     let mut twice_u: u128 = 0;
     let mut j = 0usize; // negatives with key < current group key
     let mut i = 0usize;
     while i < pos.len() {
-        let k = pos[i].key();
+        let k = pos[i];
         let mut g = i + 1;
-        while g < pos.len() && pos[g].key() == k {
+        while g < pos.len() && pos[g] == k {
             g += 1;
         }
         let n_group = (g - i) as u128;
-        while j < neg.len() && neg[j].key() < k {
+        while j < neg.len() && neg[j] < k {
             j += 1;
         }
         let mut e = j;
-        while e < neg.len() && neg[e].key() == k {
+        while e < neg.len() && neg[e] == k {
             e += 1;
         }
         twice_u += n_group * (2 * j as u128 + (e - j) as u128);

@@ -1,6 +1,6 @@
 //! Best F1 score over all thresholds.
 
-use super::{sort_scores, split_by_label, Score};
+use super::{sort_keys, split_by_label, Score};
 use crate::{Error, Result};
 
 /// The best F1 score over all thresholds and where it is reached (see [`f1_max`]).
@@ -45,32 +45,26 @@ pub fn f1_max<S: Score>(labels: &[bool], scores: &[S]) -> Result<F1Max> {
             "F1 needs at least one positive (anomalous) label; all labels are negative",
         ));
     }
-    sort_scores(&mut pos);
-    sort_scores(&mut neg);
+    sort_keys(&mut pos);
+    sort_keys(&mut neg);
     let n_pos = pos.len() as u128;
     // Sweep thresholds from the highest score down. `i`, `j` = number of positives /
     // negatives not yet at or above the threshold (indices into the ascending vectors).
     let (mut i, mut j) = (pos.len(), neg.len());
     // Best as the fraction num/den = 2TP / (TP + FP + P), plus tp/fp for P and R.
-    let mut best: Option<(u128, u128, u128, u128, S)> = None;
+    let mut best: Option<(u128, u128, u128, u128, S::Key)> = None;
     while i > 0 || j > 0 {
         // Next threshold: the larger of the two remaining maxima.
         let t = match (i > 0, j > 0) {
-            (true, true) => {
-                if pos[i - 1].key() >= neg[j - 1].key() {
-                    pos[i - 1]
-                } else {
-                    neg[j - 1]
-                }
-            }
+            (true, true) => pos[i - 1].max(neg[j - 1]),
             (true, false) => pos[i - 1],
             _ => neg[j - 1],
         };
-        let k = t.key();
-        while i > 0 && pos[i - 1].key() == k {
+        let k = t;
+        while i > 0 && pos[i - 1] == k {
             i -= 1;
         }
-        while j > 0 && neg[j - 1].key() == k {
+        while j > 0 && neg[j - 1] == k {
             j -= 1;
         }
         let tp = (pos.len() - i) as u128;
@@ -99,7 +93,7 @@ pub fn f1_max<S: Score>(labels: &[bool], scores: &[S]) -> Result<F1Max> {
     };
     Ok(F1Max {
         f1,
-        threshold: t.to_f64(),
+        threshold: S::from_key(t).to_f64(),
         precision,
         recall: tp as f64 / n_pos as f64,
     })

@@ -13,7 +13,7 @@
 //! | [`threshold_from_normal`] | a decision threshold from defect-free scores only |
 //!
 //! Degenerate input (empty, length mismatch, NaN scores, only one class, no ground-truth
-//! region) is rejected with [`Error::InvalidInput`](crate::Error::InvalidInput) — a metric
+//! region) is rejected with [`Error::InvalidInput`] — a metric
 //! never returns NaN.
 //!
 //! Running time is `O(n log n)` (one sort per class) and memory is one copy of the scores, so
@@ -48,6 +48,8 @@ pub trait Score: Copy + Send + Sync + PartialOrd + sealed::Sealed + 'static {
     type Key: Ord + Copy + Send + Sync;
     /// The ordering key of this score.
     fn key(self) -> Self::Key;
+    /// The score with ordering key `k` (inverse of [`Score::key`]; `-0.0` comes back as `+0.0`).
+    fn from_key(k: Self::Key) -> Self;
     /// `true` for NaN.
     fn is_nan(self) -> bool;
     /// The score as `f64` (exact).
@@ -65,6 +67,14 @@ impl Score for f32 {
             !b
         } else {
             b | 0x8000_0000
+        }
+    }
+    #[inline]
+    fn from_key(k: u32) -> f32 {
+        if k >> 31 == 1 {
+            f32::from_bits(k & 0x7fff_ffff)
+        } else {
+            f32::from_bits(!k)
         }
     }
     #[inline]
@@ -86,6 +96,14 @@ impl Score for f64 {
             !b
         } else {
             b | 0x8000_0000_0000_0000
+        }
+    }
+    #[inline]
+    fn from_key(k: u64) -> f64 {
+        if k >> 63 == 1 {
+            f64::from_bits(k & 0x7fff_ffff_ffff_ffff)
+        } else {
+            f64::from_bits(!k)
         }
     }
     #[inline]
@@ -111,26 +129,31 @@ pub(crate) fn check_no_nan<S: Score>(scores: &[S], what: &str) -> Result<()> {
 /// Above this many elements sorting runs on the rayon pool.
 const PAR_SORT_MIN: usize = 1 << 16;
 
-/// Sorts scores ascending by [`Score::key`].
-pub(crate) fn sort_scores<S: Score>(v: &mut [S]) {
+/// Sorts ordering keys ascending (plain integer sort; on the rayon pool when large).
+pub(crate) fn sort_keys<K: Ord + Send>(v: &mut [K]) {
     if v.len() >= PAR_SORT_MIN {
-        v.par_sort_unstable_by_key(|s| s.key());
+        v.par_sort_unstable();
     } else {
-        v.sort_unstable_by_key(|s| s.key());
+        v.sort_unstable();
     }
 }
 
-/// Sorts `(score, tag)` pairs descending by score key (ties in any order).
-pub(crate) fn sort_tagged_desc<S: Score>(v: &mut [(S, u32)]) {
+/// Sorts `(key, tag)` pairs descending by key (ties in any order).
+pub(crate) fn sort_tagged_desc<K: Ord + Copy + Send>(v: &mut [(K, u32)]) {
     if v.len() >= PAR_SORT_MIN {
-        v.par_sort_unstable_by_key(|p| std::cmp::Reverse(p.0.key()));
+        v.par_sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
     } else {
-        v.sort_unstable_by_key(|p| std::cmp::Reverse(p.0.key()));
+        v.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
     }
 }
 
-/// Splits `scores` into (positive, negative) by `labels`, validating lengths and NaN.
-pub(crate) fn split_by_label<S: Score>(labels: &[bool], scores: &[S]) -> Result<(Vec<S>, Vec<S>)> {
+/// Splits `scores` into the ordering keys of the (positive, negative) samples, validating
+/// lengths and NaN.
+#[allow(clippy::type_complexity)]
+pub(crate) fn split_by_label<S: Score>(
+    labels: &[bool],
+    scores: &[S],
+) -> Result<(Vec<S::Key>, Vec<S::Key>)> {
     if labels.len() != scores.len() {
         return Err(Error::input(format!(
             "labels has {} entries but scores has {}; they must pair up one to one",
@@ -147,9 +170,9 @@ pub(crate) fn split_by_label<S: Score>(labels: &[bool], scores: &[S]) -> Result<
     let mut neg = Vec::with_capacity(labels.len() - n_pos);
     for (&l, &s) in labels.iter().zip(scores) {
         if l {
-            pos.push(s);
+            pos.push(s.key());
         } else {
-            neg.push(s);
+            neg.push(s.key());
         }
     }
     Ok((pos, neg))

@@ -101,7 +101,7 @@ pub fn threshold_from_normal(scores: &[f32], rule: NormalThreshold) -> Result<f3
 /// inspection). Whatever the decision, report the raw score alongside it — see [`Decision`].
 #[inline]
 pub fn is_anomalous(score: f32, threshold: f32) -> bool {
-    !(score < threshold)
+    score >= threshold || score.is_nan()
 }
 
 /// A thresholded decision that keeps the raw score (always report the score, not only the

@@ -66,7 +66,7 @@ pub struct Region {
     /// Mean pixel position `(y, x)`.
     pub centroid: (f64, f64),
     /// Largest anomaly score inside the region, when computed with
-    /// [`connected_components_with_scores`]; `None` otherwise.
+    /// [`connected_components_with_scores`] (NaN values ignored); `None` otherwise.
     pub max_score: Option<f32>,
 }
 
@@ -157,10 +157,8 @@ fn label_impl(
                 bbox.x1 = bbox.x1.max(cx + 1);
                 if let Some(m) = &map {
                     let v = m[[cy, cx]];
-                    max_score = Some(match max_score {
-                        Some(b) if !(v > b) => b,
-                        _ => v,
-                    });
+                    // `f32::max` ignores NaN unless every value is NaN.
+                    max_score = Some(max_score.map_or(v, |b| b.max(v)));
                 }
                 for &(dy, dx) in nbrs {
                     let (ny, nx) = (cy as isize + dy, cx as isize + dx);
