@@ -1,1 +1,0 @@
-//! segmentation (not yet implemented).
