@@ -92,7 +92,12 @@ fn assert_close(got: &Array4<f32>, want: &Array4<f32>, what: &str) {
     assert!(got.iter().all(|&v| v >= 0.0), "{what}: negative tap value");
 }
 
-fn check_net(weights: &str, spec: &ResNetSpec, cases: &[(&str, ArrayView4<f32>)], layers: &[Layer]) {
+fn check_net(
+    weights: &str,
+    spec: &ResNetSpec,
+    cases: &[(&str, ArrayView4<f32>)],
+    layers: &[Layer],
+) {
     let outs = weights.replace(".safetensors", "_out.safetensors");
     let net = Backbone::from_safetensors_file(fixture(weights), spec, layers).unwrap();
     for (size, x) in cases {
@@ -160,15 +165,31 @@ fn taps_come_in_requested_order_and_stop_at_deepest() {
     .unwrap();
     assert_eq!(net.taps(), &[Layer::Layer3, Layer::Layer1]);
     let taps = net.forward(x.view()).unwrap();
-    assert_close(&taps[0], &load("basic_out.safetensors", "224.layer3"), "layer3 first");
-    assert_close(&taps[1], &load("basic_out.safetensors", "224.layer1"), "layer1 second");
+    assert_close(
+        &taps[0],
+        &load("basic_out.safetensors", "224.layer3"),
+        "layer3 first",
+    );
+    assert_close(
+        &taps[1],
+        &load("basic_out.safetensors", "224.layer1"),
+        "layer1 second",
+    );
 
     // Only layer2 requested: layer3/layer4 weights in the file are ignored, result unchanged.
-    let net = Backbone::from_safetensors_file(fixture("basic.safetensors"), &spec_basic(), &[Layer::Layer2])
-        .unwrap();
+    let net = Backbone::from_safetensors_file(
+        fixture("basic.safetensors"),
+        &spec_basic(),
+        &[Layer::Layer2],
+    )
+    .unwrap();
     let taps = net.forward(x.view()).unwrap();
     assert_eq!(taps.len(), 1);
-    assert_close(&taps[0], &load("basic_out.safetensors", "224.layer2"), "layer2 only");
+    assert_close(
+        &taps[0],
+        &load("basic_out.safetensors", "224.layer2"),
+        "layer2 only",
+    );
 }
 
 #[test]
@@ -209,7 +230,10 @@ fn batch_equals_single_images_and_layout_does_not_matter() {
         }
     }
     // A non-contiguous view (NHWC storage seen as NCHW) gives identical results.
-    let nhwc = x.permuted_axes([0, 2, 3, 1]).as_standard_layout().to_owned();
+    let nhwc = x
+        .permuted_axes([0, 2, 3, 1])
+        .as_standard_layout()
+        .to_owned();
     let view = nhwc.view().permuted_axes([0, 3, 1, 2]);
     assert!(view.as_slice().is_none());
     let again = net.forward(view).unwrap();
@@ -260,11 +284,20 @@ fn random_backbone_is_seeded() {
 fn bad_inputs_are_rejected() {
     let net = Backbone::random(&spec_basic(), &[Layer::Layer2], 1).unwrap();
     let small = Array4::<f32>::zeros((1, 3, 31, 64));
-    assert!(matches!(net.forward(small.view()), Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        net.forward(small.view()),
+        Err(Error::InvalidInput { .. })
+    ));
     let gray = Array4::<f32>::zeros((1, 1, 64, 64));
-    assert!(matches!(net.forward(gray.view()), Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        net.forward(gray.view()),
+        Err(Error::InvalidInput { .. })
+    ));
     let empty = Array4::<f32>::zeros((0, 3, 64, 64));
-    assert_eq!(net.forward(empty.view()).unwrap()[0].shape(), &[0, 16, 8, 8]);
+    assert_eq!(
+        net.forward(empty.view()).unwrap()[0].shape(),
+        &[0, 16, 8, 8]
+    );
     assert!(matches!(
         Backbone::random(&spec_basic(), &[], 1),
         Err(Error::InvalidParameter { .. })

@@ -192,7 +192,12 @@ impl ResNetSpec {
 
     /// torchvision `wide_resnet101_2`.
     pub fn wide_resnet101_2() -> Self {
-        Self::torchvision("wide_resnet101_2", BlockKind::Bottleneck, [3, 4, 23, 3], 128)
+        Self::torchvision(
+            "wide_resnet101_2",
+            BlockKind::Bottleneck,
+            [3, 4, 23, 3],
+            128,
+        )
     }
 
     /// The preset with this torchvision name (see [`KNOWN_ARCHITECTURES`]; case-insensitive,
@@ -234,7 +239,10 @@ impl ResNetSpec {
         if self.blocks.contains(&0) {
             return Err(Error::param(
                 "blocks",
-                format!("every stage needs at least one block, got {:?}", self.blocks),
+                format!(
+                    "every stage needs at least one block, got {:?}",
+                    self.blocks
+                ),
             ));
         }
         const MAX_CHANNELS: usize = 1 << 16;
@@ -254,7 +262,10 @@ impl ResNetSpec {
         if self.planes.contains(&0) {
             return Err(Error::param(
                 "planes",
-                format!("every stage needs at least one plane, got {:?}", self.planes),
+                format!(
+                    "every stage needs at least one plane, got {:?}",
+                    self.planes
+                ),
             ));
         }
         match self.block {
@@ -296,7 +307,9 @@ impl ResNetSpec {
     fn inner_width_checked(&self, stage: usize) -> Option<usize> {
         match self.block {
             BlockKind::Basic => Some(self.planes[stage]),
-            BlockKind::Bottleneck => self.planes[stage].checked_mul(self.width_per_group).map(|v| v / 64),
+            BlockKind::Bottleneck => self.planes[stage]
+                .checked_mul(self.width_per_group)
+                .map(|v| v / 64),
         }
     }
 
@@ -305,7 +318,10 @@ impl ResNetSpec {
     fn param_count(&self, last: Layer) -> Option<u64> {
         let mut total: u64 = 0;
         for t in self.expected_tensors(last) {
-            let n = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64))?;
+            let n = t
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))?;
             total = total.checked_add(n)?;
         }
         Some(total)
@@ -440,12 +456,24 @@ impl ResNetSpec {
         let mut v = match self.block {
             BlockKind::Basic => vec![
                 (format!("{p}.conv1"), format!("{p}.bn1"), [width, cin, 3, 3]),
-                (format!("{p}.conv2"), format!("{p}.bn2"), [cout, width, 3, 3]),
+                (
+                    format!("{p}.conv2"),
+                    format!("{p}.bn2"),
+                    [cout, width, 3, 3],
+                ),
             ],
             BlockKind::Bottleneck => vec![
                 (format!("{p}.conv1"), format!("{p}.bn1"), [width, cin, 1, 1]),
-                (format!("{p}.conv2"), format!("{p}.bn2"), [width, width, 3, 3]),
-                (format!("{p}.conv3"), format!("{p}.bn3"), [cout, width, 1, 1]),
+                (
+                    format!("{p}.conv2"),
+                    format!("{p}.bn2"),
+                    [width, width, 3, 3],
+                ),
+                (
+                    format!("{p}.conv3"),
+                    format!("{p}.bn3"),
+                    [cout, width, 1, 1],
+                ),
             ],
         };
         if self.has_downsample(s, b) {
@@ -532,7 +560,12 @@ mod tests {
     fn tensor_counts_match_torchvision_state_dicts() {
         // torchvision key totals (SPEC §2) minus fc.weight/fc.bias and num_batches_tracked.
         let count = |s: ResNetSpec, nbt: usize, total: usize| {
-            assert_eq!(s.expected_tensors(Layer::Layer4).len(), total - 2 - nbt, "{}", s.name);
+            assert_eq!(
+                s.expected_tensors(Layer::Layer4).len(),
+                total - 2 - nbt,
+                "{}",
+                s.name
+            );
         };
         count(ResNetSpec::resnet18(), 20, 122);
         count(ResNetSpec::resnet34(), 36, 218);
@@ -544,7 +577,12 @@ mod tests {
     fn wrn50_shapes_match_spec() {
         let s = ResNetSpec::wide_resnet50_2();
         let t = s.expected_tensors(Layer::Layer3);
-        let shape = |n: &str| t.iter().find(|x| x.name == n).map(|x| x.shape.clone()).unwrap();
+        let shape = |n: &str| {
+            t.iter()
+                .find(|x| x.name == n)
+                .map(|x| x.shape.clone())
+                .unwrap()
+        };
         assert_eq!(shape("conv1.weight"), vec![64, 3, 7, 7]);
         assert_eq!(shape("layer1.0.conv1.weight"), vec![128, 64, 1, 1]);
         assert_eq!(shape("layer1.0.conv2.weight"), vec![128, 128, 3, 3]);
@@ -579,14 +617,20 @@ mod tests {
     fn names_parse() {
         assert_eq!("layer2".parse::<Layer>().unwrap(), Layer::Layer2);
         assert_eq!("LAYER4".parse::<Layer>().unwrap(), Layer::Layer4);
-        assert!(matches!("layer5".parse::<Layer>(), Err(Error::InvalidParameter { .. })));
+        assert!(matches!(
+            "layer5".parse::<Layer>(),
+            Err(Error::InvalidParameter { .. })
+        ));
         assert_eq!(Layer::Layer3.to_string(), "layer3");
         for n in KNOWN_ARCHITECTURES {
             let s = ResNetSpec::from_name(n).unwrap();
             assert_eq!(s.name, n);
             s.validate().unwrap();
         }
-        assert_eq!(ResNetSpec::from_name("wideresnet50").unwrap(), ResNetSpec::wide_resnet50_2());
+        assert_eq!(
+            ResNetSpec::from_name("wideresnet50").unwrap(),
+            ResNetSpec::wide_resnet50_2()
+        );
         let e = ResNetSpec::from_name("vgg16").unwrap_err().to_string();
         assert!(e.contains("vgg16") && e.contains("wide_resnet50_2"), "{e}");
     }

@@ -50,7 +50,11 @@ impl Net {
         for s in 0..=last.index() {
             let mut blocks = Vec::with_capacity(spec.blocks[s]);
             for b in 0..spec.blocks[s] {
-                let stride = if b == 0 { ResNetSpec::stage_stride(s) } else { 1 };
+                let stride = if b == 0 {
+                    ResNetSpec::stage_stride(s)
+                } else {
+                    1
+                };
                 let mut convs = Vec::with_capacity(3);
                 let mut downsample = None;
                 for (i, (cname, bname, shape)) in spec.block_convs(s, b).into_iter().enumerate() {

@@ -69,6 +69,28 @@ impl<'a> SafetensorsSource<'a> {
         if found.same_structure(self.spec, self.last) {
             return err;
         }
+        // A file that stops early (e.g. exported only up to layer2) but matches so far.
+        let present = found.blocks.iter().take_while(|&&b| b > 0).count();
+        if present <= self.last.index() {
+            if let Some(l) = present.checked_sub(1).and_then(Layer::from_index) {
+                if found.same_structure(self.spec, l) {
+                    return match err {
+                        Error::MissingTensor {
+                            path,
+                            tensor,
+                            expected,
+                        } => Error::MissingTensor {
+                            path,
+                            tensor,
+                            expected: format!(
+                                "{expected}; the file only holds weights up to {l}, tap fewer layers or use a complete file"
+                            ),
+                        },
+                        other => other,
+                    };
+                }
+            }
+        }
         Error::invalid_file(
             self.path,
             format!(
@@ -97,7 +119,7 @@ impl<'a> SafetensorsSource<'a> {
                     self.path,
                     format!(
                         "the weights do not fit architecture {} ({}): the file has tensor `{extra}` \
-                         but layer{} should have {} blocks; the file looks like {looks}",
+                         but layer{} should have {} block(s); the file looks like {looks}",
                         self.spec.name,
                         self.spec.describe(),
                         s + 1,
@@ -160,7 +182,10 @@ impl TensorSource for SafetensorsSource<'_> {
             // Unreachable after the crate's own validation; kept as a typed guard.
             return Err(Error::invalid_file(
                 self.path,
-                format!("tensor `{name}` holds {} values, expected {n}", values.len()),
+                format!(
+                    "tensor `{name}` holds {} values, expected {n}",
+                    values.len()
+                ),
             ));
         }
         if values.iter().any(|v| !v.is_finite()) {
@@ -180,10 +205,15 @@ impl TensorSource for SafetensorsSource<'_> {
 /// Human text for a safetensors parse error.
 fn describe_safetensors_error(e: &SafeTensorError) -> String {
     let what = match e {
-        SafeTensorError::HeaderTooSmall => "too short to hold a safetensors header (truncated?)".to_string(),
-        SafeTensorError::HeaderTooLarge => "the declared header size is absurdly large (not a safetensors file?)".to_string(),
+        SafeTensorError::HeaderTooSmall => {
+            "too short to hold a safetensors header (truncated?)".to_string()
+        }
+        SafeTensorError::HeaderTooLarge => {
+            "the declared header size is absurdly large (not a safetensors file?)".to_string()
+        }
         SafeTensorError::InvalidHeaderLength => {
-            "the declared header size exceeds the file size (truncated or not a safetensors file)".to_string()
+            "the declared header size exceeds the file size (truncated or not a safetensors file)"
+                .to_string()
         }
         SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderStart => {
             "the header is not valid UTF-8 text (not a safetensors file?)".to_string()
@@ -198,7 +228,9 @@ fn describe_safetensors_error(e: &SafeTensorError) -> String {
         SafeTensorError::TensorInvalidInfo => {
             "a tensor's byte length does not match its shape and dtype".to_string()
         }
-        SafeTensorError::ValidationOverflow => "a tensor shape overflows when multiplied out".to_string(),
+        SafeTensorError::ValidationOverflow => {
+            "a tensor shape overflows when multiplied out".to_string()
+        }
         other => format!("{other:?}"),
     };
     format!("not a valid safetensors file: {what}")
@@ -243,7 +275,9 @@ fn detect_architecture(st: &SafeTensors<'_>) -> Option<ResNetSpec> {
     let mut blocks = [0usize; 4];
     let mut planes = [0usize; 4];
     for s in 0..4 {
-        while blocks[s] < 4096 && shape(&format!("layer{}.{}.conv1.weight", s + 1, blocks[s])).is_some() {
+        while blocks[s] < 4096
+            && shape(&format!("layer{}.{}.conv1.weight", s + 1, blocks[s])).is_some()
+        {
             blocks[s] += 1;
         }
         if blocks[s] == 0 {
@@ -371,7 +405,10 @@ pub(crate) fn load_conv_bn(
 mod tests {
     use super::*;
 
-    struct MapSource(std::collections::HashMap<String, Vec<f32>>, std::path::PathBuf);
+    struct MapSource(
+        std::collections::HashMap<String, Vec<f32>>,
+        std::path::PathBuf,
+    );
 
     impl TensorSource for MapSource {
         fn get(&mut self, name: &str, _shape: &[usize]) -> Result<Vec<f32>> {
