@@ -307,3 +307,34 @@ fn bad_inputs_are_rejected() {
         Err(Error::InvalidParameter { .. })
     ));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+    /// For any input size, every tap has ⌈n / stride⌉ cells per axis (stride 4, 8, 16, 32 —
+    /// SPEC §2: each stride-2 op maps n → ⌊(n−1)/2⌋+1), matches `tap_shape`, and is ≥ 0.
+    #[test]
+    fn tap_sizes_follow_ceil_division(h in 32usize..90, w in 32usize..90, seed in 0u64..4) {
+        let spec = ResNetSpec {
+            name: "tiny".into(),
+            block: BlockKind::Bottleneck,
+            blocks: [1, 1, 1, 1],
+            stem_channels: 4,
+            planes: [2, 2, 2, 2],
+            width_per_group: 128,
+        };
+        let net = Backbone::random(&spec, &Layer::ALL, seed).unwrap();
+        let x = Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| {
+            ((c * 31 + y * 7 + x * 3) % 11) as f32 / 5.0 - 1.0
+        });
+        let taps = net.forward(x.view()).unwrap();
+        for (t, layer) in taps.iter().zip(Layer::ALL) {
+            let s = layer.stride();
+            let want = [1, 8, h.div_ceil(s), w.div_ceil(s)];
+            proptest::prop_assert_eq!(t.shape(), &want[..]);
+            let (c, th, tw) = net.tap_shape(layer, h, w);
+            proptest::prop_assert_eq!([1, c, th, tw], want);
+            proptest::prop_assert!(t.iter().all(|&v| v >= 0.0));
+        }
+    }
+}
