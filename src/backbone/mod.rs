@@ -1,1 +1,264 @@
 //! ResNet-family backbones (torchvision layout) with BatchNorm folded at load time.
+//!
+//! A [`Backbone`] is built from a [`ResNetSpec`] (architecture), weights (a safetensors file with
+//! torchvision/timm tensor names, or seeded random weights) and the list of [`Layer`]s whose
+//! outputs ("taps") the caller wants. Only the stages up to the deepest tap are loaded and run.
+//!
+//! ```no_run
+//! use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+//!
+//! let spec = ResNetSpec::wide_resnet50_2();
+//! let net = Backbone::from_safetensors_file(
+//!     "wide_resnet50_2.safetensors",
+//!     &spec,
+//!     &[Layer::Layer2, Layer::Layer3],
+//! )?;
+//! let input = ndarray::Array4::<f32>::zeros((1, 3, 224, 224));
+//! let taps = net.forward(input.view())?;
+//! assert_eq!(taps[0].shape(), &[1, 512, 28, 28]);
+//! assert_eq!(taps[1].shape(), &[1, 1024, 14, 14]);
+//! # Ok::<(), patchcore::Error>(())
+//! ```
+
+mod arch;
+mod resnet;
+mod weights;
+
+use std::fmt;
+use std::path::Path;
+
+use ndarray::{Array4, ArrayView4};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+pub use arch::{BlockKind, Layer, ResNetSpec, KNOWN_ARCHITECTURES};
+
+use crate::{Error, Result};
+
+/// Smallest accepted input height/width (the network's total stride).
+pub const MIN_INPUT_SIZE: usize = 32;
+/// Largest accepted input height/width (protects memory; a 8192² WRN50 image needs ~4 GB of
+/// activations).
+pub const MAX_INPUT_SIZE: usize = 8192;
+
+/// A ResNet feature extractor returning the outputs of selected stages.
+///
+/// `Backbone` is immutable after construction and `Send + Sync`; [`Backbone::forward`] may be
+/// called from several threads.
+#[derive(Clone)]
+pub struct Backbone {
+    spec: ResNetSpec,
+    taps: Vec<Layer>,
+    net: resnet::Net,
+    sha256: [u8; 32],
+}
+
+impl fmt::Debug for Backbone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        f.debug_struct("Backbone")
+            .field("spec", &self.spec)
+            .field("taps", &self.taps)
+            .field("weights_sha256", &hex)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks the tap list and returns the deepest tap.
+fn deepest_tap(taps: &[Layer]) -> Result<Layer> {
+    for (i, t) in taps.iter().enumerate() {
+        if taps[..i].contains(t) {
+            return Err(Error::param(
+                "layers",
+                format!("layer {t} is requested twice in {taps:?}"),
+            ));
+        }
+    }
+    taps.iter().copied().max().ok_or_else(|| {
+        Error::param(
+            "layers",
+            "at least one layer (layer1..layer4) must be tapped",
+        )
+    })
+}
+
+impl Backbone {
+    /// Loads weights from a safetensors file (read whole with [`std::fs::read`]).
+    ///
+    /// Tensors use torchvision/timm names (`conv1.weight`, `bn1.*`, `layer2.0.conv1.weight`,
+    /// `layer2.0.downsample.{0,1}.*`, ...) in F32, F16 or BF16. `fc.*`, `num_batches_tracked`,
+    /// unknown names and stages past the deepest tap are ignored. BatchNorm (eval mode,
+    /// ε = 1e-5) is folded into the convolutions.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read; otherwise as
+    /// [`Backbone::from_safetensors_bytes`].
+    pub fn from_safetensors_file(
+        path: impl AsRef<Path>,
+        spec: &ResNetSpec,
+        taps: &[Layer],
+    ) -> Result<Backbone> {
+        let path = path.as_ref();
+        // Validate the cheap arguments before reading a possibly large file.
+        spec.validate()?;
+        deepest_tap(taps)?;
+        let bytes = weights::read_file(path)?;
+        Self::from_safetensors_bytes(&bytes, path, spec, taps)
+    }
+
+    /// Loads weights from the bytes of a safetensors file; `display_name` is used in error
+    /// messages (e.g. the original path, or `<memory>`).
+    ///
+    /// # Errors
+    /// - [`Error::InvalidParameter`] / [`Error::LimitExceeded`]: invalid `spec`, empty or
+    ///   duplicated `taps`;
+    /// - [`Error::InvalidFile`]: malformed, truncated or empty file, negative BatchNorm variance,
+    ///   or weights of a different architecture (the message says which architecture the file
+    ///   looks like and names the first mismatching tensor);
+    /// - [`Error::MissingTensor`], [`Error::TensorShape`]: a needed tensor is absent or has the
+    ///   wrong shape (and the file's architecture cannot be recognised as a different one);
+    /// - [`Error::TensorDtype`]: a needed tensor is not F32/F16/BF16;
+    /// - [`Error::NonFiniteTensor`]: a needed tensor holds NaN or ±∞.
+    pub fn from_safetensors_bytes(
+        bytes: &[u8],
+        display_name: &Path,
+        spec: &ResNetSpec,
+        taps: &[Layer],
+    ) -> Result<Backbone> {
+        spec.validate()?;
+        let last = deepest_tap(taps)?;
+        let mut src = weights::SafetensorsSource::parse(bytes, display_name, spec, last)?;
+        let net = resnet::Net::build(spec, last, &mut src)?;
+        src.check_no_extra_blocks()?;
+        Ok(Backbone {
+            spec: spec.clone(),
+            taps: taps.to_vec(),
+            net,
+            sha256: Sha256::digest(bytes).into(),
+        })
+    }
+
+    /// A backbone with seeded random weights (He-uniform convolutions, randomised BatchNorm
+    /// statistics), for examples without downloads and for benchmarks. Same `spec` and `seed` →
+    /// same weights; the weights of a stage do not depend on the deepest tap.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] / [`Error::LimitExceeded`] for an invalid `spec` or `taps`.
+    pub fn random(spec: &ResNetSpec, taps: &[Layer], seed: u64) -> Result<Backbone> {
+        spec.validate()?;
+        let last = deepest_tap(taps)?;
+        let mut src = weights::RandomSource::new(seed, spec.block);
+        let net = resnet::Net::build(spec, last, &mut src)?;
+        let mut h = Sha256::new();
+        h.update(b"patchcore random resnet v1\0");
+        h.update(seed.to_le_bytes());
+        h.update(spec.canonical_bytes());
+        Ok(Backbone {
+            spec: spec.clone(),
+            taps: taps.to_vec(),
+            net,
+            sha256: h.finalize().into(),
+        })
+    }
+
+    /// Runs the network on an NCHW batch (3 channels, ImageNet-normalised) and returns one
+    /// `[N, C, H_l, W_l]` array per tap, in the order the taps were requested. Nothing past the
+    /// deepest tap is computed. Images of a batch are processed in parallel (rayon); the result
+    /// does not depend on the number of threads. Tap values are ≥ 0 (each stage ends in a ReLU).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the input does not have 3 channels or H or W is below
+    /// [`MIN_INPUT_SIZE`]; [`Error::LimitExceeded`] if H or W exceeds [`MAX_INPUT_SIZE`].
+    pub fn forward(&self, input: ArrayView4<'_, f32>) -> Result<Vec<Array4<f32>>> {
+        let [n, c, h, w] = [
+            input.shape()[0],
+            input.shape()[1],
+            input.shape()[2],
+            input.shape()[3],
+        ];
+        if c != 3 {
+            return Err(Error::input(format!(
+                "the backbone expects 3-channel (RGB) NCHW input, got shape {:?}",
+                input.shape()
+            )));
+        }
+        if h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
+            return Err(Error::input(format!(
+                "input images must be at least {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE} pixels, got {h}×{w}"
+            )));
+        }
+        if h > MAX_INPUT_SIZE || w > MAX_INPUT_SIZE {
+            return Err(Error::LimitExceeded {
+                reason: format!(
+                    "input images are limited to {MAX_INPUT_SIZE}×{MAX_INPUT_SIZE} pixels, got {h}×{w}"
+                ),
+            });
+        }
+        let mut want = [false; 4];
+        for t in &self.taps {
+            want[t.index()] = true;
+        }
+        let run = |i: usize| {
+            let img = input.index_axis(ndarray::Axis(0), i);
+            let owned;
+            let data: &[f32] = match img.as_slice() {
+                Some(s) => s,
+                None => {
+                    owned = img.iter().copied().collect::<Vec<f32>>();
+                    &owned
+                }
+            };
+            self.net.forward_image(data, h, w, want)
+        };
+        let per_image: Vec<[Option<Vec<f32>>; 4]> = if n > 1 {
+            (0..n).into_par_iter().map(run).collect()
+        } else {
+            (0..n).map(run).collect()
+        };
+        self.taps
+            .iter()
+            .map(|&t| {
+                let (tc, th, tw) = self.tap_shape(t, h, w);
+                let mut data = Vec::with_capacity(n * tc * th * tw);
+                for img in &per_image {
+                    match &img[t.index()] {
+                        Some(v) if v.len() == tc * th * tw => data.extend_from_slice(v),
+                        _ => {
+                            return Err(Error::input(format!(
+                                "internal error: tap {t} has an unexpected size"
+                            )))
+                        }
+                    }
+                }
+                Array4::from_shape_vec((n, tc, th, tw), data)
+                    .map_err(|e| Error::input(format!("internal error building tap {t}: {e}")))
+            })
+            .collect()
+    }
+
+    /// The tapped layers, in output order.
+    pub fn taps(&self) -> &[Layer] {
+        &self.taps
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> &ResNetSpec {
+        &self.spec
+    }
+
+    /// Channels of `layer`'s output.
+    pub fn out_channels(&self, layer: Layer) -> usize {
+        self.spec.out_channels(layer)
+    }
+
+    /// `(channels, height, width)` of `layer`'s output for an `h × w` input.
+    pub fn tap_shape(&self, layer: Layer, h: usize, w: usize) -> (usize, usize, usize) {
+        self.spec.tap_shape(layer, h, w)
+    }
+
+    /// SHA-256 of the weights file's bytes; for [`Backbone::random`], of a canonical encoding
+    /// of the seed and the architecture.
+    pub fn weights_sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+}
