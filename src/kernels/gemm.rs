@@ -4,15 +4,7 @@
 
 /// `c[m×n] (+)= a[m×k] · b[k×n]`, all row-major and contiguous.
 /// With `accumulate == false`, `c` is overwritten.
-pub fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    accumulate: bool,
-) {
+pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     if !accumulate {
         c[..m * n].fill(0.0);
