@@ -2,7 +2,8 @@
 """Regenerate tests/fixtures/preprocess/* (inputs + expected outputs of PIL/torchvision).
 
 Run from the repository root:  python3 scripts/make_preprocess_fixtures.py
-Deterministic (numpy default_rng(0), torch.manual_seed(0)); needs numpy, pillow, torch,
+Deterministic (numpy default_rng(0), torch.manual_seed(0): identical images and tensor values;
+the byte order of the safetensors header may differ between runs); needs numpy, pillow, torch,
 torchvision, safetensors.  Written against Pillow 13 / torchvision 0.29.
 
 Inputs written (all derived from one procedural "photo"):
