@@ -1,1 +1,0 @@
-//! preprocess (not yet implemented).
