@@ -13,7 +13,7 @@ pub mod dataset;
 pub mod embedding;
 pub mod knn;
 pub mod metrics;
-// pub mod model; (enabled once the stages land)
+pub mod model;
 pub mod preprocess;
 pub mod scoring;
 pub mod segmentation;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use sha2::Digest;
 
 use super::{PatchCore, PatchCoreConfig, PatchCoreParams};
 use crate::anomaly_map::{MapConfig, Upsample};
@@ -67,7 +68,7 @@ impl PatchCore {
         let weights = match &opts.embed_weights {
             Some(w) => {
                 let bytes = std::fs::read(w).map_err(|e| Error::io(w, e))?;
-                let sha = crate::backbone::sha256(&bytes);
+                let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
                 if sha != self.backbone.weights_sha256() {
                     return Err(Error::invalid_file(
                         w,
@@ -104,7 +105,11 @@ impl PatchCore {
     }
 
     /// [`PatchCore::load`] from bytes in memory; `name` is used in error messages.
-    pub fn load_bytes(bytes: &[u8], name: &Path, backbone: BackboneSource<'_>) -> Result<PatchCore> {
+    pub fn load_bytes(
+        bytes: &[u8],
+        name: &Path,
+        backbone: BackboneSource<'_>,
+    ) -> Result<PatchCore> {
         let bad = |reason: String| Error::invalid_file(name, reason);
         let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a safetensors model file: {e:?}")))?;
@@ -201,7 +206,9 @@ impl PatchCore {
             Some(_) => Some(m.parse::<f32>("threshold")?),
             None => None,
         };
-        let config: PatchCoreConfig = params.check().map_err(|e| bad(format!("configuration: {e}")))?;
+        let config: PatchCoreConfig = params
+            .check()
+            .map_err(|e| bad(format!("configuration: {e}")))?;
         PatchCore::from_parts(config, backbone, bank, threshold)
     }
 }
@@ -221,7 +228,10 @@ impl Meta<'_> {
     fn parse<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
         let v = self.get(key)?;
         v.parse().map_err(|_| {
-            Error::invalid_file(self.name, format!("metadata `{key}` = `{v}` cannot be parsed"))
+            Error::invalid_file(
+                self.name,
+                format!("metadata `{key}` = `{v}` cannot be parsed"),
+            )
         })
     }
 
@@ -230,7 +240,10 @@ impl Meta<'_> {
         v.split(',')
             .map(|s| {
                 s.parse().map_err(|_| {
-                    Error::invalid_file(self.name, format!("metadata `{key}` = `{v}` cannot be parsed"))
+                    Error::invalid_file(
+                        self.name,
+                        format!("metadata `{key}` = `{v}` cannot be parsed"),
+                    )
                 })
             })
             .collect()
@@ -246,13 +259,19 @@ impl Meta<'_> {
     fn bad(&self, key: &str) -> Error {
         Error::invalid_file(
             self.name,
-            format!("metadata `{key}` = `{}` is not a known value", self.map.get(key).map(|s| s.as_str()).unwrap_or("")),
+            format!(
+                "metadata `{key}` = `{}` is not a known value",
+                self.map.get(key).map(|s| s.as_str()).unwrap_or("")
+            ),
         )
     }
 }
 
 fn join<T: ToString>(v: &[T]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The metadata map of a model (configuration, backbone fingerprint, threshold).
@@ -313,7 +332,9 @@ fn encode(model: &PatchCore) -> HashMap<String, String> {
                 target_dim,
             } => format!(
                 "average:{patch_size}:{}",
-                target_dim.map(|d| d.to_string()).unwrap_or_else(|| "none".into())
+                target_dim
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "none".into())
             ),
         },
     );
@@ -334,11 +355,17 @@ fn encode(model: &PatchCore) -> HashMap<String, String> {
             CoresetSize::Count(c) => format!("count:{c}"),
         },
     );
-    put("coreset.projection_dim", p.coreset.projection_dim.to_string());
+    put(
+        "coreset.projection_dim",
+        p.coreset.projection_dim.to_string(),
+    );
     put("coreset.seed", p.coreset.seed.to_string());
     // Scoring.
     put("scoring.k", p.scoring.k.to_string());
-    put("scoring.reweight_neighbours", p.scoring.reweight_neighbours.to_string());
+    put(
+        "scoring.reweight_neighbours",
+        p.scoring.reweight_neighbours.to_string(),
+    );
     put(
         "scoring.distance",
         match p.scoring.distance {
@@ -356,7 +383,10 @@ fn encode(model: &PatchCore) -> HashMap<String, String> {
     );
     put(
         "map.sigma",
-        p.map.sigma.map(|s| format!("{s:?}")).unwrap_or_else(|| "none".into()),
+        p.map
+            .sigma
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| "none".into()),
     );
     put("map.truncate", format!("{:?}", p.map.truncate));
     put("batch_size", p.batch_size.to_string());
@@ -393,7 +423,10 @@ fn decode_params(m: &Meta<'_>) -> Result<PatchCoreParams> {
             Resize::ShorterSide(s.parse().map_err(|_| m.bad("preprocess.resize"))?)
         } else if let Some(s) = v.strip_prefix("exact:") {
             let (h, w) = parse_hw(s).ok_or_else(|| m.bad("preprocess.resize"))?;
-            Resize::Exact { height: h, width: w }
+            Resize::Exact {
+                height: h,
+                width: w,
+            }
         } else {
             return Err(m.bad("preprocess.resize"));
         }
@@ -416,7 +449,10 @@ fn decode_params(m: &Meta<'_>) -> Result<PatchCoreParams> {
     let aggregator = {
         let v = m.get("embedding.aggregator")?;
         let parts: Vec<&str> = v.split(':').collect();
-        let num = |s: &str| s.parse::<usize>().map_err(|_| m.bad("embedding.aggregator"));
+        let num = |s: &str| {
+            s.parse::<usize>()
+                .map_err(|_| m.bad("embedding.aggregator"))
+        };
         match parts.as_slice() {
             ["original", p, pre, tgt] => Aggregator::Original {
                 patch_size: num(p)?,
@@ -425,7 +461,11 @@ fn decode_params(m: &Meta<'_>) -> Result<PatchCoreParams> {
             },
             ["average", p, tgt] => Aggregator::Average {
                 patch_size: num(p)?,
-                target_dim: if *tgt == "none" { None } else { Some(num(tgt)?) },
+                target_dim: if *tgt == "none" {
+                    None
+                } else {
+                    Some(num(tgt)?)
+                },
             },
             _ => return Err(m.bad("embedding.aggregator")),
         }

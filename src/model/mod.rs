@@ -115,7 +115,13 @@ impl PatchCore {
         images: &[RgbImage],
         progress: &mut dyn FnMut(FitProgress),
     ) -> Result<(PatchCore, Timings)> {
-        Self::fit_with(config, backbone, images.len(), |i| Ok(images[i].clone()), progress)
+        Self::fit_with(
+            config,
+            backbone,
+            images.len(),
+            |i| Ok(images[i].clone()),
+            progress,
+        )
     }
 
     /// Fits on normal images read from files (decoded under `limits`).

@@ -55,14 +55,14 @@ impl PatchCoreParams {
     pub fn check(self) -> Result<PatchCoreConfig> {
         self.preprocess.validate()?;
         if self.layers.is_empty() {
-            return Err(Error::param("layers", "at least one backbone layer is needed"));
+            return Err(Error::param(
+                "layers",
+                "at least one backbone layer is needed",
+            ));
         }
         for (i, l) in self.layers.iter().enumerate() {
             if self.layers[..i].contains(l) {
-                return Err(Error::param(
-                    "layers",
-                    format!("layer {l} is listed twice"),
-                ));
+                return Err(Error::param("layers", format!("layer {l} is listed twice")));
             }
         }
         self.aggregator.validate()?;
