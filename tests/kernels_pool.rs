@@ -35,6 +35,7 @@ fn naive(x: &[f32], c: usize, h: usize, w: usize, k: usize, s: usize, p: usize) 
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check(c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, seed: u64, negative: bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // All-negative inputs make sure zero padding would be caught.

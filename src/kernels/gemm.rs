@@ -2,7 +2,7 @@
 //!
 //! Every matrix product in the crate goes through [`matmul`], [`matmul_bt`] (or their
 //! sequential twins [`matmul_seq`], [`matmul_bt_seq`]) or the general strided entry point
-//! [`gemm`].
+//! [`gemm()`].
 //!
 //! Backends (chosen by cargo feature, see [`Backend`]):
 //! - `gemm-backend` (default): the [`gemm`](https://docs.rs/gemm) crate, which selects
@@ -75,7 +75,7 @@ impl Backend {
 /// `data[i * row_stride + j * col_stride]`.
 ///
 /// Strides may be anything (including 0, for broadcasting); the view is checked against
-/// `data.len()` when used by [`gemm`].
+/// `data.len()` when used by [`gemm()`].
 #[derive(Debug, Clone, Copy)]
 pub struct MatRef<'a> {
     /// Backing storage.
@@ -201,7 +201,7 @@ pub fn gemm(
     }
 }
 
-/// The `gemm` crate backend. Shapes, strides and buffer lengths were checked by [`gemm`]:
+/// The `gemm` crate backend. Shapes, strides and buffer lengths were checked by [`gemm()`]:
 /// `m, n, k ≥ 1`, every element of `a`, `b` and of the `m×n` block of `c` is in bounds.
 #[cfg(feature = "gemm-backend")]
 fn gemm_crate(
