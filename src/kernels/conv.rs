@@ -442,6 +442,17 @@ fn im2col_row(
         let dst = &mut dst[ox_lo..ox_hi];
         if s == 1 {
             dst.copy_from_slice(&src[ix0..ix0 + len]);
+        } else if s == 2 {
+            // Even elements of pairs: a pattern the compiler turns into vector shuffles.
+            let src = &src[ix0..];
+            let full = (src.len() / 2).min(len);
+            for (d, pair) in dst.iter_mut().zip(src[..2 * full].chunks_exact(2)) {
+                *d = pair[0];
+            }
+            if full < len {
+                // Odd remainder: the last needed element has no partner.
+                dst[full] = src[2 * full];
+            }
         } else {
             let src = &src[ix0..=ix0 + (len - 1) * s];
             for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
