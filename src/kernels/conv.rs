@@ -1,24 +1,69 @@
-//! 2-D convolution with BatchNorm folded into the weights, computed as GEMM.
+//! 2-D convolution (BatchNorm folded into the weights) computed as im2col + GEMM.
 //!
-//! STUB (to be replaced by the kernels work): a naive direct convolution with the final API.
+//! A [`Conv2d`] keeps its weights as the `cout × (cin·kh·kw)` matrix `W` (PyTorch's
+//! `[cout, cin, kh, kw]` layout read row-major is exactly that matrix). For one image
+//! `x[cin, h, w]` the output `y[cout, oh·ow]` is `W · X` where `X[(ci,ky,kx), (oy,ox)]` is the
+//! im2col matrix of `x`:
+//!
+//! - 1×1 stride-1 unpadded convolutions use the input itself as `X` (no copy);
+//! - every other shape (including 1×1 stride 2, which is then a plain subsampling) writes `X`
+//!   into a caller-provided scratch buffer that is reused across calls.
+//!
+//! Bias, residual addition and ReLU are applied in a single pass over the output right after
+//! the GEMM. Eval-mode BatchNorm is folded into the weights beforehand with
+//! [`fold_batchnorm`].
+//!
+//! # Panics
+//!
+//! These are low-level kernels: inconsistent shapes or buffer lengths are caller bugs and are
+//! reported by `assert!` with a message; use [`Conv2d::try_new`] to validate weights read
+//! from a file.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Backend, MatRef, Parallelism};
+use crate::error::{Error, Result};
+
+/// Parallel passes over buffers smaller than this many elements run sequentially.
+const PAR_ELEMS: usize = 1 << 16;
+
+/// Images with at most this many output pixels use coarse-grained parallelism over blocks of
+/// output channels ([`Conv2d::forward_image_with`]).
+const COARSE_MAX_PIXELS: usize = 1024;
+
+/// Minimum output channels per block of the coarse-grained parallel path.
+const COARSE_MIN_ROWS: usize = 64;
 
 /// A convolution whose weights (and folded BatchNorm bias) are fixed at load time.
 ///
 /// `weight` is `[cout, cin, kh, kw]` row-major (PyTorch layout); `bias` has `cout` entries.
+/// Padding is symmetric and zero-valued; the stride and padding are the same along both axes.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
+    /// Output channels.
     pub cout: usize,
+    /// Input channels.
     pub cin: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Stride (both axes), at least 1.
     pub stride: usize,
+    /// Zero padding on every side.
     pub pad: usize,
+    /// `cout × (cin·kh·kw)` row-major.
     weight: Vec<f32>,
     bias: Vec<f32>,
 }
 
 impl Conv2d {
     /// Build from PyTorch-layout weights `[cout, cin, kh, kw]` and a bias of length `cout`.
+    ///
+    /// # Panics
+    ///
+    /// If a dimension or the stride is 0 or a length does not match; see
+    /// [`Conv2d::try_new`] for the checked version.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cout: usize,
@@ -30,10 +75,57 @@ impl Conv2d {
         weight: Vec<f32>,
         bias: Vec<f32>,
     ) -> Self {
-        assert_eq!(weight.len(), cout * cin * kh * kw);
-        assert_eq!(bias.len(), cout);
-        assert!(stride >= 1);
-        Conv2d {
+        match Self::try_new(cout, cin, kh, kw, stride, pad, weight, bias) {
+            Ok(conv) => conv,
+            Err(e) => panic!("Conv2d::new: {e}"),
+        }
+    }
+
+    /// Checked constructor: as [`Conv2d::new`], but returns [`Error::InvalidParameter`] when a
+    /// dimension or the stride is 0, and [`Error::InvalidInput`] when `weight` does not hold
+    /// `cout·cin·kh·kw` values or `bias` does not hold `cout` values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        pad: usize,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<Self> {
+        if cout == 0 || cin == 0 || kh == 0 || kw == 0 {
+            return Err(Error::param(
+                "conv shape",
+                format!(
+                    "every dimension must be at least 1, got cout={cout} cin={cin} kh={kh} kw={kw}"
+                ),
+            ));
+        }
+        if stride == 0 {
+            return Err(Error::param(
+                "stride",
+                "convolution stride must be at least 1",
+            ));
+        }
+        let expected = cout
+            .checked_mul(cin)
+            .and_then(|x| x.checked_mul(kh))
+            .and_then(|x| x.checked_mul(kw));
+        if expected != Some(weight.len()) {
+            return Err(Error::input(format!(
+                "conv weight has {} values, expected [{cout}, {cin}, {kh}, {kw}]",
+                weight.len()
+            )));
+        }
+        if bias.len() != cout {
+            return Err(Error::input(format!(
+                "conv bias has {} values, expected {cout}",
+                bias.len()
+            )));
+        }
+        Ok(Conv2d {
             cout,
             cin,
             kh,
@@ -42,20 +134,81 @@ impl Conv2d {
             pad,
             weight,
             bias,
-        }
+        })
+    }
+
+    /// The weights as a `cout × (cin·kh·kw)` row-major matrix (PyTorch order).
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// The per-output-channel bias.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// Output spatial size for an `h × w` input, or `None` when the padded input is smaller
+    /// than the kernel.
+    pub fn checked_out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let ph = h.checked_add(2 * self.pad)?.checked_sub(self.kh)?;
+        let pw = w.checked_add(2 * self.pad)?.checked_sub(self.kw)?;
+        Some((ph / self.stride + 1, pw / self.stride + 1))
     }
 
     /// Output spatial size for an `h × w` input.
+    ///
+    /// # Panics
+    ///
+    /// If the padded input is smaller than the kernel (see [`Conv2d::checked_out_hw`]).
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h + 2 * self.pad - self.kh) / self.stride + 1,
-            (w + 2 * self.pad - self.kw) / self.stride + 1,
-        )
+        match self.checked_out_hw(h, w) {
+            Some(hw) => hw,
+            None => panic!(
+                "Conv2d: input {h}×{w} with padding {} is smaller than the {}×{} kernel",
+                self.pad, self.kh, self.kw
+            ),
+        }
+    }
+
+    /// Floating-point operations of one image: `2·cout·cin·kh·kw·oh·ow` (one multiply and one
+    /// add per weight and output pixel; bias, residual and ReLU are not counted).
+    ///
+    /// # Panics
+    ///
+    /// As [`Conv2d::out_hw`].
+    pub fn flops(&self, h: usize, w: usize) -> u64 {
+        let (oh, ow) = self.out_hw(h, w);
+        2 * (self.cout * self.cin * self.kh * self.kw) as u64 * (oh * ow) as u64
+    }
+
+    /// Scratch elements [`Conv2d::forward_image`] needs for an `h × w` input (0 for 1×1
+    /// stride-1 unpadded convolutions).
+    pub fn scratch_len(&self, h: usize, w: usize) -> usize {
+        if self.is_direct() {
+            0
+        } else {
+            let (oh, ow) = self.out_hw(h, w);
+            self.cin * self.kh * self.kw * oh * ow
+        }
+    }
+
+    fn is_direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
 
     /// One image: `input` is `[cin, h, w]`, `out` is `[cout, oh, ow]`.
-    /// Computes `out = act(conv(input) + bias (+ residual))`, where `act` is ReLU when `relu`.
-    /// `scratch` is reused between calls to avoid allocation.
+    /// Computes `out = act(conv(input) + bias (+ residual))`, where `act` is ReLU when `relu`
+    /// and `residual` (if any) has the shape of `out`.
+    ///
+    /// `scratch` is grown to [`Conv2d::scratch_len`] when shorter and reused as is otherwise
+    /// (no allocation once it is large enough). Uses the rayon pool for large layers; inside
+    /// `par_iter` loops call [`Conv2d::forward_image_with`] with
+    /// [`Parallelism::Sequential`].
+    ///
+    /// # Panics
+    ///
+    /// If a slice length does not match the shapes above or the input is smaller than the
+    /// kernel.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_image(
         &self,
@@ -65,42 +218,337 @@ impl Conv2d {
         out: &mut [f32],
         residual: Option<&[f32]>,
         relu: bool,
-        _scratch: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
     ) {
         let (oh, ow) = self.out_hw(h, w);
-        assert_eq!(input.len(), self.cin * h * w);
-        assert_eq!(out.len(), self.cout * oh * ow);
-        for co in 0..self.cout {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = self.bias[co];
-                    for ci in 0..self.cin {
-                        for ky in 0..self.kh {
-                            let iy = (oy * self.stride + ky) as isize - self.pad as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..self.kw {
-                                let ix = (ox * self.stride + kx) as isize - self.pad as isize;
-                                if ix < 0 || ix >= w as isize {
-                                    continue;
-                                }
-                                acc += self.weight
-                                    [((co * self.cin + ci) * self.kh + ky) * self.kw + kx]
-                                    * input[(ci * h + iy as usize) * w + ix as usize];
-                            }
-                        }
-                    }
-                    let idx = (co * oh + oy) * ow + ox;
-                    if let Some(r) = residual {
-                        acc += r[idx];
-                    }
-                    if relu && acc < 0.0 {
-                        acc = 0.0;
-                    }
-                    out[idx] = acc;
-                }
+        let par = Parallelism::auto(self.cout, oh * ow, self.cin * self.kh * self.kw);
+        self.forward_image_with(input, h, w, out, residual, relu, scratch, par);
+    }
+
+    /// [`Conv2d::forward_image`] with explicit parallelism.
+    ///
+    /// # Panics
+    ///
+    /// As [`Conv2d::forward_image`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_image_with(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        scratch: &mut Vec<f32>,
+        par: Parallelism,
+    ) {
+        let (oh, ow) = self.out_hw(h, w);
+        let p = oh * ow;
+        let kk = self.cin * self.kh * self.kw;
+        assert_eq!(
+            self.weight.len(),
+            self.cout * kk,
+            "Conv2d: weight length does not match the (public) shape fields"
+        );
+        assert_eq!(self.bias.len(), self.cout, "Conv2d: bias length");
+        assert_eq!(
+            input.len(),
+            self.cin * h * w,
+            "Conv2d: input must be [cin={}, h={h}, w={w}]",
+            self.cin
+        );
+        assert_eq!(
+            out.len(),
+            self.cout * p,
+            "Conv2d: out must be [cout={}, oh={oh}, ow={ow}]",
+            self.cout
+        );
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "Conv2d: residual must match out");
+        }
+
+        let cols: &[f32] = if self.is_direct() {
+            input
+        } else {
+            let need = kk * p;
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            let buf = &mut scratch[..need];
+            self.im2col(input, h, w, oh, ow, buf, par);
+            buf
+        };
+        let weight = MatRef::row_major(&self.weight, self.cout, kk);
+        let cols = MatRef::row_major(cols, kk, p);
+        let threads = rayon::current_num_threads();
+        let coarse = par == Parallelism::Rayon
+            && threads > 1
+            && p <= COARSE_MAX_PIXELS
+            && self.cout >= COARSE_MIN_ROWS * threads;
+        if !coarse {
+            // Sequential, or a large image: the GEMM's own fine-grained parallelism shares
+            // the packing of the big im2col matrix between the threads.
+            gemm(weight, cols, out, p, false, par, Backend::Default);
+            epilogue(out, &self.bias, residual, relu, p, par);
+            return;
+        }
+        // Small images (a short GEMM `n`): coarse-grained parallelism over blocks of output
+        // channels, each a sequential GEMM followed by the epilogue while the block is still
+        // in cache. No synchronisation inside a block (the GEMM's own threading would
+        // synchronise after every depth block of a GEMM that is short in `n`), rayon's work
+        // stealing evens out the load, and re-packing the small im2col matrix per block costs
+        // little next to ≥ 2·64 flops per packed element.
+        let tasks = (2 * threads).min(self.cout / COARSE_MIN_ROWS);
+        let rows = self.cout.div_ceil(tasks).div_ceil(16) * 16;
+        out.par_chunks_mut(rows * p)
+            .enumerate()
+            .for_each(|(t, block)| {
+                let r0 = t * rows;
+                let nr = block.len() / p;
+                let w = MatRef::row_major(&self.weight[r0 * kk..(r0 + nr) * kk], nr, kk);
+                gemm(
+                    w,
+                    cols,
+                    block,
+                    p,
+                    false,
+                    Parallelism::Sequential,
+                    Backend::Default,
+                );
+                let res = residual.map(|r| &r[r0 * p..(r0 + nr) * p]);
+                epilogue(
+                    block,
+                    &self.bias[r0..r0 + nr],
+                    res,
+                    relu,
+                    p,
+                    Parallelism::Sequential,
+                );
+            });
+    }
+
+    /// Batch of `n` images `[n, cin, h, w]` into `[n, cout, oh, ow]`, one
+    /// [`Conv2d::forward_image_with`] call per image; `residual` (if any) is
+    /// `[n, cout, oh, ow]`.
+    ///
+    /// # Panics
+    ///
+    /// As [`Conv2d::forward_image`], with all lengths multiplied by `n`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_batch(
+        &self,
+        input: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        scratch: &mut Vec<f32>,
+        par: Parallelism,
+    ) {
+        let (oh, ow) = self.out_hw(h, w);
+        let in_len = self.cin * h * w;
+        let out_len = self.cout * oh * ow;
+        assert_eq!(input.len(), n * in_len, "Conv2d: batch input length");
+        assert_eq!(out.len(), n * out_len, "Conv2d: batch output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "Conv2d: batch residual length");
+        }
+        for i in 0..n {
+            self.forward_image_with(
+                &input[i * in_len..(i + 1) * in_len],
+                h,
+                w,
+                &mut out[i * out_len..(i + 1) * out_len],
+                residual.map(|r| &r[i * out_len..(i + 1) * out_len]),
+                relu,
+                scratch,
+                par,
+            );
+        }
+    }
+
+    /// Writes the `(cin·kh·kw) × (oh·ow)` im2col matrix of `input` into `cols`.
+    #[allow(clippy::too_many_arguments)]
+    fn im2col(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        cols: &mut [f32],
+        par: Parallelism,
+    ) {
+        let p = oh * ow;
+        let taps = self.kh * self.kw;
+        // One task = all taps of one input channel (kh·kw rows of `cols`).
+        let fill = |ci: usize, block: &mut [f32]| {
+            let plane = &input[ci * h * w..(ci + 1) * h * w];
+            for (t, row) in block.chunks_exact_mut(p).enumerate() {
+                let (ky, kx) = (t / self.kw, t % self.kw);
+                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
+            }
+        };
+        if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
+            cols.par_chunks_mut(taps * p)
+                .enumerate()
+                .for_each(|(ci, block)| fill(ci, block));
+        } else {
+            for (ci, block) in cols.chunks_mut(taps * p).enumerate() {
+                fill(ci, block);
             }
         }
     }
+}
+
+/// One row of the im2col matrix: `row[oy·ow + ox] = plane[oy·s + ky − pad, ox·s + kx − pad]`,
+/// zero where that falls in the padding.
+#[allow(clippy::too_many_arguments)]
+fn im2col_row(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    ky: usize,
+    kx: usize,
+    s: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+    row: &mut [f32],
+) {
+    // Output columns whose input column ix = ox·s + kx − pad lies in [0, w).
+    let ox_hi = if w + pad > kx {
+        (w + pad - kx).div_ceil(s).min(ow)
+    } else {
+        0
+    };
+    let ox_lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) }.min(ox_hi);
+    let len = ox_hi - ox_lo;
+    for (oy, dst) in row.chunks_exact_mut(ow).take(oh).enumerate() {
+        let iy = oy * s + ky;
+        if iy < pad || iy - pad >= h {
+            dst.fill(0.0);
+            continue;
+        }
+        let src = &plane[(iy - pad) * w..(iy - pad + 1) * w];
+        dst[..ox_lo].fill(0.0);
+        dst[ox_hi..].fill(0.0);
+        if len == 0 {
+            continue;
+        }
+        let ix0 = ox_lo * s + kx - pad;
+        let dst = &mut dst[ox_lo..ox_hi];
+        if s == 1 {
+            dst.copy_from_slice(&src[ix0..ix0 + len]);
+        } else if s == 2 {
+            // Even elements of pairs: a pattern the compiler turns into vector shuffles.
+            let src = &src[ix0..];
+            let full = (src.len() / 2).min(len);
+            for (d, pair) in dst.iter_mut().zip(src[..2 * full].chunks_exact(2)) {
+                *d = pair[0];
+            }
+            if full < len {
+                // Odd remainder: the last needed element has no partner.
+                dst[full] = src[2 * full];
+            }
+        } else {
+            let src = &src[ix0..=ix0 + (len - 1) * s];
+            for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                *d = *v;
+            }
+        }
+    }
+}
+
+/// `out[c, :] = act(out[c, :] + bias[c] (+ residual[c, :]))` in one pass.
+fn epilogue(
+    out: &mut [f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    p: usize,
+    par: Parallelism,
+) {
+    if p == 0 {
+        return;
+    }
+    let row = |c: usize, o: &mut [f32]| {
+        let b = bias[c];
+        match (residual, relu) {
+            (Some(r), true) => {
+                for (v, &r) in o.iter_mut().zip(&r[c * p..(c + 1) * p]) {
+                    *v = (*v + b + r).max(0.0);
+                }
+            }
+            (Some(r), false) => {
+                for (v, &r) in o.iter_mut().zip(&r[c * p..(c + 1) * p]) {
+                    *v += b + r;
+                }
+            }
+            (None, true) => {
+                for v in o.iter_mut() {
+                    *v = (*v + b).max(0.0);
+                }
+            }
+            (None, false) => {
+                for v in o.iter_mut() {
+                    *v += b;
+                }
+            }
+        }
+    };
+    if par == Parallelism::Rayon && out.len() >= PAR_ELEMS {
+        out.par_chunks_mut(p)
+            .enumerate()
+            .for_each(|(c, o)| row(c, o));
+    } else {
+        for (c, o) in out.chunks_mut(p).enumerate() {
+            row(c, o);
+        }
+    }
+}
+
+/// Folds an eval-mode BatchNorm that follows a bias-free convolution into the convolution.
+///
+/// BatchNorm computes `y = (x − mean) / sqrt(var + eps) · gamma + beta` per output channel.
+/// With `scale = gamma / sqrt(var + eps)` this is `y = scale·x + (beta − mean·scale)`, so each
+/// output channel's weights (`weight` is `[cout, …]`, `weight.len() / cout` values per
+/// channel) are multiplied by `scale` in place, and the returned vector is the bias
+/// `beta − mean·scale` to pass to [`Conv2d::new`].
+///
+/// # Panics
+///
+/// If `cout == 0`, `weight.len()` is not a multiple of `cout`, or one of `gamma`, `beta`,
+/// `mean`, `var` does not have `cout` entries.
+pub fn fold_batchnorm(
+    weight: &mut [f32],
+    cout: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    assert!(
+        cout > 0 && weight.len() % cout == 0,
+        "fold_batchnorm: weight length {} is not a multiple of cout = {cout}",
+        weight.len()
+    );
+    assert!(
+        gamma.len() == cout && beta.len() == cout && mean.len() == cout && var.len() == cout,
+        "fold_batchnorm: gamma/beta/mean/var must each have cout = {cout} entries"
+    );
+    let per = weight.len() / cout;
+    (0..cout)
+        .map(|c| {
+            // Computed in f64 so the fold adds no rounding beyond the final f32 conversion.
+            let scale = f64::from(gamma[c]) / (f64::from(var[c]) + f64::from(eps)).sqrt();
+            for v in &mut weight[c * per..(c + 1) * per] {
+                *v = (f64::from(*v) * scale) as f32;
+            }
+            (f64::from(beta[c]) - f64::from(mean[c]) * scale) as f32
+        })
+        .collect()
 }

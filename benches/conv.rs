@@ -1,0 +1,246 @@
+//! Every distinct convolution of Wide-ResNet-50-2 up to layer3 at a 224² input, in GFLOP/s
+//! (criterion's Gelem/s, one element = one flop), followed by a summary table with the total
+//! time of all 43 convolutions of one image.
+//!
+//! Quick run: `cargo bench --bench conv -- --sample-size 10 --warm-up-time 1 --measurement-time 2`
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use patchcore::kernels::conv::Conv2d;
+use patchcore::kernels::gemm::Parallelism;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// One distinct convolution shape and how often it occurs in WRN50-2 → layer3.
+struct Shape {
+    name: &'static str,
+    cout: usize,
+    cin: usize,
+    k: usize,
+    stride: usize,
+    /// Input size (square).
+    hw: usize,
+    /// Occurrences in the network.
+    count: usize,
+    /// Last conv of a bottleneck: adds the residual before the ReLU.
+    residual: bool,
+    relu: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn s(
+    name: &'static str,
+    cout: usize,
+    cin: usize,
+    k: usize,
+    stride: usize,
+    hw: usize,
+    count: usize,
+    residual: bool,
+    relu: bool,
+) -> Shape {
+    Shape {
+        name,
+        cout,
+        cin,
+        k,
+        stride,
+        hw,
+        count,
+        residual,
+        relu,
+    }
+}
+
+const SHAPES: [Shape; 18] = [
+    s("stem_7x7s2_3-64@224", 64, 3, 7, 2, 224, 1, false, true),
+    s("l1_1x1_64-128@56", 128, 64, 1, 1, 56, 1, false, true),
+    s("l1_3x3_128-128@56", 128, 128, 3, 1, 56, 3, false, true),
+    s("l1_1x1_128-256@56", 256, 128, 1, 1, 56, 3, true, true),
+    s("l1_ds_1x1_64-256@56", 256, 64, 1, 1, 56, 1, false, false),
+    s("l1_1x1_256-128@56", 128, 256, 1, 1, 56, 2, false, true),
+    s("l2_1x1_256-256@56", 256, 256, 1, 1, 56, 1, false, true),
+    s("l2_3x3s2_256-256@56", 256, 256, 3, 2, 56, 1, false, true),
+    s("l2_1x1_256-512@28", 512, 256, 1, 1, 28, 4, true, true),
+    s(
+        "l2_ds_1x1s2_256-512@56",
+        512,
+        256,
+        1,
+        2,
+        56,
+        1,
+        false,
+        false,
+    ),
+    s("l2_1x1_512-256@28", 256, 512, 1, 1, 28, 3, false, true),
+    s("l2_3x3_256-256@28", 256, 256, 3, 1, 28, 3, false, true),
+    s("l3_1x1_512-512@28", 512, 512, 1, 1, 28, 1, false, true),
+    s("l3_3x3s2_512-512@28", 512, 512, 3, 2, 28, 1, false, true),
+    s("l3_1x1_512-1024@14", 1024, 512, 1, 1, 14, 6, true, true),
+    s(
+        "l3_ds_1x1s2_512-1024@28",
+        1024,
+        512,
+        1,
+        2,
+        28,
+        1,
+        false,
+        false,
+    ),
+    s("l3_1x1_1024-512@14", 512, 1024, 1, 1, 14, 5, false, true),
+    s("l3_3x3_512-512@14", 512, 512, 3, 1, 14, 5, false, true),
+];
+
+fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Everything one shape needs to run.
+struct Setup {
+    conv: Conv2d,
+    input: Vec<f32>,
+    residual: Option<Vec<f32>>,
+    out: Vec<f32>,
+    scratch: Vec<f32>,
+}
+
+impl Setup {
+    fn new(sh: &Shape) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(sh.cout as u64 * 31 + sh.cin as u64);
+        let conv = Conv2d::new(
+            sh.cout,
+            sh.cin,
+            sh.k,
+            sh.k,
+            sh.stride,
+            sh.k / 2,
+            random(sh.cout * sh.cin * sh.k * sh.k, &mut rng),
+            random(sh.cout, &mut rng),
+        );
+        let (oh, ow) = conv.out_hw(sh.hw, sh.hw);
+        let input = random(sh.cin * sh.hw * sh.hw, &mut rng);
+        let residual = sh.residual.then(|| random(sh.cout * oh * ow, &mut rng));
+        Setup {
+            conv,
+            input,
+            residual,
+            out: vec![0.0; sh.cout * oh * ow],
+            scratch: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, sh: &Shape) {
+        self.conv.forward_image(
+            black_box(&self.input),
+            sh.hw,
+            sh.hw,
+            &mut self.out,
+            self.residual.as_deref(),
+            sh.relu,
+            &mut self.scratch,
+        );
+    }
+}
+
+impl Setup {
+    fn run_seq(&mut self, sh: &Shape) {
+        self.conv.forward_image_with(
+            black_box(&self.input),
+            sh.hw,
+            sh.hw,
+            &mut self.out,
+            self.residual.as_deref(),
+            sh.relu,
+            &mut self.scratch,
+            Parallelism::Sequential,
+        );
+    }
+}
+
+/// CPU time of the calling thread in ms (Linux `schedstat`), insensitive to other processes
+/// competing for the cores; `None` elsewhere.
+fn thread_cpu_ms() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e6)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv_wrn50_2");
+    for sh in &SHAPES {
+        let mut setup = Setup::new(sh);
+        g.throughput(Throughput::Elements(setup.conv.flops(sh.hw, sh.hw)));
+        g.bench_function(BenchmarkId::from_parameter(sh.name), |b| {
+            b.iter(|| setup.run(sh))
+        });
+    }
+    g.finish();
+}
+
+/// Median-of-runs wall time of every shape (default parallelism) and the total over the 43
+/// convolutions; plus the sequential throughput per core measured in thread CPU time, which
+/// stays meaningful when other processes load the machine.
+fn summary() {
+    println!(
+        "\n{:<26} {:>5} {:>9} {:>8} {:>10} {:>12}",
+        "shape", "count", "wall ms", "GFLOP/s", "wall total", "seq GFLOP/s"
+    );
+    let (mut total_ms, mut total_flops, mut total_cpu) = (0.0, 0.0, 0.0);
+    for sh in &SHAPES {
+        let mut setup = Setup::new(sh);
+        for _ in 0..3 {
+            setup.run(sh);
+        }
+        let mut times: Vec<f64> = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                setup.run(sh);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        let flops = setup.conv.flops(sh.hw, sh.hw) as f64;
+        let reps = 10;
+        let cpu = thread_cpu_ms().and_then(|t0| {
+            for _ in 0..reps {
+                setup.run_seq(sh);
+            }
+            thread_cpu_ms().map(|t1| (t1 - t0) / reps as f64)
+        });
+        total_ms += ms * sh.count as f64;
+        total_flops += flops * sh.count as f64;
+        total_cpu += cpu.unwrap_or(f64::NAN) * sh.count as f64;
+        println!(
+            "{:<26} {:>5} {:>9.3} {:>8.1} {:>10.3} {:>12.1}",
+            sh.name,
+            sh.count,
+            ms,
+            flops / ms / 1e6,
+            ms * sh.count as f64,
+            cpu.map_or(f64::NAN, |c| flops / c / 1e6),
+        );
+    }
+    let n: usize = SHAPES.iter().map(|s| s.count).sum();
+    println!(
+        "all {n} convs of WRN50-2 -> layer3 at 224²: {total_ms:.2} ms wall, {:.2} GFLOP, \
+         {:.1} GFLOP/s; sequential: {total_cpu:.1} ms CPU ({:.1} GFLOP/s per core)",
+        total_flops / 1e9,
+        total_flops / total_ms / 1e6,
+        total_flops / total_cpu / 1e6,
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let listing = args.iter().any(|a| a == "--list" || a == "--test");
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+    if !listing {
+        summary();
+    }
+}
