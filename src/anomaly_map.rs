@@ -345,3 +345,71 @@ mod tests {
         assert_eq!(v, vec![0, 1, 3]);
     }
 }
+
+/// Resamples a map that covers `crop` (a rectangle of the original image, in original pixel
+/// coordinates, as given by [`crate::preprocess::crop_box`]) onto the whole `h × w` original
+/// image, bilinearly with pixel centres aligned (`align_corners = false`). Pixels outside the
+/// crop take the value of the nearest map edge.
+pub fn map_to_image(
+    map: ArrayView2<f32>,
+    crop: &crate::preprocess::CropBox,
+    h: usize,
+    w: usize,
+) -> Result<Array2<f32>> {
+    let (mh, mw) = map.dim();
+    check_sizes(mh, mw, h, w)?;
+    if !(crop.height > 0.0 && crop.width > 0.0) {
+        return Err(Error::input("map_to_image: empty crop box"));
+    }
+    let coords = |n_out: usize, start: f64, len: f64, n_map: usize| -> Vec<(usize, usize, f32)> {
+        (0..n_out)
+            .map(|i| {
+                let src = ((i as f64 + 0.5 - start) * n_map as f64 / len - 0.5)
+                    .clamp(0.0, (n_map - 1) as f64);
+                let i0 = src.floor() as usize;
+                let i1 = (i0 + 1).min(n_map - 1);
+                (i0, i1, (src - i0 as f64) as f32)
+            })
+            .collect()
+    };
+    let ys = coords(h, crop.top, crop.height, mh);
+    let xs = coords(w, crop.left, crop.width, mw);
+    let mut out = Array2::zeros((h, w));
+    for (y, &(y0, y1, ly)) in ys.iter().enumerate() {
+        for (x, &(x0, x1, lx)) in xs.iter().enumerate() {
+            let top = map[[y0, x0]] * (1.0 - lx) + map[[y0, x1]] * lx;
+            let bottom = map[[y1, x0]] * (1.0 - lx) + map[[y1, x1]] * lx;
+            out[[y, x]] = top * (1.0 - ly) + bottom * ly;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod map_to_image_tests {
+    use super::*;
+    use crate::preprocess::CropBox;
+
+    #[test]
+    fn full_crop_is_bilinear_resize_and_outside_is_clamped() {
+        let m = Array2::from_shape_vec((1, 2), vec![0.0f32, 1.0]).unwrap();
+        let full = CropBox {
+            top: 0.0,
+            left: 0.0,
+            height: 1.0,
+            width: 4.0,
+        };
+        let out = map_to_image(m.view(), &full, 1, 4).unwrap();
+        // Same as SPEC §10 vector 2: [0, 1] 2 → 4 = [0, .25, .75, 1].
+        assert_eq!(out.row(0).to_vec(), vec![0.0, 0.25, 0.75, 1.0]);
+        // The map covers columns 2..4 of a 6-wide image: left of it 0, right of it 1.
+        let part = CropBox {
+            top: 0.0,
+            left: 2.0,
+            height: 1.0,
+            width: 2.0,
+        };
+        let out = map_to_image(m.view(), &part, 1, 6).unwrap();
+        assert_eq!(out.row(0).to_vec(), vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    }
+}

@@ -161,6 +161,49 @@ impl Backbone {
         })
     }
 
+    /// Seeded random weights for `spec` up to `last`, written as a safetensors file in
+    /// torchvision layout (the same weights as [`Backbone::random`] with the same seed). Useful
+    /// to try the command-line tool or a pipeline on a machine without downloaded weights.
+    ///
+    /// # Errors
+    /// As [`Backbone::random`].
+    pub fn random_weights_safetensors(
+        spec: &ResNetSpec,
+        last: Layer,
+        seed: u64,
+    ) -> Result<Vec<u8>> {
+        spec.validate()?;
+        struct Recorder {
+            inner: weights::RandomSource,
+            tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+        }
+        impl weights::TensorSource for Recorder {
+            fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+                let v = self.inner.get(name, shape)?;
+                let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                self.tensors.push((name.to_string(), shape.to_vec(), bytes));
+                Ok(v)
+            }
+            fn path(&self) -> &std::path::Path {
+                self.inner.path()
+            }
+        }
+        let mut rec = Recorder {
+            inner: weights::RandomSource::new(seed, spec.block),
+            tensors: Vec::new(),
+        };
+        resnet::Net::build(spec, last, &mut rec)?;
+        let mut views = Vec::with_capacity(rec.tensors.len());
+        for (name, shape, bytes) in &rec.tensors {
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map_err(|e| Error::input(format!("tensor `{name}`: {e:?}")))?;
+            views.push((name.as_str(), v));
+        }
+        safetensors::serialize(views, &None)
+            .map_err(|e| Error::input(format!("cannot serialise random weights: {e:?}")))
+    }
+
     /// Runs the network on an NCHW batch (3 channels, ImageNet-normalised) and returns one
     /// `[N, C, H_l, W_l]` array per tap, in the order the taps were requested. Nothing past the
     /// deepest tap is computed. Images of a batch are processed in parallel (rayon); the result
