@@ -135,8 +135,8 @@ fn resnet_like_shapes() {
         (24, 32, 3, 1, 1, 30, 30),  // 3×3
         (24, 32, 3, 2, 1, 30, 31),  // 3×3 stride 2
         (64, 64, 3, 1, 1, 56, 56),  // large: parallel im2col / epilogue paths
-        (200, 24, 3, 1, 1, 14, 13), // small image, many channels: blocked parallel path
-        (136, 40, 1, 2, 0, 27, 28), // same, 1×1 stride 2, uneven blocks
+        (200, 24, 3, 1, 1, 14, 13), // small image, many channels
+        (136, 40, 1, 2, 0, 27, 28), // same, 1×1 stride 2
     ];
     for (i, &(cout, cin, k, stride, pad, h, w)) in shapes.iter().enumerate() {
         let c = Case {
