@@ -51,7 +51,7 @@ pub enum BackboneSource<'a> {
     /// A weights file; its sha256 must equal the fingerprint stored in the model.
     File(&'a Path),
     /// A backbone already in memory; its fingerprint must equal the stored one.
-    Loaded(Backbone),
+    Loaded(Box<Backbone>),
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -147,7 +147,7 @@ impl PatchCore {
                 Backbone::from_safetensors_bytes(t.data(), name, &spec, &params.layers)?
             }
             BackboneSource::File(p) => Backbone::from_safetensors_file(p, &spec, &params.layers)?,
-            BackboneSource::Loaded(b) => b,
+            BackboneSource::Loaded(b) => *b,
         };
         if hex(&backbone.weights_sha256()) != sha {
             return Err(bad(format!(
