@@ -1,4 +1,66 @@
 //! PatchCore industrial anomaly detection on the CPU, in pure Rust.
+//!
+//! PatchCore (Roth et al., CVPR 2022) fits a *memory bank* of locally aware patch features
+//! taken from images of good parts, and scores a new image by how far its patches are from
+//! that bank. This crate implements the whole method without Python, libtorch or a GPU:
+//!
+//! | stage | module |
+//! |---|---|
+//! | decode, resize (PIL-exact antialiased bilinear), centre-crop, normalise | [`preprocess`] |
+//! | ResNet-18/34/50, Wide-ResNet-50-2 from torchvision safetensors, BatchNorm folded | [`backbone`] |
+//! | matrix products, convolution, pooling | [`kernels`] |
+//! | locally aware patch embedding (unfold, align, adaptive pooling) | [`embedding`] |
+//! | greedy coreset subsampling of the memory bank | [`coreset`] |
+//! | exact k-nearest-neighbour search against the bank | [`knn`] |
+//! | patch scores, image score with the paper's re-weighting | [`scoring`] |
+//! | anomaly map (upsample, Gaussian blur) | [`anomaly_map`] |
+//! | thresholding, connected components, contours | [`segmentation`] |
+//! | image/pixel AUROC, AUPRO, F1-max, thresholds | [`metrics`] |
+//! | the fitted model, one-file save/load | [`model`] |
+//! | MVTec AD folders, synthetic data, pictures | [`dataset`], [`synthetic`], [`visualize`] |
+//!
+//! # The whole flow
+//!
+//! ```
+//! use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+//! use patchcore::model::{PatchCore, PatchCoreParams, PredictOptions};
+//! use patchcore::preprocess::{PreprocessConfig, Resize};
+//! use patchcore::synthetic::{defective_image, normal_image, Defect};
+//! use rand::SeedableRng;
+//!
+//! # fn main() -> patchcore::Result<()> {
+//! // Real use: Backbone::from_safetensors_file("wide_resnet50_2.safetensors", ...).
+//! let layers = [Layer::Layer2, Layer::Layer3];
+//! let backbone = Backbone::random(&ResNetSpec::resnet18(), &layers, 0)?;
+//!
+//! // Defaults follow the original implementation (resize 256, crop 224, ...); small images
+//! // here keep the example fast.
+//! let mut params = PatchCoreParams::default();
+//! params.preprocess = PreprocessConfig {
+//!     resize: Resize::ShorterSide(96),
+//!     crop: Some((64, 64)),
+//!     ..PreprocessConfig::default()
+//! };
+//! let config = params.check()?;
+//!
+//! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+//! let good: Vec<_> = (0..4).map(|_| normal_image(96, &mut rng)).collect();
+//! let (model, _timings) = PatchCore::fit(config, backbone, &good, &mut |_progress| {})?;
+//!
+//! let (bad, _mask) = defective_image(96, Defect::Spot, &mut rng);
+//! let (pred, _) = model.predict(&bad, PredictOptions::default())?;
+//! let (ok, _) = model.predict(&normal_image(96, &mut rng), PredictOptions::default())?;
+//! assert!(pred.score > ok.score);
+//! let heat_map = pred.anomaly_map.expect("asked for"); // 64 × 64, the crop size
+//! assert_eq!(heat_map.dim(), (64, 64));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Everything that can fail returns [`Error`], whose variants say whose fault it is (a bad
+//! file, a bad parameter, input that does not fit, a resource limit, the operating system).
+//! Results are deterministic: one explicit seed, and the same output whatever the number of
+//! threads. Parallelism runs on the caller's rayon pool.
 #![warn(missing_docs)]
 
 pub mod error;
