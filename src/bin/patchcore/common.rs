@@ -403,11 +403,9 @@ impl Progress {
     pub fn fit(&mut self, p: FitProgress) {
         match p {
             FitProgress::Features { done, total } => self.images(done, total),
-            FitProgress::CoresetStarted { rows, keep } => {
-                if !self.quiet {
-                    eprintln!("coreset: choosing {keep} of {rows} patch features ...");
-                    self.start_ticker();
-                }
+            FitProgress::CoresetStarted { rows, keep } if !self.quiet => {
+                eprintln!("coreset: choosing {keep} of {rows} patch features ...");
+                self.start_ticker();
             }
             FitProgress::Done { rows } => {
                 self.stop_ticker();
