@@ -166,6 +166,8 @@ fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!err.contains("internal error"), "{err}");
     assert!(!err.contains("RUST_BACKTRACE"), "{err}");
+    // A repeated option would be refused for the wrong reason.
+    assert!(!err.contains("cannot be used multiple times"), "{err}");
 }
 
 /// A fresh empty folder for one test.
@@ -776,9 +778,12 @@ fn fit_args(f: &Fixture, weights: &str, out: &str, extra: &[&str]) -> Vec<String
         "--out",
         out,
     ];
-    // FIT_OPTS starts with `--arch resnet18`, which `extra` may replace.
-    let skip = if extra.contains(&"--arch") { 2 } else { 0 };
-    v.extend(&FIT_OPTS[skip..]);
+    // FIT_OPTS are `--option value` pairs; `extra` replaces those it names.
+    for pair in FIT_OPTS.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            v.extend(pair);
+        }
+    }
     v.extend(extra);
     v.into_iter().map(String::from).collect()
 }
@@ -802,6 +807,7 @@ fn bad_option_values_are_usage_errors() {
         (&["--arch", "resnet19"], "--arch"),
         (&["--sampler", "best"], "--sampler"),
         (&["--aggregator", "max"], "--aggregator"),
+        (&["--crop", "128"], "larger than --resize 96"),
         (&["--no-such-option"], "--no-such-option"),
     ];
     for (extra, needle) in cases {

@@ -66,7 +66,22 @@ pub fn out_line(line: &str) -> CliResult {
     }
 }
 
-pub fn preprocess_config(a: &PreprocessArgs) -> PreprocessConfig {
+/// The preprocessing of the options; a crop larger than the resized shorter side (which would
+/// fail on every image) is a usage error.
+pub fn checked_preprocess(a: &PreprocessArgs) -> CliResult<PreprocessConfig> {
+    if a.resize > 0 && a.crop > a.resize {
+        return Err(CliError::Usage(format!(
+            "--crop {} is larger than --resize {}: the crop is taken from the image after its \
+             shorter side is resized; choose --crop <= --resize",
+            a.crop, a.resize
+        )));
+    }
+    let cfg = preprocess_config(a);
+    cfg.validate().map_err(usage)?;
+    Ok(cfg)
+}
+
+fn preprocess_config(a: &PreprocessArgs) -> PreprocessConfig {
     PreprocessConfig {
         resize: if a.resize == 0 {
             Resize::None
@@ -95,7 +110,7 @@ pub fn aggregator(a: AggregatorArg) -> Aggregator {
 /// The checked model configuration of the fit options; a bad value is a usage error.
 pub fn fit_config(layers: &[Layer], f: &FitOptions) -> CliResult<PatchCoreConfig> {
     let mut p = PatchCoreParams {
-        preprocess: preprocess_config(&f.preprocess),
+        preprocess: checked_preprocess(&f.preprocess)?,
         layers: layers.to_vec(),
         batch_size: f.batch_size,
         aggregator: aggregator(f.aggregator),

@@ -6,13 +6,12 @@ use patchcore::preprocess::ImageLimits;
 
 use crate::args::EmbedArgs;
 use crate::common::{
-    aggregator, check_output_file, load_backbone, preprocess_config, usage, CliError, CliResult,
+    aggregator, check_output_file, checked_preprocess, load_backbone, CliError, CliResult,
 };
 
 pub fn run(a: EmbedArgs) -> CliResult {
     let net = &a.backbone.net;
-    let pre = preprocess_config(&a.preprocess);
-    pre.validate().map_err(usage)?;
+    let pre = checked_preprocess(&a.preprocess)?;
     let agg = aggregator(a.aggregator);
     check_output_file(&a.out, a.force)?;
     if !a.input.is_file() {
