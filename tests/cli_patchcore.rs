@@ -780,7 +780,7 @@ fn fit_args(f: &Fixture, weights: &str, out: &str, extra: &[&str]) -> Vec<String
     ];
     // FIT_OPTS are `--option value` pairs; `extra` replaces those it names.
     for pair in FIT_OPTS.chunks(2) {
-        if !extra.contains(&pair[0]) {
+        if !extra.iter().any(|e| e.split('=').next() == Some(pair[0])) {
             v.extend(pair);
         }
     }
