@@ -1,0 +1,313 @@
+//! Command-line syntax. Every option value is checked while parsing (ranges, finite numbers,
+//! known layer and architecture names), so a bad value is a usage error (exit code 2) reported
+//! before any file is read.
+
+use std::path::PathBuf;
+
+use clap::builder::RangedU64ValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use patchcore::backbone::{Layer, ResNetSpec};
+
+const FIT_EXAMPLE: &str = "\
+Example:
+  patchcore fit --weights wide_resnet50_2.safetensors --arch wide_resnet50_2 \\
+      --train parts/good --out model.safetensors --coreset 0.01 --embed-weights \\
+      --threshold-from-normal parts/held_out_good
+
+Prints progress (images/s, ETA) on stderr, then the memory-bank size, the memory used and the
+time of every stage. An existing --out file is only replaced with --force.";
+
+const PREDICT_EXAMPLE: &str = "\
+Example:
+  patchcore predict --model model.safetensors incoming/
+  patchcore predict --model model.safetensors --heatmaps out/ --contours --json a.png b.png
+
+Prints one line per image: path, score and decision (`anomalous` when score >= threshold,
+`good` otherwise, `-` without a threshold), or one JSON object per line with --json. Without
+--heatmaps only the score is computed. Heat maps are `<DIR>/<stem>_heatmap.png` (or
+`<DIR>/<folder>_<stem>_heatmap.png` when two inputs share a stem) at the size of the original
+image; their colour scale puts the threshold in the middle. If some image cannot be read, the
+others are still scored and the exit code is 1.";
+
+const EVAL_EXAMPLE: &str = "\
+Example:
+  patchcore eval --data mvtec/bottle --weights wide_resnet50_2.safetensors \\
+      --arch wide_resnet50_2 --json
+  patchcore eval --data mvtec/bottle --model model.safetensors --out pictures/
+
+Fits on <DATA>/train/good unless --model is given, scores every image under <DATA>/test and
+prints image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image F1-max with its threshold, and
+timings. --json prints one object with the keys category, image_auroc, pixel_auroc, aupro,
+f1_max, threshold, fit_seconds, predict_ms_per_image, n_train, n_test (and a few more).";
+
+const EMBED_EXAMPLE: &str = "\
+Example:
+  patchcore embed --weights resnet18.safetensors --arch resnet18 --input part.png \\
+      --out features.safetensors
+
+Writes the f32 tensors `layer2`, `layer3` (one per --layers entry, [N, C, H, W]) and
+`embedding` ([N*H*W, D], the PatchCore patch features) to --out.";
+
+/// Top-level command line.
+#[derive(Parser)]
+#[command(
+    name = "patchcore",
+    version,
+    about = "PatchCore anomaly detection on the CPU",
+    long_about = "PatchCore anomaly detection on the CPU.\n\n\
+        Exit codes: 0 success, 1 failure (unreadable file, bad image, ...), 2 usage error \
+        (unknown option, bad option value)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fit a model on images of good parts.
+    #[command(after_help = FIT_EXAMPLE)]
+    Fit(FitArgs),
+    /// Score images (files or folders) with a fitted model.
+    #[command(after_help = PREDICT_EXAMPLE)]
+    Predict(PredictArgs),
+    /// Fit (or load) a model and evaluate it on an MVTec-style category folder.
+    #[command(after_help = EVAL_EXAMPLE)]
+    Eval(EvalArgs),
+    /// Write backbone features and the patch embedding of an image to a safetensors file.
+    #[command(after_help = EMBED_EXAMPLE)]
+    Embed(EmbedArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SamplerArg {
+    /// Greedy k-center on a random projection (first element seeded and kept).
+    Greedy,
+    /// The original implementation's approximate greedy (10 random starts).
+    Approx,
+    /// Uniform random subset.
+    Random,
+    /// Keep every patch feature.
+    None,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AggregatorArg {
+    /// Original PatchCore: 3×3 neighbourhoods, adaptive pooling to 1024 dimensions.
+    Original,
+    /// anomalib style: 3×3 average pooling, all channels concatenated.
+    Average,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DistanceArg {
+    /// Euclidean distance (the paper).
+    Euclidean,
+    /// Squared Euclidean distance (faiss, the original code).
+    Squared,
+}
+
+fn arch(s: &str) -> Result<ResNetSpec, String> {
+    ResNetSpec::from_name(s).map_err(|_| {
+        format!(
+            "unknown architecture; known: {}",
+            patchcore::backbone::KNOWN_ARCHITECTURES.join(", ")
+        )
+    })
+}
+
+fn layer(s: &str) -> Result<Layer, String> {
+    s.parse::<Layer>()
+        .map_err(|_| "expected one of layer1, layer2, layer3, layer4".to_string())
+}
+
+/// A coreset ratio in (0, 1].
+fn ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a number (expected a fraction in (0, 1], e.g. 0.1)".to_string())?;
+    // Written so that NaN fails too.
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err("must lie in (0, 1] (the fraction of patch features kept; 1 keeps all)".into())
+    }
+}
+
+fn finite(s: &str) -> Result<f32, String> {
+    let v: f32 = s.trim().parse().map_err(|_| "not a number".to_string())?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err("must be a finite number".into())
+    }
+}
+
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+#[derive(Args, Clone)]
+pub struct BackboneArgs {
+    /// Backbone weights (torchvision tensor names, safetensors, f32/f16/bf16).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct NetArgs {
+    /// Architecture: resnet18, resnet34, resnet50, resnet101, resnet152, wide_resnet50_2,
+    /// wide_resnet101_2.
+    #[arg(long, default_value = "wide_resnet50_2", value_parser = arch)]
+    pub arch: ResNetSpec,
+    /// Backbone layers to tap, comma-separated.
+    #[arg(long, default_value = "layer2,layer3", value_delimiter = ',', value_parser = layer)]
+    pub layers: Vec<Layer>,
+}
+
+#[derive(Args, Clone)]
+pub struct PreprocessArgs {
+    /// Resize the shorter side to this many pixels (0 = no resize).
+    #[arg(long, default_value_t = 256, value_name = "PIXELS")]
+    pub resize: usize,
+    /// Centre-crop to this square size (0 = no crop).
+    #[arg(long, default_value_t = 224, value_name = "PIXELS")]
+    pub crop: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct FitOptions {
+    /// Fraction of patch features kept in the memory bank, in (0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = ratio, value_name = "FRACTION")]
+    pub coreset: f64,
+    /// Memory-bank subsampling.
+    #[arg(long, value_enum, default_value = "greedy")]
+    pub sampler: SamplerArg,
+    /// Nearest neighbours averaged into a patch score (≥ 1).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub k: usize,
+    /// Bank neighbours of the image-score re-weighting (paper Eq. 7, ≥ 1); 1 = plain maximum.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub b: usize,
+    /// Patch distance.
+    #[arg(long, value_enum, default_value = "euclidean")]
+    pub distance: DistanceArg,
+    /// Patch-feature construction.
+    #[arg(long, value_enum, default_value = "original")]
+    pub aggregator: AggregatorArg,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per backbone batch (≥ 1; bounds the memory of feature extraction).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+    /// Folders (read one level deep) or files of good images.
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR_OR_FILE")]
+    pub train: Vec<PathBuf>,
+    /// Model file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Store the backbone weights inside the model file (it then deploys alone).
+    #[arg(long)]
+    pub embed_weights: bool,
+    /// Store a decision threshold just above the highest score of these held-out good images
+    /// (so all of them are judged good).
+    #[arg(long, value_name = "DIR_OR_FILE", num_args = 1..)]
+    pub threshold_from_normal: Vec<PathBuf>,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub fit: FitOptions,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Model file written by `patchcore fit`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Backbone weights (needed unless the model was fitted with --embed-weights).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Decision threshold (defaults to the one stored in the model).
+    #[arg(long, value_parser = finite)]
+    pub threshold: Option<f32>,
+    /// Write heat-map PNGs into this folder (needs a threshold: --threshold or one stored in
+    /// the model).
+    #[arg(long, value_name = "DIR")]
+    pub heatmaps: Option<PathBuf>,
+    /// Draw the outlines of the regions at or above the threshold on the heat maps.
+    #[arg(long, requires = "heatmaps")]
+    pub contours: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Overwrite existing heat-map files.
+    #[arg(long)]
+    pub force: bool,
+    /// Image files or folders (read one level deep).
+    #[arg(required = true, value_name = "PATH")]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Category folder in the MVTec AD layout (train/good, test/<defect>, ground_truth/<defect>).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// A fitted model (otherwise fit on <DATA>/train/good; the fit options are then ignored).
+    #[arg(long, value_name = "FILE", required_unless_present = "weights")]
+    pub model: Option<PathBuf>,
+    /// Backbone weights (to fit, or for a model saved without its weights).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write heat maps with outlines (at the F1-optimal threshold) to <OUT>/<defect>/.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Overwrite existing heat-map files under --out.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub fit: FitOptions,
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+    /// An image file, or a safetensors file holding a normalised f32 tensor `input` [N,3,H,W].
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Output safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not compute the patch embedding (only the layer maps).
+    #[arg(long)]
+    pub no_embedding: bool,
+    /// Patch-feature construction of the `embedding` tensor.
+    #[arg(long, value_enum, default_value = "original")]
+    pub aggregator: AggregatorArg,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}

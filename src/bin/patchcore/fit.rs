@@ -1,0 +1,118 @@
+//! `patchcore fit`.
+
+use std::time::Instant;
+
+use patchcore::metrics::{threshold_from_normal, NormalThreshold};
+use patchcore::model::{PatchCore, PredictOptions, SaveOptions};
+use patchcore::preprocess::ImageLimits;
+
+use crate::args::FitArgs;
+use crate::common::{
+    check_output_file, collect_images, fit_config, load_backbone, peak_memory_mb, CliResult,
+    Progress,
+};
+
+pub fn run(a: FitArgs) -> CliResult {
+    let t_all = Instant::now();
+    // Everything that can be checked cheaply is checked before the long work starts.
+    let net = &a.backbone.net;
+    let config = fit_config(&net.layers, &a.fit)?;
+    check_output_file(&a.out, a.force)?;
+    let train = collect_images(&a.train, "training")?;
+    let held_out = if a.threshold_from_normal.is_empty() {
+        Vec::new()
+    } else {
+        collect_images(&a.threshold_from_normal, "held-out good")?
+    };
+    let t = Instant::now();
+    let backbone = load_backbone(&a.backbone.weights, &net.arch, &net.layers)?;
+    let load_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "fit: {} training images, {} backbone ({} s to load)",
+        train.len(),
+        net.arch.name,
+        fmt_s(load_s)
+    );
+
+    let limits = ImageLimits::default();
+    let mut progress = Progress::new("features", false);
+    let (mut model, timings) =
+        PatchCore::fit_paths(config, backbone, &train, &limits, &mut |p| progress.fit(p))?;
+    drop(progress);
+
+    let mut threshold_s = None;
+    if !held_out.is_empty() {
+        let t = Instant::now();
+        let mut progress = Progress::new("threshold", false);
+        let mut scores = Vec::with_capacity(held_out.len());
+        for (i, p) in held_out.iter().enumerate() {
+            let (pred, _) =
+                model.predict_path(p, &limits, PredictOptions { anomaly_map: false })?;
+            scores.push(pred.score);
+            progress.images(i + 1, held_out.len());
+        }
+        // Decisions are `score >= threshold`: store the next float above the highest held-out
+        // score, so that every held-out good image is judged good.
+        let th = next_up(threshold_from_normal(&scores, NormalThreshold::Max)?);
+        model.set_threshold(Some(th));
+        eprintln!(
+            "threshold: {th} (just above the highest score of {} held-out good images)",
+            held_out.len()
+        );
+        threshold_s = Some(t.elapsed().as_secs_f64());
+    }
+
+    model.save(
+        &a.out,
+        &SaveOptions {
+            overwrite: a.force,
+            embed_weights: a.embed_weights.then(|| a.backbone.weights.clone()),
+        },
+    )?;
+    let bank = model.memory_bank();
+    let bank_mb = (bank.len() * std::mem::size_of::<f32>()) as f64 / 1e6;
+    let file_mb = std::fs::metadata(&a.out)
+        .map(|m| m.len() as f64 / 1e6)
+        .unwrap_or(0.0);
+    eprintln!("wrote {} ({file_mb:.1} MB)", a.out.display());
+    eprintln!(
+        "memory bank: {} rows × {} dims ({bank_mb:.1} MB)",
+        bank.nrows(),
+        bank.ncols()
+    );
+    if let Some(mb) = peak_memory_mb() {
+        eprintln!("peak memory: {mb:.0} MB");
+    }
+    let mut stages = format!(
+        "time: load {} s, preprocess {} s, backbone {} s, embedding {} s, coreset {} s",
+        fmt_s(load_s),
+        fmt_s(timings.preprocess.as_secs_f64()),
+        fmt_s(timings.backbone.as_secs_f64()),
+        fmt_s(timings.embedding.as_secs_f64()),
+        fmt_s(timings.coreset.as_secs_f64()),
+    );
+    if let Some(s) = threshold_s {
+        stages.push_str(&format!(", threshold {} s", fmt_s(s)));
+    }
+    stages.push_str(&format!(
+        ", total {} s",
+        fmt_s(t_all.elapsed().as_secs_f64())
+    ));
+    eprintln!("{stages}");
+    Ok(())
+}
+
+fn fmt_s(s: f64) -> String {
+    format!("{s:.2}")
+}
+
+/// The smallest `f32` greater than a finite `x`.
+fn next_up(x: f32) -> f32 {
+    if x == 0.0 {
+        f32::from_bits(1)
+    } else if x > 0.0 {
+        f32::from_bits(x.to_bits() + 1)
+    } else {
+        f32::from_bits(x.to_bits() - 1)
+    }
+}
