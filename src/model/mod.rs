@@ -188,7 +188,11 @@ impl PatchCore {
         let rows = bank.len() / dim.max(1);
         let bank = Array2::from_shape_vec((rows, dim), bank)
             .map_err(|e| Error::input(format!("memory bank shape: {e}")))?;
-        let keep = coreset::coreset_size(rows, p.coreset.size)?;
+        let keep = match p.coreset.sampler {
+            coreset::Sampler::None => rows,
+            _ => coreset::coreset_size(rows, p.coreset.size)?,
+        };
+        check_k(p.scoring.k, keep)?;
         progress(FitProgress::CoresetStarted { rows, keep });
         let t = Instant::now();
         let idx = coreset::select(bank.view(), &p.coreset)?;
@@ -216,6 +220,7 @@ impl PatchCore {
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
         check_backbone(&config, &backbone)?;
+        check_k(config.params().scoring.k, memory_bank.nrows())?;
         let index = BruteForce::new(memory_bank)?;
         Ok(PatchCore {
             config,
@@ -349,6 +354,21 @@ fn embed_batch(
     let emb = embedding::embed(&views, &config.params().aggregator)?;
     timings.embedding += t.elapsed();
     Ok((emb, grid))
+}
+
+/// `k` nearest neighbours need a memory bank of at least `k` rows.
+fn check_k(k: usize, rows: usize) -> Result<()> {
+    if k > rows {
+        return Err(Error::param(
+            "k",
+            format!(
+                "scoring asks for the {k} nearest memory-bank rows but the memory bank has only \
+                 {rows} rows; lower `scoring.k` or keep more rows (a larger coreset or more \
+                 training images)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_backbone(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {
