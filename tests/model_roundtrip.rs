@@ -147,8 +147,8 @@ fn random_weights_file_is_the_random_backbone() {
     // The file's fingerprint is the sha256 of its bytes (computed here independently).
     let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
     assert_eq!(from_file.weights_sha256(), sha);
-    let input = preprocess::preprocess_batch(&normal_images(1, 3), &small_params().preprocess)
-        .unwrap();
+    let input =
+        preprocess::preprocess_batch(&normal_images(1, 3), &small_params().preprocess).unwrap();
     let a = from_file.forward(input.view()).unwrap();
     let b = random.forward(input.view()).unwrap();
     let c = other.forward(input.view()).unwrap();
@@ -201,11 +201,18 @@ fn fit_save_load_with_and_without_embedded_weights() {
     let weights_len = std::fs::metadata(&weights).unwrap().len();
     let with_len = std::fs::metadata(&with).unwrap().len();
     let without_len = std::fs::metadata(&without).unwrap().len();
-    assert!(with_len >= without_len + weights_len, "weights not embedded");
+    assert!(
+        with_len >= without_len + weights_len,
+        "weights not embedded"
+    );
     // No temporary files are left next to the outputs.
     assert_eq!(
         dir.files(),
-        ["weights.safetensors", "with.safetensors", "without.safetensors"]
+        [
+            "weights.safetensors",
+            "with.safetensors",
+            "without.safetensors"
+        ]
     );
 
     let loaded = [
@@ -223,8 +230,14 @@ fn fit_save_load_with_and_without_embedded_weights() {
     for m in &loaded {
         assert_same_bank(&model, m);
         assert_params_eq(model.config().params(), m.config().params());
-        assert_eq!(m.threshold().map(f32::to_bits), Some((1.0f32 / 3.0).to_bits()));
-        assert_eq!(m.backbone().weights_sha256(), model.backbone().weights_sha256());
+        assert_eq!(
+            m.threshold().map(f32::to_bits),
+            Some((1.0f32 / 3.0).to_bits())
+        );
+        assert_eq!(
+            m.backbone().weights_sha256(),
+            model.backbone().weights_sha256()
+        );
         assert_eq!(m.backbone().spec(), &spec);
         assert_same_predictions(&before, &predict_all(m, &images));
     }
@@ -329,14 +342,25 @@ fn configuration_variants_survive() {
         let dim = embedding_dim(&channels, &params.aggregator);
         let bank = Array2::from_shape_fn((5, dim), |_| rng.random_range(-2.0f32..2.0));
         let threshold = (i % 2 == 0).then_some(i as f32 + 0.1);
-        let model = PatchCore::from_parts(params.clone().check().unwrap(), bb.clone(), bank.clone(), threshold)
-            .unwrap();
+        let model = PatchCore::from_parts(
+            params.clone().check().unwrap(),
+            bb.clone(),
+            bank.clone(),
+            threshold,
+        )
+        .unwrap();
         let path = dir.join(&format!("v{i}.safetensors"));
         model.save(&path, &SaveOptions::default()).unwrap();
         let loaded = PatchCore::load(&path, BackboneSource::Loaded(Box::new(bb))).unwrap();
         assert_params_eq(&params, loaded.config().params());
-        assert_eq!(loaded.threshold().map(f32::to_bits), threshold.map(f32::to_bits));
-        assert!(bits(bank.iter()) == bits(loaded.memory_bank().iter()), "variant {i}: bank");
+        assert_eq!(
+            loaded.threshold().map(f32::to_bits),
+            threshold.map(f32::to_bits)
+        );
+        assert!(
+            bits(bank.iter()) == bits(loaded.memory_bank().iter()),
+            "variant {i}: bank"
+        );
     }
 }
 
@@ -371,5 +395,8 @@ fn custom_architecture_survives() {
     assert_eq!(loaded.backbone().spec(), &spec);
     assert_same_bank(&model, &loaded);
     let images = test_images();
-    assert_same_predictions(&predict_all(&model, &images), &predict_all(&loaded, &images));
+    assert_same_predictions(
+        &predict_all(&model, &images),
+        &predict_all(&loaded, &images),
+    );
 }

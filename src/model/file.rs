@@ -212,9 +212,11 @@ impl PatchCore {
         let backbone = match backbone {
             BackboneSource::Embedded => {
                 let w = st.tensor(WEIGHTS).map_err(|_| {
-                    bad("the model has no embedded backbone weights; load it with the weights \
+                    bad(
+                        "the model has no embedded backbone weights; load it with the weights \
                          file it was fitted with (BackboneSource::File)"
-                        .into())
+                            .into(),
+                    )
                 })?;
                 if w.dtype() != Dtype::U8 || w.shape().len() != 1 {
                     return Err(bad(format!("`{WEIGHTS}` must be a 1-D u8 tensor")));

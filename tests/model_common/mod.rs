@@ -63,10 +63,8 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "patchcore-model-test-{}-{tag}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("patchcore-model-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
