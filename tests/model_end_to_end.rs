@@ -7,7 +7,7 @@ use image::{GrayImage, RgbImage};
 use model_common::*;
 use ndarray::Array2;
 use patchcore::backbone::{Backbone, ResNetSpec};
-use patchcore::coreset::CoresetSize;
+use patchcore::coreset::{CoresetConfig, CoresetSize};
 use patchcore::metrics;
 use patchcore::model::{PatchCore, PatchCoreParams, PredictOptions};
 use patchcore::preprocess::{self, PreprocessConfig, Resize};
@@ -50,16 +50,20 @@ fn data() -> (Vec<RgbImage>, Vec<Sample>) {
 }
 
 fn params() -> PatchCoreParams {
-    let mut p = PatchCoreParams::default();
-    // 128 → crop 112: a 14 × 14 patch grid on layer2.
-    p.preprocess = PreprocessConfig {
-        resize: Resize::None,
-        crop: Some((112, 112)),
-        ..PreprocessConfig::default()
-    };
-    p.layers = LAYERS.to_vec();
-    p.coreset.size = CoresetSize::Ratio(0.25);
-    p
+    PatchCoreParams {
+        // 128 → crop 112: a 14 × 14 patch grid on layer2.
+        preprocess: PreprocessConfig {
+            resize: Resize::None,
+            crop: Some((112, 112)),
+            ..PreprocessConfig::default()
+        },
+        layers: LAYERS.to_vec(),
+        coreset: CoresetConfig {
+            size: CoresetSize::Ratio(0.25),
+            ..CoresetConfig::default()
+        },
+        ..PatchCoreParams::default()
+    }
 }
 
 /// Distance in pixels from `(y, x)` to the nearest `true` pixel of `mask` (brute force).

@@ -44,14 +44,15 @@ pub fn defective_images(n: usize, seed: u64) -> Vec<(RgbImage, GrayImage, Defect
 
 /// Small, fast parameters: 96 → centre crop 64, ResNet-18 layer2+layer3, 8 × 8 patch grid.
 pub fn small_params() -> PatchCoreParams {
-    let mut p = PatchCoreParams::default();
-    p.preprocess = PreprocessConfig {
-        resize: Resize::ShorterSide(96),
-        crop: Some((64, 64)),
-        ..PreprocessConfig::default()
-    };
-    p.layers = LAYERS.to_vec();
-    p
+    PatchCoreParams {
+        preprocess: PreprocessConfig {
+            resize: Resize::ShorterSide(96),
+            crop: Some((64, 64)),
+            ..PreprocessConfig::default()
+        },
+        layers: LAYERS.to_vec(),
+        ..PatchCoreParams::default()
+    }
 }
 
 pub fn random_backbone(seed: u64) -> Backbone {
