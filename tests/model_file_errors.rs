@@ -1,69 +1,18 @@
-//! Model files that must be refused, each with a typed error and an actionable message; and
-//! `load_bytes` never panics on corrupted bytes.
+//! Model files that must be refused, each with a typed error and an actionable message
+//! (fuzzing of `load_bytes` is in `model_file_fuzz.rs`).
 
 mod model_common;
 
 use std::path::{Path, PathBuf};
 
 use model_common::*;
-use ndarray::Array2;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::{CoresetSize, Sampler};
-use patchcore::embedding::{embedding_dim, Aggregator};
-use patchcore::model::{BackboneSource, FitProgress, PatchCore, PatchCoreParams, SaveOptions};
+use patchcore::model::{BackboneSource, FitProgress, PatchCore, SaveOptions};
 use patchcore::Error;
-use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::Dtype;
-
-const ROWS: usize = 6;
-
-fn tiny_spec() -> ResNetSpec {
-    ResNetSpec {
-        name: "tiny".to_string(),
-        blocks: [1, 1, 1, 1],
-        stem_channels: 8,
-        planes: [8, 16, 32, 64],
-        ..ResNetSpec::resnet18()
-    }
-}
-
-fn tiny_params() -> PatchCoreParams {
-    let mut p = small_params();
-    p.aggregator = Aggregator::Average {
-        patch_size: 3,
-        target_dim: Some(16),
-    };
-    p
-}
-
-fn tiny_backbone(seed: u64) -> Backbone {
-    Backbone::random(&tiny_spec(), &LAYERS, seed).unwrap()
-}
-
-fn dim_of(params: &PatchCoreParams, bb: &Backbone) -> usize {
-    let ch: Vec<usize> = params.layers.iter().map(|&l| bb.out_channels(l)).collect();
-    embedding_dim(&ch, &params.aggregator)
-}
-
-fn random_bank(rows: usize, dim: usize, seed: u64) -> Array2<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Array2::from_shape_fn((rows, dim), |_| rng.random_range(-1.0f32..1.0))
-}
-
-fn tiny_model(backbone: Backbone) -> PatchCore {
-    let params = tiny_params();
-    let dim = dim_of(&params, &backbone);
-    assert_eq!(dim, 16);
-    PatchCore::from_parts(
-        params.check().unwrap(),
-        backbone,
-        random_bank(ROWS, dim, 5),
-        Some(0.5),
-    )
-    .unwrap()
-}
 
 /// A saved tiny model without embedded weights: (folder, path, bytes).
 fn saved_tiny(tag: &str) -> (TempDir, PathBuf, Vec<u8>) {
@@ -564,83 +513,4 @@ fn k_larger_than_the_bank_is_refused() {
     )
     .unwrap();
     assert_eq!(m.memory_bank().nrows(), 64);
-}
-
-/// Positions biased towards the header (where a flipped byte changes the meaning).
-fn corrupt(bytes: &[u8], edits: &[(usize, u8, bool)], cut: Option<usize>) -> Vec<u8> {
-    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut b = bytes.to_vec();
-    for &(pos, val, in_header) in edits {
-        let range = if in_header { header } else { b.len() };
-        let i = pos % range;
-        b[i] = val;
-    }
-    if let Some(c) = cut {
-        b.truncate(c % (b.len() + 1));
-    }
-    b
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-
-    #[test]
-    fn load_bytes_never_panics(
-        edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<bool>()), 1..6),
-        cut in prop::option::of(any::<usize>()),
-    ) {
-        let (bytes, backbone) = fixture();
-        let b = corrupt(bytes, &edits, cut);
-        match PatchCore::load_bytes(&b, Path::new("fuzz.safetensors"), BackboneSource::Loaded(Box::new(backbone.clone()))) {
-            Ok(m) => prop_assert!(m.memory_bank().iter().all(|v| v.is_finite())),
-            Err(e) => prop_assert!(e.to_string().contains("fuzz.safetensors") || matches!(e, Error::InvalidParameter { .. }), "{e}"),
-        }
-        // The embedded-weights path too (corrupted weights go through the weights parser).
-        match PatchCore::load_bytes(&b, Path::new("fuzz.safetensors"), BackboneSource::Embedded) {
-            Ok(m) => prop_assert!(m.memory_bank().iter().all(|v| v.is_finite())),
-            Err(e) => prop_assert!(!e.to_string().is_empty()),
-        }
-    }
-
-    /// Metadata values replaced by arbitrary text.
-    #[test]
-    fn arbitrary_metadata_values_never_panic(key_index in 0usize..64, value in "\\PC{0,24}") {
-        let (bytes, backbone) = fixture();
-        let (meta, _) = unpack(bytes);
-        let mut keys: Vec<&String> = meta.keys().collect();
-        keys.sort();
-        let key = keys[key_index % keys.len()].clone();
-        let b = rewrite(bytes, |m, _| { m.insert(key.clone(), value.clone()); });
-        let _ = PatchCore::load_bytes(&b, Path::new("fuzz.safetensors"), BackboneSource::Loaded(Box::new(backbone.clone())));
-    }
-}
-
-/// A tiny model file with embedded weights, and its backbone.
-fn fixture() -> &'static (Vec<u8>, Backbone) {
-    static F: std::sync::OnceLock<(Vec<u8>, Backbone)> = std::sync::OnceLock::new();
-    F.get_or_init(|| {
-        let dir = TempDir::new("err-fuzz");
-        let w = dir.join("w.safetensors");
-        std::fs::write(
-            &w,
-            Backbone::random_weights_safetensors(&tiny_spec(), Layer::Layer3, 1).unwrap(),
-        )
-        .unwrap();
-        let bb = Backbone::from_safetensors_file(&w, &tiny_spec(), &LAYERS).unwrap();
-        let path = dir.join("m.safetensors");
-        tiny_model(bb.clone())
-            .save(
-                &path,
-                &SaveOptions {
-                    overwrite: false,
-                    embed_weights: Some(w),
-                },
-            )
-            .unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        // The uncorrupted file loads both ways.
-        PatchCore::load_bytes(&bytes, &path, BackboneSource::Embedded).unwrap();
-        PatchCore::load_bytes(&bytes, &path, BackboneSource::Loaded(Box::new(bb.clone()))).unwrap();
-        (bytes, bb)
-    })
 }

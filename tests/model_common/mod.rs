@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, RgbImage};
+use ndarray::Array2;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+use patchcore::embedding::{embedding_dim, Aggregator};
 use patchcore::model::{PatchCore, PatchCoreParams, Prediction};
 use patchcore::preprocess::{PreprocessConfig, Resize};
 use patchcore::synthetic::{self, Defect};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -186,4 +188,59 @@ pub fn shown(p: &Path) -> String {
 /// Lower-case hex of a sha256.
 pub fn hex(b: &[u8; 32]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Rows of the tiny model's memory bank.
+pub const ROWS: usize = 6;
+
+/// A small custom ResNet (fast to build and to clone).
+pub fn tiny_spec() -> ResNetSpec {
+    ResNetSpec {
+        name: "tiny".to_string(),
+        blocks: [1, 1, 1, 1],
+        stem_channels: 8,
+        planes: [8, 16, 32, 64],
+        ..ResNetSpec::resnet18()
+    }
+}
+
+/// `small_params` with a 16-dimensional Average embedding.
+pub fn tiny_params() -> PatchCoreParams {
+    let mut p = small_params();
+    p.aggregator = Aggregator::Average {
+        patch_size: 3,
+        target_dim: Some(16),
+    };
+    p
+}
+
+/// Random weights for [`tiny_spec`].
+pub fn tiny_backbone(seed: u64) -> Backbone {
+    Backbone::random(&tiny_spec(), &LAYERS, seed).unwrap()
+}
+
+/// Embedding dimension of `params` on `bb`.
+pub fn dim_of(params: &PatchCoreParams, bb: &Backbone) -> usize {
+    let ch: Vec<usize> = params.layers.iter().map(|&l| bb.out_channels(l)).collect();
+    embedding_dim(&ch, &params.aggregator)
+}
+
+/// A seeded random `rows × dim` bank.
+pub fn random_bank(rows: usize, dim: usize, seed: u64) -> Array2<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Array2::from_shape_fn((rows, dim), |_| rng.random_range(-1.0f32..1.0))
+}
+
+/// A tiny model from parts: `ROWS × 16` random bank, threshold 0.5.
+pub fn tiny_model(backbone: Backbone) -> PatchCore {
+    let params = tiny_params();
+    let dim = dim_of(&params, &backbone);
+    assert_eq!(dim, 16);
+    PatchCore::from_parts(
+        params.check().unwrap(),
+        backbone,
+        random_bank(ROWS, dim, 5),
+        Some(0.5),
+    )
+    .unwrap()
 }
