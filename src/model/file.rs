@@ -9,12 +9,12 @@
 //!   configuration (one key per field, see [`encode`]), `backbone.*` (architecture, taps,
 //!   sha256 of the weights file), `threshold` (optional).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use sha2::Digest;
 
@@ -60,11 +60,26 @@ fn hex(bytes: &[u8]) -> String {
 
 impl PatchCore {
     /// Writes the model to one safetensors file (atomically: a temporary file renamed into
-    /// place; nothing is left behind on error).
+    /// place; nothing is left behind on error). The bytes depend only on the model (metadata
+    /// keys are written in sorted order), so saving the same model twice gives the same file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `path` exists and `opts.overwrite` is false (the file is left
+    /// untouched) or writing fails; [`Error::InvalidFile`] if `opts.embed_weights` is not the
+    /// weights file the backbone was loaded from (sha256 differs; note that a
+    /// [`Backbone::random`] backbone has no weights file: fit with
+    /// [`Backbone::from_safetensors_file`] on the bytes of
+    /// [`Backbone::random_weights_safetensors`] to embed random weights);
+    /// [`Error::InvalidParameter`] for a non-finite threshold.
     pub fn save(&self, path: &Path, opts: &SaveOptions) -> Result<()> {
-        let bank = self.memory_bank();
-        let bank = bank.as_standard_layout();
-        let bank_bytes: Vec<u8> = bank.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if let Some(t) = self.threshold {
+            if !t.is_finite() {
+                return Err(Error::param(
+                    "threshold",
+                    format!("must be finite to be saved, got {t}"),
+                ));
+            }
+        }
         let weights = match &opts.embed_weights {
             Some(w) => {
                 let bytes = std::fs::read(w).map_err(|e| Error::io(w, e))?;
@@ -72,39 +87,70 @@ impl PatchCore {
                 if sha != self.backbone.weights_sha256() {
                     return Err(Error::invalid_file(
                         w,
-                        "these weights are not the ones the model was fitted with (sha256 differs)",
+                        format!(
+                            "these weights (sha256 {}) are not the ones the model was fitted \
+                             with (sha256 {}); embed the weights file the backbone was loaded from",
+                            hex(&sha),
+                            hex(&self.backbone.weights_sha256())
+                        ),
                     ));
                 }
                 Some(bytes)
             }
             None => None,
         };
-        let mut tensors: Vec<(&str, TensorView<'_>)> = Vec::new();
-        let view = TensorView::new(Dtype::F32, vec![bank.nrows(), bank.ncols()], &bank_bytes)
-            .map_err(|e| Error::invalid_file(path, format!("cannot build tensor: {e:?}")))?;
-        tensors.push((BANK, view));
+        let bank = self.memory_bank();
+        let bank = bank.as_standard_layout();
+        let bank_len = bank.len() * 4;
+        let mut tensors = vec![(BANK, "F32", vec![bank.nrows(), bank.ncols()], bank_len)];
         if let Some(w) = &weights {
-            let view = TensorView::new(Dtype::U8, vec![w.len()], w)
-                .map_err(|e| Error::invalid_file(path, format!("cannot build tensor: {e:?}")))?;
-            tensors.push((WEIGHTS, view));
+            tensors.push((WEIGHTS, "U8", vec![w.len()], w.len()));
         }
-        let meta = encode(self);
-        let bytes = safetensors::serialize(tensors, &Some(meta))
-            .map_err(|e| Error::invalid_file(path, format!("cannot serialise: {e:?}")))?;
+        let header = header_bytes(&encode(self), &tensors);
         crate::io_util::write_atomic(path, opts.overwrite, |f| {
-            f.write_all(&bytes).map_err(|e| Error::io(path, e))
+            let mut out = std::io::BufWriter::new(f);
+            let write = |out: &mut std::io::BufWriter<&mut std::fs::File>, b: &[u8]| {
+                out.write_all(b).map_err(|e| Error::io(path, e))
+            };
+            write(&mut out, &(header.len() as u64).to_le_bytes())?;
+            write(&mut out, &header)?;
+            for v in bank.iter() {
+                write(&mut out, &v.to_le_bytes())?;
+            }
+            if let Some(w) = &weights {
+                write(&mut out, w)?;
+            }
+            out.flush().map_err(|e| Error::io(path, e))
         })
     }
 
     /// Reads a model written by [`PatchCore::save`]. Everything is checked: format and
-    /// version, every configuration field, the memory bank's shape against the configuration
-    /// and backbone, finiteness, and the backbone weights' fingerprint.
+    /// version, every configuration field, the architecture and the backbone weights'
+    /// fingerprint, the memory bank's dtype, shape (against the configuration and backbone)
+    /// and finiteness, and that the bank has at least `scoring.k` rows.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read; otherwise as [`PatchCore::load_bytes`].
     pub fn load(path: &Path, backbone: BackboneSource<'_>) -> Result<PatchCore> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::load_bytes(&bytes, path, backbone)
     }
 
-    /// [`PatchCore::load`] from bytes in memory; `name` is used in error messages.
+    /// [`PatchCore::load`] from bytes in memory; `name` is used in error messages. Never
+    /// panics, whatever the bytes.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidFile`]: not a safetensors file, damaged or truncated, not a patchcore
+    ///   model (`format`), another format version, a missing or unparsable metadata key (the
+    ///   message names it), an invalid configuration, no embedded weights with
+    ///   [`BackboneSource::Embedded`], a backbone of another architecture or with other weights
+    ///   (the message gives both sha256), a bank with fewer rows than `scoring.k`, a
+    ///   non-finite threshold;
+    /// - [`Error::MissingTensor`], [`Error::TensorDtype`], [`Error::TensorShape`],
+    ///   [`Error::NonFiniteTensor`]: the memory bank is absent, not F32, not `[rows, dim]` with
+    ///   the embedding dimension of the configuration, or holds NaN / ±∞;
+    /// - errors of [`Backbone::from_safetensors_bytes`] / [`Backbone::from_safetensors_file`]
+    ///   for the embedded or given weights.
     pub fn load_bytes(
         bytes: &[u8],
         name: &Path,
@@ -120,10 +166,10 @@ impl PatchCore {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("damaged safetensors file: {e:?}")))?;
         let m = Meta { map: &meta, name };
-        if m.get("format")? != FORMAT_NAME {
+        let format = m.get("format")?;
+        if format != FORMAT_NAME {
             return Err(bad(format!(
-                "`format` is `{}`, expected `{FORMAT_NAME}`",
-                m.get("format")?
+                "`format` is `{format}`, expected `{FORMAT_NAME}`: not a patchcore model file"
             )));
         }
         let version: u32 = m.parse("format_version")?;
@@ -133,39 +179,28 @@ impl PatchCore {
                  {FORMAT_VERSION}); re-fit or convert the model"
             )));
         }
-        let params = decode_params(&m)?;
+        let config: PatchCoreConfig = decode_params(&m)?
+            .check()
+            .map_err(|e| bad(format!("invalid configuration: {e}")))?;
+        let params = config.params();
         let spec = decode_spec(&m)?;
         let sha = m.get("backbone.sha256")?.to_string();
-        let backbone = match backbone {
-            BackboneSource::Embedded => {
-                let t = st.tensor(WEIGHTS).map_err(|_| {
-                    bad("the model has no embedded backbone weights; pass the weights file".into())
-                })?;
-                if t.dtype() != Dtype::U8 || t.shape().len() != 1 {
-                    return Err(bad(format!("`{WEIGHTS}` must be a 1-D u8 tensor")));
+        let threshold = match meta.get("threshold") {
+            Some(_) => {
+                let t: f32 = m.parse("threshold")?;
+                if !t.is_finite() {
+                    return Err(bad(format!("metadata `threshold` = `{t}` is not finite")));
                 }
-                Backbone::from_safetensors_bytes(t.data(), name, &spec, &params.layers)?
+                Some(t)
             }
-            BackboneSource::File(p) => Backbone::from_safetensors_file(p, &spec, &params.layers)?,
-            BackboneSource::Loaded(b) => *b,
+            None => None,
         };
-        if hex(&backbone.weights_sha256()) != sha {
-            return Err(bad(format!(
-                "the model was fitted with backbone weights of sha256 {sha}, but the given \
-                 weights have sha256 {}; use the same weights file as for fitting",
-                hex(&backbone.weights_sha256())
-            )));
-        }
-        if backbone.spec() != &spec {
-            return Err(bad(format!(
-                "the model was fitted with a {} backbone, the given backbone is {}",
-                spec.name,
-                backbone.spec().name
-            )));
-        }
-        let t = st
-            .tensor(BANK)
-            .map_err(|_| bad(format!("tensor `{BANK}` is missing")))?;
+        // The bank's dtype and rank are checked before the (possibly slow) backbone load.
+        let t = st.tensor(BANK).map_err(|_| Error::MissingTensor {
+            path: name.to_path_buf(),
+            tensor: BANK.into(),
+            expected: "an F32 [rows, dim] memory bank".into(),
+        })?;
         if t.dtype() != Dtype::F32 {
             return Err(Error::TensorDtype {
                 path: name.to_path_buf(),
@@ -173,6 +208,46 @@ impl PatchCore {
                 expected: "F32".into(),
                 found: format!("{:?}", t.dtype()),
             });
+        }
+        let backbone = match backbone {
+            BackboneSource::Embedded => {
+                let w = st.tensor(WEIGHTS).map_err(|_| {
+                    bad(
+                        "the model has no embedded backbone weights; load it with the weights \
+                         file it was fitted with (BackboneSource::File)"
+                            .into(),
+                    )
+                })?;
+                if w.dtype() != Dtype::U8 || w.shape().len() != 1 {
+                    return Err(bad(format!("`{WEIGHTS}` must be a 1-D u8 tensor")));
+                }
+                Backbone::from_safetensors_bytes(w.data(), name, &spec, &params.layers)?
+            }
+            BackboneSource::File(p) => Backbone::from_safetensors_file(p, &spec, &params.layers)?,
+            BackboneSource::Loaded(b) => *b,
+        };
+        if backbone.spec() != &spec {
+            return Err(bad(format!(
+                "the model was fitted with a {} backbone ({spec:?}), the given backbone is a {} \
+                 ({:?})",
+                spec.name,
+                backbone.spec().name,
+                backbone.spec()
+            )));
+        }
+        let given = hex(&backbone.weights_sha256());
+        if given != sha {
+            return Err(bad(format!(
+                "the model was fitted with backbone weights of sha256 {sha}, but the given \
+                 weights have sha256 {given}; use the same weights file as for fitting"
+            )));
+        }
+        if backbone.taps() != params.layers.as_slice() {
+            return Err(bad(format!(
+                "the model uses the backbone layers {:?}, the given backbone taps {:?}",
+                params.layers,
+                backbone.taps()
+            )));
         }
         let channels: Vec<usize> = params
             .layers
@@ -189,6 +264,12 @@ impl PatchCore {
                 found: shape,
             });
         }
+        if shape[0] < params.scoring.k {
+            return Err(bad(format!(
+                "`scoring.k` = {} nearest neighbours, but the memory bank has only {} rows",
+                params.scoring.k, shape[0]
+            )));
+        }
         let data: Vec<f32> = t
             .data()
             .chunks_exact(4)
@@ -202,15 +283,59 @@ impl PatchCore {
         }
         let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
-        let threshold = match meta.get("threshold") {
-            Some(_) => Some(m.parse::<f32>("threshold")?),
-            None => None,
-        };
-        let config: PatchCoreConfig = params
-            .check()
-            .map_err(|e| bad(format!("configuration: {e}")))?;
         PatchCore::from_parts(config, backbone, bank, threshold)
     }
+}
+
+/// The safetensors header (JSON, padded with spaces to a multiple of 8 bytes) for `meta` and
+/// `tensors` (`name, dtype, shape, byte length`, in data order). Keys are written in sorted
+/// order so that the file is a function of the model.
+fn header_bytes(
+    meta: &BTreeMap<String, String>,
+    tensors: &[(&str, &str, Vec<usize>, usize)],
+) -> Vec<u8> {
+    let mut h = String::from("{\"__metadata__\":{");
+    for (i, (k, v)) in meta.iter().enumerate() {
+        if i > 0 {
+            h.push(',');
+        }
+        json_string(&mut h, k);
+        h.push(':');
+        json_string(&mut h, v);
+    }
+    h.push('}');
+    let mut offset = 0;
+    for (name, dtype, shape, len) in tensors {
+        h.push(',');
+        json_string(&mut h, name);
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        h.push_str(&format!(
+            ":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{offset},{}]}}",
+            dims.join(","),
+            offset + len
+        ));
+        offset += len;
+    }
+    h.push('}');
+    let mut bytes = h.into_bytes();
+    while bytes.len() % 8 != 0 {
+        bytes.push(b' ');
+    }
+    bytes
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 struct Meta<'a> {
@@ -275,9 +400,9 @@ fn join<T: ToString>(v: &[T]) -> String {
 }
 
 /// The metadata map of a model (configuration, backbone fingerprint, threshold).
-fn encode(model: &PatchCore) -> HashMap<String, String> {
+fn encode(model: &PatchCore) -> BTreeMap<String, String> {
     let p = model.config.params();
-    let mut m = HashMap::new();
+    let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         m.insert(k.to_string(), v);
     };
@@ -406,6 +531,7 @@ fn decode_spec(m: &Meta<'_>) -> Result<ResNetSpec> {
     let planes: Vec<usize> = m.list("backbone.planes")?;
     let name = m.get("backbone.name")?;
     let mut spec = ResNetSpec::from_name(name).unwrap_or_else(|_| ResNetSpec::resnet18());
+    spec.name = name.to_string();
     spec.block = block;
     spec.blocks = <[usize; 4]>::try_from(blocks).map_err(|_| m.bad("backbone.blocks"))?;
     spec.planes = <[usize; 4]>::try_from(planes).map_err(|_| m.bad("backbone.planes"))?;

@@ -94,7 +94,10 @@ pub struct Prediction {
     pub patch_scores: Array2<f32>,
     /// The anomaly map at the network input size (the crop), when asked for.
     pub anomaly_map: Option<Array2<f32>>,
-    /// Index (row-major on the patch grid) of the patch that gave the image score.
+    /// The patch the image score comes from: the highest patch score (the first one on ties),
+    /// as the row-major index `y · w + x` into `patch_scores` (`h × w`). With re-weighting
+    /// (`reweight_neighbours > 1`) the image score is this patch's score times a weight in
+    /// `[0, 1)`; without it, the score itself.
     pub max_patch: usize,
 }
 
@@ -108,7 +111,16 @@ pub struct PatchCore {
 }
 
 impl PatchCore {
-    /// Fits on already decoded normal images.
+    /// Fits on already decoded normal images: features of every image (in batches of
+    /// `batch_size`, images of a batch in parallel), then coreset selection. `progress` gets
+    /// [`FitProgress::Features`] after every batch, then [`FitProgress::CoresetStarted`] and
+    /// [`FitProgress::Done`]. The result does not depend on the number of rayon threads.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for no images, images whose patch grids differ, or images the
+    /// preprocessing or backbone refuse; [`Error::InvalidParameter`] if the backbone does not
+    /// tap the configuration's layers, the coreset asks for more rows than the bank has, or
+    /// the coreset keeps fewer rows than `scoring.k` (checked before the coreset is computed).
     pub fn fit(
         config: PatchCoreConfig,
         backbone: Backbone,
@@ -125,6 +137,10 @@ impl PatchCore {
     }
 
     /// Fits on normal images read from files (decoded under `limits`).
+    ///
+    /// # Errors
+    /// As [`PatchCore::fit`], plus [`Error::Io`] / [`Error::Image`] / [`Error::LimitExceeded`]
+    /// for a file that cannot be read or decoded (the message names it).
     pub fn fit_paths(
         config: PatchCoreConfig,
         backbone: Backbone,
@@ -188,7 +204,11 @@ impl PatchCore {
         let rows = bank.len() / dim.max(1);
         let bank = Array2::from_shape_vec((rows, dim), bank)
             .map_err(|e| Error::input(format!("memory bank shape: {e}")))?;
-        let keep = coreset::coreset_size(rows, p.coreset.size)?;
+        let keep = match p.coreset.sampler {
+            coreset::Sampler::None => rows,
+            _ => coreset::coreset_size(rows, p.coreset.size)?,
+        };
+        check_k(p.scoring.k, keep)?;
         progress(FitProgress::CoresetStarted { rows, keep });
         let t = Instant::now();
         let idx = coreset::select(bank.view(), &p.coreset)?;
@@ -209,6 +229,11 @@ impl PatchCore {
     }
 
     /// Builds a model from parts (a memory bank computed elsewhere, or one read from a file).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if the backbone does not tap the configuration's layers or
+    /// the bank has fewer rows than `scoring.k`; [`Error::InvalidInput`] if the bank's width
+    /// is not the configuration's embedding dimension, or it is empty or holds NaN / ±∞.
     pub fn from_parts(
         config: PatchCoreConfig,
         backbone: Backbone,
@@ -216,6 +241,19 @@ impl PatchCore {
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
         check_backbone(&config, &backbone)?;
+        let p = config.params();
+        let channels: Vec<usize> = p.layers.iter().map(|&l| backbone.out_channels(l)).collect();
+        let dim = embedding::embedding_dim(&channels, &p.aggregator);
+        if memory_bank.ncols() != dim {
+            return Err(Error::input(format!(
+                "the memory bank has rows of {} values, but the configuration embeds patches \
+                 of the {} layers {:?} in {dim} dimensions",
+                memory_bank.ncols(),
+                backbone.spec().name,
+                p.layers
+            )));
+        }
+        check_k(p.scoring.k, memory_bank.nrows())?;
         let index = BruteForce::new(memory_bank)?;
         Ok(PatchCore {
             config,
@@ -261,7 +299,12 @@ impl PatchCore {
         Ok((preds, timings))
     }
 
-    /// Scores an already normalised NCHW batch.
+    /// Scores an already normalised NCHW batch (as [`preprocess::preprocess_batch`] makes);
+    /// one [`Prediction`] per image, in order. The anomaly maps have the input's `H × W`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] / [`Error::LimitExceeded`] for input the backbone refuses (not 3
+    /// channels, too small or too large).
     pub fn predict_tensor(
         &self,
         input: ArrayView4<f32>,
@@ -349,6 +392,21 @@ fn embed_batch(
     let emb = embedding::embed(&views, &config.params().aggregator)?;
     timings.embedding += t.elapsed();
     Ok((emb, grid))
+}
+
+/// `k` nearest neighbours need a memory bank of at least `k` rows.
+fn check_k(k: usize, rows: usize) -> Result<()> {
+    if k > rows {
+        return Err(Error::param(
+            "k",
+            format!(
+                "scoring asks for the {k} nearest memory-bank rows but the memory bank has only \
+                 {rows} rows; lower `scoring.k` or keep more rows (a larger coreset or more \
+                 training images)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_backbone(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {

@@ -12,7 +12,7 @@ use crate::scoring::ScoringConfig;
 /// Everything that defines how a PatchCore model is fitted and how it scores, before
 /// validation. Build one (start from [`Default`], which follows the original implementation)
 /// and turn it into a [`PatchCoreConfig`] with [`PatchCoreParams::check`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PatchCoreParams {
     /// Image preprocessing (resize, crop, normalisation).
     pub preprocess: PreprocessConfig,
@@ -45,7 +45,7 @@ impl Default for PatchCoreParams {
 }
 
 /// Validated parameters; the only way to get one is [`PatchCoreParams::check`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PatchCoreConfig {
     params: PatchCoreParams,
 }
