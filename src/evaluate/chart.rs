@@ -39,28 +39,39 @@ pub fn chart_svg(summaries: &[Summary], mean: Option<&Summary>, title: &str) -> 
         lowest = lowest.min(100.0 * s.min);
     }
     let y0 = y_floor(lowest);
+    let range = 100.0 - y0;
+    let step = if range <= 10.0 {
+        1.0
+    } else if range <= 50.0 {
+        5.0
+    } else {
+        10.0
+    };
     let n = bars.len();
     let names: Vec<String> = bars.iter().map(|b| b.name.clone()).collect();
-    let width = (90 * n as u32 + 120).max(480);
+    let width = (72 * n as u32 + 120).max(640);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(chart_err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
+            .caption(title, ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..n).into_segmented(), y0..100.0)
+            // A little headroom so that whisker caps at 100 % stay visible.
+            .build_cartesian_2d((0..n - 1).into_segmented(), y0..100.0 + range / 50.0)
             .map_err(chart_err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(n)
             .x_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
                 _ => String::new(),
             })
+            .y_labels((range / step).round() as usize + 1)
             .y_desc("image AUROC (%)")
             .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 13))
@@ -86,17 +97,21 @@ pub fn chart_svg(summaries: &[Summary], mean: Option<&Summary>, title: &str) -> 
                 r
             }))
             .map_err(chart_err)?;
+        // Whiskers from min to max with caps 14 px wide.
+        let whisker = BLACK.stroke_width(2);
         chart
             .draw_series(bars.iter().enumerate().map(|(i, b)| {
-                let s = &b.image_auroc;
-                ErrorBar::new_vertical(
-                    SegmentValue::CenterOf(i),
-                    100.0 * s.min,
-                    100.0 * s.mean,
-                    100.0 * s.max,
-                    BLACK.stroke_width(2),
-                    14,
-                )
+                let x = SegmentValue::CenterOf(i);
+                let (lo, hi) = (100.0 * b.image_auroc.min, 100.0 * b.image_auroc.max);
+                PathElement::new(vec![(x.clone(), lo), (x, hi)], whisker)
+            }))
+            .map_err(chart_err)?;
+        chart
+            .draw_series(bars.iter().enumerate().flat_map(|(i, b)| {
+                [b.image_auroc.min, b.image_auroc.max].map(|v| {
+                    EmptyElement::at((SegmentValue::CenterOf(i), 100.0 * v))
+                        + PathElement::new(vec![(-7, 0), (7, 0)], whisker)
+                })
             }))
             .map_err(chart_err)?;
         root.present().map_err(chart_err)?;
