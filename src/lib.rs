@@ -73,6 +73,7 @@ pub mod backbone;
 pub mod coreset;
 pub mod dataset;
 pub mod embedding;
+pub mod evaluate;
 pub mod knn;
 pub mod metrics;
 pub mod model;
