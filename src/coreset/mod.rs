@@ -38,8 +38,14 @@
 //! assert_eq!(idx.len(), 10);
 //! ```
 
+mod distance;
 mod greedy;
+mod pass;
 mod projection;
+mod topk;
+
+#[cfg(test)]
+mod accel_tests;
 
 pub use greedy::{approximate_greedy_from, greedy_from};
 pub use projection::project;
