@@ -10,16 +10,17 @@
 //! computed `Δ(z_i, z_s)` is at least `a_i` and cannot lower the key: it is not computed. The
 //! keys after a pass are therefore exactly those of folding the centres one at a time.
 //!
-//! The kernels are written once as `#[inline(always)]` bodies and compiled twice: portable and,
-//! on x86-64 CPUs that have it, with AVX enabled (chosen at run time). The distance's summation
-//! order is fixed (see [`distance`](super::distance)) and no operation is fused, so both builds
-//! give the same bits.
+//! The passes are generic over the distance [`Kernel`]: the portable one, or the AVX one when
+//! the CPU has it (chosen at run time). Both give the same bits (see
+//! [`distance`](super::distance)).
 
 use std::ops::AddAssign;
 
 use rayon::prelude::*;
 
-use super::distance::sq_dist_many;
+#[cfg(target_arch = "x86_64")]
+use super::distance::Avx;
+use super::distance::{Kernel, Portable};
 use super::topk::{TopK, CAP};
 
 /// Rows per parallel block of a pass.
@@ -89,7 +90,8 @@ impl<'a> Rows<'a> {
 }
 
 #[inline(always)]
-fn fold_block_body(
+fn fold_block_body<K: Kernel>(
+    kern: K,
     zb: &[f32],
     d: usize,
     base: usize,
@@ -139,7 +141,7 @@ fn fold_block_body(
             };
             let mut quads = todo[..nt].chunks_exact(4);
             for q in &mut quads {
-                let s = sq_dist_many(
+                let s = kern.sq4(
                     row,
                     [centre(q[0]), centre(q[1]), centre(q[2]), centre(q[3])],
                 );
@@ -148,7 +150,7 @@ fn fold_block_body(
                 }
             }
             for &j in quads.remainder() {
-                set(j, sq_dist_many(row, [centre(j)])[0]);
+                set(j, kern.sq1(row, centre(j)));
             }
             *ai = best;
             *oi = own;
@@ -156,19 +158,6 @@ fn fold_block_body(
         top.offer(*ai, base + i);
     }
     (top, work)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn fold_block_avx(
-    zb: &[f32],
-    d: usize,
-    base: usize,
-    ab: &mut [f32],
-    ob: &mut [u32],
-    batch: &Batch,
-) -> (TopK, Work) {
-    fold_block_body(zb, d, base, ab, ob, batch)
 }
 
 fn fold_block(
@@ -180,12 +169,13 @@ fn fold_block(
     batch: &Batch,
 ) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: `fold_block_avx` only requires the CPU to support AVX, checked just above.
-        // Its body is the same safe code as the portable path.
-        return unsafe { fold_block_avx(zb, d, base, ab, ob, batch) };
+    if let Some(kern) = Avx::detect() {
+        return kern.run(
+            #[inline(always)]
+            || fold_block_body(kern, zb, d, base, ab, ob, batch),
+        );
     }
-    fold_block_body(zb, d, base, ab, ob, batch)
+    fold_block_body(Portable, zb, d, base, ab, ob, batch)
 }
 
 /// Folds `batch` into the keys `a` (and owners) of all rows of `z` and returns the best
@@ -208,7 +198,14 @@ pub(super) fn full_pass(z: &Rows, a: &mut [f32], owner: &mut [u32], batch: &Batc
 }
 
 #[inline(always)]
-fn cc_block_body(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut [f32]) {
+fn cc_block_body<K: Kernel>(
+    kern: K,
+    z: &Rows,
+    rows: &[usize],
+    centres: &[f32],
+    m: usize,
+    out: &mut [f32],
+) {
     let d = z.d;
     let centre = |j: usize| &centres[j * d..(j + 1) * d];
     for (&r, o) in rows.iter().zip(out.chunks_exact_mut(m)) {
@@ -216,32 +213,28 @@ fn cc_block_body(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut 
         let mut quads = o.chunks_exact_mut(4);
         let mut j = 0;
         for q in &mut quads {
-            let s = sq_dist_many(x, [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)]);
+            let s = kern.sq4(x, [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)]);
             for (v, sq) in q.iter_mut().zip(s) {
                 *v = sq.sqrt();
             }
             j += 4;
         }
         for v in quads.into_remainder() {
-            *v = sq_dist_many(x, [centre(j)])[0].sqrt();
+            *v = kern.sq1(x, centre(j)).sqrt();
             j += 1;
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn cc_block_avx(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut [f32]) {
-    cc_block_body(z, rows, centres, m, out)
-}
-
 fn cc_block(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: `cc_block_avx` only requires the CPU to support AVX, checked just above.
-        return unsafe { cc_block_avx(z, rows, centres, m, out) };
+    if let Some(kern) = Avx::detect() {
+        return kern.run(
+            #[inline(always)]
+            || cc_block_body(kern, z, rows, centres, m, out),
+        );
     }
-    cc_block_body(z, rows, centres, m, out)
+    cc_block_body(Portable, z, rows, centres, m, out)
 }
 
 /// Fills `cc` (`emitted.len() × m`) with the distances from every emitted row to every centre of
@@ -290,7 +283,7 @@ mod tests {
             let (mut a1, mut o1) = (init.clone(), vec![NO_OWNER; n]);
             let (mut a2, mut o2) = (init.clone(), vec![NO_OWNER; n]);
             let (t1, w1) = fold_block(&data, d, 0, &mut a1, &mut o1, &batch);
-            let (t2, w2) = fold_block_body(&data, d, 0, &mut a2, &mut o2, &batch);
+            let (t2, w2) = fold_block_body(Portable, &data, d, 0, &mut a2, &mut o2, &batch);
             assert_eq!(w1, w2);
             assert_eq!(o1, o2);
             let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
