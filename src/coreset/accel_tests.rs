@@ -207,91 +207,40 @@ fn stats_on_bench_shape() {
     let bank = Array2::from_shape_fn((n, 128), |_| rng.random_range(-1.0f32..1.0));
     let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
     let z = rows_of(&cow, "stats").unwrap();
-    for k in [n / 100] {
+    let k: usize = std::env::var("K")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n / 100);
+    let cpu = || -> f64 {
+        // utime + stime of the process, in clock ticks of 10 ms.
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<f64> = s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+    };
+    for approx in [false, true] {
         let mut a = vec![f32::INFINITY; n];
         let mut out = Vec::new();
-        let cpu = || -> f64 {
-            // utime + stime of the process, in clock ticks of 10 ms.
-            let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-            let f: Vec<f64> = s
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(|v| v.parse().unwrap_or(0.0))
-                .collect();
-            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
-        };
         let c0 = cpu();
         let t = std::time::Instant::now();
-        let s = traverse(&z, &mut a, Some(0), k, &mut out);
+        let s = if approx {
+            let starts: Vec<f32> = (0..10).flat_map(|i| z.row(i * 997).to_vec()).collect();
+            mean_to_starts(&z, &starts, 10, &mut a);
+            traverse(&z, &mut a, None, k, &mut out)
+        } else {
+            traverse(&z, &mut a, Some(0), k, &mut out)
+        };
         let c = cpu() - c0;
         println!(
             "{:?} wall, {c:.2} s cpu, {:.2} Gelem/s of cpu",
             t.elapsed(),
             (s.work.computed as f64 * 128.0) / c / 1e9
         );
-        report(&format!("uniform {n}x128 greedy"), k, s);
-    }
-}
-
-#[inline(always)]
-fn speed_body<K: super::distance::Kernel>(k: K, data: &[f32], c: &[f32], d: usize) -> (f32, f32) {
-    let mut s4 = 0.0f32;
-    let mut s1 = 0.0f32;
-    for x in data.chunks_exact(d) {
-        for q in c.chunks_exact(4 * d) {
-            let r = k.sq4(
-                x,
-                [&q[..d], &q[d..2 * d], &q[2 * d..3 * d], &q[3 * d..4 * d]],
-            );
-            s4 += r[0] + r[1] + r[2] + r[3];
-        }
-    }
-    for x in data.chunks_exact(d) {
-        s1 += k.sq1(x, &c[..d]);
-    }
-    (s4, s1)
-}
-
-/// Not a check: kernel throughput (`cargo test --release --lib kernel_speed -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn kernel_speed() {
-    let (n, d) = (20_000usize, 128usize);
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let data: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let m: usize = std::env::var("M")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let c: Vec<f32> = data[..m * d].to_vec();
-    for avx in [false, true] {
-        let cpu = || -> f64 {
-            let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-                / 1e9
-        };
-        let c0 = cpu();
-        let t = std::time::Instant::now();
-        let mut s = (0.0, 0.0);
-        for _ in 0..10 {
-            let r = match super::distance::Avx::detect() {
-                Some(k) if avx => speed_body(k, &data, &c, d),
-                _ => speed_body(super::distance::Portable, &data, &c, d),
-            };
-            s.0 += r.0;
-            s.1 += r.1;
-        }
-        let e = t.elapsed();
-        let c = cpu() - c0;
-        println!(
-            "avx {avx}: {:?} wall, {c:.4} s cpu for 5 distances per row, {:.2} Gelem/s of cpu ({s:?})",
-            e,
-            (10 * n * d * (m + 1)) as f64 / c / 1e9
-        );
+        report(&format!("uniform {n}x128 approx={approx}"), k, s);
     }
 }

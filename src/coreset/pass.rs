@@ -99,6 +99,9 @@ fn fold_block_body<K: Kernel>(
     ob: &mut [u32],
     batch: &Batch,
 ) -> (TopK, Work) {
+    if batch.cc.is_none() {
+        return fold_block_dense(kern, zb, d, base, ab, ob, batch);
+    }
     let m = batch.m;
     let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
     let mut top = TopK::new();
@@ -156,6 +159,74 @@ fn fold_block_body<K: Kernel>(
             *oi = own;
         }
         top.offer(*ai, base + i);
+    }
+    (top, work)
+}
+
+/// Rows processed together by [`fold_block_dense`].
+const TILE: usize = 8;
+
+/// [`fold_block_body`] without pruning: every row meets every centre. Rows go by tiles of
+/// [`TILE`] and centres by fours, so a group of centres is loaded once per tile rather than
+/// once per row. Each row still meets the centres in ascending order.
+#[inline(always)]
+fn fold_block_dense<K: Kernel>(
+    kern: K,
+    zb: &[f32],
+    d: usize,
+    base: usize,
+    ab: &mut [f32],
+    ob: &mut [u32],
+    batch: &Batch,
+) -> (TopK, Work) {
+    let m = batch.m;
+    let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
+    let pos = |j: usize| u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
+    let mut top = TopK::new();
+    let mut work = Work::default();
+    for (t, (at, ot)) in ab.chunks_mut(TILE).zip(ob.chunks_mut(TILE)).enumerate() {
+        let first = t * TILE;
+        // Rows of the tile whose key can still drop (a key ≤ 0 never can).
+        let mut live = [0usize; TILE];
+        let mut nl = 0;
+        for (r, &a) in at.iter().enumerate() {
+            if a > 0.0 && m > 0 {
+                live[nl] = r;
+                nl += 1;
+            }
+        }
+        work.computed += (nl * m) as u64;
+        let live = &live[..nl];
+        let mut j = 0;
+        while j + 4 <= m {
+            let q = [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)];
+            for &r in live {
+                let row = &zb[(first + r) * d..(first + r + 1) * d];
+                let s = kern.sq4(row, q);
+                for (c, &sq) in s.iter().enumerate() {
+                    let dj = sq.sqrt();
+                    if dj < at[r] {
+                        at[r] = dj;
+                        ot[r] = pos(j + c);
+                    }
+                }
+            }
+            j += 4;
+        }
+        while j < m {
+            for &r in live {
+                let row = &zb[(first + r) * d..(first + r + 1) * d];
+                let dj = kern.sq1(row, centre(j)).sqrt();
+                if dj < at[r] {
+                    at[r] = dj;
+                    ot[r] = pos(j);
+                }
+            }
+            j += 1;
+        }
+        for (r, &a) in at.iter().enumerate() {
+            top.offer(a, base + first + r);
+        }
     }
     (top, work)
 }

@@ -3,7 +3,7 @@
 
 /// Capacity of a [`TopK`]: the candidate list of the batched traversal plus one entry, the best
 /// row outside the list (the threshold).
-pub(super) const CAP: usize = 257;
+pub(super) const CAP: usize = 129;
 
 /// `p` comes before `q`: larger key, then lower index. On finite keys (or `±∞`, never NaN)
 /// this is a strict total order on distinct indices.
