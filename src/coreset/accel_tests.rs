@@ -203,8 +203,14 @@ fn stats_on_bench_shape() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(163_840);
+    let clustered = std::env::var("BLOBS").is_ok();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let bank = Array2::from_shape_fn((n, 128), |_| rng.random_range(-1.0f32..1.0));
+    let bank = if clustered {
+        blobs(n, 128, 400, 0, 1)
+    } else {
+        Array2::from_shape_fn((n, 128), |_| rng.random_range(-1.0f32..1.0))
+    };
+    let what = if clustered { "blobs" } else { "uniform" };
     let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
     let z = rows_of(&cow, "stats").unwrap();
     let k: usize = std::env::var("K")
@@ -241,6 +247,6 @@ fn stats_on_bench_shape() {
             t.elapsed(),
             (s.work.computed as f64 * 128.0) / c / 1e9
         );
-        report(&format!("uniform {n}x128 approx={approx}"), k, s);
+        report(&format!("{what} {n}x128 approx={approx}"), k, s);
     }
 }

@@ -359,7 +359,7 @@ mod tests {
             assert_eq!(o1, o2);
             let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a1), bits(&a2));
-            for i in 0..n {
+            for (i, got) in a1.iter().enumerate() {
                 let want = if i % 5 == 0 {
                     0.0
                 } else {
@@ -367,7 +367,7 @@ mod tests {
                         .map(|j| dist(z.row(i), &centres[j * d..(j + 1) * d]))
                         .fold(f32::INFINITY, f32::min)
                 };
-                assert_eq!(a1[i].to_bits(), want.to_bits(), "d {d} row {i}");
+                assert_eq!(got.to_bits(), want.to_bits(), "d {d} row {i}");
             }
             assert_eq!(t1.len(), t2.len());
             for i in 0..t1.len() {
