@@ -194,6 +194,31 @@ fn tiny_and_degenerate_banks_match_plain() {
     compare(&same, 250, &[1, 2], 500);
 }
 
+#[test]
+fn pruned_and_batched_traversal_is_identical_on_one_and_two_threads() {
+    let bank = blobs(6_000, 12, 40, 5, 13);
+    let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
+    let z = rows_of(&cow, "threads").unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut a = vec![f32::INFINITY; z.n];
+            let mut out = Vec::new();
+            let s = traverse(&z, &mut a, Some(5), 1_500, &mut out);
+            (out, a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s)
+        })
+    };
+    let (o1, a1, s1) = run(1);
+    let (o2, a2, s2) = run(2);
+    assert_eq!(o1, o2);
+    assert_eq!(a1, a2);
+    assert_eq!(s1.work, s2.work);
+    assert!(s1.work.pruned > 0);
+}
+
 /// Not a check: prints the traversal counters on the bench's data shape
 /// (`cargo test --release --lib stats_on_bench_shape -- --ignored --nocapture`).
 #[test]

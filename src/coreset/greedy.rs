@@ -97,6 +97,7 @@ pub(super) fn traverse(
     let mut pending: Vec<usize> = Vec::with_capacity(CAP + 1);
     let mut centres: Vec<f32> = Vec::with_capacity((CAP + 1) * d);
     let mut cc: Vec<f32> = Vec::new();
+    let mut near: Vec<f32> = Vec::new();
     let mut list: Vec<usize> = Vec::with_capacity(LIST);
     let rel = rel_margin(d);
     let mut backoff = 0usize;
@@ -119,13 +120,14 @@ pub(super) fn traverse(
         let prune = m > 0 && backoff == 0 && out.len() > m;
         if prune {
             cc.resize(out.len() * m, 0.0);
-            centre_table(z, out, &centres, m, &mut cc);
+            near.resize(out.len(), 0.0);
+            centre_table(z, out, &centres, m, &mut cc, &mut near);
         }
         let batch = Batch {
             centres: &centres,
             m,
             first_pos: out.len() - m,
-            cc: if prune { Some(&cc) } else { None },
+            cc: if prune { Some((&cc, &near)) } else { None },
             rel,
         };
         let (top, work) = full_pass(z, a, &mut owner, &batch);

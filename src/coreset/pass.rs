@@ -44,6 +44,12 @@ pub(super) fn rel_margin(d: usize) -> f32 {
     (4.0 * roundings * f32::EPSILON).max(1e-5)
 }
 
+/// A new centre at distance `> bound(a_i)` from row `i`'s owner cannot lower `a_i`.
+#[inline(always)]
+fn bound(key: f32, rel: f32) -> f32 {
+    2.0 * key * (1.0 + rel) + ABS_MARGIN
+}
+
 /// Work done by a pass, in row–centre pairs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Work {
@@ -68,9 +74,10 @@ pub(super) struct Batch<'a> {
     pub m: usize,
     /// Coreset position of the first of them (the others follow).
     pub first_pos: usize,
-    /// When pruning: `cc[q·m + j] = Δ(z_{out[q]}, centre j)` for every coreset position `q`
-    /// emitted so far (including the batch itself).
-    pub cc: Option<&'a [f32]>,
+    /// When pruning: the table `cc[q·m + j] = Δ(z_{out[q]}, centre j)` for every coreset
+    /// position `q` emitted so far (including the batch itself), and its row minima
+    /// `min_j cc[q·m + j]` (`−∞` when a row holds a non-finite distance), see [`centre_table`].
+    pub cc: Option<(&'a [f32], &'a [f32])>,
     /// [`rel_margin`] for the row length.
     pub rel: f32,
 }
@@ -104,7 +111,6 @@ fn fold_block_body<K: Kernel>(
     }
     let m = batch.m;
     let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
-    let mut top = TopK::new();
     let mut work = Work::default();
     let mut todo = [0usize; CAP];
     for (i, (ai, oi)) in ab.iter_mut().zip(ob.iter_mut()).enumerate() {
@@ -114,8 +120,13 @@ fn fold_block_body<K: Kernel>(
             let row = &zb[i * d..(i + 1) * d];
             let mut nt = 0;
             match batch.cc {
-                Some(cc) if *oi != NO_OWNER => {
-                    let bound = 2.0 * key * (1.0 + batch.rel) + ABS_MARGIN;
+                Some((_, near))
+                    if *oi != NO_OWNER && near[*oi as usize] > bound(key, batch.rel) =>
+                {
+                    // Every centre of the batch is too far from the owner: nothing to compute.
+                }
+                Some((cc, _)) if *oi != NO_OWNER => {
+                    let bound = bound(key, batch.rel);
                     let own = *oi as usize;
                     for (j, &dc) in cc[own * m..(own + 1) * m].iter().enumerate() {
                         if !(dc > bound && dc.is_finite()) {
@@ -158,9 +169,8 @@ fn fold_block_body<K: Kernel>(
             *ai = best;
             *oi = own;
         }
-        top.offer(*ai, base + i);
     }
-    (top, work)
+    (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
 /// Rows processed together by [`fold_block_dense`].
@@ -182,7 +192,6 @@ fn fold_block_dense<K: Kernel>(
     let m = batch.m;
     let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
     let pos = |j: usize| u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
-    let mut top = TopK::new();
     let mut work = Work::default();
     for (t, (at, ot)) in ab.chunks_mut(TILE).zip(ob.chunks_mut(TILE)).enumerate() {
         let first = t * TILE;
@@ -224,11 +233,8 @@ fn fold_block_dense<K: Kernel>(
             }
             j += 1;
         }
-        for (r, &a) in at.iter().enumerate() {
-            top.offer(a, base + first + r);
-        }
     }
-    (top, work)
+    (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
 fn fold_block(
@@ -309,11 +315,31 @@ fn cc_block(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut [f32]
 }
 
 /// Fills `cc` (`emitted.len() × m`) with the distances from every emitted row to every centre of
-/// the batch (rows `m × d` in `centres`).
-pub(super) fn centre_table(z: &Rows, emitted: &[usize], centres: &[f32], m: usize, cc: &mut [f32]) {
+/// the batch (rows `m × d` in `centres`), and `near` (`emitted.len()`) with the row minima of
+/// `cc`, or `−∞` for a row holding a non-finite distance (such a row never prunes).
+pub(super) fn centre_table(
+    z: &Rows,
+    emitted: &[usize],
+    centres: &[f32],
+    m: usize,
+    cc: &mut [f32],
+    near: &mut [f32],
+) {
     cc.par_chunks_mut(CC_BLOCK * m)
+        .zip(near.par_chunks_mut(CC_BLOCK))
         .zip(emitted.par_chunks(CC_BLOCK))
-        .for_each(|(out, rows)| cc_block(z, rows, centres, m, out));
+        .for_each(|((out, near), rows)| {
+            cc_block(z, rows, centres, m, out);
+            for (n, row) in near.iter_mut().zip(out.chunks_exact(m)) {
+                *n = row.iter().fold(f32::INFINITY, |acc, &v| {
+                    if v.is_finite() {
+                        acc.min(v)
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                });
+            }
+        });
 }
 
 #[cfg(test)]
@@ -334,12 +360,18 @@ mod tests {
             let centres: Vec<f32> = (0..m).flat_map(|j| z.row(j * 13).to_vec()).collect();
             let emitted: Vec<usize> = (0..m).map(|j| j * 13).collect();
             let mut cc = vec![0.0; m * m];
-            centre_table(&z, &emitted, &centres, m, &mut cc);
+            let mut near = vec![0.0; m];
+            centre_table(&z, &emitted, &centres, m, &mut cc, &mut near);
             for q in 0..m {
                 for j in 0..m {
                     let want = dist(z.row(emitted[q]), &centres[j * d..(j + 1) * d]);
                     assert_eq!(cc[q * m + j].to_bits(), want.to_bits());
                 }
+                let min = cc[q * m..(q + 1) * m]
+                    .iter()
+                    .copied()
+                    .fold(f32::INFINITY, f32::min);
+                assert_eq!(near[q], min);
             }
             let batch = Batch {
                 centres: &centres,

@@ -40,8 +40,8 @@ impl TopK {
         (self.key[i], self.row[i])
     }
 
-    /// Offers a pair (each row at most once).
-    #[inline(always)]
+    /// Offers a pair (each row at most once). Used by the tests as the simplest reference.
+    #[cfg(test)]
     pub(super) fn offer(&mut self, key: f32, row: usize) {
         let mut pos = if self.len == CAP {
             if !beats((key, row), (self.key[CAP - 1], self.row[CAP - 1])) {
@@ -59,6 +59,39 @@ impl TopK {
         }
         self.key[pos] = key;
         self.row[pos] = row;
+    }
+
+    /// The best [`CAP`] of the pairs `(keys[i], base + i)` (at most `MAX_ROWS` keys). Selects
+    /// on a stack buffer and sorts only the winners: linear in the number of keys, whatever
+    /// their order.
+    pub(super) fn of_keys<const MAX_ROWS: usize>(keys: &[f32], base: usize) -> TopK {
+        let mut buf = [(0.0f32, 0usize); MAX_ROWS];
+        let n = keys.len().min(MAX_ROWS);
+        for (b, (i, &k)) in buf.iter_mut().zip(keys.iter().enumerate()) {
+            *b = (k, base + i);
+        }
+        let order = |p: &(f32, usize), q: &(f32, usize)| {
+            if beats(*p, *q) {
+                std::cmp::Ordering::Less
+            } else if beats(*q, *p) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        };
+        let buf = &mut buf[..n];
+        let take = n.min(CAP);
+        if n > take {
+            buf.select_nth_unstable_by(take - 1, order);
+        }
+        buf[..take].sort_unstable_by(order);
+        let mut out = TopK::new();
+        for (t, &(k, r)) in buf[..take].iter().enumerate() {
+            out.key[t] = k;
+            out.row[t] = r;
+        }
+        out.len = take;
+        out
     }
 
     /// The best [`CAP`] pairs of two lists over disjoint rows. The result does not depend on
@@ -117,7 +150,17 @@ mod tests {
                     b.offer(k, i)
                 }
             }
-            for list in [all, TopK::merge(a, b), TopK::merge(b, a)] {
+            let sel = TopK::of_keys::<1000>(&keys[split..], split);
+            let mut lo = TopK::new();
+            for (i, &k) in keys[..split].iter().enumerate() {
+                lo.offer(k, i);
+            }
+            for list in [
+                all,
+                TopK::merge(a, b),
+                TopK::merge(b, a),
+                TopK::merge(sel, lo),
+            ] {
                 let got: Vec<(f32, usize)> = (0..list.len()).map(|i| list.get(i)).collect();
                 assert_eq!(got, want, "n {n}");
             }
