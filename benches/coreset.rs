@@ -40,7 +40,9 @@ fn bench_selection(c: &mut Criterion) {
     let bank = random_bank(N, 128, 1);
     let mut g = c.benchmark_group("selection");
     g.sample_size(10);
-    // 10 distance passes over the bank: the cost of one farthest-first step × 10.
+    // 11 centres: the fixed costs of a call (input check, first passes while the candidate
+    // list is still short-lived; 3 passes on this data). Named after the plain traversal's
+    // 10 passes.
     let cfg = CoresetConfig {
         size: CoresetSize::Count(11),
         ..CoresetConfig::default()
