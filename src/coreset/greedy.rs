@@ -18,6 +18,12 @@
 //!   that provably cannot lower a key are not computed. It is switched off for a few passes when
 //!   it does not pay for its centre–centre table (high-dimensional uniform data).
 //!
+//! Cost (163,840 × 128 rows, 1 % = 1,638 centres): uniform random rows, where nothing can be
+//! pruned, need every one of the `k·N` distances but only ~24 passes (~70 centres per pass) at
+//! ~15 G elements/s per core with AVX; clustered rows prune 85–98 % of the distances. The
+//! centre–centre table costs `~k²/2` distances over a run, which dominates on clustered data at
+//! 10 %.
+//!
 //! Both only skip work whose outcome is known, and every key is a `min` of distances computed by
 //! the one distance function, so keys, argmaxes and the emitted indices are bit-for-bit those of
 //! the plain traversal, whatever the number of threads (blocks of rows are processed

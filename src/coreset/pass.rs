@@ -36,9 +36,10 @@ const CC_BLOCK: usize = 64;
 /// subnormal (below ~1.1e-19).
 const ABS_MARGIN: f32 = 1e-18;
 
-/// Relative pruning margin for rows of length `d`: a generous bound on the relative rounding
-/// error of a computed distance (at most `d/16 + 6` roundings in the sum of squares, then the
-/// square root) times two for the two distances on the right of the bound.
+/// Relative pruning margin for rows of length `d`. A computed distance has a relative error of
+/// at most about `(d/16 + 6)·ε` (the roundings along one lane of the sum of squares, the lane
+/// tree, the tail, the square root); the bound combines two computed distances against a third,
+/// so `4·(d/16 + 16)·ε` (at least `1e-5`) leaves a wide safety factor.
 pub(super) fn rel_margin(d: usize) -> f32 {
     let roundings = (d / super::distance::LANES) as f32 + 16.0;
     (4.0 * roundings * f32::EPSILON).max(1e-5)
