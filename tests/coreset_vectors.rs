@@ -84,6 +84,24 @@ fn select_input_errors() {
         }
         other => panic!("{other:?}"),
     }
+    // Past the first 65,536 values, with a later one too, in a transposed (non-contiguous)
+    // view as well: the first one in row-major order is reported.
+    let mut big = Array2::<f32>::zeros((1_000, 100));
+    big[[950, 3]] = f32::INFINITY;
+    big[[900, 7]] = f32::NAN;
+    big[[900, 9]] = f32::NEG_INFINITY;
+    match select(big.view(), &cfg) {
+        Err(Error::InvalidInput { reason }) => {
+            assert!(reason.contains("row 900, column 7"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match select(big.t(), &cfg) {
+        Err(Error::InvalidInput { reason }) => {
+            assert!(reason.contains("row 3, column 950"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
     let bank = line(&[0.0, 1.0]);
     let too_many = CoresetConfig {
         size: CoresetSize::Count(3),

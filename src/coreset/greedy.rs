@@ -1,138 +1,199 @@
 //! Farthest-first traversal (greedy k-center), the hot loop of coreset selection.
 //!
 //! The key array `a` holds, for every row, its current distance to the nearest emitted row (or
-//! the initial cap of the approximate sampler). One *pass* folds the distance to the newly emitted
-//! row into `a` and finds the next farthest row. Passes run in parallel over fixed blocks of
-//! rows; every block reports its `(value, index)` maximum and the blocks are merged with a total
-//! order (larger value first, then lower index), so the result is the same whatever the number
-//! of threads and whatever order the blocks finish in.
+//! the initial cap of the approximate sampler); the next emitted row is the one with the largest
+//! key, ties going to the lowest index. The *definition* is the plain traversal: after every
+//! emission, fold the distance to the new row into all keys and take the argmax.
+//!
+//! The implementation gives exactly the same sequence with far fewer passes over the bank:
+//!
+//! * **Candidate list.** A full pass also returns the `LIST` best rows (by key, then index) and
+//!   the best row outside them, the *threshold* `(τ, i_τ)`. Keys of rows outside the list can only
+//!   decrease, so while the best list row — its key kept exact by folding each new centre into
+//!   the list alone — still comes before `(τ, i_τ)` in the (key, index) order, it *is* the global
+//!   argmax and is emitted without touching the rest of the bank. When it no longer does, one
+//!   full pass folds all pending centres into every row at once (each row read once for up to
+//!   `CAP` centres) and rebuilds the list.
+//! * **Triangle-inequality pruning** inside a full pass (see [`pass`](super::pass)): distances
+//!   that provably cannot lower a key are not computed. It is switched off for a few passes when
+//!   it does not pay for its centre–centre table (high-dimensional uniform data).
+//!
+//! Cost (163,840 × 128 rows, 1 % = 1,638 centres): uniform random rows, where nothing can be
+//! pruned, need every one of the `k·N` distances but only ~24 passes (~70 centres per pass) at
+//! ~15 G elements/s per core with AVX; clustered rows prune 85–98 % of the distances. The
+//! centre–centre table costs `~k²/2` distances over a run, which dominates on clustered data at
+//! 10 %.
+//!
+//! Both only skip work whose outcome is known, and every key is a `min` of distances computed by
+//! the one distance function, so keys, argmaxes and the emitted indices are bit-for-bit those of
+//! the plain traversal, whatever the number of threads (blocks of rows are processed
+//! independently and their candidate lists merge in a total order).
 
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
+use super::distance::dist;
+use super::pass::{centre_table, full_pass, rel_margin, Batch, Rows, Work, BLOCK_ROWS, NO_OWNER};
+use super::topk::{beats, CAP};
 use crate::{Error, Result};
-
-/// Rows per parallel block of a pass.
-const BLOCK_ROWS: usize = 2048;
 
 /// Key of a row that has been emitted: below every distance, so it is never chosen again and
 /// `min` with a distance keeps it.
-const EMITTED: f32 = -1.0;
+pub(super) const EMITTED: f32 = -1.0;
 
-/// Lanes of the distance accumulator (a fixed summation order, vectorisable without fast-math).
-const LANES: usize = 16;
+/// Length of the candidate list (the last entry of a pass's [`TopK`](super::topk::TopK) is the
+/// threshold).
+const LIST: usize = CAP - 1;
 
-/// Squared Euclidean distance with a fixed summation order: `LANES` independent partial sums,
-/// the tail added to a separate sum, then a fixed pairwise reduction of the lanes.
-#[inline(always)]
-fn sq_dist(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let xc = x.chunks_exact(LANES);
-    let yc = y.chunks_exact(LANES);
-    let mut tail = 0.0f32;
-    for (a, b) in xc.remainder().iter().zip(yc.remainder()) {
-        let t = a - b;
-        tail += t * t;
-    }
-    for (xs, ys) in xc.zip(yc) {
-        for l in 0..LANES {
-            let t = xs[l] - ys[l];
-            acc[l] += t * t;
-        }
-    }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-        width /= 2;
-    }
-    acc[0] + tail
-}
+/// Passes run without pruning after a pass where pruning did not pay.
+const PRUNE_BACKOFF: usize = 8;
 
-/// Euclidean distance `Δ(x, y)` used by every sampler (see the module documentation).
-#[inline(always)]
-fn dist(x: &[f32], y: &[f32]) -> f32 {
-    sq_dist(x, y).sqrt()
-}
+/// `(value, index)` below every candidate.
+const NO_CANDIDATE: (f32, usize) = (f32::NEG_INFINITY, usize::MAX);
 
-/// The better of two `(value, index)` candidates: larger value, then lower index. A total order
-/// on finite values, hence associative and commutative.
+/// The better of two `(value, index)` candidates: larger value, then lower index.
 #[inline]
 fn better(p: (f32, usize), q: (f32, usize)) -> (f32, usize) {
-    if q.0 > p.0 || (q.0 == p.0 && q.1 < p.1) {
+    if beats(q, p) {
         q
     } else {
         p
     }
 }
 
-const NO_CANDIDATE: (f32, usize) = (f32::NEG_INFINITY, usize::MAX);
-
-/// Bank rows as one contiguous slice with row length `d`.
-struct Rows<'a> {
-    data: &'a [f32],
-    n: usize,
-    d: usize,
-}
-
-impl<'a> Rows<'a> {
-    fn row(&self, i: usize) -> &'a [f32] {
-        &self.data[i * self.d..(i + 1) * self.d]
-    }
-}
-
-/// One pass: `a_i ← min(a_i, Δ(z_i, c))` for every row, returning the farthest row afterwards.
-fn fold_center(z: &Rows, c: &[f32], a: &mut [f32]) -> (f32, usize) {
-    let d = z.d;
-    a.par_chunks_mut(BLOCK_ROWS)
-        .zip(z.data.par_chunks(BLOCK_ROWS * d))
-        .enumerate()
-        .map(|(b, (ab, zb))| {
-            let base = b * BLOCK_ROWS;
-            let mut best = NO_CANDIDATE;
-            for (i, (ai, row)) in ab.iter_mut().zip(zb.chunks_exact(d)).enumerate() {
-                let delta = dist(row, c);
-                if delta < *ai {
-                    *ai = delta;
-                }
-                if *ai > best.0 {
-                    best = (*ai, base + i);
-                }
-            }
-            best
-        })
-        .reduce(|| NO_CANDIDATE, better)
+/// Counters of one traversal (used by the tests and to tune the constants).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Stats {
+    /// Full passes over the bank (including the first, which may fold no centre).
+    pub passes: usize,
+    /// Row–centre distances computed or pruned in full passes.
+    pub work: Work,
 }
 
 /// Initial keys of the approximate sampler: `a_i = (Σ_j Δ(z_i, s_j)) / n0`, the sum in the given
-/// start order, in `f32`. Returns the farthest row.
-fn mean_to_starts(z: &Rows, starts: &[f32], n0: usize, a: &mut [f32]) -> (f32, usize) {
+/// start order, in `f32`.
+pub(super) fn mean_to_starts(z: &Rows, starts: &[f32], n0: usize, a: &mut [f32]) {
     let d = z.d;
     let count = n0 as f32;
     a.par_chunks_mut(BLOCK_ROWS)
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
-        .enumerate()
-        .map(|(b, (ab, zb))| {
-            let base = b * BLOCK_ROWS;
-            let mut best = NO_CANDIDATE;
-            for (i, (ai, row)) in ab.iter_mut().zip(zb.chunks_exact(d)).enumerate() {
+        .for_each(|(ab, zb)| {
+            for (ai, row) in ab.iter_mut().zip(zb.chunks_exact(d)) {
                 let mut sum = 0.0f32;
                 for s in starts.chunks_exact(d) {
                     sum += dist(row, s);
                 }
                 *ai = sum / count;
-                if *ai > best.0 {
-                    best = (*ai, base + i);
-                }
             }
-            best
-        })
-        .reduce(|| NO_CANDIDATE, better)
+        });
 }
 
+/// Farthest-first traversal from the keys `a` (all rows' owners [`NO_OWNER`]): emits `first`
+/// (if any), then the farthest row, until `out` holds `k` rows.
+pub(super) fn traverse(
+    z: &Rows,
+    a: &mut [f32],
+    first: Option<usize>,
+    k: usize,
+    out: &mut Vec<usize>,
+) -> Stats {
+    let d = z.d;
+    let mut stats = Stats::default();
+    let mut owner = vec![NO_OWNER; z.n];
+    let mut pending: Vec<usize> = Vec::with_capacity(CAP + 1);
+    let mut centres: Vec<f32> = Vec::with_capacity((CAP + 1) * d);
+    let mut cc: Vec<f32> = Vec::new();
+    let mut near: Vec<f32> = Vec::new();
+    let mut list: Vec<usize> = Vec::with_capacity(LIST);
+    let rel = rel_margin(d);
+    let mut backoff = 0usize;
+
+    let emit = |s: usize, a: &mut [f32], out: &mut Vec<usize>, pending: &mut Vec<usize>| {
+        out.push(s);
+        a[s] = EMITTED;
+        pending.push(s);
+    };
+    if let Some(f) = first {
+        emit(f, a, out, &mut pending);
+    }
+    while out.len() < k {
+        // Fold every pending centre into every row.
+        let m = pending.len();
+        centres.clear();
+        for &p in &pending {
+            centres.extend_from_slice(z.row(p));
+        }
+        let prune = m > 0 && backoff == 0 && out.len() > m;
+        if prune {
+            cc.resize(out.len() * m, 0.0);
+            near.resize(out.len(), 0.0);
+            centre_table(z, out, &centres, m, &mut cc, &mut near);
+        }
+        let batch = Batch {
+            centres: &centres,
+            m,
+            first_pos: out.len() - m,
+            cc: if prune { Some((&cc, &near)) } else { None },
+            rel,
+        };
+        let (top, work) = full_pass(z, a, &mut owner, &batch);
+        stats.passes += 1;
+        stats.work += work;
+        if prune {
+            // The table cost `out.len() · m` distances; keep pruning while it saves more.
+            if work.pruned < (out.len() * m) as u64 {
+                backoff = PRUNE_BACKOFF;
+            }
+        } else {
+            backoff = backoff.saturating_sub(1);
+        }
+        pending.clear();
+
+        // All keys are exact now: the best row is the global argmax.
+        list.clear();
+        list.extend((0..top.len().min(LIST)).map(|i| top.get(i).1));
+        let threshold = if top.len() > LIST {
+            top.get(LIST)
+        } else {
+            NO_CANDIDATE
+        };
+        let mut next = top.get(0).1;
+        loop {
+            emit(next, a, out, &mut pending);
+            if out.len() >= k || pending.len() > LIST {
+                break;
+            }
+            // Fold the new centre into the list rows only.
+            let pos = u32::try_from(out.len() - 1).unwrap_or(NO_OWNER);
+            let c = z.row(next);
+            let mut best = NO_CANDIDATE;
+            for &r in &list {
+                let key = a[r];
+                if key > 0.0 {
+                    let dr = dist(z.row(r), c);
+                    if dr < key {
+                        a[r] = dr;
+                        owner[r] = pos;
+                    }
+                }
+                best = better(best, (a[r], r));
+            }
+            // Rows outside the list have keys at most those seen by the last pass, all of
+            // which come after the threshold; the best list row is the argmax if it comes
+            // before the threshold.
+            if best.1 == usize::MAX || best.0 < 0.0 || !beats(best, threshold) {
+                break;
+            }
+            next = best.1;
+        }
+    }
+    stats
+}
 /// Checks the projected bank and makes it contiguous.
-fn rows_of<'a>(z: &'a ndarray::CowArray<'a, f32, ndarray::Ix2>, what: &str) -> Result<Rows<'a>> {
+pub(super) fn rows_of<'a>(
+    z: &'a ndarray::CowArray<'a, f32, ndarray::Ix2>,
+    what: &str,
+) -> Result<Rows<'a>> {
     let (n, d) = z.dim();
     if n == 0 {
         return Err(Error::input(format!("{what}: the bank is empty")));
@@ -156,18 +217,6 @@ fn check_k(k: usize, n: usize, what: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Farthest-first traversal after `first`, which is emitted first.
-fn traverse(z: &Rows, a: &mut [f32], mut next: usize, k: usize, out: &mut Vec<usize>) {
-    while out.len() < k {
-        out.push(next);
-        a[next] = EMITTED;
-        if out.len() == k {
-            break;
-        }
-        next = fold_center(z, z.row(next), a).1;
-    }
 }
 
 /// Greedy k-center with a given first row: emits `first`, then repeatedly the row farthest
@@ -196,7 +245,7 @@ pub fn greedy_from(z: ArrayView2<f32>, first: usize, k: usize) -> Result<Vec<usi
         return Ok(out);
     }
     let mut a = vec![f32::INFINITY; rows.n];
-    traverse(&rows, &mut a, first, k, &mut out);
+    traverse(&rows, &mut a, Some(first), k, &mut out);
     Ok(out)
 }
 
@@ -237,31 +286,7 @@ pub fn approximate_greedy_from(
         .flat_map(|&s| rows.row(s).iter().copied())
         .collect();
     let mut a = vec![0.0f32; rows.n];
-    let first = mean_to_starts(&rows, &start_rows, starts.len(), &mut a).1;
-    traverse(&rows, &mut a, first, k, &mut out);
+    mean_to_starts(&rows, &start_rows, starts.len(), &mut a);
+    traverse(&rows, &mut a, None, k, &mut out);
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sq_dist_matches_plain_sum_on_integers() {
-        // Integer data: every partial sum is exact, so any summation order agrees.
-        for len in [1usize, 5, 16, 17, 33, 128, 130] {
-            let x: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 3.0).collect();
-            let y: Vec<f32> = (0..len).map(|i| (i % 5) as f32).collect();
-            let plain: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
-            assert_eq!(sq_dist(&x, &y), plain, "len {len}");
-        }
-    }
-
-    #[test]
-    fn better_prefers_larger_then_lower_index() {
-        assert_eq!(better((1.0, 5), (2.0, 9)), (2.0, 9));
-        assert_eq!(better((2.0, 5), (2.0, 3)), (2.0, 3));
-        assert_eq!(better((2.0, 3), (2.0, 5)), (2.0, 3));
-        assert_eq!(better(NO_CANDIDATE, (EMITTED, 0)), (EMITTED, 0));
-    }
 }

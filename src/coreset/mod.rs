@@ -38,8 +38,14 @@
 //! assert_eq!(idx.len(), 10);
 //! ```
 
+mod distance;
 mod greedy;
+mod pass;
 mod projection;
+mod topk;
+
+#[cfg(test)]
+mod accel_tests;
 
 pub use greedy::{approximate_greedy_from, greedy_from};
 pub use projection::project;
@@ -47,6 +53,7 @@ pub use projection::project;
 use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -220,7 +227,7 @@ pub fn select(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Vec<usize>> 
         return Ok((0..n).collect());
     }
     let k = coreset_size(n, cfg.size)?;
-    if let Some(pos) = bank.iter().position(|v| !v.is_finite()) {
+    if let Some(pos) = first_non_finite(bank) {
         return Err(Error::input(format!(
             "the memory bank holds a non-finite value at row {}, column {}",
             pos / d,
@@ -241,6 +248,26 @@ pub fn select(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Vec<usize>> 
             let z = projected(bank, cfg)?;
             approximate_greedy_from(z.view(), &starts, k)
         }
+    }
+}
+
+/// Row-major position of the first non-finite value of `bank`, if any.
+fn first_non_finite(bank: ArrayView2<f32>) -> Option<usize> {
+    const CHUNK: usize = 1 << 16;
+    match bank.as_slice() {
+        Some(s) => {
+            // Whole chunks are checked branch-free and in parallel; the first bad chunk is then
+            // searched for its first bad value.
+            let c = s
+                .par_chunks(CHUNK)
+                .position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()))?;
+            let start = c * CHUNK;
+            s[start..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|p| start + p)
+        }
+        None => bank.iter().position(|v| !v.is_finite()),
     }
 }
 

@@ -4,14 +4,9 @@ use ndarray::{Array2, ArrayView2};
 use rand::distr::{Distribution, Uniform};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use crate::kernels::gemm::matmul_bt;
 use crate::{Error, Result};
-
-/// Rows projected per matrix product: bounds the work of one product call and lets the row
-/// chunks run in parallel.
-const CHUNK_ROWS: usize = 1024;
 
 /// Projects every row of `bank` (`N × D`) to `dim` dimensions: `z = bank · Wᵀ` with a dense
 /// matrix `W ∈ R^{dim × D}` whose entries are drawn independently from `U(−1/√D, 1/√D)` (the
@@ -46,13 +41,15 @@ pub fn project(bank: ArrayView2<f32>, dim: usize, seed: u64) -> Result<Array2<f3
     let src = bank
         .as_slice()
         .ok_or_else(|| Error::input("the memory bank could not be laid out contiguously"))?;
-    let mut z = vec![0.0f32; n * dim];
-    z.par_chunks_mut(CHUNK_ROWS * dim)
-        .zip(src.par_chunks(CHUNK_ROWS * d))
-        .for_each(|(zc, bc)| {
-            let rows = bc.len() / d;
-            matmul_bt(rows, dim, d, bc, &w, zc, false);
-        });
+    // One product for the whole bank: the matrix-product kernel does its own blocking and
+    // spreads the rows over the rayon pool.
+    let len = n.checked_mul(dim).ok_or_else(|| {
+        Error::input(format!(
+            "the projection of {n} rows to {dim} dimensions does not fit in memory"
+        ))
+    })?;
+    let mut z = vec![0.0f32; len];
+    matmul_bt(n, dim, d, src, &w, &mut z, false);
     Array2::from_shape_vec((n, dim), z)
         .map_err(|e| Error::input(format!("projected bank has an inconsistent shape: {e}")))
 }

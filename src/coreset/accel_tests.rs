@@ -1,0 +1,277 @@
+//! The accelerated traversal against the plain one (its definition): one full pass over the
+//! bank per emitted row, exactly as the sampler is specified.
+
+use ndarray::{Array2, CowArray, Ix2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::distance::dist;
+use super::greedy::{mean_to_starts, rows_of, traverse, Stats, EMITTED};
+use super::pass::{Rows, BLOCK_ROWS};
+use super::topk::beats;
+
+/// The plain pass: `a_i ← min(a_i, Δ(z_i, c))` for every row, returning the farthest row.
+fn fold_center(z: &Rows, c: &[f32], a: &mut [f32]) -> (f32, usize) {
+    let d = z.d;
+    a.par_chunks_mut(BLOCK_ROWS)
+        .zip(z.data.par_chunks(BLOCK_ROWS * d))
+        .enumerate()
+        .map(|(b, (ab, zb))| {
+            let mut best = (f32::NEG_INFINITY, usize::MAX);
+            for (i, (ai, row)) in ab.iter_mut().zip(zb.chunks_exact(d)).enumerate() {
+                let delta = dist(row, c);
+                if delta < *ai {
+                    *ai = delta;
+                }
+                if beats((*ai, b * BLOCK_ROWS + i), best) {
+                    best = (*ai, b * BLOCK_ROWS + i);
+                }
+            }
+            best
+        })
+        .reduce(
+            || (f32::NEG_INFINITY, usize::MAX),
+            |p, q| if beats(q, p) { q } else { p },
+        )
+}
+
+fn plain_traverse(z: &Rows, a: &mut [f32], first: Option<usize>, k: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut next = first.unwrap_or_else(|| {
+        (0..z.n).fold(usize::MAX, |b, i| {
+            if b == usize::MAX || beats((a[i], i), (a[b], b)) {
+                i
+            } else {
+                b
+            }
+        })
+    });
+    while out.len() < k {
+        out.push(next);
+        a[next] = EMITTED;
+        if out.len() == k {
+            break;
+        }
+        next = fold_center(z, z.row(next), a).1;
+    }
+    out
+}
+
+/// Runs both traversals (greedy from `first`, and approximate greedy from `starts`) and
+/// asserts identical sequences and identical final keys. Returns the accelerated stats.
+fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Stats, Stats) {
+    let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
+    let z = rows_of(&cow, "test").unwrap();
+    let n = z.n;
+
+    let mut a_fast = vec![f32::INFINITY; n];
+    let mut fast = Vec::new();
+    let s_greedy = traverse(&z, &mut a_fast, Some(first), k, &mut fast);
+    let mut a_plain = vec![f32::INFINITY; n];
+    let plain = plain_traverse(&z, &mut a_plain, Some(first), k);
+    assert_eq!(fast, plain, "greedy from {first}, k {k}");
+
+    let start_rows: Vec<f32> = starts.iter().flat_map(|&s| z.row(s).to_vec()).collect();
+    let mut a_fast = vec![0.0; n];
+    mean_to_starts(&z, &start_rows, starts.len(), &mut a_fast);
+    let mut a_plain = a_fast.clone();
+    let mut fast = Vec::new();
+    let s_approx = traverse(&z, &mut a_fast, None, k, &mut fast);
+    let plain = plain_traverse(&z, &mut a_plain, None, k);
+    assert_eq!(fast, plain, "approximate greedy from {starts:?}, k {k}");
+    (s_greedy, s_approx)
+}
+
+fn report(what: &str, k: usize, s: Stats) {
+    println!(
+        "{what}: k {k}, {} passes ({:.1} centres/pass), {} distances computed, {} pruned ({:.1} %)",
+        s.passes,
+        k as f64 / s.passes as f64,
+        s.work.computed,
+        s.work.pruned,
+        100.0 * s.work.pruned as f64 / (s.work.computed + s.work.pruned).max(1) as f64
+    );
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    // Box–Muller; the exact distribution does not matter.
+    let u: f32 = rng.random_range(f32::EPSILON..1.0);
+    let v: f32 = rng.random_range(0.0..1.0);
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+}
+
+/// `n` rows in `d` dims around `blobs` centres (spread 10, radius ~0.3·√d); a fraction of
+/// the rows are exact copies of earlier rows.
+fn blobs(n: usize, d: usize, blobs: usize, dup_every: usize, seed: u64) -> Array2<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let centres: Vec<f32> = (0..blobs * d)
+        .map(|_| rng.random_range(-10.0f32..10.0))
+        .collect();
+    let mut data = vec![0.0f32; n * d];
+    for i in 0..n {
+        if dup_every > 0 && i > 0 && i % dup_every == 0 {
+            let j = rng.random_range(0..i);
+            data.copy_within(j * d..(j + 1) * d, i * d);
+            continue;
+        }
+        let c = rng.random_range(0..blobs);
+        let scale = 0.05 + 0.3 * (c % 4) as f32;
+        for t in 0..d {
+            data[i * d + t] = centres[c * d + t] + scale * gaussian(&mut rng);
+        }
+    }
+    Array2::from_shape_vec((n, d), data).unwrap()
+}
+
+#[test]
+fn uniform_random_matches_plain() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let bank = Array2::from_shape_fn((20_000, 40), |_| rng.random_range(-1.0f32..1.0));
+    let k = 600;
+    let (g, a) = compare(&bank, 12_345, &[3, 19_999, 8_000, 7, 1_024], k);
+    report("uniform 20000x40 greedy", k, g);
+    report("uniform 20000x40 approx", k, a);
+    assert!(
+        g.passes * 10 < k,
+        "the candidate list should batch many centres per pass"
+    );
+}
+
+#[test]
+fn gaussian_blobs_with_duplicates_match_plain_and_prune() {
+    let bank = blobs(20_000, 24, 60, 7, 5);
+    let k = 2_000;
+    let (g, a) = compare(&bank, 77, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], k);
+    report("blobs 20000x24 greedy", k, g);
+    report("blobs 20000x24 approx", k, a);
+    assert!(
+        g.work.pruned > g.work.computed,
+        "the triangle inequality should skip most distances on clustered data: {g:?}"
+    );
+}
+
+#[test]
+fn heavy_duplicates_and_ties_match_plain_to_the_end() {
+    // 4,000 rows over only 600 distinct integer vectors: exact ties everywhere, and k = N runs
+    // through the phase where every remaining key is 0.
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let distinct = Array2::from_shape_fn((600, 6), |_| rng.random_range(-2i32..=2) as f32);
+    let bank = Array2::from_shape_fn((4_000, 6), |(i, j)| {
+        distinct[[((i * 7919) % 600 + i / 600) % 600, j]]
+    });
+    for k in [1, 2, 599, 600, 601, 1_500, 4_000] {
+        compare(&bank, 3_999, &[5, 6, 600, 1200], k);
+    }
+    // Blobs quantised to a coarse grid: clustered, with many exact duplicates and equal keys.
+    let q = blobs(12_000, 8, 30, 0, 9).mapv(|v| (v * 2.0).round() / 2.0);
+    let (g, _) = compare(&q, 0, &[1, 2, 3], 3_000);
+    report("quantised blobs 12000x8 greedy", 3_000, g);
+}
+
+#[test]
+fn tiny_and_degenerate_banks_match_plain() {
+    // Fewer rows than the candidate list, a single row, all rows equal, one dimension.
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for (n, d) in [
+        (1usize, 1usize),
+        (2, 3),
+        (50, 1),
+        (95, 2),
+        (96, 2),
+        (97, 2),
+        (98, 2),
+        (300, 17),
+    ] {
+        let bank = Array2::from_shape_fn((n, d), |_| rng.random_range(-3i32..=3) as f32);
+        for k in [1, n / 2, n] {
+            if k >= 1 {
+                compare(&bank, n - 1, &[0], k);
+            }
+        }
+    }
+    let same = Array2::from_elem((500, 4), 1.5f32);
+    compare(&same, 250, &[1, 2], 500);
+}
+
+#[test]
+fn pruned_and_batched_traversal_is_identical_on_one_and_two_threads() {
+    let bank = blobs(6_000, 12, 40, 5, 13);
+    let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
+    let z = rows_of(&cow, "threads").unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut a = vec![f32::INFINITY; z.n];
+            let mut out = Vec::new();
+            let s = traverse(&z, &mut a, Some(5), 1_500, &mut out);
+            (out, a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s)
+        })
+    };
+    let (o1, a1, s1) = run(1);
+    let (o2, a2, s2) = run(2);
+    assert_eq!(o1, o2);
+    assert_eq!(a1, a2);
+    assert_eq!(s1.work, s2.work);
+    assert!(s1.work.pruned > 0);
+}
+
+/// Not a check: prints the traversal counters on the bench's data shape
+/// (`cargo test --release --lib stats_on_bench_shape -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn stats_on_bench_shape() {
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(163_840);
+    let clustered = std::env::var("BLOBS").is_ok();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let bank = if clustered {
+        blobs(n, 128, 400, 0, 1)
+    } else {
+        Array2::from_shape_fn((n, 128), |_| rng.random_range(-1.0f32..1.0))
+    };
+    let what = if clustered { "blobs" } else { "uniform" };
+    let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
+    let z = rows_of(&cow, "stats").unwrap();
+    let k: usize = std::env::var("K")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n / 100);
+    let cpu = || -> f64 {
+        // utime + stime of the process, in clock ticks of 10 ms.
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<f64> = s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+    };
+    for approx in [false, true] {
+        let mut a = vec![f32::INFINITY; n];
+        let mut out = Vec::new();
+        let c0 = cpu();
+        let t = std::time::Instant::now();
+        let s = if approx {
+            let starts: Vec<f32> = (0..10).flat_map(|i| z.row(i * 997).to_vec()).collect();
+            mean_to_starts(&z, &starts, 10, &mut a);
+            traverse(&z, &mut a, None, k, &mut out)
+        } else {
+            traverse(&z, &mut a, Some(0), k, &mut out)
+        };
+        let c = cpu() - c0;
+        println!(
+            "{:?} wall, {c:.2} s cpu, {:.2} Gelem/s of cpu",
+            t.elapsed(),
+            (s.work.computed as f64 * 128.0) / c / 1e9
+        );
+        report(&format!("{what} {n}x128 approx={approx}"), k, s);
+    }
+}

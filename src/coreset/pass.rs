@@ -1,0 +1,411 @@
+//! One full pass of the batched farthest-first traversal: fold a batch of new centres into every
+//! row's key, skipping the distances the triangle inequality proves useless, and collect the best
+//! rows of the bank.
+//!
+//! Every row keeps, besides its key `a_i`, its *owner*: the coreset position of the centre whose
+//! distance the key is (`a_i == Δ(z_i, z_owner)` bit for bit, as computed by
+//! [`dist`](super::distance::dist)), or [`NO_OWNER`] while the key is still an initial cap. For
+//! a new centre `s`, `Δ(z_i, z_s) ≥ Δ(z_owner, z_s) − a_i`, so when the centre–centre distance
+//! exceeds `2·a_i` (with a margin covering the rounding of all three computed distances) the
+//! computed `Δ(z_i, z_s)` is at least `a_i` and cannot lower the key: it is not computed. The
+//! keys after a pass are therefore exactly those of folding the centres one at a time.
+//!
+//! The passes are generic over the distance [`Kernel`]: the portable one, or the AVX one when
+//! the CPU has it (chosen at run time). Both give the same bits (see
+//! [`distance`](super::distance)).
+
+use std::ops::AddAssign;
+
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::distance::Avx;
+use super::distance::{Kernel, Portable};
+use super::topk::{TopK, CAP};
+
+/// Rows per parallel block of a pass.
+pub(super) const BLOCK_ROWS: usize = 1024;
+
+/// Owner of a row whose key is not (yet) the distance to an emitted row.
+pub(super) const NO_OWNER: u32 = u32::MAX;
+
+/// Coreset positions per parallel block of the centre–centre table.
+const CC_BLOCK: usize = 64;
+
+/// Absolute part of the pruning margin: covers the rounding of distances whose squares are
+/// subnormal (below ~1.1e-19).
+const ABS_MARGIN: f32 = 1e-18;
+
+/// Relative pruning margin for rows of length `d`. A computed distance has a relative error of
+/// at most about `(d/16 + 6)·ε` (the roundings along one lane of the sum of squares, the lane
+/// tree, the tail, the square root); the bound combines two computed distances against a third,
+/// so `4·(d/16 + 16)·ε` (at least `1e-5`) leaves a wide safety factor.
+pub(super) fn rel_margin(d: usize) -> f32 {
+    let roundings = (d / super::distance::LANES) as f32 + 16.0;
+    (4.0 * roundings * f32::EPSILON).max(1e-5)
+}
+
+/// A new centre at distance `> bound(a_i)` from row `i`'s owner cannot lower `a_i`.
+#[inline(always)]
+fn bound(key: f32, rel: f32) -> f32 {
+    2.0 * key * (1.0 + rel) + ABS_MARGIN
+}
+
+/// Work done by a pass, in row–centre pairs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Work {
+    /// Distances computed.
+    pub computed: u64,
+    /// Distances skipped thanks to the triangle inequality.
+    pub pruned: u64,
+}
+
+impl AddAssign for Work {
+    fn add_assign(&mut self, o: Work) {
+        self.computed += o.computed;
+        self.pruned += o.pruned;
+    }
+}
+
+/// The centres folded in by one pass.
+pub(super) struct Batch<'a> {
+    /// Their rows, `m × d`, in emission order.
+    pub centres: &'a [f32],
+    /// Number of centres `m` (at most [`CAP`]).
+    pub m: usize,
+    /// Coreset position of the first of them (the others follow).
+    pub first_pos: usize,
+    /// When pruning: the table `cc[q·m + j] = Δ(z_{out[q]}, centre j)` for every coreset
+    /// position `q` emitted so far (including the batch itself), and its row minima
+    /// `min_j cc[q·m + j]` (`−∞` when a row holds a non-finite distance), see [`centre_table`].
+    pub cc: Option<(&'a [f32], &'a [f32])>,
+    /// [`rel_margin`] for the row length.
+    pub rel: f32,
+}
+
+/// Row-major rows of length `d`.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub n: usize,
+    pub d: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub(super) fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.d..(i + 1) * self.d]
+    }
+}
+
+#[inline(always)]
+fn fold_block_body<K: Kernel>(
+    kern: K,
+    zb: &[f32],
+    d: usize,
+    base: usize,
+    ab: &mut [f32],
+    ob: &mut [u32],
+    batch: &Batch,
+) -> (TopK, Work) {
+    if batch.cc.is_none() {
+        return fold_block_dense(kern, zb, d, base, ab, ob, batch);
+    }
+    let m = batch.m;
+    let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
+    let mut work = Work::default();
+    let mut todo = [0usize; CAP];
+    for (i, (ai, oi)) in ab.iter_mut().zip(ob.iter_mut()).enumerate() {
+        let key = *ai;
+        // A key ≤ 0 (emitted, or on an emitted row's duplicate) can never be lowered.
+        if key > 0.0 && m > 0 {
+            let row = &zb[i * d..(i + 1) * d];
+            let mut nt = 0;
+            match batch.cc {
+                Some((_, near))
+                    if *oi != NO_OWNER && near[*oi as usize] > bound(key, batch.rel) =>
+                {
+                    // Every centre of the batch is too far from the owner: nothing to compute.
+                }
+                Some((cc, _)) if *oi != NO_OWNER => {
+                    let bound = bound(key, batch.rel);
+                    let own = *oi as usize;
+                    for (j, &dc) in cc[own * m..(own + 1) * m].iter().enumerate() {
+                        if !(dc > bound && dc.is_finite()) {
+                            todo[nt] = j;
+                            nt += 1;
+                        }
+                    }
+                }
+                _ => {
+                    for (j, t) in todo[..m].iter_mut().enumerate() {
+                        *t = j;
+                    }
+                    nt = m;
+                }
+            }
+            work.computed += nt as u64;
+            work.pruned += (m - nt) as u64;
+            let mut best = key;
+            let mut own = *oi;
+            let mut set = |j: usize, sq: f32| {
+                let dj = sq.sqrt();
+                if dj < best {
+                    best = dj;
+                    own = u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
+                }
+            };
+            let mut quads = todo[..nt].chunks_exact(4);
+            for q in &mut quads {
+                let s = kern.sq4(
+                    row,
+                    [centre(q[0]), centre(q[1]), centre(q[2]), centre(q[3])],
+                );
+                for (&j, &sq) in q.iter().zip(&s) {
+                    set(j, sq);
+                }
+            }
+            for &j in quads.remainder() {
+                set(j, kern.sq1(row, centre(j)));
+            }
+            *ai = best;
+            *oi = own;
+        }
+    }
+    (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
+}
+
+/// Rows processed together by [`fold_block_dense`].
+const TILE: usize = 8;
+
+/// [`fold_block_body`] without pruning: every row meets every centre. Rows go by tiles of
+/// [`TILE`] and centres by fours, so a group of centres is loaded once per tile rather than
+/// once per row. Each row still meets the centres in ascending order.
+#[inline(always)]
+fn fold_block_dense<K: Kernel>(
+    kern: K,
+    zb: &[f32],
+    d: usize,
+    base: usize,
+    ab: &mut [f32],
+    ob: &mut [u32],
+    batch: &Batch,
+) -> (TopK, Work) {
+    let m = batch.m;
+    let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
+    let pos = |j: usize| u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
+    let mut work = Work::default();
+    for (t, (at, ot)) in ab.chunks_mut(TILE).zip(ob.chunks_mut(TILE)).enumerate() {
+        let first = t * TILE;
+        // Rows of the tile whose key can still drop (a key ≤ 0 never can).
+        let mut live = [0usize; TILE];
+        let mut nl = 0;
+        for (r, &a) in at.iter().enumerate() {
+            if a > 0.0 && m > 0 {
+                live[nl] = r;
+                nl += 1;
+            }
+        }
+        work.computed += (nl * m) as u64;
+        let live = &live[..nl];
+        let mut j = 0;
+        while j + 4 <= m {
+            let q = [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)];
+            for &r in live {
+                let row = &zb[(first + r) * d..(first + r + 1) * d];
+                let s = kern.sq4(row, q);
+                for (c, &sq) in s.iter().enumerate() {
+                    let dj = sq.sqrt();
+                    if dj < at[r] {
+                        at[r] = dj;
+                        ot[r] = pos(j + c);
+                    }
+                }
+            }
+            j += 4;
+        }
+        while j < m {
+            for &r in live {
+                let row = &zb[(first + r) * d..(first + r + 1) * d];
+                let dj = kern.sq1(row, centre(j)).sqrt();
+                if dj < at[r] {
+                    at[r] = dj;
+                    ot[r] = pos(j);
+                }
+            }
+            j += 1;
+        }
+    }
+    (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
+}
+
+fn fold_block(
+    zb: &[f32],
+    d: usize,
+    base: usize,
+    ab: &mut [f32],
+    ob: &mut [u32],
+    batch: &Batch,
+) -> (TopK, Work) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kern) = Avx::detect() {
+        return kern.run(
+            #[inline(always)]
+            || fold_block_body(kern, zb, d, base, ab, ob, batch),
+        );
+    }
+    fold_block_body(Portable, zb, d, base, ab, ob, batch)
+}
+
+/// Folds `batch` into the keys `a` (and owners) of all rows of `z` and returns the best
+/// [`CAP`] rows afterwards together with the work done. Deterministic: every row is processed
+/// alone and the block lists merge in a total order.
+pub(super) fn full_pass(z: &Rows, a: &mut [f32], owner: &mut [u32], batch: &Batch) -> (TopK, Work) {
+    let d = z.d;
+    a.par_chunks_mut(BLOCK_ROWS)
+        .zip(owner.par_chunks_mut(BLOCK_ROWS))
+        .zip(z.data.par_chunks(BLOCK_ROWS * d))
+        .enumerate()
+        .map(|(b, ((ab, ob), zb))| fold_block(zb, d, b * BLOCK_ROWS, ab, ob, batch))
+        .reduce(
+            || (TopK::new(), Work::default()),
+            |(ta, mut wa), (tb, wb)| {
+                wa += wb;
+                (TopK::merge(ta, tb), wa)
+            },
+        )
+}
+
+#[inline(always)]
+fn cc_block_body<K: Kernel>(
+    kern: K,
+    z: &Rows,
+    rows: &[usize],
+    centres: &[f32],
+    m: usize,
+    out: &mut [f32],
+) {
+    let d = z.d;
+    let centre = |j: usize| &centres[j * d..(j + 1) * d];
+    for (&r, o) in rows.iter().zip(out.chunks_exact_mut(m)) {
+        let x = z.row(r);
+        let mut quads = o.chunks_exact_mut(4);
+        let mut j = 0;
+        for q in &mut quads {
+            let s = kern.sq4(x, [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)]);
+            for (v, sq) in q.iter_mut().zip(s) {
+                *v = sq.sqrt();
+            }
+            j += 4;
+        }
+        for v in quads.into_remainder() {
+            *v = kern.sq1(x, centre(j)).sqrt();
+            j += 1;
+        }
+    }
+}
+
+fn cc_block(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kern) = Avx::detect() {
+        return kern.run(
+            #[inline(always)]
+            || cc_block_body(kern, z, rows, centres, m, out),
+        );
+    }
+    cc_block_body(Portable, z, rows, centres, m, out)
+}
+
+/// Fills `cc` (`emitted.len() × m`) with the distances from every emitted row to every centre of
+/// the batch (rows `m × d` in `centres`), and `near` (`emitted.len()`) with the row minima of
+/// `cc`, or `−∞` for a row holding a non-finite distance (such a row never prunes).
+pub(super) fn centre_table(
+    z: &Rows,
+    emitted: &[usize],
+    centres: &[f32],
+    m: usize,
+    cc: &mut [f32],
+    near: &mut [f32],
+) {
+    cc.par_chunks_mut(CC_BLOCK * m)
+        .zip(near.par_chunks_mut(CC_BLOCK))
+        .zip(emitted.par_chunks(CC_BLOCK))
+        .for_each(|((out, near), rows)| {
+            cc_block(z, rows, centres, m, out);
+            for (n, row) in near.iter_mut().zip(out.chunks_exact(m)) {
+                *n = row.iter().fold(f32::INFINITY, |acc, &v| {
+                    if v.is_finite() {
+                        acc.min(v)
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                });
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coreset::distance::dist;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn dispatched_kernels_equal_portable_bit_for_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for d in [1usize, 7, 16, 33, 128] {
+            let n = 300;
+            let data: Vec<f32> = (0..n * d).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let z = Rows { data: &data, n, d };
+            let m = 7;
+            let centres: Vec<f32> = (0..m).flat_map(|j| z.row(j * 13).to_vec()).collect();
+            let emitted: Vec<usize> = (0..m).map(|j| j * 13).collect();
+            let mut cc = vec![0.0; m * m];
+            let mut near = vec![0.0; m];
+            centre_table(&z, &emitted, &centres, m, &mut cc, &mut near);
+            for q in 0..m {
+                for j in 0..m {
+                    let want = dist(z.row(emitted[q]), &centres[j * d..(j + 1) * d]);
+                    assert_eq!(cc[q * m + j].to_bits(), want.to_bits());
+                }
+                let min = cc[q * m..(q + 1) * m]
+                    .iter()
+                    .copied()
+                    .fold(f32::INFINITY, f32::min);
+                assert_eq!(near[q], min);
+            }
+            let batch = Batch {
+                centres: &centres,
+                m,
+                first_pos: 0,
+                cc: None,
+                rel: rel_margin(d),
+            };
+            let init: Vec<f32> = (0..n)
+                .map(|i| if i % 5 == 0 { 0.0 } else { f32::INFINITY })
+                .collect();
+            let (mut a1, mut o1) = (init.clone(), vec![NO_OWNER; n]);
+            let (mut a2, mut o2) = (init.clone(), vec![NO_OWNER; n]);
+            let (t1, w1) = fold_block(&data, d, 0, &mut a1, &mut o1, &batch);
+            let (t2, w2) = fold_block_body(Portable, &data, d, 0, &mut a2, &mut o2, &batch);
+            assert_eq!(w1, w2);
+            assert_eq!(o1, o2);
+            let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a1), bits(&a2));
+            for (i, got) in a1.iter().enumerate() {
+                let want = if i % 5 == 0 {
+                    0.0
+                } else {
+                    (0..m)
+                        .map(|j| dist(z.row(i), &centres[j * d..(j + 1) * d]))
+                        .fold(f32::INFINITY, f32::min)
+                };
+                assert_eq!(got.to_bits(), want.to_bits(), "d {d} row {i}");
+            }
+            assert_eq!(t1.len(), t2.len());
+            for i in 0..t1.len() {
+                assert_eq!(t1.get(i).1, t2.get(i).1);
+            }
+        }
+    }
+}
