@@ -31,10 +31,10 @@ use rayon::prelude::*;
 use crate::kernels::gemm::matmul_bt;
 use crate::{Error, Result};
 
-/// Queries per parallel task (fixed: results never depend on the thread count).
-const QUERY_BLOCK: usize = 128;
-/// Bank rows per GEMM call. `QUERY_BLOCK × BANK_BLOCK × 4` bytes = 1 MiB of distance scratch
-/// per task, so even 64 concurrent tasks stay within 64 MiB.
+/// Queries per matrix product (fixed: results never depend on the thread count).
+const QUERY_BLOCK: usize = 2048;
+/// Bank rows per matrix product. `QUERY_BLOCK × BANK_BLOCK × 4` bytes = 16 MiB of distance
+/// scratch, whatever the bank size.
 const BANK_BLOCK: usize = 2048;
 
 /// The `k` nearest bank rows of every query.
@@ -167,24 +167,28 @@ impl NearestNeighbours for BruteForce {
 
         let mut distances = vec![0.0f32; nq * k];
         let mut indices = vec![0usize; nq * k];
-        distances
-            .par_chunks_mut(QUERY_BLOCK * k)
-            .zip(indices.par_chunks_mut(QUERY_BLOCK * k))
-            .enumerate()
-            .for_each(|(blk, (dist_out, idx_out))| {
-                let q0 = blk * QUERY_BLOCK;
-                let m = dist_out.len() / k;
-                search_block(
-                    &q[q0 * d..(q0 + m) * d],
-                    &q_norms[q0..q0 + m],
-                    bank,
-                    &self.norms,
-                    d,
-                    k,
-                    dist_out,
-                    idx_out,
-                );
-            });
+        let mut dots = Vec::new();
+        for ((q_chunk, qn_chunk), (dist_out, idx_out)) in q
+            .chunks(QUERY_BLOCK * d)
+            .zip(q_norms.chunks(QUERY_BLOCK))
+            .zip(
+                distances
+                    .chunks_mut(QUERY_BLOCK * k)
+                    .zip(indices.chunks_mut(QUERY_BLOCK * k)),
+            )
+        {
+            search_chunk(
+                q_chunk,
+                qn_chunk,
+                bank,
+                &self.norms,
+                d,
+                k,
+                dist_out,
+                idx_out,
+                &mut dots,
+            );
+        }
         let distances = Array2::from_shape_vec((nq, k), distances)
             .map_err(|e| Error::input(format!("internal shape error: {e}")))?;
         let indices = Array2::from_shape_vec((nq, k), indices)
@@ -205,9 +209,11 @@ impl NearestNeighbours for BruteForce {
     }
 }
 
-/// Top-k search of `m` contiguous queries against the whole bank, block by block.
+/// Top-k search of `m` contiguous queries against the whole bank, one bank block at a time:
+/// one (internally parallel) matrix product of all the chunk's queries with the block, then a
+/// parallel scan of its rows into each query's top-k.
 #[allow(clippy::too_many_arguments)]
-fn search_block(
+fn search_chunk(
     q: &[f32],
     qn: &[f32],
     bank: &[f32],
@@ -216,49 +222,53 @@ fn search_block(
     k: usize,
     dist_out: &mut [f32],
     idx_out: &mut [usize],
+    dots: &mut Vec<f32>,
 ) {
     let n = bank_norms.len();
     let m = qn.len();
     dist_out.fill(f32::INFINITY);
     idx_out.fill(usize::MAX);
     let bb = BANK_BLOCK.min(n);
-    let mut dots = vec![0.0f32; m * bb];
+    dots.resize(m * bb, 0.0);
     let mut b0 = 0;
     while b0 < n {
         let nb = bb.min(n - b0);
         let dots = &mut dots[..m * nb];
         matmul_bt(m, nb, d, q, &bank[b0 * d..(b0 + nb) * d], dots, false);
         let bn = &bank_norms[b0..b0 + nb];
-        for (i, row) in dots.chunks_exact(nb).enumerate() {
-            let qi = qn[i];
-            let top_d = &mut dist_out[i * k..(i + 1) * k];
-            let top_i = &mut idx_out[i * k..(i + 1) * k];
-            for (j, (&dot, &nj)) in row.iter().zip(bn).enumerate() {
-                let dist = (qi - 2.0 * dot + nj).max(0.0);
-                // Strict `<`: later (higher) bank indices never displace equal distances.
-                if dist < top_d[k - 1] {
-                    insert_sorted(top_d, top_i, dist, b0 + j);
+        dots.par_chunks(nb)
+            .zip(dist_out.par_chunks_mut(k))
+            .zip(idx_out.par_chunks_mut(k))
+            .zip(qn.par_iter())
+            .for_each(|(((row, top_d), top_i), &qi)| {
+                for (j, (&dot, &nj)) in row.iter().zip(bn).enumerate() {
+                    let dist = (qi - 2.0 * dot + nj).max(0.0);
+                    // Strict `<`: later (higher) bank indices never displace equal distances.
+                    if dist < top_d[k - 1] {
+                        insert_sorted(top_d, top_i, dist, b0 + j);
+                    }
                 }
-            }
-        }
+            });
         b0 += nb;
     }
     // Exact refinement of the winners' distances, then re-sort (ties → lower index).
-    let mut pairs: Vec<(f32, usize)> = Vec::with_capacity(k);
-    for i in 0..m {
-        let qi = &q[i * d..(i + 1) * d];
-        let top_d = &mut dist_out[i * k..(i + 1) * k];
-        let top_i = &mut idx_out[i * k..(i + 1) * k];
-        pairs.clear();
-        for &j in top_i.iter() {
-            pairs.push((squared_distance(qi, &bank[j * d..(j + 1) * d]), j));
-        }
-        pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (t, &(dist, j)) in pairs.iter().enumerate() {
-            top_d[t] = dist;
-            top_i[t] = j;
-        }
-    }
+    q.par_chunks(d)
+        .zip(dist_out.par_chunks_mut(k))
+        .zip(idx_out.par_chunks_mut(k))
+        .for_each(|((qi, top_d), top_i)| {
+            for (dist, &j) in top_d.iter_mut().zip(top_i.iter()) {
+                *dist = squared_distance(qi, &bank[j * d..(j + 1) * d]);
+            }
+            // Insertion sort by (distance, index): k is small and nothing is allocated.
+            for t in 1..top_d.len() {
+                let mut u = t;
+                while u > 0 && (top_d[u - 1], top_i[u - 1]) > (top_d[u], top_i[u]) {
+                    top_d.swap(u - 1, u);
+                    top_i.swap(u - 1, u);
+                    u -= 1;
+                }
+            }
+        });
 }
 
 /// Insert `(dist, idx)` into the ascending arrays, dropping the last element; equal distances

@@ -218,4 +218,3 @@ fn pruned_and_batched_traversal_is_identical_on_one_and_two_threads() {
     assert_eq!(s1.work, s2.work);
     assert!(s1.work.pruned > 0);
 }
-
