@@ -1,5 +1,9 @@
 //! PatchCore industrial anomaly detection on the CPU, in pure Rust.
 #![warn(missing_docs)]
+// Library code reports bad input as `Error`, never by panicking on `unwrap`/`expect`
+// (tests may use them). Every `unsafe` block carries a `// SAFETY:` proof.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod error;
 mod io_util;
