@@ -62,6 +62,10 @@
 //! Results are deterministic: one explicit seed, and the same output whatever the number of
 //! threads. Parallelism runs on the caller's rayon pool.
 #![warn(missing_docs)]
+// Library code reports bad input as `Error`, never by panicking on `unwrap`/`expect`
+// (tests may use them). Every `unsafe` block carries a `// SAFETY:` proof.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod error;
 mod io_util;

@@ -77,14 +77,17 @@ fn image_strategy() -> impl Strategy<Value = RgbImage> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// Fixed point vs f64: at most 1 level apart (only exact rounding ties can differ).
+    /// Fixed point vs f64: only (near-)exact rounding ties can differ, by one level per pass.
+    /// With both passes a tie in the 8-bit intermediate (±1, which the non-negative weights
+    /// summing to 1 pass on as at most ±1) can meet a tie in the vertical pass: at most 2.
     #[test]
     fn resize_matches_float_reference(img in image_strategy(), oh in 1usize..50, ow in 1usize..50) {
         let got = resize_antialiased(&img, oh, ow);
         prop_assert_eq!((got.height() as usize, got.width() as usize), (oh, ow));
         let want = reference_resize(&img, oh, ow);
         let max = got.as_raw().iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
-        prop_assert!(max <= 1, "max |Δ| = {}", max);
+        let passes = u8::from(oh != img.height() as usize) + u8::from(ow != img.width() as usize);
+        prop_assert!(max <= passes.max(1), "max |Δ| = {} with {} resampling passes", max, passes);
     }
 
     /// Resizing within a crop window gives the same pixels as a full resize then a crop.
