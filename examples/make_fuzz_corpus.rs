@@ -136,7 +136,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("embedded", base, true, None),
         ("average_threshold", average, false, Some(1.5f32)),
     ] {
-        let (mut model, _) = PatchCore::fit(params.check()?, backbone.clone(), &images, &mut |_| {})?;
+        let (mut model, _) =
+            PatchCore::fit(params.check()?, backbone.clone(), &images, &mut |_| {})?;
         model.set_threshold(threshold);
         let p = tmp.join(format!("{name}.safetensors"));
         model.save(

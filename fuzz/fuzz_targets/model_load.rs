@@ -45,7 +45,11 @@ fn exercise(model: &PatchCore) {
 
 fuzz_target!(|data: &[u8]| {
     let name = Path::new("<fuzz model>");
-    let loaded = PatchCore::load_bytes(data, name, BackboneSource::Loaded(Box::new(backbone().clone())));
+    let loaded = PatchCore::load_bytes(
+        data,
+        name,
+        BackboneSource::Loaded(Box::new(backbone().clone())),
+    );
     common::ok_or_typed(&loaded);
     if let Ok(m) = &loaded {
         exercise(m);

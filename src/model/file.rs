@@ -203,12 +203,26 @@ impl PatchCore {
         let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
         let threshold = match meta.get("threshold") {
-            Some(_) => Some(m.parse::<f32>("threshold")?),
+            Some(_) => {
+                let t = m.parse::<f32>("threshold")?;
+                if !t.is_finite() {
+                    return Err(bad(format!("metadata `threshold` = `{t}` is not finite")));
+                }
+                Some(t)
+            }
             None => None,
         };
         let config: PatchCoreConfig = params
             .check()
             .map_err(|e| bad(format!("configuration: {e}")))?;
+        let k = config.params().scoring.k;
+        if k > shape[0] {
+            return Err(bad(format!(
+                "configuration: `scoring.k` = {k} nearest neighbours, but the memory bank has \
+                 only {} rows",
+                shape[0]
+            )));
+        }
         PatchCore::from_parts(config, backbone, bank, threshold)
     }
 }
@@ -406,6 +420,9 @@ fn decode_spec(m: &Meta<'_>) -> Result<ResNetSpec> {
     let planes: Vec<usize> = m.list("backbone.planes")?;
     let name = m.get("backbone.name")?;
     let mut spec = ResNetSpec::from_name(name).unwrap_or_else(|_| ResNetSpec::resnet18());
+    // Keep the stored name: a custom architecture must compare equal to the backbone it was
+    // fitted with (every other field is read below).
+    spec.name = name.to_string();
     spec.block = block;
     spec.blocks = <[usize; 4]>::try_from(blocks).map_err(|_| m.bad("backbone.blocks"))?;
     spec.planes = <[usize; 4]>::try_from(planes).map_err(|_| m.bad("backbone.planes"))?;

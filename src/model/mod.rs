@@ -189,6 +189,11 @@ impl PatchCore {
         let bank = Array2::from_shape_vec((rows, dim), bank)
             .map_err(|e| Error::input(format!("memory bank shape: {e}")))?;
         let keep = coreset::coreset_size(rows, p.coreset.size)?;
+        let final_rows = match p.coreset.sampler {
+            coreset::Sampler::None => rows,
+            _ => keep,
+        };
+        check_k(&config, final_rows)?;
         progress(FitProgress::CoresetStarted { rows, keep });
         let t = Instant::now();
         let idx = coreset::select(bank.view(), &p.coreset)?;
@@ -217,6 +222,7 @@ impl PatchCore {
     ) -> Result<PatchCore> {
         check_backbone(&config, &backbone)?;
         let index = BruteForce::new(memory_bank)?;
+        check_k(&config, index.len())?;
         Ok(PatchCore {
             config,
             backbone,
@@ -349,6 +355,21 @@ fn embed_batch(
     let emb = embedding::embed(&views, &config.params().aggregator)?;
     timings.embedding += t.elapsed();
     Ok((emb, grid))
+}
+
+/// A model whose `k` exceeds its memory bank could never score: refuse it when it is built.
+fn check_k(config: &PatchCoreConfig, bank_rows: usize) -> Result<()> {
+    let k = config.params().scoring.k;
+    if k > bank_rows {
+        return Err(Error::param(
+            "k",
+            format!(
+                "asked for {k} nearest neighbours but the memory bank has only {bank_rows} rows \
+                 (lower k or keep more coreset rows)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_backbone(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {
