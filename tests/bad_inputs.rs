@@ -1041,3 +1041,55 @@ fn invalid_coreset_ratios_are_parameter_errors() {
     assert!(matches!(e, Error::InvalidParameter { .. }), "{e:?}");
     assert_still_usable();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tensor files (`patchcore embed` input)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tensor_files_with_wrong_dtype_or_non_finite_values() {
+    use patchcore::tensor_io::read_f32;
+    let one = |dtype: Dtype, data: Vec<u8>, n: usize| {
+        let v = TensorView::new(dtype, vec![n], &data).unwrap();
+        safetensors::serialize([("x", v)], &None).unwrap()
+    };
+    let p = Path::new("t.safetensors");
+    for (dtype, data, found) in [
+        (Dtype::F64, 1.5f64.to_le_bytes().repeat(3), "F64"),
+        (Dtype::I64, 7i64.to_le_bytes().repeat(3), "I64"),
+        (Dtype::I32, 7i32.to_le_bytes().repeat(3), "I32"),
+        (Dtype::U8, vec![1, 2, 3], "U8"),
+        (Dtype::BOOL, vec![0, 1, 0], "BOOL"),
+    ] {
+        let e = read_f32(&one(dtype, data, 3), p, "x").unwrap_err();
+        assert!(
+            matches!(&e, Error::TensorDtype { tensor, found: f, .. } if tensor == "x" && f == found),
+            "{e:?}"
+        );
+    }
+    for bytes in [
+        one(Dtype::F32, f32_bytes(&[1.0, f32::NAN]), 2),
+        one(Dtype::F32, f32_bytes(&[f32::NEG_INFINITY, 1.0]), 2),
+        one(Dtype::F16, half::f16::INFINITY.to_le_bytes().to_vec(), 1),
+        one(Dtype::BF16, half::bf16::NAN.to_le_bytes().to_vec(), 1),
+    ] {
+        let e = read_f32(&bytes, p, "x").unwrap_err();
+        assert!(
+            matches!(&e, Error::NonFiniteTensor { tensor, .. } if tensor == "x"),
+            "{e:?}"
+        );
+    }
+    // Widening is exact for the half types.
+    let ok = read_f32(
+        &one(
+            Dtype::BF16,
+            half::bf16::from_f32(-2.5).to_le_bytes().to_vec(),
+            1,
+        ),
+        p,
+        "x",
+    )
+    .unwrap();
+    assert_eq!(ok.as_slice().unwrap(), &[-2.5]);
+    assert_still_usable();
+}
