@@ -81,6 +81,14 @@ impl Default for Aggregator {
     }
 }
 
+/// Largest accepted neighbourhood size `p` (the paper uses 3). Bounds the `C·p²` unfolded
+/// vectors of [`Aggregator::Original`], whose buffers would otherwise grow without limit.
+pub const MAX_PATCH_SIZE: usize = 63;
+
+/// Largest accepted `pre_dim` / `target_dim` (the paper uses 1024). Bounds per-thread buffers
+/// and the embedding rows; a model file cannot ask for gigabytes through them.
+pub const MAX_EMBEDDING_DIM: usize = 1 << 16;
+
 impl Aggregator {
     /// The neighbourhood / pooling window size `p`.
     pub fn patch_size(&self) -> usize {
@@ -91,16 +99,35 @@ impl Aggregator {
         }
     }
 
-    /// Checks the parameters: the patch size must be odd and ≥ 1, every dimension ≥ 1.
+    /// Checks the parameters: the patch size must be odd and in `1..=`[`MAX_PATCH_SIZE`], every
+    /// dimension in `1..=`[`MAX_EMBEDDING_DIM`].
     ///
     /// Errors with [`Error::InvalidParameter`] naming the offending field.
     pub fn validate(&self) -> Result<()> {
         let p = self.patch_size();
-        if p == 0 || p % 2 == 0 {
+        if p == 0 || p % 2 == 0 || p > MAX_PATCH_SIZE {
             return Err(Error::param(
                 "patch_size",
-                format!("must be an odd number ≥ 1 (1, 3, 5, ...), got {p}"),
+                format!("must be an odd number from 1 to {MAX_PATCH_SIZE} (1, 3, 5, ...), got {p}"),
             ));
+        }
+        let dims = match *self {
+            Aggregator::Original {
+                pre_dim,
+                target_dim,
+                ..
+            } => [("pre_dim", pre_dim), ("target_dim", target_dim)],
+            Aggregator::Average { target_dim, .. } => {
+                [("target_dim", target_dim.unwrap_or(1)), ("target_dim", 1)]
+            }
+        };
+        for (name, d) in dims {
+            if d > MAX_EMBEDDING_DIM {
+                return Err(Error::param(
+                    name,
+                    format!("must be at most {MAX_EMBEDDING_DIM}, got {d}"),
+                ));
+            }
         }
         match *self {
             Aggregator::Original {
