@@ -82,7 +82,9 @@ cargo test --target "$TARGET" --no-run
 # NEON micro-kernels of `gemm` and `matrixmultiply`. Doc tests are not run for cross targets.
 step "aarch64: tests under qemu-aarch64 (NEON kernels)"
 t0=$SECONDS
-PATCHCORE_EXPECT_SIMD=neon cargo test --target "$TARGET" --lib --bins --tests
+# The CLI tests start the (aarch64) binary themselves: through the same emulator.
+PATCHCORE_TEST_RUNNER="qemu-aarch64 -L $SYSROOT" PATCHCORE_EXPECT_SIMD=neon \
+  cargo test --target "$TARGET" --lib --bins --tests
 echo "aarch64 qemu tests took $((SECONDS - t0)) s"
 
 # The host build with the x86-64 CPU model `qemu64` (SSE2 only): both GEMM crates detect no

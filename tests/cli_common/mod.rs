@@ -139,8 +139,21 @@ pub fn lib_params() -> PatchCoreParams {
     p
 }
 
+/// Runs the binary. Under a cross-target test run (the binary is for another CPU and the
+/// kernel cannot execute it), `PATCHCORE_TEST_RUNNER` names the emulator to run it with, e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu` (set by `.ci/aarch64.sh`).
 pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
+    let runner = std::env::var("PATCHCORE_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.args(args).output().unwrap()
 }
 
 pub fn stderr(o: &Output) -> String {
