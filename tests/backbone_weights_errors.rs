@@ -347,3 +347,47 @@ proptest! {
         let _ = load(&bytes, &spec_basic());
     }
 }
+
+/// The file path reads the header and then one tensor at a time (never the whole file); it must
+/// load exactly what the in-memory path loads, fingerprint the whole file, and refuse exactly
+/// the same damaged files.
+#[test]
+fn streaming_file_load_equals_in_memory_load() {
+    use sha2::{Digest, Sha256};
+    let dir = std::env::temp_dir().join(format!("patchcore-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(NAME);
+    let good = fixture_bytes("bottleneck.safetensors");
+    std::fs::write(&path, &good).unwrap();
+    let from_file = Backbone::from_safetensors_file(&path, &spec_bottleneck(), &TAPS).unwrap();
+    let from_bytes = load(&good, &spec_bottleneck()).unwrap();
+    let expected_sha: [u8; 32] = Sha256::digest(&good).into();
+    assert_eq!(from_file.weights_sha256(), expected_sha);
+    assert_eq!(from_bytes.weights_sha256(), expected_sha);
+    let input = ndarray::Array4::from_shape_fn((1, 3, 40, 36), |(_, c, y, x)| {
+        ((c * 7 + y * 3 + x) % 11) as f32 / 5.0 - 1.0
+    });
+    let a = from_file.forward(input.view()).unwrap();
+    let b = from_bytes.forward(input.view()).unwrap();
+    assert_eq!(a, b);
+
+    let damaged: Vec<Vec<u8>> = vec![
+        good[..good.len() - 100].to_vec(),
+        good[..6].to_vec(),
+        Vec::new(),
+        {
+            let mut v = good.clone();
+            v.extend_from_slice(&[0; 3]);
+            v
+        },
+    ];
+    for bytes in damaged {
+        std::fs::write(&path, &bytes).unwrap();
+        let ef = Backbone::from_safetensors_file(&path, &spec_bottleneck(), &TAPS).unwrap_err();
+        let eb =
+            Backbone::from_safetensors_bytes(&bytes, &path, &spec_bottleneck(), &TAPS).unwrap_err();
+        assert_eq!(ef.to_string(), eb.to_string());
+        assert!(matches!(ef, Error::InvalidFile { .. }), "{ef:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -22,6 +22,7 @@
 
 mod arch;
 mod resnet;
+mod st_index;
 mod weights;
 
 use std::fmt;
@@ -83,7 +84,9 @@ fn deepest_tap(taps: &[Layer]) -> Result<Layer> {
 }
 
 impl Backbone {
-    /// Loads weights from a safetensors file (read whole with [`std::fs::read`]).
+    /// Loads weights from a safetensors file. Only the header and the tensors the network
+    /// needs are read (one at a time), so memory stays at the folded weights even for a file
+    /// holding the whole network; the SHA-256 fingerprint covers the whole file.
     ///
     /// Tensors use torchvision/timm names (`conv1.weight`, `bn1.*`, `layer2.0.conv1.weight`,
     /// `layer2.0.downsample.{0,1}.*`, ...) in F32, F16 or BF16. `fc.*`, `num_batches_tracked`,
@@ -102,8 +105,17 @@ impl Backbone {
         // Validate the cheap arguments before reading a possibly large file.
         spec.validate()?;
         deepest_tap(taps)?;
-        let bytes = weights::read_file(path)?;
-        Self::from_safetensors_bytes(&bytes, path, spec, taps)
+        let last = deepest_tap(taps)?;
+        let mut src = weights::SafetensorsSource::open(path, spec, last)?;
+        let net = resnet::Net::build(spec, last, &mut src)?;
+        src.check_no_extra_blocks()?;
+        drop(src);
+        Ok(Backbone {
+            spec: spec.clone(),
+            taps: taps.to_vec(),
+            net,
+            sha256: weights::sha256_file(path)?,
+        })
     }
 
     /// Loads weights from the bytes of a safetensors file; `display_name` is used in error

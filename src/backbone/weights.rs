@@ -5,10 +5,10 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use safetensors::tensor::{Dtype, SafeTensorError};
-use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
 
 use super::arch::{BlockKind, Layer, ResNetSpec};
+use super::st_index::StIndex;
 use crate::kernels::conv::Conv2d;
 use crate::{Error, Result};
 
@@ -24,36 +24,59 @@ pub(crate) trait TensorSource {
     fn path(&self) -> &Path;
 }
 
-/// Reads the whole file with [`std::fs::read`].
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+/// The SHA-256 of a file, read in 1 MiB chunks (the file is never held in memory whole).
+pub(crate) fn sha256_file(path: &Path) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
 }
 
-/// Tensors of a parsed safetensors buffer, checked against an architecture.
+/// Tensors of a safetensors file (in memory or read tensor by tensor from disk), checked
+/// against an architecture.
 pub(crate) struct SafetensorsSource<'a> {
-    st: SafeTensors<'a>,
+    st: StIndex<'a>,
     path: &'a Path,
     spec: &'a ResNetSpec,
     last: Layer,
 }
 
 impl<'a> SafetensorsSource<'a> {
-    /// Parses the header (the `safetensors` crate checks that every offset and byte length is
-    /// consistent with the declared shapes and the buffer size, with overflow checks, before
-    /// anything is allocated).
+    /// Parses the header of an in-memory file ([`StIndex`] checks that every offset and byte
+    /// length is consistent with the declared shapes and the buffer size, with overflow
+    /// checks, before anything is allocated).
     pub(crate) fn parse(
         bytes: &'a [u8],
         path: &'a Path,
         spec: &'a ResNetSpec,
         last: Layer,
     ) -> Result<Self> {
-        if bytes.is_empty() {
-            return Err(Error::invalid_file(path, "the file is empty (0 bytes)"));
-        }
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::invalid_file(path, describe_safetensors_error(&e)))?;
         Ok(SafetensorsSource {
-            st,
+            st: StIndex::from_slice(bytes, path)?,
+            path,
+            spec,
+            last,
+        })
+    }
+
+    /// Opens a file and parses its header only; tensors are then read one at a time.
+    pub(crate) fn open(
+        path: &'a Path,
+        spec: &'a ResNetSpec,
+        last: Layer,
+    ) -> Result<SafetensorsSource<'a>> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(SafetensorsSource {
+            st: StIndex::from_file(file, path)?,
             path,
             spec,
             last,
@@ -109,7 +132,7 @@ impl<'a> SafetensorsSource<'a> {
     pub(crate) fn check_no_extra_blocks(&self) -> Result<()> {
         for s in 0..=self.last.index() {
             let extra = format!("layer{}.{}.conv1.weight", s + 1, self.spec.blocks[s]);
-            if self.st.tensor(&extra).is_ok() {
+            if self.st.entry(&extra).is_some() {
                 let found = detect_architecture(&self.st);
                 let looks = found
                     .as_ref()
@@ -134,28 +157,34 @@ impl<'a> SafetensorsSource<'a> {
 
 impl TensorSource for SafetensorsSource<'_> {
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let view = match self.st.tensor(name) {
-            Ok(v) => v,
-            Err(_) => {
-                let err = Error::MissingTensor {
-                    path: self.path.to_path_buf(),
-                    tensor: name.to_string(),
-                    expected: format!("shape {shape:?} for architecture {}", self.spec.name),
-                };
-                return Err(self.explain(err));
-            }
+        let Some(entry) = self.st.entry(name) else {
+            let err = Error::MissingTensor {
+                path: self.path.to_path_buf(),
+                tensor: name.to_string(),
+                expected: format!("shape {shape:?} for architecture {}", self.spec.name),
+            };
+            return Err(self.explain(err));
         };
-        if view.shape() != shape {
+        if entry.shape != shape {
             let err = Error::TensorShape {
                 path: self.path.to_path_buf(),
                 tensor: name.to_string(),
                 expected: shape.to_vec(),
-                found: view.shape().to_vec(),
+                found: entry.shape.clone(),
             };
             return Err(self.explain(err));
         }
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
+        let dtype = entry.dtype;
+        if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(Error::TensorDtype {
+                path: self.path.to_path_buf(),
+                tensor: name.to_string(),
+                expected: "F32, F16 or BF16".to_string(),
+                found: format!("{dtype:?}"),
+            });
+        }
+        let data = self.st.bytes(name, self.path)?;
+        let values: Vec<f32> = match dtype {
             Dtype::F32 => data
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -164,18 +193,10 @@ impl TensorSource for SafetensorsSource<'_> {
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            Dtype::BF16 => data
+            _ => data
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            other => {
-                return Err(Error::TensorDtype {
-                    path: self.path.to_path_buf(),
-                    tensor: name.to_string(),
-                    expected: "F32, F16 or BF16".to_string(),
-                    found: format!("{other:?}"),
-                })
-            }
         };
         let n: usize = shape.iter().product();
         if values.len() != n {
@@ -202,40 +223,6 @@ impl TensorSource for SafetensorsSource<'_> {
     }
 }
 
-/// Human text for a safetensors parse error.
-fn describe_safetensors_error(e: &SafeTensorError) -> String {
-    let what = match e {
-        SafeTensorError::HeaderTooSmall => {
-            "too short to hold a safetensors header (truncated?)".to_string()
-        }
-        SafeTensorError::HeaderTooLarge => {
-            "the declared header size is absurdly large (not a safetensors file?)".to_string()
-        }
-        SafeTensorError::InvalidHeaderLength => {
-            "the declared header size exceeds the file size (truncated or not a safetensors file)"
-                .to_string()
-        }
-        SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderStart => {
-            "the header is not valid UTF-8 text (not a safetensors file?)".to_string()
-        }
-        SafeTensorError::InvalidHeaderDeserialization | SafeTensorError::JsonError(_) => {
-            "the header is not valid safetensors JSON".to_string()
-        }
-        SafeTensorError::MetadataIncompleteBuffer => {
-            "the tensor data does not match the file size (truncated or padded file)".to_string()
-        }
-        SafeTensorError::InvalidOffset(t) => format!("tensor `{t}` has invalid data offsets"),
-        SafeTensorError::TensorInvalidInfo => {
-            "a tensor's byte length does not match its shape and dtype".to_string()
-        }
-        SafeTensorError::ValidationOverflow => {
-            "a tensor shape overflows when multiplied out".to_string()
-        }
-        other => format!("{other:?}"),
-    };
-    format!("not a valid safetensors file: {what}")
-}
-
 /// The error's message without the leading `<path>: ` (the outer error names the path already).
 fn strip_path(err: &Error, path: &Path) -> String {
     let msg = err.to_string();
@@ -259,8 +246,8 @@ fn describe_found(found: &ResNetSpec) -> String {
 
 /// Reads the architecture off the tensor names and shapes of a torchvision-layout file, or
 /// `None` when it does not look like a ResNet. Stages absent from the file get 0 blocks.
-fn detect_architecture(st: &SafeTensors<'_>) -> Option<ResNetSpec> {
-    let shape = |name: &str| st.tensor(name).ok().map(|t| t.shape().to_vec());
+fn detect_architecture(st: &StIndex<'_>) -> Option<ResNetSpec> {
+    let shape = |name: &str| st.shape(name).map(<[usize]>::to_vec);
     let stem = shape("conv1.weight")?;
     if stem.len() != 4 {
         return None;
