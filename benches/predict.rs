@@ -1,0 +1,71 @@
+//! Predict end-to-end for one image with Wide-ResNet-50-2 (layer2 + layer3, the defaults of
+//! the original code): preprocessing of a decoded 300×300 image, backbone, patch embedding,
+//! k-NN against the memory bank, image score and (unless score-only) the blurred anomaly map.
+//!
+//! - `predict_wrn50_2/224/bank1638/{full,score_only}`: one 224² crop against a 1 % bank
+//!   (1,638 rows: 1 % of MVTec *bottle*'s 163,840 training patches).
+//! - `predict_wrn50_2/{320,448}/bank1638/score_only`: cost growth with the crop size.
+//! - `predict_wrn50_2/224/bank{16384,40960}/score_only`: cost growth with the bank (10 %, 25 %).
+//!
+//! Random weights (`Backbone::random`) and a random bank: the cost does not depend on values.
+//! Quick run: `cargo bench --bench predict -- --sample-size 10`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use image::RgbImage;
+use ndarray::Array2;
+use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+use patchcore::model::{PatchCore, PatchCoreParams, PredictOptions};
+use patchcore::preprocess::Resize;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+
+fn model(crop: usize, bank_rows: usize) -> PatchCore {
+    let layers = [Layer::Layer2, Layer::Layer3];
+    let backbone =
+        Backbone::random(&ResNetSpec::wide_resnet50_2(), &layers, 7).expect("random backbone");
+    let mut params = PatchCoreParams::default();
+    params.preprocess.resize = Resize::ShorterSide(crop * 256 / 224);
+    params.preprocess.crop = Some((crop, crop));
+    let config = params.check().expect("config");
+    let mut rng = ChaCha8Rng::seed_from_u64(bank_rows as u64);
+    let bank = Array2::from_shape_fn((bank_rows, 1024), |_| rng.random_range(0.0f32..2.0));
+    PatchCore::from_parts(config, backbone, bank, None).expect("model")
+}
+
+fn image(side: u32) -> RgbImage {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    RgbImage::from_fn(side, side, |_, _| {
+        image::Rgb([rng.random(), rng.random(), rng.random()])
+    })
+}
+
+fn bench_predict(c: &mut Criterion) {
+    let mut g = c.benchmark_group("predict_wrn50_2");
+    g.sample_size(10);
+    let full = PredictOptions { anomaly_map: true };
+    let score_only = PredictOptions { anomaly_map: false };
+    let cases: [(usize, usize, bool); 6] = [
+        (224, 1_638, true),
+        (224, 1_638, false),
+        (320, 1_638, false),
+        (448, 1_638, false),
+        (224, 16_384, false),
+        (224, 40_960, false),
+    ];
+    for (crop, rows, with_map) in cases {
+        let m = model(crop, rows);
+        let img = image((crop * 300 / 224) as u32);
+        let opts = if with_map { full } else { score_only };
+        let what = if with_map { "full" } else { "score_only" };
+        g.bench_with_input(
+            BenchmarkId::new(format!("{crop}/bank{rows}"), what),
+            &opts,
+            |b, &opts| b.iter(|| black_box(m.predict(&img, opts).expect("predict"))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_predict);
+criterion_main!(benches);
