@@ -11,16 +11,20 @@ Anchors (all CPU, float32, the thread count given by --threads, medians of repea
                          faiss IndexFlatL2 (exact), 784 queries x 1024 dims, k = 1
   torch_coreset_1pct     (--coreset) PyTorch greedy k-center as in the original PatchCore code:
                          projection 1024 -> 128, 1 % of 163,840 rows, one-row-at-a-time updates
-  *_peak_rss_mb          peak resident memory of a fresh process that loads the network and runs
-                         one forward pass (ru_maxrss of the child)
+  *_peak_rss_mb          peak resident memory (ru_maxrss) of a fresh process that loads the
+                         network and runs one forward pass; the ONNX Runtime process does not
+                         import torch (the model is exported beforehand). With --ours, also
+                         `patchcore predict` of one image (WRN-50-2 weights file with all layers,
+                         ~1,646-row bank), the whole inspection, not just the backbone
 
 Weights are random (torchvision's init plus randomised BatchNorm statistics): speed does not
 depend on their values, and no download is needed. Optionally (--ours) the script then runs the
 crate's own criterion benches for the same figures and prints both side by side, reading the
 medians criterion writes under target/criterion.
 
-Requires: torch, torchvision, onnx, onnxruntime, faiss-cpu, numpy (all from PyPI). Nothing in the
-crate's build or tests needs Python.
+Requires: torch, torchvision, onnx, onnxruntime, faiss-cpu, numpy, pillow (all from PyPI) and GNU
+time (`/usr/bin/time`, Debian package `time`) for the peak-RSS figures. Nothing in the crate's
+build or tests needs Python.
 
 Usage: python3 scripts/compare_onnxruntime.py [--threads 2] [--repeats 30] [--coreset] [--ours]
                                              [--json OUT.json]
@@ -59,6 +63,7 @@ def truncated(name):
 
 
 def median_ms(fn, repeats, warmup=3):
+    """Median wall time in ms of `repeats` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -69,14 +74,14 @@ def median_ms(fn, repeats, warmup=3):
     return statistics.median(times)
 
 
-def torch_forward(name, threads, repeats, size=224, batch=1):
+def torch_forward(name, threads, repeats, size=224, batch=1, warmup=3):
     import torch
 
     torch.set_num_threads(threads)
     net = truncated(name)
     x = torch.randn(batch, 3, size, size)
     with torch.inference_mode():
-        return median_ms(lambda: net(x), repeats)
+        return median_ms(lambda: net(x), repeats, warmup)
 
 
 def ort_forward(name, threads, repeats, size=224, batch=1):
@@ -132,16 +137,86 @@ def torch_coreset(threads, rows=163_840, dim=1024, ratio=0.01):
     return (time.perf_counter() - t) * 1e3
 
 
-def peak_rss_mb(kind, name, threads):
-    """Peak RSS of a fresh interpreter doing one forward pass with `kind` (torch or ort)."""
+def child_peak_rss_mb(cmd):
+    """Peak RSS of a process running `cmd`, measured by GNU time (`/usr/bin/time -f %M`).
+
+    Not `os.wait4` on a child of this interpreter: Linux carries the RSS high-water mark of the
+    forked parent (this process, with torch loaded) across `exec`, so the child would report at
+    least the parent's size. GNU time is a small process, so its child starts small.
+    """
+    with tempfile.NamedTemporaryFile("r") as out:
+        subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", out.name] + cmd,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return int(out.read().split()[-1]) / 1024.0
+
+
+def torch_peak_rss_mb(name, threads):
+    """A fresh interpreter that builds the network and runs one forward pass in PyTorch."""
+    here = os.path.dirname(os.path.abspath(__file__))
     code = (
-        "import sys; sys.path.insert(0, %r); import compare_onnxruntime as c; "
-        "c.%s_forward(%r, %d, 1)" % (os.path.dirname(os.path.abspath(__file__)), kind, name, threads)
+        f"import sys; sys.path.insert(0, {here!r}); import compare_onnxruntime as c; "
+        f"c.torch_forward({name!r}, {threads}, 1, warmup=0)"
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-c", code], check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(before, after) / 1024.0
+    return child_peak_rss_mb([sys.executable, "-c", code])
+
+
+def ort_peak_rss_mb(name, threads, workdir):
+    """A fresh interpreter that loads the exported ONNX model and runs it once (no torch)."""
+    import torch
+
+    path = os.path.join(workdir, f"{name}.onnx")
+    x = torch.randn(1, 3, 224, 224)
+    torch.onnx.export(truncated(name), (x,), path, input_names=["x"], output_names=["y"], dynamo=False)
+    code = (
+        "import numpy as np, onnxruntime as ort; so = ort.SessionOptions(); "
+        f"so.intra_op_num_threads = {threads}; "
+        f"s = ort.InferenceSession({path!r}, so, providers=['CPUExecutionProvider']); "
+        "s.run(None, {'x': np.zeros((1, 3, 224, 224), np.float32)})"
+    )
+    return child_peak_rss_mb([sys.executable, "-c", code])
+
+
+def ours_peak_rss_mb(workdir):
+    """`patchcore predict` of one image with WRN-50-2 (a full torchvision-layout weights file
+    with random values) and a memory bank of ~1,646 rows (21 fitted images, coreset 10 %)."""
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    subprocess.run(["cargo", "build", "--release", "--bin", "patchcore"], cwd=REPO, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    exe = os.path.join(target, "release", "patchcore")
+    net = torchvision.models.wide_resnet50_2(weights=None).eval()
+    weights = os.path.join(workdir, "wide_resnet50_2.safetensors")
+    save_file(
+        {
+            k: v.detach().float().contiguous()
+            for k, v in net.state_dict().items()
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+        },
+        weights,
+    )
+    train = os.path.join(workdir, "train")
+    os.makedirs(train, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(21):
+        img = np.clip(120 + rng.normal(0, 12, size=(300, 300, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(train, f"{i:03}.png"))
+    test = os.path.join(workdir, "test.png")
+    Image.fromarray(img).save(test)
+    model = os.path.join(workdir, "model.safetensors")
+    subprocess.run(
+        [exe, "fit", "--weights", weights, "--train", train, "--out", model, "--coreset", "0.1",
+         "--force"],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
+    return child_peak_rss_mb([exe, "predict", "--model", model, "--weights", weights, test])
 
 
 def criterion_median_ms(*parts):
@@ -158,6 +233,7 @@ def run_ours():
         ("backbone", "/1$"),
         ("knn", "k1$"),
         ("coreset", "greedy_1pct/"),
+        ("predict", "224/bank1638"),
     ]
     for bench, flt in benches:
         subprocess.run(
@@ -171,6 +247,12 @@ def run_ours():
         "ours_knn_784x1638": criterion_median_ms("knn_784x1024", "bank1638", "k1"),
         "ours_knn_784x16384": criterion_median_ms("knn_784x1024", "bank16384", "k1"),
         "ours_coreset_1pct": criterion_median_ms("full", "greedy_1pct", "163840x1024"),
+        "ours_predict_wrn50_2_224_bank1638": criterion_median_ms(
+            "predict_wrn50_2", "224_bank1638", "full"
+        ),
+        "ours_predict_wrn50_2_224_bank1638_score_only": criterion_median_ms(
+            "predict_wrn50_2", "224_bank1638", "score_only"
+        ),
     }
 
 
@@ -204,8 +286,11 @@ def main(argv):
     if a.coreset:
         r["torch_coreset_1pct"] = torch_coreset(a.threads)
     if not a.no_rss:
-        r["torch_wrn50_2_peak_rss_mb"] = peak_rss_mb("torch", "wide_resnet50_2", a.threads)
-        r["ort_wrn50_2_peak_rss_mb"] = peak_rss_mb("ort", "wide_resnet50_2", a.threads)
+        r["torch_wrn50_2_peak_rss_mb"] = torch_peak_rss_mb("wide_resnet50_2", a.threads)
+        with tempfile.TemporaryDirectory() as d:
+            r["ort_wrn50_2_peak_rss_mb"] = ort_peak_rss_mb("wide_resnet50_2", a.threads, d)
+            if a.ours:
+                r["ours_predict_wrn50_2_peak_rss_mb"] = ours_peak_rss_mb(d)
     if a.ours:
         r.update(run_ours())
     width = max(len(k) for k in r)
