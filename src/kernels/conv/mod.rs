@@ -1,4 +1,5 @@
-//! 2-D convolution (BatchNorm folded into the weights) computed as im2col + GEMM.
+//! 2-D convolution (BatchNorm folded into the weights) computed as im2col + GEMM, or with
+//! Winograd F(2×2, 3×3) for 3×3 stride-1 pad-1 convolutions.
 //!
 //! A [`Conv2d`] keeps its weights as the `cout × (cin·kh·kw)` matrix `W` (PyTorch's
 //! `[cout, cin, kh, kw]` layout read row-major is exactly that matrix). For one image
@@ -9,8 +10,13 @@
 //! - every other shape (including 1×1 stride 2, which is then a plain subsampling) writes `X`
 //!   into a caller-provided scratch buffer that is reused across calls.
 //!
+//! 3×3 stride-1 pad-1 convolutions with enough channels (see [`ConvAlgorithm::Auto`]) use
+//! Winograd F(2×2, 3×3) instead (module `winograd`): 16 smaller GEMMs with 4/9 of the
+//! multiply-adds, on filters transformed once at construction. [`Conv2d::with_algorithm`]
+//! forces one path.
+//!
 //! Bias, residual addition and ReLU are applied in a single pass over the output right after
-//! the GEMM. Eval-mode BatchNorm is folded into the weights beforehand with
+//! the GEMM (fused into the output transform on the Winograd path). Eval-mode BatchNorm is folded into the weights beforehand with
 //! [`fold_batchnorm`].
 //!
 //! # Panics
@@ -19,10 +25,34 @@
 //! reported by `assert!` with a message; use [`Conv2d::try_new`] to validate weights read
 //! from a file.
 
+mod im2col;
+mod winograd;
+
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Backend, MatRef, Parallelism};
 use crate::error::{Error, Result};
+
+/// How a [`Conv2d`] computes its output.
+///
+/// Both algorithms compute the same convolution; they differ in speed and (slightly) in
+/// rounding. Winograd applies only to 3×3, stride-1, pad-1 convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvAlgorithm {
+    /// Winograd F(2×2, 3×3) for 3×3 stride-1 pad-1 convolutions with at least
+    /// [`WINOGRAD_MIN_CHANNELS`] input and output channels, im2col + GEMM otherwise.
+    #[default]
+    Auto,
+    /// Always im2col + GEMM (1×1 stride-1 unpadded convolutions skip the copy).
+    Im2col,
+    /// Winograd F(2×2, 3×3); only valid for 3×3, stride-1, pad-1 convolutions.
+    Winograd,
+}
+
+/// [`ConvAlgorithm::Auto`] picks Winograd for eligible convolutions when both `cin` and `cout`
+/// are at least this large (below it the 16 small GEMMs and the transforms cost more than
+/// they save).
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// Parallel passes over buffers smaller than this many elements run sequentially.
 const PAR_ELEMS: usize = 1 << 16;
@@ -48,6 +78,10 @@ pub struct Conv2d {
     /// `cout × (cin·kh·kw)` row-major.
     weight: Vec<f32>,
     bias: Vec<f32>,
+    /// The requested algorithm.
+    algorithm: ConvAlgorithm,
+    /// Winograd-transformed filters `[16][cout][cin]` when the Winograd path is in use.
+    winograd: Option<Vec<f32>>,
 }
 
 impl Conv2d {
@@ -118,7 +152,7 @@ impl Conv2d {
                 bias.len()
             )));
         }
-        Ok(Conv2d {
+        let mut conv = Conv2d {
             cout,
             cin,
             kh,
@@ -127,7 +161,77 @@ impl Conv2d {
             pad,
             weight,
             bias,
-        })
+            algorithm: ConvAlgorithm::Auto,
+            winograd: None,
+        };
+        conv.set_algorithm(ConvAlgorithm::Auto)?;
+        Ok(conv)
+    }
+
+    /// This convolution computed with `algorithm` (see [`Conv2d::set_algorithm`]).
+    ///
+    /// ```
+    /// use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
+    /// let conv = Conv2d::new(8, 8, 3, 3, 1, 1, vec![0.1; 8 * 8 * 9], vec![0.0; 8]);
+    /// let wino = conv.clone().with_algorithm(ConvAlgorithm::Winograd).unwrap();
+    /// assert!(wino.uses_winograd());
+    /// let direct = conv.with_algorithm(ConvAlgorithm::Im2col).unwrap();
+    /// assert!(!direct.uses_winograd());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Conv2d::set_algorithm`].
+    pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Result<Self> {
+        self.set_algorithm(algorithm)?;
+        Ok(self)
+    }
+
+    /// Selects how the output is computed. [`ConvAlgorithm::Winograd`] (and `Auto` when it
+    /// picks Winograd) transforms the current weights once here; call this again after
+    /// changing the public shape fields.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidParameter`] when [`ConvAlgorithm::Winograd`] is requested for a
+    /// convolution that is not 3×3, stride 1, pad 1 (the convolution is left unchanged).
+    pub fn set_algorithm(&mut self, algorithm: ConvAlgorithm) -> Result<()> {
+        let eligible = self.winograd_shape();
+        let wino = match algorithm {
+            ConvAlgorithm::Im2col => false,
+            ConvAlgorithm::Auto => {
+                eligible && self.cin >= WINOGRAD_MIN_CHANNELS && self.cout >= WINOGRAD_MIN_CHANNELS
+            }
+            ConvAlgorithm::Winograd if eligible => true,
+            ConvAlgorithm::Winograd => {
+                return Err(Error::param(
+                    "conv algorithm",
+                    format!(
+                        "Winograd needs a 3×3 kernel with stride 1 and padding 1, got {}×{} \
+                         stride {} padding {}; use ConvAlgorithm::Auto or Im2col",
+                        self.kh, self.kw, self.stride, self.pad
+                    ),
+                ))
+            }
+        };
+        self.algorithm = algorithm;
+        self.winograd = (wino && self.weight.len() == self.cout * self.cin * 9)
+            .then(|| winograd::transform_filters(&self.weight, self.cout, self.cin));
+        Ok(())
+    }
+
+    /// The requested algorithm (see [`Conv2d::uses_winograd`] for what `Auto` resolved to).
+    pub fn algorithm(&self) -> ConvAlgorithm {
+        self.algorithm
+    }
+
+    /// Whether forward passes use the Winograd path.
+    pub fn uses_winograd(&self) -> bool {
+        self.winograd.is_some() && self.winograd_shape()
+    }
+
+    fn winograd_shape(&self) -> bool {
+        self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1
     }
 
     /// The weights as a `cout × (cin·kh·kw)` row-major matrix (PyTorch order).
@@ -175,10 +279,13 @@ impl Conv2d {
     }
 
     /// Scratch elements [`Conv2d::forward_image`] needs for an `h × w` input (0 for 1×1
-    /// stride-1 unpadded convolutions).
+    /// stride-1 unpadded convolutions; `16·⌈h/2⌉·⌈w/2⌉·(cin + cout)` on the Winograd path).
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
         if self.is_direct() {
             0
+        } else if self.uses_winograd() {
+            let (oh, ow) = self.out_hw(h, w);
+            winograd::scratch_len(self.cin, self.cout, oh, ow)
         } else {
             let (oh, ow) = self.out_hw(h, w);
             self.cin * self.kh * self.kw * oh * ow
@@ -260,6 +367,33 @@ impl Conv2d {
             assert_eq!(r.len(), out.len(), "Conv2d: residual must match out");
         }
 
+        if let (Some(u), true) = (&self.winograd, self.winograd_shape()) {
+            assert_eq!(
+                u.len(),
+                16 * self.cout * self.cin,
+                "Conv2d: shape fields changed after the Winograd filters were built"
+            );
+            let need = winograd::scratch_len(self.cin, self.cout, oh, ow);
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            winograd::forward(
+                u,
+                &self.bias,
+                self.cin,
+                self.cout,
+                input,
+                h,
+                w,
+                out,
+                residual,
+                relu,
+                &mut scratch[..need],
+                par,
+            );
+            return;
+        }
+
         let cols: &[f32] = if self.is_direct() {
             input
         } else {
@@ -320,98 +454,6 @@ impl Conv2d {
                 scratch,
                 par,
             );
-        }
-    }
-
-    /// Writes the `(cin·kh·kw) × (oh·ow)` im2col matrix of `input` into `cols`.
-    #[allow(clippy::too_many_arguments)]
-    fn im2col(
-        &self,
-        input: &[f32],
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        cols: &mut [f32],
-        par: Parallelism,
-    ) {
-        let p = oh * ow;
-        let taps = self.kh * self.kw;
-        // One task = all taps of one input channel (kh·kw rows of `cols`).
-        let fill = |ci: usize, block: &mut [f32]| {
-            let plane = &input[ci * h * w..(ci + 1) * h * w];
-            for (t, row) in block.chunks_exact_mut(p).enumerate() {
-                let (ky, kx) = (t / self.kw, t % self.kw);
-                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
-            }
-        };
-        if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
-            cols.par_chunks_mut(taps * p)
-                .enumerate()
-                .for_each(|(ci, block)| fill(ci, block));
-        } else {
-            for (ci, block) in cols.chunks_mut(taps * p).enumerate() {
-                fill(ci, block);
-            }
-        }
-    }
-}
-
-/// One row of the im2col matrix: `row[oy·ow + ox] = plane[oy·s + ky − pad, ox·s + kx − pad]`,
-/// zero where that falls in the padding.
-#[allow(clippy::too_many_arguments)]
-fn im2col_row(
-    plane: &[f32],
-    h: usize,
-    w: usize,
-    ky: usize,
-    kx: usize,
-    s: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
-    row: &mut [f32],
-) {
-    // Output columns whose input column ix = ox·s + kx − pad lies in [0, w).
-    let ox_hi = if w + pad > kx {
-        (w + pad - kx).div_ceil(s).min(ow)
-    } else {
-        0
-    };
-    let ox_lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) }.min(ox_hi);
-    let len = ox_hi - ox_lo;
-    for (oy, dst) in row.chunks_exact_mut(ow).take(oh).enumerate() {
-        let iy = oy * s + ky;
-        if iy < pad || iy - pad >= h {
-            dst.fill(0.0);
-            continue;
-        }
-        let src = &plane[(iy - pad) * w..(iy - pad + 1) * w];
-        dst[..ox_lo].fill(0.0);
-        dst[ox_hi..].fill(0.0);
-        if len == 0 {
-            continue;
-        }
-        let ix0 = ox_lo * s + kx - pad;
-        let dst = &mut dst[ox_lo..ox_hi];
-        if s == 1 {
-            dst.copy_from_slice(&src[ix0..ix0 + len]);
-        } else if s == 2 {
-            // Even elements of pairs: a pattern the compiler turns into vector shuffles.
-            let src = &src[ix0..];
-            let full = (src.len() / 2).min(len);
-            for (d, pair) in dst.iter_mut().zip(src[..2 * full].chunks_exact(2)) {
-                *d = pair[0];
-            }
-            if full < len {
-                // Odd remainder: the last needed element has no partner.
-                dst[full] = src[2 * full];
-            }
-        } else {
-            let src = &src[ix0..=ix0 + (len - 1) * s];
-            for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
-                *d = *v;
-            }
         }
     }
 }
