@@ -2,10 +2,14 @@
 //! (criterion's Gelem/s, one element = one flop), followed by a summary table with the total
 //! time of all 43 convolutions of one image.
 //!
+//! A second group, `conv_3x3_algo`, runs the three 3×3 stride-1 shapes with the algorithm
+//! forced to im2col and to Winograd (ids `<shape>/im2col`, `<shape>/winograd`), and a second
+//! table compares them in wall time and in sequential thread CPU time.
+//!
 //! Quick run: `cargo bench --bench conv -- --sample-size 10 --warm-up-time 1 --measurement-time 2`
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use patchcore::kernels::conv::Conv2d;
+use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
 use patchcore::kernels::gemm::Parallelism;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -108,6 +112,11 @@ struct Setup {
 }
 
 impl Setup {
+    fn with_algorithm(mut self, algo: ConvAlgorithm) -> Self {
+        self.conv = self.conv.with_algorithm(algo).expect("3x3 s1 p1 shape");
+        self
+    }
+
     fn new(sh: &Shape) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(sh.cout as u64 * 31 + sh.cin as u64);
         let conv = Conv2d::new(
@@ -178,6 +187,71 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    let mut g = c.benchmark_group("conv_3x3_algo");
+    for sh in SHAPES.iter().filter(|s| is_3x3_s1(s)) {
+        for (name, algo) in ALGOS {
+            let mut setup = Setup::new(sh).with_algorithm(algo);
+            g.throughput(Throughput::Elements(setup.conv.flops(sh.hw, sh.hw)));
+            g.bench_function(BenchmarkId::new(sh.name, name), |b| {
+                b.iter(|| setup.run(sh))
+            });
+        }
+    }
+    g.finish();
+}
+
+const ALGOS: [(&str, ConvAlgorithm); 2] = [
+    ("im2col", ConvAlgorithm::Im2col),
+    ("winograd", ConvAlgorithm::Winograd),
+];
+
+fn is_3x3_s1(sh: &Shape) -> bool {
+    sh.k == 3 && sh.stride == 1
+}
+
+/// Median wall ms (default parallelism) and sequential thread CPU ms of one setup.
+fn measure(setup: &mut Setup, sh: &Shape) -> (f64, Option<f64>) {
+    for _ in 0..3 {
+        setup.run(sh);
+    }
+    let mut times: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            setup.run(sh);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let reps = 10;
+    let cpu = thread_cpu_ms().and_then(|t0| {
+        for _ in 0..reps {
+            setup.run_seq(sh);
+        }
+        thread_cpu_ms().map(|t1| (t1 - t0) / reps as f64)
+    });
+    (times[times.len() / 2], cpu)
+}
+
+/// im2col vs Winograd on the 3×3 stride-1 shapes.
+fn algo_summary() {
+    println!(
+        "\n{:<26} {:>10} {:>10} {:>12} {:>12}",
+        "3x3 s1 shape", "im2col ms", "wino ms", "im2col CPU", "wino CPU"
+    );
+    for sh in SHAPES.iter().filter(|s| is_3x3_s1(s)) {
+        let r: Vec<(f64, Option<f64>)> = ALGOS
+            .iter()
+            .map(|&(_, algo)| measure(&mut Setup::new(sh).with_algorithm(algo), sh))
+            .collect();
+        println!(
+            "{:<26} {:>10.3} {:>10.3} {:>12.3} {:>12.3}",
+            sh.name,
+            r[0].0,
+            r[1].0,
+            r[0].1.unwrap_or(f64::NAN),
+            r[1].1.unwrap_or(f64::NAN)
+        );
+    }
 }
 
 /// Median-of-runs wall time of every shape (default parallelism) and the total over the 43
@@ -191,26 +265,8 @@ fn summary() {
     let (mut total_ms, mut total_flops, mut total_cpu) = (0.0, 0.0, 0.0);
     for sh in &SHAPES {
         let mut setup = Setup::new(sh);
-        for _ in 0..3 {
-            setup.run(sh);
-        }
-        let mut times: Vec<f64> = (0..15)
-            .map(|_| {
-                let t = Instant::now();
-                setup.run(sh);
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let ms = times[times.len() / 2];
+        let (ms, cpu) = measure(&mut setup, sh);
         let flops = setup.conv.flops(sh.hw, sh.hw) as f64;
-        let reps = 10;
-        let cpu = thread_cpu_ms().and_then(|t0| {
-            for _ in 0..reps {
-                setup.run_seq(sh);
-            }
-            thread_cpu_ms().map(|t1| (t1 - t0) / reps as f64)
-        });
         total_ms += ms * sh.count as f64;
         total_flops += flops * sh.count as f64;
         total_cpu += cpu.unwrap_or(f64::NAN) * sh.count as f64;
@@ -241,6 +297,7 @@ fn main() {
     bench(&mut c);
     c.final_summary();
     if !listing {
+        algo_summary();
         summary();
     }
 }
