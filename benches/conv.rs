@@ -98,6 +98,17 @@ const SHAPES: [Shape; 18] = [
     s("l3_3x3_512-512@14", 512, 512, 3, 1, 14, 5, false, true),
 ];
 
+/// Further 3×3 stride-1 shapes for the im2col-vs-Winograd table only: ResNet-18's (to
+/// layer3) and small channel counts (where `ConvAlgorithm::Auto`'s threshold is decided).
+const EXTRA_3X3: [Shape; 6] = [
+    s("r18_3x3_64-64@56", 64, 64, 3, 1, 56, 4, false, true),
+    s("r18_3x3_128-128@28", 128, 128, 3, 1, 28, 3, false, true),
+    s("r18_3x3_256-256@14", 256, 256, 3, 1, 14, 3, false, true),
+    s("small_3x3_32-32@56", 32, 32, 3, 1, 56, 0, false, true),
+    s("small_3x3_16-16@56", 16, 16, 3, 1, 56, 0, false, true),
+    s("small_3x3_8-8@56", 8, 8, 3, 1, 56, 0, false, true),
+];
+
 fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -200,9 +211,10 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-const ALGOS: [(&str, ConvAlgorithm); 2] = [
+const ALGOS: [(&str, ConvAlgorithm); 3] = [
     ("im2col", ConvAlgorithm::Im2col),
     ("winograd", ConvAlgorithm::Winograd),
+    ("winograd4x4", ConvAlgorithm::Winograd4x4),
 ];
 
 fn is_3x3_s1(sh: &Shape) -> bool {
@@ -232,31 +244,32 @@ fn measure(setup: &mut Setup, sh: &Shape) -> (f64, Option<f64>) {
     (times[times.len() / 2], cpu)
 }
 
-/// im2col vs Winograd on the 3×3 stride-1 shapes.
+/// im2col vs Winograd F(2×2) vs F(4×4) on the 3×3 stride-1 shapes: median wall ms with the
+/// default parallelism, then sequential thread CPU ms.
 fn algo_summary() {
     println!(
-        "\n{:<26} {:>10} {:>10} {:>12} {:>12}",
-        "3x3 s1 shape", "im2col ms", "wino ms", "im2col CPU", "wino CPU"
+        "\n{:<22} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8}   (wall ms | 1-thread CPU ms)",
+        "3x3 s1 shape", "im2col", "wino2", "wino4", "im2col", "wino2", "wino4"
     );
-    for sh in SHAPES.iter().filter(|s| is_3x3_s1(s)) {
+    for sh in SHAPES.iter().filter(|s| is_3x3_s1(s)).chain(&EXTRA_3X3) {
         let r: Vec<(f64, Option<f64>)> = ALGOS
             .iter()
             .map(|&(_, algo)| measure(&mut Setup::new(sh).with_algorithm(algo), sh))
             .collect();
+        let cpu = |i: usize| r[i].1.unwrap_or(f64::NAN);
         println!(
-            "{:<26} {:>10.3} {:>10.3} {:>12.3} {:>12.3}",
+            "{:<22} {:>8.3} {:>8.3} {:>8.3} | {:>8.3} {:>8.3} {:>8.3}",
             sh.name,
             r[0].0,
             r[1].0,
-            r[0].1.unwrap_or(f64::NAN),
-            r[1].1.unwrap_or(f64::NAN)
+            r[2].0,
+            cpu(0),
+            cpu(1),
+            cpu(2)
         );
     }
 }
 
-/// Median-of-runs wall time of every shape (default parallelism) and the total over the 43
-/// convolutions; plus the sequential throughput per core measured in thread CPU time, which
-/// stays meaningful when other processes load the machine.
 fn summary() {
     println!(
         "\n{:<26} {:>5} {:>9} {:>8} {:>10} {:>12}",

@@ -14,6 +14,12 @@
 //! Hence `|Δy| ≤ (cin + 8)·u·Σ_{k∈S} Σ_ci |U_k||V_k| + 4u·(|y| + |b| + |r|)` with
 //! `Σ_{k∈S} Σ_ci |U_k||V_k| ≤ cin·(Σ r_i)²·4 = 64·cin`. For cin = 40 that is ≈ 7e-3 while
 //! outputs are O(5): a wrong tap, tile offset, padding or channel gives errors of O(0.1–1).
+//!
+//! F(4×4) the same way: row sums of `|G|` are (¼, ½, ½, 7/24, 7/24, 1), of `|Bᵀ|` (10, 10, 10,
+//! 6, 6, 10), and `Aᵀ`'s largest row is |0 1 1 8 8 1|, so `Σ_{k∈S} Σ_ci |U_k||V_k| ≤ 48²·cin`;
+//! the transforms take up to 4 rounding stages each, so `(cin + 16)·u·2304·cin`. That bound is
+//! loose (≈0.25 for cin = 40), so the WRN-shape test below holds both variants to
+//! 1e-4·max|ref| as well.
 
 use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
 use patchcore::kernels::gemm::Parallelism;
@@ -72,14 +78,15 @@ fn naive(
     out
 }
 
-fn wino(conv: Conv2d) -> Conv2d {
-    let c = conv.with_algorithm(ConvAlgorithm::Winograd).unwrap();
+fn wino(conv: Conv2d, algo: ConvAlgorithm) -> Conv2d {
+    let c = conv.with_algorithm(algo).unwrap();
     assert!(c.uses_winograd());
     c
 }
 
 #[allow(clippy::too_many_arguments)]
 fn check_against_naive(
+    algo: ConvAlgorithm,
     cout: usize,
     cin: usize,
     h: usize,
@@ -93,10 +100,16 @@ fn check_against_naive(
     let wt = random(cout * cin * 9, 1.0, &mut rng);
     let bias = random(cout, 1.0, &mut rng);
     let res = with_res.then(|| random(cout * h * w, 1.0, &mut rng));
-    let conv = wino(Conv2d::new(cout, cin, 3, 3, 1, 1, wt.clone(), bias.clone()));
+    let conv = wino(
+        Conv2d::new(cout, cin, 3, 3, 1, 1, wt.clone(), bias.clone()),
+        algo,
+    );
     let want = naive(cout, cin, h, w, &x, &wt, &bias, res.as_deref(), relu);
     let n = cin as f64;
-    let tol_dot = (n + 8.0) * U * 64.0 * n;
+    let tol_dot = match algo {
+        ConvAlgorithm::Winograd4x4 => (n + 16.0) * U * 2304.0 * n,
+        _ => (n + 8.0) * U * 64.0 * n,
+    };
     for par in [Parallelism::Sequential, Parallelism::Rayon] {
         // Exactly scratch_len elements, dirty: the kernel must overwrite what it reads.
         let mut scratch = vec![f32::NAN; conv.scratch_len(h, w)];
@@ -111,7 +124,9 @@ fn check_against_naive(
             let tol = tol_dot + 4.0 * U * extra;
             prop_assert!(
                 (f64::from(g) - r).abs() <= tol,
-                "cout={} cin={} {}x{} res={} relu={} {:?}: element {}: got {}, want {}, tol {:e}",
+                "{:?} cout={} cin={} {}x{} res={} relu={} {:?}: element {}: got {}, want {}, \
+                 tol {:e}",
+                algo,
                 cout,
                 cin,
                 h,
@@ -130,7 +145,7 @@ fn check_against_naive(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(40))]
     #[test]
     fn winograd_matches_direct_convolution(
         cout in 1usize..40,
@@ -141,9 +156,24 @@ proptest! {
         relu: bool,
         seed in 0u64..1000,
     ) {
-        check_against_naive(cout, cin, h, w, with_res, relu, seed)?;
+        check_against_naive(ConvAlgorithm::Winograd, cout, cin, h, w, with_res, relu, seed)?;
+    }
+
+    #[test]
+    fn winograd4x4_matches_direct_convolution(
+        cout in 1usize..40,
+        cin in 1usize..40,
+        h in 1usize..23,
+        w in 1usize..23,
+        with_res: bool,
+        relu: bool,
+        seed in 0u64..1000,
+    ) {
+        check_against_naive(ConvAlgorithm::Winograd4x4, cout, cin, h, w, with_res, relu, seed)?;
     }
 }
+
+const WINOGRADS: [ConvAlgorithm; 2] = [ConvAlgorithm::Winograd, ConvAlgorithm::Winograd4x4];
 
 #[test]
 fn winograd_edge_shapes() {
@@ -158,9 +188,13 @@ fn winograd_edge_shapes() {
         (1, 37),
         (37, 1),
         (9, 70),
+        (6, 131),
     ] {
-        check_against_naive(3, 5, h, w, true, true, (h * 100 + w) as u64).unwrap();
-        check_against_naive(5, 2, h, w, false, false, (h * 100 + w) as u64 + 1).unwrap();
+        for algo in WINOGRADS {
+            let seed = (h * 1000 + w) as u64;
+            check_against_naive(algo, 3, 5, h, w, true, true, seed).unwrap();
+            check_against_naive(algo, 5, 2, h, w, false, false, seed + 1).unwrap();
+        }
     }
 }
 
@@ -182,32 +216,35 @@ fn winograd_and_im2col_agree_on_wrn_shapes() {
             .map(|v| v.max(0.0))
             .collect();
         let r = res.then(|| random(c * hw * hw, 1.0, &mut rng));
-        let conv = Conv2d::new(c, c, 3, 3, 1, 1, wt, bias);
+        let auto = Conv2d::new(c, c, 3, 3, 1, 1, wt, bias);
         assert!(
-            conv.uses_winograd(),
+            auto.uses_winograd(),
             "Auto should pick Winograd for {c} channels"
         );
-        let im2col = conv.clone().with_algorithm(ConvAlgorithm::Im2col).unwrap();
+        let im2col = auto.clone().with_algorithm(ConvAlgorithm::Im2col).unwrap();
         assert!(!im2col.uses_winograd());
         let mut scratch = Vec::new();
-        let mut a = vec![0.0; c * hw * hw];
-        let mut b = vec![0.0; c * hw * hw];
-        conv.forward_image(&x, hw, hw, &mut a, r.as_deref(), true, &mut scratch);
-        im2col.forward_image(&x, hw, hw, &mut b, r.as_deref(), true, &mut scratch);
-        let max_ref = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let max_err = a
-            .iter()
-            .zip(&b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-        eprintln!(
-            "{c} ch @ {hw}²: max|Δ|/max|ref| = {:.2e}",
-            max_err / max_ref
-        );
+        let mut want = vec![0.0; c * hw * hw];
+        im2col.forward_image(&x, hw, hw, &mut want, r.as_deref(), true, &mut scratch);
+        let max_ref = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(max_ref > 1.0, "degenerate reference");
-        assert!(
-            max_err <= 1e-4 * max_ref,
-            "{c} ch @ {hw}²: max|Δ| = {max_err} > 1e-4·{max_ref}"
-        );
+        for algo in WINOGRADS {
+            let conv = auto.clone().with_algorithm(algo).unwrap();
+            let mut got = vec![0.0; c * hw * hw];
+            conv.forward_image(&x, hw, hw, &mut got, r.as_deref(), true, &mut scratch);
+            let max_err = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            eprintln!(
+                "{algo:?} {c} ch @ {hw}²: max|Δ|/max|ref| = {:.2e}",
+                max_err / max_ref
+            );
+            assert!(
+                max_err <= 1e-4 * max_ref,
+                "{algo:?} {c} ch @ {hw}²: max|Δ| = {max_err} > 1e-4·{max_ref}"
+            );
+        }
     }
 }
 
@@ -215,7 +252,7 @@ fn winograd_and_im2col_agree_on_wrn_shapes() {
 fn winograd_is_bit_identical_with_one_and_two_threads() {
     let (c, hw) = (64usize, 30usize);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let conv = wino(Conv2d::new(
+    let base = Conv2d::new(
         c,
         c,
         3,
@@ -224,24 +261,29 @@ fn winograd_is_bit_identical_with_one_and_two_threads() {
         1,
         random(c * c * 9, 0.1, &mut rng),
         random(c, 0.1, &mut rng),
-    ));
+    );
     let x = random(c * hw * hw, 1.0, &mut rng);
-    let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                let mut out = vec![0.0; c * hw * hw];
-                conv.forward_image(&x, hw, hw, &mut out, None, true, &mut Vec::new());
-                out
-            })
-    };
-    let (one, two) = (run(1), run(2));
-    assert!(one
-        .iter()
-        .zip(&two)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    for algo in WINOGRADS {
+        let conv = wino(base.clone(), algo);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let mut out = vec![0.0; c * hw * hw];
+                    conv.forward_image(&x, hw, hw, &mut out, None, true, &mut Vec::new());
+                    out
+                })
+        };
+        let (one, two) = (run(1), run(2));
+        assert!(
+            one.iter()
+                .zip(&two)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{algo:?}"
+        );
+    }
 }
 
 #[test]
@@ -261,16 +303,25 @@ fn algorithm_selection() {
     assert!(conv(64, 64, 3, 1, 1).uses_winograd());
     assert!(!conv(64, 64, 3, 2, 1).uses_winograd());
     assert!(!conv(64, 64, 1, 1, 0).uses_winograd());
-    assert!(!conv(2, 2, 3, 1, 1).uses_winograd());
+    assert!(!conv(4, 4, 3, 1, 1).uses_winograd());
     assert_eq!(conv(64, 64, 3, 1, 1).algorithm(), ConvAlgorithm::Auto);
-    assert!(conv(64, 64, 3, 2, 1)
-        .with_algorithm(ConvAlgorithm::Winograd)
-        .is_err());
-    assert!(conv(64, 64, 3, 1, 0)
-        .with_algorithm(ConvAlgorithm::Winograd)
-        .is_err());
+    // Auto: F(2×2) from 8 channels up, im2col below.
+    assert_eq!(conv(64, 64, 3, 1, 1).winograd_tile(56, 56), Some(2));
+    assert_eq!(conv(8, 8, 3, 1, 1).winograd_tile(14, 14), Some(2));
+    assert_eq!(conv(7, 8, 3, 1, 1).winograd_tile(56, 56), None);
+    for algo in WINOGRADS {
+        assert!(conv(64, 64, 3, 2, 1).with_algorithm(algo).is_err());
+        assert!(conv(64, 64, 3, 1, 0).with_algorithm(algo).is_err());
+        assert!(conv(64, 64, 5, 1, 2).with_algorithm(algo).is_err());
+    }
     let c = conv(64, 64, 3, 1, 1);
-    assert_eq!(c.scratch_len(5, 6), 16 * 3 * 3 * 128);
+    let f2 = c.clone().with_algorithm(ConvAlgorithm::Winograd).unwrap();
+    assert_eq!(f2.scratch_len(5, 6), 16 * 3 * 3 * 128);
+    let f4 = c
+        .clone()
+        .with_algorithm(ConvAlgorithm::Winograd4x4)
+        .unwrap();
+    assert_eq!(f4.scratch_len(5, 9), 36 * 2 * 3 * 128);
     let c = c.with_algorithm(ConvAlgorithm::Im2col).unwrap();
     assert_eq!(c.scratch_len(5, 6), 64 * 9 * 30);
 }

@@ -11,9 +11,10 @@
 //!   into a caller-provided scratch buffer that is reused across calls.
 //!
 //! 3×3 stride-1 pad-1 convolutions with enough channels (see [`ConvAlgorithm::Auto`]) use
-//! Winograd F(2×2, 3×3) instead (module `winograd`): 16 smaller GEMMs with 4/9 of the
-//! multiply-adds, on filters transformed once at construction. [`Conv2d::with_algorithm`]
-//! forces one path.
+//! Winograd F(2×2, 3×3) instead (module `winograd`: 16 smaller GEMMs with 4/9 of the
+//! multiply-adds) on filters transformed once at construction. [`Conv2d::with_algorithm`]
+//! forces one path, including the opt-in F(4×4, 3×3) (module `winograd4`: 36 GEMMs with 1/4
+//! of the multiply-adds).
 //!
 //! Bias, residual addition and ReLU are applied in a single pass over the output right after
 //! the GEMM (fused into the output transform on the Winograd path). Eval-mode BatchNorm is folded into the weights beforehand with
@@ -27,8 +28,13 @@
 
 mod im2col;
 mod winograd;
+mod winograd4;
+
+use winograd::Tile;
 
 use rayon::prelude::*;
+
+use std::sync::OnceLock;
 
 use super::gemm::{gemm, Backend, MatRef, Parallelism};
 use crate::error::{Error, Result};
@@ -47,12 +53,22 @@ pub enum ConvAlgorithm {
     Im2col,
     /// Winograd F(2×2, 3×3); only valid for 3×3, stride-1, pad-1 convolutions.
     Winograd,
+    /// Winograd F(4×4, 3×3): fewer multiply-adds than F(2×2) (2.25 instead of 4 per output
+    /// and input channel) but larger transforms, ~10× the rounding error of F(2×2) (≈1e-5 of
+    /// max|output| on ResNet layers) and 2.25× the transformed-filter memory; only valid for
+    /// 3×3, stride-1, pad-1 convolutions. Not chosen by `Auto`.
+    ///
+    /// Measured (1-thread CPU ms, F(2×2) → F(4×4)): at 56² 64 ch 1.56 → 0.98, 128 ch
+    /// 5.9 → 5.0; at 28² 128 ch 1.57 → 1.28, 256 ch 5.4 → 4.3; at 14² (3.5 tiles per side,
+    /// many partial) 256 ch 1.42 → 1.98, 512 ch 6.0 → 5.8.
+    Winograd4x4,
 }
 
 /// [`ConvAlgorithm::Auto`] picks Winograd for eligible convolutions when both `cin` and `cout`
-/// are at least this large (below it the 16 small GEMMs and the transforms cost more than
-/// they save).
-pub const WINOGRAD_MIN_CHANNELS: usize = 16;
+/// are at least this large. Measured (`cargo bench --bench conv`, table "3x3 s1 shape"):
+/// Winograd is faster from 8 channels up (8 ch @ 56²: 0.092 vs 0.102 ms; 64 ch @ 56²: 1.6 vs
+/// 2.9 ms CPU; 128–512 ch: 1.6–2× less CPU); below 8 the products are too thin to matter.
+pub const WINOGRAD_MIN_CHANNELS: usize = 8;
 
 /// Parallel passes over buffers smaller than this many elements run sequentially.
 const PAR_ELEMS: usize = 1 << 16;
@@ -80,8 +96,10 @@ pub struct Conv2d {
     bias: Vec<f32>,
     /// The requested algorithm.
     algorithm: ConvAlgorithm,
-    /// Winograd-transformed filters `[16][cout][cin]` when the Winograd path is in use.
-    winograd: Option<Vec<f32>>,
+    /// Winograd F(2×2) filters `[16][cout][cin]`, once computed.
+    wino2: OnceLock<Vec<f32>>,
+    /// Winograd F(4×4) filters `[36][cout][cin]`, once computed.
+    wino4: OnceLock<Vec<f32>>,
 }
 
 impl Conv2d {
@@ -162,7 +180,8 @@ impl Conv2d {
             weight,
             bias,
             algorithm: ConvAlgorithm::Auto,
-            winograd: None,
+            wino2: OnceLock::new(),
+            wino4: OnceLock::new(),
         };
         conv.set_algorithm(ConvAlgorithm::Auto)?;
         Ok(conv)
@@ -173,8 +192,9 @@ impl Conv2d {
     /// ```
     /// use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
     /// let conv = Conv2d::new(8, 8, 3, 3, 1, 1, vec![0.1; 8 * 8 * 9], vec![0.0; 8]);
-    /// let wino = conv.clone().with_algorithm(ConvAlgorithm::Winograd).unwrap();
-    /// assert!(wino.uses_winograd());
+    /// assert_eq!(conv.winograd_tile(56, 56), Some(2)); // Auto: F(2×2)
+    /// let wino = conv.clone().with_algorithm(ConvAlgorithm::Winograd4x4).unwrap();
+    /// assert_eq!(wino.winograd_tile(56, 56), Some(4));
     /// let direct = conv.with_algorithm(ConvAlgorithm::Im2col).unwrap();
     /// assert!(!direct.uses_winograd());
     /// ```
@@ -187,23 +207,20 @@ impl Conv2d {
         Ok(self)
     }
 
-    /// Selects how the output is computed. [`ConvAlgorithm::Winograd`] (and `Auto` when it
-    /// picks Winograd) transforms the current weights once here; call this again after
-    /// changing the public shape fields.
+    /// Selects how the output is computed. When the result uses Winograd, the weights are
+    /// transformed here, once. Call this again after changing the public shape fields (it
+    /// drops the transformed filters).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidParameter`] when [`ConvAlgorithm::Winograd`] is requested for a
-    /// convolution that is not 3×3, stride 1, pad 1 (the convolution is left unchanged).
+    /// [`Error::InvalidParameter`] when a Winograd variant is requested for a convolution that
+    /// is not 3×3, stride 1, pad 1 (the convolution is left unchanged).
     pub fn set_algorithm(&mut self, algorithm: ConvAlgorithm) -> Result<()> {
         let eligible = self.winograd_shape();
-        let wino = match algorithm {
-            ConvAlgorithm::Im2col => false,
-            ConvAlgorithm::Auto => {
-                eligible && self.cin >= WINOGRAD_MIN_CHANNELS && self.cout >= WINOGRAD_MIN_CHANNELS
-            }
-            ConvAlgorithm::Winograd if eligible => true,
-            ConvAlgorithm::Winograd => {
+        match algorithm {
+            ConvAlgorithm::Im2col | ConvAlgorithm::Auto => {}
+            ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4x4 if eligible => {}
+            ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4x4 => {
                 return Err(Error::param(
                     "conv algorithm",
                     format!(
@@ -215,23 +232,65 @@ impl Conv2d {
             }
         };
         self.algorithm = algorithm;
-        self.winograd = (wino && self.weight.len() == self.cout * self.cin * 9)
-            .then(|| winograd::transform_filters(&self.weight, self.cout, self.cin));
+        self.wino2 = OnceLock::new();
+        self.wino4 = OnceLock::new();
+        // The tile does not depend on the image size (any size works).
+        if let Some(tile) = self.tile_for(1, 1) {
+            self.winograd_filters(tile);
+        }
         Ok(())
     }
 
-    /// The requested algorithm (see [`Conv2d::uses_winograd`] for what `Auto` resolved to).
+    /// The requested algorithm (see [`Conv2d::winograd_tile`] for what `Auto` resolves to).
     pub fn algorithm(&self) -> ConvAlgorithm {
         self.algorithm
     }
 
-    /// Whether forward passes use the Winograd path.
+    /// Whether forward passes use a Winograd variant.
     pub fn uses_winograd(&self) -> bool {
-        self.winograd.is_some() && self.winograd_shape()
+        self.tile_for(1, 1).is_some()
+    }
+
+    /// The Winograd output tile side (2 for F(2×2), 4 for F(4×4)) a forward pass over an
+    /// `h × w` input uses, or `None` when it uses im2col + GEMM. (The choice does not depend
+    /// on the size today; the arguments leave room for a size-dependent `Auto`.)
+    pub fn winograd_tile(&self, h: usize, w: usize) -> Option<usize> {
+        self.tile_for(h, w).map(Tile::m)
+    }
+
+    fn tile_for(&self, _h: usize, _w: usize) -> Option<Tile> {
+        if !self.winograd_ready() {
+            return None;
+        }
+        match self.algorithm {
+            ConvAlgorithm::Im2col => None,
+            ConvAlgorithm::Winograd => Some(Tile::F2),
+            ConvAlgorithm::Winograd4x4 => Some(Tile::F4),
+            ConvAlgorithm::Auto => (self.cin >= WINOGRAD_MIN_CHANNELS
+                && self.cout >= WINOGRAD_MIN_CHANNELS)
+                .then_some(Tile::F2),
+        }
     }
 
     fn winograd_shape(&self) -> bool {
         self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1
+    }
+
+    /// 3×3 stride-1 pad-1 and weights consistent with the (public) shape fields.
+    fn winograd_ready(&self) -> bool {
+        self.winograd_shape() && self.weight.len() == self.cout * self.cin * 9
+    }
+
+    /// The transformed filters of `tile` (computed by `set_algorithm`; lazily only if a
+    /// forward pass ever needs a variant that was not prepared).
+    fn winograd_filters(&self, tile: Tile) -> &[f32] {
+        let cell = match tile {
+            Tile::F2 => &self.wino2,
+            Tile::F4 => &self.wino4,
+        };
+        cell.get_or_init(|| {
+            winograd::transform_filters_for(tile, &self.weight, self.cout, self.cin)
+        })
     }
 
     /// The weights as a `cout × (cin·kh·kw)` row-major matrix (PyTorch order).
@@ -279,13 +338,13 @@ impl Conv2d {
     }
 
     /// Scratch elements [`Conv2d::forward_image`] needs for an `h × w` input (0 for 1×1
-    /// stride-1 unpadded convolutions; `16·⌈h/2⌉·⌈w/2⌉·(cin + cout)` on the Winograd path).
+    /// stride-1 unpadded convolutions; `16·⌈h/2⌉·⌈w/2⌉·(cin + cout)` with Winograd F(2×2),
+    /// `36·⌈h/4⌉·⌈w/4⌉·(cin + cout)` with F(4×4)).
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
         if self.is_direct() {
             0
-        } else if self.uses_winograd() {
-            let (oh, ow) = self.out_hw(h, w);
-            winograd::scratch_len(self.cin, self.cout, oh, ow)
+        } else if let Some(tile) = self.tile_for(h, w) {
+            winograd::scratch_len(tile, self.cin, self.cout, h, w)
         } else {
             let (oh, ow) = self.out_hw(h, w);
             self.cin * self.kh * self.kw * oh * ow
@@ -367,17 +426,19 @@ impl Conv2d {
             assert_eq!(r.len(), out.len(), "Conv2d: residual must match out");
         }
 
-        if let (Some(u), true) = (&self.winograd, self.winograd_shape()) {
+        if let Some(tile) = self.tile_for(h, w) {
+            let u = self.winograd_filters(tile);
             assert_eq!(
                 u.len(),
-                16 * self.cout * self.cin,
+                tile.points() * self.cout * self.cin,
                 "Conv2d: shape fields changed after the Winograd filters were built"
             );
-            let need = winograd::scratch_len(self.cin, self.cout, oh, ow);
+            let need = winograd::scratch_len(tile, self.cin, self.cout, oh, ow);
             if scratch.len() < need {
                 scratch.resize(need, 0.0);
             }
             winograd::forward(
+                tile,
                 u,
                 &self.bias,
                 self.cin,

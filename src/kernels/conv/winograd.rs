@@ -36,24 +36,64 @@ use rayon::prelude::*;
 use super::PAR_ELEMS;
 use crate::kernels::gemm::{gemm, Backend, MatRef, Parallelism};
 
-/// Winograd-domain points per tile (a 4×4 transformed patch).
+/// Winograd-domain points per F(2×2) tile (a 4×4 transformed patch).
 const POINTS: usize = 16;
 
+/// Most Winograd-domain points of any variant (F(4×4): 6×6).
+pub(super) const MAX_POINTS: usize = 36;
+
+/// Output tile size of a Winograd variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tile {
+    /// F(2×2, 3×3): 4×4 input patches, 16 points, transforms with entries 0, ±1, ±½.
+    F2,
+    /// F(4×4, 3×3): 6×6 input patches, 36 points (module `winograd4`).
+    F4,
+}
+
+impl Tile {
+    /// Output pixels per tile side.
+    pub(super) fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Winograd-domain points per tile.
+    pub(super) fn points(self) -> usize {
+        (self.m() + 2) * (self.m() + 2)
+    }
+}
+
 /// Tiles handled per step of the transforms (sized for stack buffers that vectorise well).
-const CHUNK: usize = 16;
+pub(super) const CHUNK: usize = 16;
 
 /// Padded patch columns needed by `CHUNK` adjacent tiles.
 const COLS: usize = 2 * CHUNK + 2;
 
-/// Tile grid `(rows, cols)` of an `oh × ow` output (2×2 tiles, partial at odd edges).
-pub(super) fn tiles(oh: usize, ow: usize) -> (usize, usize) {
-    (oh.div_ceil(2), ow.div_ceil(2))
+/// Tile grid `(rows, cols)` of an `oh × ow` output (partial tiles at the edges).
+pub(super) fn tiles(tile: Tile, oh: usize, ow: usize) -> (usize, usize) {
+    (oh.div_ceil(tile.m()), ow.div_ceil(tile.m()))
 }
 
-/// Scratch elements for one image: `V` (`16·cin·T`) followed by `M` (`16·cout·T`).
-pub(super) fn scratch_len(cin: usize, cout: usize, oh: usize, ow: usize) -> usize {
-    let (th, tw) = tiles(oh, ow);
-    POINTS * th * tw * (cin + cout)
+/// Scratch elements for one image: `V` (`points·cin·T`) followed by `M` (`points·cout·T`).
+pub(super) fn scratch_len(tile: Tile, cin: usize, cout: usize, oh: usize, ow: usize) -> usize {
+    let (th, tw) = tiles(tile, oh, ow);
+    tile.points() * th * tw * (cin + cout)
+}
+
+/// The filter transform of either variant, laid out `[points][cout][cin]`.
+pub(super) fn transform_filters_for(
+    tile: Tile,
+    weight: &[f32],
+    cout: usize,
+    cin: usize,
+) -> Vec<f32> {
+    match tile {
+        Tile::F2 => transform_filters(weight, cout, cin),
+        Tile::F4 => super::winograd4::transform_filters(weight, cout, cin),
+    }
 }
 
 /// `U = G·g·Gᵀ` for every `(co, ci)` of a `[cout, cin, 3, 3]` weight, laid out
@@ -91,6 +131,7 @@ pub(super) fn transform_filters(weight: &[f32], cout: usize, cin: usize) -> Vec<
 /// [`scratch_len`] long).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
+    tile: Tile,
     u: &[f32],
     bias: &[f32],
     cin: usize,
@@ -104,22 +145,27 @@ pub(super) fn forward(
     scratch: &mut [f32],
     par: Parallelism,
 ) {
-    let (th, tw) = tiles(h, w);
+    let (th, tw) = tiles(tile, h, w);
     let t = th * tw;
-    let (v, rest) = scratch.split_at_mut(POINTS * cin * t);
-    let m = &mut rest[..POINTS * cout * t];
+    let points = tile.points();
+    let (v, rest) = scratch.split_at_mut(points * cin * t);
+    let m = &mut rest[..points * cout * t];
     let rayon = par == Parallelism::Rayon;
 
     // 1. Input transform, one task per input channel.
     let fill = |ci: usize, vc: &mut [f32]| {
-        input_transform(&input[ci * h * w..(ci + 1) * h * w], h, w, th, tw, vc);
+        let plane = &input[ci * h * w..(ci + 1) * h * w];
+        match tile {
+            Tile::F2 => input_transform(plane, h, w, th, tw, vc),
+            Tile::F4 => super::winograd4::input_transform(plane, h, w, th, tw, vc),
+        }
     };
     if rayon && v.len() >= PAR_ELEMS {
-        v.par_chunks_mut(POINTS * t)
+        v.par_chunks_mut(points * t)
             .enumerate()
             .for_each(|(ci, vc)| fill(ci, vc));
     } else {
-        for (ci, vc) in v.chunks_mut(POINTS * t).enumerate() {
+        for (ci, vc) in v.chunks_mut(points * t).enumerate() {
             fill(ci, vc);
         }
     }
@@ -132,7 +178,7 @@ pub(super) fn forward(
             data: &v[k * t..],
             rows: cin,
             cols: t,
-            row_stride: POINTS * t,
+            row_stride: points * t,
             col_stride: 1,
         };
         gemm(
@@ -159,10 +205,20 @@ pub(super) fn forward(
     let m: &[f32] = m;
     let plane = h * w;
     let finish = |co: usize, o: &mut [f32]| {
-        let rows: [&[f32]; POINTS] =
-            std::array::from_fn(|k| &m[(k * cout + co) * t..(k * cout + co + 1) * t]);
+        let rows: [&[f32]; MAX_POINTS] = std::array::from_fn(|k| {
+            if k < points {
+                &m[(k * cout + co) * t..(k * cout + co + 1) * t]
+            } else {
+                &[]
+            }
+        });
         let res = residual.map(|r| &r[co * plane..(co + 1) * plane]);
-        output_transform(&rows, th, tw, h, w, o, bias[co], res, relu);
+        match tile {
+            Tile::F2 => output_transform(&rows, th, tw, h, w, o, bias[co], res, relu),
+            Tile::F4 => {
+                super::winograd4::output_transform(&rows, th, tw, h, w, o, bias[co], res, relu)
+            }
+        }
     };
     if rayon && out.len() >= PAR_ELEMS {
         out.par_chunks_mut(plane)
@@ -239,7 +295,7 @@ fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &
 /// tiles that fall outside the plane are dropped.
 #[allow(clippy::too_many_arguments)]
 fn output_transform(
-    rows: &[&[f32]; POINTS],
+    rows: &[&[f32]; MAX_POINTS],
     th: usize,
     tw: usize,
     oh: usize,
@@ -287,7 +343,13 @@ fn output_transform(
 }
 
 /// `dst = act(src + bias (+ res))`.
-fn epilogue_row(dst: &mut [f32], src: &[f32], bias: f32, res: Option<&[f32]>, relu: bool) {
+pub(super) fn epilogue_row(
+    dst: &mut [f32],
+    src: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    relu: bool,
+) {
     match (res, relu) {
         (Some(r), true) => {
             for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
