@@ -12,7 +12,7 @@
 //! 1-thread pool (process CPU time, so it stays meaningful when other processes load the
 //! machine and wall times are not).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ndarray::Array4;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use rand::{Rng, SeedableRng};
