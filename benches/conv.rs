@@ -2,10 +2,14 @@
 //! (criterion's Gelem/s, one element = one flop), followed by a summary table with the total
 //! time of all 43 convolutions of one image.
 //!
+//! A second group, `conv_3x3_algo`, runs the three 3×3 stride-1 shapes with the algorithm
+//! forced to im2col and to Winograd (ids `<shape>/im2col`, `<shape>/winograd`), and a second
+//! table compares them in wall time and in sequential thread CPU time.
+//!
 //! Quick run: `cargo bench --bench conv -- --sample-size 10 --warm-up-time 1 --measurement-time 2`
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use patchcore::kernels::conv::Conv2d;
+use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
 use patchcore::kernels::gemm::Parallelism;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -94,6 +98,17 @@ const SHAPES: [Shape; 18] = [
     s("l3_3x3_512-512@14", 512, 512, 3, 1, 14, 5, false, true),
 ];
 
+/// Further 3×3 stride-1 shapes for the im2col-vs-Winograd table only: ResNet-18's (to
+/// layer3) and small channel counts (where `ConvAlgorithm::Auto`'s threshold is decided).
+const EXTRA_3X3: [Shape; 6] = [
+    s("r18_3x3_64-64@56", 64, 64, 3, 1, 56, 4, false, true),
+    s("r18_3x3_128-128@28", 128, 128, 3, 1, 28, 3, false, true),
+    s("r18_3x3_256-256@14", 256, 256, 3, 1, 14, 3, false, true),
+    s("small_3x3_32-32@56", 32, 32, 3, 1, 56, 0, false, true),
+    s("small_3x3_16-16@56", 16, 16, 3, 1, 56, 0, false, true),
+    s("small_3x3_8-8@56", 8, 8, 3, 1, 56, 0, false, true),
+];
+
 fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -108,6 +123,11 @@ struct Setup {
 }
 
 impl Setup {
+    fn with_algorithm(mut self, algo: ConvAlgorithm) -> Self {
+        self.conv = self.conv.with_algorithm(algo).expect("3x3 s1 p1 shape");
+        self
+    }
+
     fn new(sh: &Shape) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(sh.cout as u64 * 31 + sh.cin as u64);
         let conv = Conv2d::new(
@@ -178,11 +198,78 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    let mut g = c.benchmark_group("conv_3x3_algo");
+    for sh in SHAPES.iter().filter(|s| is_3x3_s1(s)) {
+        for (name, algo) in ALGOS {
+            let mut setup = Setup::new(sh).with_algorithm(algo);
+            g.throughput(Throughput::Elements(setup.conv.flops(sh.hw, sh.hw)));
+            g.bench_function(BenchmarkId::new(sh.name, name), |b| {
+                b.iter(|| setup.run(sh))
+            });
+        }
+    }
+    g.finish();
 }
 
-/// Median-of-runs wall time of every shape (default parallelism) and the total over the 43
-/// convolutions; plus the sequential throughput per core measured in thread CPU time, which
-/// stays meaningful when other processes load the machine.
+const ALGOS: [(&str, ConvAlgorithm); 3] = [
+    ("im2col", ConvAlgorithm::Im2col),
+    ("winograd", ConvAlgorithm::Winograd),
+    ("winograd4x4", ConvAlgorithm::Winograd4x4),
+];
+
+fn is_3x3_s1(sh: &Shape) -> bool {
+    sh.k == 3 && sh.stride == 1
+}
+
+/// Median wall ms (default parallelism) and sequential thread CPU ms of one setup.
+fn measure(setup: &mut Setup, sh: &Shape) -> (f64, Option<f64>) {
+    for _ in 0..3 {
+        setup.run(sh);
+    }
+    let mut times: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            setup.run(sh);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let reps = 10;
+    let cpu = thread_cpu_ms().and_then(|t0| {
+        for _ in 0..reps {
+            setup.run_seq(sh);
+        }
+        thread_cpu_ms().map(|t1| (t1 - t0) / reps as f64)
+    });
+    (times[times.len() / 2], cpu)
+}
+
+/// im2col vs Winograd F(2×2) vs F(4×4) on the 3×3 stride-1 shapes: median wall ms with the
+/// default parallelism, then sequential thread CPU ms.
+fn algo_summary() {
+    println!(
+        "\n{:<22} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8}   (wall ms | 1-thread CPU ms)",
+        "3x3 s1 shape", "im2col", "wino2", "wino4", "im2col", "wino2", "wino4"
+    );
+    for sh in SHAPES.iter().filter(|s| is_3x3_s1(s)).chain(&EXTRA_3X3) {
+        let r: Vec<(f64, Option<f64>)> = ALGOS
+            .iter()
+            .map(|&(_, algo)| measure(&mut Setup::new(sh).with_algorithm(algo), sh))
+            .collect();
+        let cpu = |i: usize| r[i].1.unwrap_or(f64::NAN);
+        println!(
+            "{:<22} {:>8.3} {:>8.3} {:>8.3} | {:>8.3} {:>8.3} {:>8.3}",
+            sh.name,
+            r[0].0,
+            r[1].0,
+            r[2].0,
+            cpu(0),
+            cpu(1),
+            cpu(2)
+        );
+    }
+}
+
 fn summary() {
     println!(
         "\n{:<26} {:>5} {:>9} {:>8} {:>10} {:>12}",
@@ -191,26 +278,8 @@ fn summary() {
     let (mut total_ms, mut total_flops, mut total_cpu) = (0.0, 0.0, 0.0);
     for sh in &SHAPES {
         let mut setup = Setup::new(sh);
-        for _ in 0..3 {
-            setup.run(sh);
-        }
-        let mut times: Vec<f64> = (0..15)
-            .map(|_| {
-                let t = Instant::now();
-                setup.run(sh);
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let ms = times[times.len() / 2];
+        let (ms, cpu) = measure(&mut setup, sh);
         let flops = setup.conv.flops(sh.hw, sh.hw) as f64;
-        let reps = 10;
-        let cpu = thread_cpu_ms().and_then(|t0| {
-            for _ in 0..reps {
-                setup.run_seq(sh);
-            }
-            thread_cpu_ms().map(|t1| (t1 - t0) / reps as f64)
-        });
         total_ms += ms * sh.count as f64;
         total_flops += flops * sh.count as f64;
         total_cpu += cpu.unwrap_or(f64::NAN) * sh.count as f64;
@@ -241,6 +310,7 @@ fn main() {
     bench(&mut c);
     c.final_summary();
     if !listing {
+        algo_summary();
         summary();
     }
 }

@@ -1,0 +1,100 @@
+//! The im2col matrix of one image (the general path of [`Conv2d`]).
+
+use rayon::prelude::*;
+
+use super::{Conv2d, PAR_ELEMS};
+use crate::kernels::gemm::Parallelism;
+
+impl Conv2d {
+    /// Writes the `(cin·kh·kw) × (oh·ow)` im2col matrix of `input` into `cols`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn im2col(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        cols: &mut [f32],
+        par: Parallelism,
+    ) {
+        let p = oh * ow;
+        let taps = self.kh * self.kw;
+        // One task = all taps of one input channel (kh·kw rows of `cols`).
+        let fill = |ci: usize, block: &mut [f32]| {
+            let plane = &input[ci * h * w..(ci + 1) * h * w];
+            for (t, row) in block.chunks_exact_mut(p).enumerate() {
+                let (ky, kx) = (t / self.kw, t % self.kw);
+                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
+            }
+        };
+        if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
+            cols.par_chunks_mut(taps * p)
+                .enumerate()
+                .for_each(|(ci, block)| fill(ci, block));
+        } else {
+            for (ci, block) in cols.chunks_mut(taps * p).enumerate() {
+                fill(ci, block);
+            }
+        }
+    }
+}
+
+/// One row of the im2col matrix: `row[oy·ow + ox] = plane[oy·s + ky − pad, ox·s + kx − pad]`,
+/// zero where that falls in the padding.
+#[allow(clippy::too_many_arguments)]
+fn im2col_row(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    ky: usize,
+    kx: usize,
+    s: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+    row: &mut [f32],
+) {
+    // Output columns whose input column ix = ox·s + kx − pad lies in [0, w).
+    let ox_hi = if w + pad > kx {
+        (w + pad - kx).div_ceil(s).min(ow)
+    } else {
+        0
+    };
+    let ox_lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) }.min(ox_hi);
+    let len = ox_hi - ox_lo;
+    for (oy, dst) in row.chunks_exact_mut(ow).take(oh).enumerate() {
+        let iy = oy * s + ky;
+        if iy < pad || iy - pad >= h {
+            dst.fill(0.0);
+            continue;
+        }
+        let src = &plane[(iy - pad) * w..(iy - pad + 1) * w];
+        dst[..ox_lo].fill(0.0);
+        dst[ox_hi..].fill(0.0);
+        if len == 0 {
+            continue;
+        }
+        let ix0 = ox_lo * s + kx - pad;
+        let dst = &mut dst[ox_lo..ox_hi];
+        if s == 1 {
+            dst.copy_from_slice(&src[ix0..ix0 + len]);
+        } else if s == 2 {
+            // Even elements of pairs: a pattern the compiler turns into vector shuffles.
+            let src = &src[ix0..];
+            let full = (src.len() / 2).min(len);
+            for (d, pair) in dst.iter_mut().zip(src[..2 * full].chunks_exact(2)) {
+                *d = pair[0];
+            }
+            if full < len {
+                // Odd remainder: the last needed element has no partner.
+                dst[full] = src[2 * full];
+            }
+        } else {
+            let src = &src[ix0..=ix0 + (len - 1) * s];
+            for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                *d = *v;
+            }
+        }
+    }
+}
