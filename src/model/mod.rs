@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use ndarray::{Array2, ArrayView2, ArrayView4, Axis};
+use ndarray::{Array2, ArrayView4, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 pub use file::{BackboneSource, SaveOptions, FORMAT_VERSION};
@@ -19,7 +19,7 @@ use crate::backbone::Backbone;
 use crate::coreset;
 use crate::embedding;
 use crate::error::{Error, Result};
-use crate::knn::{BruteForce, NearestNeighbours};
+use crate::knn::{BankPrecision, BruteForce, NearestNeighbours};
 use crate::preprocess::{self, ImageLimits};
 use crate::scoring;
 
@@ -360,9 +360,20 @@ impl PatchCore {
         &self.backbone
     }
 
-    /// The memory bank (`rows × dim`).
-    pub fn memory_bank(&self) -> ArrayView2<'_, f32> {
+    /// The memory bank (`rows × dim`) as f32: borrowed when stored in f32, converted (a new
+    /// array) when stored in f16 ([`BankPrecision::F16`]).
+    pub fn memory_bank(&self) -> CowArray<'_, f32, Ix2> {
         self.index.bank()
+    }
+
+    /// How the memory bank is stored.
+    pub fn bank_precision(&self) -> BankPrecision {
+        self.index.precision()
+    }
+
+    /// The nearest-neighbour index over the memory bank.
+    pub fn index(&self) -> &BruteForce {
+        &self.index
     }
 
     /// The decision threshold stored with the model, if any.
