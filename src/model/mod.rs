@@ -215,7 +215,7 @@ impl PatchCore {
         let memory = bank.select(Axis(0), &idx);
         drop(bank);
         timings.coreset = t.elapsed();
-        let index = BruteForce::new(memory)?;
+        let index = BruteForce::with_precision(memory, p.bank_precision)?;
         progress(FitProgress::Done { rows: index.len() });
         Ok((
             PatchCore {
@@ -233,30 +233,43 @@ impl PatchCore {
     /// # Errors
     /// [`Error::InvalidParameter`] if the backbone does not tap the configuration's layers or
     /// the bank has fewer rows than `scoring.k`; [`Error::InvalidInput`] if the bank's width
-    /// is not the configuration's embedding dimension, or it is empty or holds NaN / ±∞.
+    /// is not the configuration's embedding dimension, or it is empty or holds NaN / ±∞ (or,
+    /// with `bank_precision` = [`BankPrecision::F16`], a value beyond the f16 range ±65504).
+    ///
+    /// The bank is stored as the configuration's `bank_precision` says.
     pub fn from_parts(
         config: PatchCoreConfig,
         backbone: Backbone,
         memory_bank: Array2<f32>,
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
-        check_backbone(&config, &backbone)?;
-        let p = config.params();
-        let channels: Vec<usize> = p.layers.iter().map(|&l| backbone.out_channels(l)).collect();
-        let dim = embedding::embedding_dim(&channels, &p.aggregator);
-        if memory_bank.ncols() != dim {
-            return Err(Error::input(format!(
-                "the memory bank has rows of {} values, but the configuration embeds patches \
-                 of the {} layers {:?} in {dim} dimensions",
-                memory_bank.ncols(),
-                backbone.spec().name,
-                p.layers
-            )));
-        }
-        check_k(p.scoring.k, memory_bank.nrows())?;
-        let index = BruteForce::new(memory_bank)?;
+        check_bank_shape(&config, &backbone, memory_bank.dim())?;
+        let index = BruteForce::with_precision(memory_bank, config.params().bank_precision)?;
         Ok(PatchCore {
             config,
+            backbone,
+            index,
+            threshold,
+        })
+    }
+
+    /// [`PatchCore::from_parts`] with a memory bank already stored in f16 (as read from a model
+    /// file); the configuration's `bank_precision` is set to [`BankPrecision::F16`].
+    ///
+    /// # Errors
+    /// As [`PatchCore::from_parts`].
+    pub fn from_parts_f16(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        memory_bank: Array2<half::f16>,
+        threshold: Option<f32>,
+    ) -> Result<PatchCore> {
+        check_bank_shape(&config, &backbone, memory_bank.dim())?;
+        let index = BruteForce::from_f16(memory_bank)?;
+        let mut params = config.into_params();
+        params.bank_precision = BankPrecision::F16;
+        Ok(PatchCore {
+            config: params.check()?,
             backbone,
             index,
             threshold,
@@ -403,6 +416,27 @@ fn embed_batch(
     let emb = embedding::embed(&views, &config.params().aggregator)?;
     timings.embedding += t.elapsed();
     Ok((emb, grid))
+}
+
+/// The backbone fits the configuration, and a `rows × cols` bank fits both.
+fn check_bank_shape(
+    config: &PatchCoreConfig,
+    backbone: &Backbone,
+    (rows, cols): (usize, usize),
+) -> Result<()> {
+    check_backbone(config, backbone)?;
+    let p = config.params();
+    let channels: Vec<usize> = p.layers.iter().map(|&l| backbone.out_channels(l)).collect();
+    let dim = embedding::embedding_dim(&channels, &p.aggregator);
+    if cols != dim {
+        return Err(Error::input(format!(
+            "the memory bank has rows of {cols} values, but the configuration embeds patches \
+             of the {} layers {:?} in {dim} dimensions",
+            backbone.spec().name,
+            p.layers
+        )));
+    }
+    check_k(p.scoring.k, rows)
 }
 
 /// `k` nearest neighbours need a memory bank of at least `k` rows.
