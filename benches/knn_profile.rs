@@ -111,7 +111,7 @@ fn main() {
             }),
         ));
     }
-    for qb in [128usize] {
+    for qb in [64usize, 128] {
         v.push((
             format!("seq query tiles {qb} as m"),
             Box::new(move || {
