@@ -3,6 +3,7 @@
 //! `cargo bench --bench knn_profile`
 
 use patchcore::kernels::gemm::{gemm, matmul_bt, matmul_bt_seq, Backend, MatRef, Parallelism};
+use patchcore::knn::{BruteForce, NearestNeighbours};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -20,7 +21,17 @@ fn main() {
     let b: Vec<f32> = (0..n * d).map(|_| rng.random_range(0.0f32..1.0)).collect();
     let bt: Vec<f32> = transpose(&b, n, d);
     let (q, b, bt) = (&q, &b, &bt);
+    let qa = ndarray::Array2::from_shape_vec((nq, d), q.clone()).expect("shape");
+    let index = BruteForce::new(ndarray::Array2::from_shape_vec((n, d), b.clone()).expect("shape"))
+        .expect("bank");
+    let (qa, index) = (&qa, &index);
     let mut v: Vec<Variant> = Vec::new();
+    v.push((
+        "BruteForce::k_nearest k=1".into(),
+        Box::new(move || {
+            black_box(index.k_nearest(qa.view(), 1).expect("knn"));
+        }),
+    ));
     v.push((
         "par q as m".into(),
         Box::new(move || {

@@ -144,3 +144,32 @@ fn f16_refuses_values_out_of_range() {
         other => panic!("expected InvalidInput, got {other:?}"),
     }
 }
+
+/// The index reuses its scratch between searches: a small search after a large one, and
+/// searches running at the same time, give what a fresh index gives.
+#[test]
+fn scratch_reuse_and_concurrent_searches() {
+    use rayon::prelude::*;
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let bank = random(2100, 16, &mut rng);
+    let big = random(300, 16, &mut rng);
+    let small = random(5, 16, &mut rng);
+    for p in [BankPrecision::F32, BankPrecision::F16] {
+        let fresh = |q: &Array2<f32>| {
+            BruteForce::with_precision(bank.clone(), p)
+                .unwrap()
+                .k_nearest(q.view(), 3)
+                .unwrap()
+        };
+        let index = BruteForce::with_precision(bank.clone(), p).unwrap();
+        assert_eq!(index.k_nearest(big.view(), 3).unwrap(), fresh(&big));
+        assert_eq!(index.k_nearest(small.view(), 3).unwrap(), fresh(&small));
+        let want = fresh(&big);
+        let got: Vec<_> = (0..6)
+            .into_par_iter()
+            .map(|_| index.k_nearest(big.view(), 3).unwrap())
+            .collect();
+        assert!(got.iter().all(|g| *g == want));
+        check(&small, &bank, 3, p);
+    }
+}

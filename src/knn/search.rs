@@ -42,7 +42,7 @@ impl BankRows<'_> {
 }
 
 /// Reusable scratch memory of one search.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct Scratch {
     /// Inner products of one bank block with one query chunk, `[bank rows, queries]`.
     dots: Vec<f32>,
