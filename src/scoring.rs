@@ -180,7 +180,7 @@ pub fn image_score<N: NearestNeighbours + ?Sized>(
         .row(m_star)
         .ok_or_else(|| Error::input(format!("bank row {m_star} out of range")))?;
     let m_row2 = m_row.insert_axis(ndarray::Axis(0));
-    let nb = bank.k_nearest(m_row2, b)?;
+    let nb = bank.k_nearest(m_row2.view(), b)?;
     // N_b with m* first (a duplicate of m* may precede it on distance ties; the distances to
     // q* are then equal, so this only fixes the order).
     let mut members = Vec::with_capacity(b);

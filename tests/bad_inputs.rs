@@ -453,16 +453,10 @@ fn memory_bank_with_wrong_dtype_is_a_dtype_error() {
         .flat_map(|&v| (v as i32).to_le_bytes())
         .collect();
     let as_u8: Vec<u8> = bank.iter().map(|&v| v as u8).collect();
-    let as_f16: Vec<u8> = bank
-        .iter()
-        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-        .collect();
     for (name, dtype, data, found) in [
         ("f64.safetensors", Dtype::F64, as_f64, "F64"),
         ("i32.safetensors", Dtype::I32, as_i32, "I32"),
         ("u8.safetensors", Dtype::U8, as_u8, "U8"),
-        // The bank is written in f32; half precision is refused rather than widened.
-        ("f16.safetensors", Dtype::F16, as_f16, "F16"),
     ] {
         let mut q = parts(&w.model_bytes);
         q.set_bank(dtype, shape.clone(), data);
@@ -475,7 +469,7 @@ fn memory_bank_with_wrong_dtype_is_a_dtype_error() {
                 ..
             } => {
                 assert_eq!(tensor, "memory_bank");
-                assert_eq!(expected, "F32");
+                assert_eq!(expected, "F32 or F16");
                 assert_eq!(f, found);
             }
             other => panic!("{name}: {other:?}"),

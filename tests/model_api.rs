@@ -118,7 +118,7 @@ fn batch_prediction_matches_a_naive_reference() {
         assert_eq!(emb.nrows(), 3 * 64);
         for (i, pred) in preds.iter().enumerate() {
             let rows = emb.slice(ndarray::s![i * 64..(i + 1) * 64, ..]);
-            let (scores, image, arg) = reference(rows, model.memory_bank(), k, b, distance);
+            let (scores, image, arg) = reference(rows, model.memory_bank().view(), k, b, distance);
             assert_eq!(pred.patch_scores.dim(), (8, 8));
             for (j, (&got, &want)) in pred.patch_scores.iter().zip(&scores).enumerate() {
                 close(got, want, &format!("k={k} image {i} patch {j}"));

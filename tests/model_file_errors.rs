@@ -351,8 +351,8 @@ fn bad_bank_values_and_dtypes_are_refused() {
             other => panic!("{bad}: expected NonFiniteTensor, got {other:?}"),
         }
     }
-    // F64 (and F16) banks.
-    for (dtype, size, name) in [(Dtype::F64, 8, "F64"), (Dtype::F16, 2, "F16")] {
+    // F64 and I32 banks (F16 is a valid, half-precision bank).
+    for (dtype, size, name) in [(Dtype::F64, 8, "F64"), (Dtype::I32, 4, "I32")] {
         let b = rewrite(&bytes, |_, t| {
             let bank = t.iter_mut().find(|t| t.name == "memory_bank").unwrap();
             bank.dtype = dtype;
@@ -366,10 +366,23 @@ fn bad_bank_values_and_dtypes_are_refused() {
                 ..
             }) => {
                 assert_eq!(tensor, "memory_bank");
-                assert_eq!(expected, "F32");
+                assert_eq!(expected, "F32 or F16");
                 assert_eq!(found, name);
             }
             other => panic!("{name}: expected TensorDtype, got {other:?}"),
+        }
+    }
+    // An F16 bank holding an infinity or a NaN.
+    for bad in [half::f16::INFINITY, half::f16::NAN] {
+        let b = rewrite(&bytes, |_, t| {
+            let bank = t.iter_mut().find(|t| t.name == "memory_bank").unwrap();
+            bank.dtype = Dtype::F16;
+            bank.data = vec![0; ROWS * 16 * 2];
+            bank.data[2 * 37..2 * 38].copy_from_slice(&bad.to_le_bytes());
+        });
+        match load_loaded(&b, &path) {
+            Err(e @ Error::NonFiniteTensor { .. }) => assert!(msg(&e).contains("memory_bank")),
+            other => panic!("{bad}: expected NonFiniteTensor, got {other:?}"),
         }
     }
     // No bank at all.

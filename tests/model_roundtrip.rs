@@ -10,6 +10,7 @@ use patchcore::anomaly_map::{MapConfig, Upsample};
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::embedding::{embedding_dim, Aggregator};
+use patchcore::knn::BankPrecision;
 use patchcore::model::{
     BackboneSource, PatchCore, PatchCoreParams, PredictOptions, Prediction, SaveOptions,
 };
@@ -30,6 +31,7 @@ fn assert_params_eq(a: &PatchCoreParams, b: &PatchCoreParams) {
         scoring,
         map,
         batch_size,
+        bank_precision,
     } = a;
     let PreprocessConfig {
         resize,
@@ -82,6 +84,7 @@ fn assert_params_eq(a: &PatchCoreParams, b: &PatchCoreParams) {
     );
     assert_eq!(truncate.to_bits(), b.map.truncate.to_bits(), "map.truncate");
     assert_eq!(*batch_size, b.batch_size, "batch_size");
+    assert_eq!(*bank_precision, b.bank_precision, "bank_precision");
     // And the derived equality agrees.
     assert_eq!(a, b);
 }
@@ -120,6 +123,7 @@ fn all_options_params() -> PatchCoreParams {
             truncate: 2.5,
         },
         batch_size: 3,
+        bank_precision: BankPrecision::F16,
     }
 }
 
@@ -357,8 +361,14 @@ fn configuration_variants_survive() {
             loaded.threshold().map(f32::to_bits),
             threshold.map(f32::to_bits)
         );
+        // An f16 bank holds the f16-rounded values (rounded here independently).
+        let want = match params.bank_precision {
+            BankPrecision::F32 => bank.clone(),
+            BankPrecision::F16 => bank.mapv(|v| half::f16::from_f32(v).to_f32()),
+        };
+        assert_eq!(loaded.bank_precision(), params.bank_precision);
         assert!(
-            bits(bank.iter()) == bits(loaded.memory_bank().iter()),
+            bits(want.iter()) == bits(loaded.memory_bank().iter()),
             "variant {i}: bank"
         );
     }

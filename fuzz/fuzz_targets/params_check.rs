@@ -146,6 +146,7 @@ fuzz_target!(|inp: Input| {
             truncate: inp.truncate,
         },
         batch_size: inp.batch_size,
+        bank_precision: Default::default(),
     };
     let checked = params.clone().check();
     common::ok_or_typed(&checked);

@@ -2,7 +2,8 @@
 //! weights and, optionally, the weights themselves, in one safetensors file.
 //!
 //! Layout (format version 1):
-//! - tensor `memory_bank`: f32 `[rows, dim]`;
+//! - tensor `memory_bank`: f32 or f16 `[rows, dim]` (f16 when fitted with
+//!   [`crate::knn::BankPrecision::F16`]; the configuration's `bank_precision` follows the dtype);
 //! - tensor `backbone_weights` (optional): u8 `[len]`, the bytes of the backbone's safetensors
 //!   file, so that one file deploys;
 //! - metadata (string → string): `format = patchcore-model`, `format_version`, the
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use half::f16;
 use ndarray::Array2;
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -24,6 +26,7 @@ use crate::backbone::{Backbone, BlockKind, Layer, ResNetSpec};
 use crate::coreset::{CoresetConfig, CoresetSize, Sampler};
 use crate::embedding::Aggregator;
 use crate::error::{Error, Result};
+use crate::knn::{BankPrecision, NearestNeighbours};
 use crate::preprocess::{PreprocessConfig, Resize};
 use crate::scoring::{Distance, ScoringConfig};
 
@@ -99,10 +102,13 @@ impl PatchCore {
             }
             None => None,
         };
-        let bank = self.memory_bank();
-        let bank = bank.as_standard_layout();
-        let bank_len = bank.len() * 4;
-        let mut tensors = vec![(BANK, "F32", vec![bank.nrows(), bank.ncols()], bank_len)];
+        let index = self.index();
+        let (rows, dim) = (index.len(), index.dim());
+        let f32_bank = index.bank_f32();
+        let f16_bank = index.bank_f16();
+        let dtype = if f16_bank.is_some() { "F16" } else { "F32" };
+        let bank_len = index.bank_bytes();
+        let mut tensors = vec![(BANK, dtype, vec![rows, dim], bank_len)];
         if let Some(w) = &weights {
             tensors.push((WEIGHTS, "U8", vec![w.len()], w.len()));
         }
@@ -114,9 +120,28 @@ impl PatchCore {
             };
             write(&mut out, &(header.len() as u64).to_le_bytes())?;
             write(&mut out, &header)?;
-            for v in bank.iter() {
-                write(&mut out, &v.to_le_bytes())?;
+            // Little-endian values in logical (row-major) order, through a small buffer.
+            const RUN: usize = 1 << 16;
+            let mut buf = Vec::with_capacity(RUN + 4);
+            if let Some(b) = &f32_bank {
+                for v in b.iter() {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                    if buf.len() >= RUN {
+                        write(&mut out, &buf)?;
+                        buf.clear();
+                    }
+                }
             }
+            if let Some(b) = &f16_bank {
+                for v in b.iter() {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                    if buf.len() >= RUN {
+                        write(&mut out, &buf)?;
+                        buf.clear();
+                    }
+                }
+            }
+            write(&mut out, &buf)?;
             if let Some(w) = &weights {
                 write(&mut out, w)?;
             }
@@ -199,13 +224,13 @@ impl PatchCore {
         let t = st.tensor(BANK).map_err(|_| Error::MissingTensor {
             path: name.to_path_buf(),
             tensor: BANK.into(),
-            expected: "an F32 [rows, dim] memory bank".into(),
+            expected: "an F32 or F16 [rows, dim] memory bank".into(),
         })?;
-        if t.dtype() != Dtype::F32 {
+        if t.dtype() != Dtype::F32 && t.dtype() != Dtype::F16 {
             return Err(Error::TensorDtype {
                 path: name.to_path_buf(),
                 tensor: BANK.into(),
-                expected: "F32".into(),
+                expected: "F32 or F16".into(),
                 found: format!("{:?}", t.dtype()),
             });
         }
@@ -270,16 +295,30 @@ impl PatchCore {
                 params.scoring.k, shape[0]
             )));
         }
+        let non_finite = || Error::NonFiniteTensor {
+            path: name.to_path_buf(),
+            tensor: BANK.into(),
+        };
+        if t.dtype() == Dtype::F16 {
+            let data: Vec<f16> = t
+                .data()
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            if data.iter().any(|v| !v.is_finite()) {
+                return Err(non_finite());
+            }
+            let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
+                .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
+            return PatchCore::from_parts_f16(config, backbone, bank, threshold);
+        }
         let data: Vec<f32> = t
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFiniteTensor {
-                path: name.to_path_buf(),
-                tensor: BANK.into(),
-            });
+            return Err(non_finite());
         }
         let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
@@ -650,6 +689,8 @@ fn decode_params(m: &Meta<'_>) -> Result<PatchCoreParams> {
         scoring,
         map,
         batch_size: m.parse("batch_size")?,
+        // The bank tensor's dtype decides (see `load_bytes`).
+        bank_precision: BankPrecision::F32,
     })
 }
 

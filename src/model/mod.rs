@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use ndarray::{Array2, ArrayView2, ArrayView4, Axis};
+use ndarray::{Array2, ArrayView4, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 pub use file::{BackboneSource, SaveOptions, FORMAT_VERSION};
@@ -19,7 +19,7 @@ use crate::backbone::Backbone;
 use crate::coreset;
 use crate::embedding;
 use crate::error::{Error, Result};
-use crate::knn::{BruteForce, NearestNeighbours};
+use crate::knn::{BankPrecision, BruteForce, NearestNeighbours};
 use crate::preprocess::{self, ImageLimits};
 use crate::scoring;
 
@@ -215,7 +215,7 @@ impl PatchCore {
         let memory = bank.select(Axis(0), &idx);
         drop(bank);
         timings.coreset = t.elapsed();
-        let index = BruteForce::new(memory)?;
+        let index = BruteForce::with_precision(memory, p.bank_precision)?;
         progress(FitProgress::Done { rows: index.len() });
         Ok((
             PatchCore {
@@ -233,30 +233,43 @@ impl PatchCore {
     /// # Errors
     /// [`Error::InvalidParameter`] if the backbone does not tap the configuration's layers or
     /// the bank has fewer rows than `scoring.k`; [`Error::InvalidInput`] if the bank's width
-    /// is not the configuration's embedding dimension, or it is empty or holds NaN / ±∞.
+    /// is not the configuration's embedding dimension, or it is empty or holds NaN / ±∞ (or,
+    /// with `bank_precision` = [`BankPrecision::F16`], a value beyond the f16 range ±65504).
+    ///
+    /// The bank is stored as the configuration's `bank_precision` says.
     pub fn from_parts(
         config: PatchCoreConfig,
         backbone: Backbone,
         memory_bank: Array2<f32>,
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
-        check_backbone(&config, &backbone)?;
-        let p = config.params();
-        let channels: Vec<usize> = p.layers.iter().map(|&l| backbone.out_channels(l)).collect();
-        let dim = embedding::embedding_dim(&channels, &p.aggregator);
-        if memory_bank.ncols() != dim {
-            return Err(Error::input(format!(
-                "the memory bank has rows of {} values, but the configuration embeds patches \
-                 of the {} layers {:?} in {dim} dimensions",
-                memory_bank.ncols(),
-                backbone.spec().name,
-                p.layers
-            )));
-        }
-        check_k(p.scoring.k, memory_bank.nrows())?;
-        let index = BruteForce::new(memory_bank)?;
+        check_bank_shape(&config, &backbone, memory_bank.dim())?;
+        let index = BruteForce::with_precision(memory_bank, config.params().bank_precision)?;
         Ok(PatchCore {
             config,
+            backbone,
+            index,
+            threshold,
+        })
+    }
+
+    /// [`PatchCore::from_parts`] with a memory bank already stored in f16 (as read from a model
+    /// file); the configuration's `bank_precision` is set to [`BankPrecision::F16`].
+    ///
+    /// # Errors
+    /// As [`PatchCore::from_parts`].
+    pub fn from_parts_f16(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        memory_bank: Array2<half::f16>,
+        threshold: Option<f32>,
+    ) -> Result<PatchCore> {
+        check_bank_shape(&config, &backbone, memory_bank.dim())?;
+        let index = BruteForce::from_f16(memory_bank)?;
+        let mut params = config.into_params();
+        params.bank_precision = BankPrecision::F16;
+        Ok(PatchCore {
+            config: params.check()?,
             backbone,
             index,
             threshold,
@@ -360,9 +373,20 @@ impl PatchCore {
         &self.backbone
     }
 
-    /// The memory bank (`rows × dim`).
-    pub fn memory_bank(&self) -> ArrayView2<'_, f32> {
+    /// The memory bank (`rows × dim`) as f32: borrowed when stored in f32, converted (a new
+    /// array) when stored in f16 ([`BankPrecision::F16`]).
+    pub fn memory_bank(&self) -> CowArray<'_, f32, Ix2> {
         self.index.bank()
+    }
+
+    /// How the memory bank is stored.
+    pub fn bank_precision(&self) -> BankPrecision {
+        self.index.precision()
+    }
+
+    /// The nearest-neighbour index over the memory bank.
+    pub fn index(&self) -> &BruteForce {
+        &self.index
     }
 
     /// The decision threshold stored with the model, if any.
@@ -392,6 +416,27 @@ fn embed_batch(
     let emb = embedding::embed(&views, &config.params().aggregator)?;
     timings.embedding += t.elapsed();
     Ok((emb, grid))
+}
+
+/// The backbone fits the configuration, and a `rows × cols` bank fits both.
+fn check_bank_shape(
+    config: &PatchCoreConfig,
+    backbone: &Backbone,
+    (rows, cols): (usize, usize),
+) -> Result<()> {
+    check_backbone(config, backbone)?;
+    let p = config.params();
+    let channels: Vec<usize> = p.layers.iter().map(|&l| backbone.out_channels(l)).collect();
+    let dim = embedding::embedding_dim(&channels, &p.aggregator);
+    if cols != dim {
+        return Err(Error::input(format!(
+            "the memory bank has rows of {cols} values, but the configuration embeds patches \
+             of the {} layers {:?} in {dim} dimensions",
+            backbone.spec().name,
+            p.layers
+        )));
+    }
+    check_k(p.scoring.k, rows)
 }
 
 /// `k` nearest neighbours need a memory bank of at least `k` rows.

@@ -6,6 +6,7 @@ use crate::backbone::Layer;
 use crate::coreset::CoresetConfig;
 use crate::embedding::Aggregator;
 use crate::error::{Error, Result};
+use crate::knn::BankPrecision;
 use crate::preprocess::PreprocessConfig;
 use crate::scoring::ScoringConfig;
 
@@ -28,6 +29,10 @@ pub struct PatchCoreParams {
     pub map: MapConfig,
     /// Images per backbone batch while fitting (bounds the memory of feature extraction).
     pub batch_size: usize,
+    /// How the fitted memory bank is stored (in memory and in the model file).
+    /// [`BankPrecision::F16`] halves the bank's memory and file size; scores then come from the
+    /// exact search of the f16-rounded bank.
+    pub bank_precision: BankPrecision,
 }
 
 impl Default for PatchCoreParams {
@@ -40,6 +45,7 @@ impl Default for PatchCoreParams {
             scoring: ScoringConfig::default(),
             map: MapConfig::default(),
             batch_size: 4,
+            bank_precision: BankPrecision::F32,
         }
     }
 }

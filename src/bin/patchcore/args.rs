@@ -206,6 +206,10 @@ pub struct FitOptions {
     /// Images per backbone batch (≥ 1; bounds the memory of feature extraction).
     #[arg(long, default_value_t = 4, value_parser = at_least_one())]
     pub batch_size: usize,
+    /// Store the memory bank in f16 (half the memory and model-file size; scores change by
+    /// the f16 rounding of the bank, typically well below 0.1 %).
+    #[arg(long)]
+    pub bank_f16: bool,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }

@@ -14,6 +14,7 @@ use ndarray::Array2;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::embedding::Aggregator;
+use patchcore::knn::BankPrecision;
 use patchcore::model::{FitProgress, PatchCore, PatchCoreConfig, PatchCoreParams};
 use patchcore::preprocess::{ImageLimits, PreprocessConfig, Resize};
 use patchcore::scoring::Distance;
@@ -128,6 +129,11 @@ pub fn fit_config(layers: &[Layer], f: &FitOptions) -> CliResult<PatchCoreConfig
         ..p.coreset
     };
     p.scoring.k = f.k;
+    p.bank_precision = if f.bank_f16 {
+        BankPrecision::F16
+    } else {
+        BankPrecision::F32
+    };
     p.scoring.reweight_neighbours = f.b;
     p.scoring.distance = match f.distance {
         DistanceArg::Euclidean => Distance::Euclidean,

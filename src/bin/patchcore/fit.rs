@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use patchcore::knn::NearestNeighbours;
 use patchcore::metrics::{threshold_from_normal, NormalThreshold};
 use patchcore::model::{PatchCore, PredictOptions, SaveOptions};
 use patchcore::preprocess::ImageLimits;
@@ -69,16 +70,17 @@ pub fn run(a: FitArgs) -> CliResult {
             embed_weights: a.embed_weights.then(|| a.backbone.weights.clone()),
         },
     )?;
-    let bank = model.memory_bank();
-    let bank_mb = (bank.len() * std::mem::size_of::<f32>()) as f64 / 1e6;
+    let index = model.index();
+    let bank_mb = index.bank_bytes() as f64 / 1e6;
     let file_mb = std::fs::metadata(&a.out)
         .map(|m| m.len() as f64 / 1e6)
         .unwrap_or(0.0);
     eprintln!("wrote {} ({file_mb:.1} MB)", a.out.display());
     eprintln!(
-        "memory bank: {} rows × {} dims ({bank_mb:.1} MB)",
-        bank.nrows(),
-        bank.ncols()
+        "memory bank: {} rows × {} dims, {:?} ({bank_mb:.1} MB)",
+        index.len(),
+        index.dim(),
+        index.precision()
     );
     if let Some(mb) = peak_memory_mb() {
         eprintln!("peak memory: {mb:.0} MB");
