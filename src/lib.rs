@@ -69,6 +69,7 @@
 
 pub mod error;
 mod io_util;
+mod st_index;
 
 pub mod kernels;
 

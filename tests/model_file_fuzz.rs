@@ -47,6 +47,31 @@ proptest! {
         }
     }
 
+    /// `PatchCore::load` reads the header, the bank and the embedded weights' tensors from disk
+    /// one at a time (never the whole file); on any corrupted file it must give exactly what the
+    /// in-memory path gives: the same error message, or the same bank and backbone.
+    #[test]
+    fn streaming_load_equals_in_memory_load(
+        edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<bool>()), 1..6),
+        cut in prop::option::of(any::<usize>()),
+    ) {
+        let (bytes, _) = fixture();
+        let b = corrupt(bytes, &edits, cut);
+        let dir = TempDir::new("stream-eq");
+        let path = dir.join("m.safetensors");
+        std::fs::write(&path, &b).unwrap();
+        let from_file = PatchCore::load(&path, BackboneSource::Embedded);
+        let from_bytes = PatchCore::load_bytes(&b, &path, BackboneSource::Embedded);
+        match (from_file, from_bytes) {
+            (Ok(f), Ok(m)) => {
+                prop_assert_eq!(f.memory_bank(), m.memory_bank());
+                prop_assert_eq!(f.backbone().weights_sha256(), m.backbone().weights_sha256());
+            }
+            (Err(f), Err(m)) => prop_assert_eq!(f.to_string(), m.to_string()),
+            (f, m) => prop_assert!(false, "file {:?} vs bytes {:?}", f.err(), m.err()),
+        }
+    }
+
     /// Metadata values replaced by arbitrary text.
     #[test]
     fn arbitrary_metadata_values_never_panic(key_index in 0usize..64, value in "\\PC{0,24}") {

@@ -22,7 +22,6 @@
 
 mod arch;
 mod resnet;
-mod st_index;
 mod weights;
 
 use std::fmt;
@@ -105,8 +104,25 @@ impl Backbone {
         // Validate the cheap arguments before reading a possibly large file.
         spec.validate()?;
         deepest_tap(taps)?;
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        Self::from_safetensors_file_range(path, 0, len, spec, taps)
+    }
+
+    /// [`Backbone::from_safetensors_file`] for a safetensors stream stored at bytes
+    /// `base..base + len` of a file (weights embedded in a model file); the fingerprint is the
+    /// SHA-256 of that range.
+    pub(crate) fn from_safetensors_file_range(
+        path: &Path,
+        base: u64,
+        len: u64,
+        spec: &ResNetSpec,
+        taps: &[Layer],
+    ) -> Result<Backbone> {
+        spec.validate()?;
         let last = deepest_tap(taps)?;
-        let mut src = weights::SafetensorsSource::open(path, spec, last)?;
+        let mut src = weights::SafetensorsSource::open_range(path, base, len, spec, last)?;
         let net = resnet::Net::build(spec, last, &mut src)?;
         src.check_no_extra_blocks()?;
         drop(src);
@@ -114,7 +130,7 @@ impl Backbone {
             spec: spec.clone(),
             taps: taps.to_vec(),
             net,
-            sha256: weights::sha256_file(path)?,
+            sha256: weights::sha256_file_range(path, base, len)?,
         })
     }
 

@@ -8,8 +8,8 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::Dtype;
 
 use super::arch::{BlockKind, Layer, ResNetSpec};
-use super::st_index::StIndex;
 use crate::kernels::conv::Conv2d;
+use crate::st_index::StIndex;
 use crate::{Error, Result};
 
 /// BatchNorm epsilon of torchvision's ResNets.
@@ -24,19 +24,31 @@ pub(crate) trait TensorSource {
     fn path(&self) -> &Path;
 }
 
-/// The SHA-256 of a file, read in 1 MiB chunks (the file is never held in memory whole).
-pub(crate) fn sha256_file(path: &Path) -> Result<[u8; 32]> {
+/// The SHA-256 of bytes `base..base + len` of a file, read in 1 MiB chunks (never held in
+/// memory whole).
+pub(crate) fn sha256_file_range(path: &Path, base: u64, len: u64) -> Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
+    use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(base))
+        .map_err(|e| Error::io(path, e))?;
+    let mut f = f.take(len);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut seen = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
+        seen += n as u64;
         h.update(&buf[..n]);
+    }
+    if seen != len {
+        return Err(Error::invalid_file(
+            path,
+            "the file changed or was truncated while it was read",
+        ));
     }
     Ok(h.finalize().into())
 }
@@ -68,15 +80,18 @@ impl<'a> SafetensorsSource<'a> {
         })
     }
 
-    /// Opens a file and parses its header only; tensors are then read one at a time.
-    pub(crate) fn open(
+    /// Opens a file and parses the header of the safetensors stream at bytes
+    /// `base..base + len` only; tensors are then read one at a time.
+    pub(crate) fn open_range(
         path: &'a Path,
+        base: u64,
+        len: u64,
         spec: &'a ResNetSpec,
         last: Layer,
     ) -> Result<SafetensorsSource<'a>> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(SafetensorsSource {
-            st: StIndex::from_file(file, path)?,
+            st: StIndex::from_file_range(file, path, base, len)?,
             path,
             spec,
             last,

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::st_index::StIndex;
 use half::f16;
 use ndarray::Array2;
 use safetensors::tensor::Dtype;
-use safetensors::SafeTensors;
 use sha2::Digest;
 
 use super::{PatchCore, PatchCoreConfig, PatchCoreParams};
@@ -157,8 +157,13 @@ impl PatchCore {
     /// # Errors
     /// [`Error::Io`] if the file cannot be read; otherwise as [`PatchCore::load_bytes`].
     pub fn load(path: &Path, backbone: BackboneSource<'_>) -> Result<PatchCore> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::load_bytes(&bytes, path, backbone)
+        // Only the header, the bank and the needed backbone tensors are read: a model with
+        // embedded weights is never held in memory whole.
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut st = StIndex::from_file(file, path)?;
+        load_index(&mut st, path, backbone, &|spec, layers, (base, len)| {
+            Backbone::from_safetensors_file_range(path, base, len, spec, layers)
+        })
     }
 
     /// [`PatchCore::load`] from bytes in memory; `name` is used in error messages. Never
@@ -181,149 +186,171 @@ impl PatchCore {
         name: &Path,
         backbone: BackboneSource<'_>,
     ) -> Result<PatchCore> {
-        let bad = |reason: String| Error::invalid_file(name, reason);
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a safetensors model file: {e:?}")))?;
-        let meta = header
-            .metadata()
-            .clone()
-            .ok_or_else(|| bad("no metadata: not a patchcore model file".into()))?;
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("damaged safetensors file: {e:?}")))?;
-        let m = Meta { map: &meta, name };
-        let format = m.get("format")?;
-        if format != FORMAT_NAME {
-            return Err(bad(format!(
-                "`format` is `{format}`, expected `{FORMAT_NAME}`: not a patchcore model file"
-            )));
-        }
-        let version: u32 = m.parse("format_version")?;
-        if version != FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {version} is not supported (this build reads version \
+        let mut st = StIndex::from_slice(bytes, name)?;
+        load_index(&mut st, name, backbone, &|spec, layers, (base, len)| {
+            let range = usize::try_from(base)
+                .ok()
+                .zip(usize::try_from(base + len).ok())
+                .and_then(|(a, b)| bytes.get(a..b))
+                .ok_or_else(|| Error::invalid_file(name, "embedded weights outside the file"))?;
+            Backbone::from_safetensors_bytes(range, name, spec, layers)
+        })
+    }
+}
+
+/// Loads the backbone embedded at a byte range `(offset, length)` of the model input.
+type EmbeddedLoader<'f> = dyn Fn(&ResNetSpec, &[Layer], (u64, u64)) -> Result<Backbone> + 'f;
+
+/// [`PatchCore::load_bytes`] / [`PatchCore::load`] on a parsed model header.
+fn load_index(
+    st: &mut StIndex<'_>,
+    name: &Path,
+    backbone: BackboneSource<'_>,
+    embedded: &EmbeddedLoader<'_>,
+) -> Result<PatchCore> {
+    let bad = |reason: String| Error::invalid_file(name, reason);
+    let meta = st
+        .metadata()
+        .cloned()
+        .ok_or_else(|| bad("no metadata: not a patchcore model file".into()))?;
+    let m = Meta { map: &meta, name };
+    let format = m.get("format")?;
+    if format != FORMAT_NAME {
+        return Err(bad(format!(
+            "`format` is `{format}`, expected `{FORMAT_NAME}`: not a patchcore model file"
+        )));
+    }
+    let version: u32 = m.parse("format_version")?;
+    if version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "format version {version} is not supported (this build reads version \
                  {FORMAT_VERSION}); re-fit or convert the model"
-            )));
-        }
-        let config: PatchCoreConfig = decode_params(&m)?
-            .check()
-            .map_err(|e| bad(format!("invalid configuration: {e}")))?;
-        let params = config.params();
-        let spec = decode_spec(&m)?;
-        let sha = m.get("backbone.sha256")?.to_string();
-        let threshold = match meta.get("threshold") {
-            Some(_) => {
-                let t: f32 = m.parse("threshold")?;
-                if !t.is_finite() {
-                    return Err(bad(format!("metadata `threshold` = `{t}` is not finite")));
-                }
-                Some(t)
+        )));
+    }
+    let config: PatchCoreConfig = decode_params(&m)?
+        .check()
+        .map_err(|e| bad(format!("invalid configuration: {e}")))?;
+    let params = config.params();
+    let spec = decode_spec(&m)?;
+    let sha = m.get("backbone.sha256")?.to_string();
+    let threshold = match meta.get("threshold") {
+        Some(_) => {
+            let t: f32 = m.parse("threshold")?;
+            if !t.is_finite() {
+                return Err(bad(format!("metadata `threshold` = `{t}` is not finite")));
             }
-            None => None,
-        };
-        // The bank's dtype and rank are checked before the (possibly slow) backbone load.
-        let t = st.tensor(BANK).map_err(|_| Error::MissingTensor {
+            Some(t)
+        }
+        None => None,
+    };
+    // The bank's dtype and rank are checked before the (possibly slow) backbone load.
+    let t = st
+        .entry(BANK)
+        .cloned()
+        .ok_or_else(|| Error::MissingTensor {
             path: name.to_path_buf(),
             tensor: BANK.into(),
             expected: "an F32 or F16 [rows, dim] memory bank".into(),
         })?;
-        if t.dtype() != Dtype::F32 && t.dtype() != Dtype::F16 {
-            return Err(Error::TensorDtype {
-                path: name.to_path_buf(),
-                tensor: BANK.into(),
-                expected: "F32 or F16".into(),
-                found: format!("{:?}", t.dtype()),
-            });
-        }
-        let backbone = match backbone {
-            BackboneSource::Embedded => {
-                let w = st.tensor(WEIGHTS).map_err(|_| {
-                    bad(
-                        "the model has no embedded backbone weights; load it with the weights \
-                         file it was fitted with (BackboneSource::File)"
-                            .into(),
-                    )
-                })?;
-                if w.dtype() != Dtype::U8 || w.shape().len() != 1 {
-                    return Err(bad(format!("`{WEIGHTS}` must be a 1-D u8 tensor")));
-                }
-                Backbone::from_safetensors_bytes(w.data(), name, &spec, &params.layers)?
-            }
-            BackboneSource::File(p) => Backbone::from_safetensors_file(p, &spec, &params.layers)?,
-            BackboneSource::Loaded(b) => *b,
-        };
-        if backbone.spec() != &spec {
-            return Err(bad(format!(
-                "the model was fitted with a {} backbone ({spec:?}), the given backbone is a {} \
-                 ({:?})",
-                spec.name,
-                backbone.spec().name,
-                backbone.spec()
-            )));
-        }
-        let given = hex(&backbone.weights_sha256());
-        if given != sha {
-            return Err(bad(format!(
-                "the model was fitted with backbone weights of sha256 {sha}, but the given \
-                 weights have sha256 {given}; use the same weights file as for fitting"
-            )));
-        }
-        if backbone.taps() != params.layers.as_slice() {
-            return Err(bad(format!(
-                "the model uses the backbone layers {:?}, the given backbone taps {:?}",
-                params.layers,
-                backbone.taps()
-            )));
-        }
-        let channels: Vec<usize> = params
-            .layers
-            .iter()
-            .map(|&l| backbone.out_channels(l))
-            .collect();
-        let dim = crate::embedding::embedding_dim(&channels, &params.aggregator);
-        let shape = t.shape().to_vec();
-        if shape.len() != 2 || shape[1] != dim || shape[0] == 0 {
-            return Err(Error::TensorShape {
-                path: name.to_path_buf(),
-                tensor: BANK.into(),
-                expected: vec![shape.first().copied().unwrap_or(1).max(1), dim],
-                found: shape,
-            });
-        }
-        if shape[0] < params.scoring.k {
-            return Err(bad(format!(
-                "`scoring.k` = {} nearest neighbours, but the memory bank has only {} rows",
-                params.scoring.k, shape[0]
-            )));
-        }
-        let non_finite = || Error::NonFiniteTensor {
+    if t.dtype != Dtype::F32 && t.dtype != Dtype::F16 {
+        return Err(Error::TensorDtype {
             path: name.to_path_buf(),
             tensor: BANK.into(),
-        };
-        if t.dtype() == Dtype::F16 {
-            let data: Vec<f16> = t
-                .data()
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                .collect();
-            if data.iter().any(|v| !v.is_finite()) {
-                return Err(non_finite());
+            expected: "F32 or F16".into(),
+            found: format!("{:?}", t.dtype),
+        });
+    }
+    let backbone = match backbone {
+        BackboneSource::Embedded => {
+            let w = st.entry(WEIGHTS).ok_or_else(|| {
+                bad(
+                    "the model has no embedded backbone weights; load it with the weights \
+                         file it was fitted with (BackboneSource::File)"
+                        .into(),
+                )
+            })?;
+            if w.dtype != Dtype::U8 || w.shape.len() != 1 {
+                return Err(bad(format!("`{WEIGHTS}` must be a 1-D u8 tensor")));
             }
-            let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
-                .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
-            return PatchCore::from_parts_f16(config, backbone, bank, threshold);
+            let range = st
+                .location(WEIGHTS)
+                .ok_or_else(|| bad(format!("`{WEIGHTS}` has no data")))?;
+            embedded(&spec, &params.layers, range)?
         }
-        let data: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        BackboneSource::File(p) => Backbone::from_safetensors_file(p, &spec, &params.layers)?,
+        BackboneSource::Loaded(b) => *b,
+    };
+    if backbone.spec() != &spec {
+        return Err(bad(format!(
+            "the model was fitted with a {} backbone ({spec:?}), the given backbone is a {} \
+                 ({:?})",
+            spec.name,
+            backbone.spec().name,
+            backbone.spec()
+        )));
+    }
+    let given = hex(&backbone.weights_sha256());
+    if given != sha {
+        return Err(bad(format!(
+            "the model was fitted with backbone weights of sha256 {sha}, but the given \
+                 weights have sha256 {given}; use the same weights file as for fitting"
+        )));
+    }
+    if backbone.taps() != params.layers.as_slice() {
+        return Err(bad(format!(
+            "the model uses the backbone layers {:?}, the given backbone taps {:?}",
+            params.layers,
+            backbone.taps()
+        )));
+    }
+    let channels: Vec<usize> = params
+        .layers
+        .iter()
+        .map(|&l| backbone.out_channels(l))
+        .collect();
+    let dim = crate::embedding::embedding_dim(&channels, &params.aggregator);
+    let shape = t.shape.clone();
+    if shape.len() != 2 || shape[1] != dim || shape[0] == 0 {
+        return Err(Error::TensorShape {
+            path: name.to_path_buf(),
+            tensor: BANK.into(),
+            expected: vec![shape.first().copied().unwrap_or(1).max(1), dim],
+            found: shape,
+        });
+    }
+    if shape[0] < params.scoring.k {
+        return Err(bad(format!(
+            "`scoring.k` = {} nearest neighbours, but the memory bank has only {} rows",
+            params.scoring.k, shape[0]
+        )));
+    }
+    let non_finite = || Error::NonFiniteTensor {
+        path: name.to_path_buf(),
+        tensor: BANK.into(),
+    };
+    let data = st.bytes(BANK, name)?;
+    if t.dtype == Dtype::F16 {
+        let data: Vec<f16> = data
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]))
             .collect();
         if data.iter().any(|v| !v.is_finite()) {
             return Err(non_finite());
         }
         let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
-        PatchCore::from_parts(config, backbone, bank, threshold)
+        return PatchCore::from_parts_f16(config, backbone, bank, threshold);
     }
+    let data: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if data.iter().any(|v| !v.is_finite()) {
+        return Err(non_finite());
+    }
+    let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
+        .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
+    PatchCore::from_parts(config, backbone, bank, threshold)
 }
 
 /// The safetensors header (JSON, padded with spaces to a multiple of 8 bytes) for `meta` and

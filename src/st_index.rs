@@ -47,7 +47,9 @@ pub(crate) enum ByteSource<'a> {
 /// The validated tensor table of a safetensors input plus access to its bytes.
 pub(crate) struct StIndex<'a> {
     entries: HashMap<String, TensorEntry>,
-    /// Offset of the data section from the start of the input.
+    /// The `__metadata__` map of the header, if any.
+    metadata: Option<HashMap<String, String>>,
+    /// Offset of the data section from the start of the underlying slice or file.
     data_start: u64,
     source: ByteSource<'a>,
 }
@@ -68,18 +70,31 @@ impl<'a> StIndex<'a> {
                 "the declared header size exceeds the file size (truncated?)",
             )
         })?;
-        let entries = parse_header(header, total - 8 - n, path)?;
+        let (entries, metadata) = parse_header(header, total - 8 - n, path)?;
         Ok(StIndex {
             entries,
+            metadata,
             data_start: 8 + n,
             source: ByteSource::Slice(bytes),
         })
     }
 
-    /// Parses and validates the header of an open file of `total` bytes, reading only the
-    /// header.
-    pub(crate) fn from_file(mut file: File, path: &Path) -> Result<StIndex<'static>> {
+    /// Parses and validates the header of an open file, reading only the header.
+    pub(crate) fn from_file(file: File, path: &Path) -> Result<StIndex<'static>> {
         let total = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Self::from_file_range(file, path, 0, total)
+    }
+
+    /// As [`StIndex::from_file`] for a safetensors stream stored at bytes `base..base + total`
+    /// of the file (e.g. weights embedded in a model file).
+    pub(crate) fn from_file_range(
+        mut file: File,
+        path: &Path,
+        base: u64,
+        total: u64,
+    ) -> Result<StIndex<'static>> {
+        file.seek(SeekFrom::Start(base))
+            .map_err(|e| Error::io(path, e))?;
         let mut len8 = [0u8; 8];
         let prefix = if total >= 8 {
             file.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
@@ -91,10 +106,11 @@ impl<'a> StIndex<'a> {
         let mut header = vec![0u8; n as usize];
         file.read_exact(&mut header)
             .map_err(|e| Error::io(path, e))?;
-        let entries = parse_header(&header, total - 8 - n, path)?;
+        let (entries, metadata) = parse_header(&header, total - 8 - n, path)?;
         Ok(StIndex {
             entries,
-            data_start: 8 + n,
+            metadata,
+            data_start: base + 8 + n,
             source: ByteSource::File {
                 file,
                 buf: Vec::new(),
@@ -105,6 +121,17 @@ impl<'a> StIndex<'a> {
     /// The entry of tensor `name`, if the file has one.
     pub(crate) fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.entries.get(name)
+    }
+
+    /// The header's `__metadata__` map, if it has one.
+    pub(crate) fn metadata(&self) -> Option<&HashMap<String, String>> {
+        self.metadata.as_ref()
+    }
+
+    /// Where tensor `name`'s bytes are in the underlying slice or file: `(offset, length)`.
+    pub(crate) fn location(&self, name: &str) -> Option<(u64, u64)> {
+        let (s, e) = self.entries.get(name)?.range;
+        Some((self.data_start + s, e - s))
     }
 
     /// The shape of tensor `name`, if the file has one.
@@ -167,7 +194,12 @@ fn header_len(prefix: Option<&[u8]>, total: u64, path: &Path) -> Result<u64> {
 }
 
 /// Parses the JSON header and checks that the tensors tile a data section of `data_len` bytes.
-fn parse_header(header: &[u8], data_len: u64, path: &Path) -> Result<HashMap<String, TensorEntry>> {
+type Header = (
+    HashMap<String, TensorEntry>,
+    Option<HashMap<String, String>>,
+);
+
+fn parse_header(header: &[u8], data_len: u64, path: &Path) -> Result<Header> {
     let text = std::str::from_utf8(header).map_err(|_| {
         bad(
             path,
@@ -223,7 +255,7 @@ fn parse_header(header: &[u8], data_len: u64, path: &Path) -> Result<HashMap<Str
             "the tensor data does not match the file size (truncated or padded file)",
         ));
     }
-    Ok(entries.into_iter().collect())
+    Ok((entries.into_iter().collect(), meta.metadata().clone()))
 }
 
 #[cfg(test)]
