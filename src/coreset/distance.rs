@@ -343,6 +343,35 @@ mod avx {
         acc
     }
 
+    /// The lane trees of eight accumulator pairs at once: `out[k] = reduce(lo[k], hi[k])` with
+    /// exactly the additions of [`finish`] (each a lane-wise IEEE addition of the same two
+    /// partial sums), merely computed for several pairs per instruction. The result is in
+    /// the order `[0, 2, 4, 6, 1, 3, 5, 7]`.
+    ///
+    /// # Safety
+    /// As [`tail`].
+    #[inline(always)]
+    unsafe fn reduce8(lo: [__m256; 8], hi: [__m256; 8]) -> __m256 {
+        // l += l + 8: one vector per pair.
+        let s8: [__m256; 8] = std::array::from_fn(|k| _mm256_add_ps(lo[k], hi[k]));
+        // l += l + 4: pairs 2i (low 128 bits) and 2i + 1 (high 128 bits) in one vector.
+        let s4: [__m256; 4] = std::array::from_fn(|i| {
+            let a = _mm256_permute2f128_ps::<0x20>(s8[2 * i], s8[2 * i + 1]);
+            let b = _mm256_permute2f128_ps::<0x31>(s8[2 * i], s8[2 * i + 1]);
+            _mm256_add_ps(a, b)
+        });
+        // l += l + 2: per 128-bit half `[a0 + a2, a1 + a3, b0 + b2, b1 + b3]`.
+        let s2: [__m256; 2] = std::array::from_fn(|j| {
+            let p = _mm256_shuffle_ps::<0b01_00_01_00>(s4[2 * j], s4[2 * j + 1]);
+            let q = _mm256_shuffle_ps::<0b11_10_11_10>(s4[2 * j], s4[2 * j + 1]);
+            _mm256_add_ps(p, q)
+        });
+        // l += l + 1: per 128-bit half `[v0_0 + v0_1, v0_2 + v0_3, v1_0 + v1_1, v1_2 + v1_3]`.
+        let p = _mm256_shuffle_ps::<0b10_00_10_00>(s2[0], s2[1]);
+        let q = _mm256_shuffle_ps::<0b11_01_11_01>(s2[0], s2[1]);
+        _mm256_add_ps(p, q)
+    }
+
     /// # Safety
     /// As [`tail`].
     #[inline(always)]
@@ -353,13 +382,24 @@ mod avx {
         let ys = ys.map(|y| &y[..n]);
         // SAFETY: every slice holds `n ≥ full` floats; 0 + 8 and 8 + 8 are ≤ LANES.
         let (lo, hi) = unsafe { (half2x4(xs, ys, full, 0), half2x4(xs, ys, full, 8)) };
-        let mut out = [[0.0f32; 4]; 2];
-        for r in 0..2 {
-            for c in 0..4 {
+        // Accumulator k = 4·row + centre; `reduce8` returns them in the order below.
+        const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+        let mut tails = [0.0f32; 8];
+        if full < n {
+            for (t, &k) in tails.iter_mut().zip(&ORDER) {
                 // SAFETY: as this function's own contract.
-                let t = unsafe { tail(&xs[r][full..], &ys[c][full..]) };
-                out[r][c] = finish(lo[4 * r + c], hi[4 * r + c], t);
+                *t = unsafe { tail(&xs[k / 4][full..], &ys[k % 4][full..]) };
             }
+        }
+        let mut sums = [0.0f32; 8];
+        // SAFETY: `tails` and `sums` hold 8 floats each.
+        unsafe {
+            let v = _mm256_add_ps(reduce8(lo, hi), _mm256_loadu_ps(tails.as_ptr()));
+            _mm256_storeu_ps(sums.as_mut_ptr(), v);
+        }
+        let mut out = [[0.0f32; 4]; 2];
+        for (&v, &k) in sums.iter().zip(&ORDER) {
+            out[k / 4][k % 4] = v;
         }
         out
     }
