@@ -304,8 +304,10 @@ mod avx {
             }
             s += LANES;
         }
-        // SAFETY (all four): as this function's own contract.
-        let t = |y: &[f32]| unsafe { tail(&x[full..], &y[full..]) };
+        let t = |y: &[f32]| {
+            // SAFETY: as this function's own contract.
+            unsafe { tail(&x[full..], &y[full..]) }
+        };
         [
             finish(l0, h0, t(ys[0])),
             finish(l1, h1, t(ys[1])),
