@@ -158,6 +158,14 @@ pub(super) trait Kernel: Copy + Send + Sync {
     fn sq2x4(self, xs: [&[f32]; 2], ys: [&[f32]; 4]) -> [[f32; 4]; 2] {
         [self.sq4(xs[0], ys), self.sq4(xs[1], ys)]
     }
+    /// [`sq2x4`](Kernel::sq2x4) when at least one of them is below its row's threshold
+    /// (`out[r][c] < thr[r]`), `None` otherwise.
+    #[inline(always)]
+    fn sq2x4_below(self, xs: [&[f32]; 2], ys: [&[f32]; 4], thr: [f32; 2]) -> Option<[[f32; 4]; 2]> {
+        let s = self.sq2x4(xs, ys);
+        let below = s.iter().zip(thr).any(|(row, t)| row.iter().any(|&v| v < t));
+        below.then_some(s)
+    }
 }
 
 /// The portable kernel ([`sq_dist_many`]).
@@ -230,7 +238,17 @@ mod avx {
         #[inline(always)]
         fn sq2x4(self, xs: [&[f32]; 2], ys: [&[f32]; 4]) -> [[f32; 4]; 2] {
             // SAFETY: as above.
-            unsafe { sq2x4(xs, ys) }
+            unsafe { sq2x4(xs, ys, None) }.unwrap_or_default()
+        }
+        #[inline(always)]
+        fn sq2x4_below(
+            self,
+            xs: [&[f32]; 2],
+            ys: [&[f32]; 4],
+            thr: [f32; 2],
+        ) -> Option<[[f32; 4]; 2]> {
+            // SAFETY: as above.
+            unsafe { sq2x4(xs, ys, Some(thr)) }
         }
     }
 
@@ -374,10 +392,17 @@ mod avx {
         _mm256_add_ps(p, q)
     }
 
+    /// The 2 × 4 squared distances; with `thr`, only when one of them is below its row's
+    /// threshold (`None` otherwise).
+    ///
     /// # Safety
     /// As [`tail`].
     #[inline(always)]
-    unsafe fn sq2x4(xs: [&[f32]; 2], ys: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    unsafe fn sq2x4(
+        xs: [&[f32]; 2],
+        ys: [&[f32]; 4],
+        thr: Option<[f32; 2]>,
+    ) -> Option<[[f32; 4]; 2]> {
         let n = xs[0].len();
         let full = n - n % LANES;
         let xs = xs.map(|x| &x[..n]);
@@ -397,13 +422,20 @@ mod avx {
         // SAFETY: `tails` and `sums` hold 8 floats each.
         unsafe {
             let v = _mm256_add_ps(reduce8(lo, hi), _mm256_loadu_ps(tails.as_ptr()));
+            if let Some([t0, t1]) = thr {
+                // Row of each entry in `ORDER`: k / 4.
+                let t = _mm256_setr_ps(t0, t0, t1, t1, t0, t0, t1, t1);
+                if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(v, t)) == 0 {
+                    return None;
+                }
+            }
             _mm256_storeu_ps(sums.as_mut_ptr(), v);
         }
         let mut out = [[0.0f32; 4]; 2];
         for (&v, &k) in sums.iter().zip(&ORDER) {
             out[k / 4][k % 4] = v;
         }
-        out
+        Some(out)
     }
 
     /// # Safety
@@ -500,9 +532,11 @@ mod tests {
                 }
                 let tile = k.run(|| k.sq2x4([&ys[3], &x], [&ys[0], &ys[1], &ys[2], &ys[3]]));
                 check_tile(tile, &x, &ys, &format!("avx len {len}"));
+                check_below(k, &x, &ys, &format!("avx len {len}"));
             }
             let tile = Portable.sq2x4([&ys[3], &x], [&ys[0], &ys[1], &ys[2], &ys[3]]);
             check_tile(tile, &x, &ys, &format!("portable len {len}"));
+            check_below(Portable, &x, &ys, &format!("portable len {len}"));
         }
     }
 
@@ -512,6 +546,35 @@ mod tests {
             for c in 0..4 {
                 let want = reference_sq_dist(row, &ys[c]);
                 assert_eq!(tile[r][c].to_bits(), want.to_bits(), "{what} r {r} c {c}");
+            }
+        }
+    }
+
+    /// `sq2x4_below` gives the tile exactly when one entry of a row is below that row's
+    /// threshold: thresholds at, just above and just below each entry, and far away.
+    fn check_below<K: Kernel>(k: K, x: &[f32], ys: &[Vec<f32>], what: &str) {
+        let rows = [&ys[3][..], x];
+        let want: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|r| ys[..4].iter().map(|y| reference_sq_dist(r, y)).collect())
+            .collect();
+        let up = |v: f32| f32::from_bits(v.to_bits() + 1);
+        let mut cases = vec![[0.0f32, 0.0], [f32::INFINITY, 0.0], [0.0, f32::INFINITY]];
+        for r in 0..2 {
+            for &v in &want[r] {
+                for t in [v, up(v)] {
+                    let mut thr = [0.0f32; 2];
+                    thr[r] = t;
+                    cases.push(thr);
+                }
+            }
+        }
+        for thr in cases {
+            let got = k.sq2x4_below([rows[0], rows[1]], [&ys[0], &ys[1], &ys[2], &ys[3]], thr);
+            let any = (0..2).any(|r| want[r].iter().any(|&v| v < thr[r]));
+            assert_eq!(got.is_some(), any, "{what} thr {thr:?}");
+            if let Some(tile) = got {
+                check_tile(tile, x, ys, what);
             }
         }
     }

@@ -239,7 +239,7 @@ fn fold_block_dense<K: Kernel>(
         for &r in live {
             thr[r] = sq_threshold(at[r]);
         }
-        let mut fold = |r: usize, j: usize, sq: f32| {
+        let mut fold = |thr: &mut [f32; TILE], r: usize, j: usize, sq: f32| {
             // `sqrt(sq) < at[r]`, without the square root.
             if sq < thr[r] {
                 let dj = sq.sqrt();
@@ -253,24 +253,28 @@ fn fold_block_dense<K: Kernel>(
             let q = [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)];
             let mut pairs = live.chunks_exact(2);
             for p in &mut pairs {
-                let s = kern.sq2x4([row(p[0]), row(p[1])], q);
+                // Most tiles lower no key: their distances are not even looked at.
+                let Some(s) = kern.sq2x4_below([row(p[0]), row(p[1])], q, [thr[p[0]], thr[p[1]]])
+                else {
+                    continue;
+                };
                 for (&r, sr) in p.iter().zip(&s) {
                     for (c, &sq) in sr.iter().enumerate() {
-                        fold(r, j + c, sq);
+                        fold(&mut thr, r, j + c, sq);
                     }
                 }
             }
             for &r in pairs.remainder() {
                 let s = kern.sq4(row(r), q);
                 for (c, &sq) in s.iter().enumerate() {
-                    fold(r, j + c, sq);
+                    fold(&mut thr, r, j + c, sq);
                 }
             }
             j += 4;
         }
         while j < m {
             for &r in live {
-                fold(r, j, kern.sq1(row(r), centre(j)));
+                fold(&mut thr, r, j, kern.sq1(row(r), centre(j)));
             }
             j += 1;
         }
