@@ -145,6 +145,9 @@ fn fold_block_body<K: Kernel>(
             }
             work.computed += nt as u64;
             work.pruned += (m - nt) as u64;
+            if nt == 0 {
+                continue;
+            }
             let mut best = key;
             let mut thr = sq_threshold(key);
             let mut own = *oi;
