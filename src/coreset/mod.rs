@@ -15,8 +15,8 @@
 //! # Distances and ties
 //! Selection uses the Euclidean distance `Δ(x, y) = sqrt(Σ_j (x_j − y_j)²)`, evaluated in `f32`
 //! in the difference form (exactly `0` for identical rows) with fused multiply-adds and a fixed
-//! summation order, so the
-//! chosen indices do not depend on the number of threads or on the machine. The farthest row is
+//! summation order, so the chosen indices do not depend on the number of threads or on the
+//! machine. The farthest row is
 //! found with `argmax`; ties go to the **lowest** row index. A row that has been emitted is never
 //! emitted again, even when every remaining row coincides with an emitted one.
 //!
