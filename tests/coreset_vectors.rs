@@ -2,8 +2,8 @@
 
 use ndarray::{Array2, ArrayView2};
 use patchcore::coreset::{
-    approximate_greedy_from, coreset_size, greedy_from, project, select, subsample, CoresetConfig,
-    CoresetSize, Sampler,
+    approximate_greedy_from, coreset_size, greedy_from, project, select, select_with_progress,
+    subsample, CoresetConfig, CoresetSize, Sampler,
 };
 use patchcore::Error;
 use rand::{Rng, SeedableRng};
@@ -318,4 +318,46 @@ fn select_runs_greedy_on_the_projection() {
         select(bank.view(), &raw).unwrap(),
         greedy_from(bank.view(), first, 30).unwrap()
     );
+}
+
+#[test]
+fn progress_reports_every_pass_and_ends_at_the_total() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let bank = Array2::from_shape_fn((3_000, 24), |_| rng.random_range(-1.0f32..1.0));
+    for sampler in [
+        Sampler::Greedy,
+        Sampler::APPROXIMATE_GREEDY_DEFAULT,
+        Sampler::Random,
+        Sampler::None,
+    ] {
+        let cfg = CoresetConfig {
+            sampler,
+            size: CoresetSize::Ratio(0.2),
+            projection_dim: 16,
+            seed: 4,
+        };
+        let mut calls = Vec::new();
+        let idx = select_with_progress(bank.view(), &cfg, |done, total| calls.push((done, total)))
+            .unwrap();
+        assert_eq!(idx, select(bank.view(), &cfg).unwrap(), "{sampler:?}");
+        let total = idx.len();
+        assert_eq!(calls.last(), Some(&(total, total)), "{sampler:?}");
+        assert!(calls.iter().all(|&(_, t)| t == total));
+        assert!(
+            calls.windows(2).all(|w| w[0].0 < w[1].0),
+            "{sampler:?}: {calls:?}"
+        );
+        if matches!(sampler, Sampler::Greedy) {
+            // 600 centres: several passes, each reported.
+            assert!(calls.len() > 2, "{calls:?}");
+        }
+    }
+    // A single-row coreset still reports its end.
+    let cfg = CoresetConfig {
+        size: CoresetSize::Count(1),
+        ..CoresetConfig::default()
+    };
+    let mut calls = Vec::new();
+    select_with_progress(bank.view(), &cfg, |d, t| calls.push((d, t))).unwrap();
+    assert_eq!(calls, vec![(1, 1)]);
 }

@@ -67,7 +67,7 @@ fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Sta
 
     let mut a_fast = vec![f32::INFINITY; n];
     let mut fast = Vec::new();
-    let s_greedy = traverse(&z, &mut a_fast, Some(first), k, &mut fast);
+    let s_greedy = traverse(&z, &mut a_fast, Some(first), k, &mut fast, &mut |_, _| {});
     let mut a_plain = vec![f32::INFINITY; n];
     let plain = plain_traverse(&z, &mut a_plain, Some(first), k);
     assert_eq!(fast, plain, "greedy from {first}, k {k}");
@@ -77,21 +77,10 @@ fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Sta
     mean_to_starts(&z, &start_rows, starts.len(), &mut a_fast);
     let mut a_plain = a_fast.clone();
     let mut fast = Vec::new();
-    let s_approx = traverse(&z, &mut a_fast, None, k, &mut fast);
+    let s_approx = traverse(&z, &mut a_fast, None, k, &mut fast, &mut |_, _| {});
     let plain = plain_traverse(&z, &mut a_plain, None, k);
     assert_eq!(fast, plain, "approximate greedy from {starts:?}, k {k}");
     (s_greedy, s_approx)
-}
-
-fn report(what: &str, k: usize, s: Stats) {
-    println!(
-        "{what}: k {k}, {} passes ({:.1} centres/pass), {} distances computed, {} pruned ({:.1} %)",
-        s.passes,
-        k as f64 / s.passes as f64,
-        s.work.computed,
-        s.work.pruned,
-        100.0 * s.work.pruned as f64 / (s.work.computed + s.work.pruned).max(1) as f64
-    );
 }
 
 fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
@@ -129,9 +118,7 @@ fn uniform_random_matches_plain() {
     let mut rng = ChaCha8Rng::seed_from_u64(21);
     let bank = Array2::from_shape_fn((20_000, 40), |_| rng.random_range(-1.0f32..1.0));
     let k = 600;
-    let (g, a) = compare(&bank, 12_345, &[3, 19_999, 8_000, 7, 1_024], k);
-    report("uniform 20000x40 greedy", k, g);
-    report("uniform 20000x40 approx", k, a);
+    let (g, _) = compare(&bank, 12_345, &[3, 19_999, 8_000, 7, 1_024], k);
     assert!(
         g.passes * 10 < k,
         "the candidate list should batch many centres per pass"
@@ -142,9 +129,7 @@ fn uniform_random_matches_plain() {
 fn gaussian_blobs_with_duplicates_match_plain_and_prune() {
     let bank = blobs(20_000, 24, 60, 7, 5);
     let k = 2_000;
-    let (g, a) = compare(&bank, 77, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], k);
-    report("blobs 20000x24 greedy", k, g);
-    report("blobs 20000x24 approx", k, a);
+    let (g, _) = compare(&bank, 77, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], k);
     assert!(
         g.work.pruned > g.work.computed,
         "the triangle inequality should skip most distances on clustered data: {g:?}"
@@ -165,8 +150,7 @@ fn heavy_duplicates_and_ties_match_plain_to_the_end() {
     }
     // Blobs quantised to a coarse grid: clustered, with many exact duplicates and equal keys.
     let q = blobs(12_000, 8, 30, 0, 9).mapv(|v| (v * 2.0).round() / 2.0);
-    let (g, _) = compare(&q, 0, &[1, 2, 3], 3_000);
-    report("quantised blobs 12000x8 greedy", 3_000, g);
+    compare(&q, 0, &[1, 2, 3], 3_000);
 }
 
 #[test]
@@ -207,7 +191,7 @@ fn pruned_and_batched_traversal_is_identical_on_one_and_two_threads() {
         pool.install(|| {
             let mut a = vec![f32::INFINITY; z.n];
             let mut out = Vec::new();
-            let s = traverse(&z, &mut a, Some(5), 1_500, &mut out);
+            let s = traverse(&z, &mut a, Some(5), 1_500, &mut out, &mut |_, _| {});
             (out, a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s)
         })
     };

@@ -4,13 +4,60 @@
 //! `LANES` elements goes to lane `j`), the elements after the last full chunk go to a separate
 //! `tail` sum (left to right), the lanes are then combined by a fixed pairwise tree
 //! (`l += l + width` for `width = 8, 4, 2, 1`) and the result is `lanes[0] + tail`. Every
-//! operation is a plain IEEE `f32` subtract, multiply or add (never fused), so the value is the
-//! same on every CPU and with every instruction width the compiler picks: the 16 lanes map onto
-//! four SSE registers, two AVX registers or one AVX-512 register without changing a single
-//! rounding.
+//! element enters its sum as one IEEE `f32` subtraction `t = x_j − y_j` followed by one *fused*
+//! multiply-add `acc ← fma(t, t, acc)` (a single rounding); the tree uses plain additions. A
+//! fused multiply-add is correctly rounded by definition, so the value is the same on every CPU
+//! and with every instruction width: the hardware FMA of the SIMD kernels, `f32::mul_add`, and
+//! the portable emulation [`fmadd`] uses where the build has no FMA (exact product in `f64`,
+//! sum rounded to odd, then to `f32`) all give the same bits.
 //!
 //! [`sq_dist_many`] evaluates several distances from one row at once (independent
 //! accumulators, so the additions pipeline), each with exactly the order of [`sq_dist`].
+
+/// `a·b + c` with a single rounding (IEEE fused multiply-add), for finite `f32` operands.
+///
+/// Builds with hardware FMA (or on AArch64, where it is always present) use `f32::mul_add`
+/// directly. Elsewhere `f32::mul_add` may be a slow library call, so the product is formed
+/// exactly in `f64` (24 + 24 significant bits fit in 53), the sum is rounded to odd in `f64`
+/// (round to nearest, then one step towards the exact sum when inexact and even), and the
+/// final conversion to `f32` is then correctly rounded: with 53 ≥ 24 + 2 bits, rounding to odd
+/// first never causes a double-rounding error.
+#[inline(always)]
+pub(super) fn fmadd(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(any(target_feature = "fma", target_arch = "aarch64"))]
+    {
+        a.mul_add(b, c)
+    }
+    #[cfg(not(any(target_feature = "fma", target_arch = "aarch64")))]
+    {
+        fmadd_via_f64(a, b, c)
+    }
+}
+
+/// The `f64` emulation of [`fmadd`] (see there); exact for all finite operands.
+#[inline(always)]
+#[cfg_attr(any(target_feature = "fma", target_arch = "aarch64"), allow(dead_code))]
+pub(super) fn fmadd_via_f64(a: f32, b: f32, c: f32) -> f32 {
+    let p = a as f64 * b as f64; // exact
+    let c = c as f64;
+    let s = p + c;
+    // TwoSum: `err` is the exact rounding error of `s` (finite operands, no overflow in f64).
+    let bb = s - p;
+    let err = (p - (s - bb)) + (c - bb);
+    let bits = s.to_bits();
+    let odd = if err != 0.0 && bits & 1 == 0 {
+        // The other neighbour of the exact sum: away from zero when `err` has the sign of
+        // `s`, towards zero otherwise (the bits of an f64 grow with its magnitude).
+        if (err > 0.0) == (s > 0.0) {
+            f64::from_bits(bits + 1)
+        } else {
+            f64::from_bits(bits - 1)
+        }
+    } else {
+        s
+    };
+    odd as f32
+}
 
 /// Lanes of the distance accumulator.
 pub(super) const LANES: usize = 16;
@@ -20,7 +67,7 @@ pub(super) const LANES: usize = 16;
 fn step(acc: &mut [f32; LANES], x: &[f32; LANES], y: &[f32; LANES]) {
     for l in 0..LANES {
         let t = x[l] - y[l];
-        acc[l] += t * t;
+        acc[l] = fmadd(t, t, acc[l]);
     }
 }
 
@@ -43,7 +90,7 @@ fn tail(x: &[f32], y: &[f32]) -> f32 {
     let mut s = 0.0f32;
     for (a, b) in x.iter().zip(y) {
         let t = a - b;
-        s += t * t;
+        s = fmadd(t, t, s);
     }
     s
 }
@@ -98,13 +145,27 @@ pub(super) fn dist(x: &[f32], y: &[f32]) -> f32 {
     sq_dist(x, y).sqrt()
 }
 
-/// How a block of rows computes its distances: the portable kernel, or the AVX one. Both give
-/// the same bits (see the module documentation).
+/// How a block of rows computes its distances: the portable kernel, or the AVX + FMA one. Both
+/// give the same bits (see the module documentation).
 pub(super) trait Kernel: Copy + Send + Sync {
     /// Squared distances from `x` to four rows.
     fn sq4(self, x: &[f32], ys: [&[f32]; 4]) -> [f32; 4];
     /// Squared distance from `x` to one row.
     fn sq1(self, x: &[f32], y: &[f32]) -> f32;
+    /// Squared distances from each of two rows `xs` to each of four rows `ys`:
+    /// `out[r][c] = sq(xs[r], ys[c])`.
+    #[inline(always)]
+    fn sq2x4(self, xs: [&[f32]; 2], ys: [&[f32]; 4]) -> [[f32; 4]; 2] {
+        [self.sq4(xs[0], ys), self.sq4(xs[1], ys)]
+    }
+    /// [`sq2x4`](Kernel::sq2x4) when at least one of them is below its row's threshold
+    /// (`out[r][c] < thr[r]`), `None` otherwise.
+    #[inline(always)]
+    fn sq2x4_below(self, xs: [&[f32]; 2], ys: [&[f32]; 4], thr: [f32; 2]) -> Option<[[f32; 4]; 2]> {
+        let s = self.sq2x4(xs, ys);
+        let below = s.iter().zip(thr).any(|(row, t)| row.iter().any(|&v| v < t));
+        below.then_some(s)
+    }
 }
 
 /// The portable kernel ([`sq_dist_many`]).
@@ -123,7 +184,7 @@ impl Kernel for Portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx::Avx;
+pub(super) use avx::Fma;
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
@@ -133,38 +194,40 @@ mod avx {
     // The kernel splits the lanes into two 8-wide registers.
     const _: () = assert!(LANES == 16);
 
-    /// The AVX kernel. A value can only be obtained from [`Avx::detect`], so holding one proves
-    /// that the CPU supports AVX.
+    /// The AVX + FMA kernel. A value can only be obtained from [`Fma::detect`], so holding one
+    /// proves that the CPU supports AVX and FMA.
     #[derive(Clone, Copy)]
-    pub(in crate::coreset) struct Avx(());
+    pub(in crate::coreset) struct Fma(());
 
-    impl Avx {
-        /// Runs `f` compiled with AVX enabled, so that the kernel inlines into it (`f` should be
-        /// an `#[inline(always)]` body).
+    impl Fma {
+        /// Runs `f` compiled with AVX and FMA enabled, so that the kernel inlines into it (`f`
+        /// should be an `#[inline(always)]` body).
         #[inline(always)]
         pub(in crate::coreset) fn run<R>(self, f: impl FnOnce() -> R) -> R {
-            #[target_feature(enable = "avx")]
-            fn with_avx<R>(f: impl FnOnce() -> R) -> R {
+            #[target_feature(enable = "avx,fma")]
+            fn with_fma<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            // SAFETY: `self` exists, so the CPU supports AVX (see `Avx::detect`).
-            unsafe { with_avx(f) }
+            // SAFETY: `self` exists, so the CPU supports AVX and FMA (see `Fma::detect`).
+            unsafe { with_fma(f) }
         }
 
-        /// The kernel if the CPU supports AVX.
-        pub(in crate::coreset) fn detect() -> Option<Avx> {
-            if std::arch::is_x86_feature_detected!("avx") {
-                Some(Avx(()))
+        /// The kernel if the CPU supports AVX and FMA.
+        pub(in crate::coreset) fn detect() -> Option<Fma> {
+            if std::arch::is_x86_feature_detected!("avx")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                Some(Fma(()))
             } else {
                 None
             }
         }
     }
 
-    impl Kernel for Avx {
+    impl Kernel for Fma {
         #[inline(always)]
         fn sq4(self, x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
-            // SAFETY: `self` exists, so the CPU supports AVX (see `Avx::detect`).
+            // SAFETY: `self` exists, so the CPU supports AVX and FMA (see `Fma::detect`).
             unsafe { sq4(x, ys) }
         }
         #[inline(always)]
@@ -172,14 +235,44 @@ mod avx {
             // SAFETY: as above.
             unsafe { sq1(x, y) }
         }
+        #[inline(always)]
+        fn sq2x4(self, xs: [&[f32]; 2], ys: [&[f32]; 4]) -> [[f32; 4]; 2] {
+            // SAFETY: as above.
+            unsafe { sq2x4(xs, ys, None) }.unwrap_or_default()
+        }
+        #[inline(always)]
+        fn sq2x4_below(
+            self,
+            xs: [&[f32]; 2],
+            ys: [&[f32]; 4],
+            thr: [f32; 2],
+        ) -> Option<[[f32; 4]; 2]> {
+            // SAFETY: as above.
+            unsafe { sq2x4(xs, ys, Some(thr)) }
+        }
+    }
+
+    /// The tail (elements after the last full chunk), left to right with fused multiply-adds:
+    /// the portable `tail` (`f32::mul_add` is the FMA instruction here).
+    ///
+    /// # Safety
+    /// AVX and FMA must be available; call only from code compiled with them enabled (inside
+    /// [`Fma::run`]), so that the intrinsics inline.
+    #[inline(always)]
+    unsafe fn tail(x: &[f32], y: &[f32]) -> f32 {
+        let mut s = 0.0f32;
+        for (a, b) in x.iter().zip(y) {
+            let t = a - b;
+            s = t.mul_add(t, s);
+        }
+        s
     }
 
     /// The pairwise lane tree on lanes `lo` (0–7) and `hi` (8–15), then `+ tail`: the same IEEE
     /// additions, on the same operands, as the portable `reduce`.
     ///
     /// # Safety
-    /// AVX must be available; call only from code compiled with AVX enabled (inside
-    /// [`Avx::run`]), so that the intrinsics inline.
+    /// As [`tail`].
     #[inline(always)]
     unsafe fn finish(lo: __m256, hi: __m256, tail: f32) -> f32 {
         let s8 = _mm256_add_ps(lo, hi); // l += l + 8
@@ -189,19 +282,19 @@ mod avx {
         _mm_cvtss_f32(s1) + tail
     }
 
-    /// `(x − y)²` added lane-wise to `acc`, on the 8 elements at `xp`, `yp`.
+    /// `fma(x − y, x − y, acc)` lane-wise, on the 8 elements of `x` and at `yp`.
     ///
     /// # Safety
-    /// As [`finish`], and `yp` must be valid for reading 8 `f32`.
+    /// As [`tail`], and `yp` must be valid for reading 8 `f32`.
     #[inline(always)]
     unsafe fn step(acc: __m256, x: __m256, yp: *const f32) -> __m256 {
         // SAFETY: the caller guarantees 8 readable floats at `yp`.
         let t = _mm256_sub_ps(x, unsafe { _mm256_loadu_ps(yp) });
-        _mm256_add_ps(acc, _mm256_mul_ps(t, t))
+        _mm256_fmadd_ps(t, t, acc)
     }
 
     /// # Safety
-    /// As [`finish`].
+    /// As [`tail`].
     #[inline(always)]
     unsafe fn sq4(x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
         let n = x.len();
@@ -229,7 +322,10 @@ mod avx {
             }
             s += LANES;
         }
-        let t = |y: &[f32]| super::tail(&x[full..], &y[full..]);
+        let t = |y: &[f32]| {
+            // SAFETY: as this function's own contract.
+            unsafe { tail(&x[full..], &y[full..]) }
+        };
         [
             finish(l0, h0, t(ys[0])),
             finish(l1, h1, t(ys[1])),
@@ -238,8 +334,112 @@ mod avx {
         ]
     }
 
+    /// One half (`off` = 0: lanes 0–7, `off` = 8: lanes 8–15) of the lane accumulators of the
+    /// 2 × 4 pairs: 8 registers, so the two rows and the current centre chunk stay in registers
+    /// too (16 AVX registers in all).
+    ///
     /// # Safety
-    /// As [`finish`].
+    /// As [`tail`]; every slice holds at least `full` floats and `off + 8 ≤ LANES`.
+    #[inline(always)]
+    unsafe fn half2x4(xs: [&[f32]; 2], ys: [&[f32]; 4], full: usize, off: usize) -> [__m256; 8] {
+        let z = _mm256_setzero_ps();
+        let mut acc = [z; 8];
+        let mut s = off;
+        while s < full {
+            // SAFETY: `s + 8 ≤ full`, which every slice holds (see the contract).
+            unsafe {
+                let x0 = _mm256_loadu_ps(xs[0].as_ptr().add(s));
+                let x1 = _mm256_loadu_ps(xs[1].as_ptr().add(s));
+                for c in 0..4 {
+                    let y = _mm256_loadu_ps(ys[c].as_ptr().add(s));
+                    let t0 = _mm256_sub_ps(x0, y);
+                    let t1 = _mm256_sub_ps(x1, y);
+                    acc[c] = _mm256_fmadd_ps(t0, t0, acc[c]);
+                    acc[4 + c] = _mm256_fmadd_ps(t1, t1, acc[4 + c]);
+                }
+            }
+            s += LANES;
+        }
+        acc
+    }
+
+    /// The lane trees of eight accumulator pairs at once: `out[k] = reduce(lo[k], hi[k])` with
+    /// exactly the additions of [`finish`] (each a lane-wise IEEE addition of the same two
+    /// partial sums), merely computed for several pairs per instruction. The result is in
+    /// the order `[0, 2, 4, 6, 1, 3, 5, 7]`.
+    ///
+    /// # Safety
+    /// As [`tail`].
+    #[inline(always)]
+    unsafe fn reduce8(lo: [__m256; 8], hi: [__m256; 8]) -> __m256 {
+        // l += l + 8: one vector per pair.
+        let s8: [__m256; 8] = std::array::from_fn(|k| _mm256_add_ps(lo[k], hi[k]));
+        // l += l + 4: pairs 2i (low 128 bits) and 2i + 1 (high 128 bits) in one vector.
+        let s4: [__m256; 4] = std::array::from_fn(|i| {
+            let a = _mm256_permute2f128_ps::<0x20>(s8[2 * i], s8[2 * i + 1]);
+            let b = _mm256_permute2f128_ps::<0x31>(s8[2 * i], s8[2 * i + 1]);
+            _mm256_add_ps(a, b)
+        });
+        // l += l + 2: per 128-bit half `[a0 + a2, a1 + a3, b0 + b2, b1 + b3]`.
+        let s2: [__m256; 2] = std::array::from_fn(|j| {
+            let p = _mm256_shuffle_ps::<0b01_00_01_00>(s4[2 * j], s4[2 * j + 1]);
+            let q = _mm256_shuffle_ps::<0b11_10_11_10>(s4[2 * j], s4[2 * j + 1]);
+            _mm256_add_ps(p, q)
+        });
+        // l += l + 1: per 128-bit half `[v0_0 + v0_1, v0_2 + v0_3, v1_0 + v1_1, v1_2 + v1_3]`.
+        let p = _mm256_shuffle_ps::<0b10_00_10_00>(s2[0], s2[1]);
+        let q = _mm256_shuffle_ps::<0b11_01_11_01>(s2[0], s2[1]);
+        _mm256_add_ps(p, q)
+    }
+
+    /// The 2 × 4 squared distances; with `thr`, only when one of them is below its row's
+    /// threshold (`None` otherwise).
+    ///
+    /// # Safety
+    /// As [`tail`].
+    #[inline(always)]
+    unsafe fn sq2x4(
+        xs: [&[f32]; 2],
+        ys: [&[f32]; 4],
+        thr: Option<[f32; 2]>,
+    ) -> Option<[[f32; 4]; 2]> {
+        let n = xs[0].len();
+        let full = n - n % LANES;
+        let xs = xs.map(|x| &x[..n]);
+        let ys = ys.map(|y| &y[..n]);
+        // SAFETY: every slice holds `n ≥ full` floats; 0 + 8 and 8 + 8 are ≤ LANES.
+        let (lo, hi) = unsafe { (half2x4(xs, ys, full, 0), half2x4(xs, ys, full, 8)) };
+        // Accumulator k = 4·row + centre; `reduce8` returns them in the order below.
+        const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+        let mut tails = [0.0f32; 8];
+        if full < n {
+            for (t, &k) in tails.iter_mut().zip(&ORDER) {
+                // SAFETY: as this function's own contract.
+                *t = unsafe { tail(&xs[k / 4][full..], &ys[k % 4][full..]) };
+            }
+        }
+        let mut sums = [0.0f32; 8];
+        // SAFETY: `tails` and `sums` hold 8 floats each.
+        unsafe {
+            let v = _mm256_add_ps(reduce8(lo, hi), _mm256_loadu_ps(tails.as_ptr()));
+            if let Some([t0, t1]) = thr {
+                // Row of each entry in `ORDER`: k / 4.
+                let t = _mm256_setr_ps(t0, t0, t1, t1, t0, t0, t1, t1);
+                if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(v, t)) == 0 {
+                    return None;
+                }
+            }
+            _mm256_storeu_ps(sums.as_mut_ptr(), v);
+        }
+        let mut out = [[0.0f32; 4]; 2];
+        for (&v, &k) in sums.iter().zip(&ORDER) {
+            out[k / 4][k % 4] = v;
+        }
+        Some(out)
+    }
+
+    /// # Safety
+    /// As [`tail`].
     #[inline(always)]
     unsafe fn sq1(x: &[f32], y: &[f32]) -> f32 {
         let n = x.len();
@@ -256,7 +456,8 @@ mod avx {
             }
             s += LANES;
         }
-        finish(lo, hi, super::tail(&x[full..], &y[full..]))
+        // SAFETY: as this function's own contract.
+        finish(lo, hi, unsafe { tail(&x[full..], &y[full..]) })
     }
 }
 
@@ -273,12 +474,12 @@ mod tests {
         let mut lanes = [0.0f32; LANES];
         for j in 0..full {
             let t = x[j] - y[j];
-            lanes[j % LANES] += t * t;
+            lanes[j % LANES] = t.mul_add(t, lanes[j % LANES]);
         }
         let mut tail = 0.0f32;
         for j in full..n {
             let t = x[j] - y[j];
-            tail += t * t;
+            tail = t.mul_add(t, tail);
         }
         for width in [8, 4, 2, 1] {
             for l in 0..width {
@@ -319,7 +520,7 @@ mod tests {
             }
             assert_eq!(dist(&x, &x), 0.0);
             #[cfg(target_arch = "x86_64")]
-            if let Some(k) = Avx::detect() {
+            if let Some(k) = Fma::detect() {
                 assert_eq!(
                     k.sq1(&x, &ys[1]).to_bits(),
                     want[1].to_bits(),
@@ -329,7 +530,99 @@ mod tests {
                 for c in 0..4 {
                     assert_eq!(four[c].to_bits(), want[c].to_bits(), "avx len {len}, c {c}");
                 }
+                let tile = k.run(|| k.sq2x4([&ys[3], &x], [&ys[0], &ys[1], &ys[2], &ys[3]]));
+                check_tile(tile, &x, &ys, &format!("avx len {len}"));
+                check_below(k, &x, &ys, &format!("avx len {len}"));
             }
+            let tile = Portable.sq2x4([&ys[3], &x], [&ys[0], &ys[1], &ys[2], &ys[3]]);
+            check_tile(tile, &x, &ys, &format!("portable len {len}"));
+            check_below(Portable, &x, &ys, &format!("portable len {len}"));
+        }
+    }
+
+    /// `tile` must be the 2 × 4 squared distances from rows `[ys[3], x]` to `ys[0..4]`.
+    fn check_tile(tile: [[f32; 4]; 2], x: &[f32], ys: &[Vec<f32>], what: &str) {
+        for (r, row) in [&ys[3][..], x].into_iter().enumerate() {
+            for c in 0..4 {
+                let want = reference_sq_dist(row, &ys[c]);
+                assert_eq!(tile[r][c].to_bits(), want.to_bits(), "{what} r {r} c {c}");
+            }
+        }
+    }
+
+    /// `sq2x4_below` gives the tile exactly when one entry of a row is below that row's
+    /// threshold: thresholds at, just above and just below each entry, and far away.
+    fn check_below<K: Kernel>(k: K, x: &[f32], ys: &[Vec<f32>], what: &str) {
+        let rows = [&ys[3][..], x];
+        let want: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|r| ys[..4].iter().map(|y| reference_sq_dist(r, y)).collect())
+            .collect();
+        let up = |v: f32| f32::from_bits(v.to_bits() + 1);
+        let mut cases = vec![[0.0f32, 0.0], [f32::INFINITY, 0.0], [0.0, f32::INFINITY]];
+        for r in 0..2 {
+            for &v in &want[r] {
+                for t in [v, up(v)] {
+                    let mut thr = [0.0f32; 2];
+                    thr[r] = t;
+                    cases.push(thr);
+                }
+            }
+        }
+        for thr in cases {
+            let got = k.sq2x4_below([rows[0], rows[1]], [&ys[0], &ys[1], &ys[2], &ys[3]], thr);
+            let any = (0..2).any(|r| want[r].iter().any(|&v| v < thr[r]));
+            assert_eq!(got.is_some(), any, "{what} thr {thr:?}");
+            if let Some(tile) = got {
+                check_tile(tile, x, ys, what);
+            }
+        }
+    }
+
+    /// The `f64` emulation against the library's correctly rounded `f32::mul_add`.
+    #[test]
+    fn emulated_fma_is_correctly_rounded() {
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let check = |a: f32, b: f32, c: f32| {
+            assert_eq!(
+                fmadd_via_f64(a, b, c).to_bits(),
+                a.mul_add(b, c).to_bits(),
+                "fma({a:e}, {b:e}, {c:e})"
+            );
+            assert_eq!(fmadd(a, b, c).to_bits(), a.mul_add(b, c).to_bits());
+        };
+        for _ in 0..200_000 {
+            let t = rng.random_range(-4.0f32..4.0);
+            let acc = rng.random_range(0.0f32..1000.0);
+            check(t, t, acc);
+            // Exponents far apart and cancellation.
+            let e: i32 = rng.random_range(-60..60);
+            let a = rng.random_range(-2.0f32..2.0) * 2f32.powi(e);
+            let b = rng.random_range(-2.0f32..2.0);
+            check(a, b, -(a * b));
+            check(a, b, rng.random_range(-1.0f32..1.0) * 2f32.powi(-e / 2));
+        }
+        // Hard cases: the exact result lies just beside an f32 rounding midpoint (the product
+        // of `1 + 2^-12`-type values has bits far below the f32 precision).
+        let one_p = 1.0f32 + f32::EPSILON;
+        for k in 0..64 {
+            let a = 1.0f32 + (k as f32) * f32::EPSILON;
+            check(a, one_p, 2f32.powi(-24));
+            check(a, one_p, -(2f32.powi(-24)));
+            check(a, a, 1.0);
+            check(a, -a, 1.0);
+            check(a, 1.5, 2f32.powi(-25) + 2f32.powi(-48));
+        }
+        // Subnormal results and zeros.
+        for &(a, b, c) in &[
+            (1e-20f32, 1e-20f32, 0.0f32),
+            (1e-20, 1e-19, 1e-40),
+            (0.0, 5.0, -0.0),
+            (-0.0, 5.0, 0.0),
+            (3.0, 0.0, -0.0),
+            (1e-30, -1e-10, 1.4e-45),
+        ] {
+            check(a, b, c);
         }
     }
 }

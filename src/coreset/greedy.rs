@@ -20,7 +20,7 @@
 //!
 //! Cost (163,840 × 128 rows, 1 % = 1,638 centres): uniform random rows, where nothing can be
 //! pruned, need every one of the `k·N` distances but only ~24 passes (~70 centres per pass) at
-//! ~15 G elements/s per core with AVX; clustered rows prune 85–98 % of the distances. The
+//! a 2 × 4 (rows × centres) AVX + FMA tile; clustered rows prune 85–98 % of the distances. The
 //! centre–centre table costs `~k²/2` distances over a run, which dominates on clustered data at
 //! 10 %.
 //!
@@ -89,13 +89,15 @@ pub(super) fn mean_to_starts(z: &Rows, starts: &[f32], n0: usize, a: &mut [f32])
 }
 
 /// Farthest-first traversal from the keys `a` (all rows' owners [`NO_OWNER`]): emits `first`
-/// (if any), then the farthest row, until `out` holds `k` rows.
+/// (if any), then the farthest row, until `out` holds `k` rows. `progress(selected, k)` is
+/// called after every full pass (the last call has `selected == k`).
 pub(super) fn traverse(
     z: &Rows,
     a: &mut [f32],
     first: Option<usize>,
     k: usize,
     out: &mut Vec<usize>,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Stats {
     let d = z.d;
     let mut stats = Stats::default();
@@ -186,6 +188,10 @@ pub(super) fn traverse(
             }
             next = best.1;
         }
+        progress(out.len(), k);
+    }
+    if stats.passes == 0 {
+        progress(out.len(), k);
     }
     stats
 }
@@ -230,6 +236,16 @@ fn check_k(k: usize, n: usize, what: &str) -> Result<()> {
 /// [`Error::InvalidInput`] for an empty bank, rows of length 0, or `first ≥ N`;
 /// [`Error::InvalidParameter`] when `k > N`.
 pub fn greedy_from(z: ArrayView2<f32>, first: usize, k: usize) -> Result<Vec<usize>> {
+    greedy_from_with_progress(z, first, k, &mut |_, _| {})
+}
+
+/// [`greedy_from`] reporting its progress (see [`select_with_progress`](super::select_with_progress)).
+pub(super) fn greedy_from_with_progress(
+    z: ArrayView2<f32>,
+    first: usize,
+    k: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<usize>> {
     let what = "greedy coreset";
     let z = z.as_standard_layout();
     let rows = rows_of(&z, what)?;
@@ -245,7 +261,7 @@ pub fn greedy_from(z: ArrayView2<f32>, first: usize, k: usize) -> Result<Vec<usi
         return Ok(out);
     }
     let mut a = vec![f32::INFINITY; rows.n];
-    traverse(&rows, &mut a, Some(first), k, &mut out);
+    traverse(&rows, &mut a, Some(first), k, &mut out, progress);
     Ok(out)
 }
 
@@ -261,6 +277,17 @@ pub fn approximate_greedy_from(
     z: ArrayView2<f32>,
     starts: &[usize],
     k: usize,
+) -> Result<Vec<usize>> {
+    approximate_greedy_from_with_progress(z, starts, k, &mut |_, _| {})
+}
+
+/// [`approximate_greedy_from`] reporting its progress (see
+/// [`select_with_progress`](super::select_with_progress)).
+pub(super) fn approximate_greedy_from_with_progress(
+    z: ArrayView2<f32>,
+    starts: &[usize],
+    k: usize,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<usize>> {
     let what = "approximate greedy coreset";
     let z = z.as_standard_layout();
@@ -287,6 +314,6 @@ pub fn approximate_greedy_from(
         .collect();
     let mut a = vec![0.0f32; rows.n];
     mean_to_starts(&rows, &start_rows, starts.len(), &mut a);
-    traverse(&rows, &mut a, None, k, &mut out);
+    traverse(&rows, &mut a, None, k, &mut out, progress);
     Ok(out)
 }

@@ -14,8 +14,9 @@
 //!
 //! # Distances and ties
 //! Selection uses the Euclidean distance `Δ(x, y) = sqrt(Σ_j (x_j − y_j)²)`, evaluated in `f32`
-//! in the difference form (exactly `0` for identical rows) with a fixed summation order, so the
-//! chosen indices do not depend on the number of threads or on the machine. The farthest row is
+//! in the difference form (exactly `0` for identical rows) with fused multiply-adds and a fixed
+//! summation order, so the chosen indices do not depend on the number of threads or on the
+//! machine. The farthest row is
 //! found with `argmax`; ties go to the **lowest** row index. A row that has been emitted is never
 //! emitted again, even when every remaining row coincides with an emitted one.
 //!
@@ -211,6 +212,21 @@ fn sampler_rng(seed: u64) -> ChaCha8Rng {
 /// [`coreset_size`]); [`Error::InvalidInput`] for an empty bank, rows of length 0, or
 /// non-finite values (in the bank or in its projection).
 pub fn select(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Vec<usize>> {
+    select_with_progress(bank, cfg, |_, _| {})
+}
+
+/// [`select`] with a progress report: `progress(selected, total)` is called from the calling
+/// thread as the selection advances — for the greedy samplers after every full pass over the
+/// bank (a few dozen calls for a 1 % coreset), for the others once at the end — and the last
+/// call has `selected == total`. The result is the same as [`select`]'s.
+///
+/// # Errors
+/// As [`select`] (no call is made when the configuration or the bank is rejected).
+pub fn select_with_progress(
+    bank: ArrayView2<f32>,
+    cfg: &CoresetConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<usize>> {
     cfg.validate()?;
     let (n, d) = bank.dim();
     if n == 0 {
@@ -224,6 +240,7 @@ pub fn select(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Vec<usize>> 
         )));
     }
     if let Sampler::None = cfg.sampler {
+        progress(n, n);
         return Ok((0..n).collect());
     }
     let k = coreset_size(n, cfg.size)?;
@@ -236,17 +253,23 @@ pub fn select(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Vec<usize>> 
     }
     let mut rng = sampler_rng(cfg.seed);
     match cfg.sampler {
-        Sampler::None => Ok((0..n).collect()),
-        Sampler::Random => Ok(rand::seq::index::sample(&mut rng, n, k).into_vec()),
+        Sampler::None | Sampler::Random => {
+            let idx = match cfg.sampler {
+                Sampler::None => (0..n).collect(),
+                _ => rand::seq::index::sample(&mut rng, n, k).into_vec(),
+            };
+            progress(idx.len(), idx.len());
+            Ok(idx)
+        }
         Sampler::Greedy => {
             let first = rng.random_range(0..n);
             let z = projected(bank, cfg)?;
-            greedy_from(z.view(), first, k)
+            greedy::greedy_from_with_progress(z.view(), first, k, &mut progress)
         }
         Sampler::ApproximateGreedy { starts } => {
             let starts = rand::seq::index::sample(&mut rng, n, starts.min(n)).into_vec();
             let z = projected(bank, cfg)?;
-            approximate_greedy_from(z.view(), &starts, k)
+            greedy::approximate_greedy_from_with_progress(z.view(), &starts, k, &mut progress)
         }
     }
 }

@@ -10,8 +10,8 @@
 //! computed `Δ(z_i, z_s)` is at least `a_i` and cannot lower the key: it is not computed. The
 //! keys after a pass are therefore exactly those of folding the centres one at a time.
 //!
-//! The passes are generic over the distance [`Kernel`]: the portable one, or the AVX one when
-//! the CPU has it (chosen at run time). Both give the same bits (see
+//! The passes are generic over the distance [`Kernel`]: the portable one, or the AVX + FMA one
+//! when the CPU has it (chosen at run time). Both give the same bits (see
 //! [`distance`](super::distance)).
 
 use std::ops::AddAssign;
@@ -19,7 +19,7 @@ use std::ops::AddAssign;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::distance::Avx;
+use super::distance::Fma;
 use super::distance::{Kernel, Portable};
 use super::topk::{TopK, CAP};
 
@@ -145,12 +145,17 @@ fn fold_block_body<K: Kernel>(
             }
             work.computed += nt as u64;
             work.pruned += (m - nt) as u64;
+            if nt == 0 {
+                continue;
+            }
             let mut best = key;
+            let mut thr = sq_threshold(key);
             let mut own = *oi;
             let mut set = |j: usize, sq: f32| {
-                let dj = sq.sqrt();
-                if dj < best {
-                    best = dj;
+                // `sqrt(sq) < best`, without the square root.
+                if sq < thr {
+                    best = sq.sqrt();
+                    thr = sq_threshold(best);
                     own = u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
                 }
             };
@@ -174,12 +179,37 @@ fn fold_block_body<K: Kernel>(
     (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
+/// The smallest `t ≥ 0` with `sqrt(t) ≥ key` (`f32` square root, correctly rounded), for a key
+/// `> 0` or `+∞`. As the square root is monotonic, a squared distance `sq ≥ 0` gives
+/// `sqrt(sq) < key` exactly when `sq < sq_threshold(key)`: the passes compare squared distances
+/// and take a square root only when a key really drops.
+#[inline(always)]
+pub(super) fn sq_threshold(key: f32) -> f32 {
+    if key == f32::INFINITY {
+        return f32::INFINITY;
+    }
+    // Neighbours of a non-negative float (its bits grow with it).
+    let down = |t: f32| f32::from_bits(t.to_bits() - 1);
+    let up = |t: f32| f32::from_bits(t.to_bits() + 1);
+    let mut t = key * key;
+    if t.sqrt() >= key {
+        while t > 0.0 && down(t).sqrt() >= key {
+            t = down(t);
+        }
+    } else {
+        while t.sqrt() < key {
+            t = up(t);
+        }
+    }
+    t
+}
+
 /// Rows processed together by [`fold_block_dense`].
 const TILE: usize = 8;
 
 /// [`fold_block_body`] without pruning: every row meets every centre. Rows go by tiles of
-/// [`TILE`] and centres by fours, so a group of centres is loaded once per tile rather than
-/// once per row. Each row still meets the centres in ascending order.
+/// [`TILE`], within a tile by pairs, and centres by fours, so that each loaded chunk of a row
+/// or a centre serves several distances. Each row still meets the centres in ascending order.
 #[inline(always)]
 fn fold_block_dense<K: Kernel>(
     kern: K,
@@ -196,6 +226,7 @@ fn fold_block_dense<K: Kernel>(
     let mut work = Work::default();
     for (t, (at, ot)) in ab.chunks_mut(TILE).zip(ob.chunks_mut(TILE)).enumerate() {
         let first = t * TILE;
+        let row = |r: usize| &zb[(first + r) * d..(first + r + 1) * d];
         // Rows of the tile whose key can still drop (a key ≤ 0 never can).
         let mut live = [0usize; TILE];
         let mut nl = 0;
@@ -207,30 +238,46 @@ fn fold_block_dense<K: Kernel>(
         }
         work.computed += (nl * m) as u64;
         let live = &live[..nl];
+        let mut thr = [0.0f32; TILE];
+        for &r in live {
+            thr[r] = sq_threshold(at[r]);
+        }
+        let mut fold = |thr: &mut [f32; TILE], r: usize, j: usize, sq: f32| {
+            // `sqrt(sq) < at[r]`, without the square root.
+            if sq < thr[r] {
+                let dj = sq.sqrt();
+                at[r] = dj;
+                ot[r] = pos(j);
+                thr[r] = sq_threshold(dj);
+            }
+        };
         let mut j = 0;
         while j + 4 <= m {
             let q = [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)];
-            for &r in live {
-                let row = &zb[(first + r) * d..(first + r + 1) * d];
-                let s = kern.sq4(row, q);
-                for (c, &sq) in s.iter().enumerate() {
-                    let dj = sq.sqrt();
-                    if dj < at[r] {
-                        at[r] = dj;
-                        ot[r] = pos(j + c);
+            let mut pairs = live.chunks_exact(2);
+            for p in &mut pairs {
+                // Most tiles lower no key: their distances are not even looked at.
+                let Some(s) = kern.sq2x4_below([row(p[0]), row(p[1])], q, [thr[p[0]], thr[p[1]]])
+                else {
+                    continue;
+                };
+                for (&r, sr) in p.iter().zip(&s) {
+                    for (c, &sq) in sr.iter().enumerate() {
+                        fold(&mut thr, r, j + c, sq);
                     }
+                }
+            }
+            for &r in pairs.remainder() {
+                let s = kern.sq4(row(r), q);
+                for (c, &sq) in s.iter().enumerate() {
+                    fold(&mut thr, r, j + c, sq);
                 }
             }
             j += 4;
         }
         while j < m {
             for &r in live {
-                let row = &zb[(first + r) * d..(first + r + 1) * d];
-                let dj = kern.sq1(row, centre(j)).sqrt();
-                if dj < at[r] {
-                    at[r] = dj;
-                    ot[r] = pos(j);
-                }
+                fold(&mut thr, r, j, kern.sq1(row(r), centre(j)));
             }
             j += 1;
         }
@@ -247,7 +294,7 @@ fn fold_block(
     batch: &Batch,
 ) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(kern) = Avx::detect() {
+    if let Some(kern) = Fma::detect() {
         return kern.run(
             #[inline(always)]
             || fold_block_body(kern, zb, d, base, ab, ob, batch),
@@ -306,7 +353,7 @@ fn cc_block_body<K: Kernel>(
 
 fn cc_block(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(kern) = Avx::detect() {
+    if let Some(kern) = Fma::detect() {
         return kern.run(
             #[inline(always)]
             || cc_block_body(kern, z, rows, centres, m, out),
@@ -349,6 +396,37 @@ mod tests {
     use crate::coreset::distance::dist;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn sq_threshold_decides_like_the_square_root() {
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        let mut keys: Vec<f32> = vec![
+            f32::MIN_POSITIVE,
+            1e-45,
+            1e-30,
+            1.0,
+            2.0,
+            3.0,
+            1e19,
+            f32::MAX.sqrt(),
+        ];
+        keys.extend((0..20_000).map(|_| rng.random_range(1e-3f32..100.0)));
+        keys.extend((0..2_000).map(|i| ((i % 97) as f32).sqrt().max(1e-3)));
+        for key in keys {
+            let t = sq_threshold(key);
+            // Around the threshold and around key², every float decides like the definition.
+            let centre = [t, key * key];
+            for c in centre {
+                let bits = c.to_bits();
+                for b in bits.saturating_sub(4)..=bits.saturating_add(4).min(f32::MAX.to_bits()) {
+                    let sq = f32::from_bits(b);
+                    assert_eq!(sq < t, sq.sqrt() < key, "key {key:e}, sq {sq:e}");
+                }
+            }
+        }
+        assert_eq!(sq_threshold(f32::INFINITY), f32::INFINITY);
+        assert!(f32::MAX < sq_threshold(f32::INFINITY));
+    }
 
     #[test]
     fn dispatched_kernels_equal_portable_bit_for_bit() {
