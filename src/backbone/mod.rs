@@ -235,7 +235,9 @@ impl Backbone {
     /// Runs the network on an NCHW batch (3 channels, ImageNet-normalised) and returns one
     /// `[N, C, H_l, W_l]` array per tap, in the order the taps were requested. Nothing past the
     /// deepest tap is computed. Images of a batch are processed in parallel (rayon); the result
-    /// does not depend on the number of threads. Tap values are ≥ 0 (each stage ends in a ReLU).
+    /// does not depend on the number of threads. The work buffers of a pass (a few tens of MB
+    /// at 224²) are kept by the backbone and reused by the next pass, one set per image that
+    /// ran concurrently; a clone starts without them. Tap values are ≥ 0 (each stage ends in a ReLU).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if the input does not have 3 channels or H or W is below

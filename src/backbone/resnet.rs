@@ -5,6 +5,7 @@ use super::weights::{load_conv_bn, TensorSource};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::pool::{maxpool2d, maxpool_out};
 use crate::Result;
+use std::sync::Mutex;
 
 /// One residual block with BatchNorm folded into every convolution.
 #[derive(Clone)]
@@ -16,10 +17,23 @@ struct Block {
 }
 
 /// Stem + stages up to the deepest tap, BatchNorm folded.
-#[derive(Clone)]
 pub(crate) struct Net {
     stem: Conv2d,
     stages: Vec<Vec<Block>>,
+    /// Work buffers of finished forward passes, reused by the next ones so that a forward
+    /// pass does not allocate (and page-fault) tens of MB of fresh memory every time. At most
+    /// one set per concurrently running image is kept.
+    spare: Mutex<Vec<Work>>,
+}
+
+impl Clone for Net {
+    fn clone(&self) -> Self {
+        Net {
+            stem: self.stem.clone(),
+            stages: self.stages.clone(),
+            spare: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// Reusable buffers for one image.
@@ -85,7 +99,11 @@ impl Net {
             }
             stages.push(blocks);
         }
-        Ok(Net { stem, stages })
+        Ok(Net {
+            stem,
+            stages,
+            spare: Mutex::new(Vec::new()),
+        })
     }
 
     /// Forward pass of one `[3, h, w]` image. Returns the output of every stage in `want`
@@ -97,7 +115,29 @@ impl Net {
         w: usize,
         want: [bool; 4],
     ) -> [Option<Vec<f32>>; 4] {
-        let mut wk = Work::default();
+        // A poisoned lock only means another forward pass panicked; the buffers are plain
+        // scratch whose contents are never read before being written, so reuse is safe.
+        let mut wk = match self.spare.lock() {
+            Ok(mut v) => v.pop(),
+            Err(p) => p.into_inner().pop(),
+        }
+        .unwrap_or_default();
+        let out = self.forward_with(&mut wk, image, h, w, want);
+        match self.spare.lock() {
+            Ok(mut v) => v.push(wk),
+            Err(p) => p.into_inner().push(wk),
+        }
+        out
+    }
+
+    fn forward_with(
+        &self,
+        wk: &mut Work,
+        image: &[f32],
+        h: usize,
+        w: usize,
+        want: [bool; 4],
+    ) -> [Option<Vec<f32>>; 4] {
         let mut out: [Option<Vec<f32>>; 4] = Default::default();
 
         // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1.
@@ -113,7 +153,7 @@ impl Net {
 
         for (s, blocks) in self.stages.iter().enumerate() {
             for block in blocks {
-                let (nc, nh, nw) = block.forward(&mut wk, cc, ch, cw);
+                let (nc, nh, nw) = block.forward(wk, cc, ch, cw);
                 std::mem::swap(&mut wk.x, &mut wk.y);
                 (cc, ch, cw) = (nc, nh, nw);
             }
