@@ -5,7 +5,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use crate::kernels::gemm::matmul_bt;
+use crate::kernels::gemm::matmul;
 
 /// Queries per matrix product (fixed: results never depend on the thread count).
 pub(super) const QUERY_BLOCK: usize = 2048;
@@ -48,11 +48,17 @@ pub(super) struct Scratch {
     dots: Vec<f32>,
     /// One bank block converted to f32 (f16 banks only).
     block: Vec<f32>,
+    /// The query chunk transposed, `[d, queries]`.
+    qt: Vec<f32>,
 }
+
+/// Query dimensions transposed per task.
+const TRANSPOSE_DIMS: usize = 64;
 
 /// Top-k search of the `m = qn.len()` contiguous queries `q` against the whole bank, one bank
 /// block at a time: one (internally parallel) matrix product `block · qᵀ` (bank rows as the
-/// product's rows, which suits the GEMM's packing better than the transposed orientation),
+/// product's rows; `qᵀ` is materialised once per call, which the GEMM packs faster than a
+/// transposed view: about 10 % less time for 784 queries × 1,638 rows),
 /// then a scan split over groups of queries, each keeping its queries' top-k. The winners'
 /// distances are finally recomputed exactly and re-sorted (ties → lower index).
 #[allow(clippy::too_many_arguments)]
@@ -78,6 +84,23 @@ pub(super) fn search_chunk(
     if matches!(bank, BankRows::F16(_)) && scratch.block.len() < bb * d {
         scratch.block.resize(bb * d, 0.0);
     }
+    if scratch.qt.len() < m * d {
+        scratch.qt.resize(m * d, 0.0);
+    }
+    let qt = &mut scratch.qt[..m * d];
+    // qt[c·m + i] = q[i·d + c], a band of TRANSPOSE_DIMS dimensions per task.
+    qt.par_chunks_mut(TRANSPOSE_DIMS * m)
+        .enumerate()
+        .for_each(|(band, dst)| {
+            let c0 = band * TRANSPOSE_DIMS;
+            let width = dst.len() / m;
+            for (i, qi) in q.chunks_exact(d).enumerate() {
+                for (c, &v) in qi[c0..c0 + width].iter().enumerate() {
+                    dst[c * m + i] = v;
+                }
+            }
+        });
+    let qt: &[f32] = qt;
     let mut b0 = 0;
     while b0 < n {
         let nb = bb.min(n - b0);
@@ -94,7 +117,7 @@ pub(super) fn search_chunk(
         };
         let dots = &mut scratch.dots[..nb * m];
         // dots[j·m + i] = bank[b0 + j] · q[i]
-        matmul_bt(nb, m, d, rows, q, dots, false);
+        matmul(nb, m, d, rows, qt, dots, false);
         let dots: &[f32] = dots;
         let bn = &bank_norms[b0..b0 + nb];
         dist_out
