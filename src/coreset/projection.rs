@@ -5,7 +5,7 @@ use rand::distr::{Distribution, Uniform};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::kernels::gemm::matmul_bt;
+use crate::kernels::gemm::matmul;
 use crate::{Error, Result};
 
 /// Projects every row of `bank` (`N × D`) to `dim` dimensions: `z = bank · Wᵀ` with a dense
@@ -48,8 +48,16 @@ pub fn project(bank: ArrayView2<f32>, dim: usize, seed: u64) -> Result<Array2<f3
             "the projection of {n} rows to {dim} dimensions does not fit in memory"
         ))
     })?;
+    // `Wᵀ` (`D × dim`) laid out explicitly: the GEMM packs a row-major right operand faster
+    // than a transposed view.
+    let mut wt = vec![0.0f32; d * dim];
+    for (r, row) in w.chunks_exact(d).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            wt[c * dim + r] = v;
+        }
+    }
     let mut z = vec![0.0f32; len];
-    matmul_bt(n, dim, d, src, &w, &mut z, false);
+    matmul(n, dim, d, src, &wt, &mut z, false);
     Array2::from_shape_vec((n, dim), z)
         .map_err(|e| Error::input(format!("projected bank has an inconsistent shape: {e}")))
 }
