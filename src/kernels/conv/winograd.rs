@@ -231,6 +231,37 @@ pub(super) fn forward(
     }
 }
 
+/// Fills `rows[r][..cols]` with the zero-padded input (padding 1) starting at padded row `y0`
+/// and padded column `x0`: `rows[r][c] = plane[y0 + r − 1, x0 + c − 1]`, 0 outside the image.
+/// Shared by both tile sizes (F(2×2): 4 rows from `2·ty`; F(4×4): 6 rows from `4·ty`).
+/// Requires `x0 + 1 ≤ w` (the first tile of a chunk lies inside the image).
+pub(super) fn gather_patch_rows<const N: usize>(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    y0: usize,
+    x0: usize,
+    cols: usize,
+    rows: &mut [[f32; N]],
+) {
+    // Valid columns: 1 − x0 ≤ c < w + 1 − x0.
+    let c_lo = usize::from(x0 == 0);
+    let c_hi = (w + 1 - x0).min(cols);
+    for (r, row) in rows.iter_mut().enumerate() {
+        let row = &mut row[..cols];
+        let iy = y0 + r;
+        if iy == 0 || iy > h {
+            row.fill(0.0);
+            continue;
+        }
+        let src = &plane[(iy - 1) * w..iy * w];
+        row[..c_lo].fill(0.0);
+        row[c_hi..].fill(0.0);
+        let sx = x0 + c_lo - 1;
+        row[c_lo..c_hi].copy_from_slice(&src[sx..sx + (c_hi - c_lo)]);
+    }
+}
+
 /// `V = Bᵀ·d·B` for every tile of one input channel `plane` (`h × w`), written to `v`
 /// (`[16][T]`, `T = th·tw`). The 4×4 patch of tile `(ty, tx)` starts at input row `2·ty − 1`
 /// and column `2·tx − 1`; positions outside the image are the zero padding.
@@ -243,23 +274,7 @@ fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &
         while tx0 < tw {
             let n = CHUNK.min(tw - tx0);
             let cols = 2 * n + 2;
-            // Patch rows: d[r][c] = plane[2ty + r − 1, 2tx0 + c − 1] (0 outside).
-            // Valid columns: 1 − 2tx0 ≤ c < w + 1 − 2tx0 (tx0 < tw ⇒ 2tx0 + 1 ≤ w).
-            let c_lo = usize::from(tx0 == 0);
-            let c_hi = (w + 1 - 2 * tx0).min(cols);
-            for (r, row) in d.iter_mut().enumerate() {
-                let row = &mut row[..cols];
-                let iy = 2 * ty + r;
-                if iy == 0 || iy > h {
-                    row.fill(0.0);
-                    continue;
-                }
-                let src = &plane[(iy - 1) * w..iy * w];
-                row[..c_lo].fill(0.0);
-                row[c_hi..].fill(0.0);
-                let x0 = 2 * tx0 + c_lo - 1;
-                row[c_lo..c_hi].copy_from_slice(&src[x0..x0 + (c_hi - c_lo)]);
-            }
+            gather_patch_rows(plane, h, w, 2 * ty, 2 * tx0, cols, &mut d);
             // Bᵀ along the rows (element-wise over whole patch rows).
             for c in 0..cols {
                 let (d0, d1, d2, d3) = (d[0][c], d[1][c], d[2][c], d[3][c]);

@@ -17,7 +17,7 @@
 //! of F(2×2)'s 16, so it is used only for convolutions with few channels (see
 //! [`super::ConvAlgorithm::Auto`]).
 
-use super::winograd::{epilogue_row, CHUNK, MAX_POINTS};
+use super::winograd::{epilogue_row, gather_patch_rows, CHUNK, MAX_POINTS};
 
 /// Points per tile (6×6).
 const POINTS: usize = 36;
@@ -101,23 +101,8 @@ pub(super) fn input_transform(
         while tx0 < tw {
             let n = CHUNK.min(tw - tx0);
             let cols = 4 * n + 2;
-            // d[r][c] = plane[4ty + r − 1, 4tx0 + c − 1]; valid columns
-            // 1 − 4tx0 ≤ c < w + 1 − 4tx0 (tx0 < tw ⇒ 4tx0 + 1 ≤ w).
-            let c_lo = usize::from(tx0 == 0);
-            let c_hi = (w + 1 - 4 * tx0).min(cols);
-            for (r, row) in d.iter_mut().enumerate() {
-                let row = &mut row[..cols];
-                let iy = 4 * ty + r;
-                if iy == 0 || iy > h {
-                    row.fill(0.0);
-                    continue;
-                }
-                let src = &plane[(iy - 1) * w..iy * w];
-                row[..c_lo].fill(0.0);
-                row[c_hi..].fill(0.0);
-                let x0 = 4 * tx0 + c_lo - 1;
-                row[c_lo..c_hi].copy_from_slice(&src[x0..x0 + (c_hi - c_lo)]);
-            }
+            // d[r][c] = plane[4ty + r − 1, 4tx0 + c − 1] (tx0 < tw ⇒ 4tx0 + 1 ≤ w).
+            gather_patch_rows(plane, h, w, 4 * ty, 4 * tx0, cols, &mut d);
             // Bᵀ along the rows, element-wise over whole patch rows.
             for c in 0..cols {
                 let col = bt(std::array::from_fn(|r| d[r][c]));
