@@ -105,7 +105,7 @@ impl Aggregator {
     /// Errors with [`Error::InvalidParameter`] naming the offending field.
     pub fn validate(&self) -> Result<()> {
         let p = self.patch_size();
-        if p == 0 || p % 2 == 0 || p > MAX_PATCH_SIZE {
+        if p == 0 || p.is_multiple_of(2) || p > MAX_PATCH_SIZE {
             return Err(Error::param(
                 "patch_size",
                 format!("must be an odd number from 1 to {MAX_PATCH_SIZE} (1, 3, 5, ...), got {p}"),

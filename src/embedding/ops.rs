@@ -177,7 +177,7 @@ pub fn bilinear_resize(input: ArrayView3<f32>, out_h: usize, out_w: usize) -> Re
 /// # Ok::<(), patchcore::Error>(())
 /// ```
 pub fn avg_pool2d(input: ArrayView3<f32>, p: usize) -> Result<Array3<f32>> {
-    if p == 0 || p % 2 == 0 {
+    if p == 0 || p.is_multiple_of(2) {
         return Err(Error::param(
             "patch_size",
             format!("average pooling window must be odd and ≥ 1, got {p}"),

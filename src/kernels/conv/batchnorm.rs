@@ -22,7 +22,7 @@ pub fn fold_batchnorm(
     eps: f32,
 ) -> Vec<f32> {
     assert!(
-        cout > 0 && weight.len() % cout == 0,
+        cout > 0 && weight.len().is_multiple_of(cout),
         "fold_batchnorm: weight length {} is not a multiple of cout = {cout}",
         weight.len()
     );
