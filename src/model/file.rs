@@ -7,10 +7,10 @@
 //! - tensor `backbone_weights` (optional): u8 `[len]`, the bytes of the backbone's safetensors
 //!   file, so that one file deploys;
 //! - metadata (string → string): `format = patchcore-model`, `format_version`, the
-//!   configuration (one key per field, see [`encode`]), `backbone.*` (architecture, taps,
+//!   configuration (one key per field, see `meta.rs`), `backbone.*` (architecture, taps,
 //!   sha256 of the weights file), `threshold` (optional).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -20,19 +20,15 @@ use ndarray::Array2;
 use safetensors::tensor::Dtype;
 use sha2::Digest;
 
-use super::{PatchCore, PatchCoreConfig, PatchCoreParams};
-use crate::anomaly_map::{MapConfig, Upsample};
-use crate::backbone::{Backbone, BlockKind, Layer, ResNetSpec};
-use crate::coreset::{CoresetConfig, CoresetSize, Sampler};
-use crate::embedding::Aggregator;
+use super::meta::{decode_params, decode_spec, encode, Meta};
+use super::{PatchCore, PatchCoreConfig};
+use crate::backbone::{Backbone, Layer, ResNetSpec};
 use crate::error::{Error, Result};
-use crate::knn::{BankPrecision, NearestNeighbours};
-use crate::preprocess::{PreprocessConfig, Resize};
-use crate::scoring::{Distance, ScoringConfig};
+use crate::knn::NearestNeighbours;
 
 /// Version of the model file format written by this crate; files of other versions are refused.
 pub const FORMAT_VERSION: u32 = 1;
-const FORMAT_NAME: &str = "patchcore-model";
+pub(super) const FORMAT_NAME: &str = "patchcore-model";
 const BANK: &str = "memory_bank";
 const WEIGHTS: &str = "backbone_weights";
 
@@ -57,7 +53,7 @@ pub enum BackboneSource<'a> {
     Loaded(Box<Backbone>),
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -402,326 +398,4 @@ fn json_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
-}
-
-struct Meta<'a> {
-    map: &'a HashMap<String, String>,
-    name: &'a Path,
-}
-
-impl Meta<'_> {
-    fn get(&self, key: &str) -> Result<&str> {
-        self.map.get(key).map(|s| s.as_str()).ok_or_else(|| {
-            Error::invalid_file(self.name, format!("metadata key `{key}` is missing"))
-        })
-    }
-
-    fn parse<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
-        let v = self.get(key)?;
-        v.parse().map_err(|_| {
-            Error::invalid_file(
-                self.name,
-                format!("metadata `{key}` = `{v}` cannot be parsed"),
-            )
-        })
-    }
-
-    fn list<T: std::str::FromStr>(&self, key: &str) -> Result<Vec<T>> {
-        let v = self.get(key)?;
-        v.split(',')
-            .map(|s| {
-                s.parse().map_err(|_| {
-                    Error::invalid_file(
-                        self.name,
-                        format!("metadata `{key}` = `{v}` cannot be parsed"),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    fn array3(&self, key: &str) -> Result<[f32; 3]> {
-        let v: Vec<f32> = self.list(key)?;
-        <[f32; 3]>::try_from(v).map_err(|_| {
-            Error::invalid_file(self.name, format!("metadata `{key}` needs three numbers"))
-        })
-    }
-
-    fn bad(&self, key: &str) -> Error {
-        Error::invalid_file(
-            self.name,
-            format!(
-                "metadata `{key}` = `{}` is not a known value",
-                self.map.get(key).map(|s| s.as_str()).unwrap_or("")
-            ),
-        )
-    }
-}
-
-fn join<T: ToString>(v: &[T]) -> String {
-    v.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// The metadata map of a model (configuration, backbone fingerprint, threshold).
-fn encode(model: &PatchCore) -> BTreeMap<String, String> {
-    let p = model.config.params();
-    let mut m = BTreeMap::new();
-    let mut put = |k: &str, v: String| {
-        m.insert(k.to_string(), v);
-    };
-    put("format", FORMAT_NAME.into());
-    put("format_version", FORMAT_VERSION.to_string());
-    put("crate_version", env!("CARGO_PKG_VERSION").into());
-    // Preprocessing.
-    put(
-        "preprocess.resize",
-        match p.preprocess.resize {
-            Resize::None => "none".into(),
-            Resize::ShorterSide(s) => format!("shorter:{s}"),
-            Resize::Exact { height, width } => format!("exact:{height}x{width}"),
-        },
-    );
-    put(
-        "preprocess.crop",
-        match p.preprocess.crop {
-            None => "none".into(),
-            Some((h, w)) => format!("{h}x{w}"),
-        },
-    );
-    put("preprocess.mean", join(&p.preprocess.mean));
-    put("preprocess.std", join(&p.preprocess.std));
-    // Backbone.
-    let spec = model.backbone.spec();
-    put("backbone.name", spec.name.to_string());
-    put(
-        "backbone.block",
-        match spec.block {
-            BlockKind::Basic => "basic".into(),
-            BlockKind::Bottleneck => "bottleneck".into(),
-        },
-    );
-    put("backbone.blocks", join(&spec.blocks));
-    put("backbone.stem_channels", spec.stem_channels.to_string());
-    put("backbone.planes", join(&spec.planes));
-    put("backbone.width_per_group", spec.width_per_group.to_string());
-    put("backbone.sha256", hex(&model.backbone.weights_sha256()));
-    put("layers", join(&p.layers));
-    // Embedding.
-    put(
-        "embedding.aggregator",
-        match p.aggregator {
-            Aggregator::Original {
-                patch_size,
-                pre_dim,
-                target_dim,
-            } => format!("original:{patch_size}:{pre_dim}:{target_dim}"),
-            Aggregator::Average {
-                patch_size,
-                target_dim,
-            } => format!(
-                "average:{patch_size}:{}",
-                target_dim
-                    .map(|d| d.to_string())
-                    .unwrap_or_else(|| "none".into())
-            ),
-        },
-    );
-    // Coreset (how the bank was made; informative, and kept for re-fitting).
-    put(
-        "coreset.sampler",
-        match p.coreset.sampler {
-            Sampler::Greedy => "greedy".into(),
-            Sampler::ApproximateGreedy { starts } => format!("approx:{starts}"),
-            Sampler::Random => "random".into(),
-            Sampler::None => "none".into(),
-        },
-    );
-    put(
-        "coreset.size",
-        match p.coreset.size {
-            CoresetSize::Ratio(r) => format!("ratio:{r:?}"),
-            CoresetSize::Count(c) => format!("count:{c}"),
-        },
-    );
-    put(
-        "coreset.projection_dim",
-        p.coreset.projection_dim.to_string(),
-    );
-    put("coreset.seed", p.coreset.seed.to_string());
-    // Scoring.
-    put("scoring.k", p.scoring.k.to_string());
-    put(
-        "scoring.reweight_neighbours",
-        p.scoring.reweight_neighbours.to_string(),
-    );
-    put(
-        "scoring.distance",
-        match p.scoring.distance {
-            Distance::Euclidean => "euclidean".into(),
-            Distance::SquaredL2 => "squared_l2".into(),
-        },
-    );
-    // Map.
-    put(
-        "map.upsample",
-        match p.map.upsample {
-            Upsample::Bilinear => "bilinear".into(),
-            Upsample::Nearest => "nearest".into(),
-        },
-    );
-    put(
-        "map.sigma",
-        p.map
-            .sigma
-            .map(|s| format!("{s:?}"))
-            .unwrap_or_else(|| "none".into()),
-    );
-    put("map.truncate", format!("{:?}", p.map.truncate));
-    put("batch_size", p.batch_size.to_string());
-    if let Some(t) = model.threshold {
-        put("threshold", format!("{t:?}"));
-    }
-    m
-}
-
-fn decode_spec(m: &Meta<'_>) -> Result<ResNetSpec> {
-    let block = match m.get("backbone.block")? {
-        "basic" => BlockKind::Basic,
-        "bottleneck" => BlockKind::Bottleneck,
-        _ => return Err(m.bad("backbone.block")),
-    };
-    let blocks: Vec<usize> = m.list("backbone.blocks")?;
-    let planes: Vec<usize> = m.list("backbone.planes")?;
-    let name = m.get("backbone.name")?;
-    let mut spec = ResNetSpec::from_name(name).unwrap_or_else(|_| ResNetSpec::resnet18());
-    spec.name = name.to_string();
-    spec.block = block;
-    spec.blocks = <[usize; 4]>::try_from(blocks).map_err(|_| m.bad("backbone.blocks"))?;
-    spec.planes = <[usize; 4]>::try_from(planes).map_err(|_| m.bad("backbone.planes"))?;
-    spec.stem_channels = m.parse("backbone.stem_channels")?;
-    spec.width_per_group = m.parse("backbone.width_per_group")?;
-    Ok(spec)
-}
-
-fn decode_params(m: &Meta<'_>) -> Result<PatchCoreParams> {
-    let resize = {
-        let v = m.get("preprocess.resize")?;
-        if v == "none" {
-            Resize::None
-        } else if let Some(s) = v.strip_prefix("shorter:") {
-            Resize::ShorterSide(s.parse().map_err(|_| m.bad("preprocess.resize"))?)
-        } else if let Some(s) = v.strip_prefix("exact:") {
-            let (h, w) = parse_hw(s).ok_or_else(|| m.bad("preprocess.resize"))?;
-            Resize::Exact {
-                height: h,
-                width: w,
-            }
-        } else {
-            return Err(m.bad("preprocess.resize"));
-        }
-    };
-    let crop = match m.get("preprocess.crop")? {
-        "none" => None,
-        s => Some(parse_hw(s).ok_or_else(|| m.bad("preprocess.crop"))?),
-    };
-    let preprocess = PreprocessConfig {
-        resize,
-        crop,
-        mean: m.array3("preprocess.mean")?,
-        std: m.array3("preprocess.std")?,
-    };
-    let layers = m
-        .get("layers")?
-        .split(',')
-        .map(|s| s.parse::<Layer>().map_err(|_| m.bad("layers")))
-        .collect::<Result<Vec<_>>>()?;
-    let aggregator = {
-        let v = m.get("embedding.aggregator")?;
-        let parts: Vec<&str> = v.split(':').collect();
-        let num = |s: &str| {
-            s.parse::<usize>()
-                .map_err(|_| m.bad("embedding.aggregator"))
-        };
-        match parts.as_slice() {
-            ["original", p, pre, tgt] => Aggregator::Original {
-                patch_size: num(p)?,
-                pre_dim: num(pre)?,
-                target_dim: num(tgt)?,
-            },
-            ["average", p, tgt] => Aggregator::Average {
-                patch_size: num(p)?,
-                target_dim: if *tgt == "none" {
-                    None
-                } else {
-                    Some(num(tgt)?)
-                },
-            },
-            _ => return Err(m.bad("embedding.aggregator")),
-        }
-    };
-    let sampler = match m.get("coreset.sampler")? {
-        "greedy" => Sampler::Greedy,
-        "random" => Sampler::Random,
-        "none" => Sampler::None,
-        v => match v.strip_prefix("approx:").and_then(|s| s.parse().ok()) {
-            Some(starts) => Sampler::ApproximateGreedy { starts },
-            None => return Err(m.bad("coreset.sampler")),
-        },
-    };
-    let size = {
-        let v = m.get("coreset.size")?;
-        if let Some(r) = v.strip_prefix("ratio:").and_then(|s| s.parse().ok()) {
-            CoresetSize::Ratio(r)
-        } else if let Some(c) = v.strip_prefix("count:").and_then(|s| s.parse().ok()) {
-            CoresetSize::Count(c)
-        } else {
-            return Err(m.bad("coreset.size"));
-        }
-    };
-    let coreset = CoresetConfig {
-        sampler,
-        size,
-        projection_dim: m.parse("coreset.projection_dim")?,
-        seed: m.parse("coreset.seed")?,
-    };
-    let scoring = ScoringConfig {
-        k: m.parse("scoring.k")?,
-        reweight_neighbours: m.parse("scoring.reweight_neighbours")?,
-        distance: match m.get("scoring.distance")? {
-            "euclidean" => Distance::Euclidean,
-            "squared_l2" => Distance::SquaredL2,
-            _ => return Err(m.bad("scoring.distance")),
-        },
-    };
-    let map = MapConfig {
-        upsample: match m.get("map.upsample")? {
-            "bilinear" => Upsample::Bilinear,
-            "nearest" => Upsample::Nearest,
-            _ => return Err(m.bad("map.upsample")),
-        },
-        sigma: match m.get("map.sigma")? {
-            "none" => None,
-            _ => Some(m.parse("map.sigma")?),
-        },
-        truncate: m.parse("map.truncate")?,
-    };
-    Ok(PatchCoreParams {
-        preprocess,
-        layers,
-        aggregator,
-        coreset,
-        scoring,
-        map,
-        batch_size: m.parse("batch_size")?,
-        // The bank tensor's dtype decides (see `load_bytes`).
-        bank_precision: BankPrecision::F32,
-    })
-}
-
-fn parse_hw(s: &str) -> Option<(usize, usize)> {
-    let (h, w) = s.split_once('x')?;
-    Some((h.parse().ok()?, w.parse().ok()?))
 }

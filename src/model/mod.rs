@@ -2,6 +2,7 @@
 //! [`PatchCore::save`] / [`PatchCore::load`] to one safetensors file.
 
 mod file;
+mod meta;
 mod params;
 
 use std::path::{Path, PathBuf};
