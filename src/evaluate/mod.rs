@@ -48,7 +48,7 @@ use crate::backbone::Backbone;
 use crate::dataset::Category;
 use crate::error::{Error, Result};
 use crate::metrics::{self, AuproConfig};
-use crate::model::{FitProgress, PatchCore, PatchCoreConfig, PredictOptions};
+use crate::model::{FitProgress, PatchCore, PatchCoreConfig, PredictOptions, Timings};
 use crate::preprocess::{self, ImageLimits};
 
 /// How test images are read and scored.
@@ -99,6 +99,9 @@ pub struct Predictions {
     pub maps: Vec<Array2<f32>>,
     /// Ground-truth masks, preprocessed like the images (all `false` for normal images).
     pub masks: Vec<Array2<bool>>,
+    /// Per-stage timings of scoring these images, summed over all calls (decoding in
+    /// `preprocess`; mask loading is not included).
+    pub timings: Timings,
 }
 
 /// Accuracy of one run.
@@ -190,8 +193,12 @@ pub fn predict_category(
             .par_iter()
             .map(|s| preprocess::load_rgb(&s.image, &opts.limits))
             .collect::<Result<Vec<_>>>()?;
-        let (preds, _) = model.predict_batch(&images, PredictOptions { anomaly_map: true })?;
+        let decode = t.elapsed();
+        let (preds, mut timings) =
+            model.predict_batch(&images, PredictOptions { anomaly_map: true })?;
         elapsed += t.elapsed();
+        timings.preprocess += decode;
+        out.timings += timings;
         for (s, pred) in chunk.iter().zip(preds) {
             let map = pred
                 .anomaly_map

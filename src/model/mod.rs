@@ -66,6 +66,18 @@ pub struct Timings {
     pub map: Duration,
 }
 
+impl std::ops::AddAssign for Timings {
+    /// Adds `rhs` stage by stage (to total the timings of several calls).
+    fn add_assign(&mut self, rhs: Timings) {
+        self.preprocess += rhs.preprocess;
+        self.backbone += rhs.backbone;
+        self.embedding += rhs.embedding;
+        self.coreset += rhs.coreset;
+        self.scoring += rhs.scoring;
+        self.map += rhs.map;
+    }
+}
+
 impl Timings {
     /// Sum of all stages.
     pub fn total(&self) -> Duration {

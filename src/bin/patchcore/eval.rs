@@ -3,12 +3,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ndarray::Array2;
-
 use patchcore::dataset::Category;
+use patchcore::evaluate::{predict_category, EvalOptions, EvalProgress, Predictions};
 use patchcore::metrics::{self, AuproConfig};
-use patchcore::model::{PatchCore, PredictOptions, Timings};
-use patchcore::preprocess::{self, ImageLimits};
+use patchcore::model::PatchCore;
+use patchcore::preprocess::ImageLimits;
 
 use crate::args::EvalArgs;
 use crate::common::{
@@ -68,43 +67,27 @@ pub fn run(a: EvalArgs) -> CliResult {
         start.elapsed().as_secs_f64()
     };
 
-    let cfg = &model.config().params().preprocess;
     let n_test = category.test.len();
-    let mut labels = Vec::with_capacity(n_test);
-    let mut scores = Vec::with_capacity(n_test);
-    let mut maps: Vec<Array2<f32>> = Vec::with_capacity(n_test);
-    let mut masks: Vec<Array2<bool>> = Vec::with_capacity(n_test);
-    let mut predict_timings = Timings::default();
     let mut progress = Progress::new("test", a.json);
-    let t0 = Instant::now();
-    for (i, s) in category.test.iter().enumerate() {
-        let (pred, t) =
-            model.predict_path(&s.image, &limits, PredictOptions { anomaly_map: true })?;
-        predict_timings = add(predict_timings, t);
-        let map = pred.anomaly_map.ok_or_else(|| {
-            CliError::Failed(format!("{}: no anomaly map computed", s.image.display()))
-        })?;
-        let mask = match &s.mask {
-            Some(m) => preprocess::preprocess_mask(&preprocess::load_mask(m, &limits)?, cfg)?,
-            None => Array2::from_elem(map.dim(), false),
-        };
-        if mask.dim() != map.dim() {
-            return Err(CliError::Failed(format!(
-                "{}: the mask is {:?} after preprocessing but the anomaly map is {:?}; the \
-                 mask must have the size of its image",
-                s.mask.as_ref().unwrap_or(&s.image).display(),
-                mask.dim(),
-                map.dim()
-            )));
+    let opts = EvalOptions {
+        limits,
+        ..EvalOptions::default()
+    };
+    let (predictions, predict_time) = predict_category(&model, &category, &opts, &mut |p| {
+        if let EvalProgress::Predicted { done, total } = p {
+            progress.images(done, total)
         }
-        labels.push(s.is_anomalous());
-        scores.push(pred.score);
-        maps.push(map);
-        masks.push(mask);
-        progress.images(i + 1, n_test);
-    }
+    })?;
     drop(progress);
-    let ms_per_image = t0.elapsed().as_secs_f64() * 1e3 / n_test as f64;
+    let ms_per_image = predict_time.as_secs_f64() * 1e3 / n_test.max(1) as f64;
+    let predict_timings = predictions.timings;
+    let Predictions {
+        labels,
+        scores,
+        maps,
+        masks,
+        ..
+    } = predictions;
 
     let image_auroc = metrics::auroc(&labels, &scores)?;
     let map_views: Vec<_> = maps.iter().map(|m| m.view()).collect();
@@ -188,16 +171,6 @@ pub fn run(a: EvalArgs) -> CliResult {
         );
     }
     Ok(())
-}
-
-fn add(mut a: Timings, b: Timings) -> Timings {
-    a.preprocess += b.preprocess;
-    a.backbone += b.backbone;
-    a.embedding += b.embedding;
-    a.coreset += b.coreset;
-    a.scoring += b.scoring;
-    a.map += b.map;
-    a
 }
 
 fn per_image_ms(d: std::time::Duration, n: usize) -> f64 {
