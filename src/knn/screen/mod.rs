@@ -211,7 +211,7 @@ impl Screen {
         if !available() || n == 0 || d == 0 || bank.len() != n * d {
             return None;
         }
-        Some(Self::build_unchecked(bank, n, d)?)
+        Self::build_unchecked(bank, n, d)
     }
 
     /// As [`Screen::build`] without the CPU check (the data is also usable by the scalar

@@ -2,6 +2,7 @@
 //! small candidate caps. Everything runs on every CPU: without AVX512-BF16 the portable loop
 //! (bit-exact model of `vdpbf16ps`) stands in for the kernel and only the kernel-specific
 //! assertions are skipped.
+#![allow(clippy::needless_range_loop)] // index arithmetic mirrors the packed layouts
 
 use super::*;
 use crate::knn::search::Scratch;
@@ -361,6 +362,54 @@ fn screened_matches_naive_exactly_on_separated_data() {
                 // Each reported distance is Σ(a − b)² in f64 rounded to f32.
                 assert_eq!(dist[i * k + t], wd as f32, "q {i} rank {t}");
                 assert_eq!(idx[i * k + t], wj, "q {i} rank {t}");
+            }
+        }
+    }
+}
+
+/// Candidate counts per query on the bench shapes (uniform [0, 1) and standard normal data);
+/// a measurement, not a check: `cargo test --release --lib candidate_counts -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "measurement"]
+fn candidate_counts() {
+    let d = 1024;
+    for (kind, name) in [(0u8, "uniform"), (1, "gaussian")] {
+        for n in [1638usize, 16384] {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let q = make(kind, 784, d, &mut rng);
+            let bank = make(kind, n, d, &mut rng);
+            let screen = Screen::build_unchecked(&bank, n, d).unwrap();
+            for k in [1usize, 3] {
+                let cap = default_cap(k);
+                let mut counts = Vec::new();
+                let mut fallbacks = 0;
+                for qc in q.chunks(Screen::chunk_rows(784) * d) {
+                    let cq = qc.len() / d;
+                    let mut st = ChunkState::default();
+                    let mut fb = Vec::new();
+                    let (mut dd, mut ii) = (vec![0.0; cq * k], vec![0; cq * k]);
+                    search_chunk(
+                        &screen, &bank, qc, k, cap, &mut dd, &mut ii, &mut st, &mut fb,
+                    );
+                    fallbacks += fb.len();
+                    for i in 0..cq {
+                        let tau = st.top_u[i * k + k - 1];
+                        let c = st.cand_lo[i * cap..i * cap + st.cand_n[i]]
+                            .iter()
+                            .filter(|&&lo| lo <= tau)
+                            .count();
+                        counts.push(c);
+                    }
+                }
+                counts.sort_unstable();
+                let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+                println!(
+                    "{name} n={n} k={k}: candidates mean {mean:.2} median {} p99 {} max {}, fallbacks {fallbacks}",
+                    counts[counts.len() / 2],
+                    counts[counts.len() * 99 / 100],
+                    counts[counts.len() - 1]
+                );
             }
         }
     }
