@@ -152,34 +152,84 @@ pub(super) fn prefilter_reference(
     d <= t * t + (m * m * c1 + c2)
 }
 
-/// Rounds `c` to bf16 (nearest even), flushing bf16 subnormals to ±0.
-#[inline]
-pub(super) fn to_bf16(c: f64) -> u16 {
-    let bits = bf16::from_f32(c as f32).to_bits();
-    if bits & 0x7f80 == 0 {
-        bits & 0x8000
+/// bf16 bit pattern of the finite f32 `x`, rounded to nearest even, with results that would
+/// be bf16 subnormals flushed to ±0 (exactly what `vdpbf16ps` then reads).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let r = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if r & 0x7f80 == 0 {
+        r & 0x8000
     } else {
-        bits
+        r
     }
 }
 
-/// Centres `x` by `mu`, rounds it to bf16 (`put(element, bits)`) and returns its [`RowMeta`].
-pub(super) fn round_row(x: &[f32], mu: &[f64], mut put: impl FnMut(usize, u16)) -> RowMeta {
-    let (mut sq, mut err, mut cn) = (0.0f64, 0.0f64, 0.0f64);
-    for (e, (&v, &m)) in x.iter().zip(mu).enumerate() {
+/// Rounds `c` to bf16 (nearest even, after rounding to f32), flushing bf16 subnormals to ±0.
+#[cfg(test)]
+pub(super) fn to_bf16(c: f64) -> u16 {
+    bf16_bits(c as f32)
+}
+
+/// Centres `x` by `mu`, rounds it to bf16 into `out` and returns its [`RowMeta`]. Eight
+/// fixed accumulation lanes: the result does not depend on how the loop is vectorised.
+#[inline(always)]
+fn round_row_lanes(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
+    const L: usize = 8;
+    let (mut sq, mut err, mut cn) = ([0.0f64; L], [0.0f64; L], [0.0f64; L]);
+    let mut one = |l: usize, v: f32, m: f64, o: &mut u16| {
         let c = f64::from(v) - m;
-        let h = to_bf16(c);
-        put(e, h);
-        let hv = f64::from(bf16::from_bits(h).to_f32());
-        sq += hv * hv;
-        err += (c - hv) * (c - hv);
-        cn += c * c;
+        let h = bf16_bits(c as f32);
+        *o = h;
+        let hv = f64::from(f32::from_bits(u32::from(h) << 16));
+        sq[l] += hv * hv;
+        err[l] += (c - hv) * (c - hv);
+        cn[l] += c * c;
+    };
+    let n = x.len().min(mu.len()).min(out.len());
+    let body = n - n % L;
+    for ((xs, ms), os) in x[..body]
+        .chunks_exact(L)
+        .zip(mu[..body].chunks_exact(L))
+        .zip(out[..body].chunks_exact_mut(L))
+    {
+        for l in 0..L {
+            one(l, xs[l], ms[l], &mut os[l]);
+        }
     }
+    for e in body..n {
+        one(e - body, x[e], mu[e], &mut out[e]);
+    }
+    let total = |a: [f64; L]| a.iter().sum::<f64>();
+    let (sq, err, cn) = (total(sq), total(err), total(cn));
     RowMeta {
         sq,
         norm: sq.sqrt(),
         eps: (err.sqrt() + cn.sqrt() * 2f64.powi(-52)) * (1.0 + 1e-12),
     }
+}
+
+/// [`round_row_lanes`] compiled for AVX-512 (same results, vectorised).
+///
+/// # Safety
+/// The CPU must support `avx512f`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_row_avx512(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
+    round_row_lanes(x, mu, out)
+}
+
+/// Centres `x` by `mu`, rounds it to bf16 into `out` (contiguous) and returns its
+/// [`RowMeta`] (see the module documentation for `ε`).
+pub(super) fn round_row(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: avx512f was just detected on this CPU.
+            return unsafe { round_row_avx512(x, mu, out) };
+        }
+    }
+    round_row_lanes(x, mu, out)
 }
 
 /// The bank's screening data: centred bf16 rows packed in panels, with their norms.
@@ -235,17 +285,21 @@ impl Screen {
             .par_chunks_mut(k2 * 2 * PANEL)
             .zip(meta.par_chunks_mut(PANEL))
             .enumerate()
-            .for_each(|(p, (dst, pm))| {
-                for (l, m) in pm.iter_mut().enumerate() {
-                    let r = p * PANEL + l;
-                    if r >= n {
-                        break;
+            .for_each_init(
+                || vec![0u16; d],
+                |row, (p, (dst, pm))| {
+                    for (l, m) in pm.iter_mut().enumerate() {
+                        let r = p * PANEL + l;
+                        if r >= n {
+                            break;
+                        }
+                        *m = round_row(&bank[r * d..(r + 1) * d], &mu, row);
+                        for (e, &h) in row.iter().enumerate() {
+                            dst[((e / 2) * PANEL + l) * 2 + e % 2] = h;
+                        }
                     }
-                    *m = round_row(&bank[r * d..(r + 1) * d], &mu, |e, h| {
-                        dst[((e / 2) * PANEL + l) * 2 + e % 2] = h;
-                    });
-                }
-            });
+                },
+            );
         let up = |v: f64| (v * (1.0 + PREFILTER_SLACK)) as f32;
         let panel_meta = meta
             .chunks_exact(PANEL)
@@ -336,6 +390,8 @@ pub(super) struct ChunkState {
     cand_idx: Vec<u32>,
     cand_lo: Vec<f64>,
     cand_n: Vec<usize>,
+    /// One query's bf16 bits (padded to an even width).
+    row: Vec<u16>,
 }
 
 /// Per-query screening state borrowed from a [`ChunkState`].
@@ -418,14 +474,15 @@ pub(super) fn search_chunk(
     st.cand_lo.resize(slots * cap, 0.0);
     st.cand_n.clear();
     st.cand_n.resize(slots, 0);
+    st.row.resize(2 * k2, 0);
     for (i, qi) in q.chunks_exact(d).enumerate() {
         let (g, j) = (i / QGROUP, i % QGROUP);
         let base = g * k2 * QGROUP + j;
-        let qpack = &mut st.qpack;
-        st.meta[i] = round_row(qi, &screen.mu, |e, h| {
-            let slot = &mut qpack[base + (e / 2) * QGROUP];
-            *slot |= u32::from(h) << (16 * (e % 2));
-        });
+        st.row.fill(0);
+        st.meta[i] = round_row(qi, &screen.mu, &mut st.row);
+        for (t, pair) in st.row.chunks_exact(2).enumerate() {
+            st.qpack[base + t * QGROUP] = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+        }
         st.status[i] = Status::Active;
     }
     screen_chunk(screen, k, cap, groups, st);

@@ -13,6 +13,39 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr_free::normal;
 
+/// `round_row` with a callback per element, for the test helpers.
+fn round_row_cb(x: &[f32], mu: &[f64], mut put: impl FnMut(usize, u16)) -> RowMeta {
+    let mut row = vec![0u16; x.len()];
+    let m = round_row(x, mu, &mut row);
+    for (e, &h) in row.iter().enumerate() {
+        put(e, h);
+    }
+    m
+}
+
+#[test]
+fn vectorised_rounding_matches_scalar_formula() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for d in [1usize, 7, 8, 9, 100] {
+        let x: Vec<f32> = (0..d)
+            .map(|_| normal(&mut rng) * 10f32.powi(rng.random_range(-3..4)))
+            .collect();
+        let mu: Vec<f64> = (0..d).map(|_| f64::from(normal(&mut rng))).collect();
+        let mut row = vec![0u16; d];
+        let m = round_row(&x, &mu, &mut row);
+        let (mut sq, mut err) = (0.0f64, 0.0f64);
+        for e in 0..d {
+            let c = f64::from(x[e]) - mu[e];
+            assert_eq!(row[e], bf16::from_f32(c as f32).to_bits(), "element {e}");
+            let hv = f64::from(bf16::from_bits(row[e]).to_f32());
+            sq += hv * hv;
+            err += (c - hv) * (c - hv);
+        }
+        assert!((m.sq - sq).abs() <= 1e-12 * sq);
+        assert!(m.eps >= err.sqrt() && m.eps <= err.sqrt() * (1.0 + 1e-9) + 1e-12);
+    }
+}
+
 /// Box–Muller standard normal (no extra dependency).
 mod rand_distr_free {
     use rand::Rng;
@@ -75,7 +108,7 @@ fn all_dots(screen: &Screen, q: &[f32]) -> Vec<Vec<f32>> {
     let mut meta = Vec::new();
     for (i, qi) in q.chunks_exact(d).enumerate() {
         let base = (i / QGROUP) * k2 * QGROUP + i % QGROUP;
-        meta.push(round_row(qi, &screen.mu, |e, h| {
+        meta.push(round_row_cb(qi, &screen.mu, |e, h| {
             qpack[base + (e / 2) * QGROUP] |= u32::from(h) << (16 * (e % 2));
         }));
     }
@@ -139,7 +172,7 @@ fn bank_row_bf16(screen: &Screen, r: usize) -> Vec<f64> {
 
 fn query_bf16(screen: &Screen, qi: &[f32]) -> (Vec<f64>, RowMeta) {
     let mut v = vec![0.0f64; 2 * screen.k2];
-    let m = round_row(qi, &screen.mu, |e, h| {
+    let m = round_row_cb(qi, &screen.mu, |e, h| {
         v[e] = f64::from(bf16::from_bits(h).to_f32());
     });
     (v, m)
@@ -411,6 +444,37 @@ fn candidate_counts() {
                     counts[counts.len() - 1]
                 );
             }
+        }
+    }
+}
+
+/// Kernel throughput on L1- and L2-resident panels (measurement: `cargo test --release --lib
+/// kernel_throughput -- --ignored --nocapture`).
+#[test]
+#[ignore = "measurement"]
+fn kernel_throughput() {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        for (k2, panels) in [(64usize, 1usize), (512, 1), (512, 8)] {
+            let packed = vec![0x3f80u16; panels * k2 * 2 * PANEL];
+            let q = vec![0x3f803f80u32; k2 * QGROUP];
+            let mut out = [[0.0f32; PANEL]; QGROUP];
+            let reps = 200_000_000 / (k2 * panels);
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                for p in 0..panels {
+                    let pl = k2 * 2 * PANEL;
+                    // SAFETY: available() checked.
+                    unsafe { kernel::dots_panel(&packed[p * pl..(p + 1) * pl], &q, k2, &mut out) };
+                }
+            }
+            let e = t.elapsed().as_secs_f64();
+            let flops = (reps * panels * k2 * 16 * 64) as f64;
+            println!(
+                "k2 {k2} panels {panels}: {:.1} GFLOP/s ({})",
+                flops / e / 1e9,
+                out[0][0]
+            );
         }
     }
 }
