@@ -469,7 +469,7 @@ fn kernel_throughput() {
                 }
             }
             let e = t.elapsed().as_secs_f64();
-            let flops = (reps * panels * k2 * 16 * 64) as f64;
+            let flops = (reps * panels * k2 * 2 * QGROUP * 64) as f64;
             println!(
                 "k2 {k2} panels {panels}: {:.1} GFLOP/s ({})",
                 flops / e / 1e9,
