@@ -201,8 +201,24 @@ proptest! {
                 let (lo, hi) = screen.coef.interval(dots[i][r], &qm, &screen.meta[r]);
                 let t = true_dist(qi, br);
                 prop_assert!(lo <= t && t <= hi, "kind {kind} q {i} row {r}: {t} not in [{lo}, {hi}]");
-                // The prefilter never drops a pair whose interval could qualify.
+                // The prefilter never drops a pair whose interval could qualify (τ = L is
+                // the tightest threshold that still makes the row a candidate).
                 prop_assert!(prefilter_reference(dots[i][r], &qm, &screen.meta[r], lo, &screen.coef));
+                #[cfg(target_arch = "x86_64")]
+                if available() {
+                    let (p, l) = (r / PANEL, r % PANEL);
+                    let mut s = [0.0f32; PANEL];
+                    s[l] = dots[i][r];
+                    let (c1, c2) = screen.coef.prefilter_coefs();
+                    let qs = kernel::QueryScalars {
+                        na: qm.sq as f32,
+                        an: qm.norm as f32,
+                        t1: ((lo + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
+                    };
+                    // SAFETY: available() checked avx512f.
+                    let mask = unsafe { kernel::prefilter_mask(&s, &screen.panel_meta[p], qs, c1, c2) };
+                    prop_assert!(mask & (1 << l) != 0, "vector prefilter dropped q {i} row {r}");
+                }
             }
         }
     }
