@@ -269,10 +269,23 @@ impl Screen {
     pub(super) fn build_unchecked(bank: &[f32], n: usize, d: usize) -> Option<Self> {
         let k2 = d.div_ceil(2);
         let coef = BoundCoef::new(2 * k2)?;
+        // Column sums of fixed 256-row blocks, added in block order (thread-independent).
+        let partial: Vec<Vec<f64>> = bank
+            .par_chunks(256 * d)
+            .map(|blk| {
+                let mut acc = vec![0.0f64; d];
+                for row in blk.chunks_exact(d) {
+                    for (m, &v) in acc.iter_mut().zip(row) {
+                        *m += f64::from(v);
+                    }
+                }
+                acc
+            })
+            .collect();
         let mut mu = vec![0.0f64; d];
-        for row in bank.chunks_exact(d) {
-            for (m, &v) in mu.iter_mut().zip(row) {
-                *m += f64::from(v);
+        for acc in &partial {
+            for (m, &a) in mu.iter_mut().zip(acc) {
+                *m += a;
             }
         }
         for m in &mut mu {

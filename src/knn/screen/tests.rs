@@ -494,3 +494,23 @@ fn kernel_throughput() {
         }
     }
 }
+
+/// Build time of the screening data for a 16,384 × 1024 bank (measurement).
+#[test]
+#[ignore = "measurement"]
+fn build_time() {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let bank = make(0, 16384, 1024, &mut rng);
+    let bank = Array2::from_shape_vec((16384, 1024), bank).unwrap();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let on = BruteForce::new(bank.clone()).unwrap();
+        let e1 = t.elapsed();
+        let t = std::time::Instant::now();
+        let off = on.with_screening(false);
+        let e2 = t.elapsed();
+        let t = std::time::Instant::now();
+        let on = off.with_screening(true);
+        println!("new {e1:?}, off {e2:?}, screen build {:?} ({})", t.elapsed(), on.screening());
+    }
+}
