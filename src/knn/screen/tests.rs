@@ -511,6 +511,47 @@ fn build_time() {
         let e2 = t.elapsed();
         let t = std::time::Instant::now();
         let on = off.with_screening(true);
-        println!("new {e1:?}, off {e2:?}, screen build {:?} ({})", t.elapsed(), on.screening());
+        println!(
+            "new {e1:?}, off {e2:?}, screen build {:?} ({})",
+            t.elapsed(),
+            on.screening()
+        );
+    }
+}
+
+/// Query chunk size vs time on 784 × 16,384 (measurement, round-robin; min and median).
+#[test]
+#[ignore = "measurement"]
+fn chunk_size_sweep() {
+    let (nq, n, d, k) = (784usize, 16384usize, 1024usize, 1usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let q = make(0, nq, d, &mut rng);
+    let bank = make(0, n, d, &mut rng);
+    let screen = Screen::build_unchecked(&bank, n, d).unwrap();
+    let sizes = [104usize, 200, 392];
+    let mut times = vec![Vec::new(); sizes.len()];
+    for _ in 0..7 {
+        for (t, &chunk) in times.iter_mut().zip(&sizes) {
+            let start = std::time::Instant::now();
+            let mut dd = vec![0.0f32; nq * k];
+            let mut ii = vec![0usize; nq * k];
+            q.par_chunks(chunk * d)
+                .zip(dd.par_chunks_mut(chunk * k))
+                .zip(ii.par_chunks_mut(chunk * k))
+                .for_each(|((qc, dc), ic)| {
+                    let mut st = ChunkState::default();
+                    let mut fb = Vec::new();
+                    search_chunk(&screen, &bank, qc, k, 64, dc, ic, &mut st, &mut fb);
+                });
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    for (t, s) in times.iter_mut().zip(&sizes) {
+        t.sort_by(f64::total_cmp);
+        println!(
+            "chunk {s}: min {:.1} ms, median {:.1} ms",
+            t[0],
+            t[t.len() / 2]
+        );
     }
 }
