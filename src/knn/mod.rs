@@ -129,7 +129,11 @@ enum Storage {
 ///
 /// The index keeps the scratch memory of its last search (at most
 /// `min(queries, 2048) × min(rows, 2048)` f32 products, plus one 2048-row f32 block for an
-/// f16 bank) to reuse it; searches may run concurrently (each extra one uses its own).
+/// f16 bank; with screening, the queries in bf16 and up to `max(64, 8k)` candidates per
+/// query) to reuse it; searches may run concurrently (each extra one uses its own).
+///
+/// On CPUs with AVX512-BF16, f32 banks also keep a bf16 copy for screening (see
+/// [`BruteForce::with_screening`]).
 #[derive(Debug)]
 pub struct BruteForce {
     bank: Storage,
