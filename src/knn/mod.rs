@@ -479,6 +479,21 @@ impl BruteForce {
         if fallback.is_empty() {
             return;
         }
+        if fallback.len() == nq {
+            // Every query fell back (e.g. a bank of identical rows): no gather needed.
+            search_exact(
+                q,
+                q_norms,
+                BankRows::F32(bank),
+                &self.norms,
+                d,
+                k,
+                distances,
+                indices,
+                scratch,
+            );
+            return;
+        }
         let mut fq = Vec::with_capacity(fallback.len() * d);
         let mut fqn = Vec::with_capacity(fallback.len());
         for &i in &fallback {

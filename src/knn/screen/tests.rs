@@ -519,11 +519,13 @@ fn build_time() {
     }
 }
 
-/// Query chunk size vs time on 784 × 16,384 (measurement, round-robin; min and median).
+/// Query chunk size vs time on 784 × 16,384 (or `SWEEP_ROWS`) rows (measurement,
+/// round-robin; min and median).
 #[test]
 #[ignore = "measurement"]
 fn chunk_size_sweep() {
-    let (nq, n, d, k) = (784usize, 16384usize, 1024usize, 1usize);
+    let n: usize = std::env::var("SWEEP_ROWS").map_or(16384, |v| v.parse().unwrap());
+    let (nq, d, k) = (784usize, 1024usize, 1usize);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let q = make(0, nq, d, &mut rng);
     let bank = make(0, n, d, &mut rng);
@@ -554,4 +556,31 @@ fn chunk_size_sweep() {
             t[t.len() / 2]
         );
     }
+}
+
+/// Cost of the fallback on a bank of identical rows, screening on vs off (measurement).
+#[test]
+#[ignore = "measurement"]
+fn adversarial_cost() {
+    use crate::knn::NearestNeighbours;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let q = Array2::from_shape_vec((784, 1024), make(0, 784, 1024, &mut rng)).unwrap();
+    let bank = Array2::from_elem((1638, 1024), 0.5f32);
+    let on = BruteForce::new(bank).unwrap();
+    let off = on.clone().with_screening(false);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        let t = std::time::Instant::now();
+        std::hint::black_box(on.k_nearest(q.view(), 1).unwrap());
+        a.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = std::time::Instant::now();
+        std::hint::black_box(off.k_nearest(q.view(), 1).unwrap());
+        b.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    println!(
+        "identical rows: screening on {:.1} ms, off {:.1} ms (medians)",
+        a[4], b[4]
+    );
 }
