@@ -58,6 +58,7 @@ pub(super) const PANEL: usize = 32;
 /// Queries per micro-kernel tile.
 pub(super) const QGROUP: usize = 8;
 /// Bank rows per cache block (256 rows × 1024 dims × 2 bytes = 512 KiB, fits L2).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const BANK_BLOCK: usize = 256;
 /// Largest query chunk per task.
 const MAX_CHUNK: usize = 256;
@@ -79,6 +80,7 @@ pub(super) struct RowMeta {
 
 /// f32 copies of the bank rows' [`RowMeta`] of one panel, for the vectorised prefilter.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct PanelMeta {
     pub sq: [f32; PANEL],
     pub norm: [f32; PANEL],
