@@ -223,13 +223,17 @@ fn identical_rows_and_self_queries() {
         let want = exact(&q.row(i).to_vec(), &bank.row(0).to_vec());
         assert!((f64::from(nn.distances[[i, 0]]) - want).abs() <= 1e-6 * want);
     }
-    // Self queries on offset data: exact zero at the own index.
+    // Self queries on offset data (1e3 ± 0.1): exact zero at the own index. Only with
+    // screening: the f32 GEMM identity cannot resolve such data (see
+    // `offset_data_is_exact_with_screening`).
     let bank = data(2, 300, 50, &mut rng);
     let index = BruteForce::new(bank.clone()).unwrap();
-    let nn = index.k_nearest(bank.view(), 1).unwrap();
-    for i in 0..300 {
-        assert_eq!(nn.indices[[i, 0]], i);
-        assert_eq!(nn.distances[[i, 0]], 0.0);
+    if index.screening() {
+        let nn = index.k_nearest(bank.view(), 1).unwrap();
+        for i in 0..300 {
+            assert_eq!(nn.indices[[i, 0]], i);
+            assert_eq!(nn.distances[[i, 0]], 0.0);
+        }
     }
 }
 
