@@ -1,6 +1,8 @@
 //! k-NN search of one image's patches (784 × 1024, WRN50 at 224) against memory banks of
 //! 1,638 (1 % of 163,856) and 16,384 (10 %) rows, with the bank stored in f32 and in f16.
 //! faiss IndexFlatL2 (exact, 2 threads) on the 2-core development machine: 15.0 ms and 137 ms.
+//! `bank…` runs the default search (bf16 screening + exact rerank on AVX512-BF16 CPUs),
+//! `bank…_noscreen` the f32 GEMM path.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::Array2;
@@ -26,6 +28,18 @@ fn bench_knn(c: &mut Criterion) {
                     |b, &k| b.iter(|| black_box(index.k_nearest(queries.view(), k).expect("knn"))),
                 );
             }
+        }
+        // The f32 GEMM path alone (bf16 screening switched off; same as above on CPUs
+        // without AVX512-BF16).
+        let index = BruteForce::new(bank.clone())
+            .expect("bank")
+            .with_screening(false);
+        for k in [1usize, 3] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("bank{n}_noscreen"), format!("k{k}")),
+                &k,
+                |b, &k| b.iter(|| black_box(index.k_nearest(queries.view(), k).expect("knn"))),
+            );
         }
     }
     group.finish();

@@ -50,6 +50,10 @@ pub(super) struct Scratch {
     block: Vec<f32>,
     /// The query chunk transposed, `[d, queries]`.
     qt: Vec<f32>,
+    /// Per-chunk state of the bf16 screening pass.
+    pub(super) screen: Vec<super::screen::ChunkState>,
+    /// Per-chunk queries sent back to the f32 path by the screening pass.
+    pub(super) fallback: Vec<Vec<usize>>,
 }
 
 /// Query dimensions transposed per task.
