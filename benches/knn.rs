@@ -42,6 +42,17 @@ fn bench_knn(c: &mut Criterion) {
             );
         }
     }
+    // Worst case for the screen: every bank row identical, so every query has all rows as
+    // candidates and falls back to the f32 path (the cost of trying the screen first).
+    let same = Array2::from_elem((1_638, d), 0.5f32);
+    for (on, tag) in [(true, ""), (false, "_noscreen")] {
+        let index = BruteForce::new(same.clone())
+            .expect("bank")
+            .with_screening(on);
+        group.bench_function(format!("identical1638{tag}/k1"), |b| {
+            b.iter(|| black_box(index.k_nearest(queries.view(), 1).expect("knn")))
+        });
+    }
     group.finish();
 }
 
