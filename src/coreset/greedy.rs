@@ -32,6 +32,7 @@
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
+use super::blocked::Blocked;
 use super::distance::dist;
 use super::pass::{centre_table, full_pass, rel_margin, Batch, Rows, Work, BLOCK_ROWS, NO_OWNER};
 use super::topk::{beats, CAP};
@@ -109,6 +110,8 @@ pub(super) fn traverse(
     let mut list: Vec<usize> = Vec::with_capacity(LIST);
     let rel = rel_margin(d);
     let mut backoff = 0usize;
+    // The full passes read the bank in transposed row blocks.
+    let blocked = Blocked::from_rows(z);
 
     let emit = |s: usize, a: &mut [f32], out: &mut Vec<usize>, pending: &mut Vec<usize>| {
         out.push(s);
@@ -138,7 +141,7 @@ pub(super) fn traverse(
             cc: if prune { Some((&cc, &near)) } else { None },
             rel,
         };
-        let (top, work) = full_pass(z, a, &mut owner, &batch);
+        let (top, work) = full_pass(&blocked, a, &mut owner, &batch);
         stats.passes += 1;
         stats.work += work;
         if prune {

@@ -39,6 +39,7 @@
 //! assert_eq!(idx.len(), 10);
 //! ```
 
+mod blocked;
 mod distance;
 mod greedy;
 mod pass;

@@ -19,12 +19,16 @@ use std::ops::AddAssign;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+use super::blocked::{Avx512Blocks, FmaBlocks};
+use super::blocked::{BlockKernel, Blocked, PortableBlocks, GROUP, R};
+#[cfg(target_arch = "x86_64")]
 use super::distance::Fma;
 use super::distance::{Kernel, Portable};
 use super::topk::{TopK, CAP};
 
-/// Rows per parallel block of a pass.
+/// Rows per parallel block of a pass (a multiple of the row block [`R`]).
 pub(super) const BLOCK_ROWS: usize = 1024;
+const _: () = assert!(BLOCK_ROWS.is_multiple_of(R));
 
 /// Owner of a row whose key is not (yet) the distance to an emitted row.
 pub(super) const NO_OWNER: u32 = u32::MAX;
@@ -97,88 +101,6 @@ impl<'a> Rows<'a> {
     }
 }
 
-#[inline(always)]
-fn fold_block_body<K: Kernel>(
-    kern: K,
-    zb: &[f32],
-    d: usize,
-    base: usize,
-    ab: &mut [f32],
-    ob: &mut [u32],
-    batch: &Batch,
-) -> (TopK, Work) {
-    if batch.cc.is_none() {
-        return fold_block_dense(kern, zb, d, base, ab, ob, batch);
-    }
-    let m = batch.m;
-    let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
-    let mut work = Work::default();
-    let mut todo = [0usize; CAP];
-    for (i, (ai, oi)) in ab.iter_mut().zip(ob.iter_mut()).enumerate() {
-        let key = *ai;
-        // A key ≤ 0 (emitted, or on an emitted row's duplicate) can never be lowered.
-        if key > 0.0 && m > 0 {
-            let row = &zb[i * d..(i + 1) * d];
-            let mut nt = 0;
-            match batch.cc {
-                Some((_, near))
-                    if *oi != NO_OWNER && near[*oi as usize] > bound(key, batch.rel) =>
-                {
-                    // Every centre of the batch is too far from the owner: nothing to compute.
-                }
-                Some((cc, _)) if *oi != NO_OWNER => {
-                    let bound = bound(key, batch.rel);
-                    let own = *oi as usize;
-                    for (j, &dc) in cc[own * m..(own + 1) * m].iter().enumerate() {
-                        if !(dc > bound && dc.is_finite()) {
-                            todo[nt] = j;
-                            nt += 1;
-                        }
-                    }
-                }
-                _ => {
-                    for (j, t) in todo[..m].iter_mut().enumerate() {
-                        *t = j;
-                    }
-                    nt = m;
-                }
-            }
-            work.computed += nt as u64;
-            work.pruned += (m - nt) as u64;
-            if nt == 0 {
-                continue;
-            }
-            let mut best = key;
-            let mut thr = sq_threshold(key);
-            let mut own = *oi;
-            let mut set = |j: usize, sq: f32| {
-                // `sqrt(sq) < best`, without the square root.
-                if sq < thr {
-                    best = sq.sqrt();
-                    thr = sq_threshold(best);
-                    own = u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
-                }
-            };
-            let mut quads = todo[..nt].chunks_exact(4);
-            for q in &mut quads {
-                let s = kern.sq4(
-                    row,
-                    [centre(q[0]), centre(q[1]), centre(q[2]), centre(q[3])],
-                );
-                for (&j, &sq) in q.iter().zip(&s) {
-                    set(j, sq);
-                }
-            }
-            for &j in quads.remainder() {
-                set(j, kern.sq1(row, centre(j)));
-            }
-            *ai = best;
-            *oi = own;
-        }
-    }
-    (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
-}
-
 /// The smallest `t ≥ 0` with `sqrt(t) ≥ key` (`f32` square root, correctly rounded), for a key
 /// `> 0` or `+∞`. As the square root is monotonic, a squared distance `sq ≥ 0` gives
 /// `sqrt(sq) < key` exactly when `sq < sq_threshold(key)`: the passes compare squared distances
@@ -204,14 +126,16 @@ pub(super) fn sq_threshold(key: f32) -> f32 {
     t
 }
 
-/// Rows processed together by [`fold_block_dense`].
-const TILE: usize = 8;
-
-/// [`fold_block_body`] without pruning: every row meets every centre. Rows go by tiles of
-/// [`TILE`], within a tile by pairs, and centres by fours, so that each loaded chunk of a row
-/// or a centre serves several distances. Each row still meets the centres in ascending order.
+/// Folds `batch` into the keys of the rows of `zb` (blocked rows, see
+/// [`blocked`](super::blocked); `ab.len()` rows from row `base`). Rows go by blocks of [`R`]:
+/// the centres that any live row of the block needs (all of them without pruning) are computed
+/// for the whole block, [`GROUP`] at a time, and folded into each row in ascending order. A row
+/// whose key cannot drop (key ≤ 0, a padding row, or every centre pruned) has threshold 0,
+/// which no squared distance is below; a centre pruned for one row but computed for its block
+/// is folded too, harmlessly: its distance cannot be below the row's key. The work counters
+/// count the pairs per row, as if every row were computed alone.
 #[inline(always)]
-fn fold_block_dense<K: Kernel>(
+fn fold_block_body<K: BlockKernel>(
     kern: K,
     zb: &[f32],
     d: usize,
@@ -224,62 +148,79 @@ fn fold_block_dense<K: Kernel>(
     let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
     let pos = |j: usize| u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
     let mut work = Work::default();
-    for (t, (at, ot)) in ab.chunks_mut(TILE).zip(ob.chunks_mut(TILE)).enumerate() {
-        let first = t * TILE;
-        let row = |r: usize| &zb[(first + r) * d..(first + r + 1) * d];
-        // Rows of the tile whose key can still drop (a key ≤ 0 never can).
-        let mut live = [0usize; TILE];
-        let mut nl = 0;
-        for (r, &a) in at.iter().enumerate() {
-            if a > 0.0 && m > 0 {
-                live[nl] = r;
-                nl += 1;
+    let mut need = [false; CAP];
+    let mut list = [0usize; CAP];
+    for (t, (at, ot)) in ab.chunks_mut(R).zip(ob.chunks_mut(R)).enumerate() {
+        let blk = &zb[t * R * d..(t + 1) * R * d];
+        let mut thr = [0.0f32; R];
+        let mut any = false;
+        need[..m].fill(false);
+        for (r, (&key, &own)) in at.iter().zip(ot.iter()).enumerate() {
+            // A key ≤ 0 (emitted, or on an emitted row's duplicate) can never be lowered.
+            if !(key > 0.0 && m > 0) {
+                continue;
             }
-        }
-        work.computed += (nl * m) as u64;
-        let live = &live[..nl];
-        let mut thr = [0.0f32; TILE];
-        for &r in live {
-            thr[r] = sq_threshold(at[r]);
-        }
-        let mut fold = |thr: &mut [f32; TILE], r: usize, j: usize, sq: f32| {
-            // `sqrt(sq) < at[r]`, without the square root.
-            if sq < thr[r] {
-                let dj = sq.sqrt();
-                at[r] = dj;
-                ot[r] = pos(j);
-                thr[r] = sq_threshold(dj);
-            }
-        };
-        let mut j = 0;
-        while j + 4 <= m {
-            let q = [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)];
-            let mut pairs = live.chunks_exact(2);
-            for p in &mut pairs {
-                // Most tiles lower no key: their distances are not even looked at.
-                let Some(s) = kern.sq2x4_below([row(p[0]), row(p[1])], q, [thr[p[0]], thr[p[1]]])
-                else {
-                    continue;
-                };
-                for (&r, sr) in p.iter().zip(&s) {
-                    for (c, &sq) in sr.iter().enumerate() {
-                        fold(&mut thr, r, j + c, sq);
+            let mut nt = m;
+            match batch.cc {
+                Some((_, near))
+                    if own != NO_OWNER && near[own as usize] > bound(key, batch.rel) =>
+                {
+                    // Every centre of the batch is too far from the owner: nothing to compute.
+                    nt = 0;
+                }
+                Some((cc, _)) if own != NO_OWNER => {
+                    let bound = bound(key, batch.rel);
+                    let own = own as usize;
+                    nt = 0;
+                    for (n, &dc) in need.iter_mut().zip(&cc[own * m..(own + 1) * m]) {
+                        if !(dc > bound && dc.is_finite()) {
+                            *n = true;
+                            nt += 1;
+                        }
                     }
                 }
+                _ => need[..m].fill(true),
             }
-            for &r in pairs.remainder() {
-                let s = kern.sq4(row(r), q);
-                for (c, &sq) in s.iter().enumerate() {
-                    fold(&mut thr, r, j + c, sq);
+            work.computed += nt as u64;
+            work.pruned += (m - nt) as u64;
+            if nt > 0 {
+                thr[r] = sq_threshold(key);
+                any = true;
+            }
+        }
+        if !any {
+            continue;
+        }
+        let mut nl = 0;
+        for (j, _) in need[..m].iter().enumerate().filter(|(_, &n)| n) {
+            list[nl] = j;
+            nl += 1;
+        }
+        let mut fold = |thr: &mut [f32; R], j: usize, s: &[f32; R]| {
+            for (r, (a, o)) in at.iter_mut().zip(ot.iter_mut()).enumerate() {
+                // `sqrt(s[r]) < a`, without the square root.
+                if s[r] < thr[r] {
+                    let dj = s[r].sqrt();
+                    *a = dj;
+                    *o = pos(j);
+                    thr[r] = sq_threshold(dj);
                 }
             }
-            j += 4;
-        }
-        while j < m {
-            for &r in live {
-                fold(&mut thr, r, j, kern.sq1(row(r), centre(j)));
+        };
+        let mut groups = list[..nl].chunks_exact(GROUP);
+        for g in &mut groups {
+            let cs: [&[f32]; GROUP] = std::array::from_fn(|c| centre(g[c]));
+            // Most blocks lower no key: their distances are not even looked at.
+            if let Some(s) = kern.sq_block(blk, cs, &thr) {
+                for (&j, s) in g.iter().zip(&s) {
+                    fold(&mut thr, j, s);
+                }
             }
-            j += 1;
+        }
+        for &j in groups.remainder() {
+            if let Some([s]) = kern.sq_block(blk, [centre(j)], &thr) {
+                fold(&mut thr, j, &s);
+            }
         }
     }
     (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
@@ -294,19 +235,33 @@ fn fold_block(
     batch: &Batch,
 ) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(kern) = Fma::detect() {
-        return kern.run(
-            #[inline(always)]
-            || fold_block_body(kern, zb, d, base, ab, ob, batch),
-        );
+    {
+        if let Some(kern) = Avx512Blocks::detect() {
+            return kern.run(
+                #[inline(always)]
+                || fold_block_body(kern, zb, d, base, ab, ob, batch),
+            );
+        }
+        if let Some(f) = Fma::detect() {
+            let kern = FmaBlocks(f);
+            return f.run(
+                #[inline(always)]
+                || fold_block_body(kern, zb, d, base, ab, ob, batch),
+            );
+        }
     }
-    fold_block_body(Portable, zb, d, base, ab, ob, batch)
+    fold_block_body(PortableBlocks, zb, d, base, ab, ob, batch)
 }
 
 /// Folds `batch` into the keys `a` (and owners) of all rows of `z` and returns the best
 /// [`CAP`] rows afterwards together with the work done. Deterministic: every row is processed
 /// alone and the block lists merge in a total order.
-pub(super) fn full_pass(z: &Rows, a: &mut [f32], owner: &mut [u32], batch: &Batch) -> (TopK, Work) {
+pub(super) fn full_pass(
+    z: &Blocked,
+    a: &mut [f32],
+    owner: &mut [u32],
+    batch: &Batch,
+) -> (TopK, Work) {
     let d = z.d;
     a.par_chunks_mut(BLOCK_ROWS)
         .zip(owner.par_chunks_mut(BLOCK_ROWS))
@@ -464,8 +419,17 @@ mod tests {
                 .collect();
             let (mut a1, mut o1) = (init.clone(), vec![NO_OWNER; n]);
             let (mut a2, mut o2) = (init.clone(), vec![NO_OWNER; n]);
-            let (t1, w1) = fold_block(&data, d, 0, &mut a1, &mut o1, &batch);
-            let (t2, w2) = fold_block_body(Portable, &data, d, 0, &mut a2, &mut o2, &batch);
+            let blocked = Blocked::from_rows(&z);
+            let (t1, w1) = fold_block(&blocked.data, d, 0, &mut a1, &mut o1, &batch);
+            let (t2, w2) = fold_block_body(
+                PortableBlocks,
+                &blocked.data,
+                d,
+                0,
+                &mut a2,
+                &mut o2,
+                &batch,
+            );
             assert_eq!(w1, w2);
             assert_eq!(o1, o2);
             let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
