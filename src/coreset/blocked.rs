@@ -22,7 +22,7 @@ use super::pass::Rows;
 pub(super) const R: usize = 16;
 
 /// Centres per call of the block kernel in the full passes.
-pub(super) const GROUP: usize = 4;
+pub(super) const GROUP: usize = 8;
 
 /// The bank in transposed blocks of [`R`] rows (see the module documentation).
 pub(super) struct Blocked {
@@ -196,35 +196,41 @@ mod x86 {
         }
     }
 
+    /// Partial sums per centre held in registers during one sweep of [`sq_block`].
+    const SWEEP: usize = 4;
+
     /// The block distances with one register per partial sum: lane `r` of accumulator `l` is
-    /// partial sum `l` of row `r`. The `LANES` partial sums are swept in quarters (`l = q, q + 4,
-    /// q + 8, q + 12` for `q = 0..4`) so that `4·C` accumulators stay in registers; each quarter
-    /// ends with the first two levels of the lane tree, which stay inside it
-    /// (`(s_q + s_{q+8}) + (s_{q+4} + s_{q+12})`), and the last two levels combine the quarters
-    /// (`(u_0 + u_2) + (u_1 + u_3)`), then `+ tail`: the additions of the portable lane tree.
+    /// partial sum `l` of row `r`. The `LANES` partial sums are swept `SWEEP` at a time (sweep
+    /// `q` holds `l = q + S·k` for `k < SWEEP`, `S = LANES / SWEEP`), so that `SWEEP·C`
+    /// accumulators stay in registers. The levels of the lane tree whose pairs lie inside one
+    /// sweep (widths `8, …, S`: `l` and `l + w` differ by a multiple of `S`) end each sweep, and
+    /// the remaining levels (widths `S/2, …, 1`) combine the sweeps' results `u_q` in the same
+    /// pairwise order, then `+ tail`: the additions of the portable lane tree, on the same
+    /// operands.
     ///
     /// # Safety
     /// AVX-512F must be available; call only from code compiled with it enabled (inside
     /// [`Avx512Blocks::run`]), so that the intrinsics inline.
     #[inline(always)]
-    #[allow(clippy::needless_range_loop)] // the quarter and lane indices read best as indices
+    #[allow(clippy::needless_range_loop)] // the sweep and lane indices read best as indices
     unsafe fn sq_block<const C: usize>(
         blk: &[f32],
         centres: [&[f32]; C],
         thr: &[f32; R],
     ) -> Option<[[f32; R]; C]> {
+        const S: usize = LANES / SWEEP;
         let d = blk.len() / R;
         let full = d - d % LANES;
         let ys = centres.map(|y| &y[..d]);
         let bp = blk.as_ptr();
         let z = _mm512_setzero_ps();
-        let mut quarter = [[z; 4]; C];
-        for q in 0..4 {
-            let mut acc = [[z; 4]; C];
+        let mut u = [[z; S]; C];
+        for q in 0..S {
+            let mut acc = [[z; SWEEP]; C];
             let mut s = 0;
             while s < full {
-                for k in 0..4 {
-                    let j = s + q + 4 * k;
+                for k in 0..SWEEP {
+                    let j = s + q + S * k;
                     // SAFETY: `j < full ≤ d`: the block holds `R·d` floats, so `R` floats are
                     // readable at `j·R`, and every centre holds `d` floats.
                     unsafe {
@@ -238,14 +244,21 @@ mod x86 {
                 s += LANES;
             }
             for c in 0..C {
-                let [a0, a1, a2, a3] = acc[c];
-                quarter[c][q] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+                // Widths 8, …, S: lanes l and l + w are k and k + w / S of this sweep.
+                let mut w = LANES / 2;
+                while w >= S {
+                    for k in 0..w / S {
+                        acc[c][k] = _mm512_add_ps(acc[c][k], acc[c][k + w / S]);
+                    }
+                    w /= 2;
+                }
+                u[c][q] = acc[c][0];
             }
         }
-        let mut out = [[0.0f32; R]; C];
         // SAFETY: `thr` holds R floats.
         let t = unsafe { _mm512_loadu_ps(thr.as_ptr()) };
         let mut below: __mmask16 = 0;
+        let mut v = [z; C];
         for c in 0..C {
             let mut tail = z;
             for j in full..d {
@@ -256,16 +269,26 @@ mod x86 {
                     tail = _mm512_fmadd_ps(t, t, tail);
                 }
             }
-            let [u0, u1, u2, u3] = quarter[c];
-            let v = _mm512_add_ps(
-                _mm512_add_ps(_mm512_add_ps(u0, u2), _mm512_add_ps(u1, u3)),
-                tail,
-            );
-            below |= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, t);
-            // SAFETY: `out[c]` holds R floats.
-            unsafe { _mm512_storeu_ps(out[c].as_mut_ptr(), v) };
+            // Widths S/2, …, 1 across the sweeps.
+            let mut w = S / 2;
+            while w >= 1 {
+                for q in 0..w {
+                    u[c][q] = _mm512_add_ps(u[c][q], u[c][q + w]);
+                }
+                w /= 2;
+            }
+            v[c] = _mm512_add_ps(u[c][0], tail);
+            below |= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v[c], t);
         }
-        (below != 0).then_some(out)
+        if below == 0 {
+            return None;
+        }
+        let mut out = [[0.0f32; R]; C];
+        for (o, v) in out.iter_mut().zip(v) {
+            // SAFETY: `o` holds R floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
+        }
+        Some(out)
     }
 }
 

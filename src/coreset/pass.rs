@@ -154,7 +154,9 @@ fn fold_block_body<K: BlockKernel>(
         let blk = &zb[t * R * d..(t + 1) * R * d];
         let mut thr = [0.0f32; R];
         let mut any = false;
-        need[..m].fill(false);
+        if batch.cc.is_some() {
+            need[..m].fill(false);
+        }
         for (r, (&key, &own)) in at.iter().zip(ot.iter()).enumerate() {
             // A key ≤ 0 (emitted, or on an emitted row's duplicate) can never be lowered.
             if !(key > 0.0 && m > 0) {
@@ -179,7 +181,8 @@ fn fold_block_body<K: BlockKernel>(
                         }
                     }
                 }
-                _ => need[..m].fill(true),
+                Some(_) => need[..m].fill(true),
+                None => {}
             }
             work.computed += nt as u64;
             work.pruned += (m - nt) as u64;
@@ -192,9 +195,12 @@ fn fold_block_body<K: BlockKernel>(
             continue;
         }
         let mut nl = 0;
-        for (j, _) in need[..m].iter().enumerate().filter(|(_, &n)| n) {
-            list[nl] = j;
-            nl += 1;
+        for (j, &n) in need[..m].iter().enumerate() {
+            // Without pruning every centre is needed.
+            if n || batch.cc.is_none() {
+                list[nl] = j;
+                nl += 1;
+            }
         }
         let mut fold = |thr: &mut [f32; R], j: usize, s: &[f32; R]| {
             for (r, (a, o)) in at.iter_mut().zip(ot.iter_mut()).enumerate() {
