@@ -101,6 +101,26 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// The `C` centres `g` (batch positions) against the rows of `blk`, folded in the order of `g`
+/// when a key can drop.
+#[inline(always)]
+fn group<'c, K: BlockKernel, const C: usize>(
+    kern: K,
+    blk: &[f32],
+    g: &[usize],
+    centre: &impl Fn(usize) -> &'c [f32],
+    thr: &mut [f32; R],
+    fold: &mut impl FnMut(&mut [f32; R], usize, &[f32; R]),
+) {
+    let cs: [&[f32]; C] = std::array::from_fn(|c| centre(g[c]));
+    // Most blocks lower no key: their distances are not even looked at.
+    if let Some(s) = kern.sq_block(blk, cs, thr) {
+        for (&j, s) in g.iter().zip(&s) {
+            fold(thr, j, s);
+        }
+    }
+}
+
 /// The smallest `t ≥ 0` with `sqrt(t) ≥ key` (`f32` square root, correctly rounded), for a key
 /// `> 0` or `+∞`. As the square root is monotonic, a squared distance `sq ≥ 0` gives
 /// `sqrt(sq) < key` exactly when `sq < sq_threshold(key)`: the passes compare squared distances
@@ -215,17 +235,25 @@ fn fold_block_body<K: BlockKernel>(
         };
         let mut groups = list[..nl].chunks_exact(GROUP);
         for g in &mut groups {
-            let cs: [&[f32]; GROUP] = std::array::from_fn(|c| centre(g[c]));
-            // Most blocks lower no key: their distances are not even looked at.
-            if let Some(s) = kern.sq_block(blk, cs, &thr) {
-                for (&j, s) in g.iter().zip(&s) {
-                    fold(&mut thr, j, s);
-                }
-            }
+            group::<K, GROUP>(kern, blk, g, &centre, &mut thr, &mut fold);
         }
-        for &j in groups.remainder() {
-            if let Some([s]) = kern.sq_block(blk, [centre(j)], &thr) {
-                fold(&mut thr, j, &s);
+        // The last centres together too (one centre per call would leave the registers idle).
+        let rest = groups.remainder();
+        match rest.len() {
+            0 => {}
+            1 => group::<K, 1>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            2 => group::<K, 2>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            3 => group::<K, 3>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            4 => group::<K, 4>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            _ => {
+                let (a, b) = rest.split_at(4);
+                group::<K, 4>(kern, blk, a, &centre, &mut thr, &mut fold);
+                for g in b.chunks(2) {
+                    match g.len() {
+                        2 => group::<K, 2>(kern, blk, g, &centre, &mut thr, &mut fold),
+                        _ => group::<K, 1>(kern, blk, g, &centre, &mut thr, &mut fold),
+                    }
+                }
             }
         }
     }
