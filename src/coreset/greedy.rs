@@ -34,7 +34,10 @@ use rayon::prelude::*;
 
 use super::blocked::Blocked;
 use super::distance::dist;
-use super::pass::{centre_table, full_pass, rel_margin, Batch, Rows, Work, BLOCK_ROWS, NO_OWNER};
+use super::pass::{
+    centre_table, full_pass, key_sq, rel_margin, sq_dists, Batch, Keys, Rows, Work, BLOCK_ROWS,
+    NO_OWNER,
+};
 use super::topk::{beats, CAP};
 use crate::{Error, Result};
 
@@ -103,6 +106,9 @@ pub(super) fn traverse(
     let d = z.d;
     let mut stats = Stats::default();
     let mut owner = vec![NO_OWNER; z.n];
+    let mut sq: Vec<f32> = a.par_iter().map(|&key| key_sq(key)).collect();
+    let mut live: Vec<usize> = Vec::with_capacity(LIST);
+    let mut live_sq: Vec<f32> = Vec::with_capacity(LIST);
     let mut pending: Vec<usize> = Vec::with_capacity(CAP + 1);
     let mut centres: Vec<f32> = Vec::with_capacity((CAP + 1) * d);
     let mut cc: Vec<f32> = Vec::new();
@@ -113,13 +119,18 @@ pub(super) fn traverse(
     // The full passes read the bank in transposed row blocks.
     let blocked = Blocked::from_rows(z);
 
-    let emit = |s: usize, a: &mut [f32], out: &mut Vec<usize>, pending: &mut Vec<usize>| {
+    let emit = |s: usize,
+                a: &mut [f32],
+                sq: &mut [f32],
+                out: &mut Vec<usize>,
+                pending: &mut Vec<usize>| {
         out.push(s);
         a[s] = EMITTED;
+        sq[s] = key_sq(EMITTED);
         pending.push(s);
     };
     if let Some(f) = first {
-        emit(f, a, out, &mut pending);
+        emit(f, a, &mut sq, out, &mut pending);
     }
     while out.len() < k {
         // Fold every pending centre into every row.
@@ -141,7 +152,15 @@ pub(super) fn traverse(
             cc: if prune { Some((&cc, &near)) } else { None },
             rel,
         };
-        let (top, work) = full_pass(&blocked, a, &mut owner, &batch);
+        let (top, work) = full_pass(
+            &blocked,
+            &mut Keys {
+                a: &mut *a,
+                owner: &mut owner,
+                sq: &mut sq,
+            },
+            &batch,
+        );
         stats.passes += 1;
         stats.work += work;
         if prune {
@@ -164,23 +183,26 @@ pub(super) fn traverse(
         };
         let mut next = top.get(0).1;
         loop {
-            emit(next, a, out, &mut pending);
+            emit(next, a, &mut sq, out, &mut pending);
             if out.len() >= k || pending.len() > LIST {
                 break;
             }
             // Fold the new centre into the list rows only.
             let pos = u32::try_from(out.len() - 1).unwrap_or(NO_OWNER);
-            let c = z.row(next);
+            // Rows whose key can drop; `Δ < a_r` exactly when `Δ² < sq_r`.
+            live.clear();
+            live.extend(list.iter().copied().filter(|&r| a[r] > 0.0));
+            live_sq.resize(live.len(), 0.0);
+            sq_dists(z, &live, z.row(next), &mut live_sq);
+            for (&r, &s) in live.iter().zip(&live_sq) {
+                if s < sq[r] {
+                    a[r] = s.sqrt();
+                    owner[r] = pos;
+                    sq[r] = key_sq(a[r]);
+                }
+            }
             let mut best = NO_CANDIDATE;
             for &r in &list {
-                let key = a[r];
-                if key > 0.0 {
-                    let dr = dist(z.row(r), c);
-                    if dr < key {
-                        a[r] = dr;
-                        owner[r] = pos;
-                    }
-                }
                 best = better(best, (a[r], r));
             }
             // Rows outside the list have keys at most those seen by the last pass, all of

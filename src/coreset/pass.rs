@@ -87,6 +87,26 @@ pub(super) struct Batch<'a> {
     pub rel: f32,
 }
 
+/// The per-row state of a traversal: key `a_i`, owner (see the module documentation) and
+/// `sq_i`, the squared threshold of the key ([`sq_threshold`]`(a_i)` for a key `> 0`, `0`
+/// otherwise, which no squared distance is below), kept up to date with the key so that a pass
+/// does not recompute it.
+pub(super) struct Keys<'k> {
+    pub a: &'k mut [f32],
+    pub owner: &'k mut [u32],
+    pub sq: &'k mut [f32],
+}
+
+/// The squared threshold of a key (see [`Keys`]).
+#[inline]
+pub(super) fn key_sq(key: f32) -> f32 {
+    if key > 0.0 {
+        sq_threshold(key)
+    } else {
+        0.0
+    }
+}
+
 /// Row-major rows of length `d`.
 #[derive(Clone, Copy)]
 pub(super) struct Rows<'a> {
@@ -162,6 +182,7 @@ fn fold_block_body<K: BlockKernel>(
     base: usize,
     ab: &mut [f32],
     ob: &mut [u32],
+    sb: &mut [f32],
     batch: &Batch,
 ) -> (TopK, Work) {
     let m = batch.m;
@@ -170,7 +191,8 @@ fn fold_block_body<K: BlockKernel>(
     let mut work = Work::default();
     let mut need = [false; CAP];
     let mut list = [0usize; CAP];
-    for (t, (at, ot)) in ab.chunks_mut(R).zip(ob.chunks_mut(R)).enumerate() {
+    let rows = ab.chunks_mut(R).zip(ob.chunks_mut(R)).zip(sb.chunks_mut(R));
+    for (t, ((at, ot), st)) in rows.enumerate() {
         let blk = &zb[t * R * d..(t + 1) * R * d];
         let mut thr = [0.0f32; R];
         let mut any = false;
@@ -207,7 +229,7 @@ fn fold_block_body<K: BlockKernel>(
             work.computed += nt as u64;
             work.pruned += (m - nt) as u64;
             if nt > 0 {
-                thr[r] = sq_threshold(key);
+                thr[r] = st[r];
                 any = true;
             }
         }
@@ -223,13 +245,15 @@ fn fold_block_body<K: BlockKernel>(
             }
         }
         let mut fold = |thr: &mut [f32; R], j: usize, s: &[f32; R]| {
-            for (r, (a, o)) in at.iter_mut().zip(ot.iter_mut()).enumerate() {
+            let rows = at.iter_mut().zip(ot.iter_mut()).zip(st.iter_mut());
+            for (r, ((a, o), sq)) in rows.enumerate() {
                 // `sqrt(s[r]) < a`, without the square root.
                 if s[r] < thr[r] {
                     let dj = s[r].sqrt();
                     *a = dj;
                     *o = pos(j);
-                    thr[r] = sq_threshold(dj);
+                    *sq = sq_threshold(dj);
+                    thr[r] = *sq;
                 }
             }
         };
@@ -266,6 +290,7 @@ fn fold_block(
     base: usize,
     ab: &mut [f32],
     ob: &mut [u32],
+    sb: &mut [f32],
     batch: &Batch,
 ) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
@@ -273,35 +298,32 @@ fn fold_block(
         if let Some(kern) = Avx512Blocks::detect() {
             return kern.run(
                 #[inline(always)]
-                || fold_block_body(kern, zb, d, base, ab, ob, batch),
+                || fold_block_body(kern, zb, d, base, ab, ob, sb, batch),
             );
         }
         if let Some(f) = Fma::detect() {
             let kern = FmaBlocks(f);
             return f.run(
                 #[inline(always)]
-                || fold_block_body(kern, zb, d, base, ab, ob, batch),
+                || fold_block_body(kern, zb, d, base, ab, ob, sb, batch),
             );
         }
     }
-    fold_block_body(PortableBlocks, zb, d, base, ab, ob, batch)
+    fold_block_body(PortableBlocks, zb, d, base, ab, ob, sb, batch)
 }
 
-/// Folds `batch` into the keys `a` (and owners) of all rows of `z` and returns the best
-/// [`CAP`] rows afterwards together with the work done. Deterministic: every row is processed
-/// alone and the block lists merge in a total order.
-pub(super) fn full_pass(
-    z: &Blocked,
-    a: &mut [f32],
-    owner: &mut [u32],
-    batch: &Batch,
-) -> (TopK, Work) {
+/// Folds `batch` into the keys `a` (and owners, and squared thresholds `sq`, see [`Keys`]) of
+/// all rows of `z` and returns the best [`CAP`] rows afterwards together with the work done.
+/// Deterministic: every row is processed alone and the block lists merge in a total order.
+pub(super) fn full_pass(z: &Blocked, keys: &mut Keys, batch: &Batch) -> (TopK, Work) {
     let d = z.d;
-    a.par_chunks_mut(BLOCK_ROWS)
-        .zip(owner.par_chunks_mut(BLOCK_ROWS))
+    keys.a
+        .par_chunks_mut(BLOCK_ROWS)
+        .zip(keys.owner.par_chunks_mut(BLOCK_ROWS))
+        .zip(keys.sq.par_chunks_mut(BLOCK_ROWS))
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
         .enumerate()
-        .map(|(b, ((ab, ob), zb))| fold_block(zb, d, b * BLOCK_ROWS, ab, ob, batch))
+        .map(|(b, (((ab, ob), sb), zb))| fold_block(zb, d, b * BLOCK_ROWS, ab, ob, sb, batch))
         .reduce(
             || (TopK::new(), Work::default()),
             |(ta, mut wa), (tb, wb)| {
@@ -309,6 +331,25 @@ pub(super) fn full_pass(
                 (TopK::merge(ta, tb), wa)
             },
         )
+}
+
+/// `out[i] = Δ(z_{rows[i]}, c)²` with the dispatched kernel (the bits of
+/// [`sq_dist`](super::distance::sq_dist)).
+pub(super) fn sq_dists(z: &Rows, rows: &[usize], c: &[f32], out: &mut [f32]) {
+    #[inline(always)]
+    fn body<K: Kernel>(kern: K, z: &Rows, rows: &[usize], c: &[f32], out: &mut [f32]) {
+        for (o, &r) in out.iter_mut().zip(rows) {
+            *o = kern.sq1(z.row(r), c);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kern) = Fma::detect() {
+        return kern.run(
+            #[inline(always)]
+            || body(kern, z, rows, c, out),
+        );
+    }
+    body(Portable, z, rows, c, out)
 }
 
 #[inline(always)]
@@ -454,7 +495,9 @@ mod tests {
             let (mut a1, mut o1) = (init.clone(), vec![NO_OWNER; n]);
             let (mut a2, mut o2) = (init.clone(), vec![NO_OWNER; n]);
             let blocked = Blocked::from_rows(&z);
-            let (t1, w1) = fold_block(&blocked.data, d, 0, &mut a1, &mut o1, &batch);
+            let mut s1: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
+            let mut s2 = s1.clone();
+            let (t1, w1) = fold_block(&blocked.data, d, 0, &mut a1, &mut o1, &mut s1, &batch);
             let (t2, w2) = fold_block_body(
                 PortableBlocks,
                 &blocked.data,
@@ -462,8 +505,11 @@ mod tests {
                 0,
                 &mut a2,
                 &mut o2,
+                &mut s2,
                 &batch,
             );
+            assert_eq!(s1, s2);
+            assert!(a1.iter().zip(&s1).all(|(&a, &s)| key_sq(a) == s));
             assert_eq!(w1, w2);
             assert_eq!(o1, o2);
             let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
