@@ -346,19 +346,26 @@ mod tests {
                     })
                     .collect();
                 let inf = [f32::INFINITY; R];
-                let four = k
-                    .sq_block(blk, [&ys[0][..], &ys[1], &ys[2], &ys[3]], &inf)
-                    .unwrap();
-                let one = k.sq_block(blk, [&ys[4][..]], &inf).unwrap();
+                let all: [&[f32]; GROUP] = std::array::from_fn(|c| &ys[c][..]);
+                let many = k.sq_block(blk, all, &inf).unwrap();
+                let three = k.sq_block(blk, [&ys[1][..], &ys[2], &ys[3]], &inf).unwrap();
+                let one = k.sq_block(blk, [&ys[GROUP][..]], &inf).unwrap();
                 for r in 0..R {
-                    for c in 0..4 {
+                    for c in 0..GROUP {
                         assert_eq!(
-                            four[c][r].to_bits(),
+                            many[c][r].to_bits(),
                             want[c][r].to_bits(),
                             "{what} d {d} block {bi} row {r} centre {c}"
                         );
                     }
-                    assert_eq!(one[0][r].to_bits(), want[4][r].to_bits(), "{what} d {d}");
+                    for c in 0..3 {
+                        assert_eq!(three[c][r].to_bits(), want[c + 1][r].to_bits());
+                    }
+                    assert_eq!(
+                        one[0][r].to_bits(),
+                        want[GROUP][r].to_bits(),
+                        "{what} d {d}"
+                    );
                 }
                 // The threshold test: nothing below, then exactly one entry below.
                 let zero = [0.0f32; R];

@@ -145,8 +145,8 @@ pub(super) fn dist(x: &[f32], y: &[f32]) -> f32 {
     sq_dist(x, y).sqrt()
 }
 
-/// How a block of rows computes its distances: the portable kernel, or the AVX + FMA one. Both
-/// give the same bits (see the module documentation).
+/// How distances between row-major rows are computed: the portable kernel, or the AVX + FMA
+/// one. Both give the same bits (see the module documentation).
 pub(super) trait Kernel: Copy + Send + Sync {
     /// Squared distances from `x` to four rows.
     fn sq4(self, x: &[f32], ys: [&[f32]; 4]) -> [f32; 4];

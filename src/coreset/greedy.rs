@@ -19,8 +19,9 @@
 //!   it does not pay for its centre–centre table (high-dimensional uniform data).
 //!
 //! Cost (163,840 × 128 rows, 1 % = 1,638 centres): uniform random rows, where nothing can be
-//! pruned, need every one of the `k·N` distances but only ~24 passes (~70 centres per pass) at
-//! a 2 × 4 (rows × centres) AVX + FMA tile; clustered rows prune 85–98 % of the distances. The
+//! pruned, need every one of the `k·N` distances but only ~24 passes (~70 centres per pass),
+//! computed on row blocks transposed 16 at a time (see [`blocked`](super::blocked)) for 8
+//! centres per kernel call; clustered rows prune 85–98 % of the distances. The
 //! centre–centre table costs `~k²/2` distances over a run, which dominates on clustered data at
 //! 10 %.
 //!

@@ -10,9 +10,12 @@
 //! computed `Δ(z_i, z_s)` is at least `a_i` and cannot lower the key: it is not computed. The
 //! keys after a pass are therefore exactly those of folding the centres one at a time.
 //!
-//! The passes are generic over the distance [`Kernel`]: the portable one, or the AVX + FMA one
-//! when the CPU has it (chosen at run time). Both give the same bits (see
-//! [`distance`](super::distance)).
+//! The passes read the bank in transposed row blocks ([`Blocked`]) and are generic over the
+//! block kernel ([`BlockKernel`]): the portable loops, the same loops compiled with AVX + FMA,
+//! or the AVX-512 kernel, chosen at run time. All give the bits of
+//! [`sq_dist`](super::distance::sq_dist) (see [`distance`](super::distance) and
+//! [`blocked`](super::blocked)); the centre–centre table and the candidate-list updates use the
+//! row kernels ([`Kernel`]) on row-major rows.
 
 use std::ops::AddAssign;
 
