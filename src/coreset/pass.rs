@@ -183,11 +183,14 @@ fn fold_block_body<K: BlockKernel>(
     zb: &[f32],
     d: usize,
     base: usize,
-    ab: &mut [f32],
-    ob: &mut [u32],
-    sb: &mut [f32],
+    keys: Keys,
     batch: &Batch,
 ) -> (TopK, Work) {
+    let Keys {
+        a: ab,
+        owner: ob,
+        sq: sb,
+    } = keys;
     let m = batch.m;
     let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
     let pos = |j: usize| u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
@@ -287,32 +290,24 @@ fn fold_block_body<K: BlockKernel>(
     (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
-fn fold_block(
-    zb: &[f32],
-    d: usize,
-    base: usize,
-    ab: &mut [f32],
-    ob: &mut [u32],
-    sb: &mut [f32],
-    batch: &Batch,
-) -> (TopK, Work) {
+fn fold_block(zb: &[f32], d: usize, base: usize, keys: Keys, batch: &Batch) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(kern) = Avx512Blocks::detect() {
             return kern.run(
                 #[inline(always)]
-                || fold_block_body(kern, zb, d, base, ab, ob, sb, batch),
+                || fold_block_body(kern, zb, d, base, keys, batch),
             );
         }
         if let Some(f) = Fma::detect() {
             let kern = FmaBlocks(f);
             return f.run(
                 #[inline(always)]
-                || fold_block_body(kern, zb, d, base, ab, ob, sb, batch),
+                || fold_block_body(kern, zb, d, base, keys, batch),
             );
         }
     }
-    fold_block_body(PortableBlocks, zb, d, base, ab, ob, sb, batch)
+    fold_block_body(PortableBlocks, zb, d, base, keys, batch)
 }
 
 /// Folds `batch` into the keys `a` (and owners, and squared thresholds `sq`, see [`Keys`]) of
@@ -326,7 +321,9 @@ pub(super) fn full_pass(z: &Blocked, keys: &mut Keys, batch: &Batch) -> (TopK, W
         .zip(keys.sq.par_chunks_mut(BLOCK_ROWS))
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
         .enumerate()
-        .map(|(b, (((ab, ob), sb), zb))| fold_block(zb, d, b * BLOCK_ROWS, ab, ob, sb, batch))
+        .map(|(b, (((a, owner), sq), zb))| {
+            fold_block(zb, d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
+        })
         .reduce(
             || (TopK::new(), Work::default()),
             |(ta, mut wa), (tb, wb)| {
@@ -500,15 +497,14 @@ mod tests {
             let blocked = Blocked::from_rows(&z);
             let mut s1: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
             let mut s2 = s1.clone();
-            let (t1, w1) = fold_block(&blocked.data, d, 0, &mut a1, &mut o1, &mut s1, &batch);
+            let keys = |a, owner, sq| Keys { a, owner, sq };
+            let (t1, w1) = fold_block(&blocked.data, d, 0, keys(&mut a1, &mut o1, &mut s1), &batch);
             let (t2, w2) = fold_block_body(
                 PortableBlocks,
                 &blocked.data,
                 d,
                 0,
-                &mut a2,
-                &mut o2,
-                &mut s2,
+                keys(&mut a2, &mut o2, &mut s2),
                 &batch,
             );
             assert_eq!(s1, s2);
