@@ -458,6 +458,10 @@ mod tests {
         assert!(f32::MAX < sq_threshold(f32::INFINITY));
     }
 
+    fn keys<'k>(a: &'k mut [f32], owner: &'k mut [u32], sq: &'k mut [f32]) -> Keys<'k> {
+        Keys { a, owner, sq }
+    }
+
     #[test]
     fn dispatched_kernels_equal_portable_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -497,7 +501,6 @@ mod tests {
             let blocked = Blocked::from_rows(&z);
             let mut s1: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
             let mut s2 = s1.clone();
-            let keys = |a, owner, sq| Keys { a, owner, sq };
             let (t1, w1) = fold_block(&blocked.data, d, 0, keys(&mut a1, &mut o1, &mut s1), &batch);
             let (t2, w2) = fold_block_body(
                 PortableBlocks,
@@ -526,6 +529,20 @@ mod tests {
             assert_eq!(t1.len(), t2.len());
             for i in 0..t1.len() {
                 assert_eq!(t1.get(i).1, t2.get(i).1);
+            }
+            // The AVX + FMA loops (the choice on CPUs without AVX-512).
+            #[cfg(target_arch = "x86_64")]
+            if let Some(f) = Fma::detect() {
+                let (mut a3, mut o3) = (init.clone(), vec![NO_OWNER; n]);
+                let mut s3: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
+                let (_, w3) = f.run(|| {
+                    let k3 = keys(&mut a3, &mut o3, &mut s3);
+                    fold_block_body(FmaBlocks(f), &blocked.data, d, 0, k3, &batch)
+                });
+                assert_eq!(w3, w1);
+                assert_eq!(o3, o1);
+                assert_eq!(bits(&a3), bits(&a1));
+                assert_eq!(s3, s1);
             }
         }
     }
