@@ -34,7 +34,6 @@ use ndarray::ArrayView2;
 use rayon::prelude::*;
 
 use super::blocked::Blocked;
-use super::distance::dist;
 use super::pass::{
     centre_table, full_pass, key_sq, rel_margin, sq_dists, Batch, Keys, Rows, Work, BLOCK_ROWS,
     NO_OWNER,
@@ -83,12 +82,23 @@ pub(super) fn mean_to_starts(z: &Rows, starts: &[f32], n0: usize, a: &mut [f32])
     a.par_chunks_mut(BLOCK_ROWS)
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
         .for_each(|(ab, zb)| {
-            for (ai, row) in ab.iter_mut().zip(zb.chunks_exact(d)) {
-                let mut sum = 0.0f32;
-                for s in starts.chunks_exact(d) {
-                    sum += dist(row, s);
+            let rows = Rows {
+                data: zb,
+                n: ab.len(),
+                d,
+            };
+            let all: Vec<usize> = (0..ab.len()).collect();
+            let mut sq = vec![0.0f32; ab.len()];
+            ab.fill(0.0);
+            for s in starts.chunks_exact(d) {
+                // `dist(row, s)`, with the dispatched kernel.
+                sq_dists(&rows, &all, s, &mut sq);
+                for (ai, &q) in ab.iter_mut().zip(&sq) {
+                    *ai += q.sqrt();
                 }
-                *ai = sum / count;
+            }
+            for ai in ab.iter_mut() {
+                *ai /= count;
             }
         });
 }
