@@ -161,24 +161,27 @@ mod x86 {
     pub(in crate::coreset) struct Avx512Blocks(());
 
     impl Avx512Blocks {
-        /// The kernel if the CPU supports AVX-512F.
-        pub(in crate::coreset) fn detect() -> Option<Avx512Blocks> {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                Some(Avx512Blocks(()))
-            } else {
-                None
+        /// The kernel if the CPU supports AVX-512F (and AVX + FMA, whose row kernel comes
+        /// with it).
+        pub(in crate::coreset) fn detect() -> Option<(Avx512Blocks, Fma)> {
+            match Fma::detect() {
+                Some(f) if std::arch::is_x86_feature_detected!("avx512f") => {
+                    Some((Avx512Blocks(()), f))
+                }
+                _ => None,
             }
         }
 
-        /// Runs `f` compiled with AVX-512F enabled, so that the kernel inlines into it (`f`
-        /// should be an `#[inline(always)]` body).
+        /// Runs `f` compiled with AVX-512F, AVX and FMA enabled, so that the block kernel and
+        /// the AVX + FMA row kernel inline into it (`f` should be an `#[inline(always)]` body).
         #[inline(always)]
         pub(in crate::coreset) fn run<T>(self, f: impl FnOnce() -> T) -> T {
-            #[target_feature(enable = "avx512f")]
+            #[target_feature(enable = "avx512f,avx,fma")]
             fn with_avx512<T>(f: impl FnOnce() -> T) -> T {
                 f()
             }
-            // SAFETY: `self` exists, so the CPU supports AVX-512F (see `Avx512Blocks::detect`).
+            // SAFETY: `self` exists, so the CPU supports AVX-512F, AVX and FMA (see
+            // `Avx512Blocks::detect`).
             unsafe { with_avx512(f) }
         }
     }
@@ -390,7 +393,7 @@ mod tests {
                 let k = FmaBlocks(f);
                 f.run(|| check(k, "fma loops"));
             }
-            if let Some(k) = Avx512Blocks::detect() {
+            if let Some((k, _)) = Avx512Blocks::detect() {
                 k.run(|| check(k, "avx512"));
             }
         }

@@ -165,6 +165,7 @@ pub(super) fn traverse(
         };
         let (top, work) = full_pass(
             &blocked,
+            z,
             &mut Keys {
                 a: &mut *a,
                 owner: &mut owner,

@@ -175,12 +175,14 @@ pub(super) fn sq_threshold(key: f32) -> f32 {
 /// for the whole block, [`GROUP`] at a time, and folded into each row in ascending order. A row
 /// whose key cannot drop (key ≤ 0, a padding row, or every centre pruned) has threshold 0,
 /// which no squared distance is below; a centre pruned for one row but computed for its block
-/// is folded too, harmlessly: its distance cannot be below the row's key. The work counters
-/// count the pairs per row, as if every row were computed alone.
+/// is folded too, harmlessly: its distance cannot be below the row's key. When the rows of a
+/// block need less than half of that union in all (clustered data, pruning at work), the block
+/// goes row by row instead, each row with its own centres and the row kernel on the row-major
+/// rows `zr`. The work counters count the pairs per row, as if every row were computed alone.
 #[inline(always)]
-fn fold_block_body<K: BlockKernel>(
-    kern: K,
-    zb: &[f32],
+fn fold_block_body<K: BlockKernel, RK: Kernel>(
+    (kern, row_kern): (K, RK),
+    (zb, zr): (&[f32], &[f32]),
     d: usize,
     base: usize,
     keys: Keys,
@@ -202,6 +204,7 @@ fn fold_block_body<K: BlockKernel>(
         let blk = &zb[t * R * d..(t + 1) * R * d];
         let mut thr = [0.0f32; R];
         let mut any = false;
+        let mut pairs = 0;
         if batch.cc.is_some() {
             need[..m].fill(false);
         }
@@ -234,6 +237,7 @@ fn fold_block_body<K: BlockKernel>(
             }
             work.computed += nt as u64;
             work.pruned += (m - nt) as u64;
+            pairs += nt;
             if nt > 0 {
                 thr[r] = st[r];
                 any = true;
@@ -243,6 +247,56 @@ fn fold_block_body<K: BlockKernel>(
             continue;
         }
         let mut nl = 0;
+        if let Some((cc, _)) = batch.cc {
+            if 2 * pairs < R * need[..m].iter().filter(|&&n| n).count() {
+                // The rows need few and different centres: computing their union for the
+                // whole block would waste most of it. Row by row (row-major rows), with each
+                // row's own list, as without blocks.
+                for r in 0..at.len() {
+                    if thr[r] <= 0.0 {
+                        continue;
+                    }
+                    let row = &zr[(t * R + r) * d..(t * R + r + 1) * d];
+                    let mut nt = 0;
+                    if ot[r] == NO_OWNER {
+                        for (j, l) in list[..m].iter_mut().enumerate() {
+                            *l = j;
+                        }
+                        nt = m;
+                    } else {
+                        let bound = bound(at[r], batch.rel);
+                        let own = ot[r] as usize;
+                        for (j, &dc) in cc[own * m..(own + 1) * m].iter().enumerate() {
+                            if !(dc > bound && dc.is_finite()) {
+                                list[nt] = j;
+                                nt += 1;
+                            }
+                        }
+                    }
+                    let mut set = |j: usize, sq: f32| {
+                        // `sqrt(sq) < a`, without the square root.
+                        if sq < thr[r] {
+                            let dj = sq.sqrt();
+                            at[r] = dj;
+                            ot[r] = pos(j);
+                            st[r] = sq_threshold(dj);
+                            thr[r] = st[r];
+                        }
+                    };
+                    let mut quads = list[..nt].chunks_exact(4);
+                    for q in &mut quads {
+                        let cs = [centre(q[0]), centre(q[1]), centre(q[2]), centre(q[3])];
+                        for (&j, sq) in q.iter().zip(row_kern.sq4(row, cs)) {
+                            set(j, sq);
+                        }
+                    }
+                    for &j in quads.remainder() {
+                        set(j, row_kern.sq1(row, centre(j)));
+                    }
+                }
+                continue;
+            }
+        }
         for (j, &n) in need[..m].iter().enumerate() {
             // Without pruning every centre is needed.
             if n || batch.cc.is_none() {
@@ -290,39 +344,45 @@ fn fold_block_body<K: BlockKernel>(
     (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
-fn fold_block(zb: &[f32], d: usize, base: usize, keys: Keys, batch: &Batch) -> (TopK, Work) {
+fn fold_block(
+    z: (&[f32], &[f32]),
+    d: usize,
+    base: usize,
+    keys: Keys,
+    batch: &Batch,
+) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
     {
-        if let Some(kern) = Avx512Blocks::detect() {
+        if let Some((kern, f)) = Avx512Blocks::detect() {
             return kern.run(
                 #[inline(always)]
-                || fold_block_body(kern, zb, d, base, keys, batch),
+                || fold_block_body((kern, f), z, d, base, keys, batch),
             );
         }
         if let Some(f) = Fma::detect() {
-            let kern = FmaBlocks(f);
             return f.run(
                 #[inline(always)]
-                || fold_block_body(kern, zb, d, base, keys, batch),
+                || fold_block_body((FmaBlocks(f), f), z, d, base, keys, batch),
             );
         }
     }
-    fold_block_body(PortableBlocks, zb, d, base, keys, batch)
+    fold_block_body((PortableBlocks, Portable), z, d, base, keys, batch)
 }
 
 /// Folds `batch` into the keys `a` (and owners, and squared thresholds `sq`, see [`Keys`]) of
-/// all rows of `z` and returns the best [`CAP`] rows afterwards together with the work done.
+/// all rows (`z` blocked, `rows` the same rows row-major) and returns the best [`CAP`] rows afterwards together with the work done.
 /// Deterministic: every row is processed alone and the block lists merge in a total order.
-pub(super) fn full_pass(z: &Blocked, keys: &mut Keys, batch: &Batch) -> (TopK, Work) {
+pub(super) fn full_pass(z: &Blocked, rows: &Rows, keys: &mut Keys, batch: &Batch) -> (TopK, Work) {
     let d = z.d;
     keys.a
         .par_chunks_mut(BLOCK_ROWS)
         .zip(keys.owner.par_chunks_mut(BLOCK_ROWS))
         .zip(keys.sq.par_chunks_mut(BLOCK_ROWS))
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
+        .zip(rows.data.par_chunks(BLOCK_ROWS * d))
         .enumerate()
-        .map(|(b, (((a, owner), sq), zb))| {
-            fold_block(zb, d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
+        .map(|(b, ((((a, owner), sq), zb), zr))| {
+            fold_block((zb, zr), d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
         })
         .reduce(
             || (TopK::new(), Work::default()),
@@ -501,10 +561,16 @@ mod tests {
             let blocked = Blocked::from_rows(&z);
             let mut s1: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
             let mut s2 = s1.clone();
-            let (t1, w1) = fold_block(&blocked.data, d, 0, keys(&mut a1, &mut o1, &mut s1), &batch);
+            let (t1, w1) = fold_block(
+                (&blocked.data, &data),
+                d,
+                0,
+                keys(&mut a1, &mut o1, &mut s1),
+                &batch,
+            );
             let (t2, w2) = fold_block_body(
-                PortableBlocks,
-                &blocked.data,
+                (PortableBlocks, Portable),
+                (&blocked.data, &data),
                 d,
                 0,
                 keys(&mut a2, &mut o2, &mut s2),
@@ -537,7 +603,7 @@ mod tests {
                 let mut s3: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
                 let (_, w3) = f.run(|| {
                     let k3 = keys(&mut a3, &mut o3, &mut s3);
-                    fold_block_body(FmaBlocks(f), &blocked.data, d, 0, k3, &batch)
+                    fold_block_body((FmaBlocks(f), f), (&blocked.data, &data), d, 0, k3, &batch)
                 });
                 assert_eq!(w3, w1);
                 assert_eq!(o3, o1);
