@@ -139,33 +139,21 @@ pub(super) fn sq_dist(x: &[f32], y: &[f32]) -> f32 {
     sq_dist_many(x, [y])[0]
 }
 
-/// Euclidean distance `Δ(x, y)` used by every sampler.
+/// Euclidean distance `Δ(x, y)` used by every sampler (the definition; the passes compute the
+/// same bits with the dispatched kernels).
 #[inline(always)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(super) fn dist(x: &[f32], y: &[f32]) -> f32 {
     sq_dist(x, y).sqrt()
 }
 
-/// How a block of rows computes its distances: the portable kernel, or the AVX + FMA one. Both
-/// give the same bits (see the module documentation).
+/// How distances between row-major rows are computed: the portable kernel, or the AVX + FMA
+/// one. Both give the same bits (see the module documentation).
 pub(super) trait Kernel: Copy + Send + Sync {
     /// Squared distances from `x` to four rows.
     fn sq4(self, x: &[f32], ys: [&[f32]; 4]) -> [f32; 4];
     /// Squared distance from `x` to one row.
     fn sq1(self, x: &[f32], y: &[f32]) -> f32;
-    /// Squared distances from each of two rows `xs` to each of four rows `ys`:
-    /// `out[r][c] = sq(xs[r], ys[c])`.
-    #[inline(always)]
-    fn sq2x4(self, xs: [&[f32]; 2], ys: [&[f32]; 4]) -> [[f32; 4]; 2] {
-        [self.sq4(xs[0], ys), self.sq4(xs[1], ys)]
-    }
-    /// [`sq2x4`](Kernel::sq2x4) when at least one of them is below its row's threshold
-    /// (`out[r][c] < thr[r]`), `None` otherwise.
-    #[inline(always)]
-    fn sq2x4_below(self, xs: [&[f32]; 2], ys: [&[f32]; 4], thr: [f32; 2]) -> Option<[[f32; 4]; 2]> {
-        let s = self.sq2x4(xs, ys);
-        let below = s.iter().zip(thr).any(|(row, t)| row.iter().any(|&v| v < t));
-        below.then_some(s)
-    }
 }
 
 /// The portable kernel ([`sq_dist_many`]).
@@ -234,21 +222,6 @@ mod avx {
         fn sq1(self, x: &[f32], y: &[f32]) -> f32 {
             // SAFETY: as above.
             unsafe { sq1(x, y) }
-        }
-        #[inline(always)]
-        fn sq2x4(self, xs: [&[f32]; 2], ys: [&[f32]; 4]) -> [[f32; 4]; 2] {
-            // SAFETY: as above.
-            unsafe { sq2x4(xs, ys, None) }.unwrap_or_default()
-        }
-        #[inline(always)]
-        fn sq2x4_below(
-            self,
-            xs: [&[f32]; 2],
-            ys: [&[f32]; 4],
-            thr: [f32; 2],
-        ) -> Option<[[f32; 4]; 2]> {
-            // SAFETY: as above.
-            unsafe { sq2x4(xs, ys, Some(thr)) }
         }
     }
 
@@ -332,110 +305,6 @@ mod avx {
             finish(l2, h2, t(ys[2])),
             finish(l3, h3, t(ys[3])),
         ]
-    }
-
-    /// One half (`off` = 0: lanes 0–7, `off` = 8: lanes 8–15) of the lane accumulators of the
-    /// 2 × 4 pairs: 8 registers, so the two rows and the current centre chunk stay in registers
-    /// too (16 AVX registers in all).
-    ///
-    /// # Safety
-    /// As [`tail`]; every slice holds at least `full` floats and `off + 8 ≤ LANES`.
-    #[inline(always)]
-    unsafe fn half2x4(xs: [&[f32]; 2], ys: [&[f32]; 4], full: usize, off: usize) -> [__m256; 8] {
-        let z = _mm256_setzero_ps();
-        let mut acc = [z; 8];
-        let mut s = off;
-        while s < full {
-            // SAFETY: `s + 8 ≤ full`, which every slice holds (see the contract).
-            unsafe {
-                let x0 = _mm256_loadu_ps(xs[0].as_ptr().add(s));
-                let x1 = _mm256_loadu_ps(xs[1].as_ptr().add(s));
-                for c in 0..4 {
-                    let y = _mm256_loadu_ps(ys[c].as_ptr().add(s));
-                    let t0 = _mm256_sub_ps(x0, y);
-                    let t1 = _mm256_sub_ps(x1, y);
-                    acc[c] = _mm256_fmadd_ps(t0, t0, acc[c]);
-                    acc[4 + c] = _mm256_fmadd_ps(t1, t1, acc[4 + c]);
-                }
-            }
-            s += LANES;
-        }
-        acc
-    }
-
-    /// The lane trees of eight accumulator pairs at once: `out[k] = reduce(lo[k], hi[k])` with
-    /// exactly the additions of [`finish`] (each a lane-wise IEEE addition of the same two
-    /// partial sums), merely computed for several pairs per instruction. The result is in
-    /// the order `[0, 2, 4, 6, 1, 3, 5, 7]`.
-    ///
-    /// # Safety
-    /// As [`tail`].
-    #[inline(always)]
-    unsafe fn reduce8(lo: [__m256; 8], hi: [__m256; 8]) -> __m256 {
-        // l += l + 8: one vector per pair.
-        let s8: [__m256; 8] = std::array::from_fn(|k| _mm256_add_ps(lo[k], hi[k]));
-        // l += l + 4: pairs 2i (low 128 bits) and 2i + 1 (high 128 bits) in one vector.
-        let s4: [__m256; 4] = std::array::from_fn(|i| {
-            let a = _mm256_permute2f128_ps::<0x20>(s8[2 * i], s8[2 * i + 1]);
-            let b = _mm256_permute2f128_ps::<0x31>(s8[2 * i], s8[2 * i + 1]);
-            _mm256_add_ps(a, b)
-        });
-        // l += l + 2: per 128-bit half `[a0 + a2, a1 + a3, b0 + b2, b1 + b3]`.
-        let s2: [__m256; 2] = std::array::from_fn(|j| {
-            let p = _mm256_shuffle_ps::<0b01_00_01_00>(s4[2 * j], s4[2 * j + 1]);
-            let q = _mm256_shuffle_ps::<0b11_10_11_10>(s4[2 * j], s4[2 * j + 1]);
-            _mm256_add_ps(p, q)
-        });
-        // l += l + 1: per 128-bit half `[v0_0 + v0_1, v0_2 + v0_3, v1_0 + v1_1, v1_2 + v1_3]`.
-        let p = _mm256_shuffle_ps::<0b10_00_10_00>(s2[0], s2[1]);
-        let q = _mm256_shuffle_ps::<0b11_01_11_01>(s2[0], s2[1]);
-        _mm256_add_ps(p, q)
-    }
-
-    /// The 2 × 4 squared distances; with `thr`, only when one of them is below its row's
-    /// threshold (`None` otherwise).
-    ///
-    /// # Safety
-    /// As [`tail`].
-    #[inline(always)]
-    unsafe fn sq2x4(
-        xs: [&[f32]; 2],
-        ys: [&[f32]; 4],
-        thr: Option<[f32; 2]>,
-    ) -> Option<[[f32; 4]; 2]> {
-        let n = xs[0].len();
-        let full = n - n % LANES;
-        let xs = xs.map(|x| &x[..n]);
-        let ys = ys.map(|y| &y[..n]);
-        // SAFETY: every slice holds `n ≥ full` floats; 0 + 8 and 8 + 8 are ≤ LANES.
-        let (lo, hi) = unsafe { (half2x4(xs, ys, full, 0), half2x4(xs, ys, full, 8)) };
-        // Accumulator k = 4·row + centre; `reduce8` returns them in the order below.
-        const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
-        let mut tails = [0.0f32; 8];
-        if full < n {
-            for (t, &k) in tails.iter_mut().zip(&ORDER) {
-                // SAFETY: as this function's own contract.
-                *t = unsafe { tail(&xs[k / 4][full..], &ys[k % 4][full..]) };
-            }
-        }
-        let mut sums = [0.0f32; 8];
-        // SAFETY: `tails` and `sums` hold 8 floats each.
-        unsafe {
-            let v = _mm256_add_ps(reduce8(lo, hi), _mm256_loadu_ps(tails.as_ptr()));
-            if let Some([t0, t1]) = thr {
-                // Row of each entry in `ORDER`: k / 4.
-                let t = _mm256_setr_ps(t0, t0, t1, t1, t0, t0, t1, t1);
-                if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(v, t)) == 0 {
-                    return None;
-                }
-            }
-            _mm256_storeu_ps(sums.as_mut_ptr(), v);
-        }
-        let mut out = [[0.0f32; 4]; 2];
-        for (&v, &k) in sums.iter().zip(&ORDER) {
-            out[k / 4][k % 4] = v;
-        }
-        Some(out)
     }
 
     /// # Safety
@@ -530,51 +399,6 @@ mod tests {
                 for c in 0..4 {
                     assert_eq!(four[c].to_bits(), want[c].to_bits(), "avx len {len}, c {c}");
                 }
-                let tile = k.run(|| k.sq2x4([&ys[3], &x], [&ys[0], &ys[1], &ys[2], &ys[3]]));
-                check_tile(tile, &x, &ys, &format!("avx len {len}"));
-                check_below(k, &x, &ys, &format!("avx len {len}"));
-            }
-            let tile = Portable.sq2x4([&ys[3], &x], [&ys[0], &ys[1], &ys[2], &ys[3]]);
-            check_tile(tile, &x, &ys, &format!("portable len {len}"));
-            check_below(Portable, &x, &ys, &format!("portable len {len}"));
-        }
-    }
-
-    /// `tile` must be the 2 × 4 squared distances from rows `[ys[3], x]` to `ys[0..4]`.
-    fn check_tile(tile: [[f32; 4]; 2], x: &[f32], ys: &[Vec<f32>], what: &str) {
-        for (r, row) in [&ys[3][..], x].into_iter().enumerate() {
-            for c in 0..4 {
-                let want = reference_sq_dist(row, &ys[c]);
-                assert_eq!(tile[r][c].to_bits(), want.to_bits(), "{what} r {r} c {c}");
-            }
-        }
-    }
-
-    /// `sq2x4_below` gives the tile exactly when one entry of a row is below that row's
-    /// threshold: thresholds at, just above and just below each entry, and far away.
-    fn check_below<K: Kernel>(k: K, x: &[f32], ys: &[Vec<f32>], what: &str) {
-        let rows = [&ys[3][..], x];
-        let want: Vec<Vec<f32>> = rows
-            .iter()
-            .map(|r| ys[..4].iter().map(|y| reference_sq_dist(r, y)).collect())
-            .collect();
-        let up = |v: f32| f32::from_bits(v.to_bits() + 1);
-        let mut cases = vec![[0.0f32, 0.0], [f32::INFINITY, 0.0], [0.0, f32::INFINITY]];
-        for r in 0..2 {
-            for &v in &want[r] {
-                for t in [v, up(v)] {
-                    let mut thr = [0.0f32; 2];
-                    thr[r] = t;
-                    cases.push(thr);
-                }
-            }
-        }
-        for thr in cases {
-            let got = k.sq2x4_below([rows[0], rows[1]], [&ys[0], &ys[1], &ys[2], &ys[3]], thr);
-            let any = (0..2).any(|r| want[r].iter().any(|&v| v < thr[r]));
-            assert_eq!(got.is_some(), any, "{what} thr {thr:?}");
-            if let Some(tile) = got {
-                check_tile(tile, x, ys, what);
             }
         }
     }

@@ -19,8 +19,9 @@
 //!   it does not pay for its centre–centre table (high-dimensional uniform data).
 //!
 //! Cost (163,840 × 128 rows, 1 % = 1,638 centres): uniform random rows, where nothing can be
-//! pruned, need every one of the `k·N` distances but only ~24 passes (~70 centres per pass) at
-//! a 2 × 4 (rows × centres) AVX + FMA tile; clustered rows prune 85–98 % of the distances. The
+//! pruned, need every one of the `k·N` distances but only ~24 passes (~70 centres per pass),
+//! computed on row blocks transposed 16 at a time (see [`blocked`](super::blocked)) for 8
+//! centres per kernel call; clustered rows prune 85–98 % of the distances. The
 //! centre–centre table costs `~k²/2` distances over a run, which dominates on clustered data at
 //! 10 %.
 //!
@@ -32,8 +33,11 @@
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
-use super::distance::dist;
-use super::pass::{centre_table, full_pass, rel_margin, Batch, Rows, Work, BLOCK_ROWS, NO_OWNER};
+use super::blocked::Blocked;
+use super::pass::{
+    centre_table, full_pass, key_sq, rel_margin, sq_dists, Batch, Keys, Rows, Work, BLOCK_ROWS,
+    NO_OWNER,
+};
 use super::topk::{beats, CAP};
 use crate::{Error, Result};
 
@@ -78,12 +82,23 @@ pub(super) fn mean_to_starts(z: &Rows, starts: &[f32], n0: usize, a: &mut [f32])
     a.par_chunks_mut(BLOCK_ROWS)
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
         .for_each(|(ab, zb)| {
-            for (ai, row) in ab.iter_mut().zip(zb.chunks_exact(d)) {
-                let mut sum = 0.0f32;
-                for s in starts.chunks_exact(d) {
-                    sum += dist(row, s);
+            let rows = Rows {
+                data: zb,
+                n: ab.len(),
+                d,
+            };
+            let all: Vec<usize> = (0..ab.len()).collect();
+            let mut sq = vec![0.0f32; ab.len()];
+            ab.fill(0.0);
+            for s in starts.chunks_exact(d) {
+                // `dist(row, s)`, with the dispatched kernel.
+                sq_dists(&rows, &all, s, &mut sq);
+                for (ai, &q) in ab.iter_mut().zip(&sq) {
+                    *ai += q.sqrt();
                 }
-                *ai = sum / count;
+            }
+            for ai in ab.iter_mut() {
+                *ai /= count;
             }
         });
 }
@@ -102,6 +117,9 @@ pub(super) fn traverse(
     let d = z.d;
     let mut stats = Stats::default();
     let mut owner = vec![NO_OWNER; z.n];
+    let mut sq: Vec<f32> = a.par_iter().map(|&key| key_sq(key)).collect();
+    let mut live: Vec<usize> = Vec::with_capacity(LIST);
+    let mut live_sq: Vec<f32> = Vec::with_capacity(LIST);
     let mut pending: Vec<usize> = Vec::with_capacity(CAP + 1);
     let mut centres: Vec<f32> = Vec::with_capacity((CAP + 1) * d);
     let mut cc: Vec<f32> = Vec::new();
@@ -109,14 +127,21 @@ pub(super) fn traverse(
     let mut list: Vec<usize> = Vec::with_capacity(LIST);
     let rel = rel_margin(d);
     let mut backoff = 0usize;
+    // The full passes read the bank in transposed row blocks.
+    let blocked = Blocked::from_rows(z);
 
-    let emit = |s: usize, a: &mut [f32], out: &mut Vec<usize>, pending: &mut Vec<usize>| {
+    let emit = |s: usize,
+                a: &mut [f32],
+                sq: &mut [f32],
+                out: &mut Vec<usize>,
+                pending: &mut Vec<usize>| {
         out.push(s);
         a[s] = EMITTED;
+        sq[s] = key_sq(EMITTED);
         pending.push(s);
     };
     if let Some(f) = first {
-        emit(f, a, out, &mut pending);
+        emit(f, a, &mut sq, out, &mut pending);
     }
     while out.len() < k {
         // Fold every pending centre into every row.
@@ -138,7 +163,16 @@ pub(super) fn traverse(
             cc: if prune { Some((&cc, &near)) } else { None },
             rel,
         };
-        let (top, work) = full_pass(z, a, &mut owner, &batch);
+        let (top, work) = full_pass(
+            &blocked,
+            z,
+            &mut Keys {
+                a: &mut *a,
+                owner: &mut owner,
+                sq: &mut sq,
+            },
+            &batch,
+        );
         stats.passes += 1;
         stats.work += work;
         if prune {
@@ -161,23 +195,26 @@ pub(super) fn traverse(
         };
         let mut next = top.get(0).1;
         loop {
-            emit(next, a, out, &mut pending);
+            emit(next, a, &mut sq, out, &mut pending);
             if out.len() >= k || pending.len() > LIST {
                 break;
             }
             // Fold the new centre into the list rows only.
             let pos = u32::try_from(out.len() - 1).unwrap_or(NO_OWNER);
-            let c = z.row(next);
+            // Rows whose key can drop; `Δ < a_r` exactly when `Δ² < sq_r`.
+            live.clear();
+            live.extend(list.iter().copied().filter(|&r| a[r] > 0.0));
+            live_sq.resize(live.len(), 0.0);
+            sq_dists(z, &live, z.row(next), &mut live_sq);
+            for (&r, &s) in live.iter().zip(&live_sq) {
+                if s < sq[r] {
+                    a[r] = s.sqrt();
+                    owner[r] = pos;
+                    sq[r] = key_sq(a[r]);
+                }
+            }
             let mut best = NO_CANDIDATE;
             for &r in &list {
-                let key = a[r];
-                if key > 0.0 {
-                    let dr = dist(z.row(r), c);
-                    if dr < key {
-                        a[r] = dr;
-                        owner[r] = pos;
-                    }
-                }
                 best = better(best, (a[r], r));
             }
             // Rows outside the list have keys at most those seen by the last pass, all of

@@ -39,6 +39,7 @@
 //! assert_eq!(idx.len(), 10);
 //! ```
 
+mod blocked;
 mod distance;
 mod greedy;
 mod pass;
@@ -301,7 +302,14 @@ fn projected<'a>(bank: ArrayView2<'a, f32>, cfg: &CoresetConfig) -> Result<CowAr
         return Ok(CowArray::from(bank));
     }
     let z = project(bank, cfg.projection_dim, cfg.seed)?;
-    if z.iter().any(|v| !v.is_finite()) {
+    // The projection is contiguous (row-major, as `project` builds it): checked in parallel.
+    let non_finite = match z.as_slice() {
+        Some(s) => s
+            .par_chunks(1 << 16)
+            .any(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite())),
+        None => z.iter().any(|v| !v.is_finite()),
+    };
+    if non_finite {
         return Err(Error::input(
             "the random projection of the memory bank overflows f32: the bank values are too large",
         ));

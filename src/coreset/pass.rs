@@ -10,21 +10,28 @@
 //! computed `Δ(z_i, z_s)` is at least `a_i` and cannot lower the key: it is not computed. The
 //! keys after a pass are therefore exactly those of folding the centres one at a time.
 //!
-//! The passes are generic over the distance [`Kernel`]: the portable one, or the AVX + FMA one
-//! when the CPU has it (chosen at run time). Both give the same bits (see
-//! [`distance`](super::distance)).
+//! The passes read the bank in transposed row blocks ([`Blocked`]) and are generic over the
+//! block kernel ([`BlockKernel`]): the portable loops, the same loops compiled with AVX + FMA,
+//! or the AVX-512 kernel, chosen at run time. All give the bits of
+//! [`sq_dist`](super::distance::sq_dist) (see [`distance`](super::distance) and
+//! [`blocked`](super::blocked)); the centre–centre table and the candidate-list updates use the
+//! row kernels ([`Kernel`]) on row-major rows.
 
 use std::ops::AddAssign;
 
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+use super::blocked::{Avx512Blocks, FmaBlocks};
+use super::blocked::{BlockKernel, Blocked, PortableBlocks, GROUP, R};
+#[cfg(target_arch = "x86_64")]
 use super::distance::Fma;
 use super::distance::{Kernel, Portable};
 use super::topk::{TopK, CAP};
 
-/// Rows per parallel block of a pass.
+/// Rows per parallel block of a pass (a multiple of the row block [`R`]).
 pub(super) const BLOCK_ROWS: usize = 1024;
+const _: () = assert!(BLOCK_ROWS.is_multiple_of(R));
 
 /// Owner of a row whose key is not (yet) the distance to an emitted row.
 pub(super) const NO_OWNER: u32 = u32::MAX;
@@ -83,6 +90,26 @@ pub(super) struct Batch<'a> {
     pub rel: f32,
 }
 
+/// The per-row state of a traversal: key `a_i`, owner (see the module documentation) and
+/// `sq_i`, the squared threshold of the key ([`sq_threshold`]`(a_i)` for a key `> 0`, `0`
+/// otherwise, which no squared distance is below), kept up to date with the key so that a pass
+/// does not recompute it.
+pub(super) struct Keys<'k> {
+    pub a: &'k mut [f32],
+    pub owner: &'k mut [u32],
+    pub sq: &'k mut [f32],
+}
+
+/// The squared threshold of a key (see [`Keys`]).
+#[inline]
+pub(super) fn key_sq(key: f32) -> f32 {
+    if key > 0.0 {
+        sq_threshold(key)
+    } else {
+        0.0
+    }
+}
+
 /// Row-major rows of length `d`.
 #[derive(Clone, Copy)]
 pub(super) struct Rows<'a> {
@@ -97,86 +124,24 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// The `C` centres `g` (batch positions) against the rows of `blk`, folded in the order of `g`
+/// when a key can drop.
 #[inline(always)]
-fn fold_block_body<K: Kernel>(
+fn group<'c, K: BlockKernel, const C: usize>(
     kern: K,
-    zb: &[f32],
-    d: usize,
-    base: usize,
-    ab: &mut [f32],
-    ob: &mut [u32],
-    batch: &Batch,
-) -> (TopK, Work) {
-    if batch.cc.is_none() {
-        return fold_block_dense(kern, zb, d, base, ab, ob, batch);
-    }
-    let m = batch.m;
-    let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
-    let mut work = Work::default();
-    let mut todo = [0usize; CAP];
-    for (i, (ai, oi)) in ab.iter_mut().zip(ob.iter_mut()).enumerate() {
-        let key = *ai;
-        // A key ≤ 0 (emitted, or on an emitted row's duplicate) can never be lowered.
-        if key > 0.0 && m > 0 {
-            let row = &zb[i * d..(i + 1) * d];
-            let mut nt = 0;
-            match batch.cc {
-                Some((_, near))
-                    if *oi != NO_OWNER && near[*oi as usize] > bound(key, batch.rel) =>
-                {
-                    // Every centre of the batch is too far from the owner: nothing to compute.
-                }
-                Some((cc, _)) if *oi != NO_OWNER => {
-                    let bound = bound(key, batch.rel);
-                    let own = *oi as usize;
-                    for (j, &dc) in cc[own * m..(own + 1) * m].iter().enumerate() {
-                        if !(dc > bound && dc.is_finite()) {
-                            todo[nt] = j;
-                            nt += 1;
-                        }
-                    }
-                }
-                _ => {
-                    for (j, t) in todo[..m].iter_mut().enumerate() {
-                        *t = j;
-                    }
-                    nt = m;
-                }
-            }
-            work.computed += nt as u64;
-            work.pruned += (m - nt) as u64;
-            if nt == 0 {
-                continue;
-            }
-            let mut best = key;
-            let mut thr = sq_threshold(key);
-            let mut own = *oi;
-            let mut set = |j: usize, sq: f32| {
-                // `sqrt(sq) < best`, without the square root.
-                if sq < thr {
-                    best = sq.sqrt();
-                    thr = sq_threshold(best);
-                    own = u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
-                }
-            };
-            let mut quads = todo[..nt].chunks_exact(4);
-            for q in &mut quads {
-                let s = kern.sq4(
-                    row,
-                    [centre(q[0]), centre(q[1]), centre(q[2]), centre(q[3])],
-                );
-                for (&j, &sq) in q.iter().zip(&s) {
-                    set(j, sq);
-                }
-            }
-            for &j in quads.remainder() {
-                set(j, kern.sq1(row, centre(j)));
-            }
-            *ai = best;
-            *oi = own;
+    blk: &[f32],
+    g: &[usize],
+    centre: &impl Fn(usize) -> &'c [f32],
+    thr: &mut [f32; R],
+    fold: &mut impl FnMut(&mut [f32; R], usize, &[f32; R]),
+) {
+    let cs: [&[f32]; C] = std::array::from_fn(|c| centre(g[c]));
+    // Most blocks lower no key: their distances are not even looked at.
+    if let Some(s) = kern.sq_block(blk, cs, thr) {
+        for (&j, s) in g.iter().zip(&s) {
+            fold(thr, j, s);
         }
     }
-    (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
 /// The smallest `t ≥ 0` with `sqrt(t) ≥ key` (`f32` square root, correctly rounded), for a key
@@ -204,115 +169,221 @@ pub(super) fn sq_threshold(key: f32) -> f32 {
     t
 }
 
-/// Rows processed together by [`fold_block_dense`].
-const TILE: usize = 8;
-
-/// [`fold_block_body`] without pruning: every row meets every centre. Rows go by tiles of
-/// [`TILE`], within a tile by pairs, and centres by fours, so that each loaded chunk of a row
-/// or a centre serves several distances. Each row still meets the centres in ascending order.
+/// Folds `batch` into the keys of the rows of `zb` (blocked rows, see
+/// [`blocked`](super::blocked); `ab.len()` rows from row `base`). Rows go by blocks of [`R`]:
+/// the centres that any live row of the block needs (all of them without pruning) are computed
+/// for the whole block, [`GROUP`] at a time, and folded into each row in ascending order. A row
+/// whose key cannot drop (key ≤ 0, a padding row, or every centre pruned) has threshold 0,
+/// which no squared distance is below; a centre pruned for one row but computed for its block
+/// is folded too, harmlessly: its distance cannot be below the row's key. When the rows of a
+/// block need less than half of that union in all (clustered data, pruning at work), the block
+/// goes row by row instead, each row with its own centres and the row kernel on the row-major
+/// rows `zr`. The work counters count the pairs per row, as if every row were computed alone.
 #[inline(always)]
-fn fold_block_dense<K: Kernel>(
-    kern: K,
-    zb: &[f32],
+fn fold_block_body<K: BlockKernel, RK: Kernel>(
+    (kern, row_kern): (K, RK),
+    (zb, zr): (&[f32], &[f32]),
     d: usize,
     base: usize,
-    ab: &mut [f32],
-    ob: &mut [u32],
+    keys: Keys,
     batch: &Batch,
 ) -> (TopK, Work) {
+    let Keys {
+        a: ab,
+        owner: ob,
+        sq: sb,
+    } = keys;
     let m = batch.m;
     let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
     let pos = |j: usize| u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
     let mut work = Work::default();
-    for (t, (at, ot)) in ab.chunks_mut(TILE).zip(ob.chunks_mut(TILE)).enumerate() {
-        let first = t * TILE;
-        let row = |r: usize| &zb[(first + r) * d..(first + r + 1) * d];
-        // Rows of the tile whose key can still drop (a key ≤ 0 never can).
-        let mut live = [0usize; TILE];
+    let mut need = [false; CAP];
+    let mut list = [0usize; CAP];
+    let rows = ab.chunks_mut(R).zip(ob.chunks_mut(R)).zip(sb.chunks_mut(R));
+    for (t, ((at, ot), st)) in rows.enumerate() {
+        let blk = &zb[t * R * d..(t + 1) * R * d];
+        let mut thr = [0.0f32; R];
+        let mut any = false;
+        let mut pairs = 0;
+        if batch.cc.is_some() {
+            need[..m].fill(false);
+        }
+        for (r, (&key, &own)) in at.iter().zip(ot.iter()).enumerate() {
+            // A key ≤ 0 (emitted, or on an emitted row's duplicate) can never be lowered.
+            if !(key > 0.0 && m > 0) {
+                continue;
+            }
+            let mut nt = m;
+            match batch.cc {
+                Some((_, near))
+                    if own != NO_OWNER && near[own as usize] > bound(key, batch.rel) =>
+                {
+                    // Every centre of the batch is too far from the owner: nothing to compute.
+                    nt = 0;
+                }
+                Some((cc, _)) if own != NO_OWNER => {
+                    let bound = bound(key, batch.rel);
+                    let own = own as usize;
+                    nt = 0;
+                    for (n, &dc) in need.iter_mut().zip(&cc[own * m..(own + 1) * m]) {
+                        if !(dc > bound && dc.is_finite()) {
+                            *n = true;
+                            nt += 1;
+                        }
+                    }
+                }
+                Some(_) => need[..m].fill(true),
+                None => {}
+            }
+            work.computed += nt as u64;
+            work.pruned += (m - nt) as u64;
+            pairs += nt;
+            if nt > 0 {
+                thr[r] = st[r];
+                any = true;
+            }
+        }
+        if !any {
+            continue;
+        }
         let mut nl = 0;
-        for (r, &a) in at.iter().enumerate() {
-            if a > 0.0 && m > 0 {
-                live[nl] = r;
+        if let Some((cc, _)) = batch.cc {
+            if 2 * pairs < R * need[..m].iter().filter(|&&n| n).count() {
+                // The rows need few and different centres: computing their union for the
+                // whole block would waste most of it. Row by row (row-major rows), with each
+                // row's own list, as without blocks.
+                for r in 0..at.len() {
+                    if thr[r] <= 0.0 {
+                        continue;
+                    }
+                    let row = &zr[(t * R + r) * d..(t * R + r + 1) * d];
+                    let mut nt = 0;
+                    if ot[r] == NO_OWNER {
+                        for (j, l) in list[..m].iter_mut().enumerate() {
+                            *l = j;
+                        }
+                        nt = m;
+                    } else {
+                        let bound = bound(at[r], batch.rel);
+                        let own = ot[r] as usize;
+                        for (j, &dc) in cc[own * m..(own + 1) * m].iter().enumerate() {
+                            if !(dc > bound && dc.is_finite()) {
+                                list[nt] = j;
+                                nt += 1;
+                            }
+                        }
+                    }
+                    let mut set = |j: usize, sq: f32| {
+                        // `sqrt(sq) < a`, without the square root.
+                        if sq < thr[r] {
+                            let dj = sq.sqrt();
+                            at[r] = dj;
+                            ot[r] = pos(j);
+                            st[r] = sq_threshold(dj);
+                            thr[r] = st[r];
+                        }
+                    };
+                    let mut quads = list[..nt].chunks_exact(4);
+                    for q in &mut quads {
+                        let cs = [centre(q[0]), centre(q[1]), centre(q[2]), centre(q[3])];
+                        for (&j, sq) in q.iter().zip(row_kern.sq4(row, cs)) {
+                            set(j, sq);
+                        }
+                    }
+                    for &j in quads.remainder() {
+                        set(j, row_kern.sq1(row, centre(j)));
+                    }
+                }
+                continue;
+            }
+        }
+        for (j, &n) in need[..m].iter().enumerate() {
+            // Without pruning every centre is needed.
+            if n || batch.cc.is_none() {
+                list[nl] = j;
                 nl += 1;
             }
         }
-        work.computed += (nl * m) as u64;
-        let live = &live[..nl];
-        let mut thr = [0.0f32; TILE];
-        for &r in live {
-            thr[r] = sq_threshold(at[r]);
-        }
-        let mut fold = |thr: &mut [f32; TILE], r: usize, j: usize, sq: f32| {
-            // `sqrt(sq) < at[r]`, without the square root.
-            if sq < thr[r] {
-                let dj = sq.sqrt();
-                at[r] = dj;
-                ot[r] = pos(j);
-                thr[r] = sq_threshold(dj);
+        let mut fold = |thr: &mut [f32; R], j: usize, s: &[f32; R]| {
+            let rows = at.iter_mut().zip(ot.iter_mut()).zip(st.iter_mut());
+            for (r, ((a, o), sq)) in rows.enumerate() {
+                // `sqrt(s[r]) < a`, without the square root.
+                if s[r] < thr[r] {
+                    let dj = s[r].sqrt();
+                    *a = dj;
+                    *o = pos(j);
+                    *sq = sq_threshold(dj);
+                    thr[r] = *sq;
+                }
             }
         };
-        let mut j = 0;
-        while j + 4 <= m {
-            let q = [centre(j), centre(j + 1), centre(j + 2), centre(j + 3)];
-            let mut pairs = live.chunks_exact(2);
-            for p in &mut pairs {
-                // Most tiles lower no key: their distances are not even looked at.
-                let Some(s) = kern.sq2x4_below([row(p[0]), row(p[1])], q, [thr[p[0]], thr[p[1]]])
-                else {
-                    continue;
-                };
-                for (&r, sr) in p.iter().zip(&s) {
-                    for (c, &sq) in sr.iter().enumerate() {
-                        fold(&mut thr, r, j + c, sq);
+        let mut groups = list[..nl].chunks_exact(GROUP);
+        for g in &mut groups {
+            group::<K, GROUP>(kern, blk, g, &centre, &mut thr, &mut fold);
+        }
+        // The last centres together too (one centre per call would leave the registers idle).
+        let rest = groups.remainder();
+        match rest.len() {
+            0 => {}
+            1 => group::<K, 1>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            2 => group::<K, 2>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            3 => group::<K, 3>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            4 => group::<K, 4>(kern, blk, rest, &centre, &mut thr, &mut fold),
+            _ => {
+                let (a, b) = rest.split_at(4);
+                group::<K, 4>(kern, blk, a, &centre, &mut thr, &mut fold);
+                for g in b.chunks(2) {
+                    match g.len() {
+                        2 => group::<K, 2>(kern, blk, g, &centre, &mut thr, &mut fold),
+                        _ => group::<K, 1>(kern, blk, g, &centre, &mut thr, &mut fold),
                     }
                 }
             }
-            for &r in pairs.remainder() {
-                let s = kern.sq4(row(r), q);
-                for (c, &sq) in s.iter().enumerate() {
-                    fold(&mut thr, r, j + c, sq);
-                }
-            }
-            j += 4;
-        }
-        while j < m {
-            for &r in live {
-                fold(&mut thr, r, j, kern.sq1(row(r), centre(j)));
-            }
-            j += 1;
         }
     }
     (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
 fn fold_block(
-    zb: &[f32],
+    z: (&[f32], &[f32]),
     d: usize,
     base: usize,
-    ab: &mut [f32],
-    ob: &mut [u32],
+    keys: Keys,
     batch: &Batch,
 ) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(kern) = Fma::detect() {
-        return kern.run(
-            #[inline(always)]
-            || fold_block_body(kern, zb, d, base, ab, ob, batch),
-        );
+    {
+        if let Some((kern, f)) = Avx512Blocks::detect() {
+            return kern.run(
+                #[inline(always)]
+                || fold_block_body((kern, f), z, d, base, keys, batch),
+            );
+        }
+        if let Some(f) = Fma::detect() {
+            return f.run(
+                #[inline(always)]
+                || fold_block_body((FmaBlocks(f), f), z, d, base, keys, batch),
+            );
+        }
     }
-    fold_block_body(Portable, zb, d, base, ab, ob, batch)
+    fold_block_body((PortableBlocks, Portable), z, d, base, keys, batch)
 }
 
-/// Folds `batch` into the keys `a` (and owners) of all rows of `z` and returns the best
-/// [`CAP`] rows afterwards together with the work done. Deterministic: every row is processed
-/// alone and the block lists merge in a total order.
-pub(super) fn full_pass(z: &Rows, a: &mut [f32], owner: &mut [u32], batch: &Batch) -> (TopK, Work) {
+/// Folds `batch` into the keys `a` (and owners, and squared thresholds `sq`, see [`Keys`]) of
+/// all rows (`z` blocked, `rows` the same rows row-major) and returns the best [`CAP`] rows afterwards together with the work done.
+/// Deterministic: every row is processed alone and the block lists merge in a total order.
+pub(super) fn full_pass(z: &Blocked, rows: &Rows, keys: &mut Keys, batch: &Batch) -> (TopK, Work) {
     let d = z.d;
-    a.par_chunks_mut(BLOCK_ROWS)
-        .zip(owner.par_chunks_mut(BLOCK_ROWS))
+    keys.a
+        .par_chunks_mut(BLOCK_ROWS)
+        .zip(keys.owner.par_chunks_mut(BLOCK_ROWS))
+        .zip(keys.sq.par_chunks_mut(BLOCK_ROWS))
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
+        .zip(rows.data.par_chunks(BLOCK_ROWS * d))
         .enumerate()
-        .map(|(b, ((ab, ob), zb))| fold_block(zb, d, b * BLOCK_ROWS, ab, ob, batch))
+        .map(|(b, ((((a, owner), sq), zb), zr))| {
+            fold_block((zb, zr), d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
+        })
         .reduce(
             || (TopK::new(), Work::default()),
             |(ta, mut wa), (tb, wb)| {
@@ -320,6 +391,25 @@ pub(super) fn full_pass(z: &Rows, a: &mut [f32], owner: &mut [u32], batch: &Batc
                 (TopK::merge(ta, tb), wa)
             },
         )
+}
+
+/// `out[i] = Δ(z_{rows[i]}, c)²` with the dispatched kernel (the bits of
+/// [`sq_dist`](super::distance::sq_dist)).
+pub(super) fn sq_dists(z: &Rows, rows: &[usize], c: &[f32], out: &mut [f32]) {
+    #[inline(always)]
+    fn body<K: Kernel>(kern: K, z: &Rows, rows: &[usize], c: &[f32], out: &mut [f32]) {
+        for (o, &r) in out.iter_mut().zip(rows) {
+            *o = kern.sq1(z.row(r), c);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kern) = Fma::detect() {
+        return kern.run(
+            #[inline(always)]
+            || body(kern, z, rows, c, out),
+        );
+    }
+    body(Portable, z, rows, c, out)
 }
 
 #[inline(always)]
@@ -428,6 +518,10 @@ mod tests {
         assert!(f32::MAX < sq_threshold(f32::INFINITY));
     }
 
+    fn keys<'k>(a: &'k mut [f32], owner: &'k mut [u32], sq: &'k mut [f32]) -> Keys<'k> {
+        Keys { a, owner, sq }
+    }
+
     #[test]
     fn dispatched_kernels_equal_portable_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -464,8 +558,26 @@ mod tests {
                 .collect();
             let (mut a1, mut o1) = (init.clone(), vec![NO_OWNER; n]);
             let (mut a2, mut o2) = (init.clone(), vec![NO_OWNER; n]);
-            let (t1, w1) = fold_block(&data, d, 0, &mut a1, &mut o1, &batch);
-            let (t2, w2) = fold_block_body(Portable, &data, d, 0, &mut a2, &mut o2, &batch);
+            let blocked = Blocked::from_rows(&z);
+            let mut s1: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
+            let mut s2 = s1.clone();
+            let (t1, w1) = fold_block(
+                (&blocked.data, &data),
+                d,
+                0,
+                keys(&mut a1, &mut o1, &mut s1),
+                &batch,
+            );
+            let (t2, w2) = fold_block_body(
+                (PortableBlocks, Portable),
+                (&blocked.data, &data),
+                d,
+                0,
+                keys(&mut a2, &mut o2, &mut s2),
+                &batch,
+            );
+            assert_eq!(s1, s2);
+            assert!(a1.iter().zip(&s1).all(|(&a, &s)| key_sq(a) == s));
             assert_eq!(w1, w2);
             assert_eq!(o1, o2);
             let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -483,6 +595,20 @@ mod tests {
             assert_eq!(t1.len(), t2.len());
             for i in 0..t1.len() {
                 assert_eq!(t1.get(i).1, t2.get(i).1);
+            }
+            // The AVX + FMA loops (the choice on CPUs without AVX-512).
+            #[cfg(target_arch = "x86_64")]
+            if let Some(f) = Fma::detect() {
+                let (mut a3, mut o3) = (init.clone(), vec![NO_OWNER; n]);
+                let mut s3: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
+                let (_, w3) = f.run(|| {
+                    let k3 = keys(&mut a3, &mut o3, &mut s3);
+                    fold_block_body((FmaBlocks(f), f), (&blocked.data, &data), d, 0, k3, &batch)
+                });
+                assert_eq!(w3, w1);
+                assert_eq!(o3, o1);
+                assert_eq!(bits(&a3), bits(&a1));
+                assert_eq!(s3, s1);
             }
         }
     }

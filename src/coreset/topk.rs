@@ -65,30 +65,32 @@ impl TopK {
     /// on a stack buffer and sorts only the winners: linear in the number of keys, whatever
     /// their order.
     pub(super) fn of_keys<const MAX_ROWS: usize>(keys: &[f32], base: usize) -> TopK {
-        let mut buf = [(0.0f32, 0usize); MAX_ROWS];
+        const { assert!(MAX_ROWS <= u32::MAX as usize) };
         let n = keys.len().min(MAX_ROWS);
-        for (b, (i, &k)) in buf.iter_mut().zip(keys.iter().enumerate()) {
-            *b = (k, base + i);
-        }
-        let order = |p: &(f32, usize), q: &(f32, usize)| {
-            if beats(*p, *q) {
-                std::cmp::Ordering::Less
-            } else if beats(*q, *p) {
-                std::cmp::Ordering::Greater
+        // Each pair packed in one integer that orders like `beats`: the key's bits mapped to an
+        // unsigned order (`+ 0.0` turns −0 into +0, which `beats` treats as equal keys) above
+        // the complemented position (lower position first). Keys are never NaN.
+        let pack = |i: usize| -> u64 {
+            let bits = (keys[i] + 0.0).to_bits();
+            let ord = if bits >> 31 == 1 {
+                !bits
             } else {
-                std::cmp::Ordering::Equal
-            }
+                bits | 1 << 31
+            };
+            (u64::from(ord) << 32) | u64::from(u32::MAX - i as u32)
         };
+        let mut buf: [u64; MAX_ROWS] = std::array::from_fn(|i| if i < n { pack(i) } else { 0 });
         let buf = &mut buf[..n];
         let take = n.min(CAP);
         if n > take {
-            buf.select_nth_unstable_by(take - 1, order);
+            buf.select_nth_unstable_by(take - 1, |p, q| q.cmp(p));
         }
-        buf[..take].sort_unstable_by(order);
+        buf[..take].sort_unstable_by(|p, q| q.cmp(p));
         let mut out = TopK::new();
-        for (t, &(k, r)) in buf[..take].iter().enumerate() {
-            out.key[t] = k;
-            out.row[t] = r;
+        for (t, &p) in buf[..take].iter().enumerate() {
+            let i = (u32::MAX - p as u32) as usize;
+            out.key[t] = keys[i];
+            out.row[t] = base + i;
         }
         out.len = take;
         out
@@ -136,9 +138,17 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for n in [0usize, 1, 5, CAP - 1, CAP, CAP + 1, 1000] {
             // Few distinct keys: many ties, decided by the index.
-            let keys: Vec<f32> = (0..n).map(|_| rng.random_range(0..7) as f32).collect();
+            let keys: Vec<f32> = (0..n)
+                .map(|_| match rng.random_range(0..10) {
+                    7 => f32::INFINITY,
+                    8 => -1.0,
+                    9 => -0.0,
+                    v => v as f32,
+                })
+                .collect();
             let mut want: Vec<(f32, usize)> = keys.iter().copied().zip(0..n).collect();
-            want.sort_by(|p, q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
+            // Keys compare as numbers (−0 == +0, as in `beats`), ties by index.
+            want.sort_by(|p, q| q.0.partial_cmp(&p.0).unwrap().then(p.1.cmp(&q.1)));
             want.truncate(CAP);
             let split = n / 3;
             let (mut a, mut b, mut all) = (TopK::new(), TopK::new(), TopK::new());
