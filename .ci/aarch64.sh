@@ -92,7 +92,8 @@ echo "aarch64 qemu tests took $((SECONDS - t0)) s"
 # Skipped here: the three large greedy-vs-plain coreset comparisons (about 4 of the step's
 # 5 minutes under emulation). They run natively in the test step, and the portable coreset
 # kernels they would reach here are checked bit for bit against the dispatched ones natively
-# (coreset::pass::tests::dispatched_kernels_equal_portable_bit_for_bit) and against the plain
+# (coreset::pass::tests::dispatched_kernels_equal_portable_bit_for_bit and
+# coreset::blocked::tests::block_kernels_follow_the_documented_order_bit_for_bit) and against the plain
 # greedy at small sizes in this step (tiny_and_degenerate_banks_match_plain).
 step "x86-64 without AVX/FMA under qemu (portable GEMM kernels)"
 t0=$SECONDS
