@@ -246,6 +246,13 @@ def run_ours():
         "ours_resnet18_layer3": criterion_median_ms("backbone_to_layer3_224", "resnet18", "1"),
         "ours_knn_784x1638": criterion_median_ms("knn_784x1024", "bank1638", "k1"),
         "ours_knn_784x16384": criterion_median_ms("knn_784x1024", "bank16384", "k1"),
+        # The same search without the bf16 screen (the f32 GEMM path alone).
+        "ours_knn_784x1638_noscreen": criterion_median_ms(
+            "knn_784x1024", "bank1638_noscreen", "k1"
+        ),
+        "ours_knn_784x16384_noscreen": criterion_median_ms(
+            "knn_784x1024", "bank16384_noscreen", "k1"
+        ),
         "ours_coreset_1pct": criterion_median_ms("full", "greedy_1pct", "163840x1024"),
         "ours_predict_wrn50_2_224_bank1638": criterion_median_ms(
             "predict_wrn50_2", "224_bank1638", "full"
