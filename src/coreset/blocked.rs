@@ -298,30 +298,9 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coreset::distance::tests::reference_sq_dist;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-
-    /// The documented order spelled out one element at a time, on a plain row.
-    fn reference_sq_dist(x: &[f32], y: &[f32]) -> f32 {
-        let n = x.len();
-        let full = n - n % LANES;
-        let mut lanes = [0.0f32; LANES];
-        for j in 0..full {
-            let t = x[j] - y[j];
-            lanes[j % LANES] = t.mul_add(t, lanes[j % LANES]);
-        }
-        let mut tail = 0.0f32;
-        for j in full..n {
-            let t = x[j] - y[j];
-            tail = t.mul_add(t, tail);
-        }
-        for width in [8, 4, 2, 1] {
-            for l in 0..width {
-                lanes[l] += lanes[l + width];
-            }
-        }
-        lanes[0] + tail
-    }
 
     fn check<K: BlockKernel>(k: K, what: &str) {
         let mut rng = ChaCha8Rng::seed_from_u64(31);

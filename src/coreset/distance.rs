@@ -331,13 +331,14 @@ mod avx {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// The summation order spelled out one element at a time, independently of the kernel.
-    fn reference_sq_dist(x: &[f32], y: &[f32]) -> f32 {
+    /// The summation order spelled out one element at a time, independently of the kernel
+    /// (also the oracle of the `blocked` kernels' tests).
+    pub(in crate::coreset) fn reference_sq_dist(x: &[f32], y: &[f32]) -> f32 {
         let n = x.len();
         let full = n - n % LANES;
         let mut lanes = [0.0f32; LANES];
