@@ -411,15 +411,42 @@ pub(super) struct ChunkState {
     row: Vec<u16>,
 }
 
+impl ChunkState {
+    /// Per-query view of query `i` (local index) into the chunk state.
+    fn query(&mut self, i: usize, k: usize, cap: usize) -> QueryState<'_> {
+        QueryState {
+            top_u: &mut self.top_u[i * k..(i + 1) * k],
+            idx: &mut self.cand_idx[i * cap..(i + 1) * cap],
+            lo: &mut self.cand_lo[i * cap..(i + 1) * cap],
+            n: &mut self.cand_n[i],
+            status: &mut self.status[i],
+        }
+    }
+}
+
 /// Per-query screening state borrowed from a [`ChunkState`].
 struct QueryState<'a> {
     top_u: &'a mut [f64],
     idx: &'a mut [u32],
     lo: &'a mut [f64],
     n: &'a mut usize,
+    status: &'a mut Status,
 }
 
 impl QueryState<'_> {
+    /// Feeds bank row `r` (metadata `b`) with screening product `s` against this query
+    /// (metadata `a`); `false` when the candidate buffer overflowed, and the query is then
+    /// marked for the f32 fallback.
+    #[inline]
+    fn offer(&mut self, coef: &BoundCoef, s: f32, a: &RowMeta, b: &RowMeta, r: usize) -> bool {
+        let (lo, hi) = coef.interval(s, a, b);
+        if self.consider(lo, hi, r as u32) {
+            return true;
+        }
+        *self.status = Status::Fallback;
+        false
+    }
+
     /// Feeds the pair interval `[lo, hi]` of bank row `row`; `false` when the candidate buffer
     /// overflowed (the query must fall back).
     #[inline]
@@ -550,24 +577,6 @@ fn screen_chunk(screen: &Screen, k: usize, cap: usize, groups: usize, st: &mut C
     screen_chunk_scalar(screen, k, cap, groups, st);
 }
 
-/// Per-query view into the chunk state.
-fn query_state<'a>(
-    top_u: &'a mut [f64],
-    cand_idx: &'a mut [u32],
-    cand_lo: &'a mut [f64],
-    cand_n: &'a mut [usize],
-    i: usize,
-    k: usize,
-    cap: usize,
-) -> QueryState<'a> {
-    QueryState {
-        top_u: &mut top_u[i * k..(i + 1) * k],
-        idx: &mut cand_idx[i * cap..(i + 1) * cap],
-        lo: &mut cand_lo[i * cap..(i + 1) * cap],
-        n: &mut cand_n[i],
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn screen_chunk_avx512(
@@ -597,9 +606,10 @@ unsafe fn screen_chunk_avx512(
             {
                 continue;
             }
-            let qg = &st.qpack[g * k2 * QGROUP..(g + 1) * k2 * QGROUP];
             for p in p0..p1 {
                 let panel = &screen.packed[p * panel_len..(p + 1) * panel_len];
+                // (Sliced per panel: the borrow must end before `st.query` below.)
+                let qg = &st.qpack[g * k2 * QGROUP..(g + 1) * k2 * QGROUP];
                 // SAFETY: the caller guarantees avx512f + avx512bf16 (this function's
                 // target features); the slices have the lengths `dots_panel` asserts.
                 unsafe { dots_panel(panel, qg, k2, &mut dots) };
@@ -627,22 +637,12 @@ unsafe fn screen_chunk_avx512(
                     if mask == 0 {
                         continue;
                     }
-                    let mut qstate = query_state(
-                        &mut st.top_u,
-                        &mut st.cand_idx,
-                        &mut st.cand_lo,
-                        &mut st.cand_n,
-                        i,
-                        k,
-                        cap,
-                    );
+                    let mut qstate = st.query(i, k, cap);
                     while mask != 0 {
                         let l = mask.trailing_zeros() as usize;
                         mask &= mask - 1;
                         let r = p * PANEL + l;
-                        let (lo, hi) = screen.coef.interval(s[l], &qm, &screen.meta[r]);
-                        if !qstate.consider(lo, hi, r as u32) {
-                            st.status[i] = Status::Fallback;
+                        if !qstate.offer(&screen.coef, s[l], &qm, &screen.meta[r], r) {
                             active -= 1;
                             break;
                         }
@@ -686,15 +686,7 @@ fn screen_chunk_scalar(screen: &Screen, k: usize, cap: usize, groups: usize, st:
             a[2 * t + 1] = (v >> 16) as u16;
         }
         let qm = st.meta[i];
-        let mut qstate = query_state(
-            &mut st.top_u,
-            &mut st.cand_idx,
-            &mut st.cand_lo,
-            &mut st.cand_n,
-            i,
-            k,
-            cap,
-        );
+        let mut qstate = st.query(i, k, cap);
         for r in 0..screen.n {
             let (p, l) = (r / PANEL, r % PANEL);
             let panel = &screen.packed[p * panel_len..(p + 1) * panel_len];
@@ -707,9 +699,7 @@ fn screen_chunk_scalar(screen: &Screen, k: usize, cap: usize, groups: usize, st:
             if !prefilter_reference(s, &qm, &screen.meta[r], tau, &screen.coef) {
                 continue;
             }
-            let (lo, hi) = screen.coef.interval(s, &qm, &screen.meta[r]);
-            if !qstate.consider(lo, hi, r as u32) {
-                st.status[i] = Status::Fallback;
+            if !qstate.offer(&screen.coef, s, &qm, &screen.meta[r], r) {
                 break;
             }
         }
