@@ -65,7 +65,7 @@ pub(super) unsafe fn dots_panel(
     }
 }
 
-/// Per-query scalars of the prefilter (see [`super::prefilter_reference`] for the meaning).
+/// Per-query scalars of the prefilter (see [`super::bound::prefilter_reference`] for the meaning).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct QueryScalars {
     /// `‖â‖²` as f32.
@@ -77,7 +77,7 @@ pub(super) struct QueryScalars {
 }
 
 /// Bit `l` set when bank row `l` of the panel may be a candidate of the query: the
-/// vectorised form of [`super::prefilter_reference`].
+/// vectorised form of [`super::bound::prefilter_reference`].
 ///
 /// # Safety
 /// The CPU must support `avx512f`.

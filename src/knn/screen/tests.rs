@@ -4,9 +4,12 @@
 //! assertions are skipped.
 #![allow(clippy::needless_range_loop)] // index arithmetic mirrors the packed layouts
 
+use super::bound::prefilter_reference;
+use super::search::dot_reference;
 use super::*;
 use crate::knn::search::Scratch;
 use crate::knn::BruteForce;
+use half::bf16;
 use ndarray::Array2;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};

@@ -1,0 +1,350 @@
+//! The screened search of one query chunk: the screening loop (AVX-512 kernel or portable
+//! model) and the exact rerank of the candidates.
+//!
+//! **Selection.** Per query, `τ` is the k-th smallest `U` seen so far; a row is kept as a
+//! candidate when `L ≤ τ` (τ only decreases, candidates are filtered again with the final τ).
+//! The `k` rows defining the final τ have true distances ≤ τ, so every row whose true distance
+//! is at most the true k-th distance has `L ≤ τ`: the exact k nearest (with all exact ties)
+//! are among the candidates. Their distances are then computed directly from the original f32
+//! rows (`Σ (a − b)²`, as the f32 path's final recompute) and the k smallest are kept, ties to
+//! the lower index. A query with more than `cap` candidates (duplicated or equidistant rows)
+//! goes to the f32 GEMM path instead.
+
+use half::bf16;
+
+use super::bound::{prefilter_reference, BoundCoef, PREFILTER_SLACK};
+#[cfg(target_arch = "x86_64")]
+use super::kernel;
+use super::{available, round_row, RowMeta, Screen, PANEL, QGROUP};
+use crate::knn::search::{insert_sorted, squared_distance};
+
+/// Bank rows per cache block (256 rows × 1024 dims × 2 bytes = 512 KiB, fits L2).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const BANK_BLOCK: usize = 256;
+
+/// Candidate buffer size per query.
+pub(in crate::knn) fn default_cap(k: usize) -> usize {
+    (8 * k).max(64)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Status {
+    /// Padding slot of the last query group.
+    #[default]
+    Pad,
+    /// Being screened.
+    Active,
+    /// Too many candidates: searched by the f32 path.
+    Fallback,
+}
+
+/// Scratch of one query chunk, reused between searches.
+#[derive(Debug, Default)]
+pub(in crate::knn) struct ChunkState {
+    /// Packed bf16 query pairs, `[groups][k2][QGROUP]`.
+    qpack: Vec<u32>,
+    meta: Vec<RowMeta>,
+    status: Vec<Status>,
+    /// Ascending k smallest upper bounds per query.
+    pub(super) top_u: Vec<f64>,
+    cand_idx: Vec<u32>,
+    pub(super) cand_lo: Vec<f64>,
+    pub(super) cand_n: Vec<usize>,
+    /// One query's bf16 bits (padded to an even width).
+    row: Vec<u16>,
+}
+
+impl ChunkState {
+    /// Per-query view of query `i` (local index) into the chunk state.
+    fn query(&mut self, i: usize, k: usize, cap: usize) -> QueryState<'_> {
+        QueryState {
+            top_u: &mut self.top_u[i * k..(i + 1) * k],
+            idx: &mut self.cand_idx[i * cap..(i + 1) * cap],
+            lo: &mut self.cand_lo[i * cap..(i + 1) * cap],
+            n: &mut self.cand_n[i],
+            status: &mut self.status[i],
+        }
+    }
+}
+
+/// Per-query screening state borrowed from a [`ChunkState`].
+struct QueryState<'a> {
+    top_u: &'a mut [f64],
+    idx: &'a mut [u32],
+    lo: &'a mut [f64],
+    n: &'a mut usize,
+    status: &'a mut Status,
+}
+
+impl QueryState<'_> {
+    /// Feeds bank row `r` (metadata `b`) with screening product `s` against this query
+    /// (metadata `a`); `false` when the candidate buffer overflowed, and the query is then
+    /// marked for the f32 fallback.
+    #[inline]
+    fn offer(&mut self, coef: &BoundCoef, s: f32, a: &RowMeta, b: &RowMeta, r: usize) -> bool {
+        let (lo, hi) = coef.interval(s, a, b);
+        if self.consider(lo, hi, r as u32) {
+            return true;
+        }
+        *self.status = Status::Fallback;
+        false
+    }
+
+    /// Feeds the pair interval `[lo, hi]` of bank row `row`; `false` when the candidate buffer
+    /// overflowed (the query must fall back).
+    #[inline]
+    fn consider(&mut self, lo: f64, hi: f64, row: u32) -> bool {
+        let k = self.top_u.len();
+        if lo > self.top_u[k - 1] {
+            return true;
+        }
+        if hi < self.top_u[k - 1] {
+            let mut p = k - 1;
+            while p > 0 && hi < self.top_u[p - 1] {
+                self.top_u[p] = self.top_u[p - 1];
+                p -= 1;
+            }
+            self.top_u[p] = hi;
+        }
+        let tau = self.top_u[k - 1];
+        let cap = self.idx.len();
+        if *self.n == cap {
+            let mut w = 0;
+            for r in 0..cap {
+                if self.lo[r] <= tau {
+                    self.lo[w] = self.lo[r];
+                    self.idx[w] = self.idx[r];
+                    w += 1;
+                }
+            }
+            *self.n = w;
+            if w == cap {
+                return false;
+            }
+        }
+        self.lo[*self.n] = lo;
+        self.idx[*self.n] = row;
+        *self.n += 1;
+        true
+    }
+}
+
+/// Screened search of one chunk of `q.len() / d` queries: writes the k nearest of every
+/// query into `dist_out`/`idx_out` (sorted, ties → lower index) and returns in `fallback`
+/// (local indices) the queries that must be searched by the f32 path instead.
+#[allow(clippy::too_many_arguments)]
+pub(in crate::knn) fn search_chunk(
+    screen: &Screen,
+    bank: &[f32],
+    q: &[f32],
+    k: usize,
+    cap: usize,
+    dist_out: &mut [f32],
+    idx_out: &mut [usize],
+    st: &mut ChunkState,
+    fallback: &mut Vec<usize>,
+) {
+    let d = screen.d;
+    let k2 = screen.k2;
+    let cq = q.len() / d;
+    let groups = cq.div_ceil(QGROUP);
+    let slots = groups * QGROUP;
+    st.qpack.clear();
+    st.qpack.resize(groups * k2 * QGROUP, 0);
+    st.meta.clear();
+    st.meta.resize(slots, RowMeta::default());
+    st.status.clear();
+    st.status.resize(slots, Status::Pad);
+    st.top_u.clear();
+    st.top_u.resize(slots * k, f64::INFINITY);
+    st.cand_idx.resize(slots * cap, 0);
+    st.cand_lo.resize(slots * cap, 0.0);
+    st.cand_n.clear();
+    st.cand_n.resize(slots, 0);
+    st.row.resize(2 * k2, 0);
+    for (i, qi) in q.chunks_exact(d).enumerate() {
+        let (g, j) = (i / QGROUP, i % QGROUP);
+        let base = g * k2 * QGROUP + j;
+        st.row.fill(0);
+        st.meta[i] = round_row(qi, &screen.mu, &mut st.row);
+        for (t, pair) in st.row.chunks_exact(2).enumerate() {
+            st.qpack[base + t * QGROUP] = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+        }
+        st.status[i] = Status::Active;
+    }
+    screen_chunk(screen, k, cap, groups, st);
+    // Rerank the candidates of every screened query.
+    for (i, qi) in q.chunks_exact(d).enumerate() {
+        if st.status[i] != Status::Active {
+            fallback.push(i);
+            continue;
+        }
+        let tau = st.top_u[i * k + k - 1];
+        let (td, ti) = (
+            &mut dist_out[i * k..(i + 1) * k],
+            &mut idx_out[i * k..(i + 1) * k],
+        );
+        td.fill(f32::INFINITY);
+        ti.fill(usize::MAX);
+        let nc = st.cand_n[i];
+        for (&j, &lo) in st.cand_idx[i * cap..i * cap + nc]
+            .iter()
+            .zip(&st.cand_lo[i * cap..i * cap + nc])
+        {
+            if lo <= tau {
+                let j = j as usize;
+                let dist = squared_distance(qi, &bank[j * d..(j + 1) * d]);
+                // Candidates come in increasing row order: strict `<` keeps ties lower.
+                if dist < td[k - 1] {
+                    insert_sorted(td, ti, dist, j);
+                }
+            }
+        }
+        if ti[k - 1] == usize::MAX {
+            // Cannot happen by the bound; kept as a safety net.
+            fallback.push(i);
+        }
+    }
+}
+
+/// The screening loop of one chunk: bank blocks × query groups × panels.
+fn screen_chunk(screen: &Screen, k: usize, cap: usize, groups: usize, st: &mut ChunkState) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if available() {
+            // SAFETY: `available()` checked avx512f and avx512bf16 on this CPU.
+            unsafe { screen_chunk_avx512(screen, k, cap, groups, st) };
+            return;
+        }
+    }
+    screen_chunk_scalar(screen, k, cap, groups, st);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn screen_chunk_avx512(
+    screen: &Screen,
+    k: usize,
+    cap: usize,
+    groups: usize,
+    st: &mut ChunkState,
+) {
+    use kernel::{dots_panel, prefilter_mask, QueryScalars};
+    let k2 = screen.k2;
+    let n = screen.n;
+    let panels = n.div_ceil(PANEL);
+    let panel_len = k2 * 2 * PANEL;
+    let (c1, c2) = screen.coef.prefilter_coefs();
+    let mut dots = [[0.0f32; PANEL]; QGROUP];
+    let mut active = st.status.iter().filter(|&&s| s == Status::Active).count();
+    let block_panels = BANK_BLOCK / PANEL;
+    let mut p0 = 0;
+    while p0 < panels && active > 0 {
+        let p1 = (p0 + block_panels).min(panels);
+        for g in 0..groups {
+            let gs = g * QGROUP;
+            if st.status[gs..gs + QGROUP]
+                .iter()
+                .all(|&s| s != Status::Active)
+            {
+                continue;
+            }
+            for p in p0..p1 {
+                let panel = &screen.packed[p * panel_len..(p + 1) * panel_len];
+                // (Sliced per panel: the borrow must end before `st.query` below.)
+                let qg = &st.qpack[g * k2 * QGROUP..(g + 1) * k2 * QGROUP];
+                // SAFETY: the caller guarantees avx512f + avx512bf16 (this function's
+                // target features); the slices have the lengths `dots_panel` asserts.
+                unsafe { dots_panel(panel, qg, k2, &mut dots) };
+                let pm = &screen.panel_meta[p];
+                let rows = (n - p * PANEL).min(PANEL);
+                let valid = if rows == PANEL {
+                    u32::MAX
+                } else {
+                    (1u32 << rows) - 1
+                };
+                for (j, s) in dots.iter().enumerate() {
+                    let i = gs + j;
+                    if st.status[i] != Status::Active {
+                        continue;
+                    }
+                    let qm = st.meta[i];
+                    let tau = st.top_u[i * k + k - 1];
+                    let qs = QueryScalars {
+                        na: qm.sq as f32,
+                        an: qm.norm as f32,
+                        t1: ((tau + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
+                    };
+                    // SAFETY: avx512f is enabled on this function (checked by the caller).
+                    let mut mask = unsafe { prefilter_mask(s, pm, qs, c1, c2) } & valid;
+                    if mask == 0 {
+                        continue;
+                    }
+                    let mut qstate = st.query(i, k, cap);
+                    while mask != 0 {
+                        let l = mask.trailing_zeros() as usize;
+                        mask &= mask - 1;
+                        let r = p * PANEL + l;
+                        if !qstate.offer(&screen.coef, s[l], &qm, &screen.meta[r], r) {
+                            active -= 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        p0 = p1;
+    }
+}
+
+/// Bit-exact software model of `vdpbf16ps` accumulation for one output (products exact in
+/// f32, two f32 additions per pair: odd element first, as in the Intel SDM pseudocode).
+pub(super) fn dot_reference(a: &[u16], b: &[u16]) -> f32 {
+    let f = |h: u16| bf16::from_bits(h).to_f32();
+    let mut acc = 0.0f32;
+    for (pa, pb) in a.chunks(2).zip(b.chunks(2)) {
+        if pa.len() == 2 {
+            acc += f(pa[1]) * f(pb[1]);
+        }
+        acc += f(pa[0]) * f(pb[0]);
+    }
+    acc
+}
+
+/// Portable screening loop (CPUs without AVX512-BF16; used by tests only, since
+/// [`Screen::build`] refuses such CPUs).
+fn screen_chunk_scalar(screen: &Screen, k: usize, cap: usize, groups: usize, st: &mut ChunkState) {
+    let k2 = screen.k2;
+    let panel_len = k2 * 2 * PANEL;
+    let mut a = vec![0u16; 2 * k2];
+    let mut b = vec![0u16; 2 * k2];
+    for i in 0..groups * QGROUP {
+        if st.status[i] != Status::Active {
+            continue;
+        }
+        let (g, j) = (i / QGROUP, i % QGROUP);
+        for t in 0..k2 {
+            let v = st.qpack[(g * k2 + t) * QGROUP + j];
+            a[2 * t] = v as u16;
+            a[2 * t + 1] = (v >> 16) as u16;
+        }
+        let qm = st.meta[i];
+        let mut qstate = st.query(i, k, cap);
+        for r in 0..screen.n {
+            let (p, l) = (r / PANEL, r % PANEL);
+            let panel = &screen.packed[p * panel_len..(p + 1) * panel_len];
+            for t in 0..k2 {
+                b[2 * t] = panel[(t * PANEL + l) * 2];
+                b[2 * t + 1] = panel[(t * PANEL + l) * 2 + 1];
+            }
+            let s = dot_reference(&a, &b);
+            let tau = qstate.top_u[k - 1];
+            if !prefilter_reference(s, &qm, &screen.meta[r], tau, &screen.coef) {
+                continue;
+            }
+            if !qstate.offer(&screen.coef, s, &qm, &screen.meta[r], r) {
+                break;
+            }
+        }
+    }
+}
