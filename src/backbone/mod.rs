@@ -21,6 +21,7 @@
 //! ```
 
 mod arch;
+mod layout;
 mod resnet;
 mod weights;
 
