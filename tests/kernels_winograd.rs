@@ -301,7 +301,8 @@ fn algorithm_selection() {
         )
     };
     assert!(conv(64, 64, 3, 1, 1).uses_winograd());
-    assert!(!conv(64, 64, 3, 2, 1).uses_winograd());
+    // Stride 2 is covered by tests/kernels_winograd_s2.rs.
+    assert!(!conv(64, 64, 3, 3, 1).uses_winograd());
     assert!(!conv(64, 64, 1, 1, 0).uses_winograd());
     assert!(!conv(4, 4, 3, 1, 1).uses_winograd());
     assert_eq!(conv(64, 64, 3, 1, 1).algorithm(), ConvAlgorithm::Auto);
@@ -309,8 +310,11 @@ fn algorithm_selection() {
     assert_eq!(conv(64, 64, 3, 1, 1).winograd_tile(56, 56), Some(2));
     assert_eq!(conv(8, 8, 3, 1, 1).winograd_tile(14, 14), Some(2));
     assert_eq!(conv(7, 8, 3, 1, 1).winograd_tile(56, 56), None);
+    assert!(conv(64, 64, 3, 2, 1)
+        .with_algorithm(ConvAlgorithm::Winograd4x4)
+        .is_err());
     for algo in WINOGRADS {
-        assert!(conv(64, 64, 3, 2, 1).with_algorithm(algo).is_err());
+        assert!(conv(64, 64, 3, 3, 1).with_algorithm(algo).is_err());
         assert!(conv(64, 64, 3, 1, 0).with_algorithm(algo).is_err());
         assert!(conv(64, 64, 5, 1, 2).with_algorithm(algo).is_err());
     }

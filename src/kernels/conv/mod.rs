@@ -30,6 +30,7 @@ mod batchnorm;
 mod im2col;
 mod winograd;
 mod winograd4;
+mod winograd_s2;
 
 pub use batchnorm::fold_batchnorm;
 
@@ -73,6 +74,10 @@ pub enum ConvAlgorithm {
 /// 2.9 ms CPU; 128–512 ch: 1.6–2× less CPU); below 8 the products are too thin to matter.
 pub const WINOGRAD_MIN_CHANNELS: usize = 8;
 
+/// [`ConvAlgorithm::Auto`] uses the stride-2 variant (module `winograd_s2`) for 3×3 stride-2
+/// pad-1 convolutions when both `cin` and `cout` are at least this large (TODO measured).
+pub const WINOGRAD_S2_MIN_CHANNELS: usize = 8;
+
 /// Parallel passes over buffers smaller than this many elements run sequentially.
 const PAR_ELEMS: usize = 1 << 16;
 
@@ -103,6 +108,8 @@ pub struct Conv2d {
     wino2: OnceLock<Vec<f32>>,
     /// Winograd F(4×4) filters `[36][cout][cin]`, once computed.
     wino4: OnceLock<Vec<f32>>,
+    /// Stride-2 filters `[16][cout][cin]` (module `winograd_s2`), once computed.
+    wino_s2: OnceLock<Vec<f32>>,
 }
 
 impl Conv2d {
@@ -185,6 +192,7 @@ impl Conv2d {
             algorithm: ConvAlgorithm::Auto,
             wino2: OnceLock::new(),
             wino4: OnceLock::new(),
+            wino_s2: OnceLock::new(),
         };
         conv.set_algorithm(ConvAlgorithm::Auto)?;
         Ok(conv)
@@ -219,24 +227,32 @@ impl Conv2d {
     /// [`Error::InvalidParameter`] when a Winograd variant is requested for a convolution that
     /// is not 3×3, stride 1, pad 1 (the convolution is left unchanged).
     pub fn set_algorithm(&mut self, algorithm: ConvAlgorithm) -> Result<()> {
-        let eligible = self.winograd_shape();
+        let shape = self.winograd_shape();
+        let stride1 = shape && self.stride == 1;
         match algorithm {
             ConvAlgorithm::Im2col | ConvAlgorithm::Auto => {}
-            ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4x4 if eligible => {}
+            ConvAlgorithm::Winograd if shape => {}
+            ConvAlgorithm::Winograd4x4 if stride1 => {}
             ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4x4 => {
+                let strides = if algorithm == ConvAlgorithm::Winograd {
+                    "stride 1 or 2"
+                } else {
+                    "stride 1"
+                };
                 return Err(Error::param(
                     "conv algorithm",
                     format!(
-                        "Winograd needs a 3×3 kernel with stride 1 and padding 1, got {}×{} \
-                         stride {} padding {}; use ConvAlgorithm::Auto or Im2col",
+                        "{algorithm:?} needs a 3×3 kernel with {strides} and padding 1, got \
+                         {}×{} stride {} padding {}; use ConvAlgorithm::Auto or Im2col",
                         self.kh, self.kw, self.stride, self.pad
                     ),
-                ))
+                ));
             }
         };
         self.algorithm = algorithm;
         self.wino2 = OnceLock::new();
         self.wino4 = OnceLock::new();
+        self.wino_s2 = OnceLock::new();
         // The tile does not depend on the image size (any size works).
         if let Some(tile) = self.tile_for(1, 1) {
             self.winograd_filters(tile);
@@ -254,9 +270,10 @@ impl Conv2d {
         self.tile_for(1, 1).is_some()
     }
 
-    /// The Winograd output tile side (2 for F(2×2), 4 for F(4×4)) a forward pass over an
-    /// `h × w` input uses, or `None` when it uses im2col + GEMM. (The choice does not depend
-    /// on the size today; the arguments leave room for a size-dependent `Auto`.)
+    /// The Winograd output tile side (2 for F(2×2) and for the stride-2 variant, 4 for
+    /// F(4×4)) a forward pass over an `h × w` input uses, or `None` when it uses im2col +
+    /// GEMM. (The choice does not depend on the size today; the arguments leave room for a
+    /// size-dependent `Auto`.)
     pub fn winograd_tile(&self, h: usize, w: usize) -> Option<usize> {
         self.tile_for(h, w).map(Tile::m)
     }
@@ -265,21 +282,27 @@ impl Conv2d {
         if !self.winograd_ready() {
             return None;
         }
+        let stride2 = self.stride == 2;
         match self.algorithm {
             ConvAlgorithm::Im2col => None,
+            ConvAlgorithm::Winograd if stride2 => Some(Tile::S2),
             ConvAlgorithm::Winograd => Some(Tile::F2),
-            ConvAlgorithm::Winograd4x4 => Some(Tile::F4),
+            ConvAlgorithm::Winograd4x4 => (!stride2).then_some(Tile::F4),
+            ConvAlgorithm::Auto if stride2 => (self.cin >= WINOGRAD_S2_MIN_CHANNELS
+                && self.cout >= WINOGRAD_S2_MIN_CHANNELS)
+                .then_some(Tile::S2),
             ConvAlgorithm::Auto => (self.cin >= WINOGRAD_MIN_CHANNELS
                 && self.cout >= WINOGRAD_MIN_CHANNELS)
                 .then_some(Tile::F2),
         }
     }
 
+    /// 3×3, pad 1, stride 1 or 2.
     fn winograd_shape(&self) -> bool {
-        self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1
+        self.kh == 3 && self.kw == 3 && self.pad == 1 && matches!(self.stride, 1 | 2)
     }
 
-    /// 3×3 stride-1 pad-1 and weights consistent with the (public) shape fields.
+    /// 3×3 pad-1 stride 1 or 2, and weights consistent with the (public) shape fields.
     fn winograd_ready(&self) -> bool {
         self.winograd_shape() && self.weight.len() == self.cout * self.cin * 9
     }
@@ -290,6 +313,7 @@ impl Conv2d {
         let cell = match tile {
             Tile::F2 => &self.wino2,
             Tile::F4 => &self.wino4,
+            Tile::S2 => &self.wino_s2,
         };
         cell.get_or_init(|| {
             winograd::transform_filters_for(tile, &self.weight, self.cout, self.cin)
@@ -342,15 +366,20 @@ impl Conv2d {
 
     /// Scratch elements [`Conv2d::forward_image`] needs for an `h × w` input (0 for 1×1
     /// stride-1 unpadded convolutions; `16·⌈h/2⌉·⌈w/2⌉·(cin + cout)` with Winograd F(2×2),
-    /// `36·⌈h/4⌉·⌈w/4⌉·(cin + cout)` with F(4×4)).
+    /// `36·⌈h/4⌉·⌈w/4⌉·(cin + cout)` with F(4×4), `25·⌈oh/2⌉·⌈ow/2⌉·(cin + cout)` with the
+    /// stride-2 variant (`oh × ow` the output size), `cin·kh·kw·oh·ow` with im2col).
+    ///
+    /// # Panics
+    ///
+    /// As [`Conv2d::out_hw`].
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
         if self.is_direct() {
-            0
-        } else if let Some(tile) = self.tile_for(h, w) {
-            winograd::scratch_len(tile, self.cin, self.cout, h, w)
-        } else {
-            let (oh, ow) = self.out_hw(h, w);
-            self.cin * self.kh * self.kw * oh * ow
+            return 0;
+        }
+        let (oh, ow) = self.out_hw(h, w);
+        match self.tile_for(h, w) {
+            Some(tile) => winograd::scratch_len(tile, self.cin, self.cout, oh, ow),
+            None => self.cin * self.kh * self.kw * oh * ow,
         }
     }
 
@@ -433,7 +462,7 @@ impl Conv2d {
             let u = self.winograd_filters(tile);
             assert_eq!(
                 u.len(),
-                tile.points() * self.cout * self.cin,
+                tile.filter_mats() * self.cout * self.cin,
                 "Conv2d: shape fields changed after the Winograd filters were built"
             );
             let need = winograd::scratch_len(tile, self.cin, self.cout, oh, ow);

@@ -49,20 +49,36 @@ pub(super) enum Tile {
     F2,
     /// F(4×4, 3×3): 6×6 input patches, 36 points (module `winograd4`).
     F4,
+    /// 3×3 stride 2: 2×2 output tiles from 5×5 input patches, 25 points sharing 16 filter
+    /// matrices, transforms with entries 0, ±1 (module `winograd_s2`).
+    S2,
 }
 
 impl Tile {
     /// Output pixels per tile side.
     pub(super) fn m(self) -> usize {
         match self {
-            Tile::F2 => 2,
+            Tile::F2 | Tile::S2 => 2,
             Tile::F4 => 4,
         }
     }
 
     /// Winograd-domain points per tile.
     pub(super) fn points(self) -> usize {
-        (self.m() + 2) * (self.m() + 2)
+        match self {
+            Tile::F2 => POINTS,
+            Tile::F4 => MAX_POINTS,
+            Tile::S2 => super::winograd_s2::POINTS,
+        }
+    }
+
+    /// Transformed filter matrices (`[filter_mats][cout][cin]`).
+    pub(super) fn filter_mats(self) -> usize {
+        match self {
+            Tile::F2 => POINTS,
+            Tile::F4 => MAX_POINTS,
+            Tile::S2 => super::winograd_s2::CLASSES,
+        }
     }
 }
 
@@ -77,7 +93,8 @@ pub(super) fn tiles(tile: Tile, oh: usize, ow: usize) -> (usize, usize) {
     (oh.div_ceil(tile.m()), ow.div_ceil(tile.m()))
 }
 
-/// Scratch elements for one image: `V` (`points·cin·T`) followed by `M` (`points·cout·T`).
+/// Scratch elements for one image with an `oh × ow` output: `V` (`points·cin·T`) followed
+/// by `M` (`points·cout·T`).
 pub(super) fn scratch_len(tile: Tile, cin: usize, cout: usize, oh: usize, ow: usize) -> usize {
     let (th, tw) = tiles(tile, oh, ow);
     tile.points() * th * tw * (cin + cout)
@@ -93,6 +110,7 @@ pub(super) fn transform_filters_for(
     match tile {
         Tile::F2 => transform_filters(weight, cout, cin),
         Tile::F4 => super::winograd4::transform_filters(weight, cout, cin),
+        Tile::S2 => super::winograd_s2::transform_filters(weight, cout, cin),
     }
 }
 
@@ -127,8 +145,8 @@ pub(super) fn transform_filters(weight: &[f32], cout: usize, cin: usize) -> Vec<
 }
 
 /// Forward pass of one image through the Winograd path; shapes were checked by the caller
-/// (`input` is `[cin, h, w]`, `out` `[cout, h, w]`, `u` `[16][cout][cin]`, `scratch` at least
-/// [`scratch_len`] long).
+/// (`input` is `[cin, h, w]`, `out` `[cout, oh, ow]` (`h × w` but for [`Tile::S2`]), `u`
+/// `[filter_mats][cout][cin]`, `scratch` at least [`scratch_len`] long).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     tile: Tile,
@@ -145,6 +163,18 @@ pub(super) fn forward(
     scratch: &mut [f32],
     par: Parallelism,
 ) {
+    let (input_tf, output_tf): (InputTransform, OutputTransform) = match tile {
+        Tile::F2 => (input_transform, output_transform),
+        Tile::F4 => (
+            super::winograd4::input_transform,
+            super::winograd4::output_transform,
+        ),
+        Tile::S2 => {
+            return super::winograd_s2::forward(
+                u, bias, cin, cout, input, h, w, out, residual, relu, scratch, par,
+            )
+        }
+    };
     let (th, tw) = tiles(tile, h, w);
     let t = th * tw;
     let points = tile.points();
@@ -154,11 +184,7 @@ pub(super) fn forward(
 
     // 1. Input transform, one task per input channel.
     let fill = |ci: usize, vc: &mut [f32]| {
-        let plane = &input[ci * h * w..(ci + 1) * h * w];
-        match tile {
-            Tile::F2 => input_transform(plane, h, w, th, tw, vc),
-            Tile::F4 => super::winograd4::input_transform(plane, h, w, th, tw, vc),
-        }
+        input_tf(&input[ci * h * w..(ci + 1) * h * w], h, w, th, tw, vc);
     };
     if rayon && v.len() >= PAR_ELEMS {
         v.par_chunks_mut(points * t)
@@ -213,12 +239,7 @@ pub(super) fn forward(
             }
         });
         let res = residual.map(|r| &r[co * plane..(co + 1) * plane]);
-        match tile {
-            Tile::F2 => output_transform(&rows, th, tw, h, w, o, bias[co], res, relu),
-            Tile::F4 => {
-                super::winograd4::output_transform(&rows, th, tw, h, w, o, bias[co], res, relu)
-            }
-        }
+        output_tf(&rows, th, tw, h, w, o, bias[co], res, relu);
     };
     if rayon && out.len() >= PAR_ELEMS {
         out.par_chunks_mut(plane)
@@ -231,9 +252,27 @@ pub(super) fn forward(
     }
 }
 
+/// Input transform of one channel: `(plane, h, w, th, tw, v)`.
+type InputTransform = fn(&[f32], usize, usize, usize, usize, &mut [f32]);
+
+/// Output transform + epilogue of one channel: `(rows, th, tw, oh, ow, out, bias, residual,
+/// relu)`.
+type OutputTransform = fn(
+    &[&[f32]; MAX_POINTS],
+    usize,
+    usize,
+    usize,
+    usize,
+    &mut [f32],
+    f32,
+    Option<&[f32]>,
+    bool,
+);
+
 /// Fills `rows[r][..cols]` with the zero-padded input (padding 1) starting at padded row `y0`
 /// and padded column `x0`: `rows[r][c] = plane[y0 + r − 1, x0 + c − 1]`, 0 outside the image.
-/// Shared by both tile sizes (F(2×2): 4 rows from `2·ty`; F(4×4): 6 rows from `4·ty`).
+/// Shared by all tile kinds (F(2×2): 4 rows from `2·ty`; F(4×4): 6 rows from `4·ty`;
+/// stride 2: 5 rows from `4·ty`).
 /// Requires `x0 + 1 ≤ w` (the first tile of a chunk lies inside the image).
 pub(super) fn gather_patch_rows<const N: usize>(
     plane: &[f32],

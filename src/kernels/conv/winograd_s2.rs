@@ -1,0 +1,393 @@
+//! 3×3, stride-2, pad-1 convolutions by a polyphase split and Winograd F(2, 2): every 2×2
+//! output tile comes from a 5×5 input patch through 25 transform-domain points, i.e. 25
+//! multiply-adds per output and input channel where im2col + GEMM spends 36, with transforms
+//! whose entries are all 0 or ±1.
+//!
+//! In 1-D, outputs `y0, y1` of a tile read the input window `x0..x4` (it starts at input
+//! `4t − 1` because of the padding; windows of neighbouring tiles overlap by one value):
+//! `y0 = w0·x0 + w1·x1 + w2·x2`, `y1 = w0·x2 + w1·x3 + w2·x4`. The even taps `(w0, w2)` see the
+//! even inputs `(x0, x2, x4)` with stride 1, which is Winograd F(2, 2) (3 points); the odd tap
+//! `w1` sees `x1, x3` directly (2 points):
+//!
+//! ```text
+//!      ⎡1  0 -1  0  0⎤        ⎡1 0 0⎤
+//!      ⎢0  0  1  0  0⎥        ⎢1 0 1⎥
+//! Bᵀ = ⎢0  0 -1  0  1⎥   G =  ⎢0 0 1⎥   Aᵀ = ⎡1 1 0 1 0⎤
+//!      ⎢0  1  0  0  0⎥        ⎢0 1 0⎥        ⎣0 1 1 0 1⎦
+//!      ⎣0  0  0  1  0⎦        ⎣0 1 0⎦
+//! ```
+//!
+//! (`d = Bᵀx = [x0 − x2, x2, x4 − x2, x1, x3]`, `f = G·w = [w0, w0 + w2, w2, w1, w1]`,
+//! `y = Aᵀ(f ⊙ d)`.) In 2-D the transforms act along the rows and the columns:
+//! `Y = Aᵀ·[Σ_ci U(co, ci) ⊙ V(ci)]·A` with `U = G·g·Gᵀ` and `V = Bᵀ·d·B` (5×5).
+//!
+//! Rows 3 and 4 of `G` are equal, so `U` has only 4×4 = 16 distinct entries per filter:
+//! the 25 points fall into 16 *classes* that share one filter matrix `U_k[cout × cin]`
+//! (9 classes of one point, 6 of two, 1 of four). The points of a class are stored next to
+//! each other, so each class is a single product `M_k = U_k · [V_p | V_q | …]` over
+//! `T·|class|` columns: 16 GEMMs (the thin ones of the later layers get 2–4× wider), and the
+//! transformed filters take 16/9 of the weight memory, as for stride-1 F(2×2).
+//!
+//! Layouts (`T` tiles per image, slots = the 25 points ordered by class):
+//! - `U`: `[16][cout][cin]`, computed once (in f64, rounded once: exact but for `w0 + w2`);
+//! - `V`: `[cin][25][T]` (one contiguous block per input channel and task);
+//! - `M`: class `k` is a `[cout][|k|·T]` block at `off_k·cout·T` (one task per class).
+//!
+//! As in `winograd`, each output value is computed by the same operations whatever the
+//! number of threads (every product runs sequentially inside its task): results are
+//! bit-identical with 1 or more threads.
+
+use rayon::prelude::*;
+
+use super::winograd::{epilogue_row, gather_patch_rows, CHUNK};
+use super::PAR_ELEMS;
+use crate::kernels::gemm::{gemm, Backend, MatRef, Parallelism};
+
+/// Transform-domain points per tile (5×5).
+pub(super) const POINTS: usize = 25;
+
+/// Distinct filter matrices (4×4 classes of points).
+pub(super) const CLASSES: usize = 16;
+
+/// Padded patch columns needed by `CHUNK` adjacent tiles (stride 4 plus one of overlap).
+const COLS: usize = 4 * CHUNK + 1;
+
+/// The filter class (0..4) of transform index `i` (0..5) along one axis.
+const fn axis_class(i: usize) -> usize {
+    if i < 3 {
+        i
+    } else {
+        3
+    }
+}
+
+/// Transform indices along one axis in axis class `f`.
+const fn axis_len(f: usize) -> usize {
+    if f < 3 {
+        1
+    } else {
+        2
+    }
+}
+
+/// Points in class `k = fi·4 + fj`.
+const fn class_len(k: usize) -> usize {
+    axis_len(k / 4) * axis_len(k % 4)
+}
+
+/// First slot of every class (and the total, 25, at the end).
+const CLASS_OFF: [usize; CLASSES + 1] = {
+    let mut off = [0; CLASSES + 1];
+    let mut k = 0;
+    while k < CLASSES {
+        off[k + 1] = off[k] + class_len(k);
+        k += 1;
+    }
+    off
+};
+
+/// `SLOT[i][j]`: the slot of point `(i, j)` (row transform index `i`, column index `j`).
+const SLOT: [[usize; 5]; 5] = {
+    let mut s = [[0; 5]; 5];
+    let mut i = 0;
+    while i < 5 {
+        let mut j = 0;
+        while j < 5 {
+            let (fi, fj) = (axis_class(i), axis_class(j));
+            let k = fi * 4 + fj;
+            s[i][j] = CLASS_OFF[k] + (i - fi) * axis_len(fj) + (j - fj);
+            j += 1;
+        }
+        i += 1;
+    }
+    s
+};
+
+/// `(class, position in class)` of every slot.
+const SLOT_CLASS: [(usize, usize); POINTS] = {
+    let mut c = [(0, 0); POINTS];
+    let mut k = 0;
+    while k < CLASSES {
+        let mut q = 0;
+        while q < class_len(k) {
+            c[CLASS_OFF[k] + q] = (k, q);
+            q += 1;
+        }
+        k += 1;
+    }
+    c
+};
+
+/// Tile grid `(rows, cols)` of an `oh × ow` output.
+pub(super) fn tiles(oh: usize, ow: usize) -> (usize, usize) {
+    (oh.div_ceil(2), ow.div_ceil(2))
+}
+
+/// `G·w` along one axis (the 4 distinct entries).
+fn g4(w0: f64, w1: f64, w2: f64) -> [f64; 4] {
+    [w0, w0 + w2, w2, w1]
+}
+
+/// `U = G·g·Gᵀ` (its 16 distinct entries) for every `(co, ci)` of a `[cout, cin, 3, 3]`
+/// weight, laid out `[16][cout][cin]` by class. Computed in f64 and rounded once.
+pub(super) fn transform_filters(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    debug_assert_eq!(weight.len(), cout * cin * 9);
+    let plane = cout * cin;
+    let mut u = vec![0.0f32; CLASSES * plane];
+    for (idx, g) in weight.chunks_exact(9).enumerate() {
+        let g: [f64; 9] = std::array::from_fn(|i| f64::from(g[i]));
+        // t = G·g along the kernel rows (4×3), then U = t·Gᵀ (4×4).
+        let cols: [[f64; 4]; 3] = std::array::from_fn(|c| g4(g[c], g[3 + c], g[6 + c]));
+        for fi in 0..4 {
+            let row = g4(cols[0][fi], cols[1][fi], cols[2][fi]);
+            for (fj, v) in row.iter().enumerate() {
+                u[(fi * 4 + fj) * plane + idx] = *v as f32;
+            }
+        }
+    }
+    u
+}
+
+/// Forward pass of one image (`input` `[cin, h, w]`, `out` `[cout, oh, ow]` with
+/// `oh = ⌊(h − 1)/2⌋ + 1`, `u` `[16][cout][cin]`, `scratch` at least
+/// `25·T·(cin + cout)` long); shapes were checked by the caller.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    u: &[f32],
+    bias: &[f32],
+    cin: usize,
+    cout: usize,
+    input: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    scratch: &mut [f32],
+    par: Parallelism,
+) {
+    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    let (th, tw) = tiles(oh, ow);
+    let t = th * tw;
+    let (v, rest) = scratch.split_at_mut(POINTS * cin * t);
+    let m = &mut rest[..POINTS * cout * t];
+    let rayon = par == Parallelism::Rayon;
+
+    // 1. Input transform, one task per input channel.
+    let fill = |ci: usize, vc: &mut [f32]| {
+        input_transform(&input[ci * h * w..(ci + 1) * h * w], h, w, th, tw, vc);
+    };
+    if rayon && v.len() >= PAR_ELEMS {
+        v.par_chunks_mut(POINTS * t)
+            .enumerate()
+            .for_each(|(ci, vc)| fill(ci, vc));
+    } else {
+        for (ci, vc) in v.chunks_mut(POINTS * t).enumerate() {
+            fill(ci, vc);
+        }
+    }
+
+    // 2. One product per class, M_k = U_k · [V_p | V_q | …], sequential inside its task.
+    let v: &[f32] = v;
+    let product = |k: usize, mk: &mut [f32]| {
+        let n = class_len(k) * t;
+        let a = MatRef::row_major(&u[k * cout * cin..(k + 1) * cout * cin], cout, cin);
+        let b = MatRef {
+            data: &v[CLASS_OFF[k] * t..],
+            rows: cin,
+            cols: n,
+            row_stride: POINTS * t,
+            col_stride: 1,
+        };
+        gemm(
+            a,
+            b,
+            mk,
+            n,
+            false,
+            Parallelism::Sequential,
+            Backend::Default,
+        );
+    };
+    let mut blocks: [&mut [f32]; CLASSES] = Default::default();
+    let mut tail: &mut [f32] = &mut *m;
+    for (k, blk) in blocks.iter_mut().enumerate() {
+        let (head, rest) = std::mem::take(&mut tail).split_at_mut(class_len(k) * cout * t);
+        *blk = head;
+        tail = rest;
+    }
+    if rayon {
+        blocks
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(k, mk)| product(k, mk));
+    } else {
+        for (k, mk) in blocks.into_iter().enumerate() {
+            product(k, mk);
+        }
+    }
+
+    // 3. Output transform + epilogue, one task per output channel.
+    let m: &[f32] = m;
+    let plane = oh * ow;
+    let finish = |co: usize, o: &mut [f32]| {
+        let rows: [&[f32]; POINTS] = std::array::from_fn(|s| {
+            let (k, q) = SLOT_CLASS[s];
+            let at = (CLASS_OFF[k] * cout + co * class_len(k) + q) * t;
+            &m[at..at + t]
+        });
+        let res = residual.map(|r| &r[co * plane..(co + 1) * plane]);
+        output_transform(&rows, th, tw, oh, ow, o, bias[co], res, relu);
+    };
+    if rayon && out.len() >= PAR_ELEMS {
+        out.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(co, o)| finish(co, o));
+    } else {
+        for (co, o) in out.chunks_mut(plane).enumerate() {
+            finish(co, o);
+        }
+    }
+}
+
+/// `V = Bᵀ·d·B` for every tile of one input channel `plane` (`h × w`), written to `v`
+/// (`[25][T]` by slot). The 5×5 patch of tile `(ty, tx)` starts at input row `4·ty − 1` and
+/// column `4·tx − 1`; positions outside the image are the zero padding.
+fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &mut [f32]) {
+    let t_all = th * tw;
+    let mut d = [[0.0f32; COLS]; 5];
+    let mut e = [[0.0f32; COLS]; 2];
+    for ty in 0..th {
+        let mut tx0 = 0;
+        while tx0 < tw {
+            let n = CHUNK.min(tw - tx0);
+            let cols = 4 * n + 1;
+            // d[r][c] = plane[4ty + r − 1, 4tx0 + c − 1]; tx0 < tw = ⌈ow/2⌉ gives
+            // 2·tx0 ≤ ow − 1 = ⌊(w − 1)/2⌋, so 4·tx0 + 1 ≤ w as the gather requires.
+            gather_patch_rows(plane, h, w, 4 * ty, 4 * tx0, cols, &mut d);
+            // Bᵀ along the rows: [d0 − d2, d2, d4 − d2, d1, d3]; only two rows are new.
+            for c in 0..cols {
+                e[0][c] = d[0][c] - d[2][c];
+                e[1][c] = d[4][c] - d[2][c];
+            }
+            let rows: [&[f32; COLS]; 5] = [&e[0], &d[2], &e[1], &d[1], &d[3]];
+            // B along the columns, tile by tile.
+            let t0 = ty * tw + tx0;
+            for (i, er) in rows.iter().enumerate() {
+                let mut outs: [&mut [f32]; 5] = Default::default();
+                let mut rest: &mut [f32] = &mut *v;
+                let mut base = 0;
+                // The slots of row i in increasing order (SLOT[i] is increasing in j).
+                for (j, o) in outs.iter_mut().enumerate() {
+                    let s = SLOT[i][j];
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut((s - base) * t_all);
+                    let (cur, tail) = tail.split_at_mut(t_all);
+                    *o = &mut cur[t0..t0 + n];
+                    rest = tail;
+                    base = s + 1;
+                }
+                for j in 0..n {
+                    let x = &er[4 * j..4 * j + 5];
+                    let vals = [x[0] - x[2], x[2], x[4] - x[2], x[1], x[3]];
+                    for (o, val) in outs.iter_mut().zip(vals) {
+                        o[j] = val;
+                    }
+                }
+            }
+            tx0 += n;
+        }
+    }
+}
+
+/// `Y = Aᵀ·M·A` for every tile of one output channel (`rows[s]` holds slot `s` of all `T`
+/// tiles), then `out = act(Y + bias (+ residual))` on the `oh × ow` plane; the parts of edge
+/// tiles outside the plane are dropped.
+#[allow(clippy::too_many_arguments)]
+fn output_transform(
+    rows: &[&[f32]; POINTS],
+    th: usize,
+    tw: usize,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    bias: f32,
+    residual: Option<&[f32]>,
+    relu: bool,
+) {
+    let mut y = [[0.0f32; 2 * CHUNK]; 2];
+    for ty in 0..th {
+        let mut tx0 = 0;
+        while tx0 < tw {
+            let n = CHUNK.min(tw - tx0);
+            let t0 = ty * tw + tx0;
+            let p: [[&[f32]; 5]; 5] =
+                std::array::from_fn(|i| std::array::from_fn(|j| &rows[SLOT[i][j]][t0..t0 + n]));
+            let (y0, y1) = y.split_at_mut(1);
+            let (y0, y1) = (&mut y0[0], &mut y1[0]);
+            for j in 0..n {
+                // Aᵀ along the rows: s0 = m0 + m1 + m3, s1 = m1 + m2 + m4 (per column).
+                let s0: [f32; 5] = std::array::from_fn(|c| p[0][c][j] + p[1][c][j] + p[3][c][j]);
+                let s1: [f32; 5] = std::array::from_fn(|c| p[1][c][j] + p[2][c][j] + p[4][c][j]);
+                // A along the columns.
+                y0[2 * j] = s0[0] + s0[1] + s0[3];
+                y0[2 * j + 1] = s0[1] + s0[2] + s0[4];
+                y1[2 * j] = s1[0] + s1[1] + s1[3];
+                y1[2 * j + 1] = s1[1] + s1[2] + s1[4];
+            }
+            let x0 = 2 * tx0;
+            let len = (2 * n).min(ow - x0);
+            for (a, ya) in y.iter().enumerate() {
+                let oy = 2 * ty + a;
+                if oy >= oh {
+                    break;
+                }
+                let at = oy * ow + x0;
+                epilogue_row(
+                    &mut out[at..at + len],
+                    &ya[..len],
+                    bias,
+                    residual.map(|r| &r[at..at + len]),
+                    relu,
+                );
+            }
+            tx0 += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_a_permutation_grouped_by_class() {
+        let mut seen = [false; POINTS];
+        for (i, row) in SLOT.iter().enumerate() {
+            for (j, &s) in row.iter().enumerate() {
+                assert!(!seen[s]);
+                seen[s] = true;
+                let (k, _) = SLOT_CLASS[s];
+                assert_eq!(k, axis_class(i) * 4 + axis_class(j));
+                assert!(j == 0 || row[j - 1] < s);
+            }
+        }
+        assert_eq!(CLASS_OFF[CLASSES], POINTS);
+    }
+
+    #[test]
+    fn one_dimensional_transforms_compute_the_stride_2_taps() {
+        let (x, wt) = ([0.3, -1.2, 2.5, 0.7, -0.4], [1.5, -0.25, 2.0]);
+        let d = [x[0] - x[2], x[2], x[4] - x[2], x[1], x[3]];
+        let f = g4(wt[0], wt[1], wt[2]);
+        let f = [f[0], f[1], f[2], f[3], f[3]];
+        let m: [f64; 5] = std::array::from_fn(|i| f[i] * d[i]);
+        let y = [m[0] + m[1] + m[3], m[1] + m[2] + m[4]];
+        let want = [
+            wt[0] * x[0] + wt[1] * x[1] + wt[2] * x[2],
+            wt[0] * x[2] + wt[1] * x[3] + wt[2] * x[4],
+        ];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+    }
+}
