@@ -2,11 +2,16 @@
 //! (criterion's Gelem/s, one element = one flop), followed by a summary table with the total
 //! time of all 43 convolutions of one image.
 //!
-//! A second group, `conv_3x3_algo`, runs the three 3×3 stride-1 shapes with the algorithm
-//! forced to im2col and to Winograd (ids `<shape>/im2col`, `<shape>/winograd`), and a second
-//! table compares them in wall time and in sequential thread CPU time.
+//! A second group, `conv_3x3_algo`, runs the three 3×3 stride-1 shapes and the two 3×3
+//! stride-2 shapes with the algorithm forced to im2col and to Winograd (ids
+//! `<shape>/im2col`, `<shape>/winograd`, and `<shape>/winograd4x4` for stride 1; with
+//! stride 2 `winograd` is the polyphase F(2, 2) variant), and two more tables compare them
+//! in wall time and in sequential thread CPU time (also on ResNet-18's shapes and small
+//! channel counts).
 //!
 //! Quick run: `cargo bench --bench conv -- --sample-size 10 --warm-up-time 1 --measurement-time 2`
+//! (`CONV_TABLES=s2 cargo bench --bench conv -- 3x3s2` runs only the stride-2 benchmarks and
+//! table; `CONV_TABLES` takes a comma list of `algo`, `s2`, `total`).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
@@ -109,6 +114,17 @@ const EXTRA_3X3: [Shape; 6] = [
     s("small_3x3_8-8@56", 8, 8, 3, 1, 56, 0, false, true),
 ];
 
+/// Further 3×3 stride-2 shapes for the im2col-vs-Winograd table only: ResNet-18's (to
+/// layer3) and small channel counts (where `WINOGRAD_S2_MIN_CHANNELS` is decided).
+const EXTRA_S2: [Shape; 6] = [
+    s("r18_3x3s2_64-128@56", 128, 64, 3, 2, 56, 1, false, true),
+    s("r18_3x3s2_128-256@28", 256, 128, 3, 2, 28, 1, false, true),
+    s("small_3x3s2_32-32@56", 32, 32, 3, 2, 56, 0, false, true),
+    s("small_3x3s2_16-16@56", 16, 16, 3, 2, 56, 0, false, true),
+    s("small_3x3s2_8-8@56", 8, 8, 3, 2, 56, 0, false, true),
+    s("small_3x3s2_4-4@56", 4, 4, 3, 2, 56, 0, false, true),
+];
+
 fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -124,7 +140,7 @@ struct Setup {
 
 impl Setup {
     fn with_algorithm(mut self, algo: ConvAlgorithm) -> Self {
-        self.conv = self.conv.with_algorithm(algo).expect("3x3 s1 p1 shape");
+        self.conv = self.conv.with_algorithm(algo).expect("3x3 p1 shape");
         self
     }
 
@@ -199,8 +215,13 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
     let mut g = c.benchmark_group("conv_3x3_algo");
-    for sh in SHAPES.iter().filter(|s| is_3x3_s1(s)) {
-        for (name, algo) in ALGOS {
+    for sh in SHAPES.iter().filter(|s| s.k == 3) {
+        let algos = if sh.stride == 1 {
+            &ALGOS[..]
+        } else {
+            &ALGOS[..2]
+        };
+        for &(name, algo) in algos {
             let mut setup = Setup::new(sh).with_algorithm(algo);
             g.throughput(Throughput::Elements(setup.conv.flops(sh.hw, sh.hw)));
             g.bench_function(BenchmarkId::new(sh.name, name), |b| {
@@ -270,6 +291,34 @@ fn algo_summary() {
     }
 }
 
+/// im2col vs the stride-2 Winograd variant on the 3×3 stride-2 shapes: median wall ms with
+/// the default parallelism, then sequential thread CPU ms.
+fn s2_summary() {
+    println!(
+        "\n{:<22} {:>8} {:>8} | {:>8} {:>8}   (wall ms | 1-thread CPU ms)",
+        "3x3 s2 shape", "im2col", "wino_s2", "im2col", "wino_s2"
+    );
+    for sh in SHAPES
+        .iter()
+        .filter(|s| s.k == 3 && s.stride == 2)
+        .chain(&EXTRA_S2)
+    {
+        let r: Vec<(f64, Option<f64>)> = ALGOS[..2]
+            .iter()
+            .map(|&(_, algo)| measure(&mut Setup::new(sh).with_algorithm(algo), sh))
+            .collect();
+        let cpu = |i: usize| r[i].1.unwrap_or(f64::NAN);
+        println!(
+            "{:<22} {:>8.3} {:>8.3} | {:>8.3} {:>8.3}",
+            sh.name,
+            r[0].0,
+            r[1].0,
+            cpu(0),
+            cpu(1)
+        );
+    }
+}
+
 fn summary() {
     println!(
         "\n{:<26} {:>5} {:>9} {:>8} {:>10} {:>12}",
@@ -310,7 +359,17 @@ fn main() {
     bench(&mut c);
     c.final_summary();
     if !listing {
-        algo_summary();
-        summary();
+        // CONV_TABLES=s2 (or any comma list of algo, s2, total) prints only those tables.
+        let tables = std::env::var("CONV_TABLES").unwrap_or_else(|_| "algo,s2,total".into());
+        let want = |t: &str| tables.split(',').any(|x| x.trim() == t);
+        if want("algo") {
+            algo_summary();
+        }
+        if want("s2") {
+            s2_summary();
+        }
+        if want("total") {
+            summary();
+        }
     }
 }

@@ -21,7 +21,7 @@
 //! For cin = 40 the bound is ≈ 3e-3 while outputs are O(5): a wrong tap, window offset,
 //! padding, slot or channel gives errors of O(0.1–1).
 
-use patchcore::kernels::conv::{Conv2d, ConvAlgorithm, WINOGRAD_S2_MIN_CHANNELS};
+use patchcore::kernels::conv::{Conv2d, ConvAlgorithm, WINOGRAD_S2_MIN_CHANNEL_PRODUCT};
 use patchcore::kernels::gemm::Parallelism;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -176,8 +176,16 @@ fn stride2_winograd_edge_shapes() {
     // (16 tiles = 64 input columns per chunk) with partial last tiles.
     for h in 1..=9 {
         for w in 1..=9 {
-            check_against_naive(3, 4, h, w, (h + w) % 2 == 0, h % 3 == 0, (h * 10 + w) as u64)
-                .unwrap();
+            check_against_naive(
+                3,
+                4,
+                h,
+                w,
+                (h + w) % 2 == 0,
+                h % 3 == 0,
+                (h * 10 + w) as u64,
+            )
+            .unwrap();
         }
     }
     for (h, w) in [(1, 65), (3, 64), (2, 129), (131, 2), (6, 131), (9, 140)] {
@@ -301,13 +309,13 @@ fn stride2_algorithm_selection() {
             vec![0.0; cout],
         )
     };
-    let m = WINOGRAD_S2_MIN_CHANNELS;
-    assert_eq!(conv(m, m, 3, 2, 1).winograd_tile(56, 56), Some(2));
+    // Auto: from cin·cout = 64·128 up (ResNet-18's 64→128 and larger), im2col below.
+    assert_eq!(WINOGRAD_S2_MIN_CHANNEL_PRODUCT, 64 * 128);
+    assert_eq!(conv(128, 64, 3, 2, 1).winograd_tile(56, 56), Some(2));
     assert_eq!(conv(256, 256, 3, 2, 1).winograd_tile(56, 56), Some(2));
-    if m > 1 {
-        assert_eq!(conv(m - 1, m, 3, 2, 1).winograd_tile(56, 56), None);
-        assert_eq!(conv(m, m - 1, 3, 2, 1).winograd_tile(56, 56), None);
-    }
+    assert_eq!(conv(127, 64, 3, 2, 1).winograd_tile(56, 56), None);
+    assert_eq!(conv(64, 64, 3, 2, 1).winograd_tile(56, 56), None);
+    assert_eq!(conv(8, 8, 3, 2, 1).winograd_tile(56, 56), None);
     // Winograd accepts stride 2 (whatever the channel count), F(4×4) does not.
     let small = conv(2, 3, 3, 2, 1);
     assert!(small

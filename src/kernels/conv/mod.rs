@@ -1,5 +1,5 @@
 //! 2-D convolution (BatchNorm folded into the weights) computed as im2col + GEMM, or with
-//! Winograd F(2×2, 3×3) for 3×3 stride-1 pad-1 convolutions.
+//! Winograd-style fast algorithms for 3×3 pad-1 convolutions of stride 1 and 2.
 //!
 //! A [`Conv2d`] keeps its weights as the `cout × (cin·kh·kw)` matrix `W` (PyTorch's
 //! `[cout, cin, kh, kw]` layout read row-major is exactly that matrix). For one image
@@ -15,6 +15,14 @@
 //! multiply-adds) on filters transformed once at construction. [`Conv2d::with_algorithm`]
 //! forces one path, including the opt-in F(4×4, 3×3) (module `winograd4`: 36 GEMMs with 1/4
 //! of the multiply-adds).
+//!
+//! 3×3 stride-2 pad-1 convolutions with enough channels use a polyphase split + Winograd
+//! F(2, 2) (module `winograd_s2`: 2×2 output tiles from 5×5 input patches, 25 points sharing
+//! 16 filter matrices, so 16 GEMMs with 25/36 of the multiply-adds and no im2col matrix;
+//! transform entries are 0 and ±1, so it rounds no worse than im2col). It shares the
+//! three-phase structure of the stride-1 path (input transform per input channel, one
+//! sequential GEMM per task, output transform + epilogue per output channel) and its
+//! thread-count independence.
 //!
 //! Bias, residual addition and ReLU are applied in a single pass over the output right after
 //! the GEMM (fused into the output transform on the Winograd path). Eval-mode BatchNorm is folded into the weights beforehand with
@@ -46,16 +54,22 @@ use crate::error::{Error, Result};
 /// How a [`Conv2d`] computes its output.
 ///
 /// Both algorithms compute the same convolution; they differ in speed and (slightly) in
-/// rounding. Winograd applies only to 3×3, stride-1, pad-1 convolutions.
+/// rounding. The Winograd variants apply only to 3×3 pad-1 convolutions: F(2×2) and F(4×4)
+/// with stride 1, the polyphase variant with stride 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvAlgorithm {
     /// Winograd F(2×2, 3×3) for 3×3 stride-1 pad-1 convolutions with at least
-    /// [`WINOGRAD_MIN_CHANNELS`] input and output channels, im2col + GEMM otherwise.
+    /// [`WINOGRAD_MIN_CHANNELS`] input and output channels, the stride-2 variant for 3×3
+    /// stride-2 pad-1 convolutions with `cin·cout ≥` [`WINOGRAD_S2_MIN_CHANNEL_PRODUCT`],
+    /// im2col + GEMM otherwise.
     #[default]
     Auto,
     /// Always im2col + GEMM (1×1 stride-1 unpadded convolutions skip the copy).
     Im2col,
-    /// Winograd F(2×2, 3×3); only valid for 3×3, stride-1, pad-1 convolutions.
+    /// Winograd F(2×2, 3×3) for 3×3 stride-1 pad-1 convolutions; for 3×3 stride-2 pad-1
+    /// convolutions its stride-2 counterpart (polyphase split + F(2, 2): 2×2 output tiles
+    /// from 5×5 input patches, 25 instead of 36 multiply-adds per output and input channel,
+    /// transforms with entries 0 and ±1). Not valid for other shapes.
     Winograd,
     /// Winograd F(4×4, 3×3): fewer multiply-adds than F(2×2) (2.25 instead of 4 per output
     /// and input channel) but larger transforms, ~10× the rounding error of F(2×2) (≈1e-5 of
@@ -74,9 +88,16 @@ pub enum ConvAlgorithm {
 /// 2.9 ms CPU; 128–512 ch: 1.6–2× less CPU); below 8 the products are too thin to matter.
 pub const WINOGRAD_MIN_CHANNELS: usize = 8;
 
-/// [`ConvAlgorithm::Auto`] uses the stride-2 variant (module `winograd_s2`) for 3×3 stride-2
-/// pad-1 convolutions when both `cin` and `cout` are at least this large (TODO measured).
-pub const WINOGRAD_S2_MIN_CHANNELS: usize = 8;
+/// [`ConvAlgorithm::Auto`] uses the stride-2 variant for 3×3 stride-2 pad-1 convolutions when
+/// `cin·cout` is at least this large (64·128), im2col + GEMM otherwise.
+///
+/// Measured (1-thread CPU ms, min of 40 runs, im2col → stride-2 Winograd, machine shared with
+/// another job): 256→256 @ 56² 9.46 → 8.82–9.15, 512→512 @ 28² 9.65 → 8.45, 256→512 @ 28²
+/// 4.75 → 4.36, 128→256 @ 28² 1.21 → 1.09, 128→128 @ 56² 2.45 → 2.25–2.42, 64→128 @ 56²
+/// 1.17 → 1.13; break-even at 64→64 (0.665 → 0.675 @ 56², 0.198 → 0.203 @ 28²) and slower
+/// below (32→32 @ 56² 0.188 → 0.242, 8→8 0.023 → 0.046): with few channels the transforms
+/// (25 values per tile and channel in and out) outweigh the 31 % of multiply-adds saved.
+pub const WINOGRAD_S2_MIN_CHANNEL_PRODUCT: usize = 64 * 128;
 
 /// Parallel passes over buffers smaller than this many elements run sequentially.
 const PAR_ELEMS: usize = 1 << 16;
@@ -108,7 +129,8 @@ pub struct Conv2d {
     wino2: OnceLock<Vec<f32>>,
     /// Winograd F(4×4) filters `[36][cout][cin]`, once computed.
     wino4: OnceLock<Vec<f32>>,
-    /// Stride-2 filters `[16][cout][cin]` (module `winograd_s2`), once computed.
+    /// Stride-2 filters `[16][cout][cin]` (module `winograd_s2`, 16/9 of the weight
+    /// memory), once computed.
     wino_s2: OnceLock<Vec<f32>>,
 }
 
@@ -288,9 +310,9 @@ impl Conv2d {
             ConvAlgorithm::Winograd if stride2 => Some(Tile::S2),
             ConvAlgorithm::Winograd => Some(Tile::F2),
             ConvAlgorithm::Winograd4x4 => (!stride2).then_some(Tile::F4),
-            ConvAlgorithm::Auto if stride2 => (self.cin >= WINOGRAD_S2_MIN_CHANNELS
-                && self.cout >= WINOGRAD_S2_MIN_CHANNELS)
-                .then_some(Tile::S2),
+            ConvAlgorithm::Auto if stride2 => {
+                (self.cin * self.cout >= WINOGRAD_S2_MIN_CHANNEL_PRODUCT).then_some(Tile::S2)
+            }
             ConvAlgorithm::Auto => (self.cin >= WINOGRAD_MIN_CHANNELS
                 && self.cout >= WINOGRAD_MIN_CHANNELS)
                 .then_some(Tile::F2),

@@ -257,17 +257,8 @@ type InputTransform = fn(&[f32], usize, usize, usize, usize, &mut [f32]);
 
 /// Output transform + epilogue of one channel: `(rows, th, tw, oh, ow, out, bias, residual,
 /// relu)`.
-type OutputTransform = fn(
-    &[&[f32]; MAX_POINTS],
-    usize,
-    usize,
-    usize,
-    usize,
-    &mut [f32],
-    f32,
-    Option<&[f32]>,
-    bool,
-);
+type OutputTransform =
+    fn(&[&[f32]; MAX_POINTS], usize, usize, usize, usize, &mut [f32], f32, Option<&[f32]>, bool);
 
 /// Fills `rows[r][..cols]` with the zero-padded input (padding 1) starting at padded row `y0`
 /// and padded column `x0`: `rows[r][c] = plane[y0 + r − 1, x0 + c − 1]`, 0 outside the image.

@@ -256,7 +256,12 @@ pub(super) fn forward(
 fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &mut [f32]) {
     let t_all = th * tw;
     let mut d = [[0.0f32; COLS]; 5];
-    let mut e = [[0.0f32; COLS]; 2];
+    // ph[r][q][j] = d[r][4j + q]: the patch rows split by column phase (q = 0 has one more
+    // entry, the last tile's fifth column), so that both transforms run on contiguous
+    // arrays over the tiles of a chunk.
+    let mut ph = [[[0.0f32; CHUNK + 1]; 4]; 5];
+    // Bᵀ along the rows gives [d0 − d2, d2, d4 − d2, d1, d3]; only two rows are new.
+    let mut e = [[[0.0f32; CHUNK + 1]; 4]; 2];
     for ty in 0..th {
         let mut tx0 = 0;
         while tx0 < tw {
@@ -265,15 +270,28 @@ fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &
             // d[r][c] = plane[4ty + r − 1, 4tx0 + c − 1]; tx0 < tw = ⌈ow/2⌉ gives
             // 2·tx0 ≤ ow − 1 = ⌊(w − 1)/2⌋, so 4·tx0 + 1 ≤ w as the gather requires.
             gather_patch_rows(plane, h, w, 4 * ty, 4 * tx0, cols, &mut d);
-            // Bᵀ along the rows: [d0 − d2, d2, d4 − d2, d1, d3]; only two rows are new.
-            for c in 0..cols {
-                e[0][c] = d[0][c] - d[2][c];
-                e[1][c] = d[4][c] - d[2][c];
+            for (pr, dr) in ph.iter_mut().zip(&d) {
+                let [p0, p1, p2, p3] = pr;
+                for (j, x) in dr[..4 * n].chunks_exact(4).enumerate() {
+                    p0[j] = x[0];
+                    p1[j] = x[1];
+                    p2[j] = x[2];
+                    p3[j] = x[3];
+                }
+                p0[n] = dr[4 * n];
             }
-            let rows: [&[f32; COLS]; 5] = [&e[0], &d[2], &e[1], &d[1], &d[3]];
-            // B along the columns, tile by tile.
+            for q in 0..4 {
+                let (a, b, c) = (&ph[0][q], &ph[2][q], &ph[4][q]);
+                for j in 0..=n {
+                    e[0][q][j] = a[j] - b[j];
+                    e[1][q][j] = c[j] - b[j];
+                }
+            }
+            let rows = [&e[0], &ph[2], &e[1], &ph[1], &ph[3]];
+            // B along the columns: [x0 − x2, x2, x4 − x2, x1, x3] per tile, i.e.
+            // [p0[j] − p2[j], p2[j], p0[j + 1] − p2[j], p1[j], p3[j]].
             let t0 = ty * tw + tx0;
-            for (i, er) in rows.iter().enumerate() {
+            for (i, [p0, p1, p2, p3]) in rows.into_iter().enumerate() {
                 let mut outs: [&mut [f32]; 5] = Default::default();
                 let mut rest: &mut [f32] = &mut *v;
                 let mut base = 0;
@@ -286,13 +304,15 @@ fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &
                     rest = tail;
                     base = s + 1;
                 }
+                let [o0, o1, o2, o3, o4] = outs;
+                let (p0, p0n, p1, p2, p3) = (&p0[..n], &p0[1..=n], &p1[..n], &p2[..n], &p3[..n]);
                 for j in 0..n {
-                    let x = &er[4 * j..4 * j + 5];
-                    let vals = [x[0] - x[2], x[2], x[4] - x[2], x[1], x[3]];
-                    for (o, val) in outs.iter_mut().zip(vals) {
-                        o[j] = val;
-                    }
+                    o0[j] = p0[j] - p2[j];
+                    o2[j] = p0n[j] - p2[j];
                 }
+                o1.copy_from_slice(p2);
+                o3.copy_from_slice(p1);
+                o4.copy_from_slice(p3);
             }
             tx0 += n;
         }
