@@ -287,7 +287,9 @@ impl Backbone {
         let per_image: Vec<[Option<Vec<f32>>; 4]> = if n > 1 {
             (0..n).into_par_iter().map(run).collect()
         } else {
-            (0..n).map(run).collect()
+            // On a pool thread, so that the many short parallel regions of one forward pass
+            // are forked from a worker instead of each one waking the caller's thread.
+            rayon::scope(|_| (0..n).map(run).collect())
         };
         self.taps
             .iter()
