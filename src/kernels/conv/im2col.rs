@@ -20,21 +20,21 @@ impl Conv2d {
     ) {
         let p = oh * ow;
         let taps = self.kh * self.kw;
-        // One task = all taps of one input channel (kh·kw rows of `cols`).
-        let fill = |ci: usize, block: &mut [f32]| {
+        // One task = one row of `cols` (one tap of one input channel), so that convolutions
+        // with few input channels (the stem has 3, i.e. 147 rows) still split evenly.
+        let fill = |r: usize, row: &mut [f32]| {
+            let (ci, t) = (r / taps, r % taps);
             let plane = &input[ci * h * w..(ci + 1) * h * w];
-            for (t, row) in block.chunks_exact_mut(p).enumerate() {
-                let (ky, kx) = (t / self.kw, t % self.kw);
-                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
-            }
+            let (ky, kx) = (t / self.kw, t % self.kw);
+            im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
         };
         if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
-            cols.par_chunks_mut(taps * p)
+            cols.par_chunks_mut(p)
                 .enumerate()
-                .for_each(|(ci, block)| fill(ci, block));
+                .for_each(|(r, row)| fill(r, row));
         } else {
-            for (ci, block) in cols.chunks_mut(taps * p).enumerate() {
-                fill(ci, block);
+            for (r, row) in cols.chunks_mut(p).enumerate() {
+                fill(r, row);
             }
         }
     }
