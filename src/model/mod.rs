@@ -336,6 +336,17 @@ impl PatchCore {
         input: ArrayView4<f32>,
         opts: PredictOptions,
     ) -> Result<(Vec<Prediction>, Timings)> {
+        // On a pool thread, so that the parallel regions of every stage fork from a worker
+        // instead of each one waking the caller's thread.
+        rayon::scope(|_| self.predict_tensor_here(input, opts))
+    }
+
+    /// [`Model::predict_tensor`] on the current thread.
+    fn predict_tensor_here(
+        &self,
+        input: ArrayView4<f32>,
+        opts: PredictOptions,
+    ) -> Result<(Vec<Prediction>, Timings)> {
         let p = self.config.params();
         let mut timings = Timings::default();
         let (emb, (gh, gw)) = embed_batch(&self.config, &self.backbone, input, &mut timings)?;
