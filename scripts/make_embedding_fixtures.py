@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Regenerate tests/fixtures/embedding/*.safetensors (parity fixtures for src/embedding).
 
-The reference embeddings are built here with stock PyTorch operators only, following SPEC §3
+The reference embeddings are built here with stock PyTorch operators only, following docs/algorithm.md §3
 of this repository (not the Rust code):
 
-* ORIG (SPEC §3.1): nn.functional.unfold with a p×p window, stride 1, zero padding p//2; the
+* ORIG (docs/algorithm.md §3.1): nn.functional.unfold with a p×p window, stride 1, zero padding p//2; the
   unfolded maps of every layer after the first are resized to the first layer's grid with
   F.interpolate(mode="bilinear", align_corners=False); each cell's C·p² vector is reduced with
   F.adaptive_avg_pool1d to pre_dim; the per-layer results are concatenated and reduced again
   with F.adaptive_avg_pool1d to target_dim.
-* Average (SPEC §3.2): F.avg_pool2d(p, stride 1, padding p//2, count_include_pad=True) per
+* Average (docs/algorithm.md §3.2): F.avg_pool2d(p, stride 1, padding p//2, count_include_pad=True) per
   layer, bilinear resize of later layers to the first grid, channel concatenation, optional
   F.adaptive_avg_pool1d over the channels.
 
@@ -32,7 +32,7 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "embedding
 
 
 def orig_reference(layers, p, pre_dim, target_dim):
-    """Patch embedding the way SPEC §3.1 describes it, on float64 copies of `layers`."""
+    """Patch embedding the way docs/algorithm.md §3.1 describes it, on float64 copies of `layers`."""
     n = layers[0].shape[0]
     grid = layers[0].shape[-2:]
     per_layer = []
@@ -51,7 +51,7 @@ def orig_reference(layers, p, pre_dim, target_dim):
 
 
 def average_reference(layers, p, target_dim):
-    """ANO-style construction of SPEC §3.2 on float64 copies of `layers`."""
+    """ANO-style construction of docs/algorithm.md §3.2 on float64 copies of `layers`."""
     grid = layers[0].shape[-2:]
     parts = []
     for idx, fmap in enumerate(layers):

@@ -168,7 +168,7 @@ def main():
     Image.fromarray(m2, "L").save(OUT / "mask2.png")
     exp["mask2_orig"], pos = orig_mask(Image.open(OUT / "mask2.png"))
     print(f"mask2.png: {int(exp['mask2_orig'].sum())} pixels == 1.0, {pos} > 0")
-    # SPEC §1 example: 900x900 mask with a 200x151 box (rows 300..500, cols 400..551).
+    # docs/algorithm.md §1 example: 900x900 mask with a 200x151 box (rows 300..500, cols 400..551).
     m3 = np.zeros((900, 900), np.uint8)
     m3[300:500, 400:551] = 255
     exp["mask900_orig"], pos = orig_mask(Image.fromarray(m3, "L"))

@@ -400,7 +400,7 @@ mod map_to_image_tests {
             width: 4.0,
         };
         let out = map_to_image(m.view(), &full, 1, 4).unwrap();
-        // Same as SPEC §10 vector 2: [0, 1] 2 → 4 = [0, .25, .75, 1].
+        // Same as docs/algorithm.md §10 vector 2: [0, 1] 2 → 4 = [0, .25, .75, 1].
         assert_eq!(out.row(0).to_vec(), vec![0.0, 0.25, 0.75, 1.0]);
         // The map covers columns 2..4 of a 6-wide image: left of it 0, right of it 1.
         let part = CropBox {

@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn reweight_vector_8() {
-        // SPEC §10 vector 8: d = [1, 2, 3], s* = 1 → w = s = 0.909969.
+        // docs/algorithm.md §10 vector 8: d = [1, 2, 3], s* = 1 → w = s = 0.909969.
         assert!((reweight(&[1.0, 2.0, 3.0]) - 0.909_969).abs() < 1e-6);
         assert_eq!(reweight(&[2.5]), 0.0);
     }

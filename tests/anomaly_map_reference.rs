@@ -1,4 +1,4 @@
-//! Anomaly maps against hand-checkable vectors (SPEC §10 vectors 2 and 13), scipy/torch
+//! Anomaly maps against hand-checkable vectors (docs/algorithm.md §10 vectors 2 and 13), scipy/torch
 //! fixtures (scripts/make_map_fixtures.py) and a naive 2-D convolution written here.
 
 use ndarray::{Array2, ArrayView2};

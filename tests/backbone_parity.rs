@@ -312,7 +312,7 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
 
     /// For any input size, every tap has ⌈n / stride⌉ cells per axis (stride 4, 8, 16, 32 —
-    /// SPEC §2: each stride-2 op maps n → ⌊(n−1)/2⌋+1), matches `tap_shape`, and is ≥ 0.
+    /// docs/algorithm.md §2: each stride-2 op maps n → ⌊(n−1)/2⌋+1), matches `tap_shape`, and is ≥ 0.
     #[test]
     fn tap_sizes_follow_ceil_division(h in 32usize..90, w in 32usize..90, seed in 0u64..4) {
         let spec = ResNetSpec {

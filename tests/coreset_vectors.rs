@@ -1,4 +1,4 @@
-//! Hand-computed coreset vectors (SPEC §10 v6, v15), sizes, errors and the projection.
+//! Hand-computed coreset vectors (docs/algorithm.md §10 v6, v15), sizes, errors and the projection.
 
 use ndarray::{Array2, ArrayView2};
 use patchcore::coreset::{
@@ -117,7 +117,7 @@ fn select_input_errors() {
     assert!(approximate_greedy_from(bank.view(), &[5], 1).is_err());
 }
 
-/// SPEC §10 v6: points [0,1,2,3,10], f = 0.6 → k = 3.
+/// docs/algorithm.md §10 v6: points [0,1,2,3,10], f = 0.6 → k = 3.
 #[test]
 fn spec_v6_approximate_greedy_all_starts() {
     let z = line(&[0.0, 1.0, 2.0, 3.0, 10.0]);

@@ -1,4 +1,4 @@
-//! The closed-form WRN-50 path against the generic construction (SPEC §10 vector 4), and the
+//! The closed-form WRN-50 path against the generic construction (docs/algorithm.md §10 vector 4), and the
 //! generic constructions against a naive, fully materialised reference written here in f64
 //! (proptest over shapes, patch sizes and dimensions).
 
@@ -47,7 +47,7 @@ fn check_fast_equals_generic(
     assert_eq!(auto, fast, "embed must take the closed-form path");
 }
 
-/// SPEC §10 vector 4: WRN-50-2 at 224² (layer2 512×28², layer3 1024×14²), two images.
+/// docs/algorithm.md §10 vector 4: WRN-50-2 at 224² (layer2 512×28², layer3 1024×14²), two images.
 #[test]
 fn fast_path_equals_generic_wrn50_224() {
     check_fast_equals_generic(2, (28, 28), (14, 14), 7);
@@ -80,7 +80,7 @@ fn closed_form_refuses_other_settings() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Naive reference: materialise everything, f64, straight from the SPEC §3 wording.
+// Naive reference: materialise everything, f64, straight from the docs/algorithm.md §3 wording.
 
 fn ref_bilinear(src: &[f64], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
     let axis = |n_in: usize, n_out: usize, o: usize| {

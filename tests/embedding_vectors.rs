@@ -1,4 +1,4 @@
-//! Hand-checkable vectors of SPEC §10 (1, 2, 3, 14) and the error contract of the embedding.
+//! Hand-checkable vectors of docs/algorithm.md §10 (1, 2, 3, 14) and the error contract of the embedding.
 
 use ndarray::{array, s, Array3, Array4, ArrayView4, Axis};
 use patchcore::embedding::{
@@ -23,7 +23,7 @@ fn pool(input: &[f32], d: usize) -> Vec<f32> {
     out
 }
 
-/// SPEC §10 vector 1.
+/// docs/algorithm.md §10 vector 1.
 #[test]
 fn adaptive_pool_hand_vectors() {
     close(&pool(&[1.0, 2.0, 3.0, 4.0, 5.0], 3), &[1.5, 3.0, 4.5], 1e-7);
@@ -47,7 +47,7 @@ fn adaptive_pool_hand_vectors() {
     ));
 }
 
-/// SPEC §10 vector 2.
+/// docs/algorithm.md §10 vector 2.
 #[test]
 fn bilinear_hand_vectors() {
     let up = bilinear_resize(array![[[0.0f32, 1.0]]].view(), 1, 4).unwrap();
@@ -63,7 +63,7 @@ fn bilinear_hand_vectors() {
     assert!(bilinear_resize(ramp.view(), 0, 3).is_err());
 }
 
-/// SPEC §10 vector 14, on a 3×3 and a 4×5 map.
+/// docs/algorithm.md §10 vector 14, on a 3×3 and a 4×5 map.
 #[test]
 fn avg_pool_borders() {
     let pooled = avg_pool2d(Array3::<f32>::ones((1, 3, 3)).view(), 3).unwrap();
@@ -95,7 +95,7 @@ fn tiny_layers() -> (Array4<f32>, Array4<f32>) {
 const TINY_TOP: [f32; 4] = [0.5, 5.0 / 3.0, 4.0 / 3.0, 4.0 / 3.0];
 const TINY_BOTTOM: [f32; 4] = [5.0 / 3.0, 7.0 / 6.0, 4.0 / 3.0, 4.0 / 3.0];
 
-/// SPEC §10 vector 3, plus batching: a second image scaled by 2 gives rows 4..8 scaled by 2.
+/// docs/algorithm.md §10 vector 3, plus batching: a second image scaled by 2 gives rows 4..8 scaled by 2.
 #[test]
 fn tiny_orig_embedding() {
     let (a, b) = tiny_layers();

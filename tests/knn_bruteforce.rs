@@ -1,5 +1,5 @@
 //! `BruteForce` k-NN against naive exact distance loops written here (f64), plus faiss
-//! semantics (SPEC §10 vector 7), thread-count independence and typed errors.
+//! semantics (docs/algorithm.md §10 vector 7), thread-count independence and typed errors.
 
 use ndarray::{array, Array2};
 use patchcore::knn::{BruteForce, NearestNeighbours};

@@ -1,4 +1,4 @@
-//! SPEC §10 vectors 9–12 and hand-computed cases for the metrics.
+//! docs/algorithm.md §10 vectors 9–12 and hand-computed cases for the metrics.
 
 use ndarray::{array, Array2};
 use patchcore::metrics::{

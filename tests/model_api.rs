@@ -13,7 +13,7 @@ use patchcore::preprocess::{self, ImageLimits, Resize};
 use patchcore::scoring::Distance;
 use patchcore::Error;
 
-/// Naive f64 scoring of one image's embedding rows against `bank` (SPEC: mean of the k
+/// Naive f64 scoring of one image's embedding rows against `bank` (docs/algorithm.md §5: mean of the k
 /// nearest distances; image score = max, re-weighted by 1 − softmax(d)_0 over the b nearest
 /// bank rows of m* when b > 1). Returns (patch scores, image score, argmax).
 fn reference(

@@ -301,7 +301,7 @@ fn masks_match_orig_rule() {
         &load_mask(&fixture("mask2.png"), &lim).unwrap(),
         "mask2_orig",
     );
-    // SPEC §1: 900² mask with a 200×151 box → 2255 pixels exactly 1.0.
+    // docs/algorithm.md §1: 900² mask with a 200×151 box → 2255 pixels exactly 1.0.
     let m = image::GrayImage::from_fn(900, 900, |x, y| {
         image::Luma([if (300..500).contains(&y) && (400..551).contains(&x) {
             255

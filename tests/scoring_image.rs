@@ -1,4 +1,4 @@
-//! Patch and image scores against SPEC §10 vector 8 and a brute-force reimplementation of the
+//! Patch and image scores against docs/algorithm.md §10 vector 8 and a brute-force reimplementation of the
 //! paper's Eq. 7 written here in f64.
 
 use ndarray::{array, Array2};

@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn tensor_counts_match_torchvision_state_dicts() {
-        // torchvision key totals (SPEC §2) minus fc.weight/fc.bias and num_batches_tracked.
+        // torchvision key totals (docs/algorithm.md §2) minus fc.weight/fc.bias and num_batches_tracked.
         let count = |s: ResNetSpec, nbt: usize, total: usize| {
             assert_eq!(
                 s.expected_tensors(Layer::Layer4).len(),

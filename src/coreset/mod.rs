@@ -1,4 +1,4 @@
-//! Memory-bank subsampling (coreset selection), SPEC §4.
+//! Memory-bank subsampling (coreset selection), docs/algorithm.md §4.
 //!
 //! PatchCore keeps only a representative subset of the memory bank: a *coreset* chosen so that
 //! every bank row lies close to some kept row. This module offers

@@ -1,4 +1,4 @@
-//! Seeded dense random projection of the memory bank (SPEC §4, ORIG).
+//! Seeded dense random projection of the memory bank (docs/algorithm.md §4, ORIG).
 
 use ndarray::{Array2, ArrayView2};
 use rand::distr::{Distribution, Uniform};

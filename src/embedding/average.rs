@@ -1,4 +1,4 @@
-//! The [`Aggregator::Average`](super::Aggregator::Average) construction (SPEC §3.2): per layer
+//! The [`Aggregator::Average`](super::Aggregator::Average) construction (docs/algorithm.md §3.2): per layer
 //! `p × p` average pooling (stride 1, zero padding `p/2`, always ÷p²), deeper layers resized
 //! bilinearly to the first grid, channel concatenation, optional adaptive pool over channels.
 

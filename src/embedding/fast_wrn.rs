@@ -1,5 +1,5 @@
 //! Closed form of the ORIG embedding for two taps of 512 and 1024 channels, `p = 3`,
-//! `pre_dim = target_dim = 1024` (WRN-50-2 / ResNet-50 `layer2 + layer3`; SPEC §3.1).
+//! `pre_dim = target_dim = 1024` (WRN-50-2 / ResNet-50 `layer2 + layer3`; docs/algorithm.md §3.1).
 //!
 //! Pooling the 512·9 = 4608 unfolded values of `layer2` to 1024 gives bins of 5 that overlap on
 //! the centre of each channel's 3×3 window, and the final 2048 → 1024 pool averages them in

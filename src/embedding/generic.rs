@@ -1,4 +1,4 @@
-//! The generic ORIG construction (SPEC §3.1), computed cell by cell without materialising the
+//! The generic ORIG construction (docs/algorithm.md §3.1), computed cell by cell without materialising the
 //! unfolded tensors.
 //!
 //! For output cell `(y, x)` and layer `l`, the resized unfolded vector is the bilinear blend of

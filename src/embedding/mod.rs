@@ -1,4 +1,4 @@
-//! Locally-aware patch embedding (PatchCore §3.1 of the paper; SPEC §3).
+//! Locally-aware patch embedding (PatchCore §3.1 of the paper; docs/algorithm.md §3).
 //!
 //! The backbone hands us a few feature maps ("taps", e.g. WRN-50-2 `layer2` and `layer3`), each
 //! `[N, C_l, H_l, W_l]`. [`embed`] turns them into one feature vector per cell of the *first*
@@ -47,7 +47,7 @@ pub use ops::{adaptive_avg_pool1d, adaptive_pool_bin, avg_pool2d, bilinear_resiz
 /// How the backbone taps are turned into one feature vector per grid cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggregator {
-    /// The construction of the original PatchCore code (SPEC §3.1): unfold `patch_size²`
+    /// The construction of the original PatchCore code (docs/algorithm.md §3.1): unfold `patch_size²`
     /// zero-padded neighbourhoods, align deeper layers by bilinear resize of the unfolded maps,
     /// adaptive average pool each layer's `C·patch_size²` vector to `pre_dim`, concatenate and
     /// adaptive average pool to `target_dim`.
@@ -59,7 +59,7 @@ pub enum Aggregator {
         /// Final embedding dimension (default 1024).
         target_dim: usize,
     },
-    /// anomalib-style construction (SPEC §3.2): per layer `p × p` average pooling (stride 1,
+    /// anomalib-style construction (docs/algorithm.md §3.2): per layer `p × p` average pooling (stride 1,
     /// zero padding `p/2`, always divided by `p²`), deeper layers bilinearly resized to the first
     /// grid, channel concatenation, then optionally an adaptive average pool over the channels.
     Average {
@@ -176,7 +176,7 @@ pub fn grid(layers: &[ArrayView4<f32>]) -> Result<(usize, usize)> {
     Ok((h, w))
 }
 
-/// Locally-aware patch embedding of a batch (SPEC §3).
+/// Locally-aware patch embedding of a batch (docs/algorithm.md §3).
 ///
 /// `layers` are the backbone taps in order, each `[N, C_l, H_l, W_l]` (same `N`); the first one
 /// defines the `h × w` patch grid. Returns `[N·h·w, D]` with row `img·h·w + y·w + x` and
