@@ -75,7 +75,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT"
 
 step "aarch64: cross-build library, CLI, tests and examples (test profile)"
-cargo test --target "$TARGET" --no-run
+cargo test --target "$TARGET" --features cli --no-run
 
 # The whole suite (unit, CLI and integration tests) runs under emulation: about 1-2 minutes,
 # most of it in kernels_conv, kernels_gemm, coreset_props and backbone_parity, i.e. in the
@@ -84,7 +84,7 @@ step "aarch64: tests under qemu-aarch64 (NEON kernels)"
 t0=$SECONDS
 # The CLI tests start the (aarch64) binary themselves: through the same emulator.
 PATCHCORE_TEST_RUNNER="qemu-aarch64 -L $SYSROOT" PATCHCORE_EXPECT_SIMD=neon \
-  cargo test --target "$TARGET" --lib --bins --tests
+  cargo test --target "$TARGET" --features cli --lib --bins --tests
 echo "aarch64 qemu tests took $((SECONDS - t0)) s"
 
 # The host build with the x86-64 CPU model `qemu64` (SSE2 only): both GEMM crates detect no

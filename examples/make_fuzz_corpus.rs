@@ -9,7 +9,9 @@
 //! - `model_load/`: a tiny fitted model without and with embedded weights, and one with a
 //!   threshold and the `Average` aggregator;
 //! - `weights_load/`: random weights of the fuzz target's very small basic and bottleneck nets;
-//! - `tensor_read/`: a tensor `x` in f32, f16 and bf16, and a 0-d and an empty tensor.
+//! - `tensor_read/`: a tensor `x` in f32, f16 and bf16, and a 0-d and an empty tensor;
+//! - `image_decode/`: small BMP and TIFF images, RGB and grey (the PNG and JPEG seeds are the
+//!   preprocessing fixtures, copied by the script).
 //!
 //! The architectures must match `fuzz/fuzz_targets/common.rs`.
 
@@ -71,8 +73,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .nth(1)
             .ok_or("usage: make_fuzz_corpus OUT_DIR")?,
     );
-    for t in ["model_load", "weights_load", "tensor_read"] {
+    for t in ["model_load", "weights_load", "tensor_read", "image_decode"] {
         std::fs::create_dir_all(out.join(t))?;
+    }
+
+    // BMP and TIFF images (RGB and grey).
+    let rgb =
+        image::RgbImage::from_fn(7, 5, |x, y| image::Rgb([(x * 30) as u8, (y * 50) as u8, 9]));
+    let grey = image::GrayImage::from_fn(6, 4, |x, y| image::Luma([(x * 40 + y) as u8]));
+    for (name, format) in [
+        ("rgb.bmp", image::ImageFormat::Bmp),
+        ("rgb.tif", image::ImageFormat::Tiff),
+    ] {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        rgb.write_to(&mut bytes, format)?;
+        write(out.join("image_decode").join(name), bytes.get_ref())?;
+    }
+    for (name, format) in [
+        ("grey.bmp", image::ImageFormat::Bmp),
+        ("grey.tif", image::ImageFormat::Tiff),
+    ] {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        grey.write_to(&mut bytes, format)?;
+        write(out.join("image_decode").join(name), bytes.get_ref())?;
     }
 
     // Weights.

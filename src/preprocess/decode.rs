@@ -1,4 +1,4 @@
-//! Decoding PNG / JPEG files into 8-bit RGB images and masks, with resource limits.
+//! Decoding PNG / JPEG / BMP / TIFF files into 8-bit RGB images and masks, with resource limits.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -61,19 +61,19 @@ impl ImageLimits {
     }
 }
 
-/// Reads and decodes an image file (PNG or JPEG) into 8-bit RGB; see [`decode_rgb`] for the
+/// Reads and decodes an image file (PNG, JPEG, BMP or TIFF) into 8-bit RGB; see [`decode_rgb`] for the
 /// conversion rules.
 ///
 /// # Errors
 /// [`Error::Io`] if the file cannot be read, [`Error::LimitExceeded`] if the file or the image
-/// exceeds `limits`, [`Error::Image`] if it is empty, not a PNG/JPEG, corrupt or has zero size.
+/// exceeds `limits`, [`Error::Image`] if it is empty, not a PNG/JPEG/BMP/TIFF, corrupt or has zero size.
 /// Every message names the file.
 pub fn load_rgb(path: &Path, limits: &ImageLimits) -> Result<RgbImage> {
     let bytes = read_limited(path, limits)?;
     decode_rgb(&bytes, path, limits)
 }
 
-/// Decodes an in-memory PNG or JPEG into 8-bit RGB, following PIL's `Image.convert("RGB")`:
+/// Decodes an in-memory PNG, JPEG, BMP or TIFF image into 8-bit RGB, following PIL's `Image.convert("RGB")`:
 ///
 /// * greyscale (with or without alpha) → the grey value replicated into R, G and B;
 /// * RGBA → alpha dropped (not composited over a background), like PIL;
@@ -88,7 +88,7 @@ pub fn load_rgb(path: &Path, limits: &ImageLimits) -> Result<RgbImage> {
 ///
 /// # Errors
 /// [`Error::LimitExceeded`] if the image exceeds `limits`; [`Error::Image`] if the bytes are
-/// empty, not PNG/JPEG, corrupt, or the image has zero width or height;
+/// empty, not PNG/JPEG/BMP/TIFF, corrupt, or the image has zero width or height;
 /// [`Error::InvalidParameter`] if `limits` has a zero entry.
 pub fn decode_rgb(bytes: &[u8], name: &Path, limits: &ImageLimits) -> Result<RgbImage> {
     let img = decode_dynamic(bytes, name, limits)?;
@@ -138,7 +138,7 @@ pub fn load_mask(path: &Path, limits: &ImageLimits) -> Result<GrayImage> {
     decode_mask(&bytes, path, limits)
 }
 
-/// Decodes a ground-truth mask (any PNG/JPEG) into a binary 8-bit image: a pixel is 255 if
+/// Decodes a ground-truth mask (any supported format) into a binary 8-bit image: a pixel is 255 if
 /// **any** of its colour samples is non-zero (alpha is ignored), else 0.
 ///
 /// MVTec AD masks are 8-bit greyscale with values 0/255, for which this is the identity, so the
@@ -229,7 +229,7 @@ fn decode_dynamic(bytes: &[u8], name: &Path, limits: &ImageLimits) -> Result<Dyn
     if reader.format().is_none() {
         return Err(image_error(
             name,
-            "unrecognised image format (expected a PNG or JPEG file)",
+            "unrecognised image format (expected a PNG, JPEG, BMP or TIFF file)",
         ));
     }
     reader.limits(limits.to_image_limits());
