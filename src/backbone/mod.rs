@@ -105,16 +105,17 @@ impl Backbone {
         // Validate the cheap arguments before reading a possibly large file.
         spec.validate()?;
         deepest_tap(taps)?;
-        let len = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
-        Self::from_safetensors_file_range(path, 0, len, spec, taps)
+        // One open handle: the tensors and the fingerprint are read from the same file even
+        // if another one is renamed over `path` meanwhile.
+        let (file, len) = crate::io_util::open_regular(path)?;
+        Self::from_safetensors_file_range(file, path, 0, len, spec, taps)
     }
 
     /// [`Backbone::from_safetensors_file`] for a safetensors stream stored at bytes
     /// `base..base + len` of a file (weights embedded in a model file); the fingerprint is the
-    /// SHA-256 of that range.
+    /// SHA-256 of that range. Everything is read through `file` (`path` names it in messages).
     pub(crate) fn from_safetensors_file_range(
+        file: std::fs::File,
         path: &Path,
         base: u64,
         len: u64,
@@ -123,7 +124,8 @@ impl Backbone {
     ) -> Result<Backbone> {
         spec.validate()?;
         let last = deepest_tap(taps)?;
-        let mut src = weights::SafetensorsSource::open_range(path, base, len, spec, last)?;
+        let mut hashed = file.try_clone().map_err(|e| Error::io(path, e))?;
+        let mut src = weights::SafetensorsSource::open_range(file, path, base, len, spec, last)?;
         let net = resnet::Net::build(spec, last, &mut src)?;
         src.check_no_extra_blocks()?;
         drop(src);
@@ -131,7 +133,7 @@ impl Backbone {
             spec: spec.clone(),
             taps: taps.to_vec(),
             net,
-            sha256: weights::sha256_file_range(path, base, len)?,
+            sha256: weights::sha256_file_range(&mut hashed, path, base, len)?,
         })
     }
 

@@ -81,7 +81,7 @@ impl PatchCore {
         }
         let weights = match &opts.embed_weights {
             Some(w) => {
-                let bytes = std::fs::read(w).map_err(|e| Error::io(w, e))?;
+                let bytes = crate::io_util::read_regular(w, u64::MAX, "embedded weights")?;
                 let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
                 if sha != self.backbone.weights_sha256() {
                     return Err(Error::invalid_file(
@@ -154,11 +154,33 @@ impl PatchCore {
     /// [`Error::Io`] if the file cannot be read; otherwise as [`PatchCore::load_bytes`].
     pub fn load(path: &Path, backbone: BackboneSource<'_>) -> Result<PatchCore> {
         // Only the header, the bank and the needed backbone tensors are read: a model with
-        // embedded weights is never held in memory whole.
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut st = StIndex::from_file(file, path)?;
-        load_index(&mut st, path, backbone, &|spec, layers, (base, len)| {
-            Backbone::from_safetensors_file_range(path, base, len, spec, layers)
+        // embedded weights is never held in memory whole. The path is opened once: header,
+        // bank, embedded weights and their fingerprint all come from this one handle, so a
+        // file replaced while it is read cannot give a mix of two models.
+        let (file, _) = crate::io_util::open_regular(path)?;
+        Self::load_from_file(file, path, backbone)
+    }
+
+    /// [`PatchCore::load`] from a file already open for reading; `name` is used in error
+    /// messages. Everything (header, memory bank, embedded weights and their sha256) is read
+    /// through this one handle: renaming another file over its path meanwhile changes nothing.
+    ///
+    /// # Errors
+    /// As [`PatchCore::load`]; [`Error::Io`] if `file` is not a regular file.
+    pub fn load_from_file(
+        file: std::fs::File,
+        name: &Path,
+        backbone: BackboneSource<'_>,
+    ) -> Result<PatchCore> {
+        let meta = file.metadata().map_err(|e| Error::io(name, e))?;
+        if !meta.is_file() {
+            return Err(crate::io_util::not_regular(name, &meta.file_type()));
+        }
+        let weights = file.try_clone().map_err(|e| Error::io(name, e))?;
+        let mut st = StIndex::from_file(file, name)?;
+        load_index(&mut st, name, backbone, &|spec, layers, (base, len)| {
+            let handle = weights.try_clone().map_err(|e| Error::io(name, e))?;
+            Backbone::from_safetensors_file_range(handle, name, base, len, spec, layers)
         })
     }
 

@@ -189,12 +189,11 @@ fn high(v: u16) -> u8 {
     (v >> 8) as u8
 }
 
-/// Reads a file, refusing files larger than `limits.max_alloc_bytes`.
+/// Reads a regular file (a FIFO, a device or a folder is refused), refusing more than
+/// `limits.max_alloc_bytes` bytes even when the length is not known in advance.
 fn read_limited(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>> {
     limits.validate()?;
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    check_alloc(path, meta.len(), limits)?;
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::io_util::read_regular(path, limits.max_alloc_bytes, "ImageLimits::max_alloc_bytes")
 }
 
 fn check_alloc(name: &Path, bytes: u64, limits: &ImageLimits) -> Result<()> {
