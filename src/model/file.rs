@@ -321,6 +321,12 @@ fn load_index(
             backbone.taps()
         )));
     }
+    // A configuration asking for a huge resize or crop is refused before the bank is read.
+    super::workset::check_config(
+        &config,
+        &backbone,
+        &crate::preprocess::ImageLimits::default(),
+    )?;
     let channels: Vec<usize> = params
         .layers
         .iter()
