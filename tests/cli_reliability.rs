@@ -113,6 +113,8 @@ fn outputs_never_replace_symlinks_fifos_or_devices() {
     for extra in [&[][..], &["--force"][..]] {
         let o = run(&fit_args(f, p(&f.weights), p(&link), extra));
         assert_fails(&o, 1, &["m.safetensors", "symbolic link"]);
+        // Refused before any work (the library's writer would refuse too, but only at the end).
+        assert!(!stderr(&o).contains("training images"), "{}", stderr(&o));
         assert!(std::fs::symlink_metadata(&link)
             .unwrap()
             .file_type()
@@ -122,6 +124,7 @@ fn outputs_never_replace_symlinks_fifos_or_devices() {
     // A device node, even with --force.
     let o = run(&fit_args(f, p(&f.weights), "/dev/null", &["--force"]));
     assert_fails(&o, 1, &["/dev/null", "device"]);
+    assert!(!stderr(&o).contains("training images"), "{}", stderr(&o));
     let Some(fifo) = mkfifo(&dir.join("fifo.safetensors")) else {
         return;
     };
