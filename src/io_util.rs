@@ -122,7 +122,8 @@ pub fn read_regular(path: &Path, limit: u64, limit_name: &str) -> Result<Vec<u8>
     read_bounded(file, path, len, limit, limit_name)
 }
 
-/// Checks that `path` may be written by [`write_atomic`]: nothing is there, or (with
+/// Checks that `path` may be written by this crate's atomic writer (models, tensors and
+/// pictures are all written through it): nothing is there, or (with
 /// `overwrite`) a regular file. A folder, a FIFO, a device, a socket or a symbolic link —
 /// even a dangling one — is never replaced.
 ///
@@ -156,7 +157,7 @@ pub fn check_output_path(path: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
-/// The temporary file [`write_atomic`] writes before renaming it to `path`:
+/// The temporary file this crate's atomic writer writes before renaming it to `path`:
 /// `.<name>.tmp-<pid>` next to it. A caller that wants to remove it on a signal (the CLI) can
 /// register this path before writing.
 pub fn atomic_temp_path(path: &Path) -> PathBuf {

@@ -507,7 +507,9 @@ fn check_images(
     limits: &ImageLimits,
 ) -> Result<()> {
     let pre = &config.params().preprocess;
-    let mut worst: Option<(u64, (usize, usize), (usize, usize), (usize, usize))> = None;
+    /// Height and width.
+    type Hw = (usize, usize);
+    let mut worst: Option<(u64, Hw, Hw, Hw)> = None;
     for im in images {
         let src = (im.height() as usize, im.width() as usize);
         // Size errors (a crop larger than the image, ...) are left to the preprocessing.
