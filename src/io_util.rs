@@ -82,8 +82,9 @@ pub fn open_regular(path: &Path) -> Result<(File, u64)> {
     Ok((file, meta.len()))
 }
 
-/// Reads all of `file` (`len_hint` bytes expected) but at most `limit` bytes: a file that turns out longer (its length
-/// may have changed since it was opened) is an [`Error::LimitExceeded`] naming `limit_name`.
+/// Reads all of `file` (`len_hint` bytes expected) but at most `limit` bytes: a file that
+/// turns out longer (its length may be unknown, or have changed since it was opened) is an
+/// [`Error::LimitExceeded`] naming `limit_name`.
 pub(crate) fn read_bounded(
     file: File,
     path: &Path,

@@ -20,9 +20,13 @@ use crate::{Error, Result};
 /// (e.g. 8192 × 8192 RGB is 192 MiB) and a working set of at most 1 GiB per prediction or fit
 /// batch — an estimate of the decoded and resized pixels, the input tensor, the backbone's
 /// activations at the network input size, the patch embeddings and the anomaly map, checked
-/// before they are allocated. A Wide-ResNet-50-2 (layers 2 and 3) at 224² needs about 45 MB per image, at
-/// 1024 × 1024 (no resize) about 950 MB; an 8192² image fed at full size (no resize) would need
-/// tens of GB and is refused.
+/// before they are allocated. A Wide-ResNet-50-2 (layers 2 and 3) at 224² needs about 45 MB
+/// per image, at 1024 × 1024 (no resize) about 950 MB; an 8192² image fed at full size (no
+/// resize) would need about 60 GB and is refused. A larger limit is honoured by
+/// [`PatchCore::fit_paths`](crate::model::PatchCore::fit_paths) and
+/// [`PatchCore::predict_path`](crate::model::PatchCore::predict_path); the calls without
+/// limits (`fit`, `predict`, `predict_batch`, `predict_tensor`, building or loading a model
+/// whose configuration fixes the input size) use the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageLimits {
     /// Largest accepted image width in pixels.
