@@ -182,7 +182,7 @@ pub(crate) fn write_atomic(
     check_output_path(path, overwrite)?;
     let tmp = atomic_temp_path(path);
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut f = create_new(&tmp)?;
         write(&mut f)?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);
@@ -194,6 +194,24 @@ pub(crate) fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates `tmp` afresh: a leftover of the same name (a stale file of a run that had this
+/// process id, or a symbolic link planted there) is removed first, never written through.
+fn create_new(tmp: &Path) -> Result<File> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(tmp).map_err(|e| Error::io(tmp, e))?;
+            open().map_err(|e| Error::io(tmp, e))
+        }
+        r => r.map_err(|e| Error::io(tmp, e)),
+    }
 }
 
 #[cfg(test)]

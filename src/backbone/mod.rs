@@ -340,3 +340,46 @@ impl Backbone {
         self.sha256
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weights file renamed over the path after it was opened changes nothing: the tensors
+    /// and the fingerprint both come from the open handle.
+    #[test]
+    fn weights_are_parsed_and_hashed_through_one_handle() {
+        let spec = ResNetSpec {
+            name: "tiny".to_string(),
+            blocks: [1, 1, 1, 1],
+            stem_channels: 8,
+            planes: [8, 16, 32, 64],
+            ..ResNetSpec::resnet18()
+        };
+        let taps = [Layer::Layer2];
+        let dir = std::env::temp_dir().join(format!("patchcore-bb-swap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, other) = (dir.join("w.safetensors"), dir.join("other.safetensors"));
+        let a = Backbone::random_weights_safetensors(&spec, Layer::Layer2, 1).unwrap();
+        let b = Backbone::random_weights_safetensors(&spec, Layer::Layer2, 2).unwrap();
+        assert_eq!(a.len(), b.len());
+        std::fs::write(&path, &a).unwrap();
+        std::fs::write(&other, &b).unwrap();
+        let (file, len) = crate::io_util::open_regular(&path).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let got = Backbone::from_safetensors_file_range(file, &path, 0, len, &spec, &taps).unwrap();
+        let want = Backbone::from_safetensors_bytes(&a, &path, &spec, &taps).unwrap();
+        let sha_a: [u8; 32] = Sha256::digest(&a).into();
+        assert_eq!(got.weights_sha256(), sha_a);
+        // Same features as the first file's weights.
+        let x = ndarray::Array4::from_shape_fn((1, 3, 32, 32), |(_, c, i, j)| {
+            ((c * 7 + i * 3 + j) % 11) as f32 / 11.0 - 0.5
+        });
+        let (fa, fg) = (
+            want.forward(x.view()).unwrap(),
+            got.forward(x.view()).unwrap(),
+        );
+        assert_eq!(fa[0], fg[0]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -352,12 +352,26 @@ fn load_index(
         path: name.to_path_buf(),
         tensor: BANK.into(),
     };
+    // The bank's size comes from the file: allocate fallibly (an error, not an abort).
+    let too_large = |bytes: usize| Error::LimitExceeded {
+        reason: format!(
+            "{}: the memory bank ({} × {} values, {bytes} bytes) does not fit in memory",
+            name.display(),
+            shape[0],
+            shape[1]
+        ),
+    };
     let data = st.bytes(BANK, name)?;
     if t.dtype == Dtype::F16 {
-        let data: Vec<f16> = data
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]))
-            .collect();
+        let mut values: Vec<f16> = Vec::new();
+        values
+            .try_reserve_exact(data.len() / 2)
+            .map_err(|_| too_large(data.len()))?;
+        values.extend(
+            data.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]])),
+        );
+        let data = values;
         if data.iter().any(|v| !v.is_finite()) {
             return Err(non_finite());
         }
@@ -365,10 +379,15 @@ fn load_index(
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
         return PatchCore::from_parts_f16(config, backbone, bank, threshold);
     }
-    let data: Vec<f32> = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let mut values: Vec<f32> = Vec::new();
+    values
+        .try_reserve_exact(data.len() / 4)
+        .map_err(|_| too_large(data.len()))?;
+    values.extend(
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    let data = values;
     if data.iter().any(|v| !v.is_finite()) {
         return Err(non_finite());
     }
