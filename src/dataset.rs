@@ -68,8 +68,11 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The image files directly inside `dir`, sorted. Hidden files (starting with `.`) are skipped;
-/// any other regular file that is not an image is an error, so that a stray file is noticed.
+/// The image files directly inside `dir`, sorted. Hidden files (starting with `.`), folders
+/// and entries that are not regular files (FIFOs, devices, sockets — reading them would hang
+/// or never end) are skipped silently; any other regular file that is not an image is an
+/// error, so that a stray file is noticed. Symbolic links are followed (a dangling one named
+/// like an image is kept, and reported when it is read).
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in read_dir_sorted(dir)? {
@@ -78,7 +81,8 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
             .and_then(|n| n.to_str())
             .map(|n| n.starts_with('.'))
             .unwrap_or(false);
-        if hidden || p.is_dir() {
+        let special = std::fs::metadata(&p).is_ok_and(|m| !m.is_file());
+        if hidden || special {
             continue;
         }
         if !is_image_path(&p) {
@@ -96,13 +100,17 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Collects images from a list of files and folders (folders are read one level deep with
-/// [`list_images`]). The result keeps the order given, folders expanded in sorted order.
+/// [`list_images`]). The result keeps the order given, folders expanded in sorted order. A
+/// file named explicitly must be a regular file: a FIFO or a device is an error.
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
             out.extend(list_images(p)?);
-        } else if p.exists() {
+        } else if let Ok(m) = std::fs::metadata(p) {
+            if !m.is_file() {
+                return Err(crate::io_util::not_regular(p, &m.file_type()));
+            }
             out.push(p.clone());
         } else {
             return Err(Error::io(
@@ -163,6 +171,11 @@ impl Category {
                             .join("ground_truth")
                             .join(&defect)
                             .join(format!("{stem}_mask.png"));
+                        if let Ok(m) = std::fs::metadata(&mask) {
+                            if !m.is_file() {
+                                return Err(crate::io_util::not_regular(&mask, &m.file_type()));
+                            }
+                        }
                         if !mask.is_file() {
                             return Err(Error::Image {
                                 path: mask,

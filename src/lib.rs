@@ -68,7 +68,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod error;
-mod io_util;
+pub mod io_util;
 mod st_index;
 
 pub mod kernels;

@@ -158,6 +158,16 @@ impl<'a> StIndex<'a> {
             ByteSource::File { file, buf } => {
                 let len = usize::try_from(len)
                     .map_err(|_| bad(path, format!("tensor `{name}` is too large")))?;
+                // The length comes from the file: allocate fallibly (an error, not an abort).
+                buf.clear();
+                buf.try_reserve_exact(len)
+                    .map_err(|_| Error::LimitExceeded {
+                        reason: format!(
+                            "{}: tensor `{name}` needs {len} bytes of memory, more than can be \
+                         allocated",
+                            path.display()
+                        ),
+                    })?;
                 buf.resize(len, 0);
                 file.seek(SeekFrom::Start(start))
                     .and_then(|_| file.read_exact(buf))

@@ -186,6 +186,7 @@ fn image_decode_regressions() {
         max_width: 1024,
         max_height: 1024,
         max_alloc_bytes: 8 << 20,
+        ..ImageLimits::default()
     };
     let d = PreprocessConfig::default();
     let configs = [

@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         max_width: 1024,
         max_height: 1024,
         max_alloc_bytes: 8 << 20,
+        ..ImageLimits::default()
     };
     let rgb = decode_rgb(data, name, &limits);
     common::ok_or_typed(&rgb);

@@ -160,6 +160,7 @@ fuzz_target!(|inp: Input| {
         max_width: inp.limits.0,
         max_height: inp.limits.1,
         max_alloc_bytes: inp.limits.2,
+        ..ImageLimits::default()
     };
     common::ok_or_typed(&limits.validate());
     if let Ok(cfg) = checked {

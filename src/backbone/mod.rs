@@ -105,16 +105,17 @@ impl Backbone {
         // Validate the cheap arguments before reading a possibly large file.
         spec.validate()?;
         deepest_tap(taps)?;
-        let len = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
-        Self::from_safetensors_file_range(path, 0, len, spec, taps)
+        // One open handle: the tensors and the fingerprint are read from the same file even
+        // if another one is renamed over `path` meanwhile.
+        let (file, len) = crate::io_util::open_regular(path)?;
+        Self::from_safetensors_file_range(file, path, 0, len, spec, taps)
     }
 
     /// [`Backbone::from_safetensors_file`] for a safetensors stream stored at bytes
     /// `base..base + len` of a file (weights embedded in a model file); the fingerprint is the
-    /// SHA-256 of that range.
+    /// SHA-256 of that range. Everything is read through `file` (`path` names it in messages).
     pub(crate) fn from_safetensors_file_range(
+        file: std::fs::File,
         path: &Path,
         base: u64,
         len: u64,
@@ -123,7 +124,8 @@ impl Backbone {
     ) -> Result<Backbone> {
         spec.validate()?;
         let last = deepest_tap(taps)?;
-        let mut src = weights::SafetensorsSource::open_range(path, base, len, spec, last)?;
+        let mut hashed = file.try_clone().map_err(|e| Error::io(path, e))?;
+        let mut src = weights::SafetensorsSource::open_range(file, path, base, len, spec, last)?;
         let net = resnet::Net::build(spec, last, &mut src)?;
         src.check_no_extra_blocks()?;
         drop(src);
@@ -131,7 +133,7 @@ impl Backbone {
             spec: spec.clone(),
             taps: taps.to_vec(),
             net,
-            sha256: weights::sha256_file_range(path, base, len)?,
+            sha256: weights::sha256_file_range(&mut hashed, path, base, len)?,
         })
     }
 
@@ -336,5 +338,48 @@ impl Backbone {
     /// of the seed and the architecture.
     pub fn weights_sha256(&self) -> [u8; 32] {
         self.sha256
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weights file renamed over the path after it was opened changes nothing: the tensors
+    /// and the fingerprint both come from the open handle.
+    #[test]
+    fn weights_are_parsed_and_hashed_through_one_handle() {
+        let spec = ResNetSpec {
+            name: "tiny".to_string(),
+            blocks: [1, 1, 1, 1],
+            stem_channels: 8,
+            planes: [8, 16, 32, 64],
+            ..ResNetSpec::resnet18()
+        };
+        let taps = [Layer::Layer2];
+        let dir = std::env::temp_dir().join(format!("patchcore-bb-swap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, other) = (dir.join("w.safetensors"), dir.join("other.safetensors"));
+        let a = Backbone::random_weights_safetensors(&spec, Layer::Layer2, 1).unwrap();
+        let b = Backbone::random_weights_safetensors(&spec, Layer::Layer2, 2).unwrap();
+        assert_eq!(a.len(), b.len());
+        std::fs::write(&path, &a).unwrap();
+        std::fs::write(&other, &b).unwrap();
+        let (file, len) = crate::io_util::open_regular(&path).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let got = Backbone::from_safetensors_file_range(file, &path, 0, len, &spec, &taps).unwrap();
+        let want = Backbone::from_safetensors_bytes(&a, &path, &spec, &taps).unwrap();
+        let sha_a: [u8; 32] = Sha256::digest(&a).into();
+        assert_eq!(got.weights_sha256(), sha_a);
+        // Same features as the first file's weights.
+        let x = ndarray::Array4::from_shape_fn((1, 3, 32, 32), |(_, c, i, j)| {
+            ((c * 7 + i * 3 + j) % 11) as f32 / 11.0 - 0.5
+        });
+        let (fa, fg) = (
+            want.forward(x.view()).unwrap(),
+            got.forward(x.view()).unwrap(),
+        );
+        assert_eq!(fa[0], fg[0]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -24,12 +24,16 @@ pub(crate) trait TensorSource {
     fn path(&self) -> &Path;
 }
 
-/// The SHA-256 of bytes `base..base + len` of a file, read in 1 MiB chunks (never held in
-/// memory whole).
-pub(crate) fn sha256_file_range(path: &Path, base: u64, len: u64) -> Result<[u8; 32]> {
+/// The SHA-256 of bytes `base..base + len` of an open file (`path` names it in messages),
+/// read in 1 MiB chunks (never held in memory whole).
+pub(crate) fn sha256_file_range(
+    f: &mut std::fs::File,
+    path: &Path,
+    base: u64,
+    len: u64,
+) -> Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     f.seek(SeekFrom::Start(base))
         .map_err(|e| Error::io(path, e))?;
     let mut f = f.take(len);
@@ -80,16 +84,16 @@ impl<'a> SafetensorsSource<'a> {
         })
     }
 
-    /// Opens a file and parses the header of the safetensors stream at bytes
-    /// `base..base + len` only; tensors are then read one at a time.
+    /// Parses the header of the safetensors stream at bytes `base..base + len` of an open
+    /// file only; tensors are then read one at a time through the same handle.
     pub(crate) fn open_range(
+        file: std::fs::File,
         path: &'a Path,
         base: u64,
         len: u64,
         spec: &'a ResNetSpec,
         last: Layer,
     ) -> Result<SafetensorsSource<'a>> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(SafetensorsSource {
             st: StIndex::from_file_range(file, path, base, len)?,
             path,

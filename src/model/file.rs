@@ -81,7 +81,7 @@ impl PatchCore {
         }
         let weights = match &opts.embed_weights {
             Some(w) => {
-                let bytes = std::fs::read(w).map_err(|e| Error::io(w, e))?;
+                let bytes = crate::io_util::read_regular(w, u64::MAX, "embedded weights")?;
                 let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
                 if sha != self.backbone.weights_sha256() {
                     return Err(Error::invalid_file(
@@ -154,11 +154,33 @@ impl PatchCore {
     /// [`Error::Io`] if the file cannot be read; otherwise as [`PatchCore::load_bytes`].
     pub fn load(path: &Path, backbone: BackboneSource<'_>) -> Result<PatchCore> {
         // Only the header, the bank and the needed backbone tensors are read: a model with
-        // embedded weights is never held in memory whole.
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut st = StIndex::from_file(file, path)?;
-        load_index(&mut st, path, backbone, &|spec, layers, (base, len)| {
-            Backbone::from_safetensors_file_range(path, base, len, spec, layers)
+        // embedded weights is never held in memory whole. The path is opened once: header,
+        // bank, embedded weights and their fingerprint all come from this one handle, so a
+        // file replaced while it is read cannot give a mix of two models.
+        let (file, _) = crate::io_util::open_regular(path)?;
+        Self::load_from_file(file, path, backbone)
+    }
+
+    /// [`PatchCore::load`] from a file already open for reading; `name` is used in error
+    /// messages. Everything (header, memory bank, embedded weights and their sha256) is read
+    /// through this one handle: renaming another file over its path meanwhile changes nothing.
+    ///
+    /// # Errors
+    /// As [`PatchCore::load`]; [`Error::Io`] if `file` is not a regular file.
+    pub fn load_from_file(
+        file: std::fs::File,
+        name: &Path,
+        backbone: BackboneSource<'_>,
+    ) -> Result<PatchCore> {
+        let meta = file.metadata().map_err(|e| Error::io(name, e))?;
+        if !meta.is_file() {
+            return Err(crate::io_util::not_regular(name, &meta.file_type()));
+        }
+        let weights = file.try_clone().map_err(|e| Error::io(name, e))?;
+        let mut st = StIndex::from_file(file, name)?;
+        load_index(&mut st, name, backbone, &|spec, layers, (base, len)| {
+            let handle = weights.try_clone().map_err(|e| Error::io(name, e))?;
+            Backbone::from_safetensors_file_range(handle, name, base, len, spec, layers)
         })
     }
 
@@ -299,6 +321,12 @@ fn load_index(
             backbone.taps()
         )));
     }
+    // A configuration asking for a huge resize or crop is refused before the bank is read.
+    super::workset::check_config(
+        &config,
+        &backbone,
+        &crate::preprocess::ImageLimits::default(),
+    )?;
     let channels: Vec<usize> = params
         .layers
         .iter()
@@ -324,12 +352,26 @@ fn load_index(
         path: name.to_path_buf(),
         tensor: BANK.into(),
     };
+    // The bank's size comes from the file: allocate fallibly (an error, not an abort).
+    let too_large = |bytes: usize| Error::LimitExceeded {
+        reason: format!(
+            "{}: the memory bank ({} × {} values, {bytes} bytes) does not fit in memory",
+            name.display(),
+            shape[0],
+            shape[1]
+        ),
+    };
     let data = st.bytes(BANK, name)?;
     if t.dtype == Dtype::F16 {
-        let data: Vec<f16> = data
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]))
-            .collect();
+        let mut values: Vec<f16> = Vec::new();
+        values
+            .try_reserve_exact(data.len() / 2)
+            .map_err(|_| too_large(data.len()))?;
+        values.extend(
+            data.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]])),
+        );
+        let data = values;
         if data.iter().any(|v| !v.is_finite()) {
             return Err(non_finite());
         }
@@ -337,10 +379,15 @@ fn load_index(
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
         return PatchCore::from_parts_f16(config, backbone, bank, threshold);
     }
-    let data: Vec<f32> = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let mut values: Vec<f32> = Vec::new();
+    values
+        .try_reserve_exact(data.len() / 4)
+        .map_err(|_| too_large(data.len()))?;
+    values.extend(
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    let data = values;
     if data.iter().any(|v| !v.is_finite()) {
         return Err(non_finite());
     }

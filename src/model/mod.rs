@@ -4,6 +4,7 @@
 mod file;
 mod meta;
 mod params;
+mod workset;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -145,6 +146,7 @@ impl PatchCore {
             backbone,
             images.len(),
             |i| Ok(images[i].clone()),
+            &ImageLimits::default(),
             progress,
         )
     }
@@ -166,6 +168,7 @@ impl PatchCore {
             backbone,
             paths.len(),
             |i| preprocess::load_rgb(&paths[i], limits),
+            limits,
             progress,
         )
     }
@@ -175,12 +178,15 @@ impl PatchCore {
         backbone: Backbone,
         n: usize,
         load: impl Fn(usize) -> Result<RgbImage> + Sync,
+        limits: &ImageLimits,
         progress: &mut dyn FnMut(FitProgress),
     ) -> Result<(PatchCore, Timings)> {
         if n == 0 {
             return Err(Error::input("fit needs at least one normal image"));
         }
         check_backbone(&config, &backbone)?;
+        limits.validate()?;
+        workset::check_config(&config, &backbone, limits)?;
         let p = config.params();
         let mut timings = Timings::default();
         let mut bank: Vec<f32> = Vec::new();
@@ -194,6 +200,7 @@ impl PatchCore {
                 .into_par_iter()
                 .map(&load)
                 .collect::<Result<Vec<_>>>()?;
+            check_images(&config, &backbone, &images, limits)?;
             let input = preprocess::preprocess_batch(&images, &p.preprocess)?;
             timings.preprocess += t.elapsed();
             let (emb, g) = embed_batch(&config, &backbone, input.view(), &mut timings)?;
@@ -306,21 +313,37 @@ impl PatchCore {
         let t = Instant::now();
         let img = preprocess::load_rgb(path, limits)?;
         let decode = t.elapsed();
-        let (p, mut timings) = self.predict(&img, opts)?;
+        let (mut v, mut timings) =
+            self.predict_batch_limited(std::slice::from_ref(&img), limits, opts)?;
+        let p = v.pop().ok_or_else(|| Error::input("no prediction"))?;
         timings.preprocess += decode;
         Ok((p, timings))
     }
 
     /// Scores a batch of decoded images (all must have the same size after preprocessing).
+    /// The memory the batch needs is estimated first and checked against
+    /// [`ImageLimits::default`]'s working-set limit ([`Error::LimitExceeded`]).
     pub fn predict_batch(
         &self,
         images: &[RgbImage],
         opts: PredictOptions,
     ) -> Result<(Vec<Prediction>, Timings)> {
+        self.predict_batch_limited(images, &ImageLimits::default(), opts)
+    }
+
+    /// [`PatchCore::predict_batch`] under the working-set limit of `limits`.
+    fn predict_batch_limited(
+        &self,
+        images: &[RgbImage],
+        limits: &ImageLimits,
+        opts: PredictOptions,
+    ) -> Result<(Vec<Prediction>, Timings)> {
+        check_images(&self.config, &self.backbone, images, limits)?;
         let t = Instant::now();
         let input = preprocess::preprocess_batch(images, &self.config.params().preprocess)?;
         let pre = t.elapsed();
-        let (preds, mut timings) = self.predict_tensor(input.view(), opts)?;
+        let (preds, mut timings) =
+            rayon::scope(|_| self.predict_tensor_here(input.view(), limits, opts))?;
         timings.preprocess += pre;
         Ok((preds, timings))
     }
@@ -330,7 +353,8 @@ impl PatchCore {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] / [`Error::LimitExceeded`] for input the backbone refuses (not 3
-    /// channels, too small or too large).
+    /// channels, too small or too large); [`Error::LimitExceeded`] when the estimated memory
+    /// exceeds the working-set limit of [`ImageLimits::default`].
     pub fn predict_tensor(
         &self,
         input: ArrayView4<f32>,
@@ -338,17 +362,28 @@ impl PatchCore {
     ) -> Result<(Vec<Prediction>, Timings)> {
         // On a pool thread, so that the parallel regions of every stage fork from a worker
         // instead of each one waking the caller's thread.
-        rayon::scope(|_| self.predict_tensor_here(input, opts))
+        rayon::scope(|_| self.predict_tensor_here(input, &ImageLimits::default(), opts))
     }
 
     /// [`Model::predict_tensor`] on the current thread.
     fn predict_tensor_here(
         &self,
         input: ArrayView4<f32>,
+        limits: &ImageLimits,
         opts: PredictOptions,
     ) -> Result<(Vec<Prediction>, Timings)> {
         let p = self.config.params();
         let mut timings = Timings::default();
+        let (n, h, w) = (input.shape()[0], input.shape()[2], input.shape()[3]);
+        workset::check(
+            &self.config,
+            &self.backbone,
+            n,
+            (h, w),
+            (h, w),
+            (h, w),
+            limits,
+        )?;
         let (emb, (gh, gw)) = embed_batch(&self.config, &self.backbone, input, &mut timings)?;
         let t = Instant::now();
         let per_image = gh * gw;
@@ -449,6 +484,7 @@ fn check_bank_shape(
     (rows, cols): (usize, usize),
 ) -> Result<()> {
     check_backbone(config, backbone)?;
+    workset::check_config(config, backbone, &ImageLimits::default())?;
     let p = config.params();
     let channels: Vec<usize> = p.layers.iter().map(|&l| backbone.out_channels(l)).collect();
     let dim = embedding::embedding_dim(&channels, &p.aggregator);
@@ -461,6 +497,39 @@ fn check_bank_shape(
         )));
     }
     check_k(p.scoring.k, rows)
+}
+
+/// The working set of a batch of decoded images fits `limits` (checked with the largest image).
+fn check_images(
+    config: &PatchCoreConfig,
+    backbone: &Backbone,
+    images: &[RgbImage],
+    limits: &ImageLimits,
+) -> Result<()> {
+    let pre = &config.params().preprocess;
+    /// Height and width.
+    type Hw = (usize, usize);
+    let mut worst: Option<(u64, Hw, Hw, Hw)> = None;
+    for im in images {
+        let src = (im.height() as usize, im.width() as usize);
+        // Size errors (a crop larger than the image, ...) are left to the preprocessing.
+        let (Ok(resized), Ok(out)) = (
+            pre.resized_size(src.0, src.1),
+            pre.output_size(src.0, src.1),
+        ) else {
+            continue;
+        };
+        let bytes = workset::image_bytes(config, backbone, src, resized, out);
+        if worst.is_none_or(|(b, ..)| bytes > b) {
+            worst = Some((bytes, src, resized, out));
+        }
+    }
+    match worst {
+        Some((_, src, resized, out)) => {
+            workset::check(config, backbone, images.len(), src, resized, out, limits)
+        }
+        None => Ok(()),
+    }
 }
 
 /// `k` nearest neighbours need a memory bank of at least `k` rows.

@@ -7,12 +7,26 @@ use image::{DynamicImage, GrayImage, ImageError, ImageReader, RgbImage};
 
 use crate::{Error, Result};
 
-/// Resource limits applied while decoding an image, so that a malicious or corrupt file (a
-/// "decompression bomb" declaring a huge size) is refused with an error instead of exhausting
-/// memory.
+/// Resource limits applied while reading and decoding an image and while scoring or fitting on
+/// it, so that a malicious or corrupt file (a "decompression bomb" declaring a huge size) or a
+/// huge image is refused with [`Error::LimitExceeded`] instead of exhausting memory (an
+/// allocation failure aborts the process).
 ///
-/// The limits are handed to the `image` crate's decoder before any pixel buffer is allocated,
-/// and checked again for the buffers this module allocates itself.
+/// The decoding limits are handed to the `image` crate's decoder before any pixel buffer is
+/// allocated, and checked again for the buffers this module allocates itself; file reads stop
+/// after `max_alloc_bytes` even when the file's length is not known in advance.
+///
+/// The defaults suit an edge device with 2–4 GB of memory: a decoded image of at most 512 MiB
+/// (e.g. 8192 × 8192 RGB is 192 MiB) and a working set of at most 1 GiB per prediction or fit
+/// batch — an estimate of the decoded and resized pixels, the input tensor, the backbone's
+/// activations at the network input size, the patch embeddings and the anomaly map, checked
+/// before they are allocated. A Wide-ResNet-50-2 (layers 2 and 3) at 224² needs about 45 MB
+/// per image, at 1024 × 1024 (no resize) about 950 MB; an 8192² image fed at full size (no
+/// resize) would need about 60 GB and is refused. A larger limit is honoured by
+/// [`PatchCore::fit_paths`](crate::model::PatchCore::fit_paths) and
+/// [`PatchCore::predict_path`](crate::model::PatchCore::predict_path); the calls without
+/// limits (`fit`, `predict`, `predict_batch`, `predict_tensor`, building or loading a model
+/// whose configuration fixes the input size) use the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageLimits {
     /// Largest accepted image width in pixels.
@@ -21,15 +35,19 @@ pub struct ImageLimits {
     pub max_height: u32,
     /// Largest accepted allocation (decoded pixel buffer, file size) in bytes.
     pub max_alloc_bytes: u64,
+    /// Largest estimated memory, in bytes, that scoring one image (or fitting on one batch)
+    /// may need; see the type's documentation.
+    pub max_working_set_bytes: u64,
 }
 
 impl Default for ImageLimits {
-    /// 16384 × 16384 pixels and 512 MiB.
+    /// 16384 × 16384 pixels, 512 MiB per decoded image, a working set of 1 GiB.
     fn default() -> Self {
         ImageLimits {
             max_width: 16384,
             max_height: 16384,
             max_alloc_bytes: 512 * 1024 * 1024,
+            max_working_set_bytes: 1 << 30,
         }
     }
 }
@@ -48,6 +66,12 @@ impl ImageLimits {
         }
         if self.max_alloc_bytes == 0 {
             return Err(Error::param("max_alloc_bytes", "must be at least 1 byte"));
+        }
+        if self.max_working_set_bytes == 0 {
+            return Err(Error::param(
+                "max_working_set_bytes",
+                "must be at least 1 byte",
+            ));
         }
         Ok(())
     }
@@ -189,12 +213,11 @@ fn high(v: u16) -> u8 {
     (v >> 8) as u8
 }
 
-/// Reads a file, refusing files larger than `limits.max_alloc_bytes`.
+/// Reads a regular file (a FIFO, a device or a folder is refused), refusing more than
+/// `limits.max_alloc_bytes` bytes even when the length is not known in advance.
 fn read_limited(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>> {
     limits.validate()?;
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    check_alloc(path, meta.len(), limits)?;
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::io_util::read_regular(path, limits.max_alloc_bytes, "ImageLimits::max_alloc_bytes")
 }
 
 fn check_alloc(name: &Path, bytes: u64, limits: &ImageLimits) -> Result<()> {

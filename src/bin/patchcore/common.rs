@@ -46,7 +46,7 @@ impl CliError {
 
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
-        CliError::Failed(e.to_string())
+        CliError::Failed(cli_message(&e))
     }
 }
 
@@ -54,7 +54,52 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 
 /// A library error met while checking the command line's values: a usage error.
 pub fn usage(e: Error) -> CliError {
-    CliError::Usage(e.to_string())
+    CliError::Usage(cli_message(&e))
+}
+
+/// Library parameter names and the options that set them.
+const OPTION_OF_PARAM: &[(&str, &str)] = &[
+    ("k", "--k"),
+    ("reweight_neighbours", "--b"),
+    ("batch_size", "--batch-size"),
+    ("layers", "--layers"),
+    ("layer", "--layers"),
+    ("resize", "--resize"),
+    ("crop", "--crop"),
+    ("threshold", "--threshold"),
+    ("aggregator", "--aggregator"),
+];
+
+/// A library error's message in the words of the command line: library types and
+/// configuration fields are replaced by the options that set them.
+pub fn cli_message(e: &Error) -> String {
+    let mut msg = match e {
+        Error::InvalidParameter { name, reason } => {
+            match OPTION_OF_PARAM.iter().find(|(p, _)| p == name) {
+                Some((_, opt)) => format!("invalid value for {opt}: {reason}"),
+                None => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
+    };
+    for (from, to) in [
+        (
+            "load it with the weights file it was fitted with (BackboneSource::File)",
+            "pass the weights file it was fitted with: --weights FILE (or fit with \
+             --embed-weights)",
+        ),
+        ("`scoring.k`", "--k"),
+        ("Sampler::None", "--sampler none"),
+        (
+            "(ImageLimits::max_alloc_bytes)",
+            "(the image size limit of this tool)",
+        ),
+        ("; see ImageLimits)", ")"),
+        ("(pass --force / overwrite = true)", "(pass --force)"),
+    ] {
+        msg = msg.replace(from, to);
+    }
+    msg
 }
 
 /// Writes one line to stdout; a closed pipe ends the command quietly.
@@ -142,47 +187,90 @@ pub fn fit_config(layers: &[Layer], f: &FitOptions) -> CliResult<PatchCoreConfig
     p.check().map_err(usage)
 }
 
+/// Checks that the input file `path` given with `option` is a regular file; the message says
+/// what it is otherwise (not found, a folder, a FIFO, a device), and `hint` what to pass.
+pub fn check_input_file(path: &Path, option: &str, what: &str, hint: &str) -> CliResult {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => Err(CliError::Failed(format!(
+            "{}: {option} is a folder, not a {what} file; {hint}",
+            path.display()
+        ))),
+        Ok(m) => Err(CliError::Failed(format!(
+            "{}: {option} is not a regular file ({}); {hint}",
+            path.display(),
+            file_kind(&m.file_type())
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::Failed(format!(
+            "{}: {what} file not found ({option}); {hint}",
+            path.display()
+        ))),
+        Err(e) => Err(CliError::Failed(format!(
+            "{}: cannot read the {what} file ({option}): {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Largest tensor file `embed --input` reads (1 GiB).
+const MAX_INPUT_FILE_BYTES: u64 = 1 << 30;
+
+/// Reads a whole input file (a regular file, at most 1 GiB).
+pub fn read_input_file(path: &Path) -> CliResult<Vec<u8>> {
+    Ok(patchcore::io_util::read_regular(
+        path,
+        MAX_INPUT_FILE_BYTES,
+        "the 1 GiB limit for --input",
+    )?)
+}
+
+/// What a file-system object that is not a regular file is.
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO";
+        }
+        if ft.is_char_device() || ft.is_block_device() {
+            return "a device";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+    }
+    if ft.is_symlink() {
+        return "a symbolic link";
+    }
+    "a special file"
+}
+
+const WEIGHTS_HINT: &str =
+    "pass a torchvision ResNet saved as safetensors (see scripts/export_torchvision.py)";
+
 /// Reads a backbone; the message names the file and says what to check.
 pub fn load_backbone(weights: &Path, spec: &ResNetSpec, layers: &[Layer]) -> CliResult<Backbone> {
-    if !weights.is_file() {
-        return Err(CliError::Failed(format!(
-            "{}: weights file not found; pass a torchvision ResNet saved as safetensors \
-             (see scripts/export_torchvision.py)",
-            weights.display()
-        )));
-    }
+    check_input_file(weights, "--weights", "weights", WEIGHTS_HINT)?;
     Ok(Backbone::from_safetensors_file(weights, spec, layers)?)
 }
 
 /// Loads a model, with the weights from `weights` or embedded in the file.
 pub fn load_model(model: &Path, weights: Option<&Path>) -> CliResult<PatchCore> {
     use patchcore::model::BackboneSource;
-    if !model.is_file() {
-        return Err(CliError::Failed(format!(
-            "{}: model file not found; write one with `patchcore fit --out {}`",
-            model.display(),
-            model.display()
-        )));
-    }
+    check_input_file(
+        model,
+        "--model",
+        "model",
+        &format!("write one with `patchcore fit --out {}`", model.display()),
+    )?;
     let source = match weights {
         Some(w) => {
-            if !w.is_file() {
-                return Err(CliError::Failed(format!(
-                    "{}: weights file not found",
-                    w.display()
-                )));
-            }
+            check_input_file(w, "--weights", "weights", WEIGHTS_HINT)?;
             BackboneSource::File(w)
         }
         None => BackboneSource::Embedded,
     };
-    PatchCore::load(model, source).map_err(|e| {
-        let mut msg = e.to_string();
-        if weights.is_none() && msg.contains("no embedded backbone weights") {
-            msg.push_str(" with --weights FILE (or fit with --embed-weights)");
-        }
-        CliError::Failed(msg)
-    })
+    Ok(PatchCore::load(model, source)?)
 }
 
 /// Images named on the command line (folders read one level deep); none at all is an error.
@@ -200,7 +288,8 @@ pub fn collect_images(inputs: &[PathBuf], what: &str) -> CliResult<Vec<PathBuf>>
 }
 
 /// Checks, before any work, that `out` can be written: not an existing file (unless `force`),
-/// not a folder, and in an existing folder.
+/// not a folder, not anything else that is not a regular file (a FIFO, a device, a symbolic
+/// link, even a dangling one — not even with `force`), and in an existing folder.
 pub fn check_output_file(out: &Path, force: bool) -> CliResult {
     if out.is_dir() {
         return Err(CliError::Failed(format!(
@@ -208,12 +297,7 @@ pub fn check_output_file(out: &Path, force: bool) -> CliResult {
             out.display()
         )));
     }
-    if out.exists() && !force {
-        return Err(CliError::Failed(format!(
-            "{}: exists; pass --force to overwrite it",
-            out.display()
-        )));
-    }
+    check_existing_output(out, force, "pass --force to overwrite it")?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -262,26 +346,99 @@ pub fn heatmap_paths(dir: &Path, images: &[PathBuf], force: bool) -> CliResult<V
         out.push(dir.join(format!("{name}_heatmap.png")));
     }
     check_outputs(&out, force)?;
+    let inputs: Vec<(&Path, &str)> = images.iter().map(|p| (p.as_path(), "image")).collect();
+    check_not_input(&out, "heat map", &inputs)?;
     Ok(out)
 }
 
-/// Fails on the first path of `outs` that exists, unless `force`.
+/// Fails on the first path of `outs` that exists, unless `force`; with `force`, on the first
+/// one that exists and is not a regular file.
 pub fn check_outputs(outs: &[PathBuf], force: bool) -> CliResult {
-    if force {
-        return Ok(());
-    }
-    if let Some(p) = outs.iter().find(|p| p.exists()) {
-        return Err(CliError::Failed(format!(
-            "{}: exists; pass --force to overwrite the heat maps",
-            p.display()
-        )));
+    for p in outs {
+        check_existing_output(p, force, "pass --force to overwrite the heat maps")?;
     }
     Ok(())
 }
 
+/// An existing output: a regular file is replaced only with `force`; anything else (a folder,
+/// a FIFO, a device, a symbolic link — even a dangling one) never.
+fn check_existing_output(out: &Path, force: bool, hint: &str) -> CliResult {
+    let Ok(m) = std::fs::symlink_metadata(out) else {
+        return Ok(());
+    };
+    let ft = m.file_type();
+    if ft.is_file() {
+        if force {
+            return Ok(());
+        }
+        return Err(CliError::Failed(format!(
+            "{}: exists; {hint}",
+            out.display()
+        )));
+    }
+    let what = if ft.is_dir() {
+        "a folder"
+    } else {
+        file_kind(&ft)
+    };
+    Err(CliError::Failed(format!(
+        "{}: exists and is {what}, not a regular file; it is never replaced (not even with \
+         --force): choose another output path",
+        out.display()
+    )))
+}
+
+/// The identity of an existing file: (device, inode) on unix, the canonical path elsewhere.
+#[cfg(unix)]
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(p: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(p).ok()
+}
+
+/// Refuses, before any work, an output that is one of the inputs (the same file, also through
+/// another name or a link): writing it would destroy the input. `inputs` pairs each input
+/// with the option that named it.
+pub fn check_not_input(outs: &[PathBuf], option: &str, inputs: &[(&Path, &str)]) -> CliResult {
+    let mut ids = HashMap::new();
+    for (p, opt) in inputs {
+        if let Some(id) = file_id(p) {
+            ids.entry(id).or_insert((*p, *opt));
+        }
+    }
+    for out in outs {
+        let same = file_id(out).and_then(|id| ids.get(&id)).or_else(|| {
+            // A path that does not exist yet cannot be an existing input; compare canonical
+            // paths of those that do.
+            let c = std::fs::canonicalize(out).ok()?;
+            inputs
+                .iter()
+                .find(|(p, _)| std::fs::canonicalize(p).ok().as_ref() == Some(&c))
+        });
+        if let Some((p, opt)) = same {
+            return Err(CliError::Usage(format!(
+                "{option} {} is the input {opt} {}: writing it would destroy the input; \
+                 choose another {option}",
+                out.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates an output folder (and sweeps stale temporary heat maps an interrupted run left in
+/// it).
 pub fn create_dir(dir: &Path) -> CliResult {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::Failed(format!("{}: cannot create the folder: {e}", dir.display())))
+    std::fs::create_dir_all(dir).map_err(|e| {
+        CliError::Failed(format!("{}: cannot create the folder: {e}", dir.display()))
+    })?;
+    crate::cleanup::sweep_heatmaps(dir);
+    Ok(())
 }
 
 /// Heat map over the original image (colour scale `[0.5 t, 1.5 t]`, so the threshold is the
@@ -312,6 +469,7 @@ pub fn write_picture(
             draw_polyline(&mut pic, &c.points, c.closed, image::Rgb([255, 255, 255]));
         }
     }
+    let _tmp = crate::cleanup::register_output(out);
     Ok(patchcore::visualize::save_png(&pic, out, force)?)
 }
 

@@ -6,7 +6,8 @@ use patchcore::preprocess::ImageLimits;
 
 use crate::args::EmbedArgs;
 use crate::common::{
-    aggregator, check_output_file, checked_preprocess, load_backbone, CliError, CliResult,
+    aggregator, check_input_file, check_not_input, check_output_file, checked_preprocess,
+    load_backbone, read_input_file, CliError, CliResult,
 };
 
 pub fn run(a: EmbedArgs) -> CliResult {
@@ -14,12 +15,22 @@ pub fn run(a: EmbedArgs) -> CliResult {
     let pre = checked_preprocess(&a.preprocess)?;
     let agg = aggregator(a.aggregator);
     check_output_file(&a.out, a.force)?;
-    if !a.input.is_file() {
-        return Err(CliError::Failed(format!(
-            "{}: input file not found",
-            a.input.display()
-        )));
-    }
+    check_input_file(
+        &a.input,
+        "--input",
+        "input",
+        "pass an image or a safetensors tensor file",
+    )?;
+    check_not_input(
+        std::slice::from_ref(&a.out),
+        "--out",
+        &[
+            (a.input.as_path(), "--input"),
+            (a.backbone.weights.as_path(), "--weights"),
+        ],
+    )?;
+    crate::cleanup::sweep_for_output(&a.out);
+    let _tmp = crate::cleanup::register_output(&a.out);
     let backbone = load_backbone(&a.backbone.weights, &net.arch, &net.layers)?;
     let is_tensor = a
         .input
@@ -27,8 +38,7 @@ pub fn run(a: EmbedArgs) -> CliResult {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     let input: Array4<f32> = if is_tensor {
-        let bytes = std::fs::read(&a.input)
-            .map_err(|e| CliError::Failed(format!("{}: cannot read: {e}", a.input.display())))?;
+        let bytes = read_input_file(&a.input)?;
         let t = patchcore::tensor_io::read_f32(&bytes, &a.input, "input")?;
         let shape = t.shape().to_vec();
         t.into_dimensionality::<ndarray::Ix4>().map_err(|_| {

@@ -11,8 +11,8 @@ use patchcore::preprocess::ImageLimits;
 
 use crate::args::EvalArgs;
 use crate::common::{
-    check_outputs, create_dir, fit_config, json_num, json_string, load_backbone, load_model,
-    out_line, write_picture, CliError, CliResult, Progress,
+    check_not_input, check_outputs, create_dir, fit_config, json_num, json_string, load_backbone,
+    load_model, out_line, write_picture, CliError, CliResult, Progress,
 };
 
 pub fn run(a: EvalArgs) -> CliResult {
@@ -37,6 +37,26 @@ pub fn run(a: EvalArgs) -> CliResult {
                 })
                 .collect();
             check_outputs(&paths, a.force)?;
+            let mut inputs: Vec<(&std::path::Path, &str)> = Vec::new();
+            for s in &category.test {
+                inputs.push((s.image.as_path(), "test image"));
+                if let Some(m) = &s.mask {
+                    inputs.push((m.as_path(), "mask"));
+                }
+            }
+            inputs.extend(
+                category
+                    .train
+                    .iter()
+                    .map(|p| (p.as_path(), "training image")),
+            );
+            if let Some(m) = &a.model {
+                inputs.push((m.as_path(), "--model"));
+            }
+            if let Some(w) = &a.weights {
+                inputs.push((w.as_path(), "--weights"));
+            }
+            check_not_input(&paths, "--out", &inputs)?;
             Some(paths)
         }
         None => None,

@@ -1,5 +1,6 @@
 //! `patchcore fit`.
 
+use std::path::Path;
 use std::time::Instant;
 
 use patchcore::knn::NearestNeighbours;
@@ -9,8 +10,8 @@ use patchcore::preprocess::ImageLimits;
 
 use crate::args::FitArgs;
 use crate::common::{
-    check_output_file, collect_images, fit_config, load_backbone, peak_memory_mb, CliResult,
-    Progress,
+    check_not_input, check_output_file, collect_images, fit_config, load_backbone, peak_memory_mb,
+    CliResult, Progress,
 };
 
 pub fn run(a: FitArgs) -> CliResult {
@@ -25,6 +26,17 @@ pub fn run(a: FitArgs) -> CliResult {
     } else {
         collect_images(&a.threshold_from_normal, "held-out good")?
     };
+    let mut inputs: Vec<(&Path, &str)> = vec![(a.backbone.weights.as_path(), "--weights")];
+    inputs.extend(train.iter().map(|p| (p.as_path(), "--train image")));
+    inputs.extend(
+        held_out
+            .iter()
+            .map(|p| (p.as_path(), "--threshold-from-normal image")),
+    );
+    check_not_input(std::slice::from_ref(&a.out), "--out", &inputs)?;
+    crate::cleanup::sweep_for_output(&a.out);
+    // Registered from the start: an interrupt at any time removes the temporary model file.
+    let _tmp = crate::cleanup::register_output(&a.out);
     let t = Instant::now();
     let backbone = load_backbone(&a.backbone.weights, &net.arch, &net.layers)?;
     let load_s = t.elapsed().as_secs_f64();

@@ -7,6 +7,7 @@
 //! and name the file or option concerned; results go to stdout.
 
 mod args;
+mod cleanup;
 mod common;
 mod embed;
 mod eval;
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("internal error: {msg}{at}; this is a bug in patchcore, please report it");
     }));
+    // SIGINT / SIGTERM remove this run's temporary files before the process ends.
+    cleanup::install();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -6,8 +6,8 @@ use patchcore::model::PredictOptions;
 
 use crate::args::PredictArgs;
 use crate::common::{
-    collect_images, create_dir, heatmap_paths, json_f32, json_string, load_model, out_line,
-    write_picture, CliError, CliResult,
+    check_not_input, collect_images, create_dir, heatmap_paths, json_f32, json_string, load_model,
+    out_line, write_picture, CliError, CliResult,
 };
 
 pub fn run(a: PredictArgs) -> CliResult {
@@ -25,6 +25,11 @@ pub fn run(a: PredictArgs) -> CliResult {
     let pictures = match &a.heatmaps {
         Some(dir) => {
             let paths = heatmap_paths(dir, &inputs, a.force)?;
+            let mut given = vec![(a.model.as_path(), "--model")];
+            if let Some(w) = &a.weights {
+                given.push((w.as_path(), "--weights"));
+            }
+            check_not_input(&paths, "heat map", &given)?;
             create_dir(dir)?;
             Some(paths)
         }
