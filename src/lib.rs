@@ -79,6 +79,7 @@ pub mod coreset;
 pub mod dataset;
 pub mod embedding;
 pub mod evaluate;
+pub mod inspect;
 pub mod knn;
 pub mod metrics;
 pub mod model;

@@ -80,6 +80,15 @@ impl<'a> SafetensorsSource<'a> {
         })
     }
 
+    /// `true` when the header's `__metadata__` marks the file as seeded random weights
+    /// ([`RANDOM_WEIGHTS_KEY`](super::RANDOM_WEIGHTS_KEY) = `true`).
+    pub(crate) fn marked_random(&self) -> bool {
+        self.st
+            .metadata()
+            .and_then(|m| m.get(super::RANDOM_WEIGHTS_KEY))
+            .is_some_and(|v| v == "true")
+    }
+
     /// Opens a file and parses the header of the safetensors stream at bytes
     /// `base..base + len` only; tensors are then read one at a time.
     pub(crate) fn open_range(

@@ -49,6 +49,24 @@ Example:
 Writes the f32 tensors `layer2`, `layer3` (one per --layers entry, [N, C, H, W]) and
 `embedding` ([N*H*W, D], the PatchCore patch features) to --out.";
 
+const WEIGHTS_EXAMPLE: &str = "\
+Example:
+  patchcore weights --random resnet18 --out resnet18-random.safetensors
+
+Writes seeded RANDOM weights (torchvision tensor names, up to --last-layer) so that `fit`,
+`predict` and `eval` can be tried without Python or a download. Scores computed with them are
+meaningless: the file is marked `patchcore.random_weights = true` in its safetensors metadata
+and `fit`/`predict`/`eval` warn when they load it. For real weights see the README (Weights):
+scripts/export_torchvision.py exports torchvision's IMAGENET1K_V1 ResNets.";
+
+const DEMO_EXAMPLE: &str = "\
+Example:
+  patchcore demo demo/
+
+Writes a small synthetic category (woven texture; scratches and spots with exact masks) in
+the MVTec AD layout under DIR/texture (train/good, test/{good,scratch,spot},
+ground_truth/{scratch,spot}) and prints the commands that fit, predict and evaluate on it.";
+
 /// Top-level command line.
 #[derive(Parser)]
 #[command(
@@ -79,6 +97,12 @@ pub enum Command {
     /// Write backbone features and the patch embedding of an image to a safetensors file.
     #[command(after_help = EMBED_EXAMPLE)]
     Embed(EmbedArgs),
+    /// Write a weights file (today: seeded random weights, to try the tool without downloads).
+    #[command(after_help = WEIGHTS_EXAMPLE)]
+    Weights(WeightsArgs),
+    /// Write a small synthetic data set and print the commands to try on it.
+    #[command(after_help = DEMO_EXAMPLE)]
+    Demo(DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -314,4 +338,37 @@ pub struct EmbedArgs {
     pub aggregator: AggregatorArg,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
+}
+
+#[derive(Args)]
+pub struct WeightsArgs {
+    /// Write seeded random weights for this architecture (resnet18, resnet34, resnet50,
+    /// resnet101, resnet152, wide_resnet50_2, wide_resnet101_2). Scores are meaningless.
+    #[arg(long, value_name = "ARCH", value_parser = arch)]
+    pub random: ResNetSpec,
+    /// Weights file to write (safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Deepest stage written (fit with --layers up to this one).
+    #[arg(long, default_value = "layer3", value_parser = layer)]
+    pub last_layer: Layer,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Folder to write the data set into (created if missing; DIR/texture must not exist).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Side of the square images in pixels (32..=1024).
+    #[arg(long, default_value_t = 128, value_parser = RangedU64ValueParser::<u32>::new().range(32..=1024))]
+    pub size: u32,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }

@@ -185,6 +185,21 @@ pub fn load_model(model: &Path, weights: Option<&Path>) -> CliResult<PatchCore> 
     })
 }
 
+/// Lower-case hexadecimal of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The warning printed whenever a command runs on seeded random weights.
+pub fn warn_if_random(backbone: &Backbone) {
+    if backbone.is_random() {
+        eprintln!(
+            "warning: random weights: scores are meaningless (the weights file was written by \
+             `patchcore weights --random`; see the README section Weights for real ones)"
+        );
+    }
+}
+
 /// Images named on the command line (folders read one level deep); none at all is an error.
 pub fn collect_images(inputs: &[PathBuf], what: &str) -> CliResult<Vec<PathBuf>> {
     let found = patchcore::dataset::collect_images(inputs)?;

@@ -61,6 +61,7 @@ pub fn run(a: EvalArgs) -> CliResult {
             ))
         }
     };
+    crate::common::warn_if_random(model.backbone());
     let fit_seconds = if a.model.is_some() {
         0.0
     } else {

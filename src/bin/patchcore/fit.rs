@@ -29,11 +29,13 @@ pub fn run(a: FitArgs) -> CliResult {
     let backbone = load_backbone(&a.backbone.weights, &net.arch, &net.layers)?;
     let load_s = t.elapsed().as_secs_f64();
     eprintln!(
-        "fit: {} training images, {} backbone ({} s to load)",
+        "fit: {} training images, {} backbone ({} s to load, weights sha256 {})",
         train.len(),
         net.arch.name,
-        fmt_s(load_s)
+        fmt_s(load_s),
+        crate::common::hex(&backbone.weights_sha256())
     );
+    crate::common::warn_if_random(&backbone);
 
     let limits = ImageLimits::default();
     let mut progress = Progress::new("features", false);

@@ -8,10 +8,12 @@
 
 mod args;
 mod common;
+mod demo;
 mod embed;
 mod eval;
 mod fit;
 mod predict;
+mod weights;
 
 use std::process::ExitCode;
 
@@ -53,6 +55,8 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Weights(a) => weights::run(a),
+        Command::Demo(a) => demo::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

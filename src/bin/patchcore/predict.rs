@@ -12,6 +12,7 @@ use crate::common::{
 
 pub fn run(a: PredictArgs) -> CliResult {
     let model = load_model(&a.model, a.weights.as_deref())?;
+    crate::common::warn_if_random(model.backbone());
     let threshold = a.threshold.or(model.threshold());
     if a.heatmaps.is_some() && threshold.is_none() {
         return Err(CliError::Usage(format!(
