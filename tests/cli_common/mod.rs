@@ -209,6 +209,8 @@ pub enum Json {
     Num(f64),
     Bool(bool),
     Null,
+    /// A nested array or object, as its raw text (read it with `serde_json`).
+    Raw(String),
 }
 
 impl Json {
@@ -281,6 +283,22 @@ pub fn parse_object(line: &str) -> HashMap<String, Json> {
         ws(&mut i);
         let value = if c[i] == '"' {
             Json::Str(string(&mut i))
+        } else if c[i] == '[' || c[i] == '{' {
+            let (start, mut depth, mut in_str) = (i, 0i32, false);
+            loop {
+                match c[i] {
+                    '\\' if in_str => i += 1,
+                    '"' => in_str = !in_str,
+                    '[' | '{' if !in_str => depth += 1,
+                    ']' | '}' if !in_str => depth -= 1,
+                    _ => {}
+                }
+                i += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            Json::Raw(c[start..i].iter().collect())
         } else {
             let start = i;
             while i < c.len() && !matches!(c[i], ',' | '}') && !c[i].is_whitespace() {

@@ -24,10 +24,23 @@ Example:
   patchcore predict --model model.safetensors --heatmaps out/ --contours --json a.png b.png
 
 Prints one line per image: path, score and decision (`anomalous` when score >= threshold,
-`good` otherwise, `-` without a threshold), or one JSON object per line with --json. Without
---heatmaps only the score is computed. Heat maps are `<DIR>/<stem>_heatmap.png` (or
-`<DIR>/<folder>_<stem>_heatmap.png` when two inputs share a stem) at the size of the original
-image; their colour scale puts the threshold in the middle. If some image cannot be read, the
+`good` otherwise, `-` without a threshold), tab-separated, or one JSON object per line with
+--json. Without --heatmaps or --regions only the score is computed.
+
+Names in the text output are escaped so that one image is one line and the name maps back to
+the file: `\\` is written `\\\\`, newline `\\n`, carriage return `\\r`, tab `\\t`, other
+control characters and every byte that is not valid UTF-8 `\\xNN` (two hex digits). In JSON,
+`path` is the name itself when it is valid UTF-8; otherwise it is the escaped form and the
+object has `\"path_escaped\":true`. With --heatmaps or --regions the JSON object lists
+`regions`: the connected areas of the heat map at or above the threshold, each with its
+bounding box `x`, `y`, `width`, `height`, its `area` in pixels, its `peak` value and its
+`outline` polygon ([x, y] points), in pixels of the original image.
+
+Heat maps are written at the size of the original image; their colour scale puts the
+threshold in the middle. An image found in a folder given on the command line gets
+`<DIR>/<its path relative to that folder, extension replaced>_heatmap.png`; a file given
+directly gets `<DIR>/<file stem>_heatmap.png`. Two inputs that would get the same name (e.g.
+p/a.png and q/a.jpg) are an error: run them separately. If some image cannot be read, the
 others are still scored and the exit code is 1.";
 
 const EVAL_EXAMPLE: &str = "\
@@ -255,6 +268,12 @@ pub struct FitArgs {
     /// (so all of them are judged good).
     #[arg(long, value_name = "DIR_OR_FILE", num_args = 1..)]
     pub threshold_from_normal: Vec<PathBuf>,
+    /// How the threshold is derived from the held-out scores: `max` (just above the highest:
+    /// every held-out image is judged good), `quantile:Q` (the Q-quantile, e.g. quantile:0.99
+    /// accepts about 1 % false alarms) or `mean-std:K` (mean + K standard deviations).
+    #[arg(long, default_value = "max", value_parser = crate::calibrate::parse_rule,
+          requires = "threshold_from_normal", value_name = "RULE")]
+    pub threshold_rule: patchcore::metrics::NormalThreshold,
     /// Overwrite an existing output file.
     #[arg(long)]
     pub force: bool,
@@ -280,6 +299,10 @@ pub struct PredictArgs {
     /// Draw the outlines of the regions at or above the threshold on the heat maps.
     #[arg(long, requires = "heatmaps")]
     pub contours: bool,
+    /// Compute the heat map and list its regions at or above the threshold in the --json
+    /// output (bounding box, area, peak, outline), without writing pictures.
+    #[arg(long)]
+    pub regions: bool,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,

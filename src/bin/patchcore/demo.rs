@@ -41,13 +41,15 @@ pub fn run(a: DemoArgs) -> CliResult {
     let weights = a.dir.join("resnet18-random.safetensors");
     let model = a.dir.join("model.safetensors");
     let maps = a.dir.join("maps");
+    // The images are square: no resize, no crop.
+    let size = spec.size;
     let lines = [
         "# next (random weights: the commands work, the scores mean little; see --help of weights):"
             .to_string(),
         format!("patchcore weights --random resnet18 --out {}", q(&weights)),
         format!(
-            "patchcore fit --weights {} --arch resnet18 --train {} --threshold-from-normal {} \
-             --embed-weights --out {}",
+            "patchcore fit --weights {} --arch resnet18 --resize {size} --crop {size} --train {} \
+             --threshold-from-normal {} --embed-weights --out {}",
             q(&weights),
             q(&data.join("train/good")),
             q(&data.join("test/good")),

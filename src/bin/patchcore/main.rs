@@ -7,11 +7,13 @@
 //! and name the file or option concerned; results go to stdout.
 
 mod args;
+mod calibrate;
 mod common;
 mod demo;
 mod embed;
 mod eval;
 mod fit;
+mod names;
 mod predict;
 mod weights;
 
