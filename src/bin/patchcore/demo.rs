@@ -56,10 +56,9 @@ pub fn run(a: DemoArgs) -> CliResult {
             q(&model)
         ),
         format!(
-            "patchcore predict --model {} --heatmaps {} --contours {} {}",
+            "patchcore predict --model {} --heatmaps {} --contours {}",
             q(&model),
             q(&maps),
-            q(&data.join("test/good")),
             q(&data.join("test/scratch"))
         ),
         format!("patchcore eval --data {} --model {}", q(&data), q(&model)),
