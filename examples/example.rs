@@ -17,11 +17,11 @@ use std::time::Instant;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::CoresetSize;
 use patchcore::dataset::Category;
+use patchcore::inspect::{InspectOptions, RenderOptions};
 use patchcore::metrics::{self, AuproConfig};
 use patchcore::model::{FitProgress, PatchCore, PatchCoreParams, PredictOptions};
 use patchcore::preprocess::{self, ImageLimits};
 use patchcore::synthetic::{self, SyntheticSpec};
-use patchcore::inspect::{InspectOptions, RenderOptions};
 use patchcore::visualize;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

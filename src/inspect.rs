@@ -221,7 +221,10 @@ pub fn regions(map: ArrayView2<'_, f32>, t: f32) -> Vec<DefectRegion> {
                 .mapv(|l| l == r.label);
             let peak = ndarray::Zip::from(&sub)
                 .and(map.slice(ndarray::s![b.y0..b.y1, b.x0..b.x1]))
-                .fold(f32::NEG_INFINITY, |m, &inside, &v| if inside { m.max(v) } else { m });
+                .fold(
+                    f32::NEG_INFINITY,
+                    |m, &inside, &v| if inside { m.max(v) } else { m },
+                );
             let outline = segmentation::contours(sub.view())
                 .into_iter()
                 .find(|c| !c.is_hole)

@@ -21,8 +21,6 @@ use patchcore::model::{BackboneSource, PatchCore, PatchCoreParams, PredictOption
 use patchcore::preprocess::{self, ImageLimits, PreprocessConfig, Resize};
 use patchcore::scoring::ScoringConfig;
 use patchcore::Error;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
@@ -120,10 +118,8 @@ fn world() -> &'static World {
         let weights = Backbone::random_weights_safetensors(&spec(), Layer::Layer3, 0).unwrap();
         let backbone =
             Backbone::from_safetensors_bytes(&weights, Path::new("w"), &spec(), &LAYERS).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let images: Vec<_> = (0..2)
-            .map(|_| patchcore::synthetic::normal_image(32, &mut rng))
-            .collect();
+        let mut gen = patchcore::synthetic::Generator::new(3);
+        let images: Vec<_> = (0..2).map(|_| gen.normal_image(32)).collect();
         let (model, _) = PatchCore::fit(
             params().check().unwrap(),
             backbone.clone(),

@@ -37,7 +37,12 @@ fn demo_weights_fit_predict_eval_from_nothing() {
     assert_eq!(listing(&data.join("ground_truth/spot")).len(), 6);
     let cmds = printed_commands(&stdout(&o));
     let names: Vec<&str> = cmds.iter().map(|c| c[0].as_str()).collect();
-    assert_eq!(names, ["weights", "fit", "predict", "eval"], "{}", stdout(&o));
+    assert_eq!(
+        names,
+        ["weights", "fit", "predict", "eval"],
+        "{}",
+        stdout(&o)
+    );
     // Running demo again would overwrite: refused, nothing changed.
     let again = run(&["demo", p(&dir), "--size", "64"]);
     assert_fails(&again, 1, &["exists"]);
@@ -216,7 +221,11 @@ fn threshold_from_training_images_is_refused_and_tiny_thresholds_still_draw() {
     let mut args = fit_args(f, p(&f.weights), p(&out), &["--sampler", "none"]);
     args.extend(["--threshold-from-normal".into(), p(&train).into()]);
     let o = run(&args);
-    assert_fails(&o, 1, &["also training images", "--threshold-from-normal", "1e-45"]);
+    assert_fails(
+        &o,
+        1,
+        &["also training images", "--threshold-from-normal", "1e-45"],
+    );
     assert!(!out.exists());
     // A tiny or zero threshold given by hand draws a picture (everything is above it).
     let img = f.data.join("test/good/000.png");
@@ -256,10 +265,7 @@ fn threshold_rules_store_the_rule_of_the_held_out_scores() {
     sorted.sort_by(f64::total_cmp);
     // 3 scores: the 0.5-quantile is the middle one.
     assert_eq!(sorted.len(), 3);
-    for (rule, want) in [
-        ("quantile:0.5", sorted[1]),
-        ("mean-std:1", m + sd),
-    ] {
+    for (rule, want) in [("quantile:0.5", sorted[1]), ("mean-std:1", m + sd)] {
         let out = dir.join(format!("{}.safetensors", rule.replace(':', "_")));
         let mut args = fit_args(f, p(&f.weights), p(&out), &[]);
         args.extend([
@@ -270,12 +276,19 @@ fn threshold_rules_store_the_rule_of_the_held_out_scores() {
         ]);
         let o = run(&args);
         assert!(o.status.success(), "{}", stderr(&o));
-        let model =
-            patchcore::model::PatchCore::load(&out, patchcore::model::BackboneSource::File(&f.weights))
-                .unwrap();
+        let model = patchcore::model::PatchCore::load(
+            &out,
+            patchcore::model::BackboneSource::File(&f.weights),
+        )
+        .unwrap();
         let t = model.threshold().unwrap() as f64;
         assert!((t - want).abs() <= 1e-5 * want, "{rule}: {t} vs {want}");
     }
-    let o = run(&fit_args(f, p(&f.weights), p(&dir.join("x")), &["--threshold-rule", "median"]));
+    let o = run(&fit_args(
+        f,
+        p(&f.weights),
+        p(&dir.join("x")),
+        &["--threshold-rule", "median"],
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

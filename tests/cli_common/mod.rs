@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use rand::SeedableRng;
-
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::CoresetSize;
 use patchcore::dataset::Category;
@@ -66,8 +64,7 @@ pub fn fixture() -> &'static Fixture {
         let bytes = Backbone::random_weights_safetensors(&ResNetSpec::resnet18(), Layer::Layer3, 5)
             .unwrap();
         std::fs::write(&weights, bytes).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
-        let square = normal_image(120, &mut rng);
+        let square = normal_image(120, 99);
         let odd = image::imageops::crop_imm(&square, 0, 0, 120, 100).to_image();
         let odd_image = root.join("odd.png");
         odd.save(&odd_image).unwrap();

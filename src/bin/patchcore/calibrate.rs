@@ -19,7 +19,8 @@ pub fn parse_rule(s: &str) -> Result<NormalThreshold, String> {
         None => (s, None),
     };
     let number = |v: Option<&str>| -> Result<f64, String> {
-        let v = v.ok_or_else(|| format!("`{name}` needs a value, e.g. `{name}:{}`", example(name)))?;
+        let v =
+            v.ok_or_else(|| format!("`{name}` needs a value, e.g. `{name}:{}`", example(name)))?;
         v.trim()
             .parse::<f64>()
             .map_err(|_| format!("`{v}` is not a number"))
@@ -42,9 +43,11 @@ pub fn parse_rule(s: &str) -> Result<NormalThreshold, String> {
                 Err("the std multiplier must be finite".into())
             }
         }
-        _ => Err("expected `max`, `quantile:Q` (e.g. quantile:0.99) or `mean-std:K` (e.g. \
+        _ => Err(
+            "expected `max`, `quantile:Q` (e.g. quantile:0.99) or `mean-std:K` (e.g. \
                   mean-std:3)"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -147,7 +150,14 @@ mod tests {
             parse_rule("mean-std:3"),
             Ok(NormalThreshold::MeanPlusStd(3.0))
         );
-        for bad in ["quantile", "quantile:1.5", "mean-std:inf", "max:1", "median", ""] {
+        for bad in [
+            "quantile",
+            "quantile:1.5",
+            "mean-std:inf",
+            "max:1",
+            "median",
+            "",
+        ] {
             assert!(parse_rule(bad).is_err(), "{bad}");
         }
     }

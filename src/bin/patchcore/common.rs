@@ -13,11 +13,11 @@ use ndarray::Array2;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::embedding::Aggregator;
+use patchcore::inspect::{Inspection, RenderOptions};
 use patchcore::knn::BankPrecision;
 use patchcore::model::{FitProgress, PatchCore, PatchCoreConfig, PatchCoreParams};
 use patchcore::preprocess::{ImageLimits, PreprocessConfig, Resize};
 use patchcore::scoring::Distance;
-use patchcore::inspect::{Inspection, RenderOptions};
 use patchcore::Error;
 
 use crate::args::{AggregatorArg, DistanceArg, FitOptions, PreprocessArgs, SamplerArg};

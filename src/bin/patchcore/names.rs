@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn escapes_are_reversible_and_single_line() {
         assert_eq!(escape_name(Path::new("a/b c.png")), "a/b c.png");
-        assert_eq!(escape_name(Path::new("a\nb\\c\td.png")), "a\\nb\\\\c\\td.png");
+        assert_eq!(
+            escape_name(Path::new("a\nb\\c\td.png")),
+            "a\\nb\\\\c\\td.png"
+        );
         assert_eq!(escape_name(Path::new("é\u{1}.png")), "é\\x01.png");
         #[cfg(unix)]
         {
@@ -157,10 +160,14 @@ mod tests {
             },
         ];
         let got = heatmap_paths(dir, &inputs, true).unwrap();
-        let want: Vec<PathBuf> = ["out/a_heatmap.png", "out/x_a_heatmap.png", "out/b.v2_heatmap.png"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let want: Vec<PathBuf> = [
+            "out/a_heatmap.png",
+            "out/x_a_heatmap.png",
+            "out/b.v2_heatmap.png",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         assert_eq!(got, want);
         let clash = vec![
             Input {
