@@ -306,10 +306,10 @@ fn empty_truncated_and_wrong_magic_model_files() {
 fn a_weights_file_or_foreign_safetensors_is_not_a_model() {
     let w = world();
     let dir = temp_dir("model-foreign");
-    // Backbone weights: valid safetensors without metadata.
+    // Backbone weights: valid safetensors whose metadata (random weights) has no `format`.
     let e = load_file_err(&dir, "weights.safetensors", &w.weights, loaded());
     assert!(
-        matches!(&e, Error::InvalidFile { reason, .. } if reason.contains("no metadata")),
+        matches!(&e, Error::InvalidFile { reason, .. } if reason.contains("not a patchcore model file")),
         "{e:?}"
     );
     // Metadata of another tool.
