@@ -292,3 +292,86 @@ fn threshold_rules_store_the_rule_of_the_held_out_scores() {
     ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// A copy of the fixture's category without its ground_truth folder.
+fn copy_without_masks(from: &Path, to: &Path) {
+    for sub in ["train/good", "test/good", "test/scratch", "test/spot"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for img in patchcore::dataset::list_images(&from.join(sub)).unwrap() {
+            std::fs::copy(&img, to.join(sub).join(img.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn eval_reports_decisions_at_the_model_threshold_and_runs_without_masks() {
+    let f = fixture();
+    let dir = scratch("eval-nomasks");
+    let data = dir.join("tex");
+    copy_without_masks(&f.data, &data);
+    // Independent counts: library scores against the stored threshold, labels by folder.
+    let t = f.lib.threshold().unwrap();
+    let (mut tp, mut fp, mut tn, mut fn_) = (0, 0, 0, 0);
+    let mut labels = Vec::new();
+    let mut scores = Vec::new();
+    for (sub, bad) in [("good", false), ("scratch", true), ("spot", true)] {
+        for img in patchcore::dataset::list_images(&data.join("test").join(sub)).unwrap() {
+            let s = score(&f.lib, &img);
+            match (bad, s >= t) {
+                (true, true) => tp += 1,
+                (true, false) => fn_ += 1,
+                (false, true) => fp += 1,
+                (false, false) => tn += 1,
+            }
+            labels.push(bad);
+            scores.push(s);
+        }
+    }
+    let o = run(&["eval", "--data", p(&data), "--model", p(&f.model), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped"), "{}", stderr(&o));
+    let e = &json_lines(&o)[0];
+    assert!(e["pixel_auroc"].is_null() && e["aupro"].is_null(), "{e}");
+    assert_eq!(e["pixel_metrics"], "skipped: no ground_truth folder");
+    // Image AUROC by pair counting (ties count one half).
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for (i, &li) in labels.iter().enumerate() {
+        for (j, &lj) in labels.iter().enumerate() {
+            if li && !lj {
+                pairs += 1.0;
+                wins += match scores[i].partial_cmp(&scores[j]).unwrap() {
+                    std::cmp::Ordering::Greater => 1.0,
+                    std::cmp::Ordering::Equal => 0.5,
+                    std::cmp::Ordering::Less => 0.0,
+                };
+            }
+        }
+    }
+    let auroc = e["image_auroc"].as_f64().unwrap();
+    assert!(
+        (auroc - wins / pairs).abs() < 1e-9,
+        "{auroc} vs {}",
+        wins / pairs
+    );
+    let m = &e["model_threshold"];
+    assert_eq!(m["threshold"].as_f64().unwrap() as f32, t);
+    assert_eq!(
+        [&m["tp"], &m["fp"], &m["tn"], &m["fn"]].map(|v| v.as_u64().unwrap()),
+        [tp, fp, tn, fn_]
+    );
+    // The threshold lies above every held-out good score: no false alarm on test/good.
+    assert_eq!(fp, 0);
+    assert_eq!(m["recall"].as_f64().unwrap(), tp as f64 / (tp + fn_) as f64);
+    if tp > 0 {
+        assert_eq!(m["precision"].as_f64().unwrap(), 1.0);
+    }
+    // Text output says so too.
+    let o = run(&["eval", "--data", p(&data), "--model", p(&f.model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("pixel AUROC         skipped"), "{text}");
+    assert!(
+        text.contains(&format!("(TP {tp}, FP {fp}, TN {tn}, FN {fn_})")),
+        "{text}"
+    );
+}

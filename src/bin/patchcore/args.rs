@@ -52,7 +52,13 @@ Example:
 Fits on <DATA>/train/good unless --model is given, scores every image under <DATA>/test and
 prints image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image F1-max with its threshold, and
 timings. --json prints one object with the keys category, image_auroc, pixel_auroc, aupro,
-f1_max, threshold, fit_seconds, predict_ms_per_image, n_train, n_test (and a few more).";
+f1_max, threshold, fit_seconds, predict_ms_per_image, n_train, n_test (and a few more).
+
+When the model has a stored threshold (fit --threshold-from-normal), the precision and recall
+of its decisions and the confusion counts are printed too (JSON: `model_threshold`, an object
+with threshold, precision, recall, tp, fp, tn, fn; null without a threshold). Without a
+<DATA>/ground_truth folder only the image metrics are computed: pixel AUROC and AUPRO are
+reported as skipped (JSON null, `pixel_metrics` says why).";
 
 const EMBED_EXAMPLE: &str = "\
 Example:
@@ -316,7 +322,8 @@ pub struct PredictArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Category folder in the MVTec AD layout (train/good, test/<defect>, ground_truth/<defect>).
+    /// Category folder in the MVTec AD layout (train/good, test/<defect>, and optionally
+    /// ground_truth/<defect> for the pixel metrics).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// A fitted model (otherwise fit on <DATA>/train/good; the fit options are then ignored).
