@@ -17,11 +17,12 @@ use std::time::Instant;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::CoresetSize;
 use patchcore::dataset::Category;
+use patchcore::inspect::{InspectOptions, RenderOptions};
 use patchcore::metrics::{self, AuproConfig};
 use patchcore::model::{FitProgress, PatchCore, PatchCoreParams, PredictOptions};
 use patchcore::preprocess::{self, ImageLimits};
 use patchcore::synthetic::{self, SyntheticSpec};
-use patchcore::visualize::{self, ColorScale};
+use patchcore::visualize;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut data: Option<PathBuf> = None;
@@ -106,14 +107,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.memory_bank().ncols()
     );
 
-    let cfg = &model.config().params().preprocess;
+    let cfg = model.config().params().preprocess;
     let (mut labels, mut scores, mut maps, mut masks) = (vec![], vec![], vec![], vec![]);
     let t = Instant::now();
     for s in &category.test {
         let (pred, _) = model.predict_path(&s.image, &limits, PredictOptions::default())?;
         let map = pred.anomaly_map.ok_or("no map")?;
         let mask = match &s.mask {
-            Some(m) => preprocess::preprocess_mask(&preprocess::load_mask(m, &limits)?, cfg)?,
+            Some(m) => preprocess::preprocess_mask(&preprocess::load_mask(m, &limits)?, &cfg)?,
             None => ndarray::Array2::from_elem(map.dim(), false),
         };
         labels.push(s.is_anomalous());
@@ -137,21 +138,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("predict      {per_image:.1} ms per image (with anomaly map)");
 
-    // Pictures: one colour scale for the whole run, centred on the F1-optimal threshold.
-    let th = f1.threshold as f32;
-    let scale = ColorScale::new(0.5 * th, 1.5 * th)?;
+    // Pictures: the threshold (here the F1-optimal one) is the middle of the colour scale, the
+    // same on every image; `inspect` maps the heat map and the regions back onto the original
+    // image and `render` draws them.
+    let opts = InspectOptions {
+        threshold: Some(f1.threshold as f32),
+        ..InspectOptions::default()
+    };
     let pics = out.join("heatmaps");
     std::fs::create_dir_all(&pics)?;
-    for (s, map) in category.test.iter().zip(&maps) {
-        let img = preprocess::load_rgb(&s.image, &limits)?;
-        let (w, h) = img.dimensions();
-        let crop = preprocess::crop_box(h as usize, w as usize, cfg)?;
-        let full = patchcore::anomaly_map::map_to_image(map.view(), &crop, h as usize, w as usize)?;
-        let mut pic = visualize::overlay(&img, full.view(), &scale, 0.45)?;
-        let mask = patchcore::segmentation::threshold_map(full.view(), th);
-        for c in patchcore::segmentation::contours(mask.view()) {
-            visualize::draw_polyline(&mut pic, &c.points, c.closed, image::Rgb([255, 255, 255]));
-        }
+    let mut n_regions = 0;
+    for s in &category.test {
+        let (img, ins) = model.inspect_path(&s.image, &opts)?;
+        n_regions += ins.regions.len();
+        let pic = ins.render(&img, &RenderOptions::default())?;
         let stem = s
             .image
             .file_stem()
@@ -159,6 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or("img");
         visualize::save_png(&pic, &pics.join(format!("{}_{stem}.png", s.defect)), true)?;
     }
+    println!("{n_regions} defect regions at the threshold");
     println!("heat maps with outlines: {}", pics.display());
     Ok(())
 }

@@ -24,8 +24,6 @@ use patchcore::coreset::{CoresetConfig, CoresetSize};
 use patchcore::embedding::Aggregator;
 use patchcore::model::{PatchCore, PatchCoreParams, SaveOptions};
 use patchcore::preprocess::{PreprocessConfig, Resize};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 
 fn tiny_basic() -> ResNetSpec {
@@ -120,10 +118,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wpath = tmp.join("weights.safetensors");
     std::fs::write(&wpath, &weights)?;
     let backbone = Backbone::from_safetensors_bytes(&weights, Path::new("w"), &spec, &layers)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let images: Vec<_> = (0..2)
-        .map(|_| patchcore::synthetic::normal_image(32, &mut rng))
-        .collect();
+    let mut gen = patchcore::synthetic::Generator::new(3);
+    let images: Vec<_> = (0..2).map(|_| gen.normal_image(32)).collect();
     let base = PatchCoreParams {
         preprocess: PreprocessConfig {
             resize: Resize::None,

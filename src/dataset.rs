@@ -123,9 +123,11 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 impl Category {
-    /// Reads the layout of one category folder. Every test image of a defect folder must have
-    /// its mask `ground_truth/<defect>/<stem>_mask.png`; an empty `train/good` or `test` folder
-    /// is an error.
+    /// Reads the layout of one category folder. When the folder has a `ground_truth` folder,
+    /// every test image of a defect folder must have its mask
+    /// `ground_truth/<defect>/<stem>_mask.png`; without one, no sample has a mask (image-level
+    /// labels only; see [`Category::has_masks`]). An empty `train/good` or `test` folder is an
+    /// error.
     pub fn open(root: &Path) -> Result<Category> {
         let name = root
             .file_name()
@@ -148,6 +150,7 @@ impl Category {
             )));
         }
         let test_dir = root.join("test");
+        let with_masks = root.join("ground_truth").is_dir();
         let mut test = Vec::new();
         if test_dir.is_dir() {
             for defect_dir in read_dir_sorted(&test_dir)? {
@@ -160,7 +163,7 @@ impl Category {
                     .unwrap_or_default()
                     .to_string();
                 for image in list_images(&defect_dir)? {
-                    let mask = if defect == "good" {
+                    let mask = if defect == "good" || !with_masks {
                         None
                     } else {
                         let stem = image
@@ -207,6 +210,14 @@ impl Category {
             train,
             test,
         })
+    }
+}
+
+impl Category {
+    /// `true` when the defective test images have ground-truth masks (the folder has a
+    /// `ground_truth` folder), so pixel-level metrics can be computed.
+    pub fn has_masks(&self) -> bool {
+        self.test.iter().any(|s| s.mask.is_some())
     }
 }
 
@@ -263,10 +274,18 @@ mod tests {
         let d = tmpdir("nomask").join("cat");
         touch(&d.join("train/good/000.png"));
         touch(&d.join("test/scratch/007.png"));
+        // Without a ground_truth folder: image labels only, no masks.
+        let c = Category::open(&d).unwrap();
+        assert_eq!((c.test.len(), c.test[0].mask.clone()), (1, None));
+        assert!(c.test[0].is_anomalous() && !c.has_masks());
+        // With one, every defective image needs its mask.
+        std::fs::create_dir_all(d.join("ground_truth/scratch")).unwrap();
         let e = Category::open(&d).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, Error::Image { .. }), "{msg}");
         assert!(msg.contains("007_mask.png"), "{msg}");
+        touch(&d.join("ground_truth/scratch/007_mask.png"));
+        assert!(Category::open(&d).unwrap().has_masks());
     }
 
     #[test]

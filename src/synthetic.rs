@@ -32,8 +32,52 @@ impl Defect {
     }
 }
 
-/// A normal (defect-free) texture image of `size × size` pixels.
-pub fn normal_image(size: u32, rng: &mut impl Rng) -> RgbImage {
+/// A normal (defect-free) texture image of `size × size` pixels; the same `seed` gives the
+/// same image (on every platform and `rand` version: the generator is internal).
+///
+/// ```
+/// let a = patchcore::synthetic::normal_image(32, 7);
+/// assert_eq!(a, patchcore::synthetic::normal_image(32, 7));
+/// assert_ne!(a, patchcore::synthetic::normal_image(32, 8));
+/// ```
+pub fn normal_image(size: u32, seed: u64) -> RgbImage {
+    Generator::new(seed).normal_image(size)
+}
+
+/// A defective image and its ground-truth mask (255 on the defect, 0 elsewhere); the same
+/// `seed` gives the same pair.
+pub fn defective_image(size: u32, defect: Defect, seed: u64) -> (RgbImage, GrayImage) {
+    Generator::new(seed).defective_image(size, defect)
+}
+
+/// A seeded stream of synthetic images: consecutive calls give different images, and the
+/// same seed gives the same sequence. `Generator::new(s).normal_image(n)` equals
+/// [`normal_image`]`(n, s)`.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    rng: ChaCha8Rng,
+}
+
+impl Generator {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Generator {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next normal image of `size × size` pixels.
+    pub fn normal_image(&mut self, size: u32) -> RgbImage {
+        normal_from(size, &mut self.rng)
+    }
+
+    /// The next defective image and its mask.
+    pub fn defective_image(&mut self, size: u32, defect: Defect) -> (RgbImage, GrayImage) {
+        defective_from(size, defect, &mut self.rng)
+    }
+}
+
+fn normal_from(size: u32, rng: &mut impl Rng) -> RgbImage {
     let phase_x: f32 = rng.random_range(0.0..std::f32::consts::TAU);
     let phase_y: f32 = rng.random_range(0.0..std::f32::consts::TAU);
     let period = 9.0 + rng.random_range(-0.3f32..0.3);
@@ -52,9 +96,8 @@ pub fn normal_image(size: u32, rng: &mut impl Rng) -> RgbImage {
     img
 }
 
-/// A defective image and its ground-truth mask (255 on the defect, 0 elsewhere).
-pub fn defective_image(size: u32, defect: Defect, rng: &mut impl Rng) -> (RgbImage, GrayImage) {
-    let mut img = normal_image(size, rng);
+fn defective_from(size: u32, defect: Defect, rng: &mut impl Rng) -> (RgbImage, GrayImage) {
+    let mut img = normal_from(size, rng);
     let mut mask = GrayImage::new(size, size);
     let s = size as f32;
     match defect {
@@ -132,7 +175,7 @@ pub fn write_category(root: &Path, name: &str, spec: &SyntheticSpec) -> Result<P
             std::io::Error::new(std::io::ErrorKind::AlreadyExists, "folder exists"),
         ));
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut gen = Generator::new(spec.seed);
     let save_rgb = |img: &RgbImage, p: PathBuf| -> Result<()> {
         std::fs::create_dir_all(p.parent().unwrap_or(Path::new(".")))
             .map_err(|e| Error::io(&p, e))?;
@@ -143,19 +186,19 @@ pub fn write_category(root: &Path, name: &str, spec: &SyntheticSpec) -> Result<P
     };
     for i in 0..spec.train {
         save_rgb(
-            &normal_image(spec.size, &mut rng),
+            &gen.normal_image(spec.size),
             dir.join(format!("train/good/{i:03}.png")),
         )?;
     }
     for i in 0..spec.test_good {
         save_rgb(
-            &normal_image(spec.size, &mut rng),
+            &gen.normal_image(spec.size),
             dir.join(format!("test/good/{i:03}.png")),
         )?;
     }
     for defect in [Defect::Scratch, Defect::Spot] {
         for i in 0..spec.test_per_defect {
-            let (img, mask) = defective_image(spec.size, defect, &mut rng);
+            let (img, mask) = gen.defective_image(spec.size, defect);
             save_rgb(&img, dir.join(format!("test/{}/{i:03}.png", defect.name())))?;
             let mp = dir.join(format!("ground_truth/{}/{i:03}_mask.png", defect.name()));
             std::fs::create_dir_all(mp.parent().unwrap_or(Path::new(".")))
@@ -176,8 +219,7 @@ mod tests {
     #[test]
     fn masks_mark_exactly_the_changed_pixels() {
         for defect in [Defect::Scratch, Defect::Spot] {
-            let mut a = ChaCha8Rng::seed_from_u64(3);
-            let (img, mask) = defective_image(64, defect, &mut a);
+            let (img, mask) = defective_image(64, defect, 3);
             let area = mask.pixels().filter(|p| p[0] == 255).count();
             assert!(area > 20, "{defect:?}: defect area {area}");
             let colour = match defect {
@@ -192,10 +234,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_images() {
-        let a = normal_image(32, &mut ChaCha8Rng::seed_from_u64(1));
-        let b = normal_image(32, &mut ChaCha8Rng::seed_from_u64(1));
-        let c = normal_image(32, &mut ChaCha8Rng::seed_from_u64(2));
+        let a = normal_image(32, 1);
+        let b = normal_image(32, 1);
+        let c = normal_image(32, 2);
         assert_eq!(a, b);
         assert_ne!(a, c);
+        // The stream API continues where the one-shot call stops.
+        let mut g = Generator::new(1);
+        assert_eq!(g.normal_image(32), a);
+        assert_ne!(g.normal_image(32), a);
     }
 }

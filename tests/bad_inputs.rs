@@ -21,8 +21,6 @@ use patchcore::model::{BackboneSource, PatchCore, PatchCoreParams, PredictOption
 use patchcore::preprocess::{self, ImageLimits, PreprocessConfig, Resize};
 use patchcore::scoring::ScoringConfig;
 use patchcore::Error;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
@@ -120,10 +118,8 @@ fn world() -> &'static World {
         let weights = Backbone::random_weights_safetensors(&spec(), Layer::Layer3, 0).unwrap();
         let backbone =
             Backbone::from_safetensors_bytes(&weights, Path::new("w"), &spec(), &LAYERS).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let images: Vec<_> = (0..2)
-            .map(|_| patchcore::synthetic::normal_image(32, &mut rng))
-            .collect();
+        let mut gen = patchcore::synthetic::Generator::new(3);
+        let images: Vec<_> = (0..2).map(|_| gen.normal_image(32)).collect();
         let (model, _) = PatchCore::fit(
             params().check().unwrap(),
             backbone.clone(),
@@ -310,10 +306,10 @@ fn empty_truncated_and_wrong_magic_model_files() {
 fn a_weights_file_or_foreign_safetensors_is_not_a_model() {
     let w = world();
     let dir = temp_dir("model-foreign");
-    // Backbone weights: valid safetensors without metadata.
+    // Backbone weights: valid safetensors whose metadata (random weights) has no `format`.
     let e = load_file_err(&dir, "weights.safetensors", &w.weights, loaded());
     assert!(
-        matches!(&e, Error::InvalidFile { reason, .. } if reason.contains("no metadata")),
+        matches!(&e, Error::InvalidFile { reason, .. } if reason.contains("not a patchcore model file")),
         "{e:?}"
     );
     // Metadata of another tool.

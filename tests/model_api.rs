@@ -375,11 +375,8 @@ fn fit_refusals() {
     p.preprocess.resize = Resize::None;
     p.preprocess.crop = None;
     p.batch_size = 1;
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-    let images = vec![
-        patchcore::synthetic::normal_image(64, &mut rng),
-        patchcore::synthetic::normal_image(96, &mut rng),
-    ];
+    let mut gen = patchcore::synthetic::Generator::new(1);
+    let images = vec![gen.normal_image(64), gen.normal_image(96)];
     let e =
         PatchCore::fit(p.check().unwrap(), random_backbone(8), &images, &mut |_| {}).unwrap_err();
     assert!(

@@ -12,8 +12,6 @@ use patchcore::metrics;
 use patchcore::model::{PatchCore, PatchCoreParams, PredictOptions};
 use patchcore::preprocess::{self, PreprocessConfig, Resize};
 use patchcore::synthetic::{self, Defect};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 const E2E_SIZE: u32 = 128;
 
@@ -24,21 +22,19 @@ struct Sample {
 }
 
 fn data() -> (Vec<RgbImage>, Vec<Sample>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(2024);
-    let train = (0..8)
-        .map(|_| synthetic::normal_image(E2E_SIZE, &mut rng))
-        .collect();
+    let mut gen = synthetic::Generator::new(2024);
+    let train = (0..8).map(|_| gen.normal_image(E2E_SIZE)).collect();
     let mut test = vec![];
     for _ in 0..6 {
         test.push(Sample {
-            image: synthetic::normal_image(E2E_SIZE, &mut rng),
+            image: gen.normal_image(E2E_SIZE),
             mask: None,
             defect: None,
         });
     }
     for d in [Defect::Scratch, Defect::Spot] {
         for _ in 0..5 {
-            let (image, mask) = synthetic::defective_image(E2E_SIZE, d, &mut rng);
+            let (image, mask) = gen.defective_image(E2E_SIZE, d);
             test.push(Sample {
                 image,
                 mask: Some(mask),

@@ -42,6 +42,10 @@ pub const MIN_INPUT_SIZE: usize = 32;
 /// activations).
 pub const MAX_INPUT_SIZE: usize = 8192;
 
+/// The `__metadata__` key that [`Backbone::random_weights_safetensors`] sets to `true`, so a
+/// file of random weights can be told from trained ones ([`Backbone::is_random`]).
+pub const RANDOM_WEIGHTS_KEY: &str = "patchcore.random_weights";
+
 /// A ResNet feature extractor returning the outputs of selected stages.
 ///
 /// `Backbone` is immutable after construction and `Send + Sync`; [`Backbone::forward`] may be
@@ -52,6 +56,7 @@ pub struct Backbone {
     taps: Vec<Layer>,
     net: resnet::Net,
     sha256: [u8; 32],
+    random: bool,
 }
 
 impl fmt::Debug for Backbone {
@@ -128,12 +133,14 @@ impl Backbone {
         let mut src = weights::SafetensorsSource::open_range(file, path, base, len, spec, last)?;
         let net = resnet::Net::build(spec, last, &mut src)?;
         src.check_no_extra_blocks()?;
+        let random = src.marked_random();
         drop(src);
         Ok(Backbone {
             spec: spec.clone(),
             taps: taps.to_vec(),
             net,
             sha256: weights::sha256_file_range(&mut hashed, path, base, len)?,
+            random,
         })
     }
 
@@ -166,6 +173,7 @@ impl Backbone {
             taps: taps.to_vec(),
             net,
             sha256: Sha256::digest(bytes).into(),
+            random: src.marked_random(),
         })
     }
 
@@ -189,12 +197,15 @@ impl Backbone {
             taps: taps.to_vec(),
             net,
             sha256: h.finalize().into(),
+            random: true,
         })
     }
 
     /// Seeded random weights for `spec` up to `last`, written as a safetensors file in
     /// torchvision layout (the same weights as [`Backbone::random`] with the same seed). Useful
     /// to try the command-line tool or a pipeline on a machine without downloaded weights.
+    /// The header's `__metadata__` holds [`RANDOM_WEIGHTS_KEY`] = `true` (and the seed under
+    /// `patchcore.seed`), so a backbone loaded from the file reports [`Backbone::is_random`].
     ///
     /// # Errors
     /// As [`Backbone::random`].
@@ -231,8 +242,41 @@ impl Backbone {
                     .map_err(|e| Error::input(format!("tensor `{name}`: {e:?}")))?;
             views.push((name.as_str(), v));
         }
-        safetensors::serialize(views, &None)
+        let meta = std::collections::HashMap::from([
+            (RANDOM_WEIGHTS_KEY.to_string(), "true".to_string()),
+            ("patchcore.seed".to_string(), seed.to_string()),
+            ("patchcore.arch".to_string(), spec.name.to_string()),
+        ]);
+        safetensors::serialize(views, &Some(meta))
             .map_err(|e| Error::input(format!("cannot serialise random weights: {e:?}")))
+    }
+
+    /// [`Backbone::random_weights_safetensors`] written to `path` (through a temporary sibling
+    /// and a rename, so a failure leaves no half-written file). An existing `path` is only
+    /// replaced when `overwrite`. Returns the SHA-256 of the written bytes.
+    ///
+    /// # Errors
+    /// As [`Backbone::random`]; [`Error::Io`] when the file exists (and not `overwrite`) or
+    /// cannot be written.
+    pub fn write_random_weights(
+        path: &Path,
+        spec: &ResNetSpec,
+        last: Layer,
+        seed: u64,
+        overwrite: bool,
+    ) -> Result<[u8; 32]> {
+        let bytes = Self::random_weights_safetensors(spec, last, seed)?;
+        crate::io_util::write_atomic(path, overwrite, |f| {
+            use std::io::Write;
+            f.write_all(&bytes).map_err(|e| Error::io(path, e))
+        })?;
+        Ok(Sha256::digest(&bytes).into())
+    }
+
+    /// `true` when the weights are seeded random ones ([`Backbone::random`], or a file written by
+    /// [`Backbone::random_weights_safetensors`]): scores computed with them mean nothing.
+    pub fn is_random(&self) -> bool {
+        self.random
     }
 
     /// Runs the network on an NCHW batch (3 channels, ImageNet-normalised) and returns one

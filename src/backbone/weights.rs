@@ -84,6 +84,15 @@ impl<'a> SafetensorsSource<'a> {
         })
     }
 
+    /// `true` when the header's `__metadata__` marks the file as seeded random weights
+    /// ([`RANDOM_WEIGHTS_KEY`](super::RANDOM_WEIGHTS_KEY) = `true`).
+    pub(crate) fn marked_random(&self) -> bool {
+        self.st
+            .metadata()
+            .and_then(|m| m.get(super::RANDOM_WEIGHTS_KEY))
+            .is_some_and(|v| v == "true")
+    }
+
     /// Parses the header of the safetensors stream at bytes `base..base + len` of an open
     /// file only; tensors are then read one at a time through the same handle.
     pub(crate) fn open_range(

@@ -21,11 +21,13 @@
 
 mod aupro;
 mod auroc;
+mod confusion;
 mod f1;
 mod threshold;
 
 pub use aupro::{aupro, AuproConfig, AuproVariant};
 pub use auroc::{auroc, pixel_auroc};
+pub use confusion::Confusion;
 pub use f1::{f1_max, F1Max};
 pub use threshold::{is_anomalous, threshold_from_normal, Decision, NormalThreshold};
 

@@ -232,7 +232,10 @@ fn load_index(
         .cloned()
         .ok_or_else(|| bad("no metadata: not a patchcore model file".into()))?;
     let m = Meta { map: &meta, name };
-    let format = m.get("format")?;
+    // A weights file (e.g. from `patchcore weights --random`) has metadata but no `format`.
+    let format = meta.get("format").ok_or_else(|| {
+        bad("metadata key `format` is missing: not a patchcore model file (a weights file?)".into())
+    })?;
     if format != FORMAT_NAME {
         return Err(bad(format!(
             "`format` is `{format}`, expected `{FORMAT_NAME}`: not a patchcore model file"

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use rand::SeedableRng;
-
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::CoresetSize;
 use patchcore::dataset::Category;
@@ -66,8 +64,7 @@ pub fn fixture() -> &'static Fixture {
         let bytes = Backbone::random_weights_safetensors(&ResNetSpec::resnet18(), Layer::Layer3, 5)
             .unwrap();
         std::fs::write(&weights, bytes).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
-        let square = normal_image(120, &mut rng);
+        let square = normal_image(120, 99);
         let odd = image::imageops::crop_imm(&square, 0, 0, 120, 100).to_image();
         let odd_image = root.join("odd.png");
         odd.save(&odd_image).unwrap();
@@ -209,6 +206,8 @@ pub enum Json {
     Num(f64),
     Bool(bool),
     Null,
+    /// A nested array or object, as its raw text (read it with `serde_json`).
+    Raw(String),
 }
 
 impl Json {
@@ -281,6 +280,22 @@ pub fn parse_object(line: &str) -> HashMap<String, Json> {
         ws(&mut i);
         let value = if c[i] == '"' {
             Json::Str(string(&mut i))
+        } else if c[i] == '[' || c[i] == '{' {
+            let (start, mut depth, mut in_str) = (i, 0i32, false);
+            loop {
+                match c[i] {
+                    '\\' if in_str => i += 1,
+                    '"' => in_str = !in_str,
+                    '[' | '{' if !in_str => depth += 1,
+                    ']' | '}' if !in_str => depth -= 1,
+                    _ => {}
+                }
+                i += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            Json::Raw(c[start..i].iter().collect())
         } else {
             let start = i;
             while i < c.len() && !matches!(c[i], ',' | '}') && !c[i].is_whitespace() {

@@ -22,15 +22,13 @@ pub const LAYERS: [Layer; 2] = [Layer::Layer2, Layer::Layer3];
 
 /// `n` normal images of `SIZE × SIZE` from `seed`.
 pub fn normal_images(n: usize, seed: u64) -> Vec<RgbImage> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| synthetic::normal_image(SIZE, &mut rng))
-        .collect()
+    let mut gen = synthetic::Generator::new(seed);
+    (0..n).map(|_| gen.normal_image(SIZE)).collect()
 }
 
 /// `n` defective images (alternating scratch / spot) with their masks.
 pub fn defective_images(n: usize, seed: u64) -> Vec<(RgbImage, GrayImage, Defect)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut gen = synthetic::Generator::new(seed);
     (0..n)
         .map(|i| {
             let d = if i % 2 == 0 {
@@ -38,7 +36,7 @@ pub fn defective_images(n: usize, seed: u64) -> Vec<(RgbImage, GrayImage, Defect
             } else {
                 Defect::Spot
             };
-            let (img, mask) = synthetic::defective_image(SIZE, d, &mut rng);
+            let (img, mask) = gen.defective_image(SIZE, d);
             (img, mask, d)
         })
         .collect()

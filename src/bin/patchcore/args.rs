@@ -24,10 +24,23 @@ Example:
   patchcore predict --model model.safetensors --heatmaps out/ --contours --json a.png b.png
 
 Prints one line per image: path, score and decision (`anomalous` when score >= threshold,
-`good` otherwise, `-` without a threshold), or one JSON object per line with --json. Without
---heatmaps only the score is computed. Heat maps are `<DIR>/<stem>_heatmap.png` (or
-`<DIR>/<folder>_<stem>_heatmap.png` when two inputs share a stem) at the size of the original
-image; their colour scale puts the threshold in the middle. If some image cannot be read, the
+`good` otherwise, `-` without a threshold), tab-separated, or one JSON object per line with
+--json. Without --heatmaps or --regions only the score is computed.
+
+Names in the text output are escaped so that one image is one line and the name maps back to
+the file: `\\` is written `\\\\`, newline `\\n`, carriage return `\\r`, tab `\\t`, other
+control characters and every byte that is not valid UTF-8 `\\xNN` (two hex digits). In JSON,
+`path` is the name itself when it is valid UTF-8; otherwise it is the escaped form and the
+object has `\"path_escaped\":true`. With --heatmaps or --regions the JSON object lists
+`regions`: the connected areas of the heat map at or above the threshold, each with its
+bounding box `x`, `y`, `width`, `height`, its `area` in pixels, its `peak` value and its
+`outline` polygon ([x, y] points), in pixels of the original image.
+
+Heat maps are written at the size of the original image; their colour scale puts the
+threshold in the middle. An image found in a folder given on the command line gets
+`<DIR>/<its path relative to that folder, extension replaced>_heatmap.png`; a file given
+directly gets `<DIR>/<file stem>_heatmap.png`. Two inputs that would get the same name (e.g.
+p/a.png and q/a.jpg) are an error: run them separately. If some image cannot be read, the
 others are still scored and the exit code is 1.";
 
 const EVAL_EXAMPLE: &str = "\
@@ -39,7 +52,13 @@ Example:
 Fits on <DATA>/train/good unless --model is given, scores every image under <DATA>/test and
 prints image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image F1-max with its threshold, and
 timings. --json prints one object with the keys category, image_auroc, pixel_auroc, aupro,
-f1_max, threshold, fit_seconds, predict_ms_per_image, n_train, n_test (and a few more).";
+f1_max, threshold, fit_seconds, predict_ms_per_image, n_train, n_test (and a few more).
+
+When the model has a stored threshold (fit --threshold-from-normal), the precision and recall
+of its decisions and the confusion counts are printed too (JSON: `model_threshold`, an object
+with threshold, precision, recall, tp, fp, tn, fn; null without a threshold). Without a
+<DATA>/ground_truth folder only the image metrics are computed: pixel AUROC and AUPRO are
+reported as skipped (JSON null, `pixel_metrics` says why).";
 
 const EMBED_EXAMPLE: &str = "\
 Example:
@@ -48,6 +67,24 @@ Example:
 
 Writes the f32 tensors `layer2`, `layer3` (one per --layers entry, [N, C, H, W]) and
 `embedding` ([N*H*W, D], the PatchCore patch features) to --out.";
+
+const WEIGHTS_EXAMPLE: &str = "\
+Example:
+  patchcore weights --random resnet18 --out resnet18-random.safetensors
+
+Writes seeded RANDOM weights (torchvision tensor names, up to --last-layer) so that `fit`,
+`predict` and `eval` can be tried without Python or a download. Scores computed with them are
+meaningless: the file is marked `patchcore.random_weights = true` in its safetensors metadata
+and `fit`/`predict`/`eval` warn when they load it. For real weights see the README (Weights):
+scripts/export_torchvision.py exports torchvision's IMAGENET1K_V1 ResNets.";
+
+const DEMO_EXAMPLE: &str = "\
+Example:
+  patchcore demo demo/
+
+Writes a small synthetic category (woven texture; scratches and spots with exact masks) in
+the MVTec AD layout under DIR/texture (train/good, test/{good,scratch,spot},
+ground_truth/{scratch,spot}) and prints the commands that fit, predict and evaluate on it.";
 
 /// Top-level command line.
 #[derive(Parser)]
@@ -79,6 +116,12 @@ pub enum Command {
     /// Write backbone features and the patch embedding of an image to a safetensors file.
     #[command(after_help = EMBED_EXAMPLE)]
     Embed(EmbedArgs),
+    /// Write a weights file (today: seeded random weights, to try the tool without downloads).
+    #[command(after_help = WEIGHTS_EXAMPLE)]
+    Weights(WeightsArgs),
+    /// Write a small synthetic data set and print the commands to try on it.
+    #[command(after_help = DEMO_EXAMPLE)]
+    Demo(DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -231,6 +274,12 @@ pub struct FitArgs {
     /// (so all of them are judged good).
     #[arg(long, value_name = "DIR_OR_FILE", num_args = 1..)]
     pub threshold_from_normal: Vec<PathBuf>,
+    /// How the threshold is derived from the held-out scores: `max` (just above the highest:
+    /// every held-out image is judged good), `quantile:Q` (the Q-quantile, e.g. quantile:0.99
+    /// accepts about 1 % false alarms) or `mean-std:K` (mean + K standard deviations).
+    #[arg(long, default_value = "max", value_parser = crate::calibrate::parse_rule,
+          requires = "threshold_from_normal", value_name = "RULE")]
+    pub threshold_rule: patchcore::metrics::NormalThreshold,
     /// Overwrite an existing output file.
     #[arg(long)]
     pub force: bool,
@@ -256,6 +305,10 @@ pub struct PredictArgs {
     /// Draw the outlines of the regions at or above the threshold on the heat maps.
     #[arg(long, requires = "heatmaps")]
     pub contours: bool,
+    /// Compute the heat map and list its regions at or above the threshold in the --json
+    /// output (bounding box, area, peak, outline), without writing pictures.
+    #[arg(long)]
+    pub regions: bool,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -269,7 +322,8 @@ pub struct PredictArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Category folder in the MVTec AD layout (train/good, test/<defect>, ground_truth/<defect>).
+    /// Category folder in the MVTec AD layout (train/good, test/<defect>, and optionally
+    /// ground_truth/<defect> for the pixel metrics).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// A fitted model (otherwise fit on <DATA>/train/good; the fit options are then ignored).
@@ -314,4 +368,37 @@ pub struct EmbedArgs {
     pub aggregator: AggregatorArg,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
+}
+
+#[derive(Args)]
+pub struct WeightsArgs {
+    /// Write seeded random weights for this architecture (resnet18, resnet34, resnet50,
+    /// resnet101, resnet152, wide_resnet50_2, wide_resnet101_2). Scores are meaningless.
+    #[arg(long, value_name = "ARCH", value_parser = arch)]
+    pub random: ResNetSpec,
+    /// Weights file to write (safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Deepest stage written (fit with --layers up to this one).
+    #[arg(long, default_value = "layer3", value_parser = layer)]
+    pub last_layer: Layer,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Folder to write the data set into (created if missing; DIR/texture must not exist).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Side of the square images in pixels (32..=1024).
+    #[arg(long, default_value_t = 128, value_parser = RangedU64ValueParser::<u32>::new().range(32..=1024))]
+    pub size: u32,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }

@@ -14,11 +14,11 @@ use ndarray::Array2;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::embedding::Aggregator;
+use patchcore::inspect::{Inspection, RenderOptions};
 use patchcore::knn::BankPrecision;
 use patchcore::model::{FitProgress, PatchCore, PatchCoreConfig, PatchCoreParams};
 use patchcore::preprocess::{ImageLimits, PreprocessConfig, Resize};
 use patchcore::scoring::Distance;
-use patchcore::visualize::{draw_polyline, ColorScale};
 use patchcore::Error;
 
 use crate::args::{AggregatorArg, DistanceArg, FitOptions, PreprocessArgs, SamplerArg};
@@ -273,6 +273,21 @@ pub fn load_model(model: &Path, weights: Option<&Path>) -> CliResult<PatchCore> 
     Ok(PatchCore::load(model, source)?)
 }
 
+/// Lower-case hexadecimal of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The warning printed whenever a command runs on seeded random weights.
+pub fn warn_if_random(backbone: &Backbone) {
+    if backbone.is_random() {
+        eprintln!(
+            "warning: random weights: scores are meaningless (the weights file was written by \
+             `patchcore weights --random`; see the README section Weights for real ones)"
+        );
+    }
+}
+
 /// Images named on the command line (folders read one level deep); none at all is an error.
 pub fn collect_images(inputs: &[PathBuf], what: &str) -> CliResult<Vec<PathBuf>> {
     let found = patchcore::dataset::collect_images(inputs)?;
@@ -310,45 +325,6 @@ pub fn check_output_file(out: &Path, force: bool) -> CliResult {
         )));
     }
     Ok(())
-}
-
-/// Heat-map file names `<dir>/<stem>_heatmap.png`, made unique when two inputs share a stem
-/// (then `<parent>_<stem>_heatmap.png`, then a counter). Fails when one exists and not `force`.
-pub fn heatmap_paths(dir: &Path, images: &[PathBuf], force: bool) -> CliResult<Vec<PathBuf>> {
-    let stem = |p: &Path| {
-        p.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into())
-    };
-    let mut count: HashMap<String, usize> = HashMap::new();
-    for p in images {
-        *count.entry(stem(p)).or_default() += 1;
-    }
-    let mut used: HashMap<String, usize> = HashMap::new();
-    let mut out = Vec::with_capacity(images.len());
-    for p in images {
-        let s = stem(p);
-        let mut name = if count[&s] > 1 {
-            let parent = p
-                .parent()
-                .and_then(|d| d.file_name())
-                .map(|d| d.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            format!("{parent}_{s}")
-        } else {
-            s
-        };
-        let n = used.entry(name.clone()).or_default();
-        *n += 1;
-        if *n > 1 {
-            name = format!("{name}_{n}");
-        }
-        out.push(dir.join(format!("{name}_heatmap.png")));
-    }
-    check_outputs(&out, force)?;
-    let inputs: Vec<(&Path, &str)> = images.iter().map(|p| (p.as_path(), "image")).collect();
-    check_not_input(&out, "heat map", &inputs)?;
-    Ok(out)
 }
 
 /// Fails on the first path of `outs` that exists, unless `force`; with `force`, on the first
@@ -441,9 +417,9 @@ pub fn create_dir(dir: &Path) -> CliResult {
     Ok(())
 }
 
-/// Heat map over the original image (colour scale `[0.5 t, 1.5 t]`, so the threshold is the
-/// middle colour), with the outlines of the regions at or above `t` when `contours`.
-#[allow(clippy::too_many_arguments)]
+/// Heat map over the original image (colour scale centred on `t`, see
+/// [`patchcore::inspect::threshold_scale`]), with the outlines of the regions at or above `t`
+/// when `contours`; `map` is at the network input size.
 pub fn write_picture(
     model: &PatchCore,
     image_path: &Path,
@@ -455,28 +431,24 @@ pub fn write_picture(
 ) -> CliResult {
     let img = patchcore::preprocess::load_rgb(image_path, &ImageLimits::default())?;
     let (w, h) = img.dimensions();
-    let crop = patchcore::preprocess::crop_box(
+    let ins = Inspection::from_map(
+        f32::NAN,
+        Some(map.view()),
+        &model.config().params().preprocess,
         h as usize,
         w as usize,
-        &model.config().params().preprocess,
+        Some(t),
     )?;
-    let full = patchcore::anomaly_map::map_to_image(map.view(), &crop, h as usize, w as usize)?;
-    let scale = colour_scale(t)?;
-    let mut pic = patchcore::visualize::overlay(&img, full.view(), &scale, 0.45)?;
-    if contours {
-        let mask = patchcore::segmentation::threshold_map(full.view(), t);
-        for c in patchcore::segmentation::contours(mask.view()) {
-            draw_polyline(&mut pic, &c.points, c.closed, image::Rgb([255, 255, 255]));
-        }
-    }
+    let render = RenderOptions {
+        outlines: contours,
+        ..RenderOptions::default()
+    };
     let _tmp = crate::cleanup::register_output(out);
-    Ok(patchcore::visualize::save_png(&pic, out, force)?)
-}
-
-/// `[0.5 t, 1.5 t]` for a positive threshold; a band around `t` otherwise.
-fn colour_scale(t: f32) -> Result<ColorScale, Error> {
-    let half = if t > 0.0 { 0.5 * t } else { 1.0 };
-    ColorScale::new(t - half, t + half)
+    Ok(patchcore::visualize::save_png(
+        &ins.render(&img, &render)?,
+        out,
+        force,
+    )?)
 }
 
 /// Peak resident memory of this process in MB (Linux), if known.

@@ -81,6 +81,7 @@ pub fn run(a: EvalArgs) -> CliResult {
             ))
         }
     };
+    crate::common::warn_if_random(model.backbone());
     let fit_seconds = if a.model.is_some() {
         0.0
     } else {
@@ -110,11 +111,34 @@ pub fn run(a: EvalArgs) -> CliResult {
     } = predictions;
 
     let image_auroc = metrics::auroc(&labels, &scores)?;
-    let map_views: Vec<_> = maps.iter().map(|m| m.view()).collect();
-    let mask_views: Vec<_> = masks.iter().map(|m| m.view()).collect();
-    let pixel_auroc = metrics::pixel_auroc(&mask_views, &map_views)?;
-    let aupro = metrics::aupro(&mask_views, &map_views, &AuproConfig::default())?;
+    // Pixel metrics need the ground-truth masks; a folder without ground_truth/ gets the
+    // image metrics only.
+    let (pixel_auroc, aupro) = if category.has_masks() {
+        let map_views: Vec<_> = maps.iter().map(|m| m.view()).collect();
+        let mask_views: Vec<_> = masks.iter().map(|m| m.view()).collect();
+        (
+            Some(metrics::pixel_auroc(&mask_views, &map_views)?),
+            Some(metrics::aupro(
+                &mask_views,
+                &map_views,
+                &AuproConfig::default(),
+            )?),
+        )
+    } else {
+        eprintln!(
+            "eval: {} has no ground_truth folder: pixel AUROC and AUPRO skipped (image \
+             metrics only)",
+            a.data.display()
+        );
+        (None, None)
+    };
     let f1 = metrics::f1_max(&labels, &scores)?;
+    // Decisions at the model's own threshold, when it has one.
+    let at_threshold = match model.threshold() {
+        Some(t) => Some((t, metrics::Confusion::at(&labels, &scores, t)?)),
+        None => None,
+    };
+    let opt = |v: Option<f64>| v.map(json_num).unwrap_or_else(|| "null".into());
     let bank_rows = model.memory_bank().nrows();
 
     if a.json {
@@ -122,11 +146,11 @@ pub fn run(a: EvalArgs) -> CliResult {
             "{{\"category\":{},\"image_auroc\":{},\"pixel_auroc\":{},\"aupro\":{},\
              \"f1_max\":{},\"threshold\":{},\"fit_seconds\":{},\"predict_ms_per_image\":{},\
              \"n_train\":{},\"n_test\":{},\"n_anomalous\":{},\"memory_bank_rows\":{},\
-             \"arch\":{}}}",
+             \"arch\":{},\"pixel_metrics\":{},\"model_threshold\":{}}}",
             json_string(&category.name),
             json_num(image_auroc),
-            json_num(pixel_auroc),
-            json_num(aupro),
+            opt(pixel_auroc),
+            opt(aupro),
             json_num(f1.f1),
             json_num(f1.threshold),
             json_num(round3(fit_seconds)),
@@ -136,6 +160,25 @@ pub fn run(a: EvalArgs) -> CliResult {
             labels.iter().filter(|&&l| l).count(),
             bank_rows,
             json_string(&model.backbone().spec().name.to_string()),
+            json_string(if pixel_auroc.is_some() {
+                "computed"
+            } else {
+                "skipped: no ground_truth folder"
+            }),
+            match &at_threshold {
+                Some((t, c)) => format!(
+                    "{{\"threshold\":{},\"precision\":{},\"recall\":{},\"tp\":{},\"fp\":{},\
+                     \"tn\":{},\"fn\":{}}}",
+                    json_num(f64::from(*t)),
+                    opt(c.precision()),
+                    opt(c.recall()),
+                    c.true_positives,
+                    c.false_positives,
+                    c.true_negatives,
+                    c.false_negatives
+                ),
+                None => "null".into(),
+            },
         ))?;
     } else {
         let lines = [
@@ -147,12 +190,30 @@ pub fn run(a: EvalArgs) -> CliResult {
                 labels.iter().filter(|&&l| l).count()
             ),
             format!("image AUROC         {image_auroc:.4}"),
-            format!("pixel AUROC         {pixel_auroc:.4}"),
-            format!("AUPRO (FPR<=0.3)    {aupro:.4}"),
+            match pixel_auroc {
+                Some(v) => format!("pixel AUROC         {v:.4}"),
+                None => "pixel AUROC         skipped (no ground_truth folder)".into(),
+            },
+            match aupro {
+                Some(v) => format!("AUPRO (FPR<=0.3)    {v:.4}"),
+                None => "AUPRO (FPR<=0.3)    skipped (no ground_truth folder)".into(),
+            },
             format!(
                 "image F1-max        {:.4} at threshold {}",
                 f1.f1, f1.threshold
             ),
+            match &at_threshold {
+                Some((t, c)) => format!(
+                    "model threshold     {t}: precision {}, recall {} (TP {}, FP {}, TN {}, FN {})",
+                    fmt_ratio(c.precision()),
+                    fmt_ratio(c.recall()),
+                    c.true_positives,
+                    c.false_positives,
+                    c.true_negatives,
+                    c.false_negatives
+                ),
+                None => "model threshold     none stored (fit with --threshold-from-normal)".into(),
+            },
             match fit_timings {
                 Some(t) => format!(
                     "fit                 {fit_seconds:.2} s (backbone {:.2} s, embedding \
@@ -195,6 +256,10 @@ pub fn run(a: EvalArgs) -> CliResult {
 
 fn per_image_ms(d: std::time::Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e3 / n.max(1) as f64
+}
+
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
 }
 
 fn round3(v: f64) -> f64 {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use patchcore::knn::NearestNeighbours;
-use patchcore::metrics::{threshold_from_normal, NormalThreshold};
+use patchcore::metrics::NormalThreshold;
 use patchcore::model::{PatchCore, PredictOptions, SaveOptions};
 use patchcore::preprocess::ImageLimits;
 
@@ -37,15 +37,29 @@ pub fn run(a: FitArgs) -> CliResult {
     crate::cleanup::sweep_for_output(&a.out);
     // Registered from the start: an interrupt at any time removes the temporary model file.
     let _tmp = crate::cleanup::register_output(&a.out);
+    let shared = crate::calibrate::overlap(&train, &held_out);
+    if let Some((h, t)) = shared.first() {
+        eprintln!(
+            "warning: {} of the {} --threshold-from-normal images are also training images \
+             (e.g. {} is {}); their scores are too low, so the threshold will be too low. Use \
+             held-out good images that are not in --train",
+            shared.len(),
+            held_out.len(),
+            h.display(),
+            t.display()
+        );
+    }
     let t = Instant::now();
     let backbone = load_backbone(&a.backbone.weights, &net.arch, &net.layers)?;
     let load_s = t.elapsed().as_secs_f64();
     eprintln!(
-        "fit: {} training images, {} backbone ({} s to load)",
+        "fit: {} training images, {} backbone ({} s to load, weights sha256 {})",
         train.len(),
         net.arch.name,
-        fmt_s(load_s)
+        fmt_s(load_s),
+        crate::common::hex(&backbone.weights_sha256())
     );
+    crate::common::warn_if_random(&backbone);
 
     let limits = ImageLimits::default();
     let mut progress = Progress::new("features", false);
@@ -64,12 +78,11 @@ pub fn run(a: FitArgs) -> CliResult {
             scores.push(pred.score);
             progress.images(i + 1, held_out.len());
         }
-        // Decisions are `score >= threshold`: store the next float above the highest held-out
-        // score, so that every held-out good image is judged good.
-        let th = next_up(threshold_from_normal(&scores, NormalThreshold::Max)?);
+        let th = crate::calibrate::threshold(&scores, a.threshold_rule)?;
         model.set_threshold(Some(th));
         eprintln!(
-            "threshold: {th} (just above the highest score of {} held-out good images)",
+            "threshold: {th} ({} of the scores of {} held-out good images)",
+            rule_text(a.threshold_rule),
             held_out.len()
         );
         threshold_s = Some(t.elapsed().as_secs_f64());
@@ -116,17 +129,14 @@ pub fn run(a: FitArgs) -> CliResult {
     Ok(())
 }
 
-fn fmt_s(s: f64) -> String {
-    format!("{s:.2}")
+fn rule_text(rule: NormalThreshold) -> String {
+    match rule {
+        NormalThreshold::Max => "just above the highest".into(),
+        NormalThreshold::Quantile(q) => format!("the {q}-quantile"),
+        NormalThreshold::MeanPlusStd(k) => format!("mean + {k} std"),
+    }
 }
 
-/// The smallest `f32` greater than a finite `x`.
-fn next_up(x: f32) -> f32 {
-    if x == 0.0 {
-        f32::from_bits(1)
-    } else if x > 0.0 {
-        f32::from_bits(x.to_bits() + 1)
-    } else {
-        f32::from_bits(x.to_bits() - 1)
-    }
+fn fmt_s(s: f64) -> String {
+    format!("{s:.2}")
 }

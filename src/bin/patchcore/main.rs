@@ -7,12 +7,16 @@
 //! and name the file or option concerned; results go to stdout.
 
 mod args;
+mod calibrate;
 mod cleanup;
 mod common;
+mod demo;
 mod embed;
 mod eval;
 mod fit;
+mod names;
 mod predict;
+mod weights;
 
 use std::process::ExitCode;
 
@@ -56,6 +60,8 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Weights(a) => weights::run(a),
+        Command::Demo(a) => demo::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -1,31 +1,33 @@
 //! `patchcore predict`.
 
+use patchcore::inspect::{DefectRegion, InspectOptions, Inspection, RenderOptions};
 use patchcore::preprocess::ImageLimits;
-
-use patchcore::model::PredictOptions;
 
 use crate::args::PredictArgs;
 use crate::common::{
-    check_not_input, collect_images, create_dir, heatmap_paths, json_f32, json_string, load_model,
-    out_line, write_picture, CliError, CliResult,
+    check_not_input, create_dir, json_f32, json_string, load_model, out_line, CliError, CliResult,
 };
+use crate::names::{collect_inputs, escape_name, heatmap_paths, json_path};
 
 pub fn run(a: PredictArgs) -> CliResult {
     let model = load_model(&a.model, a.weights.as_deref())?;
+    crate::common::warn_if_random(model.backbone());
     let threshold = a.threshold.or(model.threshold());
-    if a.heatmaps.is_some() && threshold.is_none() {
+    if (a.heatmaps.is_some() || a.regions) && threshold.is_none() {
         return Err(CliError::Usage(format!(
-            "--heatmaps needs a threshold (the colour scale and the outlines are fixed by it): \
-             pass --threshold T, or fit the model with --threshold-from-normal DIR ({} has no \
-             stored threshold)",
+            "--heatmaps and --regions need a threshold (the colour scale and the regions are \
+             fixed by it): pass --threshold T, or fit the model with --threshold-from-normal \
+             DIR ({} has no stored threshold)",
             a.model.display()
         )));
     }
-    let inputs = collect_images(&a.inputs, "input")?;
+    let inputs = collect_inputs(&a.inputs)?;
     let pictures = match &a.heatmaps {
         Some(dir) => {
             let paths = heatmap_paths(dir, &inputs, a.force)?;
-            let mut given = vec![(a.model.as_path(), "--model")];
+            let mut given: Vec<(&std::path::Path, &str)> =
+                inputs.iter().map(|i| (i.path.as_path(), "image")).collect();
+            given.push((a.model.as_path(), "--model"));
             if let Some(w) = &a.weights {
                 given.push((w.as_path(), "--weights"));
             }
@@ -35,56 +37,50 @@ pub fn run(a: PredictArgs) -> CliResult {
         }
         None => None,
     };
-    let limits = ImageLimits::default();
-    let opts = PredictOptions {
-        anomaly_map: pictures.is_some(),
+    let opts = InspectOptions {
+        threshold,
+        anomaly_map: pictures.is_some() || a.regions,
+        limits: ImageLimits::default(),
+    };
+    let render = RenderOptions {
+        outlines: a.contours,
+        ..RenderOptions::default()
     };
     let mut failed = 0usize;
-    for (i, p) in inputs.iter().enumerate() {
+    for (i, input) in inputs.iter().enumerate() {
+        let p = &input.path;
         let picture = pictures.as_ref().map(|v| v[i].as_path());
-        let result = model.predict_path(p, &limits, opts).map_err(CliError::from);
-        let (pred, timings) = match result {
+        let (image, ins) = match model.inspect_path(p, &opts) {
             Ok(r) => r,
             Err(e) => {
                 failed += 1;
-                report(&e);
+                report(&e.into());
                 continue;
             }
         };
-        if let (Some(out), Some(map), Some(t)) = (picture, &pred.anomaly_map, threshold) {
-            if let Err(e) = write_picture(&model, p, map, t, a.contours, out, a.force) {
+        if let Some(out) = picture {
+            if let Some(parent) = out.parent() {
+                create_dir(parent)?;
+            }
+            let _tmp = crate::cleanup::register_output(out);
+            let written = ins
+                .render(&image, &render)
+                .and_then(|pic| patchcore::visualize::save_png(&pic, out, a.force));
+            if let Err(e) = written {
                 failed += 1;
-                report(&e);
+                report(&e.into());
                 continue;
             }
         }
-        let decision = threshold.map(|t| {
-            if patchcore::metrics::is_anomalous(pred.score, t) {
-                "anomalous"
-            } else {
-                "good"
-            }
-        });
         let line = if a.json {
-            format!(
-                "{{\"path\":{},\"score\":{},\"decision\":{},\"threshold\":{},\"heatmap\":{},\
-                 \"ms\":{:.2}}}",
-                json_string(&p.display().to_string()),
-                json_f32(pred.score),
-                decision.map(json_string).unwrap_or_else(|| "null".into()),
-                threshold.map(json_f32).unwrap_or_else(|| "null".into()),
-                picture
-                    .map(|o| json_string(&o.display().to_string()))
-                    .unwrap_or_else(|| "null".into()),
-                timings.total().as_secs_f64() * 1e3
-            )
+            json_line(p, picture, &ins, opts.anomaly_map)
         } else {
-            format!(
-                "{}\t{}\t{}",
-                p.display(),
-                pred.score,
-                decision.unwrap_or("-")
-            )
+            let decision = match ins.anomalous {
+                Some(true) => "anomalous",
+                Some(false) => "good",
+                None => "-",
+            };
+            format!("{}\t{}\t{decision}", escape_name(p), ins.score)
         };
         out_line(&line)?;
     }
@@ -95,6 +91,57 @@ pub fn run(a: PredictArgs) -> CliResult {
         )));
     }
     Ok(())
+}
+
+fn json_line(
+    p: &std::path::Path,
+    picture: Option<&std::path::Path>,
+    ins: &Inspection,
+    with_regions: bool,
+) -> String {
+    let (path, escaped) = json_path(p);
+    let mut s = format!("{{\"path\":{path}");
+    if escaped {
+        s.push_str(",\"path_escaped\":true");
+    }
+    s.push_str(&format!(
+        ",\"score\":{},\"decision\":{},\"threshold\":{},\"heatmap\":{}",
+        json_f32(ins.score),
+        ins.anomalous
+            .map(|a| json_string(if a { "anomalous" } else { "good" }))
+            .unwrap_or_else(|| "null".into()),
+        ins.threshold.map(json_f32).unwrap_or_else(|| "null".into()),
+        picture
+            .map(|o| json_path(o).0)
+            .unwrap_or_else(|| "null".into()),
+    ));
+    if with_regions {
+        let regions: Vec<String> = ins.regions.iter().map(json_region).collect();
+        s.push_str(&format!(",\"regions\":[{}]", regions.join(",")));
+    }
+    s.push_str(&format!(
+        ",\"ms\":{:.2}}}",
+        ins.timings.total().as_secs_f64() * 1e3
+    ));
+    s
+}
+
+fn json_region(r: &DefectRegion) -> String {
+    let outline: Vec<String> = r
+        .outline
+        .iter()
+        .map(|&(x, y)| format!("[{},{}]", json_f32(x), json_f32(y)))
+        .collect();
+    format!(
+        "{{\"x\":{},\"y\":{},\"width\":{},\"height\":{},\"area\":{},\"peak\":{},\"outline\":[{}]}}",
+        r.bbox.x0,
+        r.bbox.y0,
+        r.bbox.width(),
+        r.bbox.height(),
+        r.area,
+        json_f32(r.peak),
+        outline.join(",")
+    )
 }
 
 fn report(e: &CliError) {

@@ -1,0 +1,96 @@
+//! `patchcore demo`: a synthetic data set and the commands to try on it.
+
+use std::path::Path;
+
+use patchcore::synthetic::{write_category, SyntheticSpec};
+
+use crate::args::DemoArgs;
+use crate::common::{create_dir, out_line, CliError, CliResult};
+
+/// Name of the category folder written under the demo folder.
+const CATEGORY: &str = "texture";
+
+pub fn run(a: DemoArgs) -> CliResult {
+    let cat = a.dir.join(CATEGORY);
+    if cat.exists() {
+        return Err(CliError::Failed(format!(
+            "{}: exists; choose another folder for the demo (nothing was written)",
+            cat.display()
+        )));
+    }
+    create_dir(&a.dir)?;
+    let spec = SyntheticSpec {
+        size: a.size,
+        seed: a.seed,
+        ..SyntheticSpec::default()
+    };
+    let data = write_category(&a.dir, CATEGORY, &spec)?;
+    eprintln!(
+        "wrote {}: {} good training images, {} test images ({} good, {} scratch, {} spot; \
+         masks under ground_truth/), {}×{} pixels",
+        data.display(),
+        spec.train,
+        spec.test_good + 2 * spec.test_per_defect,
+        spec.test_good,
+        spec.test_per_defect,
+        spec.test_per_defect,
+        spec.size,
+        spec.size
+    );
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    let weights = a.dir.join("resnet18-random.safetensors");
+    let model = a.dir.join("model.safetensors");
+    let maps = a.dir.join("maps");
+    // The images are square: no resize, no crop.
+    let size = spec.size;
+    let lines = [
+        "# next (random weights: the commands work, the scores mean little; see --help of weights):"
+            .to_string(),
+        format!("patchcore weights --random resnet18 --out {}", q(&weights)),
+        format!(
+            "patchcore fit --weights {} --arch resnet18 --resize {size} --crop {size} --train {} \
+             --threshold-from-normal {} --embed-weights --out {}",
+            q(&weights),
+            q(&data.join("train/good")),
+            q(&data.join("test/good")),
+            q(&model)
+        ),
+        format!(
+            "patchcore predict --model {} --heatmaps {} --contours {}",
+            q(&model),
+            q(&maps),
+            q(&data.join("test/scratch"))
+        ),
+        format!("patchcore eval --data {} --model {}", q(&data), q(&model)),
+    ];
+    for l in &lines {
+        out_line(l)?;
+    }
+    Ok(())
+}
+
+/// `s` as one POSIX shell word: unchanged when it holds only safe characters, otherwise in
+/// single quotes (a quote inside written as `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("a/b_c.png"), "a/b_c.png");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}
