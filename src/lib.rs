@@ -18,6 +18,7 @@
 //! | image/pixel AUROC, AUPRO, F1-max, thresholds | [`metrics`] |
 //! | the fitted model, one-file save/load | [`model`] |
 //! | MVTec AD folders, synthetic data, pictures | [`dataset`], [`synthetic`], [`visualize`] |
+//! | safe file reads (regular files only, bounded) and atomic writes | [`io_util`] |
 //!
 //! # The whole flow
 //!

@@ -55,8 +55,9 @@ pub fn read_f32(bytes: &[u8], path: &Path, name: &str) -> Result<ArrayD<f32>> {
         .map_err(|e| Error::invalid_file(path, format!("tensor `{name}`: {e}")))
 }
 
-/// Writes named f32 tensors to a safetensors file, atomically; an existing file is replaced
-/// only when `overwrite`.
+/// Writes named f32 tensors to a safetensors file, atomically; an existing regular file is
+/// replaced only when `overwrite` (anything else — a folder, a FIFO, a device, a symbolic
+/// link — never).
 pub fn write_f32(path: &Path, tensors: &[(&str, &ArrayD<f32>)], overwrite: bool) -> Result<()> {
     let buffers: Vec<Vec<u8>> = tensors
         .iter()

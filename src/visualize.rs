@@ -124,7 +124,8 @@ fn draw_segment(img: &mut RgbImage, a: (f32, f32), b: (f32, f32), color: Rgb<u8>
     }
 }
 
-/// Writes `img` as PNG. An existing file is only replaced when `overwrite`; the image is first
+/// Writes `img` as PNG. An existing regular file is only replaced when `overwrite` (anything
+/// else — a folder, a FIFO, a device, a symbolic link — never); the image is first
 /// written to a temporary name next to `path` and renamed, so a failure never leaves a
 /// half-written file.
 pub fn save_png(img: &RgbImage, path: &Path, overwrite: bool) -> Result<()> {

@@ -283,3 +283,23 @@ fn sigterm_removes_the_temporary_file() {
     assert!(seen.contains("removed the temporary file"), "{seen}");
     assert_eq!(listing(&dir), Vec::<String>::new());
 }
+
+#[test]
+fn a_huge_image_is_a_limit_error_not_an_abort() {
+    let f = fixture();
+    let dir = scratch("huge");
+    let model = dir.join("m.safetensors");
+    // No resize, no crop: images go through the network at full size.
+    let o = run(&fit_args(
+        f,
+        p(&f.weights),
+        p(&model),
+        &["--resize", "0", "--crop", "0", "--embed-weights"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let big = dir.join("big.png");
+    image::RgbImage::new(3000, 3000).save(&big).unwrap();
+    let o = run(&["predict", "--model", p(&model), p(&big)]);
+    assert_fails(&o, 1, &["big.png", "3000×3000", "MiB", "--resize"]);
+    assert!(!stderr(&o).contains("ImageLimits"), "{}", stderr(&o));
+}

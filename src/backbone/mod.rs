@@ -91,7 +91,9 @@ fn deepest_tap(taps: &[Layer]) -> Result<Layer> {
 impl Backbone {
     /// Loads weights from a safetensors file. Only the header and the tensors the network
     /// needs are read (one at a time), so memory stays at the folded weights even for a file
-    /// holding the whole network; the SHA-256 fingerprint covers the whole file.
+    /// holding the whole network; the SHA-256 fingerprint covers the whole file. The file is
+    /// opened once and everything (tensors and fingerprint) is read through that handle, so a
+    /// file renamed over `path` meanwhile cannot mix two sets of weights.
     ///
     /// Tensors use torchvision/timm names (`conv1.weight`, `bn1.*`, `layer2.0.conv1.weight`,
     /// `layer2.0.downsample.{0,1}.*`, ...) in F32, F16 or BF16. `fc.*`, `num_batches_tracked`,
@@ -99,8 +101,8 @@ impl Backbone {
     /// ε = 1e-5) is folded into the convolutions.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be read; otherwise as
-    /// [`Backbone::from_safetensors_bytes`].
+    /// [`Error::Io`] if the file cannot be read or is not a regular file (a folder, a FIFO, a
+    /// device); otherwise as [`Backbone::from_safetensors_bytes`].
     pub fn from_safetensors_file(
         path: impl AsRef<Path>,
         spec: &ResNetSpec,

@@ -64,7 +64,9 @@ impl PatchCore {
     ///
     /// # Errors
     /// [`Error::Io`] if `path` exists and `opts.overwrite` is false (the file is left
-    /// untouched) or writing fails; [`Error::InvalidFile`] if `opts.embed_weights` is not the
+    /// untouched), if it is anything but a regular file — a folder, a FIFO, a device, a
+    /// symbolic link, even a dangling one — (never replaced, whatever `opts.overwrite`), or
+    /// writing fails; [`Error::InvalidFile`] if `opts.embed_weights` is not the
     /// weights file the backbone was loaded from (sha256 differs; note that a
     /// [`Backbone::random`] backbone has no weights file: fit with
     /// [`Backbone::from_safetensors_file`] on the bytes of
@@ -151,7 +153,11 @@ impl PatchCore {
     /// and finiteness, and that the bank has at least `scoring.k` rows.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be read; otherwise as [`PatchCore::load_bytes`].
+    /// [`Error::Io`] if the file cannot be read or is not a regular file (a folder, a FIFO, a
+    /// device); otherwise as [`PatchCore::load_bytes`], plus [`Error::LimitExceeded`] if the
+    /// configuration fixes an input size whose working set exceeds
+    /// [`ImageLimits::max_working_set_bytes`](crate::preprocess::ImageLimits::max_working_set_bytes)
+    /// of the default limits, or the memory bank cannot be allocated.
     pub fn load(path: &Path, backbone: BackboneSource<'_>) -> Result<PatchCore> {
         // Only the header, the bank and the needed backbone tensors are read: a model with
         // embedded weights is never held in memory whole. The path is opened once: header,

@@ -313,8 +313,14 @@ impl PatchCore {
         let t = Instant::now();
         let img = preprocess::load_rgb(path, limits)?;
         let decode = t.elapsed();
-        let (mut v, mut timings) =
-            self.predict_batch_limited(std::slice::from_ref(&img), limits, opts)?;
+        let (mut v, mut timings) = self
+            .predict_batch_limited(std::slice::from_ref(&img), limits, opts)
+            .map_err(|e| match e {
+                Error::LimitExceeded { reason } => Error::LimitExceeded {
+                    reason: format!("{}: {reason}", path.display()),
+                },
+                e => e,
+            })?;
         let p = v.pop().ok_or_else(|| Error::input("no prediction"))?;
         timings.preprocess += decode;
         Ok((p, timings))

@@ -95,6 +95,10 @@ pub fn cli_message(e: &Error) -> String {
             "(the image size limit of this tool)",
         ),
         ("; see ImageLimits)", ")"),
+        (
+            "(ImageLimits::max_working_set_bytes); use a smaller resize or crop",
+            "of this tool; use a smaller --resize or --crop",
+        ),
         ("(pass --force / overwrite = true)", "(pass --force)"),
     ] {
         msg = msg.replace(from, to);
