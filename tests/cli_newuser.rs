@@ -35,6 +35,7 @@ fn demo_weights_fit_predict_eval_from_nothing() {
     let data = dir.join("texture");
     assert_eq!(listing(&data.join("train/good")).len(), 16);
     assert_eq!(listing(&data.join("ground_truth/spot")).len(), 6);
+    assert_eq!(listing(&dir.join("held_out_good")).len(), 8);
     let cmds = printed_commands(&stdout(&o));
     let names: Vec<&str> = cmds.iter().map(|c| c[0].as_str()).collect();
     assert_eq!(
@@ -97,12 +98,16 @@ fn demo_weights_fit_predict_eval_from_nothing() {
     let (scratch_m, _) = mean_of("scratch");
     let (spot, spot_rows) = mean_of("spot");
     assert!(good < scratch_m && good < spot, "{good} {scratch_m} {spot}");
-    // The threshold came from test/good with the `max` rule: every good image is judged good
-    // and has no region; anomalous images have regions inside the 64 × 64 image.
-    for r in &good_rows {
-        assert_eq!(r["decision"], "good");
-        assert_eq!(r["regions"].as_array().unwrap().len(), 0);
+    // The map is a convex blend of patch scores, so an image judged good (score below the
+    // threshold) has no region; some spot image has one; regions lie inside the 64 × 64 image.
+    for r in good_rows.iter().chain(&spot_rows) {
+        if r["decision"] == "good" {
+            assert_eq!(r["regions"].as_array().unwrap().len(), 0, "{r}");
+        }
     }
+    assert!(spot_rows
+        .iter()
+        .any(|r| !r["regions"].as_array().unwrap().is_empty()));
     for r in &spot_rows {
         for reg in r["regions"].as_array().unwrap() {
             let (x, w) = (reg["x"].as_u64().unwrap(), reg["width"].as_u64().unwrap());

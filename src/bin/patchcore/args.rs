@@ -84,7 +84,8 @@ Example:
 
 Writes a small synthetic category (woven texture; scratches and spots with exact masks) in
 the MVTec AD layout under DIR/texture (train/good, test/{good,scratch,spot},
-ground_truth/{scratch,spot}) and prints the commands that fit, predict and evaluate on it.";
+ground_truth/{scratch,spot}), 8 more good images under DIR/held_out_good (for the threshold),
+and prints the commands that fit, predict and evaluate on it.";
 
 /// Top-level command line.
 #[derive(Parser)]
@@ -392,7 +393,8 @@ pub struct WeightsArgs {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Folder to write the data set into (created if missing; DIR/texture must not exist).
+    /// Folder to write the data set into (created if missing; DIR/texture and
+    /// DIR/held_out_good must not exist).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
     /// Side of the square images in pixels (32..=1024).

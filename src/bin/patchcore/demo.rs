@@ -2,13 +2,18 @@
 
 use std::path::Path;
 
-use patchcore::synthetic::{write_category, SyntheticSpec};
+use patchcore::synthetic::{write_category, Generator, SyntheticSpec};
+use patchcore::visualize::save_png;
 
 use crate::args::DemoArgs;
 use crate::common::{create_dir, out_line, CliError, CliResult};
 
 /// Name of the category folder written under the demo folder.
 const CATEGORY: &str = "texture";
+/// Folder of the held-out good images (for `fit --threshold-from-normal`).
+const HELD_OUT: &str = "held_out_good";
+/// How many held-out good images.
+const HELD_OUT_COUNT: usize = 8;
 
 pub fn run(a: DemoArgs) -> CliResult {
     let cat = a.dir.join(CATEGORY);
@@ -24,10 +29,25 @@ pub fn run(a: DemoArgs) -> CliResult {
         seed: a.seed,
         ..SyntheticSpec::default()
     };
+    let held_out = a.dir.join(HELD_OUT);
+    if held_out.exists() {
+        return Err(CliError::Failed(format!(
+            "{}: exists; choose another folder for the demo (nothing was written)",
+            held_out.display()
+        )));
+    }
     let data = write_category(&a.dir, CATEGORY, &spec)?;
+    // Held-out good images for the threshold, from another seed: never training images.
+    create_dir(&held_out)?;
+    let mut gen = Generator::new(a.seed ^ 0x005e_ed0f_7e57);
+    for i in 0..HELD_OUT_COUNT {
+        let img = gen.normal_image(spec.size);
+        save_png(&img, &held_out.join(format!("{i:03}.png")), false)?;
+    }
     eprintln!(
         "wrote {}: {} good training images, {} test images ({} good, {} scratch, {} spot; \
-         masks under ground_truth/), {}×{} pixels",
+         masks under ground_truth/), {}×{} pixels; and {HELD_OUT_COUNT} held-out good images \
+         in {}",
         data.display(),
         spec.train,
         spec.test_good + 2 * spec.test_per_defect,
@@ -35,7 +55,8 @@ pub fn run(a: DemoArgs) -> CliResult {
         spec.test_per_defect,
         spec.test_per_defect,
         spec.size,
-        spec.size
+        spec.size,
+        held_out.display()
     );
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let weights = a.dir.join("resnet18-random.safetensors");
@@ -52,7 +73,7 @@ pub fn run(a: DemoArgs) -> CliResult {
              --threshold-from-normal {} --embed-weights --out {}",
             q(&weights),
             q(&data.join("train/good")),
-            q(&data.join("test/good")),
+            q(&held_out),
             q(&model)
         ),
         format!(
