@@ -40,7 +40,8 @@ pub struct InspectOptions {
     /// Compute the anomaly map (and the regions). `false` gives the score (and decision) only,
     /// which is faster.
     pub anomaly_map: bool,
-    /// Limits on decoded images ([`PatchCore::inspect_path`]).
+    /// Limits on decoded images ([`PatchCore::inspect_path`]) and on the working set of the
+    /// prediction ([`ImageLimits::max_working_set_bytes`], checked before allocating).
     pub limits: ImageLimits,
 }
 
@@ -262,12 +263,14 @@ impl PatchCore {
                 ));
             }
         }
-        let (pred, mut timings) = self.predict(
-            image,
+        let (mut preds, mut timings) = self.predict_batch_limited(
+            std::slice::from_ref(image),
+            &opts.limits,
             PredictOptions {
                 anomaly_map: opts.anomaly_map,
             },
         )?;
+        let pred = preds.pop().ok_or_else(|| Error::input("no prediction"))?;
         let start = Instant::now();
         let (w, h) = image.dimensions();
         let mut out = Inspection::from_map(
@@ -296,7 +299,12 @@ impl PatchCore {
         let start = Instant::now();
         let image = preprocess::load_rgb(path, &opts.limits)?;
         let decode = start.elapsed();
-        let mut out = self.inspect(&image, opts)?;
+        let mut out = self.inspect(&image, opts).map_err(|e| match e {
+            Error::LimitExceeded { reason } => Error::LimitExceeded {
+                reason: format!("{}: {reason}", path.display()),
+            },
+            e => e,
+        })?;
         out.timings.preprocess += decode;
         Ok((image, out))
     }

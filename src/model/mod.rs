@@ -338,7 +338,7 @@ impl PatchCore {
     }
 
     /// [`PatchCore::predict_batch`] under the working-set limit of `limits`.
-    fn predict_batch_limited(
+    pub(crate) fn predict_batch_limited(
         &self,
         images: &[RgbImage],
         limits: &ImageLimits,
