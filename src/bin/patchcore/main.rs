@@ -12,6 +12,7 @@ mod embed;
 mod eval;
 mod fit;
 mod predict;
+mod update;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Update(a) => update::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
