@@ -11,6 +11,14 @@
 //! joins only when it is farther than `r` plus that rounding margin, so a patch the fit already
 //! covered is never added again.
 //!
+//! **Threshold.** When the model has a decision threshold, the new images are declared good:
+//! after the coverage step, any of their patches that would still score at or above the
+//! threshold (its distance to the nearest bank row, as `predict` scores with `k = 1`) joins the
+//! bank too, farthest first. The coverage radius lives in the projection while scores are
+//! distances in the embedding, so coverage alone does not bound the new images' scores; this
+//! step does (for `k = 1`, the default; with `k > 1` a patch's score is the mean distance to its
+//! `k` nearest rows and can stay higher). The threshold itself is kept.
+//!
 //! Per sampler: [`Sampler::Greedy`] as above; [`Sampler::ApproximateGreedy`] the same, with its
 //! stopping key as `r` (its keys start capped, so `r` can be below the true coverage: the update
 //! then adds rather more rows than needed, never fewer); [`Sampler::None`] keeps every patch,
@@ -99,6 +107,9 @@ pub struct UpdateReport {
     pub rows_added: usize,
     /// Rows before the update.
     pub rows_before: usize,
+    /// Of `rows_added`, those added because the patch would have scored at or above the
+    /// model's decision threshold although the coverage radius did not ask for it.
+    pub rows_for_threshold: usize,
     /// The coverage radius used (`None` for [`Sampler::None`]).
     pub radius: Option<f32>,
     /// Time per stage (`coreset` holds the coverage test).
@@ -108,7 +119,8 @@ pub struct UpdateReport {
 impl PatchCore {
     /// Adds the patches of new normal `images` that the memory bank does not cover yet (see
     /// the module documentation of `update`): the bank grows, the old training images are not
-    /// needed. The decision threshold, if any, is kept as it is. Records the update in
+    /// needed. The decision threshold, if any, is kept as it is, and every patch of the new
+    /// images that would score at or above it joins the bank (see the module documentation). Records the update in
     /// [`PatchCore::update_history`] and adds the images to [`PatchCore::images_seen`].
     ///
     /// # Errors
@@ -204,6 +216,7 @@ impl PatchCore {
         let mut added: Vec<f32> = Vec::new();
         let mut added_rows = 0;
         let mut patches = 0;
+        let mut for_threshold = 0;
         for start in (0..n).step_by(p.batch_size) {
             let end = (start + p.batch_size).min(n);
             let t = Instant::now();
@@ -260,6 +273,11 @@ impl PatchCore {
                     }
                 }
             }
+            if let Some(th) = self.threshold {
+                let before = added_rows;
+                self.cover_below_threshold(emb.view(), th, &mut added, &mut added_rows)?;
+                for_threshold += added_rows - before;
+            }
             timings.coreset += t.elapsed();
             progress(UpdateProgress::Images {
                 done: end,
@@ -287,8 +305,61 @@ impl PatchCore {
             patches,
             rows_added: added_rows,
             rows_before,
+            rows_for_threshold: for_threshold,
             radius,
             timings,
         })
+    }
+
+    /// Adds rows of `emb` (full-dimensional patch features of images declared good) until
+    /// none of them would score at or above the threshold `th`: farthest first, the nearest
+    /// distance in the embedding space (as `predict` scores with `k = 1`) folded over the
+    /// bank and the rows `added` so far. A small relative margin covers the rounding
+    /// difference between this distance and the search's.
+    fn cover_below_threshold(
+        &self,
+        emb: ndarray::ArrayView2<f32>,
+        th: f32,
+        added: &mut Vec<f32>,
+        added_rows: &mut usize,
+    ) -> Result<()> {
+        use crate::knn::NearestNeighbours;
+        let dim = emb.ncols();
+        let emb = emb.as_standard_layout();
+        let src = emb.as_slice().unwrap_or(&[]);
+        let nn = self.index.k_nearest(emb.view(), 1)?;
+        let mut sq: Vec<f32> = nn.distances.column(0).to_vec();
+        let fold = |sq: &mut Vec<f32>, centres: &[f32]| {
+            sq.par_iter_mut()
+                .zip(src.par_chunks(dim))
+                .for_each(|(s, row)| {
+                    for c in centres.chunks_exact(dim) {
+                        let d: f32 = row.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum();
+                        *s = s.min(d);
+                    }
+                });
+        };
+        fold(&mut sq, added);
+        let score = |s: f32| match self.config.params().scoring.distance {
+            crate::scoring::Distance::Euclidean => s.max(0.0).sqrt(),
+            crate::scoring::Distance::SquaredL2 => s.max(0.0),
+        };
+        let limit = th * (1.0 - 1e-3);
+        loop {
+            let mut best: Option<(f32, usize)> = None;
+            for (i, &s) in sq.iter().enumerate() {
+                let v = score(s);
+                if v >= limit && best.is_none_or(|(b, _)| v > b) {
+                    best = Some((v, i));
+                }
+            }
+            let Some((_, i)) = best else { break };
+            let row = src[i * dim..(i + 1) * dim].to_vec();
+            added.extend_from_slice(&row);
+            *added_rows += 1;
+            fold(&mut sq, &row);
+            sq[i] = 0.0;
+        }
+        Ok(())
     }
 }
