@@ -133,7 +133,7 @@ impl SpillFile {
     /// [`Error::Io`] if writing fails (e.g. the disk is full); [`Error::InvalidInput`] for a
     /// length that is not a multiple of the row length.
     pub fn append(&mut self, rows: &[f32]) -> Result<()> {
-        if self.dim == 0 || rows.len() % self.dim != 0 {
+        if self.dim == 0 || !rows.len().is_multiple_of(self.dim) {
             return Err(Error::input(format!(
                 "spill file {}: {} values are not whole rows of {}",
                 self.path.display(),

@@ -45,12 +45,11 @@ pub fn run(a: UpdateArgs) -> CliResult {
     let limits = ImageLimits::default();
     let mut progress = Progress::new("update", false);
     let mut last_added = 0;
-    let report = model.update_paths(&added, &limits, &mut |p| match p {
-        UpdateProgress::Images { done, total, added } => {
+    let report = model.update_paths(&added, &limits, &mut |p| {
+        if let UpdateProgress::Images { done, total, added } = p {
             last_added = added;
             progress.images(done, total);
         }
-        _ => {}
     });
     drop(progress);
     let report = report.map_err(|e| match e {
