@@ -833,3 +833,58 @@ fn check_backbone(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+    use crate::coreset::{CoresetConfig, CoresetSize, Sampler};
+
+    /// Rows arriving in awkward chunks (1, 7, 300 rows) are projected in the blocks of the
+    /// whole-bank projection: the spilled selection, radius and rows equal the in-memory ones.
+    #[test]
+    fn spilled_sink_equals_in_memory_selection_for_any_arrival_chunks() {
+        let (n, d) = (coreset::PROJECTION_BLOCK_ROWS + 700, 1536);
+        let bank = Array2::from_shape_fn((n, d), |(i, j)| {
+            ((i * 2654435761 + j * 40503) % 1000) as f32 / 250.0 - 2.0
+        });
+        let cfg = CoresetConfig {
+            sampler: Sampler::Greedy,
+            size: CoresetSize::Count(60),
+            projection_dim: 128,
+            seed: 2,
+        };
+        let want = coreset::select_with_radius(bank.view(), &cfg, |_, _| {}).unwrap();
+        let dir = std::env::temp_dir().join(format!("pc-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for chunk in [1usize, 7, 300] {
+            let est = MemoryEstimate {
+                plan: FitPlan::Spill,
+                images: 1,
+                rows: n,
+                keep: 60,
+                dim: d,
+                baseline: 0,
+                batch_working: 0,
+                stages: Vec::new(),
+            };
+            let path = dir.join(format!("s{chunk}"));
+            let spill = SpillFile::create(&path, d).unwrap();
+            let mut sink = BankSink::new(&cfg, &est, Some(spill)).unwrap();
+            let mut start = 0;
+            while start < n {
+                let end = (start + chunk).min(n);
+                sink.push(bank.slice(ndarray::s![start..end, ..])).unwrap();
+                start = end;
+            }
+            let (rows, radius) = sink.finish(&cfg, 60, &mut |_| {}).unwrap();
+            assert_eq!(
+                radius.map(f32::to_bits),
+                want.radius.map(f32::to_bits),
+                "{chunk}"
+            );
+            assert_eq!(rows, bank.select(Axis(0), &want.indices), "{chunk}");
+            assert!(!path.exists());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
