@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 pub use budget::{
     format_bytes, parse_bytes, peak_resident_bytes, resident_bytes, FitPlan, MemoryEstimate,
-    StageMemory,
+    StageMemory, SLACK_FIXED, SLACK_PERCENT,
 };
 pub use file::{BackboneSource, SaveOptions, FORMAT_VERSION};
 pub use params::{PatchCoreConfig, PatchCoreParams};

@@ -437,7 +437,7 @@ impl Progress {
                     let s = t0.elapsed().as_secs_f64().max(1e-9);
                     let eta = total.saturating_sub(selected) as f64 * s / selected.max(1) as f64;
                     let line = format!(
-                        "coreset: {selected}/{total} rows chosen, {s:.0} s, ETA ≤ {eta:.0} s"
+                        "coreset: {selected}/{total} rows chosen, {s:.0} s, ETA ~{eta:.0} s"
                     );
                     let now = Instant::now();
                     if self.last.is_none_or(|l| now - l >= self.interval()) {
