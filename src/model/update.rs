@@ -6,7 +6,8 @@
 //! the bank when it lies farther than `r` from every bank row, farthest first — exactly the
 //! rows the traversal would have gone on to choose, down to the radius it stopped at. Distances
 //! are measured where the fit measured them: in the seeded projection (rebuilt from the stored
-//! seed and dimensions). The projection of a row depends at the rounding level on the block of
+//! seed and dimensions; the old bank is searched with the kNN index, whose matrix-product
+//! distances differ from the coreset's by rounding only). The projection of a row depends at the rounding level on the block of
 //! rows it is computed in (see [`coreset::PROJECTION_SPLIT_TOLERANCE`]); a patch therefore
 //! joins only when it is farther than `r` plus that rounding margin, so a patch the fit already
 //! covered is never added again.
@@ -35,7 +36,7 @@ use rayon::prelude::*;
 use super::{embed_batch, PatchCore, Timings};
 use crate::coreset::{self, Sampler};
 use crate::error::{Error, Result};
-use crate::knn::BruteForce;
+use crate::knn::{BruteForce, NearestNeighbours};
 use crate::preprocess::{self, ImageLimits};
 
 /// What [`PatchCore::update`] reports while it works.
@@ -208,10 +209,21 @@ impl PatchCore {
         let mut timings = Timings::default();
         let t = Instant::now();
         // The bank as the greedy saw it (only when there is a radius to test against).
-        let mut centres: Vec<f32> = match radius {
-            Some(_) => project(bank.as_slice().unwrap_or(&[])),
-            None => Vec::new(),
+        // The old bank's projection is searched through the kNN index (matrix products);
+        // the rows this update adds are folded in with the coreset's distance.
+        let old_centres = match radius {
+            Some(_) => {
+                let z = project(bank.as_slice().unwrap_or(&[]));
+                let z = Array2::from_shape_vec((rows_before, zd), z)
+                    .map_err(|e| Error::input(format!("projected bank: {e}")))?;
+                Some(BruteForce::with_precision(
+                    z,
+                    crate::knn::BankPrecision::F32,
+                )?)
+            }
+            None => None,
         };
+        let mut centres: Vec<f32> = Vec::new();
         timings.coreset += t.elapsed();
         let mut added: Vec<f32> = Vec::new();
         let mut added_rows = 0;
@@ -244,7 +256,19 @@ impl PatchCore {
                 }
                 Some(r) => {
                     let z = project(src);
-                    let mut keys = coreset::nearest_distances(&z, &centres, zd);
+                    let zq = ndarray::ArrayView2::from_shape((z.len() / zd, zd), &z)
+                        .map_err(|e| Error::input(format!("projected patches: {e}")))?;
+                    let nn = match &old_centres {
+                        Some(index) => index.k_nearest(zq, 1)?,
+                        None => return Err(Error::input("no projected bank")),
+                    };
+                    let mut keys: Vec<f32> = nn
+                        .distances
+                        .column(0)
+                        .iter()
+                        .zip(coreset::nearest_distances(&z, &centres, zd))
+                        .map(|(&sq, own)| sq.max(0.0).sqrt().min(own))
+                        .collect();
                     // Rounding margin of the projection (see the module documentation).
                     let margin: Vec<f32> = z
                         .chunks_exact(zd)
@@ -323,7 +347,6 @@ impl PatchCore {
         added: &mut Vec<f32>,
         added_rows: &mut usize,
     ) -> Result<()> {
-        use crate::knn::NearestNeighbours;
         let dim = emb.ncols();
         let emb = emb.as_standard_layout();
         let src = emb.as_slice().unwrap_or(&[]);
