@@ -4,7 +4,7 @@
 //! [`Error::MissingTensor`], [`Error::TensorShape`], [`Error::TensorDtype`],
 //! [`Error::NonFiniteTensor`], [`Error::Image`]), a bad parameter ([`Error::InvalidParameter`]),
 //! input data that does not fit the model ([`Error::InvalidInput`]), a limit that protects memory
-//! ([`Error::LimitExceeded`]), or the operating system ([`Error::Io`]).
+//! ([`Error::LimitExceeded`], [`Error::MemoryBudget`]), or the operating system ([`Error::Io`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -92,6 +92,16 @@ pub enum Error {
         /// What would have exceeded which limit.
         reason: String,
     },
+    /// Even the most frugal plan of an operation needs more memory than the budget the caller
+    /// set (checked before anything large is allocated).
+    MemoryBudget {
+        /// The budget, in bytes.
+        budget: u64,
+        /// What the smallest plan needs, in bytes.
+        needed: u64,
+        /// The plan's stages and what would let it fit.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -176,6 +186,16 @@ impl fmt::Display for Error {
             }
             Error::InvalidInput { reason } => write!(f, "invalid input: {reason}"),
             Error::LimitExceeded { reason } => write!(f, "resource limit exceeded: {reason}"),
+            Error::MemoryBudget {
+                budget,
+                needed,
+                detail,
+            } => write!(
+                f,
+                "memory budget of {} is too small: the smallest plan needs {} ({detail})",
+                crate::model::format_bytes(*budget),
+                crate::model::format_bytes(*needed)
+            ),
         }
     }
 }

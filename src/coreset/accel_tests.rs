@@ -67,7 +67,15 @@ fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Sta
 
     let mut a_fast = vec![f32::INFINITY; n];
     let mut fast = Vec::new();
-    let s_greedy = traverse(&z, &mut a_fast, Some(first), k, &mut fast, &mut |_, _| {});
+    let s_greedy = traverse(
+        &z,
+        &mut a_fast,
+        Some(first),
+        k,
+        &mut fast,
+        &mut Vec::new(),
+        &mut |_, _| {},
+    );
     let mut a_plain = vec![f32::INFINITY; n];
     let plain = plain_traverse(&z, &mut a_plain, Some(first), k);
     assert_eq!(fast, plain, "greedy from {first}, k {k}");
@@ -77,7 +85,15 @@ fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Sta
     mean_to_starts(&z, &start_rows, starts.len(), &mut a_fast);
     let mut a_plain = a_fast.clone();
     let mut fast = Vec::new();
-    let s_approx = traverse(&z, &mut a_fast, None, k, &mut fast, &mut |_, _| {});
+    let s_approx = traverse(
+        &z,
+        &mut a_fast,
+        None,
+        k,
+        &mut fast,
+        &mut Vec::new(),
+        &mut |_, _| {},
+    );
     let plain = plain_traverse(&z, &mut a_plain, None, k);
     assert_eq!(fast, plain, "approximate greedy from {starts:?}, k {k}");
     (s_greedy, s_approx)
@@ -191,7 +207,15 @@ fn pruned_and_batched_traversal_is_identical_on_one_and_two_threads() {
         pool.install(|| {
             let mut a = vec![f32::INFINITY; z.n];
             let mut out = Vec::new();
-            let s = traverse(&z, &mut a, Some(5), 1_500, &mut out, &mut |_, _| {});
+            let s = traverse(
+                &z,
+                &mut a,
+                Some(5),
+                1_500,
+                &mut out,
+                &mut Vec::new(),
+                &mut |_, _| {},
+            );
             (out, a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s)
         })
     };

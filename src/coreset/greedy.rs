@@ -112,6 +112,7 @@ pub(super) fn traverse(
     first: Option<usize>,
     k: usize,
     out: &mut Vec<usize>,
+    keys: &mut Vec<f32>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Stats {
     let d = z.d;
@@ -134,14 +135,16 @@ pub(super) fn traverse(
                 a: &mut [f32],
                 sq: &mut [f32],
                 out: &mut Vec<usize>,
+                keys: &mut Vec<f32>,
                 pending: &mut Vec<usize>| {
         out.push(s);
+        keys.push(a[s]);
         a[s] = EMITTED;
         sq[s] = key_sq(EMITTED);
         pending.push(s);
     };
     if let Some(f) = first {
-        emit(f, a, &mut sq, out, &mut pending);
+        emit(f, a, &mut sq, out, keys, &mut pending);
     }
     while out.len() < k {
         // Fold every pending centre into every row.
@@ -195,7 +198,7 @@ pub(super) fn traverse(
         };
         let mut next = top.get(0).1;
         loop {
-            emit(next, a, &mut sq, out, &mut pending);
+            emit(next, a, &mut sq, out, keys, &mut pending);
             if out.len() >= k || pending.len() > LIST {
                 break;
             }
@@ -298,8 +301,83 @@ pub(super) fn greedy_from_with_progress(
         return Ok(out);
     }
     let mut a = vec![f32::INFINITY; rows.n];
-    traverse(&rows, &mut a, Some(first), k, &mut out, progress);
+    traverse(
+        &rows,
+        &mut a,
+        Some(first),
+        k,
+        &mut out,
+        &mut Vec::new(),
+        progress,
+    );
     Ok(out)
+}
+
+/// [`greedy_from_with_progress`] that also returns the coverage radius: the largest distance
+/// from a row to its nearest emitted row once `k` rows are emitted (`0` when `k = N`). It is
+/// the key the traversal would emit next, so the traversal runs one step further (the order
+/// is prefix-closed: the first `k` rows are unchanged) and drops that row.
+pub(super) fn greedy_with_radius(
+    z: ArrayView2<f32>,
+    first: usize,
+    k: usize,
+    approximate: Option<&[usize]>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<usize>, f32)> {
+    let what = if approximate.is_some() {
+        "approximate greedy coreset"
+    } else {
+        "greedy coreset"
+    };
+    let z = z.as_standard_layout();
+    let rows = rows_of(&z, what)?;
+    check_k(k, rows.n, what)?;
+    let mut out = Vec::with_capacity(k + 1);
+    let mut keys = Vec::with_capacity(k + 1);
+    let steps = (k + 1).min(rows.n);
+    let mut report = |s: usize, _: usize| progress(s.min(k), k);
+    match approximate {
+        None => {
+            if first >= rows.n {
+                return Err(Error::input(format!(
+                    "{what}: first row {first} is out of range for a bank of {} rows",
+                    rows.n
+                )));
+            }
+            let mut a = vec![f32::INFINITY; rows.n];
+            traverse(
+                &rows,
+                &mut a,
+                Some(first),
+                steps,
+                &mut out,
+                &mut keys,
+                &mut report,
+            );
+        }
+        Some(starts) => {
+            if starts.is_empty() || starts.iter().any(|&s| s >= rows.n) {
+                return Err(Error::input(format!(
+                    "{what}: start rows out of range for a bank of {} rows",
+                    rows.n
+                )));
+            }
+            let start_rows: Vec<f32> = starts
+                .iter()
+                .flat_map(|&s| rows.row(s).iter().copied())
+                .collect();
+            let mut a = vec![0.0f32; rows.n];
+            mean_to_starts(&rows, &start_rows, starts.len(), &mut a);
+            traverse(&rows, &mut a, None, steps, &mut out, &mut keys, &mut report);
+        }
+    }
+    let radius = if out.len() > k {
+        out.truncate(k);
+        keys[k].max(0.0)
+    } else {
+        0.0
+    };
+    Ok((out, radius))
 }
 
 /// The original implementation's approximate greedy sampler with given start rows: the initial
@@ -351,6 +429,6 @@ pub(super) fn approximate_greedy_from_with_progress(
         .collect();
     let mut a = vec![0.0f32; rows.n];
     mean_to_starts(&rows, &start_rows, starts.len(), &mut a);
-    traverse(&rows, &mut a, None, k, &mut out, progress);
+    traverse(&rows, &mut a, None, k, &mut out, &mut Vec::new(), progress);
     Ok(out)
 }

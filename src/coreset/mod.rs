@@ -50,7 +50,10 @@ mod topk;
 mod accel_tests;
 
 pub use greedy::{approximate_greedy_from, greedy_from};
-pub use projection::project;
+pub use projection::{
+    project, Projector, BLOCK_ROWS as PROJECTION_BLOCK_ROWS,
+    SPLIT_TOLERANCE as PROJECTION_SPLIT_TOLERANCE,
+};
 
 use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
 use rand::{Rng, SeedableRng};
@@ -252,7 +255,95 @@ pub fn select_with_progress(
             pos % d
         )));
     }
+    let z = match cfg.sampler {
+        Sampler::Greedy | Sampler::ApproximateGreedy { .. } => Some(projected(bank, cfg)?),
+        Sampler::None | Sampler::Random => None,
+    };
+    let sel = select_projected(z.as_ref().map(|z| z.view()), n, k, cfg, &mut progress)?;
+    Ok(sel.indices)
+}
+
+/// A chosen coreset and how well it covers the bank.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Chosen row indices, in selection order (as [`select`] returns them).
+    pub indices: Vec<usize>,
+    /// For the greedy samplers, the coverage radius where the traversal stopped: the largest
+    /// key left among the rows not chosen (the key of the row it would choose next), measured
+    /// in the space the traversal works in (the projection, see [`CoresetConfig::projection_dim`]).
+    /// For [`Sampler::Greedy`] this is the largest distance from a bank row to its nearest
+    /// chosen row; for [`Sampler::ApproximateGreedy`] keys start at the mean distance to the
+    /// starts, so it can be smaller. `0` when every row is kept; `None` for
+    /// [`Sampler::Random`] and [`Sampler::None`].
+    pub radius: Option<f32>,
+}
+
+/// [`select_with_progress`] that also returns the coverage radius ([`Selection::radius`]).
+///
+/// # Errors
+/// As [`select`].
+pub fn select_with_radius(
+    bank: ArrayView2<f32>,
+    cfg: &CoresetConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Selection> {
+    cfg.validate()?;
+    let (n, d) = bank.dim();
+    if n == 0 || d == 0 {
+        // The messages of `select`.
+        select(bank, cfg)?;
+    }
+    if let Sampler::None = cfg.sampler {
+        progress(n, n);
+        return Ok(Selection {
+            indices: (0..n).collect(),
+            radius: None,
+        });
+    }
+    let k = coreset_size(n, cfg.size)?;
+    if let Some(pos) = first_non_finite(bank) {
+        return Err(Error::input(format!(
+            "the memory bank holds a non-finite value at row {}, column {}",
+            pos / d,
+            pos % d
+        )));
+    }
+    let z = match cfg.sampler {
+        Sampler::Greedy | Sampler::ApproximateGreedy { .. } => Some(projected(bank, cfg)?),
+        Sampler::None | Sampler::Random => None,
+    };
+    select_projected(z.as_ref().map(|z| z.view()), n, k, cfg, &mut progress)
+}
+
+/// Whether the greedy samplers of `cfg` project rows of length `d` (else they work on the rows).
+pub fn projects(cfg: &CoresetConfig, d: usize) -> bool {
+    cfg.projection_dim != 0 && cfg.projection_dim != d
+}
+
+/// The coreset of a bank of `n` rows from its projection alone (the memory-budgeted fit keeps
+/// nothing else): `z` is the bank as the greedy samplers see it — the output of [`project`]
+/// when [`projects`] holds, else the bank itself — and may be `None` for [`Sampler::Random`]
+/// and [`Sampler::None`], which need only `n`. `k` is [`coreset_size`]. Gives exactly the
+/// selection [`select_with_radius`] gives on the bank. `z` must be finite.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when a greedy sampler gets no `z` or one of other than `n` rows.
+pub fn select_projected(
+    z: Option<ArrayView2<f32>>,
+    n: usize,
+    k: usize,
+    cfg: &CoresetConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Selection> {
     let mut rng = sampler_rng(cfg.seed);
+    let need_z = || -> Result<ArrayView2<f32>> {
+        match z {
+            Some(z) if z.nrows() == n => Ok(z),
+            _ => Err(Error::input(format!(
+                "the greedy coreset needs the projection of all {n} bank rows"
+            ))),
+        }
+    };
     match cfg.sampler {
         Sampler::None | Sampler::Random => {
             let idx = match cfg.sampler {
@@ -260,17 +351,27 @@ pub fn select_with_progress(
                 _ => rand::seq::index::sample(&mut rng, n, k).into_vec(),
             };
             progress(idx.len(), idx.len());
-            Ok(idx)
+            Ok(Selection {
+                indices: idx,
+                radius: None,
+            })
         }
         Sampler::Greedy => {
             let first = rng.random_range(0..n);
-            let z = projected(bank, cfg)?;
-            greedy::greedy_from_with_progress(z.view(), first, k, &mut progress)
+            let (indices, r) = greedy::greedy_with_radius(need_z()?, first, k, None, progress)?;
+            Ok(Selection {
+                indices,
+                radius: Some(r),
+            })
         }
         Sampler::ApproximateGreedy { starts } => {
             let starts = rand::seq::index::sample(&mut rng, n, starts.min(n)).into_vec();
-            let z = projected(bank, cfg)?;
-            greedy::approximate_greedy_from_with_progress(z.view(), &starts, k, &mut progress)
+            let (indices, r) =
+                greedy::greedy_with_radius(need_z()?, 0, k, Some(&starts), progress)?;
+            Ok(Selection {
+                indices,
+                radius: Some(r),
+            })
         }
     }
 }
@@ -298,7 +399,7 @@ fn first_non_finite(bank: ArrayView2<f32>) -> Option<usize> {
 /// The bank the greedy samplers work on: borrowed when no projection applies.
 fn projected<'a>(bank: ArrayView2<'a, f32>, cfg: &CoresetConfig) -> Result<CowArray<'a, f32, Ix2>> {
     let d = bank.ncols();
-    if cfg.projection_dim == 0 || cfg.projection_dim == d {
+    if !projects(cfg, d) {
         return Ok(CowArray::from(bank));
     }
     let z = project(bank, cfg.projection_dim, cfg.seed)?;
@@ -325,4 +426,82 @@ fn projected<'a>(bank: ArrayView2<'a, f32>, cfg: &CoresetConfig) -> Result<CowAr
 pub fn subsample(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<Array2<f32>> {
     let idx = select(bank, cfg)?;
     Ok(bank.select(Axis(0), &idx))
+}
+
+/// The coreset's Euclidean distance `Δ(x, y)` (fixed summation order, see the module
+/// documentation); `x` and `y` have the same length.
+pub fn distance(x: &[f32], y: &[f32]) -> f32 {
+    distance::sq_dist(x, y).sqrt()
+}
+
+/// For every row of `rows` (row-major, `d` values each), [`distance`] to the nearest row of
+/// `centres` (also `d` values each); `+∞` when there are no centres.
+pub fn nearest_distances(rows: &[f32], centres: &[f32], d: usize) -> Vec<f32> {
+    if d == 0 {
+        return Vec::new();
+    }
+    rows.par_chunks(d)
+        .map(|x| {
+            centres
+                .chunks_exact(d)
+                .map(|c| distance::sq_dist(x, c))
+                .fold(f32::INFINITY, f32::min)
+                .sqrt()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod radius_tests {
+    use super::*;
+
+    /// The radius is the largest distance from a row to its nearest chosen row, computed
+    /// naively in f64 on the projection.
+    #[test]
+    fn radius_is_the_largest_distance_to_the_nearest_centre() {
+        let bank = Array2::from_shape_fn((300, 40), |(i, j)| {
+            (((i * 37 + j * 11) % 23) as f32 * 0.3).sin() + (i % 7) as f32
+        });
+        for sampler in [Sampler::Greedy, Sampler::APPROXIMATE_GREEDY_DEFAULT] {
+            let cfg = CoresetConfig {
+                sampler,
+                size: CoresetSize::Count(25),
+                projection_dim: 8,
+                seed: 4,
+            };
+            let sel = select_with_radius(bank.view(), &cfg, |_, _| {}).unwrap();
+            assert_eq!(sel.indices, select(bank.view(), &cfg).unwrap());
+            let z = project(bank.view(), 8, 4).unwrap();
+            let naive = (0..300)
+                .map(|i| {
+                    sel.indices
+                        .iter()
+                        .map(|&c| {
+                            (0..8)
+                                .map(|j| (z[[i, j]] as f64 - z[[c, j]] as f64).powi(2))
+                                .sum::<f64>()
+                                .sqrt()
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                })
+                .fold(0.0f64, f64::max);
+            let r = sel.radius.unwrap() as f64;
+            if sampler == Sampler::Greedy {
+                assert!((r - naive).abs() <= 1e-5 * naive, "{r} vs {naive}");
+            } else {
+                // Keys start at the mean distance to the starts: never above the true radius.
+                assert!(r <= naive * (1.0 + 1e-5) && r > 0.0, "{r} vs {naive}");
+            }
+        }
+        let all = CoresetConfig {
+            size: CoresetSize::Ratio(1.0),
+            ..CoresetConfig::default()
+        };
+        assert_eq!(
+            select_with_radius(bank.view(), &all, |_, _| {})
+                .unwrap()
+                .radius,
+            Some(0.0)
+        );
+    }
 }

@@ -8,7 +8,9 @@
 //!   file, so that one file deploys;
 //! - metadata (string → string): `format = patchcore-model`, `format_version`, the
 //!   configuration (one key per field, see `meta.rs`), `backbone.*` (architecture, taps,
-//!   sha256 of the weights file), `threshold` (optional).
+//!   sha256 of the weights file), `threshold` (optional), and the optional keys of incremental
+//!   update: `coreset.coverage_radius`, `images_seen`, `update_history` (files without them
+//!   load; such a model cannot be updated until refitted).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -270,6 +272,7 @@ fn load_index(
         }
         None => None,
     };
+    let extras = super::meta::decode_extras(&m)?;
     // The bank's dtype and rank are checked before the (possibly slow) backbone load.
     let t = st
         .entry(BANK)
@@ -386,7 +389,8 @@ fn load_index(
         }
         let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
-        return PatchCore::from_parts_f16(config, backbone, bank, threshold);
+        return PatchCore::from_parts_f16(config, backbone, bank, threshold)
+            .map(|model| model.with_extras(extras));
     }
     let mut values: Vec<f32> = Vec::new();
     values
@@ -402,7 +406,7 @@ fn load_index(
     }
     let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
         .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
-    PatchCore::from_parts(config, backbone, bank, threshold)
+    PatchCore::from_parts(config, backbone, bank, threshold).map(|model| model.with_extras(extras))
 }
 
 /// The safetensors header (JSON, padded with spaces to a multiple of 8 bytes) for `meta` and

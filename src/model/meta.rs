@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::file::{hex, FORMAT_NAME, FORMAT_VERSION};
-use super::{PatchCore, PatchCoreParams};
+use super::{PatchCore, PatchCoreParams, UpdateRecord};
 use crate::anomaly_map::{MapConfig, Upsample};
 use crate::backbone::{BlockKind, Layer, ResNetSpec};
 use crate::coreset::{CoresetConfig, CoresetSize, Sampler};
@@ -197,7 +197,61 @@ pub(super) fn encode(model: &PatchCore) -> BTreeMap<String, String> {
     if let Some(t) = model.threshold {
         put("threshold", format!("{t:?}"));
     }
+    // Incremental update (optional keys: older files lack them).
+    if let Some(r) = model.coverage_radius {
+        put("coreset.coverage_radius", format!("{r:?}"));
+    }
+    if let Some(n) = model.images_seen {
+        put("images_seen", n.to_string());
+    }
+    if !model.history.is_empty() {
+        put(
+            "update_history",
+            model
+                .history
+                .iter()
+                .map(|r| r.encode())
+                .collect::<Vec<_>>()
+                .join(";"),
+        );
+    }
     m
+}
+
+/// The optional keys of incremental update.
+pub(super) struct Extras {
+    pub(super) coverage_radius: Option<f32>,
+    pub(super) images_seen: Option<u64>,
+    pub(super) history: Vec<UpdateRecord>,
+}
+
+pub(super) fn decode_extras(m: &Meta<'_>) -> Result<Extras> {
+    let coverage_radius = match m.map.get("coreset.coverage_radius") {
+        None => None,
+        Some(_) => {
+            let r: f32 = m.parse("coreset.coverage_radius")?;
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(m.bad("coreset.coverage_radius"));
+            }
+            Some(r)
+        }
+    };
+    let images_seen = match m.map.get("images_seen") {
+        None => None,
+        Some(_) => Some(m.parse("images_seen")?),
+    };
+    let history = match m.map.get("update_history") {
+        None => Vec::new(),
+        Some(v) => v
+            .split(';')
+            .map(|r| UpdateRecord::decode(r).ok_or_else(|| m.bad("update_history")))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    Ok(Extras {
+        coverage_radius,
+        images_seen,
+        history,
+    })
 }
 
 pub(super) fn decode_spec(m: &Meta<'_>) -> Result<ResNetSpec> {

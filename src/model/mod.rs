@@ -1,9 +1,12 @@
 //! The PatchCore model: [`PatchCore::fit`] on normal images, [`PatchCore::predict`] on new ones,
 //! [`PatchCore::save`] / [`PatchCore::load`] to one safetensors file.
 
+mod budget;
 mod file;
 mod meta;
 mod params;
+mod spill;
+mod update;
 mod workset;
 
 use std::path::{Path, PathBuf};
@@ -13,8 +16,14 @@ use image::RgbImage;
 use ndarray::{Array2, ArrayView4, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
+pub use budget::{
+    format_bytes, parse_bytes, peak_resident_bytes, resident_bytes, FitPlan, MemoryEstimate,
+    StageMemory, SLACK_FIXED, SLACK_PERCENT,
+};
 pub use file::{BackboneSource, SaveOptions, FORMAT_VERSION};
 pub use params::{PatchCoreConfig, PatchCoreParams};
+pub use spill::{remove_stale_spills, spill_path, SpillFile};
+pub use update::{UpdateProgress, UpdateRecord, UpdateReport};
 
 use crate::anomaly_map;
 use crate::backbone::Backbone;
@@ -42,6 +51,19 @@ pub enum FitProgress {
         rows: usize,
         /// Rows the coreset will keep.
         keep: usize,
+    },
+    /// `selected` of `total` coreset rows have been chosen (reported after every full pass of
+    /// the greedy samplers over the bank; the last report has `selected == total`).
+    Coreset {
+        /// Rows chosen so far.
+        selected: usize,
+        /// Rows the coreset keeps.
+        total: usize,
+    },
+    /// The chosen rows are being read back from the spill file (memory-budgeted fit only).
+    Gathering {
+        /// Rows to read.
+        rows: usize,
     },
     /// Fitting finished; the memory bank holds `rows` rows.
     Done {
@@ -122,6 +144,38 @@ pub struct PatchCore {
     backbone: Backbone,
     index: BruteForce,
     threshold: Option<f32>,
+    /// The coverage radius of the coreset (see [`PatchCore::coverage_radius`]).
+    coverage_radius: Option<f32>,
+    /// Training images seen (fit + updates), when known.
+    images_seen: Option<u64>,
+    /// One record per [`PatchCore::update`].
+    history: Vec<UpdateRecord>,
+}
+
+/// Options of [`PatchCore::fit_with_options`] / [`PatchCore::fit_paths_with_options`] beyond
+/// the configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FitOptions {
+    /// A memory budget in bytes: the fit picks the plan that stays under it (every feature in
+    /// memory if that fits, else only their projection with the full rows in
+    /// [`FitOptions::spill_path`]) and refuses with [`Error::MemoryBudget`] before any large
+    /// allocation when neither does. `None`: in memory, no check.
+    pub max_memory: Option<u64>,
+    /// Where the spill plan writes the full rows (see [`spill_path`]; must not exist). The
+    /// file is removed when the fit returns, on success and on error. `None`: no spill plan.
+    pub spill_path: Option<PathBuf>,
+    /// Use this plan whatever the budget says (tests, benchmarks). The spill plan still needs
+    /// [`FitOptions::spill_path`].
+    pub force_plan: Option<FitPlan>,
+}
+
+/// What a fit reports besides the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitReport {
+    /// Time per stage.
+    pub timings: Timings,
+    /// The memory plan the fit followed.
+    pub estimate: MemoryEstimate,
 }
 
 impl PatchCore {
@@ -141,12 +195,32 @@ impl PatchCore {
         images: &[RgbImage],
         progress: &mut dyn FnMut(FitProgress),
     ) -> Result<(PatchCore, Timings)> {
+        let (m, r) =
+            Self::fit_with_options(config, backbone, images, &FitOptions::default(), progress)?;
+        Ok((m, r.timings))
+    }
+
+    /// [`PatchCore::fit`] under [`FitOptions`] (a memory budget, a spill file); the report
+    /// carries the memory plan followed. The memory bank does not depend on the plan: a
+    /// spilled fit gives bit for bit the in-memory fit's bank.
+    ///
+    /// # Errors
+    /// As [`PatchCore::fit`], plus [`Error::MemoryBudget`] (before any large allocation) when
+    /// no plan fits `max_memory`, and [`Error::Io`] when the spill file cannot be written.
+    pub fn fit_with_options(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        images: &[RgbImage],
+        opts: &FitOptions,
+        progress: &mut dyn FnMut(FitProgress),
+    ) -> Result<(PatchCore, FitReport)> {
         Self::fit_with(
             config,
             backbone,
             images.len(),
             |i| Ok(images[i].clone()),
             &ImageLimits::default(),
+            opts,
             progress,
         )
     }
@@ -163,14 +237,79 @@ impl PatchCore {
         limits: &ImageLimits,
         progress: &mut dyn FnMut(FitProgress),
     ) -> Result<(PatchCore, Timings)> {
+        let opts = FitOptions::default();
+        let (m, r) =
+            Self::fit_paths_with_options(config, backbone, paths, limits, &opts, progress)?;
+        Ok((m, r.timings))
+    }
+
+    /// [`PatchCore::fit_paths`] under [`FitOptions`].
+    ///
+    /// # Errors
+    /// As [`PatchCore::fit_paths`] and [`PatchCore::fit_with_options`].
+    pub fn fit_paths_with_options(
+        config: PatchCoreConfig,
+        backbone: Backbone,
+        paths: &[PathBuf],
+        limits: &ImageLimits,
+        opts: &FitOptions,
+        progress: &mut dyn FnMut(FitProgress),
+    ) -> Result<(PatchCore, FitReport)> {
         Self::fit_with(
             config,
             backbone,
             paths.len(),
             |i| preprocess::load_rgb(&paths[i], limits),
             limits,
+            opts,
             progress,
         )
+    }
+
+    /// The memory plan a fit of `images` training images of `image_size` (`height, width`,
+    /// before preprocessing) would follow under `opts`, without fitting: what each stage
+    /// holds and the estimated peak.
+    ///
+    /// # Errors
+    /// [`Error::MemoryBudget`] when no plan fits `opts.max_memory`; the configuration and
+    /// backbone errors of [`PatchCore::fit`].
+    pub fn plan_fit(
+        config: &PatchCoreConfig,
+        backbone: &Backbone,
+        images: usize,
+        image_size: (usize, usize),
+        opts: &FitOptions,
+    ) -> Result<MemoryEstimate> {
+        if images == 0 {
+            return Err(Error::input("fit needs at least one normal image"));
+        }
+        check_backbone(config, backbone)?;
+        let p = config.params();
+        let (h, w) = p.preprocess.output_size(image_size.0, image_size.1)?;
+        let (_, gh, gw) = backbone.tap_shape(p.layers[0], h, w);
+        let channels: Vec<usize> = p.layers.iter().map(|&l| backbone.out_channels(l)).collect();
+        let dim = embedding::embedding_dim(&channels, &p.aggregator);
+        let rows_per_image = gh * gw;
+        // Backbone activations of one image (stem and the four stages, a few buffers each:
+        // input, output, im2col / residual), and the embedding's intermediates.
+        let mut act = 3 * h * w + 64 * h.div_ceil(2) * w.div_ceil(2);
+        for l in crate::backbone::Layer::ALL {
+            let (c, a, b) = backbone.tap_shape(l, h, w);
+            act += c * a * b;
+        }
+        let per_image = (act * 4 + rows_per_image * dim * 3) as u64 * 4;
+        let inp = budget::PlanInput {
+            config,
+            images,
+            rows_per_image,
+            dim,
+            baseline: budget::resident_bytes().unwrap_or(0),
+            batch_working: per_image * p.batch_size.min(images) as u64,
+        };
+        match opts.force_plan {
+            Some(plan) => budget::estimate(&inp, plan),
+            None => budget::choose(&inp, opts.max_memory, opts.spill_path.is_some()),
+        }
     }
 
     fn fit_with(
@@ -179,18 +318,39 @@ impl PatchCore {
         n: usize,
         load: impl Fn(usize) -> Result<RgbImage> + Sync,
         limits: &ImageLimits,
+        opts: &FitOptions,
         progress: &mut dyn FnMut(FitProgress),
-    ) -> Result<(PatchCore, Timings)> {
+    ) -> Result<(PatchCore, FitReport)> {
         if n == 0 {
             return Err(Error::input("fit needs at least one normal image"));
         }
         check_backbone(&config, &backbone)?;
         limits.validate()?;
         workset::check_config(&config, &backbone, limits)?;
+        let first = load(0)?;
+        let estimate = Self::plan_fit(
+            &config,
+            &backbone,
+            n,
+            (first.height() as usize, first.width() as usize),
+            opts,
+        )?;
+        drop(first);
         let p = config.params();
+        let spill = match estimate.plan {
+            FitPlan::InMemory => None,
+            FitPlan::Spill => {
+                let path = opts.spill_path.as_ref().ok_or_else(|| {
+                    Error::param(
+                        "spill_path",
+                        "the spill plan needs a spill file location (FitOptions::spill_path)",
+                    )
+                })?;
+                Some(SpillFile::create(path, estimate.dim)?)
+            }
+        };
+        let mut sink = BankSink::new(&p.coreset, &estimate, spill)?;
         let mut timings = Timings::default();
-        let mut bank: Vec<f32> = Vec::new();
-        let mut dim = 0;
         let mut grid: Option<(usize, usize)> = None;
         let mut done = 0;
         for start in (0..n).step_by(p.batch_size) {
@@ -215,15 +375,14 @@ impl PatchCore {
                 }
             }
             grid = Some(g);
-            dim = emb.ncols();
-            bank.extend(emb.iter());
+            let t = Instant::now();
+            sink.push(emb.view())?;
+            timings.coreset += t.elapsed();
             done = end;
             progress(FitProgress::Features { done, total: n });
         }
         debug_assert_eq!(done, n);
-        let rows = bank.len() / dim.max(1);
-        let bank = Array2::from_shape_vec((rows, dim), bank)
-            .map_err(|e| Error::input(format!("memory bank shape: {e}")))?;
+        let rows = sink.rows;
         let keep = match p.coreset.sampler {
             coreset::Sampler::None => rows,
             _ => coreset::coreset_size(rows, p.coreset.size)?,
@@ -231,10 +390,8 @@ impl PatchCore {
         check_k(p.scoring.k, keep)?;
         progress(FitProgress::CoresetStarted { rows, keep });
         let t = Instant::now();
-        let idx = coreset::select(bank.view(), &p.coreset)?;
-        let memory = bank.select(Axis(0), &idx);
-        drop(bank);
-        timings.coreset = t.elapsed();
+        let (memory, radius) = sink.finish(&p.coreset, keep, progress)?;
+        timings.coreset += t.elapsed();
         let index = BruteForce::with_precision(memory, p.bank_precision)?;
         progress(FitProgress::Done { rows: index.len() });
         Ok((
@@ -243,8 +400,11 @@ impl PatchCore {
                 backbone,
                 index,
                 threshold: None,
+                coverage_radius: radius,
+                images_seen: Some(n as u64),
+                history: Vec::new(),
             },
-            timings,
+            FitReport { timings, estimate },
         ))
     }
 
@@ -270,6 +430,9 @@ impl PatchCore {
             backbone,
             index,
             threshold,
+            coverage_radius: None,
+            images_seen: None,
+            history: Vec::new(),
         })
     }
 
@@ -293,6 +456,9 @@ impl PatchCore {
             backbone,
             index,
             threshold,
+            coverage_radius: None,
+            images_seen: None,
+            history: Vec::new(),
         })
     }
 
@@ -463,6 +629,181 @@ impl PatchCore {
     pub fn set_threshold(&mut self, threshold: Option<f32>) {
         self.threshold = threshold;
     }
+
+    /// The coverage radius of the greedy coreset: where the traversal stopped, the largest
+    /// distance from a training patch to its nearest memory-bank row, measured in the space the
+    /// greedy works in — the seeded random projection to `coreset.projection_dim` dimensions
+    /// (reproducible from the stored seed and dimensions), or the embedding itself when there
+    /// is no projection. [`PatchCore::update`] adds a new patch when it lies farther than this
+    /// from the bank. `None` for models fitted with the random or no sampler, and for models
+    /// saved before the radius was stored (see [`PatchCore::set_coverage_radius`]).
+    pub fn coverage_radius(&self) -> Option<f32> {
+        self.coverage_radius
+    }
+
+    /// Sets the coverage radius (e.g. for a model saved without one, to a value from its fit).
+    pub fn set_coverage_radius(&mut self, radius: Option<f32>) {
+        self.coverage_radius = radius;
+    }
+
+    /// The model with the optional metadata of a model file.
+    fn with_extras(mut self, e: meta::Extras) -> PatchCore {
+        self.coverage_radius = e.coverage_radius;
+        self.images_seen = e.images_seen;
+        self.history = e.history;
+        self
+    }
+
+    /// Training images the model has seen (its fit and every update), when known (`None` for
+    /// models saved before this was stored).
+    pub fn images_seen(&self) -> Option<u64> {
+        self.images_seen
+    }
+
+    /// The updates applied since the fit, oldest first.
+    pub fn update_history(&self) -> &[UpdateRecord] {
+        &self.history
+    }
+}
+
+/// Where the patch features of a fit go while they are extracted: kept whole (the in-memory
+/// plan), or projected with the full rows spilled to a file.
+struct BankSink {
+    /// In memory: every row. Spilled: unused.
+    bank: Vec<f32>,
+    /// Spilled: the projection of the rows projected so far (or the rows themselves when the
+    /// greedy does not project).
+    z: Vec<f32>,
+    /// Spilled: rows awaiting projection (less than one projection block).
+    pending: Vec<f32>,
+    projector: Option<coreset::Projector>,
+    /// Spilled with a greedy sampler: keep `z`.
+    greedy: bool,
+    spill: Option<SpillFile>,
+    dim: usize,
+    rows: usize,
+}
+
+impl BankSink {
+    fn new(
+        cfg: &coreset::CoresetConfig,
+        est: &MemoryEstimate,
+        spill: Option<SpillFile>,
+    ) -> Result<BankSink> {
+        let greedy = matches!(
+            cfg.sampler,
+            coreset::Sampler::Greedy | coreset::Sampler::ApproximateGreedy { .. }
+        );
+        let dim = est.dim;
+        let mut sink = BankSink {
+            bank: Vec::new(),
+            z: Vec::new(),
+            pending: Vec::new(),
+            projector: None,
+            greedy,
+            spill,
+            dim,
+            rows: 0,
+        };
+        // Exact reservations: a growing vector would briefly hold twice its size.
+        if sink.spill.is_none() {
+            sink.bank.reserve_exact(est.rows * dim);
+        } else if greedy {
+            if coreset::projects(cfg, dim) {
+                sink.projector = Some(coreset::Projector::new(dim, cfg.projection_dim, cfg.seed)?);
+                sink.z.reserve_exact(est.rows * cfg.projection_dim);
+                sink.pending
+                    .reserve_exact(coreset::PROJECTION_BLOCK_ROWS * dim);
+            } else {
+                sink.z.reserve_exact(est.rows * dim);
+            }
+        }
+        Ok(sink)
+    }
+
+    fn push(&mut self, emb: ndarray::ArrayView2<f32>) -> Result<()> {
+        let rows = emb.as_standard_layout();
+        let src = rows.as_slice().unwrap_or(&[]);
+        let Some(spill) = self.spill.as_mut() else {
+            self.bank.extend_from_slice(src);
+            self.rows += emb.nrows();
+            return Ok(());
+        };
+        if let Some(pos) = src.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(format!(
+                "the memory bank holds a non-finite value at row {}, column {}",
+                self.rows + pos / self.dim,
+                pos % self.dim
+            )));
+        }
+        spill.append(src)?;
+        self.rows += emb.nrows();
+        if !self.greedy {
+            return Ok(());
+        }
+        let Some(proj) = &self.projector else {
+            self.z.extend_from_slice(src);
+            return Ok(());
+        };
+        // Projected in the blocks `coreset::project` uses, for the same bits.
+        let block = coreset::PROJECTION_BLOCK_ROWS * self.dim;
+        let mut rest = src;
+        while !rest.is_empty() {
+            let take = (block - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == block {
+                proj.project_block(&self.pending, &mut self.z);
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// The chosen rows (`keep × dim`, in selection order) and the coverage radius.
+    fn finish(
+        mut self,
+        cfg: &coreset::CoresetConfig,
+        keep: usize,
+        progress: &mut dyn FnMut(FitProgress),
+    ) -> Result<(Array2<f32>, Option<f32>)> {
+        let mut report = |selected, total| progress(FitProgress::Coreset { selected, total });
+        let Some(mut spill) = self.spill.take() else {
+            let bank =
+                Array2::from_shape_vec((self.rows, self.dim), std::mem::take(&mut self.bank))
+                    .map_err(|e| Error::input(format!("memory bank shape: {e}")))?;
+            let sel = coreset::select_with_radius(bank.view(), cfg, &mut report)?;
+            let memory = bank.select(Axis(0), &sel.indices);
+            return Ok((memory, sel.radius));
+        };
+        if let Some(proj) = &self.projector {
+            if !self.pending.is_empty() {
+                proj.project_block(&self.pending, &mut self.z);
+            }
+            self.pending = Vec::new();
+            if self.z.iter().any(|v| !v.is_finite()) {
+                return Err(Error::input(
+                    "the random projection of the memory bank overflows f32: the bank values \
+                     are too large",
+                ));
+            }
+        }
+        let sel = if self.greedy {
+            let zd = self.z.len() / self.rows.max(1);
+            let z = ndarray::ArrayView2::from_shape((self.rows, zd), &self.z)
+                .map_err(|e| Error::input(format!("projected bank shape: {e}")))?;
+            coreset::select_projected(Some(z), self.rows, keep, cfg, &mut report)?
+        } else {
+            coreset::select_projected(None, self.rows, keep, cfg, &mut report)?
+        };
+        self.z = Vec::new();
+        progress(FitProgress::Gathering {
+            rows: sel.indices.len(),
+        });
+        let memory = spill.gather(&sel.indices)?;
+        drop(spill);
+        Ok((memory, sel.radius))
+    }
 }
 
 /// Backbone → embedding for one normalised batch; returns rows and the patch grid.
@@ -566,4 +907,59 @@ fn check_backbone(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+    use crate::coreset::{CoresetConfig, CoresetSize, Sampler};
+
+    /// Rows arriving in awkward chunks (1, 7, 300 rows) are projected in the blocks of the
+    /// whole-bank projection: the spilled selection, radius and rows equal the in-memory ones.
+    #[test]
+    fn spilled_sink_equals_in_memory_selection_for_any_arrival_chunks() {
+        let (n, d) = (coreset::PROJECTION_BLOCK_ROWS + 700, 1536);
+        let bank = Array2::from_shape_fn((n, d), |(i, j)| {
+            ((i * 2654435761 + j * 40503) % 1000) as f32 / 250.0 - 2.0
+        });
+        let cfg = CoresetConfig {
+            sampler: Sampler::Greedy,
+            size: CoresetSize::Count(60),
+            projection_dim: 128,
+            seed: 2,
+        };
+        let want = coreset::select_with_radius(bank.view(), &cfg, |_, _| {}).unwrap();
+        let dir = std::env::temp_dir().join(format!("pc-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for chunk in [1usize, 7, 300] {
+            let est = MemoryEstimate {
+                plan: FitPlan::Spill,
+                images: 1,
+                rows: n,
+                keep: 60,
+                dim: d,
+                baseline: 0,
+                batch_working: 0,
+                stages: Vec::new(),
+            };
+            let path = dir.join(format!("s{chunk}"));
+            let spill = SpillFile::create(&path, d).unwrap();
+            let mut sink = BankSink::new(&cfg, &est, Some(spill)).unwrap();
+            let mut start = 0;
+            while start < n {
+                let end = (start + chunk).min(n);
+                sink.push(bank.slice(ndarray::s![start..end, ..])).unwrap();
+                start = end;
+            }
+            let (rows, radius) = sink.finish(&cfg, 60, &mut |_| {}).unwrap();
+            assert_eq!(
+                radius.map(f32::to_bits),
+                want.radius.map(f32::to_bits),
+                "{chunk}"
+            );
+            assert_eq!(rows, bank.select(Axis(0), &want.indices), "{chunk}");
+            assert!(!path.exists());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

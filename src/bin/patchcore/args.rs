@@ -123,6 +123,51 @@ pub enum Command {
     /// Write a small synthetic data set and print the commands to try on it.
     #[command(after_help = DEMO_EXAMPLE)]
     Demo(DemoArgs),
+    /// Add images of good parts to a fitted model without refitting ("teach good").
+    #[command(after_help = UPDATE_EXAMPLE)]
+    Update(UpdateArgs),
+}
+
+const UPDATE_EXAMPLE: &str = "\
+Example:
+  patchcore update --model model.safetensors --weights wide_resnet50_2.safetensors \\
+      --add false_positives/ --out model2.safetensors
+
+Adds the patches of the new good images that lie farther from the memory bank than the
+coverage radius the fit stopped at (the old training images are not needed), and says how
+many rows were added. The stored decision threshold is kept (say --threshold-from-normal DIR
+to recalibrate it). Without --out the model file is replaced (atomically).";
+
+/// A memory size: `1GiB`, `512MiB`, `2GB`, `100000000`.
+fn memory_size(s: &str) -> Result<u64, String> {
+    patchcore::model::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// Model file written by `patchcore fit` (or `update`).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Backbone weights (needed unless the model embeds them; then also needed to embed them
+    /// again in the updated model).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Folders (read one level deep) or files of new good images.
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR_OR_FILE")]
+    pub add: Vec<PathBuf>,
+    /// Where to write the updated model (default: replace --model).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Store the --weights file inside the updated model file.
+    #[arg(long, requires = "weights")]
+    pub embed_weights: bool,
+    /// Recalibrate the decision threshold: just above the highest score of these held-out
+    /// good images (otherwise the stored threshold is kept).
+    #[arg(long, value_name = "DIR_OR_FILE", num_args = 1..)]
+    pub threshold_from_normal: Vec<PathBuf>,
+    /// Overwrite an existing --out file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -284,6 +329,12 @@ pub struct FitArgs {
     /// Overwrite an existing output file.
     #[arg(long)]
     pub force: bool,
+    /// Memory budget of the fit, e.g. `1GiB`: the fit prints what each stage will hold, keeps
+    /// only the coreset projection in memory (the full features go to a temporary file next to
+    /// --out) when that is needed to stay under it, and refuses before the work starts when
+    /// even that does not fit.
+    #[arg(long, value_parser = memory_size, value_name = "SIZE")]
+    pub max_memory: Option<u64>,
     #[command(flatten)]
     pub fit: FitOptions,
 }

@@ -125,7 +125,7 @@ fn content_hash(p: &Path) -> Option<[u8; 32]> {
 }
 
 /// The smallest `f32` greater than a finite `x`.
-fn next_up(x: f32) -> f32 {
+pub fn next_up(x: f32) -> f32 {
     if x == 0.0 {
         f32::from_bits(1)
     } else if x > 0.0 {

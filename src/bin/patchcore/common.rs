@@ -503,6 +503,7 @@ pub struct Progress {
     tty: bool,
     quiet: bool,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    coreset_start: Option<Instant>,
 }
 
 impl Progress {
@@ -514,6 +515,7 @@ impl Progress {
             tty: std::io::stderr().is_terminal(),
             quiet,
             ticker: None,
+            coreset_start: None,
         }
     }
 
@@ -560,7 +562,30 @@ impl Progress {
             FitProgress::Features { done, total } => self.images(done, total),
             FitProgress::CoresetStarted { rows, keep } if !self.quiet => {
                 eprintln!("coreset: choosing {keep} of {rows} patch features ...");
+                self.coreset_start = Some(Instant::now());
                 self.start_ticker();
+            }
+            FitProgress::Coreset { selected, total } if !self.quiet && selected < total => {
+                // The greedy passes get cheaper as keys shrink: the ETA is an upper bound.
+                if let Some(t0) = self.coreset_start {
+                    let s = t0.elapsed().as_secs_f64().max(1e-9);
+                    let eta = total.saturating_sub(selected) as f64 * s / selected.max(1) as f64;
+                    let line = format!(
+                        "coreset: {selected}/{total} rows chosen, {s:.0} s, ETA ~{eta:.0} s"
+                    );
+                    let now = Instant::now();
+                    if self.last.is_none_or(|l| now - l >= self.interval()) {
+                        self.last = Some(now);
+                        if self.tty {
+                            eprint!("\r{line}   ");
+                        } else {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
+            }
+            FitProgress::Gathering { rows } if !self.quiet => {
+                eprintln!("coreset: reading the {rows} chosen rows back from the spill file");
             }
             FitProgress::Done { rows } => {
                 self.stop_ticker();

@@ -5,13 +5,16 @@ use std::time::Instant;
 
 use patchcore::knn::NearestNeighbours;
 use patchcore::metrics::NormalThreshold;
-use patchcore::model::{PatchCore, PredictOptions, SaveOptions};
+use patchcore::model::{
+    remove_stale_spills, spill_path, FitOptions, FitPlan, PatchCore, PredictOptions, SaveOptions,
+};
 use patchcore::preprocess::ImageLimits;
+use patchcore::Error;
 
 use crate::args::FitArgs;
 use crate::common::{
     check_not_input, check_output_file, collect_images, fit_config, load_backbone, peak_memory_mb,
-    CliResult, Progress,
+    CliError, CliResult, Progress,
 };
 
 pub fn run(a: FitArgs) -> CliResult {
@@ -61,10 +64,46 @@ pub fn run(a: FitArgs) -> CliResult {
     );
     crate::common::warn_if_random(&backbone);
 
+    // Spill files of fits of the same --out that were killed before they could clean up.
+    let stale_age = std::time::Duration::from_secs(24 * 3600);
+    for p in remove_stale_spills(&a.out, stale_age)? {
+        eprintln!(
+            "removed {} (a temporary file left by an interrupted fit)",
+            p.display()
+        );
+    }
+    // An interrupt removes the spill file too (it is also removed on success and error).
+    let _spill = crate::cleanup::register(spill_path(&a.out));
+    let opts = FitOptions {
+        max_memory: a.max_memory,
+        spill_path: Some(spill_path(&a.out)),
+        force_plan: None,
+    };
+    // The plan (what every stage will hold) before any work; the first image's size fixes
+    // the patch grid.
+    let size = image::image_dimensions(&train[0])
+        .map(|(w, h)| (h as usize, w as usize))
+        .map_err(|e| CliError::Failed(format!("{}: cannot read image: {e}", train[0].display())))?;
+    let plan = PatchCore::plan_fit(&config, &backbone, train.len(), size, &opts)
+        .map_err(|e| budget_error(e, a.max_memory))?;
+    for line in plan.lines() {
+        eprintln!("{line}");
+    }
+    if plan.plan == FitPlan::Spill {
+        eprintln!(
+            "spilling full features to {} (removed at the end)",
+            spill_path(&a.out).display()
+        );
+    }
+
     let limits = ImageLimits::default();
     let mut progress = Progress::new("features", false);
-    let (mut model, timings) =
-        PatchCore::fit_paths(config, backbone, &train, &limits, &mut |p| progress.fit(p))?;
+    let (mut model, report) =
+        PatchCore::fit_paths_with_options(config, backbone, &train, &limits, &opts, &mut |p| {
+            progress.fit(p)
+        })
+        .map_err(|e| budget_error(e, a.max_memory))?;
+    let timings = report.timings;
     drop(progress);
 
     let mut threshold_s = None;
@@ -108,7 +147,11 @@ pub fn run(a: FitArgs) -> CliResult {
         index.precision()
     );
     if let Some(mb) = peak_memory_mb() {
-        eprintln!("peak memory: {mb:.0} MB");
+        eprintln!(
+            "peak memory: {mb:.0} MB (estimated {:.0} MB, plan {:?})",
+            report.estimate.peak() as f64 / (1 << 20) as f64,
+            report.estimate.plan
+        );
     }
     let mut stages = format!(
         "time: load {} s, preprocess {} s, backbone {} s, embedding {} s, coreset {} s",
@@ -134,6 +177,19 @@ fn rule_text(rule: NormalThreshold) -> String {
         NormalThreshold::Max => "just above the highest".into(),
         NormalThreshold::Quantile(q) => format!("the {q}-quantile"),
         NormalThreshold::MeanPlusStd(k) => format!("mean + {k} std"),
+    }
+}
+
+/// The library's budget refusal in the terms of the command line.
+fn budget_error(e: Error, max_memory: Option<u64>) -> CliError {
+    match e {
+        Error::MemoryBudget { .. } => CliError::Failed(format!(
+            "--max-memory {}: {e}",
+            max_memory
+                .map(patchcore::model::format_bytes)
+                .unwrap_or_default()
+        )),
+        e => CliError::from(e),
     }
 }
 

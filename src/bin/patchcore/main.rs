@@ -16,6 +16,7 @@ mod eval;
 mod fit;
 mod names;
 mod predict;
+mod update;
 mod weights;
 
 use std::process::ExitCode;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Weights(a) => weights::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Update(a) => update::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -1,0 +1,256 @@
+//! The spill file of the memory-budgeted fit: full-dimensional bank rows written to a
+//! temporary file next to the output while only their projection stays in memory, then the
+//! chosen rows read back.
+//!
+//! The file is named `.<output file name>.spill-<pid>` in the output's folder ([`spill_path`]),
+//! so a command-line tool can register it for removal on a signal and a later run can
+//! recognise one left behind by a killed process ([`remove_stale_spills`]). [`SpillFile`]
+//! removes its file when dropped: on success and on every error path.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ndarray::Array2;
+
+use crate::error::{Error, Result};
+
+/// Infix of spill file names: `.<output name>.spill-<pid>`.
+const SPILL_INFIX: &str = ".spill-";
+
+/// The spill file a fit writing `out` uses in this process: `.<name of out>.spill-<pid>` in
+/// `out`'s folder.
+pub fn spill_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    dir.join(format!(".{name}{SPILL_INFIX}{}", std::process::id()))
+}
+
+/// Whether process `pid` is known to be gone (Linux: no `/proc/<pid>`); `false` where that
+/// cannot be told.
+fn process_gone(pid: u32) -> bool {
+    let proc_root = Path::new("/proc/self");
+    proc_root.exists() && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes spill files left in `out`'s folder by fits of `out` that did not finish (killed
+/// before they could clean up): files named `.<name of out>.spill-<pid>` whose process is gone
+/// or that are older than `max_age`. The current process's own file is never touched. Returns
+/// the files removed (for the caller to say so).
+///
+/// # Errors
+/// [`Error::Io`] if the folder cannot be listed or a stale file cannot be removed.
+pub fn remove_stale_spills(out: &Path, max_age: Duration) -> Result<Vec<PathBuf>> {
+    let own = spill_path(out);
+    let dir = own.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let prefix = format!(".{name}{SPILL_INFIX}");
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io(&dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if path == own {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        if process_gone(pid) || old {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// A temporary file of `f32` rows (little-endian, row after row), removed when dropped.
+#[derive(Debug)]
+pub struct SpillFile {
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    dim: usize,
+    rows: usize,
+}
+
+impl SpillFile {
+    /// Creates `path` (which must not exist) for rows of `dim` values.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file exists or cannot be created.
+    pub fn create(path: &Path, dim: usize) -> Result<SpillFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(SpillFile {
+            path: path.to_path_buf(),
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            dim,
+            rows: 0,
+        })
+    }
+
+    /// The file's path (to register it for removal on a signal).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Appends rows (row-major, a multiple of the row length).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if writing fails (e.g. the disk is full); [`Error::InvalidInput`] for a
+    /// length that is not a multiple of the row length.
+    pub fn append(&mut self, rows: &[f32]) -> Result<()> {
+        if self.dim == 0 || !rows.len().is_multiple_of(self.dim) {
+            return Err(Error::input(format!(
+                "spill file {}: {} values are not whole rows of {}",
+                self.path.display(),
+                rows.len(),
+                self.dim
+            )));
+        }
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::input("spill file already read back"))?;
+        let mut buf = Vec::with_capacity(rows.len().min(1 << 16) * 4);
+        for chunk in rows.chunks(1 << 16) {
+            buf.clear();
+            for v in chunk {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            w.write_all(&buf).map_err(|e| Error::io(&self.path, e))?;
+        }
+        self.rows += rows.len() / self.dim;
+        Ok(())
+    }
+
+    /// Reads rows `idx` back, in the order given (`idx.len() × dim`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if reading fails; [`Error::InvalidInput`] for an index out of range.
+    pub fn gather(&mut self, idx: &[usize]) -> Result<Array2<f32>> {
+        let w = self
+            .writer
+            .take()
+            .ok_or_else(|| Error::input("spill file already read back"))?;
+        let mut file = w
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let d = self.dim;
+        let mut order: Vec<(usize, usize)> = idx.iter().copied().zip(0..).collect();
+        order.sort_unstable();
+        if let Some(&(r, _)) = order.last() {
+            if r >= self.rows {
+                return Err(Error::input(format!(
+                    "spill file {}: row {r} asked, {} written",
+                    self.path.display(),
+                    self.rows
+                )));
+            }
+        }
+        let mut out = vec![0.0f32; idx.len() * d];
+        let mut bytes = vec![0u8; d * 4];
+        let mut at: Option<usize> = None;
+        for (row, pos) in order {
+            if at != Some(row) {
+                file.seek(SeekFrom::Start((row * d * 4) as u64))
+                    .map_err(|e| Error::io(&self.path, e))?;
+            }
+            file.read_exact(&mut bytes)
+                .map_err(|e| Error::io(&self.path, e))?;
+            at = Some(row + 1);
+            for (o, c) in out[pos * d..(pos + 1) * d]
+                .iter_mut()
+                .zip(bytes.chunks_exact(4))
+            {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Array2::from_shape_vec((idx.len(), d), out)
+            .map_err(|e| Error::input(format!("spill rows: {e}")))
+    }
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        // Close before removing (required on some systems); errors cannot be reported here.
+        self.writer.take();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_come_back_in_the_asked_order_and_the_file_goes() {
+        let dir = std::env::temp_dir().join(format!("pc-spill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("m.safetensors");
+        let path = spill_path(&out);
+        assert_eq!(
+            path.file_name().unwrap().to_string_lossy(),
+            format!(".m.safetensors.spill-{}", std::process::id())
+        );
+        let mut s = SpillFile::create(&path, 3).unwrap();
+        let rows: Vec<f32> = (0..30).map(|v| v as f32 * 0.5 - 3.0).collect();
+        s.append(&rows[..12]).unwrap();
+        s.append(&rows[12..]).unwrap();
+        assert!(path.exists());
+        let g = s.gather(&[7, 0, 7, 3]).unwrap();
+        let want: Vec<f32> = [7, 0, 7, 3]
+            .iter()
+            .flat_map(|&r| rows[r * 3..r * 3 + 3].to_vec())
+            .collect();
+        assert_eq!(g.as_slice().unwrap(), &want[..]);
+        drop(s);
+        assert!(!path.exists());
+        // A stale file of a dead process is found and removed, ours is not.
+        let stale = dir.join(".m.safetensors.spill-999999999");
+        std::fs::write(&stale, b"x").unwrap();
+        let other = dir.join(".n.safetensors.spill-999999999");
+        std::fs::write(&other, b"x").unwrap();
+        let own = SpillFile::create(&spill_path(&out), 3).unwrap();
+        let removed = remove_stale_spills(&out, Duration::from_secs(3600)).unwrap();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(removed, vec![stale.clone()]);
+        }
+        assert!(own.path().exists() && other.exists());
+        drop(own);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
