@@ -16,7 +16,8 @@
 //! | anomaly map (upsample, Gaussian blur) | [`anomaly_map`] |
 //! | thresholding, connected components, contours | [`segmentation`] |
 //! | image/pixel AUROC, AUPRO, F1-max, thresholds | [`metrics`] |
-//! | the fitted model, one-file save/load | [`model`] |
+//! | the fitted model: fit (in memory or under a memory budget), update, one-file save/load | [`model`] |
+//! | one inspection call: score, decision, map at the original size, defect regions, picture | [`inspect`] |
 //! | MVTec AD folders, synthetic data, pictures | [`dataset`], [`synthetic`], [`visualize`] |
 //! | safe file reads (regular files only, bounded) and atomic writes | [`io_util`] |
 //!
@@ -24,6 +25,7 @@
 //!
 //! ```
 //! use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+//! use patchcore::inspect::{InspectOptions, RenderOptions};
 //! use patchcore::model::{PatchCore, PatchCoreParams, PredictOptions};
 //! use patchcore::preprocess::{PreprocessConfig, Resize};
 //! use patchcore::synthetic::{defective_image, normal_image, Defect};
@@ -53,6 +55,19 @@
 //! assert!(pred.score > ok.score);
 //! let heat_map = pred.anomaly_map.expect("asked for"); // 64 × 64, the crop size
 //! assert_eq!(heat_map.dim(), (64, 64));
+//!
+//! // One call for an inspection station: score, decision at a threshold, the map at the
+//! // original image size and the defect regions (bounding box, area, peak, outline) in
+//! // original-image pixels; `render` draws the picture.
+//! let threshold = (ok.score + pred.score) / 2.0;
+//! let opts = InspectOptions { threshold: Some(threshold), ..InspectOptions::default() };
+//! let inspection = model.inspect(&bad, &opts)?;
+//! assert_eq!(inspection.anomalous, Some(true));
+//! assert_eq!(inspection.anomaly_map.as_ref().map(|m| m.dim()), Some((96, 96)));
+//! for region in &inspection.regions {
+//!     println!("defect at {:?}, {} pixels, peak {}", region.bbox, region.area, region.peak);
+//! }
+//! let _picture = inspection.render(&bad, &RenderOptions::default())?;
 //! # Ok(())
 //! # }
 //! ```

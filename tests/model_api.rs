@@ -317,7 +317,31 @@ fn fit_reports_progress_in_order() {
         &mut |e| events.push(e),
     )
     .unwrap();
-    // 5 images × 64 patches = 320 rows; int(320 · 0.1) = 32.
+    // 5 images × 64 patches = 320 rows; int(320 · 0.1) = 32. The coreset reports its rows
+    // chosen after each greedy pass: strictly increasing, ending at all 32.
+    let chosen: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            FitProgress::Coreset { selected, total } => {
+                assert_eq!(*total, 32);
+                Some(*selected)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!chosen.is_empty(), "{events:?}");
+    assert!(chosen.windows(2).all(|w| w[0] < w[1]), "{chosen:?}");
+    assert_eq!(chosen.last(), Some(&32));
+    let first_coreset = events
+        .iter()
+        .position(|e| matches!(e, FitProgress::Coreset { .. }))
+        .unwrap();
+    let last_coreset = events
+        .iter()
+        .rposition(|e| matches!(e, FitProgress::Coreset { .. }))
+        .unwrap();
+    assert_eq!(last_coreset - first_coreset + 1, chosen.len(), "contiguous");
+    events.retain(|e| !matches!(e, FitProgress::Coreset { .. }));
     assert_eq!(
         events,
         [
@@ -347,6 +371,10 @@ fn fit_reports_progress_in_order() {
         &events[1..],
         [
             FitProgress::CoresetStarted { rows: 64, keep: 64 },
+            FitProgress::Coreset {
+                selected: 64,
+                total: 64
+            },
             FitProgress::Done { rows: 64 }
         ]
     );
