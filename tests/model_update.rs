@@ -178,3 +178,33 @@ fn random_sampler_refuses_and_no_sampler_adds_every_patch() {
         }
     }
 }
+
+#[test]
+fn update_checks_the_working_set_before_allocating() {
+    let train = normal_images(4, 1);
+    let mut m = fitted(&train);
+    let before = m.memory_bank().to_owned();
+    let dir = std::env::temp_dir().join(format!("patchcore-update-ws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.png");
+    // 400 × 400 RGB decodes to 480,000 bytes alone: above a 256 KiB working-set limit.
+    RgbImage::from_pixel(400, 400, Rgb([90, 120, 60]))
+        .save(&big)
+        .unwrap();
+    let limits = patchcore::preprocess::ImageLimits {
+        max_working_set_bytes: 256 * 1024,
+        ..Default::default()
+    };
+    match m.update_paths(std::slice::from_ref(&big), &limits, &mut |_| {}) {
+        Err(Error::LimitExceeded { reason }) => assert!(reason.contains("MiB"), "{reason}"),
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    // Refused before anything changed; with the default limits the same image is accepted.
+    assert_eq!(m.memory_bank(), before.view());
+    assert_eq!(m.update_history().len(), 0);
+    let r = m
+        .update_paths(std::slice::from_ref(&big), &Default::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!(r.images, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -134,10 +134,16 @@ impl PatchCore {
         images: &[RgbImage],
         progress: &mut dyn FnMut(UpdateProgress),
     ) -> Result<UpdateReport> {
-        self.update_with(images.len(), |i| Ok(images[i].clone()), progress)
+        self.update_with(
+            images.len(),
+            |i| Ok(images[i].clone()),
+            &ImageLimits::default(),
+            progress,
+        )
     }
 
-    /// [`PatchCore::update`] on image files (decoded under `limits`).
+    /// [`PatchCore::update`] on image files (decoded under `limits`, whose working-set limit
+    /// also bounds each batch: [`Error::LimitExceeded`] before allocating).
     ///
     /// # Errors
     /// As [`PatchCore::update`], plus the read and decode errors of each file.
@@ -150,6 +156,7 @@ impl PatchCore {
         self.update_with(
             paths.len(),
             |i| preprocess::load_rgb(&paths[i], limits),
+            limits,
             progress,
         )
     }
@@ -158,6 +165,7 @@ impl PatchCore {
         &mut self,
         n: usize,
         load: impl Fn(usize) -> Result<RgbImage> + Sync,
+        limits: &ImageLimits,
         progress: &mut dyn FnMut(UpdateProgress),
     ) -> Result<UpdateReport> {
         if n == 0 {
@@ -236,6 +244,8 @@ impl PatchCore {
                 .into_par_iter()
                 .map(&load)
                 .collect::<Result<Vec<_>>>()?;
+            // The memory the batch needs, checked before it is allocated (as in fit).
+            super::check_images(&self.config, &self.backbone, &images, limits)?;
             let input = preprocess::preprocess_batch(&images, &p.preprocess)?;
             timings.preprocess += t.elapsed();
             let (emb, _) = embed_batch(&self.config, &self.backbone, input.view(), &mut timings)?;
