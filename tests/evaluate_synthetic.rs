@@ -13,16 +13,29 @@ use patchcore::model::{PatchCore, PatchCoreConfig, PatchCoreParams, PredictOptio
 use patchcore::preprocess::{self, ImageLimits, Resize};
 use patchcore::synthetic::{self, SyntheticSpec};
 
-fn root(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("patchcore-evaluate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh temporary data root, removed when dropped (also when the test fails).
+struct Root(PathBuf);
+
+impl Root {
+    fn new(name: &str) -> Root {
+        let d =
+            std::env::temp_dir().join(format!("patchcore-evaluate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Root(d)
+    }
 }
 
-fn write_root(name: &str) -> Vec<Category> {
-    let r = root(name);
-    [("weave", 3), ("mesh", 4)]
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_root(name: &str) -> (Root, Vec<Category>) {
+    let root = Root::new(name);
+    let r = root.0.clone();
+    let cats = [("weave", 3), ("mesh", 4)]
         .iter()
         .map(|&(cat, seed)| {
             let spec = SyntheticSpec {
@@ -34,7 +47,8 @@ fn write_root(name: &str) -> Vec<Category> {
             };
             Category::open(&synthetic::write_category(&r, cat, &spec).unwrap()).unwrap()
         })
-        .collect()
+        .collect();
+    (root, cats)
 }
 
 fn config(seed: u64) -> PatchCoreConfig {
@@ -76,7 +90,7 @@ fn naive_auroc(labels: &[bool], scores: &[f32]) -> f64 {
 
 #[test]
 fn evaluate_category_equals_an_independent_fit_predict_metrics_loop() {
-    let cats = write_root("indep");
+    let (_root, cats) = write_root("indep");
     let opts = EvalOptions::default();
     let mut runs = Vec::new();
     for cat in &cats {
@@ -173,7 +187,7 @@ fn evaluate_category_equals_an_independent_fit_predict_metrics_loop() {
 
 #[test]
 fn batched_prediction_matches_one_image_at_a_time() {
-    let cats = write_root("batch");
+    let (_root, cats) = write_root("batch");
     let cat = &cats[0];
     let cfg = config(0);
     let one = evaluate::evaluate_category(
