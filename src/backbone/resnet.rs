@@ -55,6 +55,46 @@ fn ensure(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 impl Net {
+    /// Drops what forward passes rebuild on demand: the transformed filters and the spare
+    /// work buffers.
+    pub(crate) fn release_caches(&mut self) {
+        self.stem.release_transformed_filters();
+        for block in self.stages.iter_mut().flatten() {
+            for c in block.convs.iter_mut().chain(block.downsample.as_mut()) {
+                c.release_transformed_filters();
+            }
+        }
+        if let Ok(spare) = self.spare.get_mut() {
+            *spare = Vec::new();
+        }
+    }
+
+    /// Bytes [`Net::release_caches`] would free.
+    pub(crate) fn cache_bytes(&self) -> usize {
+        let convs = std::iter::once(&self.stem).chain(
+            self.stages
+                .iter()
+                .flatten()
+                .flat_map(|b| b.convs.iter().chain(b.downsample.as_ref())),
+        );
+        let filters: usize = convs.map(Conv2d::transformed_filter_bytes).sum();
+        let work: usize = self.spare.lock().map_or(0, |spare| {
+            spare
+                .iter()
+                .map(|w| {
+                    (w.x.capacity()
+                        + w.y.capacity()
+                        + w.t[0].capacity()
+                        + w.t[1].capacity()
+                        + w.ds.capacity()
+                        + w.scratch.capacity())
+                        * 4
+                })
+                .sum()
+        });
+        filters + work
+    }
+
     /// Builds the network up to and including `last`, reading tensors in
     /// [`ResNetSpec::expected_tensors`] order.
     pub(crate) fn build(spec: &ResNetSpec, last: Layer, src: &mut dyn TensorSource) -> Result<Net> {

@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::blocked::Blocked;
 use super::distance::dist;
 use super::greedy::{mean_to_starts, rows_of, traverse, Stats, EMITTED};
 use super::pass::{Rows, BLOCK_ROWS};
@@ -63,12 +64,13 @@ fn plain_traverse(z: &Rows, a: &mut [f32], first: Option<usize>, k: usize) -> Ve
 fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Stats, Stats) {
     let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
     let z = rows_of(&cow, "test").unwrap();
+    let zb = Blocked::from_rows(&z);
     let n = z.n;
 
     let mut a_fast = vec![f32::INFINITY; n];
     let mut fast = Vec::new();
     let s_greedy = traverse(
-        &z,
+        &zb,
         &mut a_fast,
         Some(first),
         k,
@@ -82,11 +84,23 @@ fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Sta
 
     let start_rows: Vec<f32> = starts.iter().flat_map(|&s| z.row(s).to_vec()).collect();
     let mut a_fast = vec![0.0; n];
-    mean_to_starts(&z, &start_rows, starts.len(), &mut a_fast);
+    mean_to_starts(&zb, &start_rows, starts.len(), &mut a_fast);
+    // The initial keys by their definition: the f32 sum of distances in start order.
+    for (i, &got) in a_fast.iter().enumerate() {
+        let mut sum = 0.0f32;
+        for &s in starts {
+            sum += dist(z.row(i), z.row(s));
+        }
+        assert_eq!(
+            got.to_bits(),
+            (sum / starts.len() as f32).to_bits(),
+            "row {i}"
+        );
+    }
     let mut a_plain = a_fast.clone();
     let mut fast = Vec::new();
     let s_approx = traverse(
-        &z,
+        &zb,
         &mut a_fast,
         None,
         k,
@@ -199,6 +213,7 @@ fn pruned_and_batched_traversal_is_identical_on_one_and_two_threads() {
     let bank = blobs(6_000, 12, 40, 5, 13);
     let cow: CowArray<f32, Ix2> = CowArray::from(bank.view());
     let z = rows_of(&cow, "threads").unwrap();
+    let zb = Blocked::from_rows(&z);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -208,7 +223,7 @@ fn pruned_and_batched_traversal_is_identical_on_one_and_two_threads() {
             let mut a = vec![f32::INFINITY; z.n];
             let mut out = Vec::new();
             let s = traverse(
-                &z,
+                &zb,
                 &mut a,
                 Some(5),
                 1_500,

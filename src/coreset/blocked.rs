@@ -30,6 +30,8 @@ pub(super) struct Blocked {
     pub data: Vec<f32>,
     /// Row length.
     pub d: usize,
+    /// Rows.
+    pub n: usize,
 }
 
 impl Blocked {
@@ -47,7 +49,56 @@ impl Blocked {
                     }
                 }
             });
-        Blocked { data, d }
+        Blocked { data, d, n }
+    }
+
+    /// Floats a blocked bank of `n` rows of length `d` holds (padding included), `None` on
+    /// overflow.
+    pub(super) fn len_for(n: usize, d: usize) -> Option<usize> {
+        n.div_ceil(R).checked_mul(R)?.checked_mul(d)
+    }
+
+    /// An empty bank with room for `cap` rows of length `d` (allocated exactly, so that
+    /// [`Blocked::push_rows`] never reallocates up to `cap` rows); `None` when that memory
+    /// cannot be had.
+    pub(super) fn try_with_capacity(cap: usize, d: usize) -> Option<Blocked> {
+        let mut data = Vec::new();
+        data.try_reserve_exact(Self::len_for(cap, d)?).ok()?;
+        Some(Blocked { data, d, n: 0 })
+    }
+
+    /// Appends row-major rows (`rows.len()` a multiple of `d`), giving the layout of
+    /// [`Blocked::from_rows`] on all rows pushed so far.
+    pub(super) fn push_rows(&mut self, rows: &[f32]) {
+        let d = self.d;
+        for row in rows.chunks_exact(d) {
+            let r = self.n % R;
+            if r == 0 {
+                self.data.resize(self.data.len() + R * d, 0.0);
+            }
+            let base = (self.n / R) * R * d;
+            for (j, &v) in row.iter().enumerate() {
+                self.data[base + j * R + r] = v;
+            }
+            self.n += 1;
+        }
+    }
+
+    /// Copies row `i` into `out` (`d` floats).
+    pub(super) fn row_into(&self, i: usize, out: &mut [f32]) {
+        let d = self.d;
+        let blk = &self.data[(i / R) * R * d..(i / R + 1) * R * d];
+        let r = i % R;
+        for (j, o) in out[..d].iter_mut().enumerate() {
+            *o = blk[j * R + r];
+        }
+    }
+
+    /// Row `i`, copied.
+    pub(super) fn row(&self, i: usize) -> Vec<f32> {
+        let mut out = vec![0.0; self.d];
+        self.row_into(i, &mut out);
+        out
     }
 }
 
@@ -374,6 +425,33 @@ mod tests {
             }
             if let Some((k, _)) = Avx512Blocks::detect() {
                 k.run(|| check(k, "avx512"));
+            }
+        }
+    }
+
+    #[test]
+    fn pushed_rows_give_the_layout_of_from_rows_and_read_back() {
+        let d = 5;
+        for n in [0usize, 1, 15, 16, 17, 40] {
+            let data: Vec<f32> = (0..n * d).map(|v| v as f32 * 0.5 - 3.0).collect();
+            let whole = Blocked::from_rows(&Rows { data: &data, n, d });
+            let mut pushed = Blocked::try_with_capacity(n, d).unwrap();
+            let cap = pushed.data.capacity();
+            // Rows arriving in uneven pieces.
+            let mut rest = &data[..];
+            for take in [3usize, 1, 7, 2].iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let t = (take * d).min(rest.len());
+                pushed.push_rows(&rest[..t]);
+                rest = &rest[t..];
+            }
+            assert_eq!(pushed.n, n);
+            assert_eq!(pushed.data, whole.data, "n {n}");
+            assert_eq!(pushed.data.capacity(), cap, "no reallocation");
+            for i in 0..n {
+                assert_eq!(pushed.row(i), data[i * d..(i + 1) * d].to_vec());
             }
         }
     }

@@ -33,7 +33,7 @@
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
-use super::blocked::Blocked;
+use super::blocked::{Blocked, R};
 use super::pass::{
     centre_table, full_pass, key_sq, rel_margin, sq_dists, Batch, Keys, Rows, Work, BLOCK_ROWS,
     NO_OWNER,
@@ -76,14 +76,22 @@ pub(super) struct Stats {
 
 /// Initial keys of the approximate sampler: `a_i = (Σ_j Δ(z_i, s_j)) / n0`, the sum in the given
 /// start order, in `f32`.
-pub(super) fn mean_to_starts(z: &Rows, starts: &[f32], n0: usize, a: &mut [f32]) {
+pub(super) fn mean_to_starts(z: &Blocked, starts: &[f32], n0: usize, a: &mut [f32]) {
     let d = z.d;
     let count = n0 as f32;
     a.par_chunks_mut(BLOCK_ROWS)
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
         .for_each(|(ab, zb)| {
+            // The chunk's rows, copied out of their blocks (row-major).
+            let mut data = vec![0.0f32; ab.len() * d];
+            for (i, row) in data.chunks_exact_mut(d).enumerate() {
+                let blk = &zb[(i / R) * R * d..];
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = blk[j * R + i % R];
+                }
+            }
             let rows = Rows {
-                data: zb,
+                data: &data,
                 n: ab.len(),
                 d,
             };
@@ -106,8 +114,12 @@ pub(super) fn mean_to_starts(z: &Rows, starts: &[f32], n0: usize, a: &mut [f32])
 /// Farthest-first traversal from the keys `a` (all rows' owners [`NO_OWNER`]): emits `first`
 /// (if any), then the farthest row, until `out` holds `k` rows. `progress(selected, k)` is
 /// called after every full pass (the last call has `selected == k`).
+///
+/// The bank is read only in its blocked form `z`: the rows the candidate list and the
+/// centre–centre table need are kept as row-major copies (the emitted rows, `k × d`, and the
+/// list rows, `LIST × d`).
 pub(super) fn traverse(
-    z: &Rows,
+    z: &Blocked,
     a: &mut [f32],
     first: Option<usize>,
     k: usize,
@@ -126,38 +138,55 @@ pub(super) fn traverse(
     let mut cc: Vec<f32> = Vec::new();
     let mut near: Vec<f32> = Vec::new();
     let mut list: Vec<usize> = Vec::with_capacity(LIST);
+    // Row-major copies: the rows of the list, and of every emitted row (in emission order).
+    let mut list_rows: Vec<f32> = Vec::with_capacity(LIST * d);
+    let mut emitted_rows: Vec<f32> = Vec::with_capacity(k.min(z.n) * d);
+    let mut positions: Vec<usize> = Vec::with_capacity(k.min(z.n));
     let rel = rel_margin(d);
     let mut backoff = 0usize;
-    // The full passes read the bank in transposed row blocks.
-    let blocked = Blocked::from_rows(z);
 
     let emit = |s: usize,
                 a: &mut [f32],
                 sq: &mut [f32],
                 out: &mut Vec<usize>,
                 keys: &mut Vec<f32>,
-                pending: &mut Vec<usize>| {
+                pending: &mut Vec<usize>,
+                rows: &mut Vec<f32>| {
         out.push(s);
         keys.push(a[s]);
         a[s] = EMITTED;
         sq[s] = key_sq(EMITTED);
         pending.push(s);
+        let at = rows.len();
+        rows.resize(at + d, 0.0);
+        z.row_into(s, &mut rows[at..]);
     };
     if let Some(f) = first {
-        emit(f, a, &mut sq, out, keys, &mut pending);
+        emit(f, a, &mut sq, out, keys, &mut pending, &mut emitted_rows);
     }
     while out.len() < k {
-        // Fold every pending centre into every row.
+        // Fold every pending centre into every row. The pending centres are the last `m`
+        // emitted rows.
         let m = pending.len();
         centres.clear();
-        for &p in &pending {
-            centres.extend_from_slice(z.row(p));
-        }
+        centres.extend_from_slice(&emitted_rows[(out.len() - m) * d..]);
         let prune = m > 0 && backoff == 0 && out.len() > m;
         if prune {
-            cc.resize(out.len() * m, 0.0);
+            // Grown exactly: the table is the traversal's largest buffer after the bank
+            // (`k × (LIST + 1)` at most), and a doubling vector could hold twice that.
+            let need = out.len() * m;
+            if need > cc.capacity() {
+                cc.reserve_exact(need - cc.len());
+            }
+            cc.resize(need, 0.0);
             near.resize(out.len(), 0.0);
-            centre_table(z, out, &centres, m, &mut cc, &mut near);
+            positions.extend(positions.len()..out.len());
+            let emitted = Rows {
+                data: &emitted_rows,
+                n: out.len(),
+                d,
+            };
+            centre_table(&emitted, &positions, &centres, m, &mut cc, &mut near);
         }
         let batch = Batch {
             centres: &centres,
@@ -167,7 +196,6 @@ pub(super) fn traverse(
             rel,
         };
         let (top, work) = full_pass(
-            &blocked,
             z,
             &mut Keys {
                 a: &mut *a,
@@ -191,6 +219,15 @@ pub(super) fn traverse(
         // All keys are exact now: the best row is the global argmax.
         list.clear();
         list.extend((0..top.len().min(LIST)).map(|i| top.get(i).1));
+        list_rows.resize(list.len() * d, 0.0);
+        for (&r, row) in list.iter().zip(list_rows.chunks_exact_mut(d)) {
+            z.row_into(r, row);
+        }
+        let list_z = Rows {
+            data: &list_rows,
+            n: list.len(),
+            d,
+        };
         let threshold = if top.len() > LIST {
             top.get(LIST)
         } else {
@@ -198,18 +235,21 @@ pub(super) fn traverse(
         };
         let mut next = top.get(0).1;
         loop {
-            emit(next, a, &mut sq, out, keys, &mut pending);
+            emit(next, a, &mut sq, out, keys, &mut pending, &mut emitted_rows);
             if out.len() >= k || pending.len() > LIST {
                 break;
             }
             // Fold the new centre into the list rows only.
             let pos = u32::try_from(out.len() - 1).unwrap_or(NO_OWNER);
-            // Rows whose key can drop; `Δ < a_r` exactly when `Δ² < sq_r`.
+            // Rows whose key can drop (their places in the list); `Δ < a_r` exactly when
+            // `Δ² < sq_r`. The new centre is the last emitted row.
             live.clear();
-            live.extend(list.iter().copied().filter(|&r| a[r] > 0.0));
+            live.extend((0..list.len()).filter(|&p| a[list[p]] > 0.0));
             live_sq.resize(live.len(), 0.0);
-            sq_dists(z, &live, z.row(next), &mut live_sq);
-            for (&r, &s) in live.iter().zip(&live_sq) {
+            let centre = &emitted_rows[(out.len() - 1) * d..];
+            sq_dists(&list_z, &live, centre, &mut live_sq);
+            for (&p, &s) in live.iter().zip(&live_sq) {
+                let r = list[p];
                 if s < sq[r] {
                     a[r] = s.sqrt();
                     owner[r] = pos;
@@ -237,7 +277,7 @@ pub(super) fn traverse(
 }
 /// Checks the projected bank and makes it contiguous.
 pub(super) fn rows_of<'a>(
-    z: &'a ndarray::CowArray<'a, f32, ndarray::Ix2>,
+    z: &'a ndarray::CowArray<'_, f32, ndarray::Ix2>,
     what: &str,
 ) -> Result<Rows<'a>> {
     let (n, d) = z.dim();
@@ -300,9 +340,10 @@ pub(super) fn greedy_from_with_progress(
     if k == 0 {
         return Ok(out);
     }
+    let blocked = Blocked::from_rows(&rows);
     let mut a = vec![f32::INFINITY; rows.n];
     traverse(
-        &rows,
+        &blocked,
         &mut a,
         Some(first),
         k,
@@ -317,8 +358,10 @@ pub(super) fn greedy_from_with_progress(
 /// from a row to its nearest emitted row once `k` rows are emitted (`0` when `k = N`). It is
 /// the key the traversal would emit next, so the traversal runs one step further (the order
 /// is prefix-closed: the first `k` rows are unchanged) and drops that row.
+///
+/// `z` is the (projected) bank in the blocked layout.
 pub(super) fn greedy_with_radius(
-    z: ArrayView2<f32>,
+    z: &Blocked,
     first: usize,
     k: usize,
     approximate: Option<&[usize]>,
@@ -329,8 +372,15 @@ pub(super) fn greedy_with_radius(
     } else {
         "greedy coreset"
     };
-    let z = z.as_standard_layout();
-    let rows = rows_of(&z, what)?;
+    let rows = z;
+    if rows.n == 0 {
+        return Err(Error::input(format!("{what}: the bank is empty")));
+    }
+    if rows.d == 0 {
+        return Err(Error::input(format!(
+            "{what}: the bank has rows of length 0"
+        )));
+    }
     check_k(k, rows.n, what)?;
     let mut out = Vec::with_capacity(k + 1);
     let mut keys = Vec::with_capacity(k + 1);
@@ -346,7 +396,7 @@ pub(super) fn greedy_with_radius(
             }
             let mut a = vec![f32::INFINITY; rows.n];
             traverse(
-                &rows,
+                rows,
                 &mut a,
                 Some(first),
                 steps,
@@ -362,13 +412,10 @@ pub(super) fn greedy_with_radius(
                     rows.n
                 )));
             }
-            let start_rows: Vec<f32> = starts
-                .iter()
-                .flat_map(|&s| rows.row(s).iter().copied())
-                .collect();
+            let start_rows: Vec<f32> = starts.iter().flat_map(|&s| rows.row(s)).collect();
             let mut a = vec![0.0f32; rows.n];
-            mean_to_starts(&rows, &start_rows, starts.len(), &mut a);
-            traverse(&rows, &mut a, None, steps, &mut out, &mut keys, &mut report);
+            mean_to_starts(rows, &start_rows, starts.len(), &mut a);
+            traverse(rows, &mut a, None, steps, &mut out, &mut keys, &mut report);
         }
     }
     let radius = if out.len() > k {
@@ -427,8 +474,17 @@ pub(super) fn approximate_greedy_from_with_progress(
         .iter()
         .flat_map(|&s| rows.row(s).iter().copied())
         .collect();
+    let blocked = Blocked::from_rows(&rows);
     let mut a = vec![0.0f32; rows.n];
-    mean_to_starts(&rows, &start_rows, starts.len(), &mut a);
-    traverse(&rows, &mut a, None, k, &mut out, &mut Vec::new(), progress);
+    mean_to_starts(&blocked, &start_rows, starts.len(), &mut a);
+    traverse(
+        &blocked,
+        &mut a,
+        None,
+        k,
+        &mut out,
+        &mut Vec::new(),
+        progress,
+    );
     Ok(out)
 }

@@ -61,6 +61,12 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::{Error, Result};
+use blocked::Blocked;
+
+/// Most centres one full pass of the greedy traversal folds in; the traversal's
+/// centre–centre table holds up to `k × GREEDY_CENTRES_PER_PASS` distances for a coreset of
+/// `k` rows (memory estimates use it).
+pub const GREEDY_CENTRES_PER_PASS: usize = topk::CAP + 1;
 
 /// How the coreset is chosen from the memory bank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -256,10 +262,10 @@ pub fn select_with_progress(
         )));
     }
     let z = match cfg.sampler {
-        Sampler::Greedy | Sampler::ApproximateGreedy { .. } => Some(projected(bank, cfg)?),
+        Sampler::Greedy | Sampler::ApproximateGreedy { .. } => Some(projected_bank(bank, cfg)?),
         Sampler::None | Sampler::Random => None,
     };
-    let sel = select_projected(z.as_ref().map(|z| z.view()), n, k, cfg, &mut progress)?;
+    let sel = select_from_projected(z.as_ref(), n, k, cfg, &mut progress)?;
     Ok(sel.indices)
 }
 
@@ -309,10 +315,10 @@ pub fn select_with_radius(
         )));
     }
     let z = match cfg.sampler {
-        Sampler::Greedy | Sampler::ApproximateGreedy { .. } => Some(projected(bank, cfg)?),
+        Sampler::Greedy | Sampler::ApproximateGreedy { .. } => Some(projected_bank(bank, cfg)?),
         Sampler::None | Sampler::Random => None,
     };
-    select_projected(z.as_ref().map(|z| z.view()), n, k, cfg, &mut progress)
+    select_from_projected(z.as_ref(), n, k, cfg, &mut progress)
 }
 
 /// Whether the greedy samplers of `cfg` project rows of length `d` (else they work on the rows).
@@ -335,10 +341,122 @@ pub fn select_projected(
     cfg: &CoresetConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Selection> {
+    let bank = match z {
+        Some(z) => {
+            let z = z.as_standard_layout();
+            Some(ProjectedBank {
+                z: Blocked::from_rows(&greedy::rows_of(&z, "greedy coreset")?),
+            })
+        }
+        None => None,
+    };
+    select_from_projected(bank.as_ref(), n, k, cfg, progress)
+}
+
+/// The bank as the greedy samplers see it (the projection of every row, or the rows when no
+/// projection applies), held in the layout the traversal reads: rows transposed in blocks of
+/// 16. This is all a greedy selection needs; a memory-budgeted fit builds it row by row as
+/// the rows are projected and holds nothing else of the bank (see
+/// [`select_from_projected`]).
+///
+/// ```
+/// use patchcore::coreset::{select_from_projected, select_projected, CoresetConfig, ProjectedBank};
+/// use ndarray::Array2;
+///
+/// let z = Array2::from_shape_fn((50, 4), |(i, j)| ((i * 5 + j * 3) % 7) as f32);
+/// let mut bank = ProjectedBank::with_capacity(50, 4).unwrap();
+/// for rows in z.as_slice().unwrap().chunks(4 * 9) {
+///     bank.push_rows(rows).unwrap();
+/// }
+/// let cfg = CoresetConfig::default();
+/// let a = select_from_projected(Some(&bank), 50, 5, &cfg, &mut |_, _| {}).unwrap();
+/// let b = select_projected(Some(z.view()), 50, 5, &cfg, &mut |_, _| {}).unwrap();
+/// assert_eq!(a, b);
+/// ```
+pub struct ProjectedBank {
+    z: Blocked,
+}
+
+impl ProjectedBank {
+    /// An empty bank for `rows` rows of `dim` values, its memory ([`ProjectedBank::bytes`])
+    /// reserved at once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for `dim = 0`; [`Error::LimitExceeded`] when the memory
+    /// cannot be allocated.
+    pub fn with_capacity(rows: usize, dim: usize) -> Result<ProjectedBank> {
+        if dim == 0 {
+            return Err(Error::param("projection_dim", "rows of length 0"));
+        }
+        let z = Blocked::try_with_capacity(rows, dim).ok_or_else(|| Error::LimitExceeded {
+            reason: format!(
+                "the projected bank of {rows} rows × {dim} values ({} bytes) cannot be \
+                     allocated",
+                Self::bytes(rows, dim)
+            ),
+        })?;
+        Ok(ProjectedBank { z })
+    }
+
+    /// Bytes a bank of `rows` rows of `dim` values holds (rows padded to a multiple of 16).
+    pub fn bytes(rows: usize, dim: usize) -> u64 {
+        rows.div_ceil(blocked::R) as u64 * blocked::R as u64 * dim as u64 * 4
+    }
+
+    /// Appends rows (row-major, whole rows of [`ProjectedBank::dim`] values).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a length that is not whole rows or a non-finite value.
+    pub fn push_rows(&mut self, rows: &[f32]) -> Result<()> {
+        let d = self.z.d;
+        if !rows.len().is_multiple_of(d) {
+            return Err(Error::input(format!(
+                "projected bank: {} values are not whole rows of {d}",
+                rows.len()
+            )));
+        }
+        if let Some(p) = rows.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(format!(
+                "the random projection of the memory bank holds a non-finite value at row {} \
+                 (the bank values are too large)",
+                self.z.n + p / d
+            )));
+        }
+        self.z.push_rows(rows);
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn len(&self) -> usize {
+        self.z.n
+    }
+
+    /// Whether no row was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.z.n == 0
+    }
+
+    /// Values per row.
+    pub fn dim(&self) -> usize {
+        self.z.d
+    }
+}
+
+/// [`select_projected`] from a [`ProjectedBank`]: the same selection, bit for bit.
+///
+/// # Errors
+/// As [`select_projected`].
+pub fn select_from_projected(
+    z: Option<&ProjectedBank>,
+    n: usize,
+    k: usize,
+    cfg: &CoresetConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Selection> {
     let mut rng = sampler_rng(cfg.seed);
-    let need_z = || -> Result<ArrayView2<f32>> {
+    let need_z = || -> Result<&Blocked> {
         match z {
-            Some(z) if z.nrows() == n => Ok(z),
+            Some(z) if z.z.n == n => Ok(&z.z),
             _ => Err(Error::input(format!(
                 "the greedy coreset needs the projection of all {n} bank rows"
             ))),
@@ -394,6 +512,16 @@ fn first_non_finite(bank: ArrayView2<f32>) -> Option<usize> {
         }
         None => bank.iter().position(|v| !v.is_finite()),
     }
+}
+
+/// The bank the greedy samplers work on, blocked (the row-major projection is dropped as
+/// soon as it is blocked).
+fn projected_bank(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<ProjectedBank> {
+    let z = projected(bank, cfg)?;
+    let rows = greedy::rows_of(&z, "greedy coreset")?;
+    Ok(ProjectedBank {
+        z: Blocked::from_rows(&rows),
+    })
 }
 
 /// The bank the greedy samplers work on: borrowed when no projection applies.

@@ -15,7 +15,8 @@
 //! or the AVX-512 kernel, chosen at run time. All give the bits of
 //! [`sq_dist`](super::distance::sq_dist) (see [`distance`](super::distance) and
 //! [`blocked`](super::blocked)); the centre–centre table and the candidate-list updates use the
-//! row kernels ([`Kernel`]) on row-major rows.
+//! row kernels ([`Kernel`]) on row-major copies of the few rows they need (the emitted rows,
+//! the candidate list), so the bank itself is held only once, blocked.
 
 use std::ops::AddAssign;
 
@@ -177,12 +178,12 @@ pub(super) fn sq_threshold(key: f32) -> f32 {
 /// which no squared distance is below; a centre pruned for one row but computed for its block
 /// is folded too, harmlessly: its distance cannot be below the row's key. When the rows of a
 /// block need less than half of that union in all (clustered data, pruning at work), the block
-/// goes row by row instead, each row with its own centres and the row kernel on the row-major
-/// rows `zr`. The work counters count the pairs per row, as if every row were computed alone.
+/// goes row by row instead, each row with its own centres and the row kernel on the row copied
+/// out of its block. The work counters count the pairs per row, as if every row were computed alone.
 #[inline(always)]
 fn fold_block_body<K: BlockKernel, RK: Kernel>(
     (kern, row_kern): (K, RK),
-    (zb, zr): (&[f32], &[f32]),
+    zb: &[f32],
     d: usize,
     base: usize,
     keys: Keys,
@@ -197,6 +198,7 @@ fn fold_block_body<K: BlockKernel, RK: Kernel>(
     let centre = |j: usize| &batch.centres[j * d..(j + 1) * d];
     let pos = |j: usize| u32::try_from(batch.first_pos + j).unwrap_or(NO_OWNER);
     let mut work = Work::default();
+    let mut row_buf = vec![0.0f32; d];
     let mut need = [false; CAP];
     let mut list = [0usize; CAP];
     let rows = ab.chunks_mut(R).zip(ob.chunks_mut(R)).zip(sb.chunks_mut(R));
@@ -250,13 +252,16 @@ fn fold_block_body<K: BlockKernel, RK: Kernel>(
         if let Some((cc, _)) = batch.cc {
             if 2 * pairs < R * need[..m].iter().filter(|&&n| n).count() {
                 // The rows need few and different centres: computing their union for the
-                // whole block would waste most of it. Row by row (row-major rows), with each
-                // row's own list, as without blocks.
+                // whole block would waste most of it. Row by row (each row copied out of the
+                // block), with each row's own list, as without blocks.
                 for r in 0..at.len() {
                     if thr[r] <= 0.0 {
                         continue;
                     }
-                    let row = &zr[(t * R + r) * d..(t * R + r + 1) * d];
+                    for (j, v) in row_buf.iter_mut().enumerate() {
+                        *v = blk[j * R + r];
+                    }
+                    let row = &row_buf[..];
                     let mut nt = 0;
                     if ot[r] == NO_OWNER {
                         for (j, l) in list[..m].iter_mut().enumerate() {
@@ -344,13 +349,7 @@ fn fold_block_body<K: BlockKernel, RK: Kernel>(
     (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
-fn fold_block(
-    z: (&[f32], &[f32]),
-    d: usize,
-    base: usize,
-    keys: Keys,
-    batch: &Batch,
-) -> (TopK, Work) {
+fn fold_block(z: &[f32], d: usize, base: usize, keys: Keys, batch: &Batch) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
     {
         if let Some((kern, f)) = Avx512Blocks::detect() {
@@ -370,19 +369,18 @@ fn fold_block(
 }
 
 /// Folds `batch` into the keys `a` (and owners, and squared thresholds `sq`, see [`Keys`]) of
-/// all rows (`z` blocked, `rows` the same rows row-major) and returns the best [`CAP`] rows afterwards together with the work done.
-/// Deterministic: every row is processed alone and the block lists merge in a total order.
-pub(super) fn full_pass(z: &Blocked, rows: &Rows, keys: &mut Keys, batch: &Batch) -> (TopK, Work) {
+/// all rows (`z` blocked) and returns the best [`CAP`] rows afterwards together with the work
+/// done. Deterministic: every row is processed alone and the block lists merge in a total order.
+pub(super) fn full_pass(z: &Blocked, keys: &mut Keys, batch: &Batch) -> (TopK, Work) {
     let d = z.d;
     keys.a
         .par_chunks_mut(BLOCK_ROWS)
         .zip(keys.owner.par_chunks_mut(BLOCK_ROWS))
         .zip(keys.sq.par_chunks_mut(BLOCK_ROWS))
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
-        .zip(rows.data.par_chunks(BLOCK_ROWS * d))
         .enumerate()
-        .map(|(b, ((((a, owner), sq), zb), zr))| {
-            fold_block((zb, zr), d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
+        .map(|(b, (((a, owner), sq), zb))| {
+            fold_block(zb, d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
         })
         .reduce(
             || (TopK::new(), Work::default()),

@@ -62,6 +62,9 @@ pub struct MemoryEstimate {
     /// Working memory of one feature-extraction batch (backbone activations, embedding),
     /// estimated from the layer shapes.
     pub batch_working: u64,
+    /// Memory of the baseline freed before the coreset stage (the spill plan releases the
+    /// backbone's caches, see [`Backbone::release_caches`](crate::backbone::Backbone::release_caches)).
+    pub released: u64,
     /// The arrays of each stage.
     pub stages: Vec<StageMemory>,
 }
@@ -87,11 +90,27 @@ impl MemoryEstimate {
             .sum()
     }
 
-    /// The estimated peak: baseline + the largest stage (+ the batch working set during
-    /// feature extraction) + the slack ([`MemoryEstimate::slack`]).
+    /// The estimated peak: the largest of the stages' totals — baseline (less what was
+    /// released, after the feature stage) + the stage's arrays (+ the batch working set during
+    /// feature extraction) — plus the slack ([`MemoryEstimate::slack`]).
     pub fn peak(&self) -> u64 {
-        let stages = self.largest_stage();
-        self.baseline + stages + Self::slack_of(stages)
+        let total = STAGES
+            .iter()
+            .map(|&s| self.stage_total(s))
+            .max()
+            .unwrap_or(self.baseline);
+        total + self.slack()
+    }
+
+    /// Baseline + arrays of `stage` (+ the batch working set during feature extraction,
+    /// − the released memory after it).
+    fn stage_total(&self, stage: &str) -> u64 {
+        let held = if stage == "features" {
+            self.baseline + self.batch_working
+        } else {
+            self.baseline.saturating_sub(self.released)
+        };
+        held + self.stage_bytes(stage)
     }
 
     /// What the peak adds for what is not listed: [`SLACK_FIXED`] plus [`SLACK_PERCENT`] of
@@ -135,6 +154,12 @@ impl MemoryEstimate {
             "  features: batch working set ≈ {}",
             format_bytes(self.batch_working)
         ));
+        if self.released > 0 {
+            out.push(format!(
+                "  released before the coreset stage (backbone caches): {}",
+                format_bytes(self.released)
+            ));
+        }
         for s in &self.stages {
             out.push(format!(
                 "  {}: {} = {} × {} × {} B = {}",
@@ -227,6 +252,8 @@ pub(super) struct PlanInput<'a> {
     pub dim: usize,
     pub baseline: u64,
     pub batch_working: u64,
+    /// What [`Backbone::release_caches`](crate::backbone::Backbone::release_caches) frees.
+    pub released: u64,
 }
 
 /// The estimate of `plan`.
@@ -247,6 +274,8 @@ pub(super) fn estimate(inp: &PlanInput<'_>, plan: FitPlan) -> Result<MemoryEstim
         inp.dim
     };
     let d = inp.dim;
+    // The blocked layout pads the rows to a multiple of 16.
+    let padded = rows.div_ceil(16) * 16;
     let st = |stage, what, rows, dims| StageMemory {
         stage,
         what,
@@ -260,27 +289,57 @@ pub(super) fn estimate(inp: &PlanInput<'_>, plan: FitPlan) -> Result<MemoryEstim
             s.push(st("features", "patch features", rows, d));
             s.push(st("coreset", "patch features", rows, d));
             if greedy {
+                // The row-major projection lives until it is blocked.
                 if proj != d {
                     s.push(st("coreset", "projection", rows, proj));
                 }
-                s.push(st("coreset", "blocked projection", rows, proj));
+                s.push(st("coreset", "blocked projection", padded, proj));
+                s.push(st("coreset", "emitted rows", keep + 1, proj));
                 s.push(st("coreset", "keys, owners, squares", rows, 3));
+                s.push(st(
+                    "coreset",
+                    "centre–centre table (at most)",
+                    keep + 1,
+                    coreset::GREEDY_CENTRES_PER_PASS,
+                ));
             }
             s.push(st("gather", "patch features", rows, d));
             s.push(st("gather", "memory bank", keep, d));
         }
         FitPlan::Spill => {
-            if greedy {
-                s.push(st("features", "projection", rows, proj));
+            // The projection goes to the spill file block by block and comes back, blocked,
+            // once the backbone's caches are released.
+            if greedy && proj != d {
                 s.push(st(
                     "features",
                     "rows awaiting projection",
                     PROJECTION_BLOCK_ROWS,
                     d,
                 ));
-                s.push(st("coreset", "projection", rows, proj));
-                s.push(st("coreset", "blocked projection", rows, proj));
+                s.push(st(
+                    "features",
+                    "projected block",
+                    PROJECTION_BLOCK_ROWS,
+                    proj,
+                ));
+            } else if greedy {
+                s.push(st(
+                    "features",
+                    "rows for the greedy (no projection)",
+                    padded,
+                    d,
+                ));
+            }
+            if greedy {
+                s.push(st("coreset", "blocked projection", padded, proj));
+                s.push(st("coreset", "emitted rows", keep + 1, proj));
                 s.push(st("coreset", "keys, owners, squares", rows, 3));
+                s.push(st(
+                    "coreset",
+                    "centre–centre table (at most)",
+                    keep + 1,
+                    coreset::GREEDY_CENTRES_PER_PASS,
+                ));
             }
             s.push(st("gather", "memory bank", keep, d));
         }
@@ -293,6 +352,10 @@ pub(super) fn estimate(inp: &PlanInput<'_>, plan: FitPlan) -> Result<MemoryEstim
         dim: d,
         baseline: inp.baseline,
         batch_working: inp.batch_working,
+        released: match plan {
+            FitPlan::InMemory => 0,
+            FitPlan::Spill => inp.released.min(inp.baseline),
+        },
         stages: s,
     })
 }

@@ -305,6 +305,7 @@ impl PatchCore {
             dim,
             baseline: budget::resident_bytes().unwrap_or(0),
             batch_working: per_image * p.batch_size.min(images) as u64,
+            released: backbone.cache_bytes() as u64,
         };
         match opts.force_plan {
             Some(plan) => budget::estimate(&inp, plan),
@@ -314,7 +315,7 @@ impl PatchCore {
 
     fn fit_with(
         config: PatchCoreConfig,
-        backbone: Backbone,
+        mut backbone: Backbone,
         n: usize,
         load: impl Fn(usize) -> Result<RgbImage> + Sync,
         limits: &ImageLimits,
@@ -346,7 +347,7 @@ impl PatchCore {
                         "the spill plan needs a spill file location (FitOptions::spill_path)",
                     )
                 })?;
-                Some(SpillFile::create(path, estimate.dim)?)
+                Some(BankSink::spill_file(path, &p.coreset, &estimate)?)
             }
         };
         let mut sink = BankSink::new(&p.coreset, &estimate, spill)?;
@@ -390,6 +391,11 @@ impl PatchCore {
         check_k(p.scoring.k, keep)?;
         progress(FitProgress::CoresetStarted { rows, keep });
         let t = Instant::now();
+        if estimate.plan == FitPlan::Spill {
+            // The coreset and gather stages do not need the backbone's transformed filters
+            // and work buffers; the next forward pass rebuilds them.
+            backbone.release_caches();
+        }
         let (memory, radius) = sink.finish(&p.coreset, keep, progress)?;
         timings.coreset += t.elapsed();
         let index = BruteForce::with_precision(memory, p.bank_precision)?;
@@ -671,13 +677,15 @@ impl PatchCore {
 struct BankSink {
     /// In memory: every row. Spilled: unused.
     bank: Vec<f32>,
-    /// Spilled: the projection of the rows projected so far (or the rows themselves when the
-    /// greedy does not project).
-    z: Vec<f32>,
+    /// Spilled, greedy, no projection: the rows themselves as the greedy reads them.
+    z: Option<coreset::ProjectedBank>,
+    /// Spilled, greedy, projecting: one block's projection on its way to the spill file.
+    zblock: Vec<f32>,
     /// Spilled: rows awaiting projection (less than one projection block).
     pending: Vec<f32>,
+    /// Spilled, greedy, projecting: the projection (written to the spill file block by block).
     projector: Option<coreset::Projector>,
-    /// Spilled with a greedy sampler: keep `z`.
+    /// Spilled with a greedy sampler.
     greedy: bool,
     spill: Option<SpillFile>,
     dim: usize,
@@ -685,19 +693,30 @@ struct BankSink {
 }
 
 impl BankSink {
+    /// The spill file for `est` at `path`: with a projection region when the greedy projects.
+    fn spill_file(
+        path: &std::path::Path,
+        cfg: &coreset::CoresetConfig,
+        est: &MemoryEstimate,
+    ) -> Result<SpillFile> {
+        if is_greedy(cfg) && coreset::projects(cfg, est.dim) {
+            SpillFile::with_projection(path, est.dim, est.rows, cfg.projection_dim)
+        } else {
+            SpillFile::create(path, est.dim)
+        }
+    }
+
     fn new(
         cfg: &coreset::CoresetConfig,
         est: &MemoryEstimate,
         spill: Option<SpillFile>,
     ) -> Result<BankSink> {
-        let greedy = matches!(
-            cfg.sampler,
-            coreset::Sampler::Greedy | coreset::Sampler::ApproximateGreedy { .. }
-        );
+        let greedy = is_greedy(cfg);
         let dim = est.dim;
         let mut sink = BankSink {
             bank: Vec::new(),
-            z: Vec::new(),
+            z: None,
+            zblock: Vec::new(),
             pending: Vec::new(),
             projector: None,
             greedy,
@@ -711,11 +730,12 @@ impl BankSink {
         } else if greedy {
             if coreset::projects(cfg, dim) {
                 sink.projector = Some(coreset::Projector::new(dim, cfg.projection_dim, cfg.seed)?);
-                sink.z.reserve_exact(est.rows * cfg.projection_dim);
                 sink.pending
                     .reserve_exact(coreset::PROJECTION_BLOCK_ROWS * dim);
+                sink.zblock
+                    .reserve_exact(coreset::PROJECTION_BLOCK_ROWS * cfg.projection_dim);
             } else {
-                sink.z.reserve_exact(est.rows * dim);
+                sink.z = Some(coreset::ProjectedBank::with_capacity(est.rows, dim)?);
             }
         }
         Ok(sink)
@@ -742,7 +762,9 @@ impl BankSink {
             return Ok(());
         }
         let Some(proj) = &self.projector else {
-            self.z.extend_from_slice(src);
+            if let Some(z) = self.z.as_mut() {
+                z.push_rows(src)?;
+            }
             return Ok(());
         };
         // Projected in the blocks `coreset::project` uses, for the same bits.
@@ -753,7 +775,9 @@ impl BankSink {
             self.pending.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.pending.len() == block {
-                proj.project_block(&self.pending, &mut self.z);
+                proj.project_block(&self.pending, &mut self.zblock);
+                spill.append_projection(&self.zblock)?;
+                self.zblock.clear();
                 self.pending.clear();
             }
         }
@@ -761,6 +785,10 @@ impl BankSink {
     }
 
     /// The chosen rows (`keep × dim`, in selection order) and the coverage radius.
+    ///
+    /// Spilled: the projection is read back from the spill file into the blocked layout the
+    /// greedy reads (the only copy of it in memory), dropped after the selection, and the
+    /// chosen rows are read back.
     fn finish(
         mut self,
         cfg: &coreset::CoresetConfig,
@@ -778,25 +806,18 @@ impl BankSink {
         };
         if let Some(proj) = &self.projector {
             if !self.pending.is_empty() {
-                proj.project_block(&self.pending, &mut self.z);
+                proj.project_block(&self.pending, &mut self.zblock);
+                spill.append_projection(&self.zblock)?;
             }
             self.pending = Vec::new();
-            if self.z.iter().any(|v| !v.is_finite()) {
-                return Err(Error::input(
-                    "the random projection of the memory bank overflows f32: the bank values \
-                     are too large",
-                ));
-            }
+            self.zblock = Vec::new();
+            let mut z = coreset::ProjectedBank::with_capacity(self.rows, cfg.projection_dim)?;
+            spill.read_projection(|rows| z.push_rows(rows))?;
+            self.z = Some(z);
         }
-        let sel = if self.greedy {
-            let zd = self.z.len() / self.rows.max(1);
-            let z = ndarray::ArrayView2::from_shape((self.rows, zd), &self.z)
-                .map_err(|e| Error::input(format!("projected bank shape: {e}")))?;
-            coreset::select_projected(Some(z), self.rows, keep, cfg, &mut report)?
-        } else {
-            coreset::select_projected(None, self.rows, keep, cfg, &mut report)?
-        };
-        self.z = Vec::new();
+        let sel =
+            coreset::select_from_projected(self.z.as_ref(), self.rows, keep, cfg, &mut report)?;
+        self.z = None;
         progress(FitProgress::Gathering {
             rows: sel.indices.len(),
         });
@@ -804,6 +825,14 @@ impl BankSink {
         drop(spill);
         Ok((memory, sel.radius))
     }
+}
+
+/// Whether the sampler is one of the greedy ones (which need the projected bank).
+fn is_greedy(cfg: &coreset::CoresetConfig) -> bool {
+    matches!(
+        cfg.sampler,
+        coreset::Sampler::Greedy | coreset::Sampler::ApproximateGreedy { .. }
+    )
 }
 
 /// Backbone → embedding for one normalised batch; returns rows and the patch grid.
@@ -922,43 +951,53 @@ mod sink_tests {
         let bank = Array2::from_shape_fn((n, d), |(i, j)| {
             ((i * 2654435761 + j * 40503) % 1000) as f32 / 250.0 - 2.0
         });
-        let cfg = CoresetConfig {
-            sampler: Sampler::Greedy,
-            size: CoresetSize::Count(60),
-            projection_dim: 128,
-            seed: 2,
-        };
-        let want = coreset::select_with_radius(bank.view(), &cfg, |_, _| {}).unwrap();
         let dir = std::env::temp_dir().join(format!("pc-sink-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for chunk in [1usize, 7, 300] {
-            let est = MemoryEstimate {
-                plan: FitPlan::Spill,
-                images: 1,
-                rows: n,
-                keep: 60,
-                dim: d,
-                baseline: 0,
-                batch_working: 0,
-                stages: Vec::new(),
+        let cases = [
+            (Sampler::Greedy, 128, vec![1usize, 7, 300]),
+            (Sampler::APPROXIMATE_GREEDY_DEFAULT, 128, vec![300]),
+            // No projection: the greedy reads the rows themselves.
+            (Sampler::Greedy, 0, vec![300]),
+        ];
+        for (sampler, projection_dim, chunks) in cases {
+            let cfg = CoresetConfig {
+                sampler,
+                size: CoresetSize::Count(60),
+                projection_dim,
+                seed: 2,
             };
-            let path = dir.join(format!("s{chunk}"));
-            let spill = SpillFile::create(&path, d).unwrap();
-            let mut sink = BankSink::new(&cfg, &est, Some(spill)).unwrap();
-            let mut start = 0;
-            while start < n {
-                let end = (start + chunk).min(n);
-                sink.push(bank.slice(ndarray::s![start..end, ..])).unwrap();
-                start = end;
+            let want = coreset::select_with_radius(bank.view(), &cfg, |_, _| {}).unwrap();
+            for chunk in chunks {
+                let est = MemoryEstimate {
+                    plan: FitPlan::Spill,
+                    images: 1,
+                    rows: n,
+                    keep: 60,
+                    dim: d,
+                    baseline: 0,
+                    batch_working: 0,
+                    released: 0,
+                    stages: Vec::new(),
+                };
+                let path = dir.join(format!("s{chunk}-{projection_dim}"));
+                let spill = BankSink::spill_file(&path, &cfg, &est).unwrap();
+                let mut sink = BankSink::new(&cfg, &est, Some(spill)).unwrap();
+                let mut start = 0;
+                while start < n {
+                    let end = (start + chunk).min(n);
+                    sink.push(bank.slice(ndarray::s![start..end, ..])).unwrap();
+                    start = end;
+                }
+                let (rows, radius) = sink.finish(&cfg, 60, &mut |_| {}).unwrap();
+                let what = format!("{sampler:?} p {projection_dim} chunk {chunk}");
+                assert_eq!(
+                    radius.map(f32::to_bits),
+                    want.radius.map(f32::to_bits),
+                    "{what}"
+                );
+                assert_eq!(rows, bank.select(Axis(0), &want.indices), "{what}");
+                assert!(!path.exists());
             }
-            let (rows, radius) = sink.finish(&cfg, 60, &mut |_| {}).unwrap();
-            assert_eq!(
-                radius.map(f32::to_bits),
-                want.radius.map(f32::to_bits),
-                "{chunk}"
-            );
-            assert_eq!(rows, bank.select(Axis(0), &want.indices), "{chunk}");
-            assert!(!path.exists());
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

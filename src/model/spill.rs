@@ -89,12 +89,37 @@ pub fn remove_stale_spills(out: &Path, max_age: Duration) -> Result<Vec<PathBuf>
 }
 
 /// A temporary file of `f32` rows (little-endian, row after row), removed when dropped.
+///
+/// A file made by [`SpillFile::with_projection`] also holds the rows' projection: the file is
+/// laid out for a known number of rows, the full rows first, then their projection.
 #[derive(Debug)]
 pub struct SpillFile {
     path: PathBuf,
     writer: Option<BufWriter<File>>,
     dim: usize,
     rows: usize,
+    /// The projection region: rows planned, values per projected row, projected rows written.
+    proj: Option<ProjectionRegion>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProjectionRegion {
+    capacity: usize,
+    dim: usize,
+    rows: usize,
+}
+
+/// Little-endian bytes of `values`, written through a small buffer.
+fn write_values(w: &mut impl Write, values: &[f32], path: &Path) -> Result<()> {
+    let mut buf = Vec::with_capacity(values.len().min(1 << 16) * 4);
+    for chunk in values.chunks(1 << 16) {
+        buf.clear();
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        w.write_all(&buf).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }
 
 impl SpillFile {
@@ -114,7 +139,116 @@ impl SpillFile {
             writer: Some(BufWriter::with_capacity(1 << 20, file)),
             dim,
             rows: 0,
+            proj: None,
         })
+    }
+
+    /// Creates `path` (which must not exist) for exactly `rows` rows of `dim` values and their
+    /// projection, `rows` rows of `proj_dim` values, written with
+    /// [`SpillFile::append_projection`] and read back with [`SpillFile::read_projection`].
+    ///
+    /// # Errors
+    /// As [`SpillFile::create`].
+    pub fn with_projection(
+        path: &Path,
+        dim: usize,
+        rows: usize,
+        proj_dim: usize,
+    ) -> Result<SpillFile> {
+        let mut f = Self::create(path, dim)?;
+        f.proj = Some(ProjectionRegion {
+            capacity: rows,
+            dim: proj_dim,
+            rows: 0,
+        });
+        Ok(f)
+    }
+
+    /// Byte offset of the projection region.
+    fn projection_offset(&self, region: &ProjectionRegion) -> u64 {
+        region.capacity as u64 * self.dim as u64 * 4
+    }
+
+    /// Appends projected rows (row-major, whole rows of the projection dimension) after those
+    /// already written.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if writing fails; [`Error::InvalidInput`] if the file has no projection
+    /// region, for a length that is not whole rows, or more rows than planned.
+    pub fn append_projection(&mut self, z: &[f32]) -> Result<()> {
+        let region = self
+            .proj
+            .ok_or_else(|| Error::input("spill file without a projection region"))?;
+        let pd = region.dim;
+        if pd == 0 || !z.len().is_multiple_of(pd) || region.rows + z.len() / pd > region.capacity {
+            return Err(Error::input(format!(
+                "spill file {}: {} projected values do not fit the {} rows of {pd} planned \
+                 ({} written)",
+                self.path.display(),
+                z.len(),
+                region.capacity,
+                region.rows
+            )));
+        }
+        let at = self.projection_offset(&region) + region.rows as u64 * pd as u64 * 4;
+        let back = self.rows as u64 * self.dim as u64 * 4;
+        let path = self.path.clone();
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::input("spill file already read back"))?;
+        // Seeking flushes the buffer; the full rows continue where they stopped.
+        w.seek(SeekFrom::Start(at))
+            .map_err(|e| Error::io(&path, e))?;
+        write_values(w, z, &path)?;
+        w.seek(SeekFrom::Start(back))
+            .map_err(|e| Error::io(&path, e))?;
+        if let Some(r) = self.proj.as_mut() {
+            r.rows += z.len() / pd;
+        }
+        Ok(())
+    }
+
+    /// Reads the projection back, in order, feeding `sink` whole rows a few thousand at a
+    /// time (so that only the destination holds the whole projection).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if reading fails; [`Error::InvalidInput`] if the file has no projection
+    /// region; whatever `sink` returns.
+    pub fn read_projection(&mut self, mut sink: impl FnMut(&[f32]) -> Result<()>) -> Result<()> {
+        let region = self
+            .proj
+            .ok_or_else(|| Error::input("spill file without a projection region"))?;
+        let path = self.path.clone();
+        let off = self.projection_offset(&region);
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::input("spill file already read back"))?;
+        w.flush().map_err(|e| Error::io(&path, e))?;
+        let file = w.get_mut();
+        file.seek(SeekFrom::Start(off))
+            .map_err(|e| Error::io(&path, e))?;
+        let pd = region.dim.max(1);
+        let chunk_rows = (1 << 20) / (pd * 4) + 1;
+        let mut bytes = vec![0u8; chunk_rows * pd * 4];
+        let mut vals = vec![0.0f32; chunk_rows * pd];
+        let mut left = region.rows;
+        while left > 0 {
+            let take = left.min(chunk_rows);
+            let b = &mut bytes[..take * pd * 4];
+            file.read_exact(b).map_err(|e| Error::io(&path, e))?;
+            for (v, c) in vals.iter_mut().zip(b.chunks_exact(4)) {
+                *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            sink(&vals[..take * pd])?;
+            left -= take;
+        }
+        // Back to where the full rows continue (the writer's position is the file's).
+        let back = self.rows as u64 * self.dim as u64 * 4;
+        file.seek(SeekFrom::Start(back))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(())
     }
 
     /// The file's path (to register it for removal on a signal).
@@ -141,18 +275,20 @@ impl SpillFile {
                 self.dim
             )));
         }
+        if let Some(region) = self.proj {
+            if self.rows + rows.len() / self.dim > region.capacity {
+                return Err(Error::input(format!(
+                    "spill file {}: more than the {} rows planned",
+                    self.path.display(),
+                    region.capacity
+                )));
+            }
+        }
         let w = self
             .writer
             .as_mut()
             .ok_or_else(|| Error::input("spill file already read back"))?;
-        let mut buf = Vec::with_capacity(rows.len().min(1 << 16) * 4);
-        for chunk in rows.chunks(1 << 16) {
-            buf.clear();
-            for v in chunk {
-                buf.extend_from_slice(&v.to_le_bytes());
-            }
-            w.write_all(&buf).map_err(|e| Error::io(&self.path, e))?;
-        }
+        write_values(w, rows, &self.path)?;
         self.rows += rows.len() / self.dim;
         Ok(())
     }
@@ -251,6 +387,42 @@ mod tests {
         }
         assert!(own.path().exists() && other.exists());
         drop(own);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn projection_region_reads_back_beside_the_rows() {
+        let dir = std::env::temp_dir().join(format!("pc-spill-proj-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".m.spill");
+        let (n, d, p) = (10usize, 4usize, 2usize);
+        let rows: Vec<f32> = (0..n * d).map(|v| v as f32).collect();
+        let proj: Vec<f32> = (0..n * p).map(|v| -(v as f32) - 0.25).collect();
+        let mut s = SpillFile::with_projection(&path, d, n, p).unwrap();
+        // Interleaved as a fit writes them: rows, then the projection of a block of rows.
+        s.append(&rows[..3 * d]).unwrap();
+        s.append_projection(&proj[..2 * p]).unwrap();
+        s.append(&rows[3 * d..7 * d]).unwrap();
+        s.append_projection(&proj[2 * p..7 * p]).unwrap();
+        s.append(&rows[7 * d..]).unwrap();
+        assert!(s.append(&rows[..d]).is_err(), "more rows than planned");
+        s.append_projection(&proj[7 * p..]).unwrap();
+        assert!(s.append_projection(&proj[..p]).is_err());
+        let mut back = Vec::new();
+        s.read_projection(|z| {
+            back.extend_from_slice(z);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, proj);
+        let g = s.gather(&[9, 0, 4]).unwrap();
+        let want: Vec<f32> = [9, 0, 4]
+            .iter()
+            .flat_map(|&r| rows[r * d..(r + 1) * d].to_vec())
+            .collect();
+        assert_eq!(g.as_slice().unwrap(), &want[..]);
+        drop(s);
+        assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

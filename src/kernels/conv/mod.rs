@@ -236,6 +236,24 @@ impl Conv2d {
         Ok(())
     }
 
+    /// Drops the transformed Winograd filters; the next forward pass that needs them computes
+    /// them again (the same bits: the transform is deterministic).
+    pub fn release_transformed_filters(&mut self) {
+        self.wino2 = OnceLock::new();
+        self.wino4 = OnceLock::new();
+        self.wino_s2 = OnceLock::new();
+    }
+
+    /// Bytes held by transformed Winograd filters (what
+    /// [`Conv2d::release_transformed_filters`] frees).
+    pub fn transformed_filter_bytes(&self) -> usize {
+        [&self.wino2, &self.wino4, &self.wino_s2]
+            .iter()
+            .filter_map(|c| c.get())
+            .map(|v| v.len() * 4)
+            .sum()
+    }
+
     /// The requested algorithm (see [`Conv2d::winograd_tile`] for what `Auto` resolves to).
     pub fn algorithm(&self) -> ConvAlgorithm {
         self.algorithm
