@@ -81,6 +81,23 @@ fn compare(bank: &Array2<f32>, first: usize, starts: &[usize], k: usize) -> (Sta
     let mut a_plain = vec![f32::INFINITY; n];
     let plain = plain_traverse(&z, &mut a_plain, Some(first), k);
     assert_eq!(fast, plain, "greedy from {first}, k {k}");
+    // With the row-major rows kept beside the blocks (the in-memory fit): the same run.
+    let zr = Blocked::from_owned_rows(z.data.to_vec(), n, z.d);
+    let mut a_rows = vec![f32::INFINITY; n];
+    let mut with_rows = Vec::new();
+    let s_rows = traverse(
+        &zr,
+        &mut a_rows,
+        Some(first),
+        k,
+        &mut with_rows,
+        &mut Vec::new(),
+        &mut |_, _| {},
+    );
+    assert_eq!(with_rows, fast);
+    assert_eq!(s_rows.work, s_greedy.work);
+    let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a_rows), bits(&a_fast));
 
     let start_rows: Vec<f32> = starts.iter().flat_map(|&s| z.row(s).to_vec()).collect();
     let mut a_fast = vec![0.0; n];

@@ -32,6 +32,10 @@ pub(super) struct Blocked {
     pub d: usize,
     /// Rows.
     pub n: usize,
+    /// The same rows row-major, when the caller had them anyway (the in-memory fit): the
+    /// passes' row-by-row path then reads them instead of copying rows out of their blocks.
+    /// Same bits either way.
+    pub rows: Option<Vec<f32>>,
 }
 
 impl Blocked {
@@ -49,7 +53,19 @@ impl Blocked {
                     }
                 }
             });
-        Blocked { data, d, n }
+        Blocked {
+            data,
+            d,
+            n,
+            rows: None,
+        }
+    }
+
+    /// The blocked copy of `rows` (row-major, `n × d`), keeping `rows` beside it.
+    pub(super) fn from_owned_rows(rows: Vec<f32>, n: usize, d: usize) -> Blocked {
+        let mut b = Self::from_rows(&Rows { data: &rows, n, d });
+        b.rows = Some(rows);
+        b
     }
 
     /// Floats a blocked bank of `n` rows of length `d` holds (padding included), `None` on
@@ -64,7 +80,12 @@ impl Blocked {
     pub(super) fn try_with_capacity(cap: usize, d: usize) -> Option<Blocked> {
         let mut data = Vec::new();
         data.try_reserve_exact(Self::len_for(cap, d)?).ok()?;
-        Some(Blocked { data, d, n: 0 })
+        Some(Blocked {
+            data,
+            d,
+            n: 0,
+            rows: None,
+        })
     }
 
     /// Appends row-major rows (`rows.len()` a multiple of `d`), giving the layout of

@@ -514,13 +514,23 @@ fn first_non_finite(bank: ArrayView2<f32>) -> Option<usize> {
     }
 }
 
-/// The bank the greedy samplers work on, blocked (the row-major projection is dropped as
-/// soon as it is blocked).
+/// The bank the greedy samplers work on, blocked.
+///
+/// The row-major projection is kept beside the blocked one (the in-memory fit held both
+/// before), which spares the passes' row-by-row path copying rows out of their blocks.
 fn projected_bank(bank: ArrayView2<f32>, cfg: &CoresetConfig) -> Result<ProjectedBank> {
     let z = projected(bank, cfg)?;
+    let (n, d) = z.dim();
     let rows = greedy::rows_of(&z, "greedy coreset")?;
+    if z.is_view() {
+        // The bank itself (no projection): never copied a second time.
+        return Ok(ProjectedBank {
+            z: Blocked::from_rows(&rows),
+        });
+    }
+    let data = z.into_owned().into_raw_vec_and_offset().0;
     Ok(ProjectedBank {
-        z: Blocked::from_rows(&rows),
+        z: Blocked::from_owned_rows(data, n, d),
     })
 }
 

@@ -178,12 +178,12 @@ pub(super) fn sq_threshold(key: f32) -> f32 {
 /// which no squared distance is below; a centre pruned for one row but computed for its block
 /// is folded too, harmlessly: its distance cannot be below the row's key. When the rows of a
 /// block need less than half of that union in all (clustered data, pruning at work), the block
-/// goes row by row instead, each row with its own centres and the row kernel on the row copied
-/// out of its block. The work counters count the pairs per row, as if every row were computed alone.
+/// goes row by row instead, each row with its own centres and the row kernel on the row-major
+/// rows `zr` when given, else on the row copied out of its block. The work counters count the pairs per row, as if every row were computed alone.
 #[inline(always)]
 fn fold_block_body<K: BlockKernel, RK: Kernel>(
     (kern, row_kern): (K, RK),
-    zb: &[f32],
+    (zb, zr): (&[f32], Option<&[f32]>),
     d: usize,
     base: usize,
     keys: Keys,
@@ -258,10 +258,15 @@ fn fold_block_body<K: BlockKernel, RK: Kernel>(
                     if thr[r] <= 0.0 {
                         continue;
                     }
-                    for (j, v) in row_buf.iter_mut().enumerate() {
-                        *v = blk[j * R + r];
-                    }
-                    let row = &row_buf[..];
+                    let row = match zr {
+                        Some(zr) => &zr[(t * R + r) * d..(t * R + r + 1) * d],
+                        None => {
+                            for (j, v) in row_buf.iter_mut().enumerate() {
+                                *v = blk[j * R + r];
+                            }
+                            &row_buf[..]
+                        }
+                    };
                     let mut nt = 0;
                     if ot[r] == NO_OWNER {
                         for (j, l) in list[..m].iter_mut().enumerate() {
@@ -349,7 +354,13 @@ fn fold_block_body<K: BlockKernel, RK: Kernel>(
     (TopK::of_keys::<BLOCK_ROWS>(ab, base), work)
 }
 
-fn fold_block(z: &[f32], d: usize, base: usize, keys: Keys, batch: &Batch) -> (TopK, Work) {
+fn fold_block(
+    z: (&[f32], Option<&[f32]>),
+    d: usize,
+    base: usize,
+    keys: Keys,
+    batch: &Batch,
+) -> (TopK, Work) {
     #[cfg(target_arch = "x86_64")]
     {
         if let Some((kern, f)) = Avx512Blocks::detect() {
@@ -380,7 +391,11 @@ pub(super) fn full_pass(z: &Blocked, keys: &mut Keys, batch: &Batch) -> (TopK, W
         .zip(z.data.par_chunks(BLOCK_ROWS * d))
         .enumerate()
         .map(|(b, (((a, owner), sq), zb))| {
-            fold_block(zb, d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
+            let zr = z.rows.as_deref().map(|r| {
+                let start = b * BLOCK_ROWS * d;
+                &r[start..(start + a.len() * d).min(r.len())]
+            });
+            fold_block((zb, zr), d, b * BLOCK_ROWS, Keys { a, owner, sq }, batch)
         })
         .reduce(
             || (TopK::new(), Work::default()),

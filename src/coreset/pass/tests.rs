@@ -78,10 +78,16 @@ fn dispatched_kernels_equal_portable_bit_for_bit() {
         let blocked = Blocked::from_rows(&z);
         let mut s1: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
         let mut s2 = s1.clone();
-        let (t1, w1) = fold_block(&blocked.data, d, 0, keys(&mut a1, &mut o1, &mut s1), &batch);
+        let (t1, w1) = fold_block(
+            (&blocked.data, None),
+            d,
+            0,
+            keys(&mut a1, &mut o1, &mut s1),
+            &batch,
+        );
         let (t2, w2) = fold_block_body(
             (PortableBlocks, Portable),
-            &blocked.data,
+            (&blocked.data, Some(&data[..])),
             d,
             0,
             keys(&mut a2, &mut o2, &mut s2),
@@ -114,7 +120,7 @@ fn dispatched_kernels_equal_portable_bit_for_bit() {
             let mut s3: Vec<f32> = init.iter().map(|&k| key_sq(k)).collect();
             let (_, w3) = f.run(|| {
                 let k3 = keys(&mut a3, &mut o3, &mut s3);
-                fold_block_body((FmaBlocks(f), f), &blocked.data, d, 0, k3, &batch)
+                fold_block_body((FmaBlocks(f), f), (&blocked.data, None), d, 0, k3, &batch)
             });
             assert_eq!(w3, w1);
             assert_eq!(o3, o1);
