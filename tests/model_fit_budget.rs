@@ -6,7 +6,9 @@ mod model_common;
 use model_common::*;
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::embedding::Aggregator;
-use patchcore::model::{spill_path, FitOptions, FitPlan, FitProgress, PatchCore, PatchCoreParams};
+use patchcore::model::{
+    spill_path, FitOptions, FitPlan, FitProgress, PatchCore, PatchCoreParams, PredictOptions,
+};
 use patchcore::Error;
 
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
@@ -90,6 +92,12 @@ fn spilled_fit_equals_in_memory_fit_bit_for_bit_on_1_and_2_threads() {
                 "{sampler:?}"
             );
             assert_eq!(b.images_seen(), Some(70));
+            // The spilled fit stashed the backbone's weights on disk during its coreset stage
+            // and put them back: the fitted model scores an image exactly as the other.
+            let x = &images[3];
+            let (pa, _) = a.predict(x, PredictOptions::default()).unwrap();
+            let (pb, _) = b.predict(x, PredictOptions::default()).unwrap();
+            assert_eq!(pa.score.to_bits(), pb.score.to_bits(), "{sampler:?}");
             // The coreset reports its progress, ending at the full count, and the gather.
             let coreset: Vec<_> = events
                 .iter()

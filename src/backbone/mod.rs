@@ -57,6 +57,8 @@ pub struct Backbone {
     net: resnet::Net,
     sha256: [u8; 32],
     random: bool,
+    /// The weights are out (see [`Backbone::stash_weights`]).
+    stashed: bool,
 }
 
 impl fmt::Debug for Backbone {
@@ -143,6 +145,7 @@ impl Backbone {
             net,
             sha256: weights::sha256_file_range(&mut hashed, path, base, len)?,
             random,
+            stashed: false,
         })
     }
 
@@ -176,6 +179,7 @@ impl Backbone {
             net,
             sha256: Sha256::digest(bytes).into(),
             random: src.marked_random(),
+            stashed: false,
         })
     }
 
@@ -200,6 +204,7 @@ impl Backbone {
             net,
             sha256: h.finalize().into(),
             random: true,
+            stashed: false,
         })
     }
 
@@ -292,6 +297,11 @@ impl Backbone {
     /// [`Error::InvalidInput`] if the input does not have 3 channels or H or W is below
     /// [`MIN_INPUT_SIZE`]; [`Error::LimitExceeded`] if H or W exceeds [`MAX_INPUT_SIZE`].
     pub fn forward(&self, input: ArrayView4<'_, f32>) -> Result<Vec<Array4<f32>>> {
+        if self.stashed {
+            return Err(Error::input(
+                "the backbone's weights are stashed (Backbone::stash_weights): restore them first",
+            ));
+        }
         let [n, c, h, w] = [
             input.shape()[0],
             input.shape()[1],
@@ -389,6 +399,37 @@ impl Backbone {
         self.net.release_caches();
     }
 
+    /// Hands all weights to `out` (in a fixed order, a slice per tensor) and frees them, so
+    /// that a memory-budgeted fit can keep them on disk while it selects the coreset. Until
+    /// [`Backbone::restore_weights`] puts them back, [`Backbone::forward`] refuses to run.
+    ///
+    /// # Errors
+    /// Whatever `out` returns (the weights are then partly freed: the backbone stays
+    /// unusable until restored).
+    pub fn stash_weights(&mut self, out: &mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()> {
+        self.stashed = true;
+        self.net.stash_parameters(out)
+    }
+
+    /// Reads the weights back, in the order [`Backbone::stash_weights`] handed them out:
+    /// `input` fills each slice with exactly the values it was given.
+    ///
+    /// # Errors
+    /// Whatever `input` returns.
+    pub fn restore_weights(
+        &mut self,
+        input: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        self.net.restore_parameters(input)?;
+        self.stashed = false;
+        Ok(())
+    }
+
+    /// Bytes of the folded weights and biases ([`Backbone::stash_weights`] frees them).
+    pub fn weight_bytes(&self) -> usize {
+        self.net.weight_bytes()
+    }
+
     /// Bytes [`Backbone::release_caches`] would free now.
     pub fn cache_bytes(&self) -> usize {
         self.net.cache_bytes()
@@ -404,6 +445,43 @@ impl Backbone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stashed weights leave nothing behind, stop forward passes, and come back bit for bit.
+    #[test]
+    fn stashed_weights_come_back_bit_for_bit() {
+        let spec = ResNetSpec::resnet18();
+        let mut b = Backbone::random(&spec, &[Layer::Layer2, Layer::Layer3], 5).unwrap();
+        let x = ndarray::Array4::from_shape_fn((1, 3, 64, 64), |(_, c, i, j)| {
+            ((c * 5 + i + j * 3) % 13) as f32 / 6.0 - 1.0
+        });
+        let before = b.forward(x.view()).unwrap();
+        let bytes = b.weight_bytes();
+        // ResNet-18 to layer3: about 2.8 M parameters.
+        assert!(bytes > 10 << 20, "{bytes}");
+        let mut store: Vec<f32> = Vec::new();
+        b.stash_weights(&mut |w| {
+            store.extend_from_slice(w);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(store.len() * 4, bytes);
+        assert_eq!(b.weight_bytes(), 0);
+        assert_eq!(b.cache_bytes(), 0);
+        assert!(b.forward(x.view()).is_err());
+        let mut at = 0;
+        b.restore_weights(&mut |w| {
+            w.copy_from_slice(&store[at..at + w.len()]);
+            at += w.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(at, store.len());
+        let after = b.forward(x.view()).unwrap();
+        for (f, g) in before.iter().zip(&after) {
+            let bits = |a: &Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(f), bits(g));
+        }
+    }
 
     /// Released caches are rebuilt by the next forward pass, which gives the same bits.
     #[test]

@@ -69,6 +69,51 @@ impl Net {
         }
     }
 
+    /// Every convolution, in a fixed order.
+    fn convs_mut(&mut self) -> impl Iterator<Item = &mut Conv2d> {
+        std::iter::once(&mut self.stem).chain(
+            self.stages
+                .iter_mut()
+                .flatten()
+                .flat_map(|b| b.convs.iter_mut().chain(b.downsample.as_mut())),
+        )
+    }
+
+    /// Hands every convolution's parameters to `out` and frees them (see
+    /// [`Conv2d::stash_parameters`]), with the caches.
+    pub(crate) fn stash_parameters(
+        &mut self,
+        out: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        self.release_caches();
+        for c in self.convs_mut() {
+            c.stash_parameters(out)?;
+        }
+        Ok(())
+    }
+
+    /// Reads back what [`Net::stash_parameters`] handed out, in the same order.
+    pub(crate) fn restore_parameters(
+        &mut self,
+        input: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        for c in self.convs_mut() {
+            c.restore_parameters(input)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of all weights and biases.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        let convs = std::iter::once(&self.stem).chain(
+            self.stages
+                .iter()
+                .flatten()
+                .flat_map(|b| b.convs.iter().chain(b.downsample.as_ref())),
+        );
+        convs.map(|c| (c.weight().len() + c.bias().len()) * 4).sum()
+    }
+
     /// Bytes [`Net::release_caches`] would free.
     pub(crate) fn cache_bytes(&self) -> usize {
         let convs = std::iter::once(&self.stem).chain(

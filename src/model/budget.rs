@@ -62,9 +62,14 @@ pub struct MemoryEstimate {
     /// Working memory of one feature-extraction batch (backbone activations, embedding),
     /// estimated from the layer shapes.
     pub batch_working: u64,
-    /// Memory of the baseline freed before the coreset stage (the spill plan releases the
-    /// backbone's caches, see [`Backbone::release_caches`](crate::backbone::Backbone::release_caches)).
+    /// Memory of the baseline freed before the coreset stage: the spill plan releases the
+    /// backbone's caches ([`Backbone::release_caches`](crate::backbone::Backbone::release_caches))
+    /// and, when it spills the projection, stashes the backbone's weights in the spill file
+    /// ([`Backbone::stash_weights`](crate::backbone::Backbone::stash_weights)).
     pub released: u64,
+    /// Of [`MemoryEstimate::released`], what comes back while the gather stage still holds the
+    /// memory bank (the stashed weights).
+    pub restored: u64,
     /// The arrays of each stage.
     pub stages: Vec<StageMemory>,
 }
@@ -105,10 +110,10 @@ impl MemoryEstimate {
     /// Baseline + arrays of `stage` (+ the batch working set during feature extraction,
     /// − the released memory after it).
     fn stage_total(&self, stage: &str) -> u64 {
-        let held = if stage == "features" {
-            self.baseline + self.batch_working
-        } else {
-            self.baseline.saturating_sub(self.released)
+        let held = match stage {
+            "features" => self.baseline + self.batch_working,
+            "coreset" => self.baseline.saturating_sub(self.released),
+            _ => self.baseline.saturating_sub(self.released) + self.restored,
         };
         held + self.stage_bytes(stage)
     }
@@ -156,7 +161,12 @@ impl MemoryEstimate {
         ));
         if self.released > 0 {
             out.push(format!(
-                "  released before the coreset stage (backbone caches): {}",
+                "  released before the coreset stage (backbone caches{}): {}",
+                if self.restored > 0 {
+                    " and weights, stashed in the spill file"
+                } else {
+                    ""
+                },
                 format_bytes(self.released)
             ));
         }
@@ -254,6 +264,8 @@ pub(super) struct PlanInput<'a> {
     pub batch_working: u64,
     /// What [`Backbone::release_caches`](crate::backbone::Backbone::release_caches) frees.
     pub released: u64,
+    /// What [`Backbone::stash_weights`](crate::backbone::Backbone::stash_weights) frees.
+    pub weights: u64,
 }
 
 /// The estimate of `plan`.
@@ -274,6 +286,8 @@ pub(super) fn estimate(inp: &PlanInput<'_>, plan: FitPlan) -> Result<MemoryEstim
         inp.dim
     };
     let d = inp.dim;
+    // The spill plan stashes the weights in the spill file's region after the projection.
+    let stash = if greedy && proj != d { inp.weights } else { 0 };
     // The blocked layout pads the rows to a multiple of 16.
     let padded = rows.div_ceil(16) * 16;
     let st = |stage, what, rows, dims| StageMemory {
@@ -354,7 +368,11 @@ pub(super) fn estimate(inp: &PlanInput<'_>, plan: FitPlan) -> Result<MemoryEstim
         batch_working: inp.batch_working,
         released: match plan {
             FitPlan::InMemory => 0,
-            FitPlan::Spill => inp.released.min(inp.baseline),
+            FitPlan::Spill => (inp.released + stash).min(inp.baseline),
+        },
+        restored: match plan {
+            FitPlan::InMemory => 0,
+            FitPlan::Spill => stash.min(inp.baseline),
         },
         stages: s,
     })

@@ -306,6 +306,7 @@ impl PatchCore {
             baseline: budget::resident_bytes().unwrap_or(0),
             batch_working: per_image * p.batch_size.min(images) as u64,
             released: backbone.cache_bytes() as u64,
+            weights: backbone.weight_bytes() as u64,
         };
         match opts.force_plan {
             Some(plan) => budget::estimate(&inp, plan),
@@ -391,12 +392,10 @@ impl PatchCore {
         check_k(p.scoring.k, keep)?;
         progress(FitProgress::CoresetStarted { rows, keep });
         let t = Instant::now();
-        if estimate.plan == FitPlan::Spill {
-            // The coreset and gather stages do not need the backbone's transformed filters
-            // and work buffers; the next forward pass rebuilds them.
-            backbone.release_caches();
-        }
-        let (memory, radius) = sink.finish(&p.coreset, keep, progress)?;
+        // The spilled coreset and gather stages do not need the backbone: its caches are
+        // dropped (the next forward pass rebuilds them) and its weights wait in the spill file.
+        let release = (estimate.plan == FitPlan::Spill).then_some(&mut backbone);
+        let (memory, radius) = sink.finish(&p.coreset, keep, release, progress)?;
         timings.coreset += t.elapsed();
         let index = BruteForce::with_precision(memory, p.bank_precision)?;
         progress(FitProgress::Done { rows: index.len() });
@@ -789,10 +788,15 @@ impl BankSink {
     /// Spilled: the projection is read back from the spill file into the blocked layout the
     /// greedy reads (the only copy of it in memory), dropped after the selection, and the
     /// chosen rows are read back.
+    ///
+    /// `backbone` (spilled fits with a projection region only) is released while the coreset
+    /// is chosen: its caches dropped, its weights stashed in the spill file and restored before
+    /// the chosen rows are read.
     fn finish(
         mut self,
         cfg: &coreset::CoresetConfig,
         keep: usize,
+        backbone: Option<&mut Backbone>,
         progress: &mut dyn FnMut(FitProgress),
     ) -> Result<(Array2<f32>, Option<f32>)> {
         let mut report = |selected, total| progress(FitProgress::Coreset { selected, total });
@@ -804,6 +808,14 @@ impl BankSink {
             let memory = bank.select(Axis(0), &sel.indices);
             return Ok((memory, sel.radius));
         };
+        let mut stashed = None;
+        if let Some(b) = backbone {
+            b.release_caches();
+            if spill.has_projection() {
+                b.stash_weights(&mut |w| spill.append_stash(w))?;
+                stashed = Some(b);
+            }
+        }
         if let Some(proj) = &self.projector {
             if !self.pending.is_empty() {
                 proj.project_block(&self.pending, &mut self.zblock);
@@ -821,6 +833,14 @@ impl BankSink {
         progress(FitProgress::Gathering {
             rows: sel.indices.len(),
         });
+        if let Some(b) = stashed {
+            let mut at = 0u64;
+            b.restore_weights(&mut |w| {
+                spill.read_stash(at, w)?;
+                at += w.len() as u64;
+                Ok(())
+            })?;
+        }
         let memory = spill.gather(&sel.indices)?;
         drop(spill);
         Ok((memory, sel.radius))
@@ -977,6 +997,7 @@ mod sink_tests {
                     baseline: 0,
                     batch_working: 0,
                     released: 0,
+                    restored: 0,
                     stages: Vec::new(),
                 };
                 let path = dir.join(format!("s{chunk}-{projection_dim}"));
@@ -988,7 +1009,7 @@ mod sink_tests {
                     sink.push(bank.slice(ndarray::s![start..end, ..])).unwrap();
                     start = end;
                 }
-                let (rows, radius) = sink.finish(&cfg, 60, &mut |_| {}).unwrap();
+                let (rows, radius) = sink.finish(&cfg, 60, None, &mut |_| {}).unwrap();
                 let what = format!("{sampler:?} p {projection_dim} chunk {chunk}");
                 assert_eq!(
                     radius.map(f32::to_bits),

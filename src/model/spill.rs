@@ -107,6 +107,9 @@ struct ProjectionRegion {
     capacity: usize,
     dim: usize,
     rows: usize,
+    /// Values written to the stash region after the projection (see
+    /// [`SpillFile::append_stash`]).
+    stashed: u64,
 }
 
 /// Little-endian bytes of `values`, written through a small buffer.
@@ -160,6 +163,7 @@ impl SpillFile {
             capacity: rows,
             dim: proj_dim,
             rows: 0,
+            stashed: 0,
         });
         Ok(f)
     }
@@ -207,6 +211,86 @@ impl SpillFile {
             r.rows += z.len() / pd;
         }
         Ok(())
+    }
+
+    /// Byte offset of the stash region (after the projection).
+    fn stash_offset(&self, region: &ProjectionRegion) -> u64 {
+        self.projection_offset(region) + region.capacity as u64 * region.dim as u64 * 4
+    }
+
+    /// Appends values to the stash region, after the projection: what a fit keeps on disk
+    /// during its coreset stage (the backbone's weights), read back with
+    /// [`SpillFile::read_stash`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] if writing fails; [`Error::InvalidInput`] if the file has no projection
+    /// region.
+    pub fn append_stash(&mut self, values: &[f32]) -> Result<()> {
+        let region = self
+            .proj
+            .ok_or_else(|| Error::input("spill file without a projection region"))?;
+        let at = self.stash_offset(&region) + region.stashed * 4;
+        let back = self.rows as u64 * self.dim as u64 * 4;
+        let path = self.path.clone();
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::input("spill file already read back"))?;
+        w.seek(SeekFrom::Start(at))
+            .map_err(|e| Error::io(&path, e))?;
+        write_values(w, values, &path)?;
+        w.seek(SeekFrom::Start(back))
+            .map_err(|e| Error::io(&path, e))?;
+        if let Some(r) = self.proj.as_mut() {
+            r.stashed += values.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Fills `dst` with the stashed values from value `start` on.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if reading fails; [`Error::InvalidInput`] for a range beyond what was
+    /// stashed or a file without a projection region.
+    pub fn read_stash(&mut self, start: u64, dst: &mut [f32]) -> Result<()> {
+        let region = self
+            .proj
+            .ok_or_else(|| Error::input("spill file without a projection region"))?;
+        if start + dst.len() as u64 > region.stashed {
+            return Err(Error::input(format!(
+                "spill file {}: values {start}..{} asked, {} stashed",
+                self.path.display(),
+                start + dst.len() as u64,
+                region.stashed
+            )));
+        }
+        let path = self.path.clone();
+        let at = self.stash_offset(&region) + start * 4;
+        let back = self.rows as u64 * self.dim as u64 * 4;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::input("spill file already read back"))?;
+        w.flush().map_err(|e| Error::io(&path, e))?;
+        let file = w.get_mut();
+        file.seek(SeekFrom::Start(at))
+            .map_err(|e| Error::io(&path, e))?;
+        let mut bytes = vec![0u8; (1 << 16) * 4];
+        for chunk in dst.chunks_mut(1 << 16) {
+            let b = &mut bytes[..chunk.len() * 4];
+            file.read_exact(b).map_err(|e| Error::io(&path, e))?;
+            for (v, c) in chunk.iter_mut().zip(b.chunks_exact(4)) {
+                *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        file.seek(SeekFrom::Start(back))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(())
+    }
+
+    /// Whether the file has a projection region (and so a stash region).
+    pub fn has_projection(&self) -> bool {
+        self.proj.is_some()
     }
 
     /// Reads the projection back, in order, feeding `sink` whole rows a few thousand at a
@@ -415,6 +499,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(back, proj);
+        // The stash region, after the projection: written in pieces, read at any offset.
+        let stash: Vec<f32> = (0..100).map(|v| v as f32 * 1.5 + 0.125).collect();
+        s.append_stash(&stash[..30]).unwrap();
+        s.append(&[]).unwrap();
+        s.append_stash(&stash[30..]).unwrap();
+        let mut part = vec![0.0; 40];
+        s.read_stash(25, &mut part).unwrap();
+        assert_eq!(part, stash[25..65].to_vec());
+        assert!(s.read_stash(70, &mut part).is_err());
+        back.clear();
+        s.read_projection(|z| {
+            back.extend_from_slice(z);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, proj, "the stash does not touch the projection");
         let g = s.gather(&[9, 0, 4]).unwrap();
         let want: Vec<f32> = [9, 0, 4]
             .iter()

@@ -244,6 +244,35 @@ impl Conv2d {
         self.wino_s2 = OnceLock::new();
     }
 
+    /// Hands the weights and the bias to `out` (weights first) and frees them, with the
+    /// transformed filters. The convolution must not run until [`Conv2d::restore_parameters`]
+    /// puts them back.
+    pub(crate) fn stash_parameters(
+        &mut self,
+        out: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        out(&self.weight)?;
+        out(&self.bias)?;
+        self.weight = Vec::new();
+        self.bias = Vec::new();
+        self.release_transformed_filters();
+        Ok(())
+    }
+
+    /// Reads back what [`Conv2d::stash_parameters`] handed out, in the same order.
+    pub(crate) fn restore_parameters(
+        &mut self,
+        input: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let mut weight = vec![0.0f32; self.cout * self.cin * self.kh * self.kw];
+        let mut bias = vec![0.0f32; self.cout];
+        input(&mut weight)?;
+        input(&mut bias)?;
+        self.weight = weight;
+        self.bias = bias;
+        Ok(())
+    }
+
     /// Bytes held by transformed Winograd filters (what
     /// [`Conv2d::release_transformed_filters`] frees).
     pub fn transformed_filter_bytes(&self) -> usize {
