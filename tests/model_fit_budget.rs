@@ -136,16 +136,16 @@ fn the_spill_plan_holds_less_and_the_budget_picks_it() {
     assert_eq!(mem.stage_bytes("features"), 64_000 * 48 * 4);
     // The spill plan's coreset stage: the projection once (blocked; 64,000 is a multiple of
     // 16), the emitted rows (keep + 1) × 8, keys/owners/squares 64,000 × 3, and the
-    // centre–centre table (keep + 1) × 130, all 4 B.
+    // centre–centre table (keep + 1) × 130 × 2 B (16-bit), the rest 4 B.
     assert_eq!(
         spill.stage_bytes("coreset"),
-        (64_000 * 8 + 6_401 * 8 + 64_000 * 3 + 6_401 * 130) * 4
+        (64_000 * 8 + 6_401 * 8 + 64_000 * 3) * 4 + 6_401 * 130 * 2
     );
     // The in-memory plan holds the row-major projection beside the blocked one (until it is
     // blocked) and the features.
     assert_eq!(
         mem.stage_bytes("coreset"),
-        (64_000 * 48 + 2 * 64_000 * 8 + 6_401 * 8 + 64_000 * 3 + 6_401 * 130) * 4
+        (64_000 * 48 + 2 * 64_000 * 8 + 6_401 * 8 + 64_000 * 3) * 4 + 6_401 * 130 * 2
     );
     assert_eq!(spill.stage_bytes("gather"), 6_400 * 48 * 4);
     assert!(spill.peak() < mem.peak());

@@ -135,7 +135,7 @@ pub(super) fn traverse(
     let mut live_sq: Vec<f32> = Vec::with_capacity(LIST);
     let mut pending: Vec<usize> = Vec::with_capacity(CAP + 1);
     let mut centres: Vec<f32> = Vec::with_capacity((CAP + 1) * d);
-    let mut cc: Vec<f32> = Vec::new();
+    let mut cc: Vec<u16> = Vec::new();
     let mut near: Vec<f32> = Vec::new();
     let mut list: Vec<usize> = Vec::with_capacity(LIST);
     // Row-major copies: the rows of the list, and of every emitted row (in emission order).
@@ -178,7 +178,7 @@ pub(super) fn traverse(
             if need > cc.capacity() {
                 cc.reserve_exact(need - cc.len());
             }
-            cc.resize(need, 0.0);
+            cc.resize(need, 0);
             near.resize(out.len(), 0.0);
             positions.extend(positions.len()..out.len());
             let emitted = Rows {

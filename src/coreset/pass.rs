@@ -83,10 +83,11 @@ pub(super) struct Batch<'a> {
     pub m: usize,
     /// Coreset position of the first of them (the others follow).
     pub first_pos: usize,
-    /// When pruning: the table `cc[q·m + j] = Δ(z_{out[q]}, centre j)` for every coreset
+    /// When pruning: the table `cc[q·m + j] = Δ(z_{out[q]}, centre j)`, stored rounded down to
+    /// 16 bits ([`lower`]), for every coreset
     /// position `q` emitted so far (including the batch itself), and its row minima
     /// `min_j cc[q·m + j]` (`−∞` when a row holds a non-finite distance), see [`centre_table`].
-    pub cc: Option<(&'a [f32], &'a [f32])>,
+    pub cc: Option<(&'a [u16], &'a [f32])>,
     /// [`rel_margin`] for the row length.
     pub rel: f32,
 }
@@ -228,6 +229,7 @@ fn fold_block_body<K: BlockKernel, RK: Kernel>(
                     let own = own as usize;
                     nt = 0;
                     for (n, &dc) in need.iter_mut().zip(&cc[own * m..(own + 1) * m]) {
+                        let dc = widen(dc);
                         if !(dc > bound && dc.is_finite()) {
                             *n = true;
                             nt += 1;
@@ -277,6 +279,7 @@ fn fold_block_body<K: BlockKernel, RK: Kernel>(
                         let bound = bound(at[r], batch.rel);
                         let own = ot[r] as usize;
                         for (j, &dc) in cc[own * m..(own + 1) * m].iter().enumerate() {
+                            let dc = widen(dc);
                             if !(dc > bound && dc.is_finite()) {
                                 list[nt] = j;
                                 nt += 1;
@@ -465,22 +468,43 @@ fn cc_block(z: &Rows, rows: &[usize], centres: &[f32], m: usize, out: &mut [f32]
     cc_block_body(Portable, z, rows, centres, m, out)
 }
 
+/// A non-negative distance rounded down to the 16 high bits of its `f32` (bfloat16 by
+/// truncation; NaN stays NaN). The centre–centre table is stored so: half the memory, and as
+/// the stored value is never above the distance, a centre pruned by it (`widen(dc) > bound`)
+/// is also pruned by the exact distance — pruning stays exact, only a little less of it.
+#[inline(always)]
+pub(super) fn lower(v: f32) -> u16 {
+    if v.is_nan() {
+        0x7fc0
+    } else {
+        (v.to_bits() >> 16) as u16
+    }
+}
+
+/// The `f32` a [`lower`] value stands for.
+#[inline(always)]
+pub(super) fn widen(u: u16) -> f32 {
+    f32::from_bits(u32::from(u) << 16)
+}
+
 /// Fills `cc` (`emitted.len() × m`) with the distances from every emitted row to every centre of
-/// the batch (rows `m × d` in `centres`), and `near` (`emitted.len()`) with the row minima of
-/// `cc`, or `−∞` for a row holding a non-finite distance (such a row never prunes).
+/// the batch (rows `m × d` in `centres`), rounded down to 16 bits ([`lower`]), and `near`
+/// (`emitted.len()`) with the exact row minima, or `−∞` for a row holding a non-finite
+/// distance (such a row never prunes).
 pub(super) fn centre_table(
     z: &Rows,
     emitted: &[usize],
     centres: &[f32],
     m: usize,
-    cc: &mut [f32],
+    cc: &mut [u16],
     near: &mut [f32],
 ) {
     cc.par_chunks_mut(CC_BLOCK * m)
         .zip(near.par_chunks_mut(CC_BLOCK))
         .zip(emitted.par_chunks(CC_BLOCK))
-        .for_each(|((out, near), rows)| {
-            cc_block(z, rows, centres, m, out);
+        .for_each(|((table, near), rows)| {
+            let mut out = vec![0.0f32; rows.len() * m];
+            cc_block(z, rows, centres, m, &mut out);
             for (n, row) in near.iter_mut().zip(out.chunks_exact(m)) {
                 *n = row.iter().fold(f32::INFINITY, |acc, &v| {
                     if v.is_finite() {
@@ -489,6 +513,9 @@ pub(super) fn centre_table(
                         f32::NEG_INFINITY
                     }
                 });
+            }
+            for (t, &v) in table.iter_mut().zip(&out) {
+                *t = lower(v);
             }
         });
 }

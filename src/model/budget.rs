@@ -310,12 +310,15 @@ pub(super) fn estimate(inp: &PlanInput<'_>, plan: FitPlan) -> Result<MemoryEstim
                 s.push(st("coreset", "blocked projection", padded, proj));
                 s.push(st("coreset", "emitted rows", keep + 1, proj));
                 s.push(st("coreset", "keys, owners, squares", rows, 3));
-                s.push(st(
-                    "coreset",
-                    "centre–centre table (at most)",
-                    keep + 1,
-                    coreset::GREEDY_CENTRES_PER_PASS,
-                ));
+                s.push(StageMemory {
+                    bytes_per_value: 2,
+                    ..st(
+                        "coreset",
+                        "centre–centre table (at most)",
+                        keep + 1,
+                        coreset::GREEDY_CENTRES_PER_PASS,
+                    )
+                });
             }
             s.push(st("gather", "patch features", rows, d));
             s.push(st("gather", "memory bank", keep, d));
@@ -348,12 +351,15 @@ pub(super) fn estimate(inp: &PlanInput<'_>, plan: FitPlan) -> Result<MemoryEstim
                 s.push(st("coreset", "blocked projection", padded, proj));
                 s.push(st("coreset", "emitted rows", keep + 1, proj));
                 s.push(st("coreset", "keys, owners, squares", rows, 3));
-                s.push(st(
-                    "coreset",
-                    "centre–centre table (at most)",
-                    keep + 1,
-                    coreset::GREEDY_CENTRES_PER_PASS,
-                ));
+                s.push(StageMemory {
+                    bytes_per_value: 2,
+                    ..st(
+                        "coreset",
+                        "centre–centre table (at most)",
+                        keep + 1,
+                        coreset::GREEDY_CENTRES_PER_PASS,
+                    )
+                });
             }
             s.push(st("gather", "memory bank", keep, d));
         }

@@ -40,6 +40,27 @@ fn keys<'k>(a: &'k mut [f32], owner: &'k mut [u32], sq: &'k mut [f32]) -> Keys<'
 }
 
 #[test]
+fn lowered_distances_never_exceed_the_distance() {
+    for v in [
+        0.0f32,
+        1e-30,
+        0.3,
+        1.0,
+        1.0 + f32::EPSILON,
+        3.7e5,
+        f32::MAX,
+        f32::INFINITY,
+    ] {
+        let w = widen(lower(v));
+        assert!(w <= v, "{v}");
+        assert_eq!(w.to_bits(), v.to_bits() & 0xffff_0000);
+    }
+    assert!(widen(lower(f32::NAN)).is_nan());
+    // A NaN whose payload is only in the low bits must not become ∞.
+    assert!(widen(lower(f32::from_bits(0x7f80_0001))).is_nan());
+}
+
+#[test]
 fn dispatched_kernels_equal_portable_bit_for_bit() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for d in [1usize, 7, 16, 33, 128] {
@@ -49,17 +70,23 @@ fn dispatched_kernels_equal_portable_bit_for_bit() {
         let m = 7;
         let centres: Vec<f32> = (0..m).flat_map(|j| z.row(j * 13).to_vec()).collect();
         let emitted: Vec<usize> = (0..m).map(|j| j * 13).collect();
-        let mut cc = vec![0.0; m * m];
+        let mut cc = vec![0u16; m * m];
         let mut near = vec![0.0; m];
         centre_table(&z, &emitted, &centres, m, &mut cc, &mut near);
         for q in 0..m {
             for j in 0..m {
                 let want = dist(z.row(emitted[q]), &centres[j * d..(j + 1) * d]);
-                assert_eq!(cc[q * m + j].to_bits(), want.to_bits());
+                // The stored value is the distance rounded down to its 16 high bits: never
+                // above it, and within one bfloat16 step of it.
+                let got = widen(cc[q * m + j]);
+                assert_eq!(got.to_bits(), want.to_bits() & 0xffff_0000);
+                assert!(
+                    got <= want && want - got <= want * (1.0 / 128.0),
+                    "{got} {want}"
+                );
             }
-            let min = cc[q * m..(q + 1) * m]
-                .iter()
-                .copied()
+            let min = (0..m)
+                .map(|j| dist(z.row(emitted[q]), &centres[j * d..(j + 1) * d]))
                 .fold(f32::INFINITY, f32::min);
             assert_eq!(near[q], min);
         }
