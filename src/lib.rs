@@ -84,6 +84,7 @@
 
 pub mod error;
 pub mod io_util;
+mod os_memory;
 mod st_index;
 
 pub mod kernels;

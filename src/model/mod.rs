@@ -823,6 +823,9 @@ impl BankSink {
             }
             self.pending = Vec::new();
             self.zblock = Vec::new();
+            // What the backbone and the feature stage freed lies in pieces between live
+            // allocations: give it back before the largest allocation of the fit.
+            crate::os_memory::return_freed_memory();
             let mut z = coreset::ProjectedBank::with_capacity(self.rows, cfg.projection_dim)?;
             spill.read_projection(|rows| z.push_rows(rows))?;
             self.z = Some(z);
