@@ -94,6 +94,11 @@ fn spilled_fit_equals_in_memory_fit_bit_for_bit_on_1_and_2_threads() {
             assert_eq!(b.images_seen(), Some(70));
             // The spilled fit stashed the backbone's weights on disk during its coreset stage
             // and put them back: the fitted model scores an image exactly as the other.
+            // Under a budget the kNN's bf16 screening copy is not built; it can be turned on.
+            let mut b = b;
+            assert!(!b.index().screening());
+            b.set_screening(true);
+            assert_eq!(b.index().screening(), a.index().screening());
             let x = &images[3];
             let (pa, _) = a.predict(x, PredictOptions::default()).unwrap();
             let (pb, _) = b.predict(x, PredictOptions::default()).unwrap();

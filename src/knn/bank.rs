@@ -172,6 +172,12 @@ impl BruteForce {
     /// (plus about 50 bytes per row), see [`BruteForce::screening_bytes`]; switching it off
     /// frees them.
     pub fn with_screening(mut self, on: bool) -> Self {
+        self.set_screening(on);
+        self
+    }
+
+    /// [`BruteForce::with_screening`] in place.
+    pub fn set_screening(&mut self, on: bool) {
         if !on {
             self.screen = None;
         } else if self.screen.is_none() {
@@ -181,7 +187,6 @@ impl BruteForce {
                     .and_then(|s| Screen::build(s, b.nrows(), b.ncols()));
             }
         }
-        self
     }
 
     /// Whether searches use the bf16 screening pass (see [`BruteForce::with_screening`]).

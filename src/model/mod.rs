@@ -397,7 +397,13 @@ impl PatchCore {
         let release = (estimate.plan == FitPlan::Spill).then_some(&mut backbone);
         let (memory, radius) = sink.finish(&p.coreset, keep, release, progress)?;
         timings.coreset += t.elapsed();
-        let index = BruteForce::with_precision(memory, p.bank_precision)?;
+        let mut index = BruteForce::with_precision(memory, p.bank_precision)?;
+        if estimate.plan == FitPlan::Spill {
+            // The kNN's bf16 screening copy (half the bank again, on AVX512-BF16 CPUs) is not
+            // built under a budget: a saved and reloaded model has it; `set_screening` turns
+            // it on in this one.
+            index.set_screening(false);
+        }
         progress(FitProgress::Done { rows: index.len() });
         Ok((
             PatchCore {
@@ -663,6 +669,14 @@ impl PatchCore {
     /// models saved before this was stored).
     pub fn images_seen(&self) -> Option<u64> {
         self.images_seen
+    }
+
+    /// Switches the kNN search's bf16 screening pass on or off (see
+    /// [`BruteForce::with_screening`]; same scores up to ties within f32 rounding). A model
+    /// fitted under the spill plan of a memory budget comes without it, as the copy costs
+    /// half the bank's memory; a model read from a file has it where the CPU supports it.
+    pub fn set_screening(&mut self, on: bool) {
+        self.index.set_screening(on);
     }
 
     /// The updates applied since the fit, oldest first.
