@@ -202,3 +202,26 @@ fn bad_input_is_a_typed_error() {
     assert_eq!(nn.distances.dim(), (0, 2));
     assert_eq!((bank.len(), bank.dim()), (2, 2));
 }
+
+#[test]
+fn an_index_built_without_screening_holds_none_and_agrees_with_naive() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let q = random(40, 64, &mut rng);
+    let bank = random(900, 64, &mut rng);
+    let index = BruteForce::new_screened(bank.clone(), false).unwrap();
+    assert!(!index.screening());
+    assert_eq!(index.screening_bytes(), 0);
+    let nn = index.k_nearest(q.view(), 1).unwrap();
+    for i in 0..q.nrows() {
+        let (want_d, want_j) = naive_sorted(&q, &bank, i)[0];
+        let got = f64::from(nn.distances[[i, 0]]);
+        assert!(
+            (got - want_d).abs() <= 1e-4 * want_d.max(1e-3),
+            "{got} {want_d}"
+        );
+        assert_eq!(nn.indices[[i, 0]], want_j);
+    }
+    // Turned on afterwards, it screens where the CPU can (as `new` does).
+    let on = index.with_screening(true);
+    assert_eq!(on.screening(), BruteForce::new(bank).unwrap().screening());
+}

@@ -79,6 +79,16 @@ impl BruteForce {
     /// # Errors
     /// [`Error::InvalidInput`] if the bank has no rows, zero width, or holds a non-finite value.
     pub fn new(bank: Array2<f32>) -> Result<Self> {
+        Self::new_screened(bank, true)
+    }
+
+    /// [`BruteForce::new`], building the screening data only if `screening` (see
+    /// [`BruteForce::with_screening`]); without it nothing beyond the bank and its norms is
+    /// allocated.
+    ///
+    /// # Errors
+    /// As [`BruteForce::new`].
+    pub fn new_screened(bank: Array2<f32>, screening: bool) -> Result<Self> {
         check_shape(bank.dim())?;
         let bank = if bank.is_standard_layout() {
             bank
@@ -86,9 +96,12 @@ impl BruteForce {
             bank.as_standard_layout().into_owned()
         };
         let norms = row_norms_checked(bank.view(), "memory bank")?;
-        let screen = bank
-            .as_slice()
-            .and_then(|b| Screen::build(b, bank.nrows(), bank.ncols()));
+        let screen = if screening {
+            bank.as_slice()
+                .and_then(|b| Screen::build(b, bank.nrows(), bank.ncols()))
+        } else {
+            None
+        };
         Ok(Self {
             bank: Storage::F32(bank),
             norms,
@@ -104,8 +117,21 @@ impl BruteForce {
     /// As [`BruteForce::new`]; with [`BankPrecision::F16`] also [`Error::InvalidInput`] if a
     /// value is beyond the f16 range (±65504).
     pub fn with_precision(bank: Array2<f32>, precision: BankPrecision) -> Result<Self> {
+        Self::with_precision_screened(bank, precision, true)
+    }
+
+    /// [`BruteForce::with_precision`], with the screening data only if `screening` (an f16
+    /// bank is never screened).
+    ///
+    /// # Errors
+    /// As [`BruteForce::with_precision`].
+    pub fn with_precision_screened(
+        bank: Array2<f32>,
+        precision: BankPrecision,
+        screening: bool,
+    ) -> Result<Self> {
         match precision {
-            BankPrecision::F32 => Self::new(bank),
+            BankPrecision::F32 => Self::new_screened(bank, screening),
             BankPrecision::F16 => {
                 check_shape(bank.dim())?;
                 // Non-finite input is reported as such before any rounding.

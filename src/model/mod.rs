@@ -397,13 +397,11 @@ impl PatchCore {
         let release = (estimate.plan == FitPlan::Spill).then_some(&mut backbone);
         let (memory, radius) = sink.finish(&p.coreset, keep, release, progress)?;
         timings.coreset += t.elapsed();
-        let mut index = BruteForce::with_precision(memory, p.bank_precision)?;
-        if estimate.plan == FitPlan::Spill {
-            // The kNN's bf16 screening copy (half the bank again, on AVX512-BF16 CPUs) is not
-            // built under a budget: a saved and reloaded model has it; `set_screening` turns
-            // it on in this one.
-            index.set_screening(false);
-        }
+        // Under the spill plan the kNN's bf16 screening copy (half the bank again, on
+        // AVX512-BF16 CPUs) is not built: a saved and reloaded model has it; `set_screening`
+        // turns it on in this one.
+        let screening = estimate.plan != FitPlan::Spill;
+        let index = BruteForce::with_precision_screened(memory, p.bank_precision, screening)?;
         progress(FitProgress::Done { rows: index.len() });
         Ok((
             PatchCore {
