@@ -195,21 +195,27 @@ impl SpillFile {
             )));
         }
         let at = self.projection_offset(&region) + region.rows as u64 * pd as u64 * 4;
+        self.write_at(at, z)?;
+        if let Some(r) = self.proj.as_mut() {
+            r.rows += z.len() / pd;
+        }
+        Ok(())
+    }
+
+    /// Writes `values` at byte offset `at`, then returns to where the full rows continue
+    /// (seeking flushes the buffer).
+    fn write_at(&mut self, at: u64, values: &[f32]) -> Result<()> {
         let back = self.rows as u64 * self.dim as u64 * 4;
         let path = self.path.clone();
         let w = self
             .writer
             .as_mut()
             .ok_or_else(|| Error::input("spill file already read back"))?;
-        // Seeking flushes the buffer; the full rows continue where they stopped.
         w.seek(SeekFrom::Start(at))
             .map_err(|e| Error::io(&path, e))?;
-        write_values(w, z, &path)?;
+        write_values(w, values, &path)?;
         w.seek(SeekFrom::Start(back))
             .map_err(|e| Error::io(&path, e))?;
-        if let Some(r) = self.proj.as_mut() {
-            r.rows += z.len() / pd;
-        }
         Ok(())
     }
 
@@ -230,17 +236,7 @@ impl SpillFile {
             .proj
             .ok_or_else(|| Error::input("spill file without a projection region"))?;
         let at = self.stash_offset(&region) + region.stashed * 4;
-        let back = self.rows as u64 * self.dim as u64 * 4;
-        let path = self.path.clone();
-        let w = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| Error::input("spill file already read back"))?;
-        w.seek(SeekFrom::Start(at))
-            .map_err(|e| Error::io(&path, e))?;
-        write_values(w, values, &path)?;
-        w.seek(SeekFrom::Start(back))
-            .map_err(|e| Error::io(&path, e))?;
+        self.write_at(at, values)?;
         if let Some(r) = self.proj.as_mut() {
             r.stashed += values.len() as u64;
         }
