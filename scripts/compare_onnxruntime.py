@@ -17,8 +17,8 @@ Anchors (all CPU, float32, the thread count given by --threads, medians of repea
                          `patchcore predict` of one image (WRN-50-2 weights file with all layers,
                          ~1,646-row bank), the whole inspection, not just the backbone
 
-Weights are random (torchvision's init plus randomised BatchNorm statistics): speed does not
-depend on their values, and no download is needed. Optionally (--ours) the script then runs the
+Weights are random (torchvision's init, seeded, plus randomised BatchNorm statistics): speed
+does not depend on their values, and no download is needed. Optionally (--ours) the script then runs the
 crate's own criterion benches for the same figures and prints both side by side, reading the
 medians criterion writes under target/criterion.
 
@@ -47,7 +47,11 @@ def truncated(name):
     import torch
     import torchvision
 
-    net = getattr(torchvision.models, name)(weights=None)
+    # Seeded, so that every call builds the same network (the reduced-precision anchors compare
+    # an exported copy with the PyTorch original); the global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = getattr(torchvision.models, name)(weights=None)
     g = torch.Generator().manual_seed(0)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
