@@ -53,6 +53,9 @@ optimised graph (e.g. QLinearConv). These go to the --json file under "notes".
 their command, dependencies and run time. With it, the two calibrations take well under a minute
 on two cores.
 
+--ours-int8 runs `cargo bench --bench backbone -- int8` and reports every criterion median that
+run wrote whose path names int8, as `ours_<group>_<function>_<param>`.
+
 Weights are random (torchvision's init, seeded, plus randomised BatchNorm statistics): speed
 does not depend on their values, and no download is needed. Optionally (--ours) the script then runs the
 crate's own criterion benches for the same figures and prints both side by side, reading the
@@ -63,7 +66,7 @@ time (`/usr/bin/time`, Debian package `time`) for the peak-RSS figures; with --r
 openvino and nncf (PyPI). Nothing in the crate's build or tests needs Python.
 
 Usage: python3 scripts/compare_onnxruntime.py [--threads 2] [--repeats 30] [--coreset] [--ours]
-                                             [--reduced [--calib 64]]
+                                             [--reduced [--calib 64]] [--ours-int8]
                                              [--json OUT.json]
 """
 
@@ -501,6 +504,27 @@ def run_ours():
     }
 
 
+def run_ours_int8(bench="backbone", filt="int8"):
+    """The crate's own int8 backbone bench, if there is one: every criterion median under
+    target/criterion whose path names `filt` and that this run wrote, as `ours_<path>`."""
+    start = time.time()
+    subprocess.run(
+        ["cargo", "bench", "--bench", bench, "--", filt, "--sample-size", "10"], cwd=REPO, check=True
+    )
+    root = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "criterion")
+    r = {}
+    for d, _, files in os.walk(root):
+        path = os.path.join(d, "estimates.json")
+        rel = os.path.relpath(d, root).split(os.sep)
+        if "estimates.json" in files and rel[-1] == "new" and filt in os.path.join(*rel):
+            if os.path.getmtime(path) >= start:
+                with open(path) as f:
+                    r["ours_" + "_".join(rel[:-1])] = json.load(f)["median"]["point_estimate"] / 1e6
+    if not r:
+        print(f"--ours-int8: no criterion result naming {filt!r} was written", flush=True)
+    return r
+
+
 def is_ms(key):
     """Figures are times in ms, except peak RSS (`_mb`) and relative errors (`_maxrel`, `_l2rel`)."""
     return not key.endswith(("_mb", "_maxrel", "_l2rel"))
@@ -519,6 +543,11 @@ def main(argv):
         help="also OpenVINO f32/bf16/int8 and ONNX Runtime int8, with their errors (calibrates)",
     )
     p.add_argument("--calib", type=int, default=64, help="calibration images for --reduced")
+    p.add_argument(
+        "--ours-int8",
+        action="store_true",
+        help="also run `cargo bench --bench backbone -- int8` and report what it wrote",
+    )
     p.add_argument("--json", help="write the results to this file")
     a = p.parse_args(argv)
 
@@ -565,6 +594,8 @@ def main(argv):
                 r["ours_predict_wrn50_2_peak_rss_mb"] = ours_peak_rss_mb(d)
     if a.ours:
         r.update(run_ours())
+    if a.ours_int8:
+        r.update(run_ours_int8())
     width = max(len(k) for k in r)
     for k, v in r.items():
         if k.endswith("_mb"):
