@@ -57,9 +57,9 @@ on two cores.
 run wrote whose path names int8, as `ours_<group>_<function>_<param>`.
 
 Weights are random (torchvision's init, seeded, plus randomised BatchNorm statistics): speed
-does not depend on their values, and no download is needed. Optionally (--ours) the script then runs the
-crate's own criterion benches for the same figures and prints both side by side, reading the
-medians criterion writes under target/criterion.
+does not depend on their values, and no download is needed. Optionally (--ours) the script then
+runs the crate's own criterion benches for the same figures and prints both side by side, reading
+the medians criterion writes under target/criterion.
 
 Requires: torch, torchvision, onnx, onnxruntime, faiss-cpu, numpy, pillow (all from PyPI) and GNU
 time (`/usr/bin/time`, Debian package `time`) for the peak-RSS figures; with --reduced also
@@ -197,8 +197,9 @@ def ov_kernels(core, model, config, x, runs=3):
     per-layer profiling (PERF_COUNT) gives the inference precision the plugin settled on and, for
     the nodes executed in the last of `runs` inferences, their count, oneDNN kernel (`exec_type`,
     e.g. `brgconv_avx512_amx_bf16`), runtime precision (from the execution graph: `u8` for a
-    quantised convolution reading unsigned activations) and summed time, per node type. Fused nodes (ReLU, Add) do not
-    run on their own and are left out, as are the weight reorders done once at compilation."""
+    quantised convolution reading unsigned activations) and summed time, per node type. Fused
+    nodes (ReLU, Add) do not run on their own and are left out, as are the weight reorders done
+    once at compilation."""
     import collections
 
     compiled = core.compile_model(model, "CPU", dict(config, PERF_COUNT=True))
@@ -509,9 +510,12 @@ def run_ours_int8(bench="backbone", filt="int8"):
     target/criterion whose path names `filt` and that this run wrote, as `ours_<path>`."""
     start = time.time()
     subprocess.run(
-        ["cargo", "bench", "--bench", bench, "--", filt, "--sample-size", "10"], cwd=REPO, check=True
+        ["cargo", "bench", "--bench", bench, "--", filt, "--sample-size", "10"],
+        cwd=REPO,
+        check=True,
     )
-    root = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "criterion")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    root = os.path.join(target, "criterion")
     r = {}
     for d, _, files in os.walk(root):
         path = os.path.join(d, "estimates.json")
@@ -526,7 +530,8 @@ def run_ours_int8(bench="backbone", filt="int8"):
 
 
 def is_ms(key):
-    """Figures are times in ms, except peak RSS (`_mb`) and relative errors (`_maxrel`, `_l2rel`)."""
+    """Figures are times in ms, except peak RSS (`_mb`) and relative errors (`_maxrel`,
+    `_l2rel`)."""
     return not key.endswith(("_mb", "_maxrel", "_l2rel"))
 
 
@@ -556,7 +561,8 @@ def main(argv):
     import torch
 
     versions = (
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, faiss {faiss.__version__}"
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"faiss {faiss.__version__}"
     )
     if a.reduced:
         import nncf
