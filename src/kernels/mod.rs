@@ -5,4 +5,5 @@
 
 pub mod conv;
 pub mod gemm;
+pub mod int8;
 pub mod pool;
