@@ -43,8 +43,8 @@ impl Conv2d {
 /// One row of the im2col matrix: `row[oy·ow + ox] = plane[oy·s + ky − pad, ox·s + kx − pad]`,
 /// zero where that falls in the padding.
 #[allow(clippy::too_many_arguments)]
-fn im2col_row(
-    plane: &[f32],
+pub(super) fn im2col_row<T: Copy + Default>(
+    plane: &[T],
     h: usize,
     w: usize,
     ky: usize,
@@ -53,7 +53,7 @@ fn im2col_row(
     pad: usize,
     oh: usize,
     ow: usize,
-    row: &mut [f32],
+    row: &mut [T],
 ) {
     // Output columns whose input column ix = ox·s + kx − pad lies in [0, w).
     let ox_hi = if w + pad > kx {
@@ -66,12 +66,12 @@ fn im2col_row(
     for (oy, dst) in row.chunks_exact_mut(ow).take(oh).enumerate() {
         let iy = oy * s + ky;
         if iy < pad || iy - pad >= h {
-            dst.fill(0.0);
+            dst.fill(T::default());
             continue;
         }
         let src = &plane[(iy - pad) * w..(iy - pad + 1) * w];
-        dst[..ox_lo].fill(0.0);
-        dst[ox_hi..].fill(0.0);
+        dst[..ox_lo].fill(T::default());
+        dst[ox_hi..].fill(T::default());
         if len == 0 {
             continue;
         }

@@ -37,12 +37,14 @@
 mod algorithm;
 mod batchnorm;
 mod im2col;
+mod quantized;
 mod winograd;
 mod winograd4;
 mod winograd_s2;
 
 pub use algorithm::{ConvAlgorithm, WINOGRAD_MIN_CHANNELS, WINOGRAD_S2_MIN_CHANNEL_PRODUCT};
 pub use batchnorm::fold_batchnorm;
+pub use quantized::{QuantScratch, QuantizedConv};
 
 use winograd::Tile;
 
