@@ -22,6 +22,7 @@
 
 mod arch;
 mod layout;
+mod precision;
 mod resnet;
 mod weights;
 
@@ -33,7 +34,9 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 pub use arch::{BlockKind, Layer, ResNetSpec, KNOWN_ARCHITECTURES};
+pub use precision::{Calibration, Precision};
 
+use crate::kernels::int8::Int8Isa;
 use crate::{Error, Result};
 
 /// Smallest accepted input height/width (the network's total stride).
@@ -297,6 +300,103 @@ impl Backbone {
     /// [`Error::InvalidInput`] if the input does not have 3 channels or H or W is below
     /// [`MIN_INPUT_SIZE`]; [`Error::LimitExceeded`] if H or W exceeds [`MAX_INPUT_SIZE`].
     pub fn forward(&self, input: ArrayView4<'_, f32>) -> Result<Vec<Array4<f32>>> {
+        self.forward_inner(input, None)
+    }
+
+    /// [`Backbone::forward`] in f32 (whatever [`Backbone::precision`] is) that also records
+    /// the largest input of every convolution after the stem into `calibration` (one image
+    /// at a time), for [`Backbone::set_precision`] with [`Precision::Int8`].
+    ///
+    /// # Errors
+    /// As [`Backbone::forward`]; [`Error::InvalidInput`] if `calibration` was made for
+    /// another network ([`Backbone::calibration_len`] values).
+    pub fn forward_calibrating(
+        &self,
+        input: ArrayView4<'_, f32>,
+        calibration: &mut Calibration,
+    ) -> Result<Vec<Array4<f32>>> {
+        if calibration.maxima().len() != self.calibration_len() {
+            return Err(Error::input(format!(
+                "the int8 calibration holds {} activation ranges, but this backbone has {} \
+                 convolutions after the stem",
+                calibration.maxima().len(),
+                self.calibration_len()
+            )));
+        }
+        self.forward_inner(input, Some(calibration))
+    }
+
+    /// Number of activation ranges a [`Calibration`] of this backbone holds (one per
+    /// convolution after the stem).
+    pub fn calibration_len(&self) -> usize {
+        self.net.calibrated_convs()
+    }
+
+    /// An empty calibration for this backbone, to fill with
+    /// [`Backbone::forward_calibrating`].
+    pub fn new_calibration(&self) -> Calibration {
+        Calibration::empty(self.calibration_len())
+    }
+
+    /// The precision forward passes run in.
+    pub fn precision(&self) -> Precision {
+        if self.net.quantized().is_some() {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// Selects the precision of forward passes. [`Precision::Int8`] quantises the weights of
+    /// every convolution after the stem (the f32 weights are kept, so the backbone can go
+    /// back to f32) with the activation ranges of `calibration`, and picks the int8 kernels
+    /// for this CPU ([`Backbone::int8_kernels`]); [`Precision::F32`] ignores `calibration`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for int8 without a calibration; [`Error::InvalidInput`]
+    /// if the calibration has the wrong length or a weight is not finite. The backbone is
+    /// unchanged on error.
+    pub fn set_precision(
+        &mut self,
+        precision: Precision,
+        calibration: Option<&Calibration>,
+    ) -> Result<()> {
+        match precision {
+            Precision::F32 => self.net.set_quantized(None, Int8Isa::detect()),
+            Precision::Int8 => {
+                let cal = calibration.ok_or_else(|| {
+                    Error::param(
+                        "precision",
+                        "int8 needs the activation ranges measured on the fitted images (a \
+                         calibration); refit the model to record them",
+                    )
+                })?;
+                if self.stashed {
+                    return Err(Error::input(
+                        "the backbone's weights are stashed (Backbone::stash_weights): restore \
+                         them first",
+                    ));
+                }
+                self.net.set_quantized(Some(cal), Int8Isa::detect())
+            }
+        }
+    }
+
+    /// The instruction set of the int8 kernels, when the backbone runs in int8.
+    pub fn int8_kernels(&self) -> Option<Int8Isa> {
+        self.net.quantized().map(|q| q.isa())
+    }
+
+    /// Bytes of the int8 weights (0 in f32).
+    pub fn int8_weight_bytes(&self) -> usize {
+        self.net.quantized().map_or(0, |q| q.bytes())
+    }
+
+    fn forward_inner(
+        &self,
+        input: ArrayView4<'_, f32>,
+        calibration: Option<&mut Calibration>,
+    ) -> Result<Vec<Array4<f32>>> {
         if self.stashed {
             return Err(Error::input(
                 "the backbone's weights are stashed (Backbone::stash_weights): restore them first",
@@ -330,6 +430,7 @@ impl Backbone {
         for t in &self.taps {
             want[t.index()] = true;
         }
+        let slots = calibration.as_ref().map(|c| c.maxima().len());
         let run = |i: usize| {
             let img = input.index_axis(ndarray::Axis(0), i);
             let owned;
@@ -340,15 +441,26 @@ impl Backbone {
                     &owned
                 }
             };
-            self.net.forward_image(data, h, w, want)
+            let mut rec = slots.map(|k| vec![0.0f32; k]);
+            let taps = self.net.forward_image(data, h, w, want, rec.as_deref_mut());
+            (taps, rec)
         };
-        let per_image: Vec<[Option<Vec<f32>>; 4]> = if n > 1 {
+        type PerImage = ([Option<Vec<f32>>; 4], Option<Vec<f32>>);
+        let per_image: Vec<PerImage> = if n > 1 {
             (0..n).into_par_iter().map(run).collect()
         } else {
             // On a pool thread, so that the many short parallel regions of one forward pass
             // are forked from a worker instead of each one waking the caller's thread.
             rayon::scope(|_| (0..n).map(run).collect())
         };
+        if let Some(cal) = calibration {
+            for (_, rec) in &per_image {
+                if let Some(r) = rec {
+                    cal.record(r);
+                }
+            }
+        }
+        let per_image: Vec<_> = per_image.into_iter().map(|(t, _)| t).collect();
         self.taps
             .iter()
             .map(|&t| {

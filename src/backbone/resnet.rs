@@ -1,10 +1,13 @@
 //! The folded network and its single-image forward pass.
 
 use super::arch::{BlockKind, Layer, ResNetSpec};
+use super::precision::Calibration;
 use super::weights::{load_conv_bn, TensorSource};
-use crate::kernels::conv::Conv2d;
+use crate::kernels::conv::{Conv2d, QuantScratch, QuantizedConv};
+use crate::kernels::gemm::Parallelism;
+use crate::kernels::int8::Int8Isa;
 use crate::kernels::pool::{maxpool2d, maxpool_out};
-use crate::Result;
+use crate::{Error, Result};
 use std::sync::Mutex;
 
 /// One residual block with BatchNorm folded into every convolution.
@@ -16,10 +19,37 @@ struct Block {
     downsample: Option<Conv2d>,
 }
 
+/// The int8 versions of every convolution after the stem, block by block.
+#[derive(Clone)]
+pub(crate) struct QuantNet {
+    /// Per stage, per block: main-path convolutions, then the downsample (if any).
+    blocks: Vec<Vec<Vec<QuantizedConv>>>,
+    isa: Int8Isa,
+}
+
+impl QuantNet {
+    /// Bytes of the quantised weights.
+    pub(crate) fn bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .flatten()
+            .flatten()
+            .map(QuantizedConv::bytes)
+            .sum()
+    }
+
+    /// The instruction set the int8 kernels use.
+    pub(crate) fn isa(&self) -> Int8Isa {
+        self.isa
+    }
+}
+
 /// Stem + stages up to the deepest tap, BatchNorm folded.
 pub(crate) struct Net {
     stem: Conv2d,
     stages: Vec<Vec<Block>>,
+    /// The int8 network, when the backbone runs in int8.
+    quant: Option<QuantNet>,
     /// Work buffers of finished forward passes, reused by the next ones so that a forward
     /// pass does not allocate (and page-fault) tens of MB of fresh memory every time. At most
     /// one set per concurrently running image is kept.
@@ -31,6 +61,7 @@ impl Clone for Net {
         Net {
             stem: self.stem.clone(),
             stages: self.stages.clone(),
+            quant: self.quant.clone(),
             spare: Mutex::new(Vec::new()),
         }
     }
@@ -44,6 +75,7 @@ struct Work {
     t: [Vec<f32>; 2],
     ds: Vec<f32>,
     scratch: Vec<f32>,
+    q: QuantScratch,
 }
 
 /// `buf[..n]`, growing `buf` if needed (contents unspecified; callers overwrite them).
@@ -134,6 +166,7 @@ impl Net {
                         + w.ds.capacity()
                         + w.scratch.capacity())
                         * 4
+                        + w.q.bytes()
                 })
                 .sum()
         });
@@ -187,8 +220,62 @@ impl Net {
         Ok(Net {
             stem,
             stages,
+            quant: None,
             spare: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Number of convolutions after the stem (the length of a [`Calibration`]).
+    pub(crate) fn calibrated_convs(&self) -> usize {
+        self.stages
+            .iter()
+            .flatten()
+            .map(|b| b.convs.len() + usize::from(b.downsample.is_some()))
+            .sum()
+    }
+
+    /// Switches the convolutions after the stem to int8 with the ranges of `cal`
+    /// (`Some`), or back to f32 (`None`).
+    pub(crate) fn set_quantized(&mut self, cal: Option<&Calibration>, isa: Int8Isa) -> Result<()> {
+        let Some(cal) = cal else {
+            self.quant = None;
+            return Ok(());
+        };
+        let n = self.calibrated_convs();
+        if cal.maxima().len() != n {
+            return Err(Error::input(format!(
+                "the int8 calibration holds {} activation ranges, but this backbone has {n} \
+                 convolutions after the stem",
+                cal.maxima().len()
+            )));
+        }
+        let mut ranges = cal.maxima().iter().copied();
+        let mut blocks = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            let mut qs = Vec::with_capacity(stage.len());
+            for b in stage {
+                let input = ranges.clone().next().unwrap_or(0.0);
+                let mut q = Vec::with_capacity(b.convs.len() + 1);
+                for c in &b.convs {
+                    q.push(QuantizedConv::new(c, ranges.next().unwrap_or(0.0))?);
+                }
+                if let Some(ds) = &b.downsample {
+                    // The downsample reads the block's input, as the first convolution does;
+                    // its own range is recorded too (it is the same value).
+                    let r = ranges.next().unwrap_or(input);
+                    q.push(QuantizedConv::new(ds, r)?);
+                }
+                qs.push(q);
+            }
+            blocks.push(qs);
+        }
+        self.quant = Some(QuantNet { blocks, isa });
+        Ok(())
+    }
+
+    /// The int8 network, if the backbone runs in int8.
+    pub(crate) fn quantized(&self) -> Option<&QuantNet> {
+        self.quant.as_ref()
     }
 
     /// Forward pass of one `[3, h, w]` image. Returns the output of every stage in `want`
@@ -199,6 +286,7 @@ impl Net {
         h: usize,
         w: usize,
         want: [bool; 4],
+        record: Option<&mut [f32]>,
     ) -> [Option<Vec<f32>>; 4] {
         // A poisoned lock only means another forward pass panicked; the buffers are plain
         // scratch whose contents are never read before being written, so reuse is safe.
@@ -207,7 +295,7 @@ impl Net {
             Err(p) => p.into_inner().pop(),
         }
         .unwrap_or_default();
-        let out = self.forward_with(&mut wk, image, h, w, want);
+        let out = self.forward_with(&mut wk, image, h, w, want, record);
         match self.spare.lock() {
             Ok(mut v) => v.push(wk),
             Err(p) => p.into_inner().push(wk),
@@ -222,8 +310,10 @@ impl Net {
         h: usize,
         w: usize,
         want: [bool; 4],
+        mut record: Option<&mut [f32]>,
     ) -> [Option<Vec<f32>>; 4] {
         let mut out: [Option<Vec<f32>>; 4] = Default::default();
+        let mut at = 0usize; // next calibration slot
 
         // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1.
         let (sh, sw) = self.stem.out_hw(h, w);
@@ -237,8 +327,16 @@ impl Net {
         let mut cc = c;
 
         for (s, blocks) in self.stages.iter().enumerate() {
-            for block in blocks {
-                let (nc, nh, nw) = block.forward(wk, cc, ch, cw);
+            for (b, block) in blocks.iter().enumerate() {
+                // A calibrating pass measures the f32 network.
+                let q = match (&self.quant, &record) {
+                    (Some(q), None) => Some((&q.blocks[s][b][..], q.isa)),
+                    _ => None,
+                };
+                let slots = block.convs.len() + usize::from(block.downsample.is_some());
+                let rec = record.as_deref_mut().map(|r| &mut r[at..at + slots]);
+                at += slots;
+                let (nc, nh, nw) = block.forward(wk, cc, ch, cw, q, rec);
                 std::mem::swap(&mut wk.x, &mut wk.y);
                 (cc, ch, cw) = (nc, nh, nw);
             }
@@ -250,13 +348,60 @@ impl Net {
     }
 }
 
+/// The largest value of `x` (0 for an empty or all-negative slice).
+fn max_of(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, &v| m.max(v))
+}
+
 impl Block {
-    /// Reads `wk.x` (`[c, h, w]`), writes `wk.y`; returns the output shape.
-    fn forward(&self, wk: &mut Work, c: usize, h: usize, w: usize) -> (usize, usize, usize) {
+    /// Reads `wk.x` (`[c, h, w]`), writes `wk.y`; returns the output shape. With `q`, the
+    /// convolutions run in int8 (`q` holds them in the order main path, downsample); with
+    /// `record`, the largest input of each convolution (same order) is written there.
+    fn forward(
+        &self,
+        wk: &mut Work,
+        c: usize,
+        h: usize,
+        w: usize,
+        q: Option<(&[QuantizedConv], Int8Isa)>,
+        mut record: Option<&mut [f32]>,
+    ) -> (usize, usize, usize) {
         let x = &wk.x[..c * h * w];
+        let n = self.convs.len();
+        if let Some(r) = record.as_deref_mut() {
+            // The first convolution and the downsample both read the block's input.
+            let m = max_of(x);
+            r[0] = m;
+            if self.downsample.is_some() {
+                r[n] = m;
+            }
+        }
+        // One convolution, in f32 or int8.
+        #[allow(clippy::too_many_arguments)]
+        fn run(
+            conv: &Conv2d,
+            q: Option<(&QuantizedConv, Int8Isa)>,
+            src: &[f32],
+            h: usize,
+            w: usize,
+            dst: &mut [f32],
+            residual: Option<&[f32]>,
+            relu: bool,
+            scratch: &mut Vec<f32>,
+            qs: &mut QuantScratch,
+        ) {
+            match q {
+                Some((qc, isa)) => {
+                    let (oh, ow) = qc.out_hw(h, w);
+                    let par = Parallelism::auto(qc.cout, oh * ow, qc.cin * qc.kh * qc.kw);
+                    qc.forward_image(src, h, w, dst, residual, relu, qs, par, isa);
+                }
+                None => conv.forward_image(src, h, w, dst, residual, relu, scratch),
+            }
+        }
+        let qconv = |i: usize| q.map(|(qs, isa)| (&qs[i], isa));
         // Main path up to (not including) the last conv, each with ReLU.
         let (mut mc, mut mh, mut mw) = (c, h, w);
-        let n = self.convs.len();
         let mut src_is_x = true;
         let mut cur = 0usize; // which of wk.t holds the current activation
         for (i, conv) in self.convs[..n - 1].iter().enumerate() {
@@ -271,7 +416,21 @@ impl Block {
                 (&a[0][..mc * mh * mw], &mut b[0])
             };
             let dst = ensure(dst, conv.cout * oh * ow);
-            conv.forward_image(src, mh, mw, dst, None, true, &mut wk.scratch);
+            run(
+                conv,
+                qconv(i),
+                src,
+                mh,
+                mw,
+                dst,
+                None,
+                true,
+                &mut wk.scratch,
+                &mut wk.q,
+            );
+            if let Some(r) = record.as_deref_mut() {
+                r[i + 1] = max_of(dst);
+            }
             (mc, mh, mw) = (conv.cout, oh, ow);
             src_is_x = false;
             cur = dst_idx;
@@ -283,7 +442,18 @@ impl Block {
         let identity: &[f32] = match &self.downsample {
             Some(ds) => {
                 let d = ensure(&mut wk.ds, ds.cout * oh * ow);
-                ds.forward_image(x, h, w, d, None, false, &mut wk.scratch);
+                run(
+                    ds,
+                    qconv(n),
+                    x,
+                    h,
+                    w,
+                    d,
+                    None,
+                    false,
+                    &mut wk.scratch,
+                    &mut wk.q,
+                );
                 &wk.ds[..oc * oh * ow]
             }
             None => x,
@@ -291,7 +461,18 @@ impl Block {
         debug_assert_eq!(identity.len(), oc * oh * ow);
         let src: &[f32] = &wk.t[cur][..mc * mh * mw];
         let y = ensure(&mut wk.y, oc * oh * ow);
-        last.forward_image(src, mh, mw, y, Some(identity), true, &mut wk.scratch);
+        run(
+            last,
+            qconv(n - 1),
+            src,
+            mh,
+            mw,
+            y,
+            Some(identity),
+            true,
+            &mut wk.scratch,
+            &mut wk.q,
+        );
         (oc, oh, ow)
     }
 }

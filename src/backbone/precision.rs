@@ -1,0 +1,167 @@
+//! The backbone's numeric precision and the activation ranges that int8 needs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, Result};
+
+/// Numeric precision of the backbone's convolutions. The kNN search, the coreset and the maps
+/// always run in f32.
+///
+/// Parses from and displays as `"f32"` and `"int8"` (case-insensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Precision {
+    /// Single precision everywhere: parity with PyTorch (the default).
+    #[default]
+    F32,
+    /// Static post-training int8: symmetric per-output-channel `i8` weights, `u8` activations
+    /// with one scale per convolution input taken from a [`Calibration`], exact `i32` sums.
+    /// The stem (the 7×7 convolution on the signed, normalised image) stays f32.
+    Int8,
+}
+
+impl Precision {
+    /// Every precision, default first.
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+
+    /// The name used in model files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                Error::param(
+                    "precision",
+                    format!("unknown backbone precision {s:?}; expected one of: f32, int8"),
+                )
+            })
+    }
+}
+
+/// The activation ranges of a backbone measured on images: the largest input value of every
+/// convolution after the stem, in network order (per block: the main-path convolutions, then
+/// the downsample projection, which shares the block's input).
+///
+/// A fit collects one over the images it is fitted on ([`crate::model::PatchCore::calibration`]); the
+/// model file stores it, so that any fitted model can run its backbone in int8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    maxima: Vec<f32>,
+    images: u64,
+}
+
+impl Calibration {
+    /// An empty calibration (no image seen, every maximum 0) for `convs` convolutions.
+    pub fn empty(convs: usize) -> Calibration {
+        Calibration {
+            maxima: vec![0.0; convs],
+            images: 0,
+        }
+    }
+
+    /// A calibration from stored maxima (e.g. read from a model file).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if a maximum is negative, NaN or infinite.
+    pub fn from_maxima(maxima: Vec<f32>, images: u64) -> Result<Calibration> {
+        if let Some((i, v)) = maxima
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+        {
+            return Err(Error::input(format!(
+                "activation range {i} of the int8 calibration is {v}; every range must be a \
+                 finite value ≥ 0"
+            )));
+        }
+        Ok(Calibration { maxima, images })
+    }
+
+    /// The maxima, in network order.
+    pub fn maxima(&self) -> &[f32] {
+        &self.maxima
+    }
+
+    /// Number of images measured.
+    pub fn images(&self) -> u64 {
+        self.images
+    }
+
+    /// Adds the measurements of `other` (same backbone).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the two cover different numbers of convolutions.
+    pub fn merge(&mut self, other: &Calibration) -> Result<()> {
+        if other.maxima.len() != self.maxima.len() {
+            return Err(Error::input(format!(
+                "cannot merge int8 calibrations of {} and {} convolutions",
+                self.maxima.len(),
+                other.maxima.len()
+            )));
+        }
+        for (a, &b) in self.maxima.iter_mut().zip(&other.maxima) {
+            *a = a.max(b);
+        }
+        self.images += other.images;
+        Ok(())
+    }
+
+    /// Records one image's maxima (`maxima.len()` must equal [`Calibration::maxima`]'s).
+    pub(crate) fn record(&mut self, maxima: &[f32]) {
+        debug_assert_eq!(maxima.len(), self.maxima.len());
+        for (a, &b) in self.maxima.iter_mut().zip(maxima) {
+            *a = a.max(b);
+        }
+        self.images += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+            assert_eq!(p.to_string(), p.name());
+        }
+        assert_eq!(" INT8 ".parse::<Precision>().unwrap(), Precision::Int8);
+        let e = "int4".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("int4") && e.contains("f32, int8"), "{e}");
+    }
+
+    #[test]
+    fn calibration_refuses_bad_ranges_and_merges_by_maximum() {
+        for bad in [f32::NAN, -1.0, f32::INFINITY] {
+            let e = Calibration::from_maxima(vec![1.0, bad], 1).unwrap_err();
+            assert!(e.to_string().contains("range 1"), "{e}");
+        }
+        let mut a = Calibration::from_maxima(vec![1.0, 5.0], 2).unwrap();
+        let b = Calibration::from_maxima(vec![3.0, 4.0], 3).unwrap();
+        a.merge(&b).unwrap();
+        assert_eq!(a.maxima(), &[3.0, 5.0]);
+        assert_eq!(a.images(), 5);
+        assert!(a.merge(&Calibration::empty(3)).is_err());
+        let mut e = Calibration::empty(2);
+        e.record(&[0.5, 7.0]);
+        assert_eq!((e.maxima(), e.images()), (&[0.5f32, 7.0][..], 1));
+    }
+}
