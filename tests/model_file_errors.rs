@@ -6,7 +6,7 @@ mod model_common;
 use std::path::{Path, PathBuf};
 
 use model_common::*;
-use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+use patchcore::backbone::{Backbone, Layer, Precision, ResNetSpec};
 use patchcore::coreset::{CoresetSize, Sampler};
 use patchcore::model::{BackboneSource, FitProgress, PatchCore, SaveOptions};
 use patchcore::Error;
@@ -243,6 +243,8 @@ fn every_missing_metadata_key_is_named() {
             }
             // Optional: no threshold.
             "threshold" => assert_eq!(r.unwrap().threshold(), None),
+            // Optional: files written before it existed run in f32.
+            "backbone.precision" => assert_eq!(r.unwrap().precision(), Precision::F32),
             _ => assert_invalid_file(r, &path, &[&format!("`{key}`"), "missing"]),
         }
     }
@@ -282,6 +284,11 @@ fn bad_metadata_values_are_named() {
         ("preprocess.crop", "64y64", &["preprocess.crop"]),
         ("threshold", "NaN", &["threshold"]),
         ("backbone.blocks", "1,1,1", &["backbone.blocks"]),
+        (
+            "backbone.precision",
+            "int4",
+            &["backbone.precision", "int4"],
+        ),
     ];
     for (k, v, needles) in cases {
         let b = rewrite(&bytes, |m, _| {
@@ -526,4 +533,68 @@ fn k_larger_than_the_bank_is_refused() {
     )
     .unwrap();
     assert_eq!(m.memory_bank().nrows(), 64);
+}
+
+/// The int8 keys: a precision the file cannot set up, and activation ranges that are not
+/// finite, negative, of the wrong count or without their image count, are refused with the
+/// file named; good ones load and switch the backbone to int8.
+#[test]
+fn bad_int8_calibrations_are_refused() {
+    let (_d, path, bytes) = saved_tiny("err-int8");
+    let n = tiny_backbone(1).calibration_len();
+    assert!(n > 2, "{n}");
+    let ranges = |f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join(",");
+    let good = ranges(&|i| format!("{}.5", i + 1));
+    let with = |precision: &str, cal: Option<&str>, images: Option<&str>| {
+        rewrite(&bytes, |m, _| {
+            m.insert("backbone.precision".into(), precision.into());
+            if let Some(c) = cal {
+                m.insert("backbone.calibration".into(), c.into());
+            }
+            if let Some(i) = images {
+                m.insert("backbone.calibration_images".into(), i.into());
+            }
+        })
+    };
+    // int8 without ranges: the model cannot be set up.
+    assert_invalid_file(
+        load_loaded(&with("int8", None, None), &path),
+        &path,
+        &["int8", "calibration"],
+    );
+    let nan = ranges(&|i| if i == 1 { "NaN".into() } else { "1".into() });
+    let negative = ranges(&|i| if i == 2 { "-3".into() } else { "1".into() });
+    let short = ranges(&|i| format!("{i}"))
+        .rsplit_once(',')
+        .unwrap()
+        .0
+        .to_string();
+    let cases: [(&str, Option<&str>, &[&str]); 5] = [
+        (&nan, Some("4"), &["backbone.calibration", "range 1"]),
+        (&negative, Some("4"), &["backbone.calibration", "range 2"]),
+        (
+            &short,
+            Some("4"),
+            &["backbone.calibration", &format!("{}", n - 1)],
+        ),
+        ("1,x", Some("4"), &["backbone.calibration", "parsed"]),
+        (&good, None, &["backbone.calibration_images", "missing"]),
+    ];
+    for (cal, images, needles) in cases {
+        for precision in ["f32", "int8"] {
+            assert_invalid_file(
+                load_loaded(&with(precision, Some(cal), images), &path),
+                &path,
+                needles,
+            );
+        }
+    }
+    let m = load_loaded(&with("int8", Some(&good), Some("4")), &path).unwrap();
+    assert_eq!(m.precision(), Precision::Int8);
+    assert_eq!(m.backbone().precision(), Precision::Int8);
+    let cal = m.calibration().unwrap();
+    assert_eq!(
+        (cal.maxima()[0], cal.maxima()[n - 1], cal.images()),
+        (1.5, n as f32 + 0.5, 4)
+    );
 }

@@ -7,7 +7,7 @@ mod model_common;
 use model_common::*;
 use ndarray::Array2;
 use patchcore::anomaly_map::{MapConfig, Upsample};
-use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+use patchcore::backbone::{Backbone, Calibration, Layer, Precision, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::embedding::{embedding_dim, Aggregator};
 use patchcore::knn::BankPrecision;
@@ -32,6 +32,7 @@ fn assert_params_eq(a: &PatchCoreParams, b: &PatchCoreParams) {
         map,
         batch_size,
         bank_precision,
+        precision,
     } = a;
     let PreprocessConfig {
         resize,
@@ -85,6 +86,7 @@ fn assert_params_eq(a: &PatchCoreParams, b: &PatchCoreParams) {
     assert_eq!(truncate.to_bits(), b.map.truncate.to_bits(), "map.truncate");
     assert_eq!(*batch_size, b.batch_size, "batch_size");
     assert_eq!(*bank_precision, b.bank_precision, "bank_precision");
+    assert_eq!(*precision, b.precision, "precision");
     // And the derived equality agrees.
     assert_eq!(a, b);
 }
@@ -124,6 +126,7 @@ fn all_options_params() -> PatchCoreParams {
         },
         batch_size: 3,
         bank_precision: BankPrecision::F16,
+        precision: Precision::Int8,
     }
 }
 
@@ -346,17 +349,40 @@ fn configuration_variants_survive() {
         let dim = embedding_dim(&channels, &params.aggregator);
         let bank = Array2::from_shape_fn((5, dim), |_| rng.random_range(-2.0f32..2.0));
         let threshold = (i % 2 == 0).then_some(i as f32 + 0.1);
-        let model = PatchCore::from_parts(
-            params.clone().check().unwrap(),
+        // A model from parts is built in f32; int8 needs a calibration first.
+        let mut f32_params = params.clone();
+        f32_params.precision = Precision::F32;
+        let mut model = PatchCore::from_parts(
+            f32_params.check().unwrap(),
             bb.clone(),
             bank.clone(),
             threshold,
         )
         .unwrap();
+        if params.precision == Precision::Int8 {
+            assert!(PatchCore::from_parts(
+                params.clone().check().unwrap(),
+                bb.clone(),
+                bank.clone(),
+                threshold
+            )
+            .is_err());
+            assert!(
+                model.set_precision(Precision::Int8).is_err(),
+                "no calibration"
+            );
+            let ranges = (0..bb.calibration_len()).map(|j| 0.5 + j as f32 / 3.0);
+            let cal = Calibration::from_maxima(ranges.collect(), 2).unwrap();
+            model.set_calibration(cal.clone()).unwrap();
+            model.set_precision(Precision::Int8).unwrap();
+            assert_eq!(model.calibration(), Some(&cal));
+        }
         let path = dir.join(&format!("v{i}.safetensors"));
         model.save(&path, &SaveOptions::default()).unwrap();
         let loaded = PatchCore::load(&path, BackboneSource::Loaded(Box::new(bb))).unwrap();
         assert_params_eq(&params, loaded.config().params());
+        assert_eq!(loaded.calibration(), model.calibration(), "variant {i}");
+        assert_eq!(loaded.backbone().precision(), params.precision);
         assert_eq!(
             loaded.threshold().map(f32::to_bits),
             threshold.map(f32::to_bits)

@@ -8,9 +8,12 @@
 //!   file, so that one file deploys;
 //! - metadata (string → string): `format = patchcore-model`, `format_version`, the
 //!   configuration (one key per field, see `meta.rs`), `backbone.*` (architecture, taps,
-//!   sha256 of the weights file), `threshold` (optional), and the optional keys of incremental
+//!   sha256 of the weights file), `threshold` (optional), the optional keys of incremental
 //!   update: `coreset.coverage_radius`, `images_seen`, `update_history` (files without them
-//!   load; such a model cannot be updated until refitted).
+//!   load; such a model cannot be updated until refitted), and of the backbone's precision:
+//!   `backbone.precision` (`f32` when absent), `backbone.calibration` (the activation ranges,
+//!   comma-separated) with `backbone.calibration_images` (files without them cannot run in
+//!   int8 until refitted).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,7 +27,7 @@ use sha2::Digest;
 
 use super::meta::{decode_params, decode_spec, encode, Meta};
 use super::{PatchCore, PatchCoreConfig};
-use crate::backbone::{Backbone, Layer, ResNetSpec};
+use crate::backbone::{Backbone, Layer, Precision, ResNetSpec};
 use crate::error::{Error, Result};
 use crate::knn::NearestNeighbours;
 
@@ -260,6 +263,7 @@ fn load_index(
         .check()
         .map_err(|e| bad(format!("invalid configuration: {e}")))?;
     let params = config.params();
+    let precision = params.precision;
     let spec = decode_spec(&m)?;
     let sha = m.get("backbone.sha256")?.to_string();
     let threshold = match meta.get("threshold") {
@@ -389,8 +393,8 @@ fn load_index(
         }
         let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
             .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
-        return PatchCore::from_parts_f16(config, backbone, bank, threshold)
-            .map(|model| model.with_extras(extras));
+        let model = PatchCore::from_parts_f16(f32_config(&config)?, backbone, bank, threshold)?;
+        return finish_load(model, extras, precision, name);
     }
     let mut values: Vec<f32> = Vec::new();
     values
@@ -406,7 +410,45 @@ fn load_index(
     }
     let bank = Array2::from_shape_vec((shape[0], shape[1]), data)
         .map_err(|e| bad(format!("`{BANK}`: {e}")))?;
-    PatchCore::from_parts(config, backbone, bank, threshold).map(|model| model.with_extras(extras))
+    let model = PatchCore::from_parts(f32_config(&config)?, backbone, bank, threshold)?;
+    finish_load(model, extras, precision, name)
+}
+
+/// `config` with an f32 backbone (a model is built in f32, then switched).
+fn f32_config(config: &PatchCoreConfig) -> Result<PatchCoreConfig> {
+    let mut p = config.clone().into_params();
+    p.precision = Precision::F32;
+    p.check()
+}
+
+/// Applies the optional metadata and the stored backbone precision.
+fn finish_load(
+    model: PatchCore,
+    extras: super::meta::Extras,
+    precision: Precision,
+    name: &Path,
+) -> Result<PatchCore> {
+    if let Some(c) = &extras.calibration {
+        let want = model.backbone().calibration_len();
+        if c.maxima().len() != want {
+            return Err(Error::invalid_file(
+                name,
+                format!(
+                    "metadata `backbone.calibration` holds {} activation ranges, the backbone \
+                     has {want} convolutions after the stem",
+                    c.maxima().len()
+                ),
+            ));
+        }
+    }
+    let mut model = model.with_extras(extras);
+    model.set_precision(precision).map_err(|e| {
+        Error::invalid_file(
+            name,
+            format!("the model asks for a {precision} backbone, which cannot be set up: {e}"),
+        )
+    })?;
+    Ok(model)
 }
 
 /// The safetensors header (JSON, padded with spaces to a multiple of 8 bytes) for `meta` and

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::file::{hex, FORMAT_NAME, FORMAT_VERSION};
 use super::{PatchCore, PatchCoreParams, UpdateRecord};
 use crate::anomaly_map::{MapConfig, Upsample};
-use crate::backbone::{BlockKind, Layer, ResNetSpec};
+use crate::backbone::{BlockKind, Calibration, Layer, Precision, ResNetSpec};
 use crate::coreset::{CoresetConfig, CoresetSize, Sampler};
 use crate::embedding::Aggregator;
 use crate::error::{Error, Result};
@@ -194,6 +194,18 @@ pub(super) fn encode(model: &PatchCore) -> BTreeMap<String, String> {
     );
     put("map.truncate", format!("{:?}", p.map.truncate));
     put("batch_size", p.batch_size.to_string());
+    put("backbone.precision", p.precision.name().into());
+    if let Some(c) = &model.calibration {
+        put(
+            "backbone.calibration",
+            c.maxima()
+                .iter()
+                .map(|v| format!("{v:?}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        put("backbone.calibration_images", c.images().to_string());
+    }
     if let Some(t) = model.threshold {
         put("threshold", format!("{t:?}"));
     }
@@ -223,6 +235,7 @@ pub(super) struct Extras {
     pub(super) coverage_radius: Option<f32>,
     pub(super) images_seen: Option<u64>,
     pub(super) history: Vec<UpdateRecord>,
+    pub(super) calibration: Option<Calibration>,
 }
 
 pub(super) fn decode_extras(m: &Meta<'_>) -> Result<Extras> {
@@ -247,10 +260,21 @@ pub(super) fn decode_extras(m: &Meta<'_>) -> Result<Extras> {
             .map(|r| UpdateRecord::decode(r).ok_or_else(|| m.bad("update_history")))
             .collect::<Result<Vec<_>>>()?,
     };
+    let calibration = match m.map.get("backbone.calibration") {
+        None => None,
+        Some(_) => {
+            let maxima: Vec<f32> = m.list("backbone.calibration")?;
+            let images = m.parse("backbone.calibration_images")?;
+            Some(Calibration::from_maxima(maxima, images).map_err(|e| {
+                Error::invalid_file(m.name, format!("metadata `backbone.calibration`: {e}"))
+            })?)
+        }
+    };
     Ok(Extras {
         coverage_radius,
         images_seen,
         history,
+        calibration,
     })
 }
 
@@ -385,6 +409,11 @@ pub(super) fn decode_params(m: &Meta<'_>) -> Result<PatchCoreParams> {
         batch_size: m.parse("batch_size")?,
         // The bank tensor's dtype decides (see `load_bytes`).
         bank_precision: BankPrecision::F32,
+        // Files written before the key existed ran in f32.
+        precision: match m.map.get("backbone.precision") {
+            None => Precision::F32,
+            Some(v) => v.parse().map_err(|_| m.bad("backbone.precision"))?,
+        },
     })
 }
 

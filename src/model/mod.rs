@@ -26,7 +26,7 @@ pub use spill::{remove_stale_spills, spill_path, SpillFile};
 pub use update::{UpdateProgress, UpdateRecord, UpdateReport};
 
 use crate::anomaly_map;
-use crate::backbone::Backbone;
+use crate::backbone::{Backbone, Calibration, Precision};
 use crate::coreset;
 use crate::embedding;
 use crate::error::{Error, Result};
@@ -150,6 +150,8 @@ pub struct PatchCore {
     images_seen: Option<u64>,
     /// One record per [`PatchCore::update`].
     history: Vec<UpdateRecord>,
+    /// Activation ranges of the backbone on the training images (for int8).
+    calibration: Option<Calibration>,
 }
 
 /// Options of [`PatchCore::fit_with_options`] / [`PatchCore::fit_paths_with_options`] beyond
@@ -352,6 +354,7 @@ impl PatchCore {
             }
         };
         let mut sink = BankSink::new(&p.coreset, &estimate, spill)?;
+        let mut calibration = backbone.new_calibration();
         let mut timings = Timings::default();
         let mut grid: Option<(usize, usize)> = None;
         let mut done = 0;
@@ -365,7 +368,13 @@ impl PatchCore {
             check_images(&config, &backbone, &images, limits)?;
             let input = preprocess::preprocess_batch(&images, &p.preprocess)?;
             timings.preprocess += t.elapsed();
-            let (emb, g) = embed_batch(&config, &backbone, input.view(), &mut timings)?;
+            let (emb, g) = embed_batch(
+                &config,
+                &backbone,
+                input.view(),
+                Some(&mut calibration),
+                &mut timings,
+            )?;
             if let Some(g0) = grid {
                 if g0 != g {
                     return Err(Error::input(format!(
@@ -402,6 +411,7 @@ impl PatchCore {
         // turns it on in this one.
         let screening = estimate.plan != FitPlan::Spill;
         let index = BruteForce::with_precision_screened(memory, p.bank_precision, screening)?;
+        backbone.set_precision(p.precision, Some(&calibration))?;
         progress(FitProgress::Done { rows: index.len() });
         Ok((
             PatchCore {
@@ -412,6 +422,7 @@ impl PatchCore {
                 coverage_radius: radius,
                 images_seen: Some(n as u64),
                 history: Vec::new(),
+                calibration: Some(calibration),
             },
             FitReport { timings, estimate },
         ))
@@ -433,6 +444,7 @@ impl PatchCore {
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
         check_bank_shape(&config, &backbone, memory_bank.dim())?;
+        check_precision(&config, &backbone)?;
         let index = BruteForce::with_precision(memory_bank, config.params().bank_precision)?;
         Ok(PatchCore {
             config,
@@ -442,6 +454,7 @@ impl PatchCore {
             coverage_radius: None,
             images_seen: None,
             history: Vec::new(),
+            calibration: None,
         })
     }
 
@@ -457,6 +470,7 @@ impl PatchCore {
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
         check_bank_shape(&config, &backbone, memory_bank.dim())?;
+        check_precision(&config, &backbone)?;
         let index = BruteForce::from_f16(memory_bank)?;
         let mut params = config.into_params();
         params.bank_precision = BankPrecision::F16;
@@ -468,6 +482,7 @@ impl PatchCore {
             coverage_radius: None,
             images_seen: None,
             history: Vec::new(),
+            calibration: None,
         })
     }
 
@@ -565,7 +580,7 @@ impl PatchCore {
             (h, w),
             limits,
         )?;
-        let (emb, (gh, gw)) = embed_batch(&self.config, &self.backbone, input, &mut timings)?;
+        let (emb, (gh, gw)) = embed_batch(&self.config, &self.backbone, input, None, &mut timings)?;
         let t = Instant::now();
         let per_image = gh * gw;
         let n = input.shape()[0];
@@ -660,7 +675,57 @@ impl PatchCore {
         self.coverage_radius = e.coverage_radius;
         self.images_seen = e.images_seen;
         self.history = e.history;
+        self.calibration = e.calibration;
         self
+    }
+
+    /// The backbone's activation ranges on the training images, which int8 needs: recorded
+    /// by every fit (and extended by every update) and stored in the model file. `None` for
+    /// a model built with [`PatchCore::from_parts`] or saved before they were recorded.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
+    }
+
+    /// Replaces the activation ranges (e.g. measured with
+    /// [`Backbone::forward_calibrating`] on other normal images). A model in int8 is
+    /// quantised again with them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if `calibration` does not match the backbone; the model is
+    /// unchanged.
+    pub fn set_calibration(&mut self, calibration: Calibration) -> Result<()> {
+        if calibration.maxima().len() != self.backbone.calibration_len() {
+            return Err(Error::input(format!(
+                "the calibration holds {} activation ranges, the backbone needs {}",
+                calibration.maxima().len(),
+                self.backbone.calibration_len()
+            )));
+        }
+        let precision = self.backbone.precision();
+        self.backbone.set_precision(precision, Some(&calibration))?;
+        self.calibration = Some(calibration);
+        Ok(())
+    }
+
+    /// The precision the backbone scores images in (the configuration's `precision`).
+    pub fn precision(&self) -> Precision {
+        self.config.params().precision
+    }
+
+    /// Runs the backbone in `precision` from now on; the configuration follows, so
+    /// [`PatchCore::save`] stores it. Going to [`Precision::Int8`] quantises the backbone
+    /// with [`PatchCore::calibration`] (a fraction of a second).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for int8 without a calibration (a model saved before
+    /// they were recorded: refit it); the model is unchanged on error.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.backbone
+            .set_precision(precision, self.calibration.as_ref())?;
+        let mut params = self.config.clone().into_params();
+        params.precision = precision;
+        self.config = params.check()?;
+        Ok(())
     }
 
     /// Training images the model has seen (its fit and every update), when known (`None` for
@@ -870,15 +935,20 @@ fn is_greedy(cfg: &coreset::CoresetConfig) -> bool {
     )
 }
 
-/// Backbone → embedding for one normalised batch; returns rows and the patch grid.
+/// Backbone → embedding for one normalised batch; returns rows and the patch grid. With
+/// `calibration`, the backbone runs in f32 and records its activation ranges there.
 fn embed_batch(
     config: &PatchCoreConfig,
     backbone: &Backbone,
     input: ArrayView4<f32>,
+    calibration: Option<&mut Calibration>,
     timings: &mut Timings,
 ) -> Result<(Array2<f32>, (usize, usize))> {
     let t = Instant::now();
-    let feats = backbone.forward(input)?;
+    let feats = match calibration {
+        Some(cal) => backbone.forward_calibrating(input, cal)?,
+        None => backbone.forward(input)?,
+    };
     timings.backbone += t.elapsed();
     let t = Instant::now();
     let views: Vec<_> = feats.iter().map(|f| f.view()).collect();
@@ -886,6 +956,23 @@ fn embed_batch(
     let emb = embedding::embed(&views, &config.params().aggregator)?;
     timings.embedding += t.elapsed();
     Ok((emb, grid))
+}
+
+/// A model built from parts has no calibration, so its configuration cannot ask for int8.
+fn check_precision(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {
+    let want = config.params().precision;
+    if want != backbone.precision() {
+        return Err(Error::param(
+            "precision",
+            format!(
+                "the configuration asks for a {want} backbone, the backbone given runs in {}; \
+                 build the model in f32, then call PatchCore::set_calibration and \
+                 PatchCore::set_precision",
+                backbone.precision()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The backbone fits the configuration, and a `rows × cols` bank fits both.

@@ -2,7 +2,7 @@
 //! [`PatchCoreConfig`].
 
 use crate::anomaly_map::MapConfig;
-use crate::backbone::Layer;
+use crate::backbone::{Layer, Precision};
 use crate::coreset::CoresetConfig;
 use crate::embedding::Aggregator;
 use crate::error::{Error, Result};
@@ -33,6 +33,11 @@ pub struct PatchCoreParams {
     /// [`BankPrecision::F16`] halves the bank's memory and file size; scores then come from the
     /// exact search of the f16-rounded bank.
     pub bank_precision: BankPrecision,
+    /// Precision of the backbone when the model scores images. [`Precision::Int8`] quantises
+    /// it with the activation ranges the fit measures on its images
+    /// ([`crate::model::PatchCore::calibration`]). The memory bank is always extracted in f32, so a
+    /// model can switch precision after the fit ([`crate::model::PatchCore::set_precision`]).
+    pub precision: Precision,
 }
 
 impl Default for PatchCoreParams {
@@ -46,6 +51,7 @@ impl Default for PatchCoreParams {
             map: MapConfig::default(),
             batch_size: 4,
             bank_precision: BankPrecision::F32,
+            precision: Precision::F32,
         }
     }
 }

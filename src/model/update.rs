@@ -234,6 +234,7 @@ impl PatchCore {
         let mut centres: Vec<f32> = Vec::new();
         timings.coreset += t.elapsed();
         let mut added: Vec<f32> = Vec::new();
+        let mut calibration = self.backbone.new_calibration();
         let mut added_rows = 0;
         let mut patches = 0;
         let mut for_threshold = 0;
@@ -248,7 +249,13 @@ impl PatchCore {
             super::check_images(&self.config, &self.backbone, &images, limits)?;
             let input = preprocess::preprocess_batch(&images, &p.preprocess)?;
             timings.preprocess += t.elapsed();
-            let (emb, _) = embed_batch(&self.config, &self.backbone, input.view(), &mut timings)?;
+            let (emb, _) = embed_batch(
+                &self.config,
+                &self.backbone,
+                input.view(),
+                Some(&mut calibration),
+                &mut timings,
+            )?;
             let t = Instant::now();
             let emb = emb.as_standard_layout().into_owned();
             let src = emb.as_slice().unwrap_or(&[]);
@@ -325,6 +332,14 @@ impl PatchCore {
             .map_err(|e| Error::input(format!("updated bank: {e}")))?;
         drop(bank);
         self.index = BruteForce::with_precision(memory, p.bank_precision)?;
+        // The new images widen the activation ranges (a model without them stays without:
+        // its fit's images are unknown).
+        if let Some(mut cal) = self.calibration.take() {
+            cal.merge(&calibration)?;
+            self.backbone
+                .set_precision(self.backbone.precision(), Some(&cal))?;
+            self.calibration = Some(cal);
+        }
         self.images_seen = self.images_seen.map(|s| s + n as u64);
         self.history.push(UpdateRecord {
             unix_time: SystemTime::now()
