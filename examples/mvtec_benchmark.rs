@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use patchcore::backbone::{Backbone, ResNetSpec};
+use patchcore::backbone::{Backbone, Precision, ResNetSpec};
 use patchcore::coreset::CoresetSize;
 use patchcore::dataset::Category;
 use patchcore::evaluate::{self, BenchmarkInfo, EvalOptions, EvalProgress, RunMetrics};
@@ -50,6 +50,7 @@ const USAGE: &str = "\
 usage: mvtec_benchmark --root MVTEC_ROOT [--weights W.safetensors] [--arch ARCH]
                        [--categories a,b,...] [--seeds 0,1,2] [--coreset RATIO] [--out DIR]
                        [--resize N] [--crop N] [--batch N] [--synthetic]
+                       [--precision f32|int8]
 
   --root DIR        MVTec AD root holding one folder per category
   --weights FILE    torchvision ResNet weights as safetensors (none: random weights, warned)
@@ -62,7 +63,9 @@ usage: mvtec_benchmark --root MVTEC_ROOT [--weights W.safetensors] [--arch ARCH]
   --resize N        resize the shorter side to N (default 256)
   --crop N          centre crop N×N (default 224; 0 = no crop)
   --batch N         test images per prediction batch (default 1: per-image latency)
-  --synthetic       write a small synthetic root under OUT/synthetic-data and use it";
+  --synthetic       write a small synthetic root under OUT/synthetic-data and use it
+  --precision P     backbone precision when scoring: f32 (default) or int8 (calibrated on
+                    each category's train/good; the memory bank is extracted in f32)";
 
 struct Args {
     root: Option<PathBuf>,
@@ -76,6 +79,7 @@ struct Args {
     crop: usize,
     batch: usize,
     synthetic: bool,
+    precision: Precision,
 }
 
 fn parse_args() -> Result<Option<Args>, Box<dyn std::error::Error>> {
@@ -91,6 +95,7 @@ fn parse_args() -> Result<Option<Args>, Box<dyn std::error::Error>> {
         crop: 224,
         batch: 1,
         synthetic: false,
+        precision: Precision::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -122,6 +127,7 @@ fn parse_args() -> Result<Option<Args>, Box<dyn std::error::Error>> {
             "--crop" => a.crop = value()?.parse()?,
             "--batch" => a.batch = value()?.parse()?,
             "--synthetic" => a.synthetic = true,
+            "--precision" => a.precision = value()?.parse()?,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -273,6 +279,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     params.preprocess.resize = Resize::ShorterSide(args.resize);
     params.preprocess.crop = (args.crop > 0).then_some((args.crop, args.crop));
     params.coreset.size = CoresetSize::Ratio(args.coreset);
+    params.precision = args.precision;
     let layers = params.layers.clone();
     params.clone().check()?;
 
@@ -289,7 +296,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let info = BenchmarkInfo {
-        arch: args.arch.clone(),
+        arch: match args.precision {
+            Precision::F32 => args.arch.clone(),
+            p => format!("{} ({p} backbone)", args.arch),
+        },
         weights: args.weights.as_ref().map(|w| w.display().to_string()),
         coreset_ratio: args.coreset,
         seeds: args.seeds.clone(),

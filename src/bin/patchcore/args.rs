@@ -183,6 +183,23 @@ pub enum SamplerArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    /// Single precision: parity with PyTorch.
+    F32,
+    /// int8 weights and activations, calibrated on the training images (faster).
+    Int8,
+}
+
+impl From<PrecisionArg> for patchcore::backbone::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => patchcore::backbone::Precision::F32,
+            PrecisionArg::Int8 => patchcore::backbone::Precision::Int8,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum AggregatorArg {
     /// Original PatchCore: 3×3 neighbourhoods, adaptive pooling to 1024 dimensions.
     Original,
@@ -299,6 +316,11 @@ pub struct FitOptions {
     /// the f16 rounding of the bank, typically well below 0.1 %).
     #[arg(long)]
     pub bank_f16: bool,
+    /// Backbone precision when scoring images: f32 (default, parity with PyTorch) or int8
+    /// (faster; quantised with the activation ranges measured on the training images; the
+    /// memory bank is always extracted in f32). With `eval --model`, overrides the model's.
+    #[arg(long, value_enum, value_name = "PRECISION")]
+    pub precision: Option<PrecisionArg>,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -350,6 +372,10 @@ pub struct PredictArgs {
     /// Decision threshold (defaults to the one stored in the model).
     #[arg(long, value_parser = finite)]
     pub threshold: Option<f32>,
+    /// Run the backbone in this precision instead of the model's (int8 needs a model fitted
+    /// by this version, which stores the activation ranges).
+    #[arg(long, value_enum, value_name = "PRECISION")]
+    pub precision: Option<PrecisionArg>,
     /// Write heat-map PNGs into this folder (needs a threshold: --threshold or one stored in
     /// the model).
     #[arg(long, value_name = "DIR")]

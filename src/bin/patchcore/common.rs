@@ -183,6 +183,7 @@ pub fn fit_config(layers: &[Layer], f: &FitOptions) -> CliResult<PatchCoreConfig
     } else {
         BankPrecision::F32
     };
+    p.precision = f.precision.map(Into::into).unwrap_or_default();
     p.scoring.reweight_neighbours = f.b;
     p.scoring.distance = match f.distance {
         DistanceArg::Euclidean => Distance::Euclidean,

@@ -65,7 +65,15 @@ pub fn run(a: EvalArgs) -> CliResult {
 
     let start = Instant::now();
     let (model, fit_timings) = match (&a.model, config, &a.weights) {
-        (Some(m), _, w) => (load_model(m, w.as_deref())?, None),
+        (Some(m), _, w) => {
+            let mut model = load_model(m, w.as_deref())?;
+            if let Some(p) = a.fit.precision {
+                model
+                    .set_precision(p.into())
+                    .map_err(|e| CliError::Failed(format!("{}: --precision: {e}", m.display())))?;
+            }
+            (model, None)
+        }
         (None, Some(config), Some(w)) => {
             let backbone = load_backbone(w, &a.net.arch, &a.net.layers)?;
             let mut progress = Progress::new("features", a.json);
@@ -140,13 +148,19 @@ pub fn run(a: EvalArgs) -> CliResult {
     };
     let opt = |v: Option<f64>| v.map(json_num).unwrap_or_else(|| "null".into());
     let bank_rows = model.memory_bank().nrows();
+    let bb = model.backbone();
+    let backbone_kernels = match bb.int8_kernels() {
+        Some(isa) => format!("{} ({} int8 kernels)", bb.precision(), isa.name()),
+        None => bb.precision().to_string(),
+    };
 
     if a.json {
         out_line(&format!(
             "{{\"category\":{},\"image_auroc\":{},\"pixel_auroc\":{},\"aupro\":{},\
              \"f1_max\":{},\"threshold\":{},\"fit_seconds\":{},\"predict_ms_per_image\":{},\
              \"n_train\":{},\"n_test\":{},\"n_anomalous\":{},\"memory_bank_rows\":{},\
-             \"arch\":{},\"pixel_metrics\":{},\"model_threshold\":{}}}",
+             \"arch\":{},\"backbone_precision\":{},\"backbone_kernels\":{},\
+             \"pixel_metrics\":{},\"model_threshold\":{}}}",
             json_string(&category.name),
             json_num(image_auroc),
             opt(pixel_auroc),
@@ -160,6 +174,8 @@ pub fn run(a: EvalArgs) -> CliResult {
             labels.iter().filter(|&&l| l).count(),
             bank_rows,
             json_string(&model.backbone().spec().name.to_string()),
+            json_string(bb.precision().name()),
+            json_string(&backbone_kernels),
             json_string(if pixel_auroc.is_some() {
                 "computed"
             } else {
@@ -224,6 +240,7 @@ pub fn run(a: EvalArgs) -> CliResult {
                 ),
                 None => format!("fit                 none (loaded; memory bank {bank_rows} rows)"),
             },
+            format!("backbone            {backbone_kernels}"),
             format!(
                 "predict             {ms_per_image:.1} ms per image with map (backbone {:.1}, \
                  embedding {:.1}, scoring {:.1}, map {:.1} ms)",

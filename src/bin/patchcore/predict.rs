@@ -10,7 +10,12 @@ use crate::common::{
 use crate::names::{collect_inputs, escape_name, heatmap_paths, json_path};
 
 pub fn run(a: PredictArgs) -> CliResult {
-    let model = load_model(&a.model, a.weights.as_deref())?;
+    let mut model = load_model(&a.model, a.weights.as_deref())?;
+    if let Some(p) = a.precision {
+        model
+            .set_precision(p.into())
+            .map_err(|e| CliError::Failed(format!("{}: --precision: {e}", a.model.display())))?;
+    }
     crate::common::warn_if_random(model.backbone());
     let threshold = a.threshold.or(model.threshold());
     if (a.heatmaps.is_some() || a.regions) && threshold.is_none() {
