@@ -53,11 +53,18 @@ fn detected_features_match_the_ci_expectation() {
     );
     match std::env::var("PATCHCORE_EXPECT_SIMD").as_deref() {
         Err(_) | Ok("") => {}
-        Ok("none") => assert!(
-            found.is_empty(),
-            "PATCHCORE_EXPECT_SIMD=none but the CPU reports {found:?}: the portable-kernel run \
-             is not running on a CPU without SIMD (is the qemu runner set?)"
-        ),
+        Ok("none") => {
+            assert!(
+                found.is_empty(),
+                "PATCHCORE_EXPECT_SIMD=none but the CPU reports {found:?}: the portable-kernel \
+                 run is not running on a CPU without SIMD (is the qemu runner set?)"
+            );
+            assert_eq!(
+                patchcore::kernels::int8::Int8Isa::detect(),
+                patchcore::kernels::int8::Int8Isa::Portable,
+                "the int8 kernels must fall back to the portable one here"
+            );
+        }
         Ok("neon") => {
             assert_eq!(
                 std::env::consts::ARCH,
