@@ -1,0 +1,453 @@
+//! bf16 matrix products for a reduced-precision backbone: `c = bf16(A) · bf16(B)` with f32
+//! accumulation.
+//!
+//! The weights `A` (`m × k`) are rounded to bf16 once ([`PackedBf16Weights::new`]); the
+//! activations `B` (`k × n`, f32) are rounded to bf16 (round to nearest even) while they are
+//! packed by [`gemm_bf16`]. A product of two bf16 values is exact in f32, so the only roundings
+//! are those of the f32 additions.
+//!
+//! # Instruction sets
+//!
+//! One file per instruction set, all reading the same packed layouts:
+//!
+//! | [`Bf16Isa`] | file | instructions |
+//! |---|---|---|
+//! | [`Bf16Isa::Portable`] | `portable.rs` | plain f32 loops (vectorised by the compiler) |
+//! | [`Bf16Isa::Avx512Bf16`] | `avx512_bf16.rs` | x86-64 `vdpbf16ps` (AVX512-BF16) |
+//! | [`Bf16Isa::NeonBf16`] | `neon_bf16.rs` | aarch64 `bfmlalt` / `bfmlalb` (FEAT_BF16) |
+//!
+//! A kernel whose instructions the CPU lacks is reachable only through a zero-sized token that
+//! [`Bf16Isa::detect`]-style run-time detection hands out, so it can never execute an illegal
+//! instruction; asking [`gemm_bf16`] for an unavailable isa runs the portable kernel.
+//!
+//! # Summation order (the same for every isa)
+//!
+//! `k` is split into pairs `(2t, 2t + 1)`, `t = 0 .. ⌈k/2⌉` (an odd `k` gets a zero partner).
+//! Every output element is computed as
+//!
+//! ```text
+//! c = +0
+//! for t in 0 .. ⌈k/2⌉:           // increasing t, never split across threads
+//!     c = c + a[2t+1]·b[2t+1]    // odd element of the pair first
+//!     c = c + a[2t]  ·b[2t]      // then the even one
+//! ```
+//!
+//! with every addition rounded to nearest even in f32. This is the order of Intel's
+//! pseudo-code for `vdpbf16ps` (`srcdest += src1.bf16[2i+1]·src2.bf16[2i+1]`, then
+//! `+= …[2i+0]`, each an FMA with round to nearest even); the portable kernel does the same
+//! additions in the same order (the product is exact, so `mul` then `add` equals the FMA), and
+//! the NEON kernel uses the IEEE fused `bfmlalt` (odd elements) then `bfmlalb` (even elements).
+//! Blocking over `k` stores the partial sums in f32 and reloads them, which changes nothing.
+//! Hence **all isas give identical bits** as long as no product or partial sum is subnormal
+//! in f32 (|x| < 2⁻¹²⁶) and no single product overflows: `vdpbf16ps` treats subnormal inputs
+//! as zero and flushes subnormal results to zero, the others keep them. (NEON's `bfdot` /
+//! `bfmmla` are not used: without FEAT_EBF16 they add the two products first with round to
+//! odd, a different order.)
+//!
+//! Error bound against the exact product of the rounded inputs: each element is a sum of `k`
+//! exact products (plus zeros) with at most `k` roundings, so
+//! `|c − Σ a·b| ≤ k·2⁻²⁴·Σ|a·b|` (to first order), apart from subnormals.
+//!
+//! The result does not depend on the thread count: threads receive whole row blocks of `c`
+//! and every element is computed by one thread in the order above.
+//!
+//! # Packed layouts
+//!
+//! - `A` ([`PackedBf16Weights`]): tiles of [`MR`] = 8 rows (the last padded with zero rows);
+//!   per tile, for each pair `t`, 8 `u32` — row `r`'s pair with `a[r][2t]` in the low half
+//!   and `a[r][2t+1]` in the high half (the lane layout `vdpbf16ps` and `bfmlal{b,t}` expect).
+//!   Index: `(tile·⌈k/2⌉ + t)·8 + r`.
+//! - `B` (the `scratch` of [`gemm_bf16`]): panels of [`NR`] = 48 columns (the last one
+//!   `16·⌈w/16⌉` wide for its `w` remaining columns, padded with zeros); per panel, for each
+//!   pair `t`, the panel's columns each as an (even row, odd row) pair of bf16. Panel `p`
+//!   starts at `p·48·⌈k/2⌉·2`; within it, `b[2t + h][j0 + j]` is at `(t·width + j)·2 + h`.
+
+use rayon::prelude::*;
+
+use super::gemm::Parallelism;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
+#[cfg(target_arch = "aarch64")]
+mod neon_bf16;
+mod portable;
+
+/// Rows of a micro-tile of `c` (and of a tile of packed weights).
+pub const MR: usize = 8;
+/// Columns of a full panel of packed `B` (three 16-lane vectors).
+pub const NR: usize = 48;
+/// Pairs of `k` per cache block: the micro-kernels run over at most this many pairs before
+/// the partial sums go back to memory (a `B` panel block of `256·48·4` bytes = 48 KiB).
+const KC: usize = 256;
+
+/// The accumulators of one micro-tile: `MR` rows of `NR` f32.
+type Tile = [[f32; NR]; MR];
+
+/// Instruction set of the bf16 kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Bf16Isa {
+    /// Plain Rust loops; available everywhere.
+    Portable,
+    /// x86-64 AVX512F + AVX512-BF16 (`vdpbf16ps`).
+    Avx512Bf16,
+    /// aarch64 NEON with the bf16 extension (`bfmlalb` / `bfmlalt`).
+    NeonBf16,
+}
+
+impl Bf16Isa {
+    /// The fastest instruction set this CPU supports.
+    pub fn detect() -> Bf16Isa {
+        if Bf16Isa::Avx512Bf16.is_available() {
+            Bf16Isa::Avx512Bf16
+        } else if Bf16Isa::NeonBf16.is_available() {
+            Bf16Isa::NeonBf16
+        } else {
+            Bf16Isa::Portable
+        }
+    }
+
+    /// Whether this CPU (and this build's target architecture) can run the instruction set.
+    pub fn is_available(self) -> bool {
+        match self {
+            Bf16Isa::Portable => true,
+            Bf16Isa::Avx512Bf16 => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    avx512_bf16::Avx512Bf16::detect().is_some()
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
+            }
+            Bf16Isa::NeonBf16 => {
+                #[cfg(target_arch = "aarch64")]
+                {
+                    neon_bf16::NeonBf16::detect().is_some()
+                }
+                #[cfg(not(target_arch = "aarch64"))]
+                {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Short human-readable name (`"portable"`, `"avx512-bf16"`, `"neon-bf16"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Isa::Portable => "portable",
+            Bf16Isa::Avx512Bf16 => "avx512-bf16",
+            Bf16Isa::NeonBf16 => "neon-bf16",
+        }
+    }
+
+    /// Every instruction set available on this CPU, portable first.
+    pub fn all_available() -> Vec<Bf16Isa> {
+        [Bf16Isa::Portable, Bf16Isa::Avx512Bf16, Bf16Isa::NeonBf16]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+}
+
+/// f32 → bf16 bits, round to nearest even (NaN stays NaN, ±inf stays ±inf).
+///
+/// A NaN keeps its sign and the top of its payload and is made quiet; finite values whose
+/// rounding exceeds the largest bf16 become ±inf.
+#[inline]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    // Adding 0x7FFF rounds a remainder above one half up; the extra lowest kept bit turns an
+    // exact half into "up when the kept part is odd". A carry into the exponent is correct
+    // (including the largest finite values rounding to infinity).
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// bf16 bits → f32 (exact).
+#[inline(always)]
+pub fn from_bf16(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// Weights `m × k` (row-major f32 on input) rounded to bf16 once and packed for the kernels
+/// (half the memory of f32).
+///
+/// Layout: see the [module documentation](self#packed-layouts).
+#[derive(Debug, Clone)]
+pub struct PackedBf16Weights {
+    /// `⌈m/8⌉` tiles × `⌈k/2⌉` pairs × 8 rows, each a pair of bf16 (even element low).
+    data: Vec<u32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedBf16Weights {
+    /// Rounds `a` (row-major `m × k`) to bf16 and packs it.
+    ///
+    /// # Panics
+    /// If `a.len() != m·k` (or that product overflows).
+    pub fn new(a: &[f32], m: usize, k: usize) -> Self {
+        let len = m.checked_mul(k);
+        assert!(
+            len == Some(a.len()),
+            "PackedBf16Weights::new: a has {} elements, {m}×{k} expected",
+            a.len()
+        );
+        let kp = k.div_ceil(2);
+        let tiles = m.div_ceil(MR);
+        let mut data = vec![0u32; tiles * kp * MR];
+        if kp > 0 {
+            for (tile, dst) in data.chunks_exact_mut(kp * MR).enumerate() {
+                for r in 0..MR.min(m - tile * MR) {
+                    let row = &a[(tile * MR + r) * k..][..k];
+                    for (t, pair) in row.chunks(2).enumerate() {
+                        let lo = u32::from(to_bf16(pair[0]));
+                        let hi = pair.get(1).map_or(0, |&x| u32::from(to_bf16(x)));
+                        dst[t * MR + r] = lo | (hi << 16);
+                    }
+                }
+            }
+        }
+        PackedBf16Weights { data, m, k }
+    }
+
+    /// Number of rows `m` (output channels).
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Depth `k` (the inner dimension).
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes of packed data (`4·8·⌈m/8⌉·⌈k/2⌉`, about `2·m·k`).
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<u32>()
+    }
+}
+
+/// Length in `u16` of `B` packed for `k × n` (see the [module docs](self#packed-layouts)).
+fn packed_b_len(k: usize, n: usize) -> usize {
+    let kp = k.div_ceil(2);
+    let full = n / NR;
+    let rest = (n % NR).div_ceil(16) * 16;
+    (full * NR + rest) * kp * 2
+}
+
+/// Packs the panel of `B` whose first column is `j0` into `dst` (`⌈k/2⌉·width·2` values).
+fn pack_b_panel(b: &[f32], k: usize, n: usize, j0: usize, dst: &mut [u16]) {
+    let kp = k.div_ceil(2);
+    let width = dst.len() / (2 * kp);
+    let w = width.min(n - j0);
+    for (t, out) in dst.chunks_exact_mut(2 * width).enumerate() {
+        let even = &b[2 * t * n + j0..][..w];
+        let (pairs, pad) = out.split_at_mut(2 * w);
+        if 2 * t + 1 < k {
+            let odd = &b[(2 * t + 1) * n + j0..][..w];
+            for ((p, &e), &o) in pairs.chunks_exact_mut(2).zip(even).zip(odd) {
+                p[0] = to_bf16(e);
+                p[1] = to_bf16(o);
+            }
+        } else {
+            for (p, &e) in pairs.chunks_exact_mut(2).zip(even) {
+                p[0] = to_bf16(e);
+                p[1] = 0;
+            }
+        }
+        pad.fill(0);
+    }
+}
+
+/// The micro-kernel of an instruction set, proven available.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx512(avx512_bf16::Avx512Bf16),
+    #[cfg(target_arch = "aarch64")]
+    Neon(neon_bf16::NeonBf16),
+}
+
+impl Kernel {
+    /// The kernel of `isa`, or the portable one if `isa` is not available.
+    fn new(isa: Bf16Isa) -> Kernel {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Avx512Bf16 => {
+                avx512_bf16::Avx512Bf16::detect().map_or(Kernel::Portable, Kernel::Avx512)
+            }
+            #[cfg(target_arch = "aarch64")]
+            Bf16Isa::NeonBf16 => {
+                neon_bf16::NeonBf16::detect().map_or(Kernel::Portable, Kernel::Neon)
+            }
+            _ => Kernel::Portable,
+        }
+    }
+
+    /// `acc[r][j] (+)= Σ_t` over the `kp` pairs of `a` (`kp·8` pairs, see the packed layout)
+    /// and `b` (`kp·width` pairs), in the [module's order](self#summation-order-the-same-for-every-isa),
+    /// for rows `r < 8` and columns `j < width`; `width` is 16, 32 or 48.
+    #[inline]
+    fn tile(self, a: &[u32], b: &[u16], kp: usize, width: usize, acc: &mut Tile) {
+        match self {
+            Kernel::Portable => portable::tile(a, b, kp, width, acc),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(k) => k.tile(a, b, kp, width, acc),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon(k) => k.tile(a, b, kp, width, acc),
+        }
+    }
+}
+
+/// c[m×n] (f32 row-major, row stride n, overwritten) = bf16(A) · bf16(B), B given as f32
+/// row-major k×n (row stride n) and rounded to bf16 (RNE) while it is packed; products of
+/// bf16 values are exact in f32 and are accumulated in f32.
+///
+/// An isa that is not available runs the portable kernel (never an illegal instruction). The
+/// result does not depend on the thread count, and is the same for every isa (see the
+/// [summation order](self#summation-order-the-same-for-every-isa) for the subnormal caveat).
+///
+/// `scratch` receives the packed `B`; it is grown only when too short, so repeated calls with
+/// the same or smaller shapes do not allocate.
+///
+/// # Panics
+/// If `b.len() != k·n` or `c.len() != m·n` (`m`, `k` from `w`).
+pub fn gemm_bf16(
+    w: &PackedBf16Weights,
+    b: &[f32],
+    n: usize,
+    c: &mut [f32],
+    scratch: &mut Vec<u16>,
+    par: Parallelism,
+    isa: Bf16Isa,
+) {
+    let (m, k) = (w.m, w.k);
+    assert!(
+        k.checked_mul(n) == Some(b.len()),
+        "gemm_bf16: b has {} elements, {k}×{n} expected",
+        b.len()
+    );
+    assert!(
+        m.checked_mul(n) == Some(c.len()),
+        "gemm_bf16: c has {} elements, {m}×{n} expected",
+        c.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let kernel = Kernel::new(isa);
+    let kp = k.div_ceil(2);
+    let len = packed_b_len(k, n);
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    let packed = &mut scratch[..len];
+    let panel_len = NR * kp * 2;
+    match par {
+        Parallelism::Sequential => {
+            for (p, dst) in packed.chunks_mut(panel_len).enumerate() {
+                pack_b_panel(b, k, n, p * NR, dst);
+            }
+        }
+        Parallelism::Rayon => {
+            packed
+                .par_chunks_mut(panel_len)
+                .enumerate()
+                .for_each(|(p, dst)| pack_b_panel(b, k, n, p * NR, dst));
+        }
+    }
+    let packed = &scratch[..len];
+    let rows_block = |c_rows: &mut [f32], tile0: usize| {
+        compute_rows(kernel, w, packed, n, c_rows, tile0);
+    };
+    match par {
+        Parallelism::Sequential => rows_block(c, 0),
+        Parallelism::Rayon => {
+            // Whole tiles of rows per task; about four tasks per thread when `m` allows. The
+            // split changes only who computes an element, never how.
+            let tiles = m.div_ceil(MR);
+            let tasks = 4 * rayon::current_num_threads();
+            let per_task = tiles.div_ceil(tasks).clamp(1, 8);
+            c.par_chunks_mut(per_task * MR * n)
+                .enumerate()
+                .for_each(|(i, rows)| rows_block(rows, i * per_task));
+        }
+    }
+}
+
+/// Computes the rows of `c` given in `c_rows` (whole tiles, starting with tile `tile0`, the
+/// last one possibly partial): for each panel of `B`, for each block of `KC` pairs, every
+/// tile of rows.
+fn compute_rows(
+    kernel: Kernel,
+    w: &PackedBf16Weights,
+    packed: &[u16],
+    n: usize,
+    c_rows: &mut [f32],
+    tile0: usize,
+) {
+    let kp = w.k.div_ceil(2);
+    let rows = c_rows.len() / n;
+    let tiles = rows.div_ceil(MR);
+    let mut acc: Tile = [[0.0; NR]; MR];
+    for (p, panel) in packed.chunks(NR * kp * 2).enumerate() {
+        let j0 = p * NR;
+        let width = panel.len() / (2 * kp);
+        let wv = width.min(n - j0);
+        let mut t0 = 0;
+        while t0 < kp {
+            let kb = KC.min(kp - t0);
+            let bblock = &panel[t0 * width * 2..(t0 + kb) * width * 2];
+            for tile in 0..tiles {
+                let rt = MR.min(rows - tile * MR);
+                for (r, acc_row) in acc.iter_mut().enumerate() {
+                    if t0 == 0 || r >= rt {
+                        acc_row[..width].fill(0.0);
+                    } else {
+                        acc_row[..wv].copy_from_slice(&c_rows[(tile * MR + r) * n + j0..][..wv]);
+                        acc_row[wv..width].fill(0.0);
+                    }
+                }
+                let a0 = ((tile0 + tile) * kp + t0) * MR;
+                kernel.tile(&w.data[a0..a0 + kb * MR], bblock, kb, width, &mut acc);
+                for (r, acc_row) in acc.iter().enumerate().take(rt) {
+                    c_rows[(tile * MR + r) * n + j0..][..wv].copy_from_slice(&acc_row[..wv]);
+                }
+            }
+            t0 += kb;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_round_trip_and_ties() {
+        assert_eq!(to_bf16(1.0), 0x3F80);
+        assert_eq!(from_bf16(0x3F80), 1.0);
+        // 1 + 2⁻⁸ is a tie between 1 and 1 + 2⁻⁷: even (1) wins.
+        assert_eq!(to_bf16(1.0 + f32::EPSILON * 2f32.powi(15)), 0x3F80);
+        assert_eq!(to_bf16(f32::MAX), 0x7F80);
+        assert_eq!(to_bf16(f32::INFINITY), 0x7F80);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn packed_b_len_matches_panels() {
+        assert_eq!(packed_b_len(3, 49), (48 + 16) * 2 * 2);
+        assert_eq!(packed_b_len(4, 96), 96 * 2 * 2);
+    }
+}
