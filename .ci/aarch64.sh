@@ -112,7 +112,7 @@ PATCHCORE_EXPECT_SIMD=none \
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
   cargo test --lib --test simd_dispatch --test kernels_gemm --test kernels_conv \
   --test kernels_pool --test knn_bruteforce --test knn_screening --test backbone_parity --test embedding_parity \
-  --test kernels_int8 --test backbone_int8 \
+  --test kernels_int8 --test backbone_int8 --test kernels_bf16 --test backbone_bf16 \
   -- --skip coreset::accel_tests::heavy_duplicates --skip coreset::accel_tests::gaussian_blobs \
   --skip coreset::accel_tests::uniform_random
 echo "portable-kernel qemu tests took $((SECONDS - t0)) s"

@@ -6,9 +6,9 @@
 //! depend on the weight values.
 //!
 //! Quick run: `cargo bench --bench backbone -- --sample-size 10 --warm-up-time 1 --measurement-time 5`
-//! (add a filter such as `resnet18/1` to run one case). The `<arch>-int8/1` cases run the
-//! int8 backbone (calibrated on two random images of the same distribution; the kernels are
-//! printed first).
+//! (add a filter such as `resnet18/1` to run one case). The `<arch>-int8/1` and
+//! `<arch>-bf16/1` cases run the reduced-precision backbones (int8 calibrated on two random
+//! images of the same distribution; the kernels are printed first).
 //!
 //! After criterion, a summary prints the CPU time of one batch-1 forward pass run in a
 //! 1-thread pool (process CPU time, so it stays meaningful when other processes load the
@@ -46,20 +46,20 @@ fn bench_backbone(c: &mut Criterion) {
         let mut cal = net.new_calibration();
         net.forward_calibrating(calib.view(), &mut cal)
             .expect("calibration");
-        let mut q = net.clone();
-        q.set_precision(Precision::Int8, Some(&cal)).expect("int8");
-        if let Some(isa) = q.int8_kernels() {
-            println!("{}: int8 kernels {}", spec.name, isa.name());
-        }
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let input =
             Array4::from_shape_simple_fn((1, 3, 224, 224), || rng.random_range(-2.0f32..2.0));
         group.throughput(Throughput::Elements(flops_per_image));
-        group.bench_with_input(
-            BenchmarkId::new(format!("{}-int8", spec.name), 1),
-            &input,
-            |b, x| b.iter(|| black_box(q.forward(black_box(x.view())).expect("forward"))),
-        );
+        for precision in [Precision::Int8, Precision::Bf16] {
+            let mut q = net.clone();
+            q.set_precision(precision, Some(&cal)).expect("precision");
+            println!("{}: {}", spec.name, q.kernels());
+            group.bench_with_input(
+                BenchmarkId::new(format!("{}-{precision}", spec.name), 1),
+                &input,
+                |b, x| b.iter(|| black_box(q.forward(black_box(x.view())).expect("forward"))),
+            );
+        }
     }
     group.finish();
 }

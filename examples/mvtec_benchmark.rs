@@ -50,7 +50,7 @@ const USAGE: &str = "\
 usage: mvtec_benchmark --root MVTEC_ROOT [--weights W.safetensors] [--arch ARCH]
                        [--categories a,b,...] [--seeds 0,1,2] [--coreset RATIO] [--out DIR]
                        [--resize N] [--crop N] [--batch N] [--synthetic]
-                       [--precision f32|int8]
+                       [--precision f32|int8|bf16]
 
   --root DIR        MVTec AD root holding one folder per category
   --weights FILE    torchvision ResNet weights as safetensors (none: random weights, warned)
@@ -64,8 +64,8 @@ usage: mvtec_benchmark --root MVTEC_ROOT [--weights W.safetensors] [--arch ARCH]
   --crop N          centre crop N×N (default 224; 0 = no crop)
   --batch N         test images per prediction batch (default 1: per-image latency)
   --synthetic       write a small synthetic root under OUT/synthetic-data and use it
-  --precision P     backbone precision when scoring: f32 (default) or int8 (calibrated on
-                    each category's train/good; the memory bank is extracted in f32)";
+  --precision P     backbone precision when scoring: f32 (default), int8 (calibrated on
+                    each category's train/good) or bf16; the memory bank is extracted in f32";
 
 struct Args {
     root: Option<PathBuf>,

@@ -1,6 +1,6 @@
-//! How far the int8 backbone's features are from the f32 ones: the relative L2 error of the
-//! layer2 and layer3 maps and of the patch embedding, calibrated on normal images and
-//! measured on normal and defective ones.
+//! How far the int8 and bf16 backbones' features are from the f32 ones: the relative L2 error
+//! of the layer2 and layer3 maps and of the patch embedding, measured on normal and defective
+//! images (int8 calibrated on other normal images).
 //!
 //! ```text
 //! cargo run --release --example precision_error -- [--arch wide_resnet50_2] [--weights W]
@@ -9,9 +9,9 @@
 //!
 //! Images are procedural (`patchcore::synthetic`: textures with scratches and spots); without
 //! `--weights` the backbone has seeded random weights. The relative error is
-//! `‖int8 − f32‖₂ / ‖f32‖₂` over each whole tensor, and its maximum over the test images is
-//! printed with the mean. On your own data, `patchcore eval` with `--precision f32` and
-//! `--precision int8` compares the metrics that matter.
+//! `‖reduced − f32‖₂ / ‖f32‖₂` over each whole tensor, and its maximum over the test images
+//! is printed with the mean. On your own data, `patchcore eval` with `--precision f32`,
+//! `--precision int8` and `--precision bf16` compares the metrics that matter.
 
 use ndarray::{Array2, Array4};
 use patchcore::backbone::{Backbone, Layer, Precision, ResNetSpec};
@@ -79,35 +79,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(_, im)| preprocess_batch(std::slice::from_ref(im), &cfg))
         .collect::<Result<_, _>>()?;
     let reference: Vec<_> = inputs.iter().map(|x| features(&net, x)).collect();
-    net.set_precision(Precision::Int8, Some(&cal))?;
     println!(
-        "{arch}, {} weights, calibrated on {train} normal images, int8 kernels {}",
+        "{arch}, {} weights, int8 calibrated on {train} normal images",
         if weights.is_some() { "given" } else { "random" },
-        net.int8_kernels().map_or("none", |i| i.name())
     );
-    println!("relative L2 error of int8 against f32 (mean / max over the test images):");
-    for kind in ["normal", "defective"] {
-        let mut errs = [Vec::new(), Vec::new(), Vec::new()];
-        for ((k, _), (x, (ft, fe))) in tests.iter().zip(inputs.iter().zip(&reference)) {
-            if *k != kind {
-                continue;
-            }
-            let (qt, qe) = features(&net, x);
-            errs[0].push(rel(qt[0].iter(), ft[0].iter()));
-            errs[1].push(rel(qt[1].iter(), ft[1].iter()));
-            errs[2].push(rel(qe.iter(), fe.iter()));
-        }
-        let stat = |v: &[f64]| {
-            let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-            let max = v.iter().copied().fold(0.0, f64::max);
-            format!("{mean:.4} / {max:.4}")
-        };
+    for precision in [Precision::Int8, Precision::Bf16] {
+        net.set_precision(precision, Some(&cal))?;
         println!(
-            "  {kind:<9} images: layer2 {}, layer3 {}, embedding {}",
-            stat(&errs[0]),
-            stat(&errs[1]),
-            stat(&errs[2])
+            "{}: relative L2 error against f32 (mean / max over the test images):",
+            net.kernels()
         );
+        for kind in ["normal", "defective"] {
+            let mut errs = [Vec::new(), Vec::new(), Vec::new()];
+            for ((k, _), (x, (ft, fe))) in tests.iter().zip(inputs.iter().zip(&reference)) {
+                if *k != kind {
+                    continue;
+                }
+                let (qt, qe) = features(&net, x);
+                errs[0].push(rel(qt[0].iter(), ft[0].iter()));
+                errs[1].push(rel(qt[1].iter(), ft[1].iter()));
+                errs[2].push(rel(qe.iter(), fe.iter()));
+            }
+            let stat = |v: &[f64]| {
+                let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+                let max = v.iter().copied().fold(0.0, f64::max);
+                format!("{mean:.4} / {max:.4}")
+            };
+            println!(
+                "  {kind:<9} images: layer2 {}, layer3 {}, embedding {}",
+                stat(&errs[0]),
+                stat(&errs[1]),
+                stat(&errs[2])
+            );
+        }
     }
     Ok(())
 }

@@ -331,6 +331,7 @@ fn configuration_variants_survive() {
     };
     p.coreset.sampler = Sampler::None;
     p.coreset.size = CoresetSize::Ratio(1.0);
+    p.precision = Precision::Bf16;
     p.preprocess.resize = Resize::ShorterSide(123);
     p.preprocess.crop = Some((100, 64));
     p.scoring.distance = Distance::Euclidean;
@@ -376,6 +377,9 @@ fn configuration_variants_survive() {
             model.set_calibration(cal.clone()).unwrap();
             model.set_precision(Precision::Int8).unwrap();
             assert_eq!(model.calibration(), Some(&cal));
+        }
+        if params.precision == Precision::Bf16 {
+            model.set_precision(Precision::Bf16).unwrap();
         }
         let path = dir.join(&format!("v{i}.safetensors"));
         model.save(&path, &SaveOptions::default()).unwrap();

@@ -64,6 +64,11 @@ fn detected_features_match_the_ci_expectation() {
                 patchcore::kernels::int8::Int8Isa::Portable,
                 "the int8 kernels must fall back to the portable one here"
             );
+            assert_eq!(
+                patchcore::kernels::bf16::Bf16Isa::detect(),
+                patchcore::kernels::bf16::Bf16Isa::Portable,
+                "the bf16 kernels must fall back to the portable one here"
+            );
         }
         Ok("neon") => {
             assert_eq!(

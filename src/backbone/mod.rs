@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 pub use arch::{BlockKind, Layer, ResNetSpec, KNOWN_ARCHITECTURES};
 pub use precision::{Calibration, Precision};
 
+use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::int8::Int8Isa;
 use crate::{Error, Result};
 
@@ -340,56 +341,66 @@ impl Backbone {
 
     /// The precision forward passes run in.
     pub fn precision(&self) -> Precision {
-        if self.net.quantized().is_some() {
-            Precision::Int8
-        } else {
-            Precision::F32
-        }
+        self.net.reduced().map_or(Precision::F32, |r| r.precision())
     }
 
     /// Selects the precision of forward passes. [`Precision::Int8`] quantises the weights of
-    /// every convolution after the stem (the f32 weights are kept, so the backbone can go
-    /// back to f32) with the activation ranges of `calibration`, and picks the int8 kernels
-    /// for this CPU ([`Backbone::int8_kernels`]); [`Precision::F32`] ignores `calibration`.
+    /// every convolution after the stem with the activation ranges of `calibration`;
+    /// [`Precision::Bf16`] rounds them to bf16; both keep the f32 weights (so the backbone can
+    /// go back to f32) and pick the fastest kernels of this CPU ([`Backbone::kernels`]).
+    /// [`Precision::F32`] drops the reduced-precision weights. `calibration` is only read
+    /// for int8.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for int8 without a calibration; [`Error::InvalidInput`]
-    /// if the calibration has the wrong length or a weight is not finite. The backbone is
-    /// unchanged on error.
+    /// if the calibration has the wrong length, a weight is not finite or the weights are
+    /// stashed. The backbone is unchanged on error.
     pub fn set_precision(
         &mut self,
         precision: Precision,
         calibration: Option<&Calibration>,
     ) -> Result<()> {
-        match precision {
-            Precision::F32 => self.net.set_quantized(None, Int8Isa::detect()),
-            Precision::Int8 => {
-                let cal = calibration.ok_or_else(|| {
-                    Error::param(
-                        "precision",
-                        "int8 needs the activation ranges measured on the fitted images (a \
-                         calibration); refit the model to record them",
-                    )
-                })?;
-                if self.stashed {
-                    return Err(Error::input(
-                        "the backbone's weights are stashed (Backbone::stash_weights): restore \
-                         them first",
-                    ));
-                }
-                self.net.set_quantized(Some(cal), Int8Isa::detect())
-            }
+        if self.stashed && precision != Precision::F32 {
+            return Err(Error::input(
+                "the backbone's weights are stashed (Backbone::stash_weights): restore them first",
+            ));
         }
+        let isa = resnet::Isas {
+            int8: Int8Isa::detect(),
+            bf16: Bf16Isa::detect(),
+        };
+        self.net.set_precision(precision, calibration, isa)
     }
 
     /// The instruction set of the int8 kernels, when the backbone runs in int8.
     pub fn int8_kernels(&self) -> Option<Int8Isa> {
-        self.net.quantized().map(|q| q.isa())
+        self.net
+            .reduced()
+            .filter(|r| r.precision() == Precision::Int8)
+            .map(|r| r.isa().int8)
     }
 
-    /// Bytes of the int8 weights (0 in f32).
-    pub fn int8_weight_bytes(&self) -> usize {
-        self.net.quantized().map_or(0, |q| q.bytes())
+    /// The instruction set of the bf16 kernels, when the backbone runs in bf16.
+    pub fn bf16_kernels(&self) -> Option<Bf16Isa> {
+        self.net
+            .reduced()
+            .filter(|r| r.precision() == Precision::Bf16)
+            .map(|r| r.isa().bf16)
+    }
+
+    /// What the convolutions after the stem run on, in words: e.g. `"f32"`,
+    /// `"int8 (avx512-vnni kernels)"`, `"bf16 (avx512-bf16 kernels)"`.
+    pub fn kernels(&self) -> String {
+        match (self.int8_kernels(), self.bf16_kernels()) {
+            (Some(i), _) => format!("int8 ({} kernels)", i.name()),
+            (_, Some(b)) => format!("bf16 ({} kernels)", b.name()),
+            _ => "f32".to_string(),
+        }
+    }
+
+    /// Bytes of the reduced-precision weights (0 in f32).
+    pub fn reduced_weight_bytes(&self) -> usize {
+        self.net.reduced().map_or(0, |r| r.bytes())
     }
 
     fn forward_inner(

@@ -8,7 +8,7 @@ use crate::{Error, Result};
 /// Numeric precision of the backbone's convolutions. The kNN search, the coreset and the maps
 /// always run in f32.
 ///
-/// Parses from and displays as `"f32"` and `"int8"` (case-insensitive).
+/// Parses from and displays as `"f32"`, `"int8"` and `"bf16"` (case-insensitive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Precision {
@@ -19,17 +19,21 @@ pub enum Precision {
     /// with one scale per convolution input taken from a [`Calibration`], exact `i32` sums.
     /// The stem (the 7×7 convolution on the signed, normalised image) stays f32.
     Int8,
+    /// bf16 weights (half the memory) and activations rounded to bf16 at every convolution
+    /// after the stem, products accumulated in f32. Needs no calibration.
+    Bf16,
 }
 
 impl Precision {
     /// Every precision, default first.
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Int8, Precision::Bf16];
 
     /// The name used in model files and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         }
     }
 }
@@ -49,7 +53,7 @@ impl FromStr for Precision {
             .ok_or_else(|| {
                 Error::param(
                     "precision",
-                    format!("unknown backbone precision {s:?}; expected one of: f32, int8"),
+                    format!("unknown backbone precision {s:?}; expected one of: f32, int8, bf16"),
                 )
             })
     }
@@ -145,7 +149,7 @@ mod tests {
         }
         assert_eq!(" INT8 ".parse::<Precision>().unwrap(), Precision::Int8);
         let e = "int4".parse::<Precision>().unwrap_err().to_string();
-        assert!(e.contains("int4") && e.contains("f32, int8"), "{e}");
+        assert!(e.contains("int4") && e.contains("f32, int8, bf16"), "{e}");
     }
 
     #[test]

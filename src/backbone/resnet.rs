@@ -1,9 +1,10 @@
 //! The folded network and its single-image forward pass.
 
 use super::arch::{BlockKind, Layer, ResNetSpec};
-use super::precision::Calibration;
+use super::precision::{Calibration, Precision};
 use super::weights::{load_conv_bn, TensorSource};
-use crate::kernels::conv::{Conv2d, QuantScratch, QuantizedConv};
+use crate::kernels::bf16::Bf16Isa;
+use crate::kernels::conv::{Bf16Conv, Bf16Scratch, Conv2d, QuantScratch, QuantizedConv};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::Int8Isa;
 use crate::kernels::pool::{maxpool2d, maxpool_out};
@@ -19,27 +20,56 @@ struct Block {
     downsample: Option<Conv2d>,
 }
 
-/// The int8 versions of every convolution after the stem, block by block.
+/// A reduced-precision convolution.
 #[derive(Clone)]
-pub(crate) struct QuantNet {
-    /// Per stage, per block: main-path convolutions, then the downsample (if any).
-    blocks: Vec<Vec<Vec<QuantizedConv>>>,
-    isa: Int8Isa,
+pub(crate) enum LowConv {
+    Int8(QuantizedConv),
+    Bf16(Bf16Conv),
 }
 
-impl QuantNet {
-    /// Bytes of the quantised weights.
+impl LowConv {
+    fn bytes(&self) -> usize {
+        match self {
+            LowConv::Int8(c) => c.bytes(),
+            LowConv::Bf16(c) => c.bytes(),
+        }
+    }
+}
+
+/// The reduced-precision versions of every convolution after the stem, block by block.
+#[derive(Clone)]
+pub(crate) struct LowNet {
+    /// Per stage, per block: main-path convolutions, then the downsample (if any).
+    blocks: Vec<Vec<Vec<LowConv>>>,
+    precision: Precision,
+    isa: Isas,
+}
+
+/// The kernels a reduced-precision network runs.
+#[derive(Clone, Copy)]
+pub(crate) struct Isas {
+    pub(crate) int8: Int8Isa,
+    pub(crate) bf16: Bf16Isa,
+}
+
+impl LowNet {
+    /// Bytes of the reduced-precision weights.
     pub(crate) fn bytes(&self) -> usize {
         self.blocks
             .iter()
             .flatten()
             .flatten()
-            .map(QuantizedConv::bytes)
+            .map(LowConv::bytes)
             .sum()
     }
 
-    /// The instruction set the int8 kernels use.
-    pub(crate) fn isa(&self) -> Int8Isa {
+    /// The precision it runs in.
+    pub(crate) fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The kernels it runs.
+    pub(crate) fn isa(&self) -> Isas {
         self.isa
     }
 }
@@ -48,8 +78,8 @@ impl QuantNet {
 pub(crate) struct Net {
     stem: Conv2d,
     stages: Vec<Vec<Block>>,
-    /// The int8 network, when the backbone runs in int8.
-    quant: Option<QuantNet>,
+    /// The reduced-precision network, when the backbone runs in int8 or bf16.
+    quant: Option<LowNet>,
     /// Work buffers of finished forward passes, reused by the next ones so that a forward
     /// pass does not allocate (and page-fault) tens of MB of fresh memory every time. At most
     /// one set per concurrently running image is kept.
@@ -76,6 +106,7 @@ struct Work {
     ds: Vec<f32>,
     scratch: Vec<f32>,
     q: QuantScratch,
+    b16: Bf16Scratch,
 }
 
 /// `buf[..n]`, growing `buf` if needed (contents unspecified; callers overwrite them).
@@ -167,6 +198,7 @@ impl Net {
                         + w.scratch.capacity())
                         * 4
                         + w.q.bytes()
+                        + w.b16.bytes()
                 })
                 .sum()
         });
@@ -234,47 +266,68 @@ impl Net {
             .sum()
     }
 
-    /// Switches the convolutions after the stem to int8 with the ranges of `cal`
-    /// (`Some`), or back to f32 (`None`).
-    pub(crate) fn set_quantized(&mut self, cal: Option<&Calibration>, isa: Int8Isa) -> Result<()> {
-        let Some(cal) = cal else {
-            self.quant = None;
-            return Ok(());
-        };
+    /// Switches the convolutions after the stem to `precision` (int8 with the ranges of
+    /// `cal`, which it needs; bf16; f32 drops the reduced network).
+    pub(crate) fn set_precision(
+        &mut self,
+        precision: Precision,
+        cal: Option<&Calibration>,
+        isa: Isas,
+    ) -> Result<()> {
         let n = self.calibrated_convs();
-        if cal.maxima().len() != n {
-            return Err(Error::input(format!(
-                "the int8 calibration holds {} activation ranges, but this backbone has {n} \
-                 convolutions after the stem",
-                cal.maxima().len()
-            )));
-        }
-        let mut ranges = cal.maxima().iter().copied();
+        let ranges: Vec<f32> = match (precision, cal) {
+            (Precision::F32, _) => {
+                self.quant = None;
+                return Ok(());
+            }
+            (Precision::Int8, Some(cal)) => {
+                if cal.maxima().len() != n {
+                    return Err(Error::input(format!(
+                        "the int8 calibration holds {} activation ranges, but this backbone \
+                         has {n} convolutions after the stem",
+                        cal.maxima().len()
+                    )));
+                }
+                cal.maxima().to_vec()
+            }
+            (Precision::Int8, None) => {
+                return Err(Error::param(
+                    "precision",
+                    "int8 needs the activation ranges measured on the fitted images (a \
+                     calibration); refit the model to record them",
+                ))
+            }
+            (Precision::Bf16, _) => Vec::new(),
+        };
+        let mut ranges = ranges.into_iter();
+        let mut low = |c: &Conv2d| -> Result<LowConv> {
+            Ok(match precision {
+                Precision::Bf16 => LowConv::Bf16(Bf16Conv::new(c)?),
+                _ => LowConv::Int8(QuantizedConv::new(c, ranges.next().unwrap_or(0.0))?),
+            })
+        };
         let mut blocks = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             let mut qs = Vec::with_capacity(stage.len());
             for b in stage {
-                let input = ranges.clone().next().unwrap_or(0.0);
                 let mut q = Vec::with_capacity(b.convs.len() + 1);
-                for c in &b.convs {
-                    q.push(QuantizedConv::new(c, ranges.next().unwrap_or(0.0))?);
-                }
-                if let Some(ds) = &b.downsample {
-                    // The downsample reads the block's input, as the first convolution does;
-                    // its own range is recorded too (it is the same value).
-                    let r = ranges.next().unwrap_or(input);
-                    q.push(QuantizedConv::new(ds, r)?);
+                for c in b.convs.iter().chain(b.downsample.as_ref()) {
+                    q.push(low(c)?);
                 }
                 qs.push(q);
             }
             blocks.push(qs);
         }
-        self.quant = Some(QuantNet { blocks, isa });
+        self.quant = Some(LowNet {
+            blocks,
+            precision,
+            isa,
+        });
         Ok(())
     }
 
-    /// The int8 network, if the backbone runs in int8.
-    pub(crate) fn quantized(&self) -> Option<&QuantNet> {
+    /// The reduced-precision network, if the backbone runs in int8 or bf16.
+    pub(crate) fn reduced(&self) -> Option<&LowNet> {
         self.quant.as_ref()
     }
 
@@ -348,6 +401,13 @@ impl Net {
     }
 }
 
+/// The work buffers of one convolution call.
+struct Scratch<'a> {
+    f32: &'a mut Vec<f32>,
+    q: &'a mut QuantScratch,
+    b16: &'a mut Bf16Scratch,
+}
+
 /// The largest value of `x` (0 for an empty or all-negative slice).
 fn max_of(x: &[f32]) -> f32 {
     x.iter().fold(0.0f32, |m, &v| m.max(v))
@@ -363,7 +423,7 @@ impl Block {
         c: usize,
         h: usize,
         w: usize,
-        q: Option<(&[QuantizedConv], Int8Isa)>,
+        q: Option<(&[LowConv], Isas)>,
         mut record: Option<&mut [f32]>,
     ) -> (usize, usize, usize) {
         let x = &wk.x[..c * h * w];
@@ -376,27 +436,32 @@ impl Block {
                 r[n] = m;
             }
         }
-        // One convolution, in f32 or int8.
+        // One convolution, in f32 or reduced precision.
         #[allow(clippy::too_many_arguments)]
         fn run(
             conv: &Conv2d,
-            q: Option<(&QuantizedConv, Int8Isa)>,
+            q: Option<(&LowConv, Isas)>,
             src: &[f32],
             h: usize,
             w: usize,
             dst: &mut [f32],
             residual: Option<&[f32]>,
             relu: bool,
-            scratch: &mut Vec<f32>,
-            qs: &mut QuantScratch,
+            wk: &mut Scratch<'_>,
         ) {
+            let par = |cout: usize, (oh, ow): (usize, usize)| {
+                Parallelism::auto(cout, oh * ow, conv.cin * conv.kh * conv.kw)
+            };
             match q {
-                Some((qc, isa)) => {
-                    let (oh, ow) = qc.out_hw(h, w);
-                    let par = Parallelism::auto(qc.cout, oh * ow, qc.cin * qc.kh * qc.kw);
-                    qc.forward_image(src, h, w, dst, residual, relu, qs, par, isa);
+                Some((LowConv::Int8(qc), isa)) => {
+                    let p = par(qc.cout, qc.out_hw(h, w));
+                    qc.forward_image(src, h, w, dst, residual, relu, wk.q, p, isa.int8);
                 }
-                None => conv.forward_image(src, h, w, dst, residual, relu, scratch),
+                Some((LowConv::Bf16(bc), isa)) => {
+                    let p = par(bc.cout, bc.out_hw(h, w));
+                    bc.forward_image(src, h, w, dst, residual, relu, wk.b16, p, isa.bf16);
+                }
+                None => conv.forward_image(src, h, w, dst, residual, relu, wk.f32),
             }
         }
         let qconv = |i: usize| q.map(|(qs, isa)| (&qs[i], isa));
@@ -425,8 +490,11 @@ impl Block {
                 dst,
                 None,
                 true,
-                &mut wk.scratch,
-                &mut wk.q,
+                &mut Scratch {
+                    f32: &mut wk.scratch,
+                    q: &mut wk.q,
+                    b16: &mut wk.b16,
+                },
             );
             if let Some(r) = record.as_deref_mut() {
                 r[i + 1] = max_of(dst);
@@ -451,8 +519,11 @@ impl Block {
                     d,
                     None,
                     false,
-                    &mut wk.scratch,
-                    &mut wk.q,
+                    &mut Scratch {
+                        f32: &mut wk.scratch,
+                        q: &mut wk.q,
+                        b16: &mut wk.b16,
+                    },
                 );
                 &wk.ds[..oc * oh * ow]
             }
@@ -470,8 +541,11 @@ impl Block {
             y,
             Some(identity),
             true,
-            &mut wk.scratch,
-            &mut wk.q,
+            &mut Scratch {
+                f32: &mut wk.scratch,
+                q: &mut wk.q,
+                b16: &mut wk.b16,
+            },
         );
         (oc, oh, ow)
     }

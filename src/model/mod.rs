@@ -444,7 +444,8 @@ impl PatchCore {
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
         check_bank_shape(&config, &backbone, memory_bank.dim())?;
-        check_precision(&config, &backbone)?;
+        let mut backbone = backbone;
+        apply_precision(&config, &mut backbone)?;
         let index = BruteForce::with_precision(memory_bank, config.params().bank_precision)?;
         Ok(PatchCore {
             config,
@@ -470,7 +471,8 @@ impl PatchCore {
         threshold: Option<f32>,
     ) -> Result<PatchCore> {
         check_bank_shape(&config, &backbone, memory_bank.dim())?;
-        check_precision(&config, &backbone)?;
+        let mut backbone = backbone;
+        apply_precision(&config, &mut backbone)?;
         let index = BruteForce::from_f16(memory_bank)?;
         let mut params = config.into_params();
         params.bank_precision = BankPrecision::F16;
@@ -958,21 +960,26 @@ fn embed_batch(
     Ok((emb, grid))
 }
 
-/// A model built from parts has no calibration, so its configuration cannot ask for int8.
-fn check_precision(config: &PatchCoreConfig, backbone: &Backbone) -> Result<()> {
+/// Sets the backbone to the configuration's precision. A model built from parts has no
+/// calibration, so its configuration cannot ask for int8 (unless the backbone already runs
+/// in int8).
+fn apply_precision(config: &PatchCoreConfig, backbone: &mut Backbone) -> Result<()> {
     let want = config.params().precision;
-    if want != backbone.precision() {
+    if want == backbone.precision() {
+        return Ok(());
+    }
+    if want == Precision::Int8 {
         return Err(Error::param(
             "precision",
             format!(
-                "the configuration asks for a {want} backbone, the backbone given runs in {}; \
+                "the configuration asks for an int8 backbone, the backbone given runs in {}; \
                  build the model in f32, then call PatchCore::set_calibration and \
                  PatchCore::set_precision",
                 backbone.precision()
             ),
         ));
     }
-    Ok(())
+    backbone.set_precision(want, None)
 }
 
 /// The backbone fits the configuration, and a `rows × cols` bank fits both.

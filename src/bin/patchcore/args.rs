@@ -188,6 +188,8 @@ pub enum PrecisionArg {
     F32,
     /// int8 weights and activations, calibrated on the training images (faster).
     Int8,
+    /// bf16 weights and activations, f32 sums (half the weight memory).
+    Bf16,
 }
 
 impl From<PrecisionArg> for patchcore::backbone::Precision {
@@ -195,6 +197,7 @@ impl From<PrecisionArg> for patchcore::backbone::Precision {
         match p {
             PrecisionArg::F32 => patchcore::backbone::Precision::F32,
             PrecisionArg::Int8 => patchcore::backbone::Precision::Int8,
+            PrecisionArg::Bf16 => patchcore::backbone::Precision::Bf16,
         }
     }
 }
@@ -316,9 +319,10 @@ pub struct FitOptions {
     /// the f16 rounding of the bank, typically well below 0.1 %).
     #[arg(long)]
     pub bank_f16: bool,
-    /// Backbone precision when scoring images: f32 (default, parity with PyTorch) or int8
-    /// (faster; quantised with the activation ranges measured on the training images; the
-    /// memory bank is always extracted in f32). With `eval --model`, overrides the model's.
+    /// Backbone precision when scoring images: f32 (default, parity with PyTorch), int8
+    /// (faster; quantised with the activation ranges measured on the training images) or bf16
+    /// (half the weight memory). The memory bank is always extracted in f32. With
+    /// `eval --model`, overrides the model's.
     #[arg(long, value_enum, value_name = "PRECISION")]
     pub precision: Option<PrecisionArg>,
     #[command(flatten)]

@@ -149,10 +149,7 @@ pub fn run(a: EvalArgs) -> CliResult {
     let opt = |v: Option<f64>| v.map(json_num).unwrap_or_else(|| "null".into());
     let bank_rows = model.memory_bank().nrows();
     let bb = model.backbone();
-    let backbone_kernels = match bb.int8_kernels() {
-        Some(isa) => format!("{} ({} int8 kernels)", bb.precision(), isa.name()),
-        None => bb.precision().to_string(),
-    };
+    let backbone_kernels = bb.kernels();
 
     if a.json {
         out_line(&format!(

@@ -147,15 +147,11 @@ pub fn run(a: FitArgs) -> CliResult {
         index.precision()
     );
     let bb = model.backbone();
-    match bb.int8_kernels() {
-        Some(isa) => eprintln!(
-            "backbone: {} when scoring ({} int8 kernels, calibrated on {} images)",
-            bb.precision(),
-            isa.name(),
-            model.calibration().map_or(0, |c| c.images())
-        ),
-        None => eprintln!("backbone: {} when scoring", bb.precision()),
-    }
+    eprintln!(
+        "backbone: {} when scoring (activation ranges of {} images recorded)",
+        bb.kernels(),
+        model.calibration().map_or(0, |c| c.images())
+    );
     if let Some(mb) = peak_memory_mb() {
         eprintln!(
             "peak memory: {mb:.0} MB (estimated {:.0} MB, plan {:?})",

@@ -18,7 +18,7 @@ pub(super) fn tile(a: &[u32], b: &[u16], kp: usize, width: usize, acc: &mut Tile
 /// [`tile`] for a compile-time panel width `W`.
 #[inline(always)]
 fn tile_w<const W: usize>(a: &[u32], b: &[u16], kp: usize, acc: &mut Tile) {
-    const { assert!(W <= NR && W % 16 == 0) };
+    const { assert!(W <= NR && W.is_multiple_of(16)) };
     assert!(a.len() >= kp * MR && b.len() >= kp * W * 2);
     for (pairs, brow) in a.chunks_exact(MR).zip(b.chunks_exact(2 * W)).take(kp) {
         // Unpacked once per pair: the odd and even rows of this pair for the panel's columns.

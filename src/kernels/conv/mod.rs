@@ -36,6 +36,7 @@
 
 mod algorithm;
 mod batchnorm;
+mod bf16;
 mod im2col;
 mod quantized;
 mod winograd;
@@ -44,6 +45,7 @@ mod winograd_s2;
 
 pub use algorithm::{ConvAlgorithm, WINOGRAD_MIN_CHANNELS, WINOGRAD_S2_MIN_CHANNEL_PRODUCT};
 pub use batchnorm::fold_batchnorm;
+pub use bf16::{Bf16Conv, Bf16Scratch};
 pub use quantized::{QuantScratch, QuantizedConv};
 
 use winograd::Tile;
@@ -577,7 +579,7 @@ impl Conv2d {
 }
 
 /// `out[c, :] = act(out[c, :] + bias[c] (+ residual[c, :]))` in one pass.
-fn epilogue(
+pub(super) fn epilogue(
     out: &mut [f32],
     bias: &[f32],
     residual: Option<&[f32]>,

@@ -1,0 +1,157 @@
+//! The bf16 convolution: weights rounded to bf16 once (half the memory of f32), inputs
+//! rounded to bf16 as they are packed, products accumulated in f32
+//! ([`crate::kernels::bf16::gemm_bf16`]), then bias, residual and ReLU in f32.
+//!
+//! `y[c, p] = act(Σ_j bf16(W[c, j])·bf16(X[j, p]) + bias[c] (+ residual[c, p]))` with `X` the
+//! im2col matrix of the input (zero padding) and the sum in the order of the bf16 kernels.
+//! Every convolution shape goes through im2col + GEMM: the Winograd transforms of the f32
+//! path would add their own roundings to values that are already rounded to 8 bits.
+
+use super::im2col::im2col_row;
+use super::{epilogue, Conv2d, PAR_ELEMS};
+use crate::error::{Error, Result};
+use crate::kernels::bf16::{gemm_bf16, Bf16Isa, PackedBf16Weights};
+use crate::kernels::gemm::Parallelism;
+use rayon::prelude::*;
+
+/// A convolution with bf16 weights and inputs and f32 sums (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Bf16Conv {
+    /// Output channels.
+    pub cout: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    weights: PackedBf16Weights,
+    bias: Vec<f32>,
+}
+
+/// Reusable buffers of [`Bf16Conv::forward_image`] (grown, never shrunk).
+#[derive(Debug, Default, Clone)]
+pub struct Bf16Scratch {
+    cols: Vec<f32>,
+    pack: Vec<u16>,
+}
+
+impl Bf16Scratch {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.cols.capacity() * 4 + self.pack.capacity() * 2
+    }
+}
+
+impl Bf16Conv {
+    /// Rounds the weights of `conv` to bf16.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the weights are not loaded (stashed) or a weight or bias is
+    /// not finite.
+    pub fn new(conv: &Conv2d) -> Result<Bf16Conv> {
+        let k = conv.cin * conv.kh * conv.kw;
+        let weight = conv.weight();
+        if weight.len() != conv.cout * k {
+            return Err(Error::input(
+                "bf16 convolution: the weights are not loaded (stashed?)",
+            ));
+        }
+        if weight.iter().chain(conv.bias()).any(|v| !v.is_finite()) {
+            return Err(Error::input(
+                "bf16 convolution: a weight or bias is not finite",
+            ));
+        }
+        Ok(Bf16Conv {
+            cout: conv.cout,
+            cin: conv.cin,
+            kh: conv.kh,
+            kw: conv.kw,
+            stride: conv.stride,
+            pad: conv.pad,
+            weights: PackedBf16Weights::new(weight, conv.cout, k),
+            bias: conv.bias().to_vec(),
+        })
+    }
+
+    /// Bytes of the packed weights and the bias.
+    pub fn bytes(&self) -> usize {
+        self.weights.bytes() + self.bias.len() * 4
+    }
+
+    /// Output size for an `h × w` input (as [`Conv2d::out_hw`]).
+    ///
+    /// # Panics
+    /// If the padded input is smaller than the kernel.
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        assert!(
+            h + 2 * self.pad >= self.kh && w + 2 * self.pad >= self.kw,
+            "Bf16Conv: input {h}×{w} smaller than the kernel"
+        );
+        (
+            (h + 2 * self.pad - self.kh) / self.stride + 1,
+            (w + 2 * self.pad - self.kw) / self.stride + 1,
+        )
+    }
+
+    /// One image: `input` is `[cin, h, w]`, `out` is `[cout, oh, ow]`; computes
+    /// `out = act(conv(input) + bias (+ residual))` in bf16 with f32 sums. The result does not
+    /// depend on `par` or on the number of threads.
+    ///
+    /// # Panics
+    /// If a slice length does not match the shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_image(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        scratch: &mut Bf16Scratch,
+        par: Parallelism,
+        isa: Bf16Isa,
+    ) {
+        let (oh, ow) = self.out_hw(h, w);
+        let p = oh * ow;
+        let taps = self.kh * self.kw;
+        let k = self.cin * taps;
+        assert_eq!(input.len(), self.cin * h * w, "Bf16Conv: input length");
+        assert_eq!(out.len(), self.cout * p, "Bf16Conv: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "Bf16Conv: residual length");
+        }
+        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
+        let cols: &[f32] = if direct {
+            input
+        } else {
+            if scratch.cols.len() < k * p {
+                scratch.cols.resize(k * p, 0.0);
+            }
+            let fill = |r: usize, row: &mut [f32]| {
+                let (ci, t) = (r / taps, r % taps);
+                let plane = &input[ci * h * w..(ci + 1) * h * w];
+                let (ky, kx) = (t / self.kw, t % self.kw);
+                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
+            };
+            let cols = &mut scratch.cols[..k * p];
+            if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
+                cols.par_chunks_mut(p)
+                    .enumerate()
+                    .for_each(|(r, row)| fill(r, row));
+            } else {
+                for (r, row) in cols.chunks_mut(p).enumerate() {
+                    fill(r, row);
+                }
+            }
+            &scratch.cols[..k * p]
+        };
+        gemm_bf16(&self.weights, cols, p, out, &mut scratch.pack, par, isa);
+        epilogue(out, &self.bias, residual, relu, p, par);
+    }
+}
