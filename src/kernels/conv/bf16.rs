@@ -7,12 +7,11 @@
 //! Every convolution shape goes through im2col + GEMM: the Winograd transforms of the f32
 //! path would add their own roundings to values that are already rounded to 8 bits.
 
-use super::im2col::im2col_row;
-use super::{epilogue, Conv2d, PAR_ELEMS};
+use super::im2col::Window;
+use super::{epilogue, Conv2d};
 use crate::error::{Error, Result};
 use crate::kernels::bf16::{gemm_bf16, Bf16Isa, PackedBf16Weights};
 use crate::kernels::gemm::Parallelism;
-use rayon::prelude::*;
 
 /// A convolution with bf16 weights and inputs and f32 sums (see the module documentation).
 #[derive(Debug, Clone)]
@@ -88,14 +87,16 @@ impl Bf16Conv {
     /// # Panics
     /// If the padded input is smaller than the kernel.
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        assert!(
-            h + 2 * self.pad >= self.kh && w + 2 * self.pad >= self.kw,
-            "Bf16Conv: input {h}×{w} smaller than the kernel"
-        );
-        (
-            (h + 2 * self.pad - self.kh) / self.stride + 1,
-            (w + 2 * self.pad - self.kw) / self.stride + 1,
-        )
+        self.window().out_hw(h, w, "Bf16Conv")
+    }
+
+    fn window(&self) -> Window {
+        Window {
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+        }
     }
 
     /// One image: `input` is `[cin, h, w]`, `out` is `[cout, oh, ow]`; computes
@@ -133,22 +134,8 @@ impl Bf16Conv {
             if scratch.cols.len() < k * p {
                 scratch.cols.resize(k * p, 0.0);
             }
-            let fill = |r: usize, row: &mut [f32]| {
-                let (ci, t) = (r / taps, r % taps);
-                let plane = &input[ci * h * w..(ci + 1) * h * w];
-                let (ky, kx) = (t / self.kw, t % self.kw);
-                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
-            };
-            let cols = &mut scratch.cols[..k * p];
-            if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
-                cols.par_chunks_mut(p)
-                    .enumerate()
-                    .for_each(|(r, row)| fill(r, row));
-            } else {
-                for (r, row) in cols.chunks_mut(p).enumerate() {
-                    fill(r, row);
-                }
-            }
+            self.window()
+                .im2col(input, h, w, &mut scratch.cols[..k * p], par);
             &scratch.cols[..k * p]
         };
         gemm_bf16(&self.weights, cols, p, out, &mut scratch.pack, par, isa);

@@ -1,28 +1,63 @@
-//! The im2col matrix of one image (the general path of [`Conv2d`]).
+//! The im2col matrix of one image (the general path of [`Conv2d`](super::Conv2d) and of the
+//! int8 and bf16 convolutions).
 
 use rayon::prelude::*;
 
-use super::{Conv2d, PAR_ELEMS};
+use super::PAR_ELEMS;
 use crate::kernels::gemm::Parallelism;
 
-impl Conv2d {
-    /// Writes the `(cin·kh·kw) × (oh·ow)` im2col matrix of `input` into `cols`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn im2col(
-        &self,
-        input: &[f32],
+/// The sliding window of a convolution: kernel size, stride and padding (shared by the f32,
+/// int8 and bf16 convolutions).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Window {
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+}
+
+impl Window {
+    /// Output size for an `h × w` input, or `None` when the padded input is smaller than the
+    /// kernel.
+    pub(super) fn checked_out_hw(self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let ph = h.checked_add(2 * self.pad)?.checked_sub(self.kh)?;
+        let pw = w.checked_add(2 * self.pad)?.checked_sub(self.kw)?;
+        Some((ph / self.stride + 1, pw / self.stride + 1))
+    }
+
+    /// Output size for an `h × w` input; `who` names the convolution in the panic message.
+    ///
+    /// # Panics
+    /// If the padded input is smaller than the kernel.
+    pub(super) fn out_hw(self, h: usize, w: usize, who: &str) -> (usize, usize) {
+        match self.checked_out_hw(h, w) {
+            Some(hw) => hw,
+            None => panic!(
+                "{who}: input {h}×{w} with padding {} is smaller than the {}×{} kernel",
+                self.pad, self.kh, self.kw
+            ),
+        }
+    }
+
+    /// Writes the `(cin·kh·kw) × (oh·ow)` im2col matrix of the `[cin, h, w]` `input` into
+    /// `cols` (`cin` follows from the lengths); padding cells are `T::default()` (zero).
+    pub(super) fn im2col<T: Copy + Default + Send + Sync>(
+        self,
+        input: &[T],
         h: usize,
         w: usize,
-        oh: usize,
-        ow: usize,
-        cols: &mut [f32],
+        cols: &mut [T],
         par: Parallelism,
     ) {
+        let (oh, ow) = self.out_hw(h, w, "im2col");
         let p = oh * ow;
+        if p == 0 {
+            return;
+        }
         let taps = self.kh * self.kw;
         // One task = one row of `cols` (one tap of one input channel), so that convolutions
         // with few input channels (the stem has 3, i.e. 147 rows) still split evenly.
-        let fill = |r: usize, row: &mut [f32]| {
+        let fill = |r: usize, row: &mut [T]| {
             let (ci, t) = (r / taps, r % taps);
             let plane = &input[ci * h * w..(ci + 1) * h * w];
             let (ky, kx) = (t / self.kw, t % self.kw);
@@ -43,7 +78,7 @@ impl Conv2d {
 /// One row of the im2col matrix: `row[oy·ow + ox] = plane[oy·s + ky − pad, ox·s + kx − pad]`,
 /// zero where that falls in the padding.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn im2col_row<T: Copy + Default>(
+fn im2col_row<T: Copy + Default>(
     plane: &[T],
     h: usize,
     w: usize,

@@ -360,9 +360,7 @@ impl Conv2d {
     /// Output spatial size for an `h × w` input, or `None` when the padded input is smaller
     /// than the kernel.
     pub fn checked_out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let ph = h.checked_add(2 * self.pad)?.checked_sub(self.kh)?;
-        let pw = w.checked_add(2 * self.pad)?.checked_sub(self.kw)?;
-        Some((ph / self.stride + 1, pw / self.stride + 1))
+        self.window().checked_out_hw(h, w)
     }
 
     /// Output spatial size for an `h × w` input.
@@ -371,12 +369,15 @@ impl Conv2d {
     ///
     /// If the padded input is smaller than the kernel (see [`Conv2d::checked_out_hw`]).
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        match self.checked_out_hw(h, w) {
-            Some(hw) => hw,
-            None => panic!(
-                "Conv2d: input {h}×{w} with padding {} is smaller than the {}×{} kernel",
-                self.pad, self.kh, self.kw
-            ),
+        self.window().out_hw(h, w, "Conv2d")
+    }
+
+    fn window(&self) -> im2col::Window {
+        im2col::Window {
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
         }
     }
 
@@ -522,7 +523,7 @@ impl Conv2d {
                 scratch.resize(need, 0.0);
             }
             let buf = &mut scratch[..need];
-            self.im2col(input, h, w, oh, ow, buf, par);
+            self.window().im2col(input, h, w, buf, par);
             buf
         };
         let weight = MatRef::row_major(&self.weight, self.cout, kk);

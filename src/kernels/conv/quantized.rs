@@ -25,7 +25,7 @@
 
 use rayon::prelude::*;
 
-use super::im2col::im2col_row;
+use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::Parallelism;
@@ -155,14 +155,16 @@ impl QuantizedConv {
     /// # Panics
     /// If the padded input is smaller than the kernel.
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        assert!(
-            h + 2 * self.pad >= self.kh && w + 2 * self.pad >= self.kw,
-            "QuantizedConv: input {h}×{w} smaller than the kernel"
-        );
-        (
-            (h + 2 * self.pad - self.kh) / self.stride + 1,
-            (w + 2 * self.pad - self.kw) / self.stride + 1,
-        )
+        self.window().out_hw(h, w, "QuantizedConv")
+    }
+
+    fn window(&self) -> Window {
+        Window {
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+        }
     }
 
     /// One image: `input` is `[cin, h, w]`, `out` is `[cout, oh, ow]`; computes
@@ -214,7 +216,6 @@ impl QuantizedConv {
         grow(&mut scratch.x, input.len());
         let quant = |dst: &mut [u8], src: &[f32]| {
             for (d, &v) in dst.iter_mut().zip(src) {
-                // `as u8` saturates (NaN → 0); the clamp keeps the rounding explicit.
                 *d = to_u8((v * inv).clamp(0.0, 255.0));
             }
         };
@@ -233,23 +234,13 @@ impl QuantizedConv {
             &scratch.x[..input.len()]
         } else {
             grow(&mut scratch.cols, k * p);
-            let xq = &scratch.x[..input.len()];
-            let fill = |r: usize, row: &mut [u8]| {
-                let (ci, t) = (r / taps, r % taps);
-                let plane = &xq[ci * h * w..(ci + 1) * h * w];
-                let (ky, kx) = (t / self.kw, t % self.kw);
-                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
-            };
-            let cols = &mut scratch.cols[..k * p];
-            if rayon && cols.len() >= PAR_ELEMS {
-                cols.par_chunks_mut(p)
-                    .enumerate()
-                    .for_each(|(r, row)| fill(r, row));
-            } else {
-                for (r, row) in cols.chunks_mut(p).enumerate() {
-                    fill(r, row);
-                }
-            }
+            self.window().im2col(
+                &scratch.x[..input.len()],
+                h,
+                w,
+                &mut scratch.cols[..k * p],
+                par,
+            );
             &scratch.cols[..k * p]
         };
 
