@@ -29,7 +29,7 @@ use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::Parallelism;
-use crate::kernels::int8::{gemm_u8i8, Int8Isa, PackedWeights, MAX_DEPTH};
+use crate::kernels::int8::{gemm_u8i8_map, Int8Isa, PackedWeights, MAX_DEPTH};
 
 /// A convolution with int8 weights and u8 inputs (see the module documentation for the
 /// formulas).
@@ -60,7 +60,6 @@ pub struct QuantizedConv {
 pub struct QuantScratch {
     x: Vec<u8>,
     cols: Vec<u8>,
-    acc: Vec<i32>,
     pack: Vec<u32>,
     dequant: Vec<f32>,
 }
@@ -70,7 +69,6 @@ impl QuantScratch {
     pub fn bytes(&self) -> usize {
         self.x.capacity()
             + self.cols.capacity()
-            + self.acc.capacity() * 4
             + self.pack.capacity() * 4
             + self.dequant.capacity() * 4
     }
@@ -244,42 +242,37 @@ impl QuantizedConv {
             &scratch.cols[..k * p]
         };
 
-        // Exact products, then dequantise + bias (+ residual) (+ ReLU).
-        grow(&mut scratch.acc, self.cout * p);
-        let acc = &mut scratch.acc[..self.cout * p];
-        gemm_u8i8(&self.weights, cols, p, acc, &mut scratch.pack, par, isa);
+        // Exact products, dequantised + bias (+ residual) (+ ReLU) as each tile of sums is
+        // finished, while it is in cache.
         let dequant = &scratch.dequant;
-        let row = |c: usize, o: &mut [f32], a: &[i32]| {
-            let (s, b) = (dequant[c], self.bias[c]);
-            match residual {
-                Some(r) => {
-                    for ((o, &a), &r) in o.iter_mut().zip(a).zip(&r[c * p..(c + 1) * p]) {
-                        let v = a as f32 * s + b + r;
-                        *o = if relu { v.max(0.0) } else { v };
+        let bias = &self.bias;
+        gemm_u8i8_map(
+            &self.weights,
+            cols,
+            p,
+            out,
+            &mut scratch.pack,
+            par,
+            isa,
+            |c, j0, sums, o| {
+                let (s, b) = (dequant[c], bias[c]);
+                match residual {
+                    Some(r) => {
+                        let r = &r[c * p + j0..][..o.len()];
+                        for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
+                            let v = a as f32 * s + b + r;
+                            *o = if relu { v.max(0.0) } else { v };
+                        }
+                    }
+                    None => {
+                        for (o, &a) in o.iter_mut().zip(sums) {
+                            let v = a as f32 * s + b;
+                            *o = if relu { v.max(0.0) } else { v };
+                        }
                     }
                 }
-                None => {
-                    for (o, &a) in o.iter_mut().zip(a) {
-                        let v = a as f32 * s + b;
-                        *o = if relu { v.max(0.0) } else { v };
-                    }
-                }
-            }
-        };
-        let acc = &scratch.acc[..self.cout * p];
-        if p == 0 {
-            return;
-        }
-        if rayon && out.len() >= PAR_ELEMS {
-            out.par_chunks_mut(p)
-                .zip(acc.par_chunks(p))
-                .enumerate()
-                .for_each(|(c, (o, a))| row(c, o, a));
-        } else {
-            for (c, (o, a)) in out.chunks_mut(p).zip(acc.chunks(p)).enumerate() {
-                row(c, o, a);
-            }
-        }
+            },
+        );
     }
 }
 

@@ -6,7 +6,9 @@
 //!
 //! - [`Int8Isa::Portable`] (`portable.rs`): plain loops, every CPU;
 //! - [`Int8Isa::Avx512Vnni`] (`avx512_vnni.rs`): `vpdpbusd` on 512-bit registers (64
-//!   multiply-adds per instruction, four times the f32 FMA rate).
+//!   multiply-adds per instruction, four times the f32 FMA rate);
+//! - [`Int8Isa::Amx`] (`amx.rs`): `tdpbsud` on AMX tile registers (16,384 multiply-adds per
+//!   instruction), with its own weight layout (see that file).
 //!
 //! Layouts. Weights are packed once ([`PackedWeights::new`]) in panels of [`MR`] rows: for every
 //! group of four consecutive `k`, the four `i8` of each of the panel's rows as one 32-bit word
@@ -15,6 +17,7 @@
 //! four `k`, the four `u8` of each column as one 32-bit word. One `vpdpbusd` then multiplies 16
 //! columns by one broadcast weight word and adds the four products to each column's sum.
 
+mod amx;
 mod avx512_vnni;
 mod portable;
 
@@ -38,12 +41,16 @@ pub enum Int8Isa {
     Portable,
     /// AVX-512 with VNNI (`vpdpbusd` on zmm registers).
     Avx512Vnni,
+    /// AMX-INT8 tiles (`tdpbsud`; Intel Sapphire Rapids and later, Linux 5.16+).
+    Amx,
 }
 
 impl Int8Isa {
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Int8Isa {
-        if avx512_vnni::Vnni512::detect().is_some() {
+        if amx::Amx::detect().is_some() {
+            Int8Isa::Amx
+        } else if avx512_vnni::Vnni512::detect().is_some() {
             Int8Isa::Avx512Vnni
         } else {
             Int8Isa::Portable
@@ -55,6 +62,7 @@ impl Int8Isa {
         match self {
             Int8Isa::Portable => true,
             Int8Isa::Avx512Vnni => avx512_vnni::Vnni512::detect().is_some(),
+            Int8Isa::Amx => amx::Amx::detect().is_some(),
         }
     }
 
@@ -63,12 +71,13 @@ impl Int8Isa {
         match self {
             Int8Isa::Portable => "portable",
             Int8Isa::Avx512Vnni => "avx512-vnni",
+            Int8Isa::Amx => "amx",
         }
     }
 
     /// Every kernel this CPU runs, portable first.
     pub fn all_available() -> Vec<Int8Isa> {
-        [Int8Isa::Portable, Int8Isa::Avx512Vnni]
+        [Int8Isa::Portable, Int8Isa::Avx512Vnni, Int8Isa::Amx]
             .into_iter()
             .filter(|i| i.is_available())
             .collect()
@@ -80,12 +89,15 @@ impl Int8Isa {
 pub struct PackedWeights {
     /// `m.div_ceil(MR)` panels of `k4 · MR` words.
     panels: Vec<i32>,
+    /// The AMX layout, when this CPU runs the AMX kernel.
+    amx: Option<amx::AmxWeights>,
     m: usize,
     k: usize,
 }
 
 impl PackedWeights {
-    /// Packs the row-major `m × k` matrix `a`.
+    /// Packs the row-major `m × k` matrix `a` (in a second layout too when this CPU runs the
+    /// AMX kernel).
     ///
     /// # Panics
     /// If `a.len() != m·k` or `k > MAX_DEPTH`.
@@ -115,7 +127,8 @@ impl PackedWeights {
                 }
             }
         }
-        PackedWeights { panels, m, k }
+        let amx = amx::Amx::detect().map(|_| amx::AmxWeights::new(a, m, k));
+        PackedWeights { panels, amx, m, k }
     }
 
     /// Rows `m`.
@@ -130,7 +143,7 @@ impl PackedWeights {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.panels.len() * 4
+        self.panels.len() * 4 + self.amx.as_ref().map_or(0, amx::AmxWeights::bytes)
     }
 
     fn panel(&self, p: usize) -> &[i32] {
@@ -139,13 +152,15 @@ impl PackedWeights {
     }
 }
 
-/// Packs the row-major `k × n` matrix `b` into `out`: `n.div_ceil(NR)` panels of `k4 · NR`
-/// words (zero-padded). Panels are packed in parallel under [`Parallelism::Rayon`].
-fn pack_b(b: &[u8], k: usize, n: usize, out: &mut [u32], par: Parallelism) {
-    let k4 = k.div_ceil(4);
+/// Packs the row-major `k × n` matrix `b` into `out`: `n.div_ceil(nr)` panels of `k4 · nr`
+/// words, `k4 ≥ k.div_ceil(4)` groups of four `k` (zero-padded, like the columns past `n`).
+/// Panels are packed in parallel under [`Parallelism::Rayon`].
+#[allow(clippy::too_many_arguments)]
+fn pack_b(b: &[u8], k: usize, k4: usize, n: usize, nr: usize, out: &mut [u32], par: Parallelism) {
+    debug_assert!(k4 * 4 >= k);
     let panel = |p: usize, panel: &mut [u32]| {
-        let c0 = p * NR;
-        let cols = NR.min(n - c0);
+        let c0 = p * nr;
+        let cols = nr.min(n - c0);
         let row = |kk: usize| -> &[u8] {
             if kk < k {
                 &b[kk * n + c0..kk * n + c0 + cols]
@@ -153,9 +168,9 @@ fn pack_b(b: &[u8], k: usize, n: usize, out: &mut [u32], par: Parallelism) {
                 &[]
             }
         };
-        for (g, dst) in panel.chunks_exact_mut(NR).enumerate() {
+        for (g, dst) in panel.chunks_exact_mut(nr).enumerate() {
             let (r0, r1, r2, r3) = (row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3));
-            if r3.len() == cols && cols == NR {
+            if r3.len() == cols && cols == nr {
                 // The common case, one pass the compiler vectorises: four bytes per word.
                 for ((((d, &x0), &x1), &x2), &x3) in dst.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
                 {
@@ -170,11 +185,11 @@ fn pack_b(b: &[u8], k: usize, n: usize, out: &mut [u32], par: Parallelism) {
         }
     };
     if par == Parallelism::Rayon && out.len() >= 1 << 15 {
-        out.par_chunks_exact_mut(k4 * NR)
+        out.par_chunks_exact_mut(k4 * nr)
             .enumerate()
             .for_each(|(p, o)| panel(p, o));
     } else {
-        for (p, o) in out.chunks_exact_mut(k4 * NR).enumerate() {
+        for (p, o) in out.chunks_exact_mut(k4 * nr).enumerate() {
             panel(p, o);
         }
     }
@@ -183,9 +198,8 @@ fn pack_b(b: &[u8], k: usize, n: usize, out: &mut [u32], par: Parallelism) {
 /// `c = A · B`: `A` the packed `m × k` weights, `b` the row-major `k × n` activations (row
 /// stride `n`), `c` the row-major `m × n` result (row stride `n`, overwritten). The sums are
 /// exact, so the result is the same for every `isa` and thread count. An `isa` this CPU does
-/// not run falls back to [`Int8Isa::Portable`]. `scratch` holds the packed activations
-/// (`n.div_ceil(NR) · k.div_ceil(4) · NR` words); it grows when too short and is reused as is
-/// otherwise.
+/// not run falls back to [`Int8Isa::Portable`]. `scratch` holds the packed activations; it
+/// grows when too short and is reused as is otherwise.
 ///
 /// # Panics
 /// If `b.len() != k·n` or `c.len() != m·n`.
@@ -199,30 +213,84 @@ pub fn gemm_u8i8(
     par: Parallelism,
     isa: Int8Isa,
 ) {
+    gemm_u8i8_map(w, b, n, c, scratch, par, isa, |_, _, sums, out| {
+        out.copy_from_slice(sums)
+    });
+}
+
+/// [`gemm_u8i8`] with the result passed through `map` instead of stored: for every row `r`
+/// of `c` and every column range `j0..j0 + len` that a kernel finishes,
+/// `map(r, j0, &sums, &mut out[r·n + j0..][..len])` with the exact sums of `A · B` at those
+/// cells. Every cell of `out` is handed to `map` exactly once; calls for different rows may
+/// run on different threads at once. This is how a convolution dequantises, adds its bias
+/// and residual and applies its activation while the sums are still in cache, instead of
+/// writing and re-reading an `i32` matrix.
+///
+/// # Panics
+/// If `b.len() != k·n` or `out.len() != m·n`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8_map<T, F>(
+    w: &PackedWeights,
+    b: &[u8],
+    n: usize,
+    out: &mut [T],
+    scratch: &mut Vec<u32>,
+    par: Parallelism,
+    isa: Int8Isa,
+    map: F,
+) where
+    T: Send,
+    F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
+{
     let (m, k) = (w.m, w.k);
     assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
-    assert_eq!(c.len(), m * n, "gemm_u8i8: c must be m × n");
+    assert_eq!(out.len(), m * n, "gemm_u8i8: c must be m × n");
     if m == 0 || n == 0 {
         return;
     }
-    let k4 = k.div_ceil(4);
-    let words = n.div_ceil(NR) * k4 * NR;
-    if scratch.len() < words {
-        scratch.resize(words, 0);
+    if k == 0 {
+        let zeros = vec![0i32; n];
+        for (r, o) in out.chunks_exact_mut(n).enumerate() {
+            map(r, 0, &zeros, o);
+        }
+        return;
     }
-    let packed = &mut scratch[..words];
-    pack_b(b, k, n, packed, par);
-    let packed: &[u32] = packed;
-
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
+    if isa == Int8Isa::Amx {
+        if let (Some(kernel), Some(aw)) = (amx::Amx::detect(), w.amx.as_ref()) {
+            let k4 = aw.chunks() * 16;
+            let packed = pack_into(scratch, b, k, k4, n, amx::COLS, par);
+            // One task = one block of 32 rows of c (all columns).
+            let rows_task = |blk: usize, o: &mut [T]| {
+                let rows = o.len() / n;
+                kernel.block(aw, blk, packed, |c0, sums| {
+                    let cols = amx::COLS.min(n - c0);
+                    for (r, s) in sums.iter().enumerate().take(rows) {
+                        map(
+                            blk * amx::ROWS + r,
+                            c0,
+                            &s[..cols],
+                            &mut o[r * n + c0..][..cols],
+                        );
+                    }
+                });
+            };
+            for_row_blocks(out, amx::ROWS * n, parallel, rows_task);
+            return;
+        }
+    }
+    let k4 = k.div_ceil(4);
+    let packed = pack_into(scratch, b, k, k4, n, NR, par);
     let kernel = match isa {
         Int8Isa::Avx512Vnni => avx512_vnni::Vnni512::detect(),
-        Int8Isa::Portable => None,
+        Int8Isa::Portable | Int8Isa::Amx => None,
     };
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.
-    let rows_task = |p: usize, out: &mut [i32]| {
+    let rows_task = |p: usize, o: &mut [T]| {
         let a = w.panel(p);
-        let rows = out.len() / n;
+        let rows = o.len() / n;
         for (q, bp) in packed.chunks_exact(k4 * NR).enumerate() {
             let c0 = q * NR;
             let cols = NR.min(n - c0);
@@ -232,18 +300,49 @@ pub fn gemm_u8i8(
                 None => portable::tile(a, bp, k4, &mut tile),
             }
             for (r, t) in tile.iter().enumerate().take(rows) {
-                out[r * n + c0..r * n + c0 + cols].copy_from_slice(&t[..cols]);
+                map(p * MR + r, c0, &t[..cols], &mut o[r * n + c0..][..cols]);
             }
         }
     };
-    let work = m.saturating_mul(n).saturating_mul(k);
-    if par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD {
-        c.par_chunks_mut(MR * n)
+    for_row_blocks(out, MR * n, parallel, rows_task);
+}
+
+/// Packs `b` into `scratch` (grown when too short) as [`pack_b`] does and returns the packed
+/// words.
+#[allow(clippy::too_many_arguments)]
+fn pack_into<'s>(
+    scratch: &'s mut Vec<u32>,
+    b: &[u8],
+    k: usize,
+    k4: usize,
+    n: usize,
+    nr: usize,
+    par: Parallelism,
+) -> &'s [u32] {
+    let words = n.div_ceil(nr) * k4 * nr;
+    if scratch.len() < words {
+        scratch.resize(words, 0);
+    }
+    let packed = &mut scratch[..words];
+    pack_b(b, k, k4, n, nr, packed, par);
+    packed
+}
+
+/// Runs `task(i, chunk)` on the consecutive chunks of `len` elements of `out`, in parallel
+/// when `parallel`.
+fn for_row_blocks<T: Send>(
+    out: &mut [T],
+    len: usize,
+    parallel: bool,
+    task: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if parallel {
+        out.par_chunks_mut(len)
             .enumerate()
-            .for_each(|(p, out)| rows_task(p, out));
+            .for_each(|(i, o)| task(i, o));
     } else {
-        for (p, out) in c.chunks_mut(MR * n).enumerate() {
-            rows_task(p, out);
+        for (i, o) in out.chunks_mut(len).enumerate() {
+            task(i, o);
         }
     }
 }
@@ -267,11 +366,20 @@ mod tests {
                 assert_eq!(byte, want, "row {row} k {kk}");
             }
         }
-        assert_eq!(w.bytes(), 2 * k4 * MR * 4);
+        assert_eq!(w.panels.len() * 4, 2 * k4 * MR * 4);
+        // The AMX layout: 16-row tiles of 64 bytes per row, zero-padded.
+        let aw = amx::AmxWeights::new(&a, m, k);
+        assert_eq!(aw.chunks(), 1);
+        for row in 0..32 {
+            for kk in 0..64 {
+                let want = if row < m && kk < k { a[row * k + kk] } else { 0 };
+                assert_eq!(aw.at(row, kk), want, "amx row {row} k {kk}");
+            }
+        }
         let (k, n) = (5, NR + 2);
         let b: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
         let mut out = vec![0u32; 2 * 2 * NR];
-        pack_b(&b, k, n, &mut out, Parallelism::Sequential);
+        pack_b(&b, k, 2, n, NR, &mut out, Parallelism::Sequential);
         for kk in 0..8 {
             for col in 0..2 * NR {
                 let word = out[(col / NR) * 2 * NR + (kk / 4) * NR + col % NR];
