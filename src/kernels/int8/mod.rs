@@ -372,7 +372,11 @@ mod tests {
         assert_eq!(aw.chunks(), 1);
         for row in 0..32 {
             for kk in 0..64 {
-                let want = if row < m && kk < k { a[row * k + kk] } else { 0 };
+                let want = if row < m && kk < k {
+                    a[row * k + kk]
+                } else {
+                    0
+                };
                 assert_eq!(aw.at(row, kk), want, "amx row {row} k {kk}");
             }
         }
