@@ -159,6 +159,7 @@ impl AmxWeights {
 }
 
 /// The tile configuration: palette 1, eight tiles of 16 rows × 64 bytes.
+#[cfg(target_arch = "x86_64")]
 #[repr(C, align(64))]
 struct TileConfig {
     palette: u8,
@@ -168,6 +169,7 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
+#[cfg(target_arch = "x86_64")]
 static CONFIG: TileConfig = TileConfig {
     palette: 1,
     start_row: 0,
@@ -210,12 +212,10 @@ impl Amx {
         );
         let panels = packed.len() / panel_words;
         let mut sums = [const { Sums([[0; COLS]; ROWS]) }; GROUP];
-        #[cfg(target_arch = "x86_64")]
+        let _ = self;
         // SAFETY: `self` exists only when `detect` found AMX-TILE and AMX-INT8 and Linux
         // granted this process the tile data; the configuration is a static 64-byte block.
-        unsafe {
-            configure()
-        };
+        unsafe { configure() };
         for g0 in (0..panels).step_by(GROUP) {
             let group = GROUP.min(panels - g0);
             for q0 in (0..chunks).step_by(K_BLOCK) {
@@ -225,29 +225,18 @@ impl Amx {
                     let b = &panel[q0 * 16 * COLS..(q0 + len) * 16 * COLS];
                     let a0 = &a[q0 * 16 * KT..(q0 + len) * 16 * KT];
                     let a1 = &a[(chunks + q0) * 16 * KT..(chunks + q0 + len) * 16 * KT];
-                    #[cfg(target_arch = "x86_64")]
                     // SAFETY: tiles configured above by this thread (nothing in between uses
                     // tiles); `a0` and `a1` hold `len` weight tiles of 1 KiB, `b` `len`
                     // chunks of 2 KiB, and `len ≥ 1`.
-                    unsafe {
-                        chunk_run(a0, a1, b, len, q0 > 0, s)
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    {
-                        let _ = (a0, a1, b, s, self);
-                        unreachable!("Amx exists only on x86-64");
-                    }
+                    unsafe { chunk_run(a0, a1, b, len, q0 > 0, s) };
                 }
             }
             for (i, s) in sums.iter().enumerate().take(group) {
                 emit((g0 + i) * COLS, &s.0);
             }
         }
-        #[cfg(target_arch = "x86_64")]
         // SAFETY: as for `configure`; releases the tiles this thread configured.
-        unsafe {
-            std::arch::asm!("tilerelease", options(nostack, nomem, preserves_flags))
-        };
+        unsafe { release() };
     }
 }
 
@@ -265,6 +254,32 @@ unsafe fn configure() {
     unsafe {
         std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &CONFIG, options(nostack, readonly, preserves_flags))
     };
+}
+
+/// Releases the tile registers (`tilerelease`).
+///
+/// # Safety
+/// As for [`configure`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn release() {
+    // SAFETY: caller's contract; `tilerelease` touches no memory.
+    unsafe { std::arch::asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+}
+
+/// Never called: [`Amx`] has no value off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn configure() {
+    unreachable!("Amx exists only on x86-64")
+}
+
+/// Never called: [`Amx`] has no value off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn release() {}
+
+/// Never called: [`Amx`] has no value off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn chunk_run(_: &[i8], _: &[i8], _: &[u32], _: usize, _: bool, _: &mut Sums) {
+    unreachable!("Amx exists only on x86-64")
 }
 
 /// `s += a · b` over `len` chunks of 64 `k` (or `s = a · b` when `accumulate` is false):

@@ -12,10 +12,10 @@
 
 use half::bf16;
 
-use super::bound::{prefilter_reference, BoundCoef, PREFILTER_SLACK};
+use super::bound::{prefilter_reference, BoundCoef};
 #[cfg(target_arch = "x86_64")]
-use super::kernel;
-use super::{available, round_row, RowMeta, Screen, PANEL, QGROUP};
+use super::{available, bound::PREFILTER_SLACK, kernel};
+use super::{round_row, RowMeta, Screen, PANEL, QGROUP};
 use crate::knn::search::{insert_sorted, squared_distance};
 
 /// Bank rows per cache block (256 rows × 1024 dims × 2 bytes = 512 KiB, fits L2).
