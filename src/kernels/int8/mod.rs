@@ -7,6 +7,8 @@
 //! - [`Int8Isa::Portable`] (`portable.rs`): plain loops, every CPU;
 //! - [`Int8Isa::Avx512Vnni`] (`avx512_vnni.rs`): `vpdpbusd` on 512-bit registers (64
 //!   multiply-adds per instruction, four times the f32 FMA rate);
+//! - [`Int8Isa::AvxVnni`] (`avx_vnni.rs`): `vpdpbusd` on 256-bit registers, for CPUs with
+//!   AVX-VNNI but no AVX-512 (Alder Lake and later client and Atom-class cores);
 //! - [`Int8Isa::Amx`] (`amx.rs`): `tdpbsud` on AMX tile registers (16,384 multiply-adds per
 //!   instruction), with its own weight layout (see that file).
 //!
@@ -19,6 +21,7 @@
 
 mod amx;
 mod avx512_vnni;
+mod avx_vnni;
 mod portable;
 
 use rayon::prelude::*;
@@ -43,6 +46,8 @@ pub enum Int8Isa {
     Avx512Vnni,
     /// AMX-INT8 tiles (`tdpbsud`; Intel Sapphire Rapids and later, Linux 5.16+).
     Amx,
+    /// AVX-VNNI (`vpdpbusd` on ymm registers; AVX2 CPUs without AVX-512).
+    AvxVnni,
 }
 
 impl Int8Isa {
@@ -52,6 +57,8 @@ impl Int8Isa {
             Int8Isa::Amx
         } else if avx512_vnni::Vnni512::detect().is_some() {
             Int8Isa::Avx512Vnni
+        } else if avx_vnni::VnniYmm::detect().is_some() {
+            Int8Isa::AvxVnni
         } else {
             Int8Isa::Portable
         }
@@ -63,6 +70,7 @@ impl Int8Isa {
             Int8Isa::Portable => true,
             Int8Isa::Avx512Vnni => avx512_vnni::Vnni512::detect().is_some(),
             Int8Isa::Amx => amx::Amx::detect().is_some(),
+            Int8Isa::AvxVnni => avx_vnni::VnniYmm::detect().is_some(),
         }
     }
 
@@ -72,15 +80,21 @@ impl Int8Isa {
             Int8Isa::Portable => "portable",
             Int8Isa::Avx512Vnni => "avx512-vnni",
             Int8Isa::Amx => "amx",
+            Int8Isa::AvxVnni => "avx-vnni",
         }
     }
 
     /// Every kernel this CPU runs, portable first.
     pub fn all_available() -> Vec<Int8Isa> {
-        [Int8Isa::Portable, Int8Isa::Avx512Vnni, Int8Isa::Amx]
-            .into_iter()
-            .filter(|i| i.is_available())
-            .collect()
+        [
+            Int8Isa::Portable,
+            Int8Isa::AvxVnni,
+            Int8Isa::Avx512Vnni,
+            Int8Isa::Amx,
+        ]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect()
     }
 }
 
@@ -282,9 +296,10 @@ pub fn gemm_u8i8_map<T, F>(
     }
     let k4 = k.div_ceil(4);
     let packed = pack_into(scratch, b, k, k4, n, NR, par);
-    let kernel = match isa {
-        Int8Isa::Avx512Vnni => avx512_vnni::Vnni512::detect(),
-        Int8Isa::Portable | Int8Isa::Amx => None,
+    let (zmm, ymm) = match isa {
+        Int8Isa::Avx512Vnni => (avx512_vnni::Vnni512::detect(), None),
+        Int8Isa::AvxVnni => (None, avx_vnni::VnniYmm::detect()),
+        Int8Isa::Portable | Int8Isa::Amx => (None, None),
     };
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.
@@ -295,9 +310,10 @@ pub fn gemm_u8i8_map<T, F>(
             let c0 = q * NR;
             let cols = NR.min(n - c0);
             let mut tile = [[0i32; NR]; MR];
-            match kernel {
-                Some(v) => v.tile(a, bp, k4, &mut tile),
-                None => portable::tile(a, bp, k4, &mut tile),
+            match (zmm, ymm) {
+                (Some(v), _) => v.tile(a, bp, k4, &mut tile),
+                (None, Some(v)) => v.tile(a, bp, k4, &mut tile),
+                (None, None) => portable::tile(a, bp, k4, &mut tile),
             }
             for (r, t) in tile.iter().enumerate().take(rows) {
                 map(p * MR + r, c0, &t[..cols], &mut o[r * n + c0..][..cols]);
