@@ -80,6 +80,14 @@ fn detected_features_match_the_ci_expectation() {
                 found.contains(&"neon"),
                 "PATCHCORE_EXPECT_SIMD=neon but NEON is not detected"
             );
+            // qemu-aarch64's default CPU ("max") has the dot product and i8mm, so both int8
+            // NEON kernels ran in the tests of this run.
+            let int8 = patchcore::kernels::int8::Int8Isa::all_available();
+            assert!(
+                int8.contains(&patchcore::kernels::int8::Int8Isa::NeonDotprod)
+                    && int8.contains(&patchcore::kernels::int8::Int8Isa::NeonI8mm),
+                "the int8 NEON kernels are not available here: {int8:?}"
+            );
         }
         Ok(other) => panic!("unknown PATCHCORE_EXPECT_SIMD value {other:?} (use none or neon)"),
     }

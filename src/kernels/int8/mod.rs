@@ -9,6 +9,8 @@
 //!   multiply-adds per instruction, four times the f32 FMA rate);
 //! - [`Int8Isa::AvxVnni`] (`avx_vnni.rs`): `vpdpbusd` on 256-bit registers, for CPUs with
 //!   AVX-VNNI but no AVX-512 (Alder Lake and later client and Atom-class cores);
+//! - [`Int8Isa::NeonI8mm`] and [`Int8Isa::NeonDotprod`] (`neon_dot.rs`): aarch64 `usdot`
+//!   and `sdot` by element (16 multiply-adds per instruction);
 //! - [`Int8Isa::Amx`] (`amx.rs`): `tdpbsud` on AMX tile registers (16,384 multiply-adds per
 //!   instruction), with its own weight layout (see that file).
 //!
@@ -22,6 +24,8 @@
 mod amx;
 mod avx512_vnni;
 mod avx_vnni;
+#[cfg(target_arch = "aarch64")]
+mod neon_dot;
 mod portable;
 
 use rayon::prelude::*;
@@ -48,6 +52,10 @@ pub enum Int8Isa {
     Amx,
     /// AVX-VNNI (`vpdpbusd` on ymm registers; AVX2 CPUs without AVX-512).
     AvxVnni,
+    /// aarch64 `usdot` (FEAT_I8MM: Neoverse V1/N2, Cortex-A710 and later).
+    NeonI8mm,
+    /// aarch64 `sdot` (FEAT_DotProd: Cortex-A76/A78/A55 and later, Neoverse N1).
+    NeonDotprod,
 }
 
 impl Int8Isa {
@@ -59,6 +67,10 @@ impl Int8Isa {
             Int8Isa::Avx512Vnni
         } else if avx_vnni::VnniYmm::detect().is_some() {
             Int8Isa::AvxVnni
+        } else if Int8Isa::NeonI8mm.is_available() {
+            Int8Isa::NeonI8mm
+        } else if Int8Isa::NeonDotprod.is_available() {
+            Int8Isa::NeonDotprod
         } else {
             Int8Isa::Portable
         }
@@ -71,6 +83,12 @@ impl Int8Isa {
             Int8Isa::Avx512Vnni => avx512_vnni::Vnni512::detect().is_some(),
             Int8Isa::Amx => amx::Amx::detect().is_some(),
             Int8Isa::AvxVnni => avx_vnni::VnniYmm::detect().is_some(),
+            #[cfg(target_arch = "aarch64")]
+            Int8Isa::NeonI8mm => neon_dot::NeonDot::detect_i8mm().is_some(),
+            #[cfg(target_arch = "aarch64")]
+            Int8Isa::NeonDotprod => neon_dot::NeonDot::detect_dotprod().is_some(),
+            #[cfg(not(target_arch = "aarch64"))]
+            Int8Isa::NeonI8mm | Int8Isa::NeonDotprod => false,
         }
     }
 
@@ -81,6 +99,8 @@ impl Int8Isa {
             Int8Isa::Avx512Vnni => "avx512-vnni",
             Int8Isa::Amx => "amx",
             Int8Isa::AvxVnni => "avx-vnni",
+            Int8Isa::NeonI8mm => "neon-i8mm",
+            Int8Isa::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -91,6 +111,8 @@ impl Int8Isa {
             Int8Isa::AvxVnni,
             Int8Isa::Avx512Vnni,
             Int8Isa::Amx,
+            Int8Isa::NeonDotprod,
+            Int8Isa::NeonI8mm,
         ]
         .into_iter()
         .filter(|i| i.is_available())
@@ -105,6 +127,10 @@ pub struct PackedWeights {
     panels: Vec<i32>,
     /// The AMX layout, when this CPU runs the AMX kernel.
     amx: Option<amx::AmxWeights>,
+    /// `Σ_k a[r][k]` per row, padded with zeros to a multiple of [`MR`] rows (the aarch64
+    /// `sdot` kernel's correction).
+    #[cfg(target_arch = "aarch64")]
+    row_sums: Vec<i32>,
     m: usize,
     k: usize,
 }
@@ -142,7 +168,22 @@ impl PackedWeights {
             }
         }
         let amx = amx::Amx::detect().map(|_| amx::AmxWeights::new(a, m, k));
-        PackedWeights { panels, amx, m, k }
+        #[cfg(target_arch = "aarch64")]
+        let row_sums = {
+            let mut sums = vec![0i32; m.div_ceil(MR) * MR];
+            for (s, row) in sums.iter_mut().zip(a.chunks_exact(k.max(1))) {
+                *s = row.iter().map(|&v| i32::from(v)).sum();
+            }
+            sums
+        };
+        PackedWeights {
+            panels,
+            amx,
+            #[cfg(target_arch = "aarch64")]
+            row_sums,
+            m,
+            k,
+        }
     }
 
     /// Rows `m`.
@@ -157,7 +198,11 @@ impl PackedWeights {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.panels.len() * 4 + self.amx.as_ref().map_or(0, amx::AmxWeights::bytes)
+        #[cfg(target_arch = "aarch64")]
+        let sums = self.row_sums.len() * 4;
+        #[cfg(not(target_arch = "aarch64"))]
+        let sums = 0;
+        self.panels.len() * 4 + self.amx.as_ref().map_or(0, amx::AmxWeights::bytes) + sums
     }
 
     fn panel(&self, p: usize) -> &[i32] {
@@ -296,11 +341,7 @@ pub fn gemm_u8i8_map<T, F>(
     }
     let k4 = k.div_ceil(4);
     let packed = pack_into(scratch, b, k, k4, n, NR, par);
-    let (zmm, ymm) = match isa {
-        Int8Isa::Avx512Vnni => (avx512_vnni::Vnni512::detect(), None),
-        Int8Isa::AvxVnni => (None, avx_vnni::VnniYmm::detect()),
-        Int8Isa::Portable | Int8Isa::Amx => (None, None),
-    };
+    let kernel = TileKernel::new(isa);
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.
     let rows_task = |p: usize, o: &mut [T]| {
@@ -310,17 +351,60 @@ pub fn gemm_u8i8_map<T, F>(
             let c0 = q * NR;
             let cols = NR.min(n - c0);
             let mut tile = [[0i32; NR]; MR];
-            match (zmm, ymm) {
-                (Some(v), _) => v.tile(a, bp, k4, &mut tile),
-                (None, Some(v)) => v.tile(a, bp, k4, &mut tile),
-                (None, None) => portable::tile(a, bp, k4, &mut tile),
-            }
+            kernel.tile(w, p, a, bp, k4, &mut tile);
             for (r, t) in tile.iter().enumerate().take(rows) {
                 map(p * MR + r, c0, &t[..cols], &mut o[r * n + c0..][..cols]);
             }
         }
     };
     for_row_blocks(out, MR * n, parallel, rows_task);
+}
+
+/// The tile kernel of an [`Int8Isa`] (other than AMX, which has its own driver), each with the
+/// proof that this CPU runs it.
+#[derive(Clone, Copy)]
+enum TileKernel {
+    Portable,
+    Zmm(avx512_vnni::Vnni512),
+    Ymm(avx_vnni::VnniYmm),
+    #[cfg(target_arch = "aarch64")]
+    Neon(neon_dot::NeonDot),
+}
+
+impl TileKernel {
+    /// The kernel of `isa`, or the portable one when this CPU does not run it.
+    fn new(isa: Int8Isa) -> TileKernel {
+        let kernel = match isa {
+            Int8Isa::Avx512Vnni => avx512_vnni::Vnni512::detect().map(TileKernel::Zmm),
+            Int8Isa::AvxVnni => avx_vnni::VnniYmm::detect().map(TileKernel::Ymm),
+            #[cfg(target_arch = "aarch64")]
+            Int8Isa::NeonI8mm => neon_dot::NeonDot::detect_i8mm().map(TileKernel::Neon),
+            #[cfg(target_arch = "aarch64")]
+            Int8Isa::NeonDotprod => neon_dot::NeonDot::detect_dotprod().map(TileKernel::Neon),
+            _ => None,
+        };
+        kernel.unwrap_or(TileKernel::Portable)
+    }
+
+    /// The [`MR`] × [`NR`] sums of weight panel `p` (words `a`) and the activation panel `b`.
+    fn tile(
+        self,
+        w: &PackedWeights,
+        p: usize,
+        a: &[i32],
+        b: &[u32],
+        k4: usize,
+        tile: &mut [[i32; NR]; MR],
+    ) {
+        match self {
+            TileKernel::Portable => portable::tile(a, b, k4, tile),
+            TileKernel::Zmm(v) => v.tile(a, b, k4, tile),
+            TileKernel::Ymm(v) => v.tile(a, b, k4, tile),
+            #[cfg(target_arch = "aarch64")]
+            TileKernel::Neon(v) => v.tile(a, &w.row_sums[p * MR..(p + 1) * MR], b, k4, tile),
+        }
+        let _ = (w, p);
+    }
 }
 
 /// Packs `b` into `scratch` (grown when too short) as [`pack_b`] does and returns the packed
