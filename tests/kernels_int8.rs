@@ -128,3 +128,55 @@ fn detection_is_consistent() {
         Int8Isa::detect()
     );
 }
+
+/// f32 activations quantised while packed (`gemm_quantizing_map`) give the products of the
+/// bytes `clamp(round_ties_even(x·scale), 0, 255)` computed here, for every kernel; each cell
+/// reaches the closure once.
+#[test]
+fn quantizing_while_packing_matches_quantizing_first() {
+    use patchcore::kernels::int8::gemm_quantizing_map;
+    let (m, k, n) = (37, 131, 75);
+    let a: Vec<i8> = (0..m * k).map(|i| (i * 53 % 255) as i8).collect();
+    // Values below 0, above the range, ties (x·scale = j + 0.5) and ordinary ones.
+    let x: Vec<f32> = (0..k * n)
+        .map(|i| match i % 5 {
+            0 => -1.0,
+            1 => 9.0,
+            2 => (i % 200) as f32 * 0.5 / 25.5,
+            _ => (i as f32 * 0.618).fract() * 10.0,
+        })
+        .collect();
+    let scale = 25.5f32;
+    let bytes: Vec<u8> = x
+        .iter()
+        .map(|&v| (v * scale).round_ties_even().clamp(0.0, 255.0) as u8)
+        .collect();
+    let want = naive(&a, &bytes, m, k, n);
+    let w = PackedWeights::new(&a, m, k);
+    for isa in Int8Isa::all_available() {
+        for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            let mut got = vec![(i32::MIN, 0u32); m * n];
+            gemm_quantizing_map(
+                &w,
+                &x,
+                scale,
+                n,
+                &mut got,
+                &mut Vec::new(),
+                par,
+                isa,
+                |_, _, sums, out| {
+                    for (o, &s) in out.iter_mut().zip(sums) {
+                        *o = (s, o.1 + 1);
+                    }
+                },
+            );
+            assert!(
+                got.iter().all(|&(_, c)| c == 1),
+                "{isa:?}: a cell not visited once"
+            );
+            let got: Vec<i32> = got.into_iter().map(|(s, _)| s).collect();
+            assert_eq!(got, want, "{isa:?} {par:?}");
+        }
+    }
+}

@@ -29,7 +29,9 @@ use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::Parallelism;
-use crate::kernels::int8::{gemm_u8i8_map, Int8Isa, PackedWeights, MAX_DEPTH};
+use crate::kernels::int8::{
+    gemm_quantizing_map, gemm_u8i8_map, quantize_u8, Int8Isa, PackedWeights, MAX_DEPTH,
+};
 
 /// A convolution with int8 weights and u8 inputs (see the module documentation for the
 /// formulas).
@@ -210,11 +212,52 @@ impl QuantizedConv {
             .dequant
             .extend(self.w_step.iter().map(|&s| x_step * s));
 
-        // Quantise the input.
+        // Exact products, dequantised + bias (+ residual) (+ ReLU) as each tile of sums is
+        // finished, while it is in cache.
+        let dequant = &scratch.dequant;
+        let bias = &self.bias;
+        let epilogue = |c: usize, j0: usize, sums: &[i32], o: &mut [f32]| {
+            let (s, b) = (dequant[c], bias[c]);
+            match residual {
+                Some(r) => {
+                    let r = &r[c * p + j0..][..o.len()];
+                    for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
+                        let v = a as f32 * s + b + r;
+                        *o = if relu { v.max(0.0) } else { v };
+                    }
+                }
+                None => {
+                    for (o, &a) in o.iter_mut().zip(sums) {
+                        let v = a as f32 * s + b;
+                        *o = if relu { v.max(0.0) } else { v };
+                    }
+                }
+            }
+        };
+
+        // A plain 1×1 convolution's input is its matrix of activations: quantised while it is
+        // packed, without a byte copy.
+        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
+        if direct {
+            gemm_quantizing_map(
+                &self.weights,
+                input,
+                inv,
+                p,
+                out,
+                &mut scratch.pack,
+                par,
+                isa,
+                epilogue,
+            );
+            return;
+        }
+
+        // Otherwise quantise the input, then its u8 im2col matrix.
         grow(&mut scratch.x, input.len());
         let quant = |dst: &mut [u8], src: &[f32]| {
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = to_u8((v * inv).clamp(0.0, 255.0));
+                *d = quantize_u8(v, inv);
             }
         };
         let xq = &mut scratch.x[..input.len()];
@@ -225,66 +268,25 @@ impl QuantizedConv {
         } else {
             quant(xq, input);
         }
-
-        // The u8 im2col matrix (or the input itself for a plain 1×1 convolution).
-        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
-        let cols: &[u8] = if direct {
-            &scratch.x[..input.len()]
-        } else {
-            grow(&mut scratch.cols, k * p);
-            self.window().im2col(
-                &scratch.x[..input.len()],
-                h,
-                w,
-                &mut scratch.cols[..k * p],
-                par,
-            );
-            &scratch.cols[..k * p]
-        };
-
-        // Exact products, dequantised + bias (+ residual) (+ ReLU) as each tile of sums is
-        // finished, while it is in cache.
-        let dequant = &scratch.dequant;
-        let bias = &self.bias;
+        grow(&mut scratch.cols, k * p);
+        self.window().im2col(
+            &scratch.x[..input.len()],
+            h,
+            w,
+            &mut scratch.cols[..k * p],
+            par,
+        );
         gemm_u8i8_map(
             &self.weights,
-            cols,
+            &scratch.cols[..k * p],
             p,
             out,
             &mut scratch.pack,
             par,
             isa,
-            |c, j0, sums, o| {
-                let (s, b) = (dequant[c], bias[c]);
-                match residual {
-                    Some(r) => {
-                        let r = &r[c * p + j0..][..o.len()];
-                        for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
-                            let v = a as f32 * s + b + r;
-                            *o = if relu { v.max(0.0) } else { v };
-                        }
-                    }
-                    None => {
-                        for (o, &a) in o.iter_mut().zip(sums) {
-                            let v = a as f32 * s + b;
-                            *o = if relu { v.max(0.0) } else { v };
-                        }
-                    }
-                }
-            },
+            epilogue,
         );
     }
-}
-
-/// `y ∈ [0, 255]` rounded to the nearest integer, ties to even (`f32::round_ties_even`), as a
-/// byte; NaN gives 0. Adding `1.5·2²³` leaves no fraction bits (the addition rounds to nearest
-/// even) and puts the integer in the low mantissa bits, so the byte is read off the bits: plain
-/// vector additions and masks, where `round_ties_even` is a library call per value on
-/// baseline x86-64 (no SSE4.1) and a saturating `as u8` is several instructions.
-#[inline(always)]
-fn to_u8(y: f32) -> u8 {
-    const SHIFT: f32 = 12_582_912.0;
-    ((y + SHIFT).to_bits() & 0xFF) as u8
 }
 
 /// Grows `buf` to at least `n` elements (contents unspecified; callers overwrite them).
@@ -296,19 +298,23 @@ fn grow<T: Copy + Default>(buf: &mut Vec<T>, n: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::to_u8;
+    use crate::kernels::int8::quantize_u8;
 
     /// The bit-level rounding equals `f32::round_ties_even` on every f32 in [0, 255] (every
-    /// value the input quantiser rounds), ties included; NaN gives 0 like `as u8`.
+    /// value the input quantiser rounds), ties included; NaN gives 0 like `as u8`; values
+    /// outside the range saturate.
     #[test]
     fn byte_rounding_is_round_ties_even() {
         let mut bits = 0f32.to_bits();
         let end = 255f32.to_bits();
         while bits <= end {
             let y = f32::from_bits(bits);
-            assert_eq!(to_u8(y), y.round_ties_even() as u8, "{y}");
+            assert_eq!(quantize_u8(y, 1.0), y.round_ties_even() as u8, "{y}");
             bits += 1;
         }
-        assert_eq!(to_u8(f32::NAN), 0);
+        assert_eq!(quantize_u8(f32::NAN, 1.0), 0);
+        assert_eq!(quantize_u8(-3.0, 1.0), 0);
+        assert_eq!(quantize_u8(300.0, 1.0), 255);
+        assert_eq!(quantize_u8(2.5, 2.0), 5);
     }
 }

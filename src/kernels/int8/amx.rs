@@ -8,7 +8,9 @@
 //!
 //! The weights have their own layout ([`AmxWeights`]): row tiles of 16 rows, each cut into
 //! chunks of 64 `k` stored as one contiguous 1 KiB tile. The activations are packed by
-//! [`super::pack_b`] into panels of [`COLS`] columns with `k` padded to a multiple of 64. A
+//! [`super::pack_b`] into panels of 16 columns with `k` padded to a multiple of 64 (so that
+//! every activation tile is 1 KiB too), in pairs (an odd last panel is followed by a zero
+//! one). A
 //! task computes a block of 32 rows × 32 columns in four sum tiles (two weight tiles times
 //! two activation tiles per chunk of 64 `k`).
 //!
@@ -186,8 +188,7 @@ const GROUP: usize = 8;
 
 impl Amx {
     /// One row block: for the 32 rows of block `block` and every column of the packed
-    /// activations `packed` (panels of [`COLS`] columns, `16·chunks` groups of four `k`
-    /// each), calls `emit(col0, &sums)` once per panel with the exact 32 × 32 sums
+    /// activations `packed` (pairs of 16-column panels, `16·chunks` groups of four `k` each), calls `emit(col0, &sums)` once per panel with the exact 32 × 32 sums
     /// `sums[r][j] = Σ_k a[32·block + r][k] · b[k][col0 + j]`.
     ///
     /// Order: panels in groups of [`GROUP`]; within a group, k-blocks of [`K_BLOCK`] chunks
@@ -221,14 +222,16 @@ impl Amx {
             for q0 in (0..chunks).step_by(K_BLOCK) {
                 let len = K_BLOCK.min(chunks - q0);
                 for (i, s) in sums.iter_mut().enumerate().take(group) {
-                    let panel = &packed[(g0 + i) * panel_words..(g0 + i + 1) * panel_words];
-                    let b = &panel[q0 * 16 * COLS..(q0 + len) * 16 * COLS];
+                    let pair = &packed[(g0 + i) * panel_words..(g0 + i + 1) * panel_words];
+                    let (p0, p1) = pair.split_at(panel_words / 2);
+                    let b0 = &p0[q0 * 16 * 16..(q0 + len) * 16 * 16];
+                    let b1 = &p1[q0 * 16 * 16..(q0 + len) * 16 * 16];
                     let a0 = &a[q0 * 16 * KT..(q0 + len) * 16 * KT];
                     let a1 = &a[(chunks + q0) * 16 * KT..(chunks + q0 + len) * 16 * KT];
                     // SAFETY: tiles configured above by this thread (nothing in between uses
-                    // tiles); `a0` and `a1` hold `len` weight tiles of 1 KiB, `b` `len`
-                    // chunks of 2 KiB, and `len ≥ 1`.
-                    unsafe { chunk_run(a0, a1, b, len, q0 > 0, s) };
+                    // tiles); `a0`, `a1`, `b0` and `b1` hold `len` tiles of 1 KiB each, and
+                    // `len ≥ 1`.
+                    unsafe { chunk_run(a0, a1, b0, b1, len, q0 > 0, s) };
                 }
             }
             for (i, s) in sums.iter().enumerate().take(group) {
@@ -278,30 +281,41 @@ unsafe fn release() {}
 
 /// Never called: [`Amx`] has no value off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn chunk_run(_: &[i8], _: &[i8], _: &[u32], _: usize, _: bool, _: &mut Sums) {
+unsafe fn chunk_run(_: &[i8], _: &[i8], _: &[u32], _: &[u32], _: usize, _: bool, _: &mut Sums) {
     unreachable!("Amx exists only on x86-64")
 }
 
 /// `s += a · b` over `len` chunks of 64 `k` (or `s = a · b` when `accumulate` is false):
-/// `a0` and `a1` the two weight row tiles of each chunk (1 KiB each, one after another), `b`
-/// the panel's `len` chunks (2 KiB each: 16 rows of 32 words, the two 16-column tiles side by
-/// side).
+/// `a0` and `a1` the two weight row tiles of each chunk, `b0` and `b1` the two activation
+/// column tiles (16 columns each); every tile is 1 KiB, one chunk after another.
 ///
 /// # Safety
 /// [`configure`] must have run on this thread with no tile use since other than this
-/// function; `a0` and `a1` must hold `len·1024` bytes, `b` `len·512` words, and `len ≥ 1`.
+/// function; `a0` and `a1` must hold `len·1024` bytes, `b0` and `b1` `len·256` words, and
+/// `len ≥ 1`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn chunk_run(a0: &[i8], a1: &[i8], b: &[u32], len: usize, accumulate: bool, s: &mut Sums) {
+unsafe fn chunk_run(
+    a0: &[i8],
+    a1: &[i8],
+    b0: &[u32],
+    b1: &[u32],
+    len: usize,
+    accumulate: bool,
+    s: &mut Sums,
+) {
     use std::arch::asm;
     debug_assert!(
-        len >= 1 && a0.len() >= len * 1024 && a1.len() >= len * 1024 && b.len() >= len * 512
+        len >= 1
+            && a0.len() >= len * 1024
+            && a1.len() >= len * 1024
+            && b0.len() >= len * 256
+            && b1.len() >= len * 256
     );
     let out = s.0.as_mut_ptr().cast::<u8>();
     // The lower 16 rows of the block start 16 rows of 128 bytes later.
     let out2 = out.wrapping_add(16 * COLS * 4);
-    // SAFETY: each tile load reads 16 rows of 64 bytes: the weight tiles at `a0 + 1024·q`
-    // and `a1 + 1024·q` (stride 64, q < len), the activation tiles at `b + 2048·q` and
-    // `b + 2048·q + 64` (stride 128), all inside the slices (caller's contract); the sum
+    // SAFETY: each tile load reads 16 rows of 64 bytes at stride 64, at `x + 1024·q` for
+    // x in a0, a1, b0, b1 and q < len, all inside the slices (caller's contract); the sum
     // tiles are read and written as 16 rows of 64 bytes at the four corners of the
     // 32 × 128-byte `s` (stride 128). The loop runs `len ≥ 1` times. Compiled code never uses
     // the tile registers.
@@ -329,16 +343,17 @@ unsafe fn chunk_run(a0: &[i8], a1: &[i8], b: &[u32], len: usize, accumulate: boo
         asm!(
             "2:",
             "tileloadd tmm4, [{a0} + {s64}*1]",
-            "tileloadd tmm6, [{b} + {s128}*1]",
+            "tileloadd tmm6, [{b0} + {s64}*1]",
             "tdpbsud tmm0, tmm4, tmm6",
-            "tileloadd tmm7, [{b} + {s128}*1 + 64]",
+            "tileloadd tmm7, [{b1} + {s64}*1]",
             "tdpbsud tmm1, tmm4, tmm7",
             "tileloadd tmm5, [{a1} + {s64}*1]",
             "tdpbsud tmm2, tmm5, tmm6",
             "tdpbsud tmm3, tmm5, tmm7",
             "add {a0}, 1024",
             "add {a1}, 1024",
-            "add {b}, 2048",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
             "dec {n}",
             "jnz 2b",
             "tilestored [{out} + {s128}*1], tmm0",
@@ -347,7 +362,8 @@ unsafe fn chunk_run(a0: &[i8], a1: &[i8], b: &[u32], len: usize, accumulate: boo
             "tilestored [{out2} + {s128}*1 + 64], tmm3",
             a0 = inout(reg) a0.as_ptr() => _,
             a1 = inout(reg) a1.as_ptr() => _,
-            b = inout(reg) b.as_ptr() => _,
+            b0 = inout(reg) b0.as_ptr() => _,
+            b1 = inout(reg) b1.as_ptr() => _,
             n = inout(reg) len => _,
             out = in(reg) out,
             out2 = in(reg) out2,

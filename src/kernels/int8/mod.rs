@@ -211,16 +211,26 @@ impl PackedWeights {
     }
 }
 
-/// Packs the row-major `k × n` matrix `b` into `out`: `n.div_ceil(nr)` panels of `k4 · nr`
-/// words, `k4 ≥ k.div_ceil(4)` groups of four `k` (zero-padded, like the columns past `n`).
-/// Panels are packed in parallel under [`Parallelism::Rayon`].
+/// Packs the row-major `k × n` matrix `b`, each element turned into a byte by `byte`, into
+/// `out`: `n.div_ceil(nr)` panels of `k4 · nr` words, `k4 ≥ k.div_ceil(4)` groups of four `k`
+/// (zero-padded, like the columns past `n`). Panels are packed in parallel under
+/// [`Parallelism::Rayon`].
 #[allow(clippy::too_many_arguments)]
-fn pack_b(b: &[u8], k: usize, k4: usize, n: usize, nr: usize, out: &mut [u32], par: Parallelism) {
+fn pack_b<S: Copy + Sync>(
+    b: &[S],
+    byte: impl Fn(S) -> u8 + Sync,
+    k: usize,
+    k4: usize,
+    n: usize,
+    nr: usize,
+    out: &mut [u32],
+    par: Parallelism,
+) {
     debug_assert!(k4 * 4 >= k);
     let panel = |p: usize, panel: &mut [u32]| {
         let c0 = p * nr;
         let cols = nr.min(n - c0);
-        let row = |kk: usize| -> &[u8] {
+        let row = |kk: usize| -> &[S] {
             if kk < k {
                 &b[kk * n + c0..kk * n + c0 + cols]
             } else {
@@ -233,11 +243,11 @@ fn pack_b(b: &[u8], k: usize, k4: usize, n: usize, nr: usize, out: &mut [u32], p
                 // The common case, one pass the compiler vectorises: four bytes per word.
                 for ((((d, &x0), &x1), &x2), &x3) in dst.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
                 {
-                    *d = u32::from_le_bytes([x0, x1, x2, x3]);
+                    *d = u32::from_le_bytes([byte(x0), byte(x1), byte(x2), byte(x3)]);
                 }
             } else {
                 for (j, d) in dst.iter_mut().enumerate() {
-                    let at = |r: &[u8]| r.get(j).copied().unwrap_or(0);
+                    let at = |r: &[S]| r.get(j).map_or(0, |&v| byte(v));
                     *d = u32::from_le_bytes([at(r0), at(r1), at(r2), at(r3)]);
                 }
             }
@@ -301,6 +311,71 @@ pub fn gemm_u8i8_map<T, F>(
     T: Send,
     F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
 {
+    gemm_impl(w, b, |v| v, n, out, scratch, par, isa, map)
+}
+
+/// [`gemm_u8i8_map`] with `f32` activations quantised while they are packed: the byte of
+/// `x` is [`quantize_u8`]`(x, scale)`, the same as quantising `x` into a `u8` matrix first,
+/// without writing and re-reading that matrix.
+///
+/// # Panics
+/// If `x.len() != k·n` or `out.len() != m·n`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_quantizing_map<T, F>(
+    w: &PackedWeights,
+    x: &[f32],
+    scale: f32,
+    n: usize,
+    out: &mut [T],
+    scratch: &mut Vec<u32>,
+    par: Parallelism,
+    isa: Int8Isa,
+    map: F,
+) where
+    T: Send,
+    F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
+{
+    gemm_impl(
+        w,
+        x,
+        |v| quantize_u8(v, scale),
+        n,
+        out,
+        scratch,
+        par,
+        isa,
+        map,
+    )
+}
+
+/// `clamp(round(x·scale), 0, 255)` with ties to even (NaN gives 0): the activation
+/// quantiser of the int8 convolution. Adding `1.5·2²³` leaves no fraction bits (the addition
+/// rounds to nearest even) and puts the integer in the low mantissa bits, so the byte is read
+/// off the bits: plain vector additions and masks, where `round_ties_even` is a library call
+/// per value on baseline x86-64 (no SSE4.1) and a saturating `as u8` is several instructions.
+#[inline(always)]
+pub fn quantize_u8(x: f32, scale: f32) -> u8 {
+    const SHIFT: f32 = 12_582_912.0;
+    (((x * scale).clamp(0.0, 255.0) + SHIFT).to_bits() & 0xFF) as u8
+}
+
+/// The body of [`gemm_u8i8_map`] and [`gemm_quantizing_map`].
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl<S, T, F>(
+    w: &PackedWeights,
+    b: &[S],
+    byte: impl Fn(S) -> u8 + Sync,
+    n: usize,
+    out: &mut [T],
+    scratch: &mut Vec<u32>,
+    par: Parallelism,
+    isa: Int8Isa,
+    map: F,
+) where
+    S: Copy + Sync,
+    T: Send,
+    F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
+{
     let (m, k) = (w.m, w.k);
     assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
     assert_eq!(out.len(), m * n, "gemm_u8i8: c must be m × n");
@@ -319,7 +394,15 @@ pub fn gemm_u8i8_map<T, F>(
     if isa == Int8Isa::Amx {
         if let (Some(kernel), Some(aw)) = (amx::Amx::detect(), w.amx.as_ref()) {
             let k4 = aw.chunks() * 16;
-            let packed = pack_into(scratch, b, k, k4, n, amx::COLS, par);
+            // Panels of 16 columns (one tile each), an even number of them.
+            let words = n.div_ceil(amx::COLS) * k4 * amx::COLS;
+            if scratch.len() < words {
+                scratch.resize(words, 0);
+            }
+            let used = n.div_ceil(16) * k4 * 16;
+            pack_b(b, &byte, k, k4, n, 16, &mut scratch[..used], par);
+            scratch[used..words].fill(0);
+            let packed: &[u32] = &scratch[..words];
             // One task = one block of 32 rows of c (all columns).
             let rows_task = |blk: usize, o: &mut [T]| {
                 let rows = o.len() / n;
@@ -340,7 +423,7 @@ pub fn gemm_u8i8_map<T, F>(
         }
     }
     let k4 = k.div_ceil(4);
-    let packed = pack_into(scratch, b, k, k4, n, NR, par);
+    let packed = pack_into(scratch, b, &byte, k, k4, n, NR, par);
     let kernel = TileKernel::new(isa);
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.
@@ -410,9 +493,10 @@ impl TileKernel {
 /// Packs `b` into `scratch` (grown when too short) as [`pack_b`] does and returns the packed
 /// words.
 #[allow(clippy::too_many_arguments)]
-fn pack_into<'s>(
+fn pack_into<'s, S: Copy + Sync>(
     scratch: &'s mut Vec<u32>,
-    b: &[u8],
+    b: &[S],
+    byte: impl Fn(S) -> u8 + Sync,
     k: usize,
     k4: usize,
     n: usize,
@@ -424,7 +508,7 @@ fn pack_into<'s>(
         scratch.resize(words, 0);
     }
     let packed = &mut scratch[..words];
-    pack_b(b, k, k4, n, nr, packed, par);
+    pack_b(b, byte, k, k4, n, nr, packed, par);
     packed
 }
 
@@ -483,7 +567,7 @@ mod tests {
         let (k, n) = (5, NR + 2);
         let b: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
         let mut out = vec![0u32; 2 * 2 * NR];
-        pack_b(&b, k, 2, n, NR, &mut out, Parallelism::Sequential);
+        pack_b(&b, |v| v, k, 2, n, NR, &mut out, Parallelism::Sequential);
         for kk in 0..8 {
             for col in 0..2 * NR {
                 let word = out[(col / NR) * 2 * NR + (kk / 4) * NR + col % NR];
