@@ -200,6 +200,7 @@ impl Amx {
         w: &AmxWeights,
         block: usize,
         packed: &[u32],
+        sums: &mut SumsBuf,
         mut emit: impl FnMut(usize, &[[i32; COLS]; ROWS]),
     ) {
         let chunks = w.chunks;
@@ -212,7 +213,7 @@ impl Amx {
             "amx block: short panels"
         );
         let panels = packed.len() / panel_words;
-        let mut sums = [const { Sums([[0; COLS]; ROWS]) }; GROUP];
+        let sums = &mut sums.0;
         let _ = self;
         // SAFETY: `self` exists only when `detect` found AMX-TILE and AMX-INT8 and Linux
         // granted this process the tile data; the configuration is a static 64-byte block.
@@ -240,6 +241,17 @@ impl Amx {
         }
         // SAFETY: as for `configure`; releases the tiles this thread configured.
         unsafe { release() };
+    }
+}
+
+/// The sums of a group of panels: scratch of [`Amx::block`], made once per thread (32 KiB)
+/// rather than zeroed on every call.
+pub(super) struct SumsBuf(Box<[Sums; GROUP]>);
+
+impl SumsBuf {
+    /// A zeroed buffer.
+    pub(super) fn new() -> SumsBuf {
+        SumsBuf(Box::new([const { Sums([[0; COLS]; ROWS]) }; GROUP]))
     }
 }
 

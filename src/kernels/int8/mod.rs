@@ -403,10 +403,11 @@ fn gemm_impl<S, T, F>(
             pack_b(b, &byte, k, k4, n, 16, &mut scratch[..used], par);
             scratch[used..words].fill(0);
             let packed: &[u32] = &scratch[..words];
-            // One task = one block of 32 rows of c (all columns).
-            let rows_task = |blk: usize, o: &mut [T]| {
+            // One task = one block of 32 rows of c (all columns); one sums buffer per
+            // thread's run of tasks.
+            let rows_task = |sums: &mut amx::SumsBuf, blk: usize, o: &mut [T]| {
                 let rows = o.len() / n;
-                kernel.block(aw, blk, packed, |c0, sums| {
+                kernel.block(aw, blk, packed, sums, |c0, sums| {
                     let cols = amx::COLS.min(n - c0);
                     for (r, s) in sums.iter().enumerate().take(rows) {
                         map(
@@ -418,7 +419,16 @@ fn gemm_impl<S, T, F>(
                     }
                 });
             };
-            for_row_blocks(out, amx::ROWS * n, parallel, rows_task);
+            if parallel {
+                out.par_chunks_mut(amx::ROWS * n)
+                    .enumerate()
+                    .for_each_init(amx::SumsBuf::new, |sums, (i, o)| rows_task(sums, i, o));
+            } else {
+                let mut sums = amx::SumsBuf::new();
+                for (i, o) in out.chunks_mut(amx::ROWS * n).enumerate() {
+                    rows_task(&mut sums, i, o);
+                }
+            }
             return;
         }
     }
