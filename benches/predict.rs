@@ -6,6 +6,8 @@
 //!   (1,638 rows: 1 % of MVTec *bottle*'s 163,840 training patches).
 //! - `predict_wrn50_2/{320,448}/bank1638/score_only`: cost growth with the crop size.
 //! - `predict_wrn50_2/224/bank{16384,40960}/score_only`: cost growth with the bank (10 %, 25 %).
+//! - `predict_wrn50_2/224-int8/bank1638/full`: the first case with the int8 backbone
+//!   (calibrated by the fit on the bank's images).
 //!
 //! Random weights (`Backbone::random`) and random-noise images. The bank is a random subset of
 //! the patch features of other noise images (fitted with `Sampler::Random`), so queries lie
@@ -16,7 +18,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use image::RgbImage;
-use patchcore::backbone::{Backbone, Layer, ResNetSpec};
+use patchcore::backbone::{Backbone, Layer, Precision, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::model::{PatchCore, PatchCoreParams, PredictOptions};
 use patchcore::preprocess::Resize;
@@ -77,6 +79,14 @@ fn bench_predict(c: &mut Criterion) {
             |b, &opts| b.iter(|| black_box(m.predict(&img, opts).expect("predict"))),
         );
     }
+    let mut m = model(224, 1_638);
+    m.set_precision(Precision::Int8).expect("int8");
+    let img = image(300, 3);
+    g.bench_with_input(
+        BenchmarkId::new("224-int8/bank1638", "full"),
+        &full,
+        |b, &opts| b.iter(|| black_box(m.predict(&img, opts).expect("predict"))),
+    );
     g.finish();
 }
 
