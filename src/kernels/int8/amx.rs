@@ -10,9 +10,8 @@
 //! chunks of 64 `k` stored as one contiguous 1 KiB tile. The activations are packed by
 //! [`super::pack_b`] into panels of 16 columns with `k` padded to a multiple of 64 (so that
 //! every activation tile is 1 KiB too), in pairs (an odd last panel is followed by a zero
-//! one). A
-//! task computes a block of 32 rows × 32 columns in four sum tiles (two weight tiles times
-//! two activation tiles per chunk of 64 `k`).
+//! one). A task computes a block of 32 rows × 32 columns in four sum tiles (two weight tiles
+//! times two activation tiles per chunk of 64 `k`).
 //!
 //! Linux allocates the tile registers' save area only for processes that ask for it
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`Amx::detect`] asks once and reports the kernel
@@ -183,12 +182,14 @@ static CONFIG: TileConfig = TileConfig {
 /// Chunks of 64 `k` per k-block: the block's two weight row tiles for one k-block (24 KiB)
 /// stay in the level-1 cache while they meet every panel of a group.
 const K_BLOCK: usize = 12;
-/// Panels per group: their sums (4 KiB each) stay on the stack between k-blocks.
+/// Panel pairs per group: their sums (4 KiB each, in a [`SumsBuf`]) stay in cache between
+/// k-blocks.
 const GROUP: usize = 8;
 
 impl Amx {
     /// One row block: for the 32 rows of block `block` and every column of the packed
-    /// activations `packed` (pairs of 16-column panels, `16·chunks` groups of four `k` each), calls `emit(col0, &sums)` once per panel with the exact 32 × 32 sums
+    /// activations `packed` (pairs of 16-column panels, `16·chunks` groups of four `k` each),
+    /// calls `emit(col0, &sums)` once per pair with the exact 32 × 32 sums
     /// `sums[r][j] = Σ_k a[32·block + r][k] · b[k][col0 + j]`.
     ///
     /// Order: panels in groups of [`GROUP`]; within a group, k-blocks of [`K_BLOCK`] chunks
