@@ -3,6 +3,7 @@
 //! These are public for benchmarks and advanced users; the rest of the crate goes through them
 //! for every matrix product.
 
+mod amx;
 pub mod bf16;
 pub mod conv;
 pub mod gemm;

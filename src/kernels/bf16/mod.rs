@@ -62,8 +62,11 @@
 //!   pair `t`, the panel's columns each as an (even row, odd row) pair of bf16. Panel `p`
 //!   starts at `p·48·⌈k/2⌉·2`; within it, `b[2t + h][j0 + j]` is at `(t·width + j)·2 + h`.
 
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
+use super::amx;
 use super::gemm::Parallelism;
 
 #[cfg(target_arch = "x86_64")]
@@ -93,12 +96,18 @@ pub enum Bf16Isa {
     Avx512Bf16,
     /// aarch64 NEON with the bf16 extension (`bfmlalb` / `bfmlalt`).
     NeonBf16,
+    /// x86-64 AMX-BF16 tiles (`tdpbf16ps`; Intel Sapphire Rapids and later, Linux 5.16+).
+    /// Its sums are rounded in the hardware's own order, not the
+    /// [documented one](self#summation-order-the-same-for-every-isa), within the same bound.
+    Amx,
 }
 
 impl Bf16Isa {
     /// The fastest instruction set this CPU supports.
     pub fn detect() -> Bf16Isa {
-        if Bf16Isa::Avx512Bf16.is_available() {
+        if Bf16Isa::Amx.is_available() {
+            Bf16Isa::Amx
+        } else if Bf16Isa::Avx512Bf16.is_available() {
             Bf16Isa::Avx512Bf16
         } else if Bf16Isa::NeonBf16.is_available() {
             Bf16Isa::NeonBf16
@@ -131,24 +140,31 @@ impl Bf16Isa {
                     false
                 }
             }
+            Bf16Isa::Amx => amx::Bf16::detect().is_some(),
         }
     }
 
-    /// Short human-readable name (`"portable"`, `"avx512-bf16"`, `"neon-bf16"`).
+    /// Short human-readable name (`"portable"`, `"avx512-bf16"`, `"neon-bf16"`, `"amx-bf16"`).
     pub fn name(self) -> &'static str {
         match self {
             Bf16Isa::Portable => "portable",
             Bf16Isa::Avx512Bf16 => "avx512-bf16",
             Bf16Isa::NeonBf16 => "neon-bf16",
+            Bf16Isa::Amx => "amx-bf16",
         }
     }
 
     /// Every instruction set available on this CPU, portable first.
     pub fn all_available() -> Vec<Bf16Isa> {
-        [Bf16Isa::Portable, Bf16Isa::Avx512Bf16, Bf16Isa::NeonBf16]
-            .into_iter()
-            .filter(|i| i.is_available())
-            .collect()
+        [
+            Bf16Isa::Portable,
+            Bf16Isa::Avx512Bf16,
+            Bf16Isa::NeonBf16,
+            Bf16Isa::Amx,
+        ]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect()
     }
 }
 
@@ -182,13 +198,18 @@ pub fn from_bf16(b: u16) -> f32 {
 #[derive(Debug, Clone)]
 pub struct PackedBf16Weights {
     /// `⌈m/8⌉` tiles × `⌈k/2⌉` pairs × 8 rows, each a pair of bf16 (even element low).
-    data: Vec<u32>,
+    /// On a CPU that runs the AMX kernel it is made from `amx` on first use (by another
+    /// isa), so that the weights are held once.
+    data: OnceLock<Vec<u32>>,
+    /// The AMX layout of the same pairs, when this CPU runs the AMX kernel.
+    amx: Option<amx::AmxWeights>,
     m: usize,
     k: usize,
 }
 
 impl PackedBf16Weights {
-    /// Rounds `a` (row-major `m × k`) to bf16 and packs it.
+    /// Rounds `a` (row-major `m × k`) to bf16 and packs it (in a second layout too when this
+    /// CPU runs the AMX kernel).
     ///
     /// # Panics
     /// If `a.len() != m·k` (or that product overflows).
@@ -214,7 +235,36 @@ impl PackedBf16Weights {
                 }
             }
         }
-        PackedBf16Weights { data, m, k }
+        let amx = amx::Bf16::detect().map(|_| {
+            amx::AmxWeights::new(m, kp, |row, t| data[((row / MR) * kp + t) * MR + row % MR])
+        });
+        let data = if amx.is_some() {
+            OnceLock::new()
+        } else {
+            OnceLock::from(data)
+        };
+        PackedBf16Weights { data, amx, m, k }
+    }
+
+    /// The layout of the non-AMX kernels (made from the AMX layout on first use if needed).
+    fn data(&self) -> &[u32] {
+        self.data.get_or_init(|| {
+            let Some(aw) = &self.amx else {
+                unreachable!("PackedBf16Weights holds one of its layouts")
+            };
+            let kp = self.k.div_ceil(2);
+            let mut data = vec![0u32; self.m.div_ceil(MR) * kp * MR];
+            if kp > 0 {
+                for (tile, dst) in data.chunks_exact_mut(kp * MR).enumerate() {
+                    for r in 0..MR.min(self.m - tile * MR) {
+                        for t in 0..kp {
+                            dst[t * MR + r] = aw.at(tile * MR + r, t);
+                        }
+                    }
+                }
+            }
+            data
+        })
     }
 
     /// Number of rows `m` (output channels).
@@ -227,9 +277,11 @@ impl PackedBf16Weights {
         self.k
     }
 
-    /// Bytes of packed data (`4·8·⌈m/8⌉·⌈k/2⌉`, about `2·m·k`).
+    /// Bytes of packed data held: about `2·m·k` (one layout: the AMX one on CPUs that run it,
+    /// plus the other one once a non-AMX kernel has been asked for).
     pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<u32>()
+        self.data.get().map_or(0, |d| d.len() * 4)
+            + self.amx.as_ref().map_or(0, amx::AmxWeights::bytes)
     }
 }
 
@@ -241,14 +293,17 @@ fn packed_b_len(k: usize, n: usize) -> usize {
     (full * NR + rest) * kp * 2
 }
 
-/// Packs the panel of `B` whose first column is `j0` into `dst` (`⌈k/2⌉·width·2` values).
-fn pack_b_panel(b: &[f32], k: usize, n: usize, j0: usize, dst: &mut [u16]) {
-    let kp = k.div_ceil(2);
-    let width = dst.len() / (2 * kp);
-    let w = width.min(n - j0);
+/// Packs the panel of `B` whose first column is `j0` into `dst`: `dst.len() / (2·width)`
+/// pairs (at least `⌈k/2⌉`; those past `k` are zeros) of `width` columns.
+fn pack_b_panel(b: &[f32], k: usize, n: usize, j0: usize, width: usize, dst: &mut [u16]) {
+    let w = width.min(n.saturating_sub(j0));
     for (t, out) in dst.chunks_exact_mut(2 * width).enumerate() {
-        let even = &b[2 * t * n + j0..][..w];
         let (pairs, pad) = out.split_at_mut(2 * w);
+        if 2 * t >= k || w == 0 {
+            out.fill(0);
+            continue;
+        }
+        let even = &b[2 * t * n + j0..][..w];
         if 2 * t + 1 < k {
             let odd = &b[(2 * t + 1) * n + j0..][..w];
             for ((p, &e), &o) in pairs.chunks_exact_mut(2).zip(even).zip(odd) {
@@ -346,6 +401,12 @@ pub fn gemm_bf16(
         c.fill(0.0);
         return;
     }
+    if isa == Bf16Isa::Amx {
+        if let (Some(op), Some(aw)) = (amx::Bf16::detect(), w.amx.as_ref()) {
+            gemm_amx(op, aw, b, k, n, c, scratch, par);
+            return;
+        }
+    }
     let kernel = Kernel::new(isa);
     let kp = k.div_ceil(2);
     let len = packed_b_len(k, n);
@@ -357,14 +418,14 @@ pub fn gemm_bf16(
     match par {
         Parallelism::Sequential => {
             for (p, dst) in packed.chunks_mut(panel_len).enumerate() {
-                pack_b_panel(b, k, n, p * NR, dst);
+                pack_b_panel(b, k, n, p * NR, dst.len() / (2 * kp), dst);
             }
         }
         Parallelism::Rayon => {
             packed
                 .par_chunks_mut(panel_len)
                 .enumerate()
-                .for_each(|(p, dst)| pack_b_panel(b, k, n, p * NR, dst));
+                .for_each(|(p, dst)| pack_b_panel(b, k, n, p * NR, dst.len() / (2 * kp), dst));
         }
     }
     let packed = &scratch[..len];
@@ -386,6 +447,57 @@ pub fn gemm_bf16(
     }
 }
 
+/// [`gemm_bf16`] on AMX tiles: `B` packed in pairs of 16-column panels with the pairs of `k`
+/// padded to whole tiles, then one task per block of 32 rows of `c`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_amx(
+    op: amx::Bf16,
+    aw: &amx::AmxWeights,
+    b: &[f32],
+    k: usize,
+    n: usize,
+    c: &mut [f32],
+    scratch: &mut Vec<u16>,
+    par: Parallelism,
+) {
+    // Two u16 per 32-bit word of the tiles.
+    let len = 2 * amx::packed_words(aw.chunks(), n);
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    let packed = &mut scratch[..len];
+    let panel_len = 2 * 16 * aw.chunks() * amx::WORDS;
+    let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(b, k, n, p * 16, 16, dst);
+    let parallel = par == Parallelism::Rayon && c.len() * k >= super::gemm::PAR_THRESHOLD;
+    if parallel {
+        packed.par_chunks_mut(panel_len).enumerate().for_each(pack);
+    } else {
+        packed.chunks_mut(panel_len).enumerate().for_each(pack);
+    }
+    let packed = &scratch[..len];
+    let rows_task = |sums: &mut amx::SumsBuf<f32>, blk: usize, rows: &mut [f32]| {
+        let m = rows.len() / n;
+        amx::block(op, aw, blk, packed, sums, |c0, s| {
+            let cols = amx::COLS.min(n - c0);
+            for (r, s) in s.iter().enumerate().take(m) {
+                rows[r * n + c0..][..cols].copy_from_slice(&s[..cols]);
+            }
+        });
+    };
+    if parallel {
+        c.par_chunks_mut(amx::ROWS * n)
+            .enumerate()
+            .for_each_init(amx::SumsBuf::new, |sums, (i, rows)| {
+                rows_task(sums, i, rows)
+            });
+    } else {
+        let mut sums = amx::SumsBuf::new();
+        for (i, rows) in c.chunks_mut(amx::ROWS * n).enumerate() {
+            rows_task(&mut sums, i, rows);
+        }
+    }
+}
+
 /// Computes the rows of `c` given in `c_rows` (whole tiles, starting with tile `tile0`, the
 /// last one possibly partial): for each panel of `B`, for each block of `KC` pairs, every
 /// tile of rows.
@@ -398,6 +510,7 @@ fn compute_rows(
     tile0: usize,
 ) {
     let kp = w.k.div_ceil(2);
+    let data = w.data();
     let rows = c_rows.len() / n;
     let tiles = rows.div_ceil(MR);
     let mut acc: Tile = [[0.0; NR]; MR];
@@ -420,7 +533,7 @@ fn compute_rows(
                     }
                 }
                 let a0 = ((tile0 + tile) * kp + t0) * MR;
-                kernel.tile(&w.data[a0..a0 + kb * MR], bblock, kb, width, &mut acc);
+                kernel.tile(&data[a0..a0 + kb * MR], bblock, kb, width, &mut acc);
                 for (r, acc_row) in acc.iter().enumerate().take(rt) {
                     c_rows[(tile * MR + r) * n + j0..][..wv].copy_from_slice(&acc_row[..wv]);
                 }

@@ -11,8 +11,9 @@
 //!   AVX-VNNI but no AVX-512 (Alder Lake and later client and Atom-class cores);
 //! - [`Int8Isa::NeonI8mm`] and [`Int8Isa::NeonDotprod`] (`neon_dot.rs`): aarch64 `usdot`
 //!   and `sdot` by element (16 multiply-adds per instruction);
-//! - [`Int8Isa::Amx`] (`amx.rs`): `tdpbsud` on AMX tile registers (16,384 multiply-adds per
-//!   instruction), with its own weight layout (see that file).
+//! - [`Int8Isa::Amx`] (`kernels/amx.rs`, shared with the bf16 kernels): `tdpbsud` on AMX tile
+//!   registers (16,384 multiply-adds per instruction), with its own weight layout (see that
+//!   file).
 //!
 //! Layouts. Weights are packed once ([`PackedWeights::new`]) in panels of [`MR`] rows: for every
 //! group of four consecutive `k`, the four `i8` of each of the panel's rows as one 32-bit word
@@ -21,15 +22,17 @@
 //! four `k`, the four `u8` of each column as one 32-bit word. One `vpdpbusd` then multiplies 16
 //! columns by one broadcast weight word and adds the four products to each column's sum.
 
-mod amx;
 mod avx512_vnni;
 mod avx_vnni;
 #[cfg(target_arch = "aarch64")]
 mod neon_dot;
 mod portable;
 
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
+use crate::kernels::amx;
 use crate::kernels::gemm::Parallelism;
 
 /// Rows of a weight panel (and of the micro-kernel's tile).
@@ -61,7 +64,7 @@ pub enum Int8Isa {
 impl Int8Isa {
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Int8Isa {
-        if amx::Amx::detect().is_some() {
+        if amx::Int8::detect().is_some() {
             Int8Isa::Amx
         } else if avx512_vnni::Vnni512::detect().is_some() {
             Int8Isa::Avx512Vnni
@@ -81,7 +84,7 @@ impl Int8Isa {
         match self {
             Int8Isa::Portable => true,
             Int8Isa::Avx512Vnni => avx512_vnni::Vnni512::detect().is_some(),
-            Int8Isa::Amx => amx::Amx::detect().is_some(),
+            Int8Isa::Amx => amx::Int8::detect().is_some(),
             Int8Isa::AvxVnni => avx_vnni::VnniYmm::detect().is_some(),
             #[cfg(target_arch = "aarch64")]
             Int8Isa::NeonI8mm => neon_dot::NeonDot::detect_i8mm().is_some(),
@@ -123,8 +126,9 @@ impl Int8Isa {
 /// Signed 8-bit weights `m × k`, packed once for the kernels (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct PackedWeights {
-    /// `m.div_ceil(MR)` panels of `k4 · MR` words.
-    panels: Vec<i32>,
+    /// `m.div_ceil(MR)` panels of `k4 · MR` words. On a CPU that runs the AMX kernel it is
+    /// made from `amx` on first use (by another kernel), so that the weights are held once.
+    panels: OnceLock<Vec<i32>>,
     /// The AMX layout, when this CPU runs the AMX kernel.
     amx: Option<amx::AmxWeights>,
     /// `Σ_k a[r][k]` per row, padded with zeros to a multiple of [`MR`] rows (the aarch64
@@ -136,8 +140,8 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Packs the row-major `m × k` matrix `a` (in a second layout too when this CPU runs the
-    /// AMX kernel).
+    /// Packs the row-major `m × k` matrix `a` (in the AMX layout instead when this CPU runs
+    /// the AMX kernel).
     ///
     /// # Panics
     /// If `a.len() != m·k` or `k > MAX_DEPTH`.
@@ -167,7 +171,12 @@ impl PackedWeights {
                 }
             }
         }
-        let amx = amx::Amx::detect().map(|_| amx::AmxWeights::new(a, m, k));
+        let amx = amx::Int8::detect().map(|_| amx_weights(a, m, k));
+        let panels = if amx.is_some() {
+            OnceLock::new()
+        } else {
+            OnceLock::from(panels)
+        };
         #[cfg(target_arch = "aarch64")]
         let row_sums = {
             let mut sums = vec![0i32; m.div_ceil(MR) * MR];
@@ -202,13 +211,48 @@ impl PackedWeights {
         let sums = self.row_sums.len() * 4;
         #[cfg(not(target_arch = "aarch64"))]
         let sums = 0;
-        self.panels.len() * 4 + self.amx.as_ref().map_or(0, amx::AmxWeights::bytes) + sums
+        self.panels.get().map_or(0, |p| p.len() * 4)
+            + self.amx.as_ref().map_or(0, amx::AmxWeights::bytes)
+            + sums
+    }
+
+    /// The panels of the non-AMX kernels (made from the AMX layout on first use if needed).
+    fn panels(&self) -> &[i32] {
+        self.panels.get_or_init(|| {
+            let Some(aw) = &self.amx else {
+                unreachable!("PackedWeights holds one of its layouts")
+            };
+            let k4 = self.k.div_ceil(4);
+            let mut panels = vec![0i32; self.m.div_ceil(MR) * k4 * MR];
+            for (p, panel) in panels.chunks_exact_mut(k4 * MR).enumerate() {
+                for r in 0..MR.min(self.m - p * MR) {
+                    for g in 0..k4 {
+                        panel[g * MR + r] = aw.at(p * MR + r, g) as i32;
+                    }
+                }
+            }
+            panels
+        })
     }
 
     fn panel(&self, p: usize) -> &[i32] {
         let len = self.k.div_ceil(4) * MR;
-        &self.panels[p * len..(p + 1) * len]
+        &self.panels()[p * len..(p + 1) * len]
     }
+}
+
+/// The AMX layout of the row-major `m × k` weights `a`: each word four consecutive `k`
+/// (the first in the low byte), zero-padded.
+fn amx_weights(a: &[i8], m: usize, k: usize) -> amx::AmxWeights {
+    amx::AmxWeights::new(m, k.div_ceil(4), |row, g| {
+        let mut bytes = [0u8; 4];
+        for (t, b) in bytes.iter_mut().enumerate() {
+            if let Some(&v) = a[row * k..(row + 1) * k].get(4 * g + t) {
+                *b = v as u8;
+            }
+        }
+        u32::from_le_bytes(bytes)
+    })
 }
 
 /// Packs the row-major `k × n` matrix `b`, each element turned into a byte by `byte`, into
@@ -392,10 +436,10 @@ fn gemm_impl<S, T, F>(
     let work = m.saturating_mul(n).saturating_mul(k);
     let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
     if isa == Int8Isa::Amx {
-        if let (Some(kernel), Some(aw)) = (amx::Amx::detect(), w.amx.as_ref()) {
-            let k4 = aw.chunks() * 16;
+        if let (Some(kernel), Some(aw)) = (amx::Int8::detect(), w.amx.as_ref()) {
+            let k4 = aw.chunks() * amx::WORDS;
             // Panels of 16 columns (one tile each), an even number of them.
-            let words = n.div_ceil(amx::COLS) * k4 * amx::COLS;
+            let words = amx::packed_words(aw.chunks(), n);
             if scratch.len() < words {
                 scratch.resize(words, 0);
             }
@@ -405,9 +449,9 @@ fn gemm_impl<S, T, F>(
             let packed: &[u32] = &scratch[..words];
             // One task = one block of 32 rows of c (all columns); one sums buffer per
             // thread's run of tasks.
-            let rows_task = |sums: &mut amx::SumsBuf, blk: usize, o: &mut [T]| {
+            let rows_task = |sums: &mut amx::SumsBuf<i32>, blk: usize, o: &mut [T]| {
                 let rows = o.len() / n;
-                kernel.block(aw, blk, packed, sums, |c0, sums| {
+                amx::block(kernel, aw, blk, packed, sums, |c0, sums| {
                     let cols = amx::COLS.min(n - c0);
                     for (r, s) in sums.iter().enumerate().take(rows) {
                         map(
@@ -560,9 +604,9 @@ mod tests {
                 assert_eq!(byte, want, "row {row} k {kk}");
             }
         }
-        assert_eq!(w.panels.len() * 4, 2 * k4 * MR * 4);
+        assert_eq!(w.panels().len() * 4, 2 * k4 * MR * 4);
         // The AMX layout: 16-row tiles of 64 bytes per row, zero-padded.
-        let aw = amx::AmxWeights::new(&a, m, k);
+        let aw = amx_weights(&a, m, k);
         assert_eq!(aw.chunks(), 1);
         for row in 0..32 {
             for kk in 0..64 {
@@ -571,7 +615,8 @@ mod tests {
                 } else {
                     0
                 };
-                assert_eq!(aw.at(row, kk), want, "amx row {row} k {kk}");
+                let got = aw.at(row, kk / 4).to_le_bytes()[kk % 4] as i8;
+                assert_eq!(got, want, "amx row {row} k {kk}");
             }
         }
         let (k, n) = (5, NR + 2);
