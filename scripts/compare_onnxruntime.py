@@ -54,7 +54,8 @@ their command, dependencies and run time. With it, the two calibrations take wel
 on two cores.
 
 --ours-int8 runs `cargo bench --bench backbone -- int8` and reports every criterion median that
-run wrote whose path names int8, as `ours_<group>_<function>_<param>`.
+run wrote whose path names int8, as `ours_<group>_<function>_<param>`; --ours-bf16 does the same
+for bf16.
 
 Weights are random (torchvision's init, seeded, plus randomised BatchNorm statistics): speed
 does not depend on their values, and no download is needed. Optionally (--ours) the script then
@@ -66,7 +67,7 @@ time (`/usr/bin/time`, Debian package `time`) for the peak-RSS figures; with --r
 openvino and nncf (PyPI). Nothing in the crate's build or tests needs Python.
 
 Usage: python3 scripts/compare_onnxruntime.py [--threads 2] [--repeats 30] [--coreset] [--ours]
-                                             [--reduced [--calib 64]] [--ours-int8]
+                                             [--reduced [--calib 64]] [--ours-int8] [--ours-bf16]
                                              [--json OUT.json]
 """
 
@@ -506,7 +507,7 @@ def run_ours():
 
 
 def run_ours_int8(bench="backbone", filt="int8"):
-    """The crate's own int8 backbone bench, if there is one: every criterion median under
+    """The crate's own int8 (or, with filt="bf16", bf16) backbone bench, if there is one: every criterion median under
     target/criterion whose path names `filt` and that this run wrote, as `ours_<path>`."""
     start = time.time()
     subprocess.run(
@@ -525,7 +526,7 @@ def run_ours_int8(bench="backbone", filt="int8"):
                 with open(path) as f:
                     r["ours_" + "_".join(rel[:-1])] = json.load(f)["median"]["point_estimate"] / 1e6
     if not r:
-        print(f"--ours-int8: no criterion result naming {filt!r} was written", flush=True)
+        print(f"--ours-{filt}: no criterion result naming {filt!r} was written", flush=True)
     return r
 
 
@@ -552,6 +553,11 @@ def main(argv):
         "--ours-int8",
         action="store_true",
         help="also run `cargo bench --bench backbone -- int8` and report what it wrote",
+    )
+    p.add_argument(
+        "--ours-bf16",
+        action="store_true",
+        help="also run `cargo bench --bench backbone -- bf16` and report what it wrote",
     )
     p.add_argument("--json", help="write the results to this file")
     a = p.parse_args(argv)
@@ -602,6 +608,8 @@ def main(argv):
         r.update(run_ours())
     if a.ours_int8:
         r.update(run_ours_int8())
+    if a.ours_bf16:
+        r.update(run_ours_int8(filt="bf16"))
     width = max(len(k) for k in r)
     for k, v in r.items():
         if k.endswith("_mb"):

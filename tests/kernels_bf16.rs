@@ -6,7 +6,9 @@
 //! is a sum of `k` exact products with at most `k` f32 roundings, so
 //! `|c − r| ≤ (k + 1)·2⁻²⁴·Σ|a·b| + 1e-30`.
 
-use patchcore::kernels::bf16::{from_bf16, gemm_bf16, to_bf16, Bf16Isa, PackedBf16Weights};
+use patchcore::kernels::bf16::{
+    from_bf16, gemm_bf16, gemm_bf16_map, to_bf16, Bf16Isa, PackedBf16Weights,
+};
 use patchcore::kernels::gemm::Parallelism;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -211,6 +213,16 @@ fn check_shape(m: usize, k: usize, n: usize, seed: u64) {
                 "{} {m}×{k}×{n}: not the documented order",
                 isa.name()
             );
+            // The same values given as bf16 bits: the same result.
+            let b16: Vec<u16> = b.iter().map(|&v| to_bf16(v)).collect();
+            let w = PackedBf16Weights::new(&a, m, k);
+            let mut c16 = vec![f32::NAN; m * n];
+            gemm_bf16(&w, &b16, n, &mut c16, &mut Vec::new(), par, isa);
+            assert!(
+                bits(&c16) == bits(&c),
+                "{} {m}×{k}×{n}: u16 input differs from f32 input",
+                isa.name()
+            );
         }
     }
 }
@@ -398,6 +410,46 @@ fn exact_when_nothing_rounds() {
         for isa in Bf16Isa::all_available() {
             for par in [Parallelism::Sequential, Parallelism::Rayon] {
                 let c = run(m, k, n, &a, &b, par, isa);
+                assert!(
+                    bits(&c) == bits(&want),
+                    "{} {m}×{k}×{n} {par:?}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+/// `gemm_bf16_map` = `gemm_bf16`, then the map applied exactly once to every element with its
+/// row and column (the map is not idempotent, so a second application or a wrong position
+/// shows).
+#[test]
+fn map_sees_every_element_once_at_its_place() {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (19, 70, 113),
+        (40, 33, 17),
+        (70, 1101, 50),
+        (3, 0, 5),
+    ] {
+        let a = random(m * k, 41);
+        let b = random(k * n, 42);
+        let f = |r: usize, j: usize, v: f32| v * 0.5 + (r * 1000 + j) as f32;
+        for isa in Bf16Isa::all_available() {
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                let plain = run(m, k, n, &a, &b, par, isa);
+                let want: Vec<f32> = plain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| f(i / n, i % n, v))
+                    .collect();
+                let w = PackedBf16Weights::new(&a, m, k);
+                let mut c = vec![f32::NAN; m * n];
+                gemm_bf16_map(&w, &b, n, &mut c, &mut Vec::new(), par, isa, |r, j0, o| {
+                    for (j, v) in o.iter_mut().enumerate() {
+                        *v = f(r, j0 + j, *v);
+                    }
+                });
                 assert!(
                     bits(&c) == bits(&want),
                     "{} {m}×{k}×{n} {par:?}",

@@ -180,3 +180,15 @@ fn quantizing_while_packing_matches_quantizing_first() {
         }
     }
 }
+
+/// Depth 0 (an empty inner dimension): every sum is 0, on every kernel (the AMX weight layout
+/// has no tile then).
+#[test]
+fn depth_zero_gives_zeros() {
+    let w = PackedWeights::new(&[], 5, 0);
+    for isa in Int8Isa::all_available() {
+        for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            assert_eq!(run(&w, &[], 3, par, isa), vec![0; 15], "{}", isa.name());
+        }
+    }
+}

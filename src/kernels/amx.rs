@@ -174,6 +174,9 @@ impl AmxWeights {
         let chunks = words.div_ceil(WORDS);
         let row_tiles = m.div_ceil(ROWS) * 2;
         let mut tiles = vec![0u32; row_tiles * chunks * TILE];
+        if chunks == 0 {
+            return AmxWeights { tiles, chunks };
+        }
         for (rt, block) in tiles.chunks_exact_mut(chunks * TILE).enumerate() {
             for (q, tile) in block.chunks_exact_mut(TILE).enumerate() {
                 for (r, dst) in tile.chunks_exact_mut(WORDS).enumerate() {

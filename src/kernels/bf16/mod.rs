@@ -15,12 +15,13 @@
 //! | [`Bf16Isa::Portable`] | `portable.rs` | plain f32 loops (vectorised by the compiler) |
 //! | [`Bf16Isa::Avx512Bf16`] | `avx512_bf16.rs` | x86-64 `vdpbf16ps` (AVX512-BF16) |
 //! | [`Bf16Isa::NeonBf16`] | `neon_bf16.rs` | aarch64 `bfmlalt` / `bfmlalb` (FEAT_BF16) |
+//! | [`Bf16Isa::Amx`] | `../amx.rs` | x86-64 `tdpbf16ps` on AMX tiles (AMX-BF16) |
 //!
 //! A kernel whose instructions the CPU lacks is reachable only through a zero-sized token that
 //! [`Bf16Isa::detect`]-style run-time detection hands out, so it can never execute an illegal
 //! instruction; asking [`gemm_bf16`] for an unavailable isa runs the portable kernel.
 //!
-//! # Summation order (the same for every isa)
+//! # Summation order (the same for every isa but AMX)
 //!
 //! `k` is split into pairs `(2t, 2t + 1)`, `t = 0 .. ⌈k/2⌉` (an odd `k` gets a zero partner).
 //! Every output element is computed as
@@ -38,11 +39,21 @@
 //! additions in the same order (the product is exact, so `mul` then `add` equals the FMA), and
 //! the NEON kernel uses the IEEE fused `bfmlalt` (odd elements) then `bfmlalb` (even elements).
 //! Blocking over `k` stores the partial sums in f32 and reloads them, which changes nothing.
-//! Hence **all isas give identical bits** as long as no product or partial sum is subnormal
+//! Hence **all isas but AMX give identical bits** as long as no product or partial sum is subnormal
 //! in f32 (|x| < 2⁻¹²⁶) and no single product overflows: `vdpbf16ps` treats subnormal inputs
 //! as zero and flushes subnormal results to zero, the others keep them. (NEON's `bfdot` /
 //! `bfmmla` are not used: without FEAT_EBF16 they add the two products first with round to
 //! odd, a different order.)
+//!
+//! AMX (`tdpbf16ps`) is the exception: its hardware adds the 32 products of a tile row in
+//! an order and internal precision that Intel does not document (on Emerald Rapids the
+//! result matched neither pair order, nor one rounding per pair, in about 60 % of random
+//! cases; its error against the exact sum was the smaller one). Its sums are still exact
+//! whenever no addition needs rounding (checked by the tests), satisfy the same bound
+//! below, and do not depend on the thread count (a tile chunk of 32 `k` is always summed by
+//! one instruction, in increasing chunks). A caller of [`gemm_bf16`] who needs the bits of the
+//! other isas on an AMX machine passes [`Bf16Isa::Avx512Bf16`]; the backbone always takes
+//! [`Bf16Isa::detect`]'s choice.
 //!
 //! Error bound against the exact product of the rounded inputs: each element is a sum of `k`
 //! exact products (plus zeros) with at most `k` roundings, so
@@ -98,7 +109,7 @@ pub enum Bf16Isa {
     NeonBf16,
     /// x86-64 AMX-BF16 tiles (`tdpbf16ps`; Intel Sapphire Rapids and later, Linux 5.16+).
     /// Its sums are rounded in the hardware's own order, not the
-    /// [documented one](self#summation-order-the-same-for-every-isa), within the same bound.
+    /// [documented one](self#summation-order-the-same-for-every-isa-but-amx), within the same bound.
     Amx,
 }
 
@@ -293,9 +304,65 @@ fn packed_b_len(k: usize, n: usize) -> usize {
     (full * NR + rest) * kp * 2
 }
 
+/// `x`'s bits with its bf16 rounding (as [`to_bf16`]) in the high half; the low half is
+/// not cleared. Branch-free, so that loops over it vectorise.
+#[inline(always)]
+fn round_high(bits: u32) -> u32 {
+    let nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
+    if nan {
+        bits | 0x0040_0000
+    } else {
+        rounded
+    }
+}
+
+/// An element of `B` as [`gemm_bf16`] takes it: `f32` (rounded to bf16 while it is packed) or
+/// `u16` (bf16 bits, already rounded, e.g. by [`to_bf16`]).
+pub trait Bf16Input: Copy + Send + Sync + sealed::Sealed {
+    /// The bf16 bits in the high half of a word (the low half is not cleared).
+    #[doc(hidden)]
+    fn high(self) -> u32;
+}
+
+mod sealed {
+    /// Only the types of this module implement [`super::Bf16Input`].
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for u16 {}
+}
+
+impl Bf16Input for f32 {
+    #[inline(always)]
+    fn high(self) -> u32 {
+        round_high(self.to_bits())
+    }
+}
+
+impl Bf16Input for u16 {
+    #[inline(always)]
+    fn high(self) -> u32 {
+        u32::from(self) << 16
+    }
+}
+
+/// The pair word of `b[2t][j]` (`e`, low half) and `b[2t + 1][j]` (`o`, high half).
+#[inline(always)]
+fn pair_word<T: Bf16Input>(e: T, o: T) -> u32 {
+    (o.high() & 0xFFFF_0000) | (e.high() >> 16)
+}
+
 /// Packs the panel of `B` whose first column is `j0` into `dst`: `dst.len() / (2·width)`
 /// pairs (at least `⌈k/2⌉`; those past `k` are zeros) of `width` columns.
-fn pack_b_panel(b: &[f32], k: usize, n: usize, j0: usize, width: usize, dst: &mut [u16]) {
+#[inline(always)]
+fn pack_b_panel_body<T: Bf16Input>(
+    b: &[T],
+    k: usize,
+    n: usize,
+    j0: usize,
+    width: usize,
+    dst: &mut [u16],
+) {
     let w = width.min(n.saturating_sub(j0));
     for (t, out) in dst.chunks_exact_mut(2 * width).enumerate() {
         let (pairs, pad) = out.split_at_mut(2 * w);
@@ -307,17 +374,85 @@ fn pack_b_panel(b: &[f32], k: usize, n: usize, j0: usize, width: usize, dst: &mu
         if 2 * t + 1 < k {
             let odd = &b[(2 * t + 1) * n + j0..][..w];
             for ((p, &e), &o) in pairs.chunks_exact_mut(2).zip(even).zip(odd) {
-                p[0] = to_bf16(e);
-                p[1] = to_bf16(o);
+                let word = pair_word(e, o);
+                p[0] = word as u16;
+                p[1] = (word >> 16) as u16;
             }
         } else {
             for (p, &e) in pairs.chunks_exact_mut(2).zip(even) {
-                p[0] = to_bf16(e);
+                p[0] = (e.high() >> 16) as u16;
                 p[1] = 0;
             }
         }
         pad.fill(0);
     }
+}
+
+/// The packing loop, compiled for the CPU at hand: the same code, with AVX-512 where the
+/// kernels that use it run (their CPUs have it), otherwise the baseline instructions.
+#[derive(Clone, Copy)]
+enum Packer {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx512(Avx512Token),
+}
+
+/// Proof that the CPU runs AVX512F and AVX512BW.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx512Token(());
+
+impl Packer {
+    /// AVX-512 for the x86 kernels other than the portable one, when the CPU has it.
+    fn for_isa(isa: Bf16Isa) -> Packer {
+        #[cfg(target_arch = "x86_64")]
+        if isa != Bf16Isa::Portable
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            return Packer::Avx512(Avx512Token(()));
+        }
+        let _ = isa;
+        Packer::Baseline
+    }
+
+    /// [`pack_b_panel_body`].
+    fn panel<T: Bf16Input>(
+        self,
+        b: &[T],
+        k: usize,
+        n: usize,
+        j0: usize,
+        width: usize,
+        dst: &mut [u16],
+    ) {
+        match self {
+            Packer::Baseline => pack_b_panel_body(b, k, n, j0, width, dst),
+            #[cfg(target_arch = "x86_64")]
+            Packer::Avx512(_) => {
+                // SAFETY: an `Avx512Token` exists only when AVX512F and AVX512BW were
+                // detected; the body is safe code (bounds-checked slices).
+                unsafe { pack_b_panel_avx512(b, k, n, j0, width, dst) }
+            }
+        }
+    }
+}
+
+/// [`pack_b_panel_body`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU must run AVX512F and AVX512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_b_panel_avx512<T: Bf16Input>(
+    b: &[T],
+    k: usize,
+    n: usize,
+    j0: usize,
+    width: usize,
+    dst: &mut [u16],
+) {
+    pack_b_panel_body(b, k, n, j0, width, dst)
 }
 
 /// The micro-kernel of an instruction set, proven available.
@@ -347,7 +482,7 @@ impl Kernel {
     }
 
     /// `acc[r][j] (+)= Σ_t` over the `kp` pairs of `a` (`kp·8` pairs, see the packed layout)
-    /// and `b` (`kp·width` pairs), in the [module's order](self#summation-order-the-same-for-every-isa),
+    /// and `b` (`kp·width` pairs), in the [module's order](self#summation-order-the-same-for-every-isa-but-amx),
     /// for rows `r < 8` and columns `j < width`; `width` is 16, 32 or 48.
     #[inline]
     fn tile(self, a: &[u32], b: &[u16], kp: usize, width: usize, acc: &mut Tile) {
@@ -361,27 +496,50 @@ impl Kernel {
     }
 }
 
-/// c[m×n] (f32 row-major, row stride n, overwritten) = bf16(A) · bf16(B), B given as f32
-/// row-major k×n (row stride n) and rounded to bf16 (RNE) while it is packed; products of
-/// bf16 values are exact in f32 and are accumulated in f32.
+/// c[m×n] (f32 row-major, row stride n, overwritten) = bf16(A) · bf16(B), B given row-major
+/// k×n (row stride n) either as f32, rounded to bf16 (RNE, as [`to_bf16`]) while it is packed,
+/// or as bf16 bits (`u16`); products of bf16 values are exact in f32 and are accumulated in
+/// f32. Both forms of the same values give the same bits.
 ///
 /// An isa that is not available runs the portable kernel (never an illegal instruction). The
-/// result does not depend on the thread count, and is the same for every isa (see the
-/// [summation order](self#summation-order-the-same-for-every-isa) for the subnormal caveat).
+/// result does not depend on the thread count, and is the same for every isa but AMX (see the
+/// [summation order](self#summation-order-the-same-for-every-isa-but-amx) for that and the
+/// subnormal caveat).
 ///
 /// `scratch` receives the packed `B`; it is grown only when too short, so repeated calls with
 /// the same or smaller shapes do not allocate.
 ///
 /// # Panics
 /// If `b.len() != k·n` or `c.len() != m·n` (`m`, `k` from `w`).
-pub fn gemm_bf16(
+pub fn gemm_bf16<T: Bf16Input>(
     w: &PackedBf16Weights,
-    b: &[f32],
+    b: &[T],
     n: usize,
     c: &mut [f32],
     scratch: &mut Vec<u16>,
     par: Parallelism,
     isa: Bf16Isa,
+) {
+    gemm_bf16_map(w, b, n, c, scratch, par, isa, |_, _, _| {});
+}
+
+/// [`gemm_bf16`], then `map(row, col0, values)` on every finished segment of a row of `c`
+/// (`values` = `c[row][col0 .. col0 + values.len()]`, holding the sums on entry), while it
+/// is still in cache: e.g. a convolution's bias, residual and ReLU. Every element of `c`
+/// goes through `map` exactly once, possibly from several threads at a time.
+///
+/// # Panics
+/// As [`gemm_bf16`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_map<T: Bf16Input>(
+    w: &PackedBf16Weights,
+    b: &[T],
+    n: usize,
+    c: &mut [f32],
+    scratch: &mut Vec<u16>,
+    par: Parallelism,
+    isa: Bf16Isa,
+    map: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
     let (m, k) = (w.m, w.k);
     assert!(
@@ -399,15 +557,19 @@ pub fn gemm_bf16(
     }
     if k == 0 {
         c.fill(0.0);
+        for (r, row) in c.chunks_exact_mut(n).enumerate() {
+            map(r, 0, row);
+        }
         return;
     }
     if isa == Bf16Isa::Amx {
         if let (Some(op), Some(aw)) = (amx::Bf16::detect(), w.amx.as_ref()) {
-            gemm_amx(op, aw, b, k, n, c, scratch, par);
+            gemm_amx(op, aw, b, k, n, c, scratch, par, &map);
             return;
         }
     }
     let kernel = Kernel::new(isa);
+    let packer = Packer::for_isa(isa);
     let kp = k.div_ceil(2);
     let len = packed_b_len(k, n);
     if scratch.len() < len {
@@ -418,19 +580,22 @@ pub fn gemm_bf16(
     match par {
         Parallelism::Sequential => {
             for (p, dst) in packed.chunks_mut(panel_len).enumerate() {
-                pack_b_panel(b, k, n, p * NR, dst.len() / (2 * kp), dst);
+                packer.panel(b, k, n, p * NR, dst.len() / (2 * kp), dst);
             }
         }
         Parallelism::Rayon => {
             packed
                 .par_chunks_mut(panel_len)
                 .enumerate()
-                .for_each(|(p, dst)| pack_b_panel(b, k, n, p * NR, dst.len() / (2 * kp), dst));
+                .for_each(|(p, dst)| packer.panel(b, k, n, p * NR, dst.len() / (2 * kp), dst));
         }
     }
     let packed = &scratch[..len];
     let rows_block = |c_rows: &mut [f32], tile0: usize| {
         compute_rows(kernel, w, packed, n, c_rows, tile0);
+        for (r, row) in c_rows.chunks_exact_mut(n).enumerate() {
+            map(tile0 * MR + r, 0, row);
+        }
     };
     match par {
         Parallelism::Sequential => rows_block(c, 0),
@@ -450,15 +615,16 @@ pub fn gemm_bf16(
 /// [`gemm_bf16`] on AMX tiles: `B` packed in pairs of 16-column panels with the pairs of `k`
 /// padded to whole tiles, then one task per block of 32 rows of `c`.
 #[allow(clippy::too_many_arguments)]
-fn gemm_amx(
+fn gemm_amx<T: Bf16Input>(
     op: amx::Bf16,
     aw: &amx::AmxWeights,
-    b: &[f32],
+    b: &[T],
     k: usize,
     n: usize,
     c: &mut [f32],
     scratch: &mut Vec<u16>,
     par: Parallelism,
+    map: &(impl Fn(usize, usize, &mut [f32]) + Sync),
 ) {
     // Two u16 per 32-bit word of the tiles.
     let len = 2 * amx::packed_words(aw.chunks(), n);
@@ -467,7 +633,8 @@ fn gemm_amx(
     }
     let packed = &mut scratch[..len];
     let panel_len = 2 * 16 * aw.chunks() * amx::WORDS;
-    let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(b, k, n, p * 16, 16, dst);
+    let packer = Packer::for_isa(Bf16Isa::Amx);
+    let pack = |(p, dst): (usize, &mut [u16])| packer.panel(b, k, n, p * 16, 16, dst);
     let parallel = par == Parallelism::Rayon && c.len() * k >= super::gemm::PAR_THRESHOLD;
     if parallel {
         packed.par_chunks_mut(panel_len).enumerate().for_each(pack);
@@ -480,7 +647,9 @@ fn gemm_amx(
         amx::block(op, aw, blk, packed, sums, |c0, s| {
             let cols = amx::COLS.min(n - c0);
             for (r, s) in s.iter().enumerate().take(m) {
-                rows[r * n + c0..][..cols].copy_from_slice(&s[..cols]);
+                let o = &mut rows[r * n + c0..][..cols];
+                o.copy_from_slice(&s[..cols]);
+                map(blk * amx::ROWS + r, c0, o);
             }
         });
     };

@@ -8,9 +8,11 @@
 //! path would add their own roundings to values that are already rounded to 8 bits.
 
 use super::im2col::Window;
-use super::{epilogue, Conv2d};
+use super::{epilogue_segment, Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
-use crate::kernels::bf16::{gemm_bf16, Bf16Isa, PackedBf16Weights};
+use rayon::prelude::*;
+
+use crate::kernels::bf16::{gemm_bf16_map, to_bf16, Bf16Isa, PackedBf16Weights};
 use crate::kernels::gemm::Parallelism;
 
 /// A convolution with bf16 weights and inputs and f32 sums (see the module documentation).
@@ -35,14 +37,15 @@ pub struct Bf16Conv {
 /// Reusable buffers of [`Bf16Conv::forward_image`] (grown, never shrunk).
 #[derive(Debug, Default, Clone)]
 pub struct Bf16Scratch {
-    cols: Vec<f32>,
+    x: Vec<u16>,
+    cols: Vec<u16>,
     pack: Vec<u16>,
 }
 
 impl Bf16Scratch {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.cols.capacity() * 4 + self.pack.capacity() * 2
+        (self.x.capacity() + self.cols.capacity() + self.pack.capacity()) * 2
     }
 }
 
@@ -127,18 +130,68 @@ impl Bf16Conv {
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "Bf16Conv: residual length");
         }
-        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
-        let cols: &[f32] = if direct {
-            input
-        } else {
-            if scratch.cols.len() < k * p {
-                scratch.cols.resize(k * p, 0.0);
-            }
-            self.window()
-                .im2col(input, h, w, &mut scratch.cols[..k * p], par);
-            &scratch.cols[..k * p]
+        // Bias, residual and ReLU on each finished segment of sums, while it is in cache.
+        let bias = &self.bias;
+        let finish = |c: usize, j0: usize, o: &mut [f32]| {
+            let r = residual.map(|r| &r[c * p + j0..][..o.len()]);
+            epilogue_segment(o, bias[c], r, relu);
         };
-        gemm_bf16(&self.weights, cols, p, out, &mut scratch.pack, par, isa);
-        epilogue(out, &self.bias, residual, relu, p, par);
+        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
+        if direct {
+            // The input is the matrix of activations: rounded while it is packed.
+            gemm_bf16_map(
+                &self.weights,
+                input,
+                p,
+                out,
+                &mut scratch.pack,
+                par,
+                isa,
+                finish,
+            );
+        } else {
+            // Round the input to bf16 once, then build the im2col matrix of bf16 values (half
+            // the bytes of an f32 one; the same values, since the padding is 0 either way).
+            grow(&mut scratch.x, input.len());
+            let x = &mut scratch.x[..input.len()];
+            let round = |d: &mut [u16], s: &[f32]| {
+                for (d, &v) in d.iter_mut().zip(s) {
+                    *d = to_bf16(v);
+                }
+            };
+            if par == Parallelism::Rayon && input.len() >= PAR_ELEMS {
+                x.par_chunks_mut(4096)
+                    .zip(input.par_chunks(4096))
+                    .for_each(|(d, s)| round(d, s));
+            } else {
+                round(x, input);
+            }
+            grow(&mut scratch.cols, k * p);
+            self.window().im2col(
+                &scratch.x[..input.len()],
+                h,
+                w,
+                &mut scratch.cols[..k * p],
+                par,
+            );
+            let cols = &scratch.cols[..k * p];
+            gemm_bf16_map(
+                &self.weights,
+                cols,
+                p,
+                out,
+                &mut scratch.pack,
+                par,
+                isa,
+                finish,
+            );
+        }
+    }
+}
+
+/// Grows `buf` to at least `n` elements (contents unspecified; callers overwrite them).
+fn grow(buf: &mut Vec<u16>, n: usize) {
+    if buf.len() < n {
+        buf.resize(n, 0);
     }
 }

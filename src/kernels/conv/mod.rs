@@ -579,6 +579,34 @@ impl Conv2d {
     }
 }
 
+/// The epilogue of [`epilogue`] on one segment of an output row: `o += bias (+ r)`, then ReLU
+/// if asked (`r` the same segment of the residual).
+#[inline]
+pub(super) fn epilogue_segment(o: &mut [f32], b: f32, residual: Option<&[f32]>, relu: bool) {
+    match (residual, relu) {
+        (Some(r), true) => {
+            for (v, &r) in o.iter_mut().zip(r) {
+                *v = (*v + b + r).max(0.0);
+            }
+        }
+        (Some(r), false) => {
+            for (v, &r) in o.iter_mut().zip(r) {
+                *v += b + r;
+            }
+        }
+        (None, true) => {
+            for v in o.iter_mut() {
+                *v = (*v + b).max(0.0);
+            }
+        }
+        (None, false) => {
+            for v in o.iter_mut() {
+                *v += b;
+            }
+        }
+    }
+}
+
 /// `out[c, :] = act(out[c, :] + bias[c] (+ residual[c, :]))` in one pass.
 pub(super) fn epilogue(
     out: &mut [f32],
@@ -592,29 +620,7 @@ pub(super) fn epilogue(
         return;
     }
     let row = |c: usize, o: &mut [f32]| {
-        let b = bias[c];
-        match (residual, relu) {
-            (Some(r), true) => {
-                for (v, &r) in o.iter_mut().zip(&r[c * p..(c + 1) * p]) {
-                    *v = (*v + b + r).max(0.0);
-                }
-            }
-            (Some(r), false) => {
-                for (v, &r) in o.iter_mut().zip(&r[c * p..(c + 1) * p]) {
-                    *v += b + r;
-                }
-            }
-            (None, true) => {
-                for v in o.iter_mut() {
-                    *v = (*v + b).max(0.0);
-                }
-            }
-            (None, false) => {
-                for v in o.iter_mut() {
-                    *v += b;
-                }
-            }
-        }
+        epilogue_segment(o, bias[c], residual.map(|r| &r[c * p..(c + 1) * p]), relu);
     };
     if par == Parallelism::Rayon && out.len() >= PAR_ELEMS {
         out.par_chunks_mut(p)

@@ -153,7 +153,8 @@ impl PackedWeights {
         );
         let k4 = k.div_ceil(4);
         let mut panels = vec![0i32; m.div_ceil(MR) * k4 * MR];
-        for (p, panel) in panels.chunks_exact_mut(k4 * MR).enumerate() {
+        // `max(1)`: with k = 0 there are no words (and no panel to fill).
+        for (p, panel) in panels.chunks_exact_mut((k4 * MR).max(1)).enumerate() {
             for g in 0..k4 {
                 for r in 0..MR {
                     let row = p * MR + r;
@@ -224,7 +225,7 @@ impl PackedWeights {
             };
             let k4 = self.k.div_ceil(4);
             let mut panels = vec![0i32; self.m.div_ceil(MR) * k4 * MR];
-            for (p, panel) in panels.chunks_exact_mut(k4 * MR).enumerate() {
+            for (p, panel) in panels.chunks_exact_mut((k4 * MR).max(1)).enumerate() {
                 for r in 0..MR.min(self.m - p * MR) {
                     for g in 0..k4 {
                         panel[g * MR + r] = aw.at(p * MR + r, g) as i32;
