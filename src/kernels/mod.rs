@@ -9,3 +9,4 @@ pub mod conv;
 pub mod gemm;
 pub mod int8;
 pub mod pool;
+mod wide;

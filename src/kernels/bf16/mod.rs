@@ -79,6 +79,7 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::gemm::Parallelism;
+use super::wide::Wide;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512_bf16;
@@ -388,52 +389,23 @@ fn pack_b_panel_body<T: Bf16Input>(
     }
 }
 
-/// The packing loop, compiled for the CPU at hand: the same code, with AVX-512 where the
-/// kernels that use it run (their CPUs have it), otherwise the baseline instructions.
-#[derive(Clone, Copy)]
-enum Packer {
-    Baseline,
-    #[cfg(target_arch = "x86_64")]
-    Avx512(Avx512Token),
-}
-
-/// Proof that the CPU runs AVX512F and AVX512BW.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx512Token(());
-
-impl Packer {
-    /// AVX-512 for the x86 kernels other than the portable one, when the CPU has it.
-    fn for_isa(isa: Bf16Isa) -> Packer {
+/// [`pack_b_panel_body`], compiled with AVX-512 when `wide` says the CPU has it.
+fn pack_b_panel<T: Bf16Input>(
+    wide: Wide,
+    b: &[T],
+    k: usize,
+    n: usize,
+    j0: usize,
+    width: usize,
+    dst: &mut [u16],
+) {
+    match wide {
+        Wide::Baseline => pack_b_panel_body(b, k, n, j0, width, dst),
         #[cfg(target_arch = "x86_64")]
-        if isa != Bf16Isa::Portable
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            return Packer::Avx512(Avx512Token(()));
-        }
-        let _ = isa;
-        Packer::Baseline
-    }
-
-    /// [`pack_b_panel_body`].
-    fn panel<T: Bf16Input>(
-        self,
-        b: &[T],
-        k: usize,
-        n: usize,
-        j0: usize,
-        width: usize,
-        dst: &mut [u16],
-    ) {
-        match self {
-            Packer::Baseline => pack_b_panel_body(b, k, n, j0, width, dst),
-            #[cfg(target_arch = "x86_64")]
-            Packer::Avx512(_) => {
-                // SAFETY: an `Avx512Token` exists only when AVX512F and AVX512BW were
-                // detected; the body is safe code (bounds-checked slices).
-                unsafe { pack_b_panel_avx512(b, k, n, j0, width, dst) }
-            }
+        Wide::Avx512(_) => {
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected;
+            // the body is safe code (bounds-checked slices).
+            unsafe { pack_b_panel_avx512(b, k, n, j0, width, dst) }
         }
     }
 }
@@ -569,7 +541,8 @@ pub fn gemm_bf16_map<T: Bf16Input>(
         }
     }
     let kernel = Kernel::new(isa);
-    let packer = Packer::for_isa(isa);
+    // The packing loop with AVX-512 for the x86 kernels that need it anyway.
+    let wide = Wide::detect(matches!(isa, Bf16Isa::Avx512Bf16 | Bf16Isa::Amx));
     let kp = k.div_ceil(2);
     let len = packed_b_len(k, n);
     if scratch.len() < len {
@@ -580,14 +553,16 @@ pub fn gemm_bf16_map<T: Bf16Input>(
     match par {
         Parallelism::Sequential => {
             for (p, dst) in packed.chunks_mut(panel_len).enumerate() {
-                packer.panel(b, k, n, p * NR, dst.len() / (2 * kp), dst);
+                pack_b_panel(wide, b, k, n, p * NR, dst.len() / (2 * kp), dst);
             }
         }
         Parallelism::Rayon => {
             packed
                 .par_chunks_mut(panel_len)
                 .enumerate()
-                .for_each(|(p, dst)| packer.panel(b, k, n, p * NR, dst.len() / (2 * kp), dst));
+                .for_each(|(p, dst)| {
+                    pack_b_panel(wide, b, k, n, p * NR, dst.len() / (2 * kp), dst)
+                });
         }
     }
     let packed = &scratch[..len];
@@ -633,8 +608,8 @@ fn gemm_amx<T: Bf16Input>(
     }
     let packed = &mut scratch[..len];
     let panel_len = 2 * 16 * aw.chunks() * amx::WORDS;
-    let packer = Packer::for_isa(Bf16Isa::Amx);
-    let pack = |(p, dst): (usize, &mut [u16])| packer.panel(b, k, n, p * 16, 16, dst);
+    let wide = Wide::detect(true);
+    let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(wide, b, k, n, p * 16, 16, dst);
     let parallel = par == Parallelism::Rayon && c.len() * k >= super::gemm::PAR_THRESHOLD;
     if parallel {
         packed.par_chunks_mut(panel_len).enumerate().for_each(pack);

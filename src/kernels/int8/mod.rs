@@ -34,6 +34,7 @@ use rayon::prelude::*;
 
 use crate::kernels::amx;
 use crate::kernels::gemm::Parallelism;
+use crate::kernels::wide::Wide;
 
 /// Rows of a weight panel (and of the micro-kernel's tile).
 pub const MR: usize = 8;
@@ -259,9 +260,10 @@ fn amx_weights(a: &[i8], m: usize, k: usize) -> amx::AmxWeights {
 /// Packs the row-major `k × n` matrix `b`, each element turned into a byte by `byte`, into
 /// `out`: `n.div_ceil(nr)` panels of `k4 · nr` words, `k4 ≥ k.div_ceil(4)` groups of four `k`
 /// (zero-padded, like the columns past `n`). Panels are packed in parallel under
-/// [`Parallelism::Rayon`].
+/// [`Parallelism::Rayon`], with the loop compiled for AVX-512 when `wide` says so.
 #[allow(clippy::too_many_arguments)]
 fn pack_b<S: Copy + Sync>(
+    wide: Wide,
     b: &[S],
     byte: impl Fn(S) -> u8 + Sync,
     k: usize,
@@ -272,30 +274,13 @@ fn pack_b<S: Copy + Sync>(
     par: Parallelism,
 ) {
     debug_assert!(k4 * 4 >= k);
-    let panel = |p: usize, panel: &mut [u32]| {
-        let c0 = p * nr;
-        let cols = nr.min(n - c0);
-        let row = |kk: usize| -> &[S] {
-            if kk < k {
-                &b[kk * n + c0..kk * n + c0 + cols]
-            } else {
-                &[]
-            }
-        };
-        for (g, dst) in panel.chunks_exact_mut(nr).enumerate() {
-            let (r0, r1, r2, r3) = (row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3));
-            if r3.len() == cols && cols == nr {
-                // The common case, one pass the compiler vectorises: four bytes per word.
-                for ((((d, &x0), &x1), &x2), &x3) in dst.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
-                {
-                    *d = u32::from_le_bytes([byte(x0), byte(x1), byte(x2), byte(x3)]);
-                }
-            } else {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    let at = |r: &[S]| r.get(j).map_or(0, |&v| byte(v));
-                    *d = u32::from_le_bytes([at(r0), at(r1), at(r2), at(r3)]);
-                }
-            }
+    let panel = |p: usize, panel: &mut [u32]| match wide {
+        Wide::Baseline => pack_panel(b, &byte, k, n, nr, p, panel),
+        #[cfg(target_arch = "x86_64")]
+        Wide::Avx512(_) => {
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected;
+            // the body is safe code (bounds-checked slices).
+            unsafe { pack_panel_avx512(b, &byte, k, n, nr, p, panel) }
         }
     };
     if par == Parallelism::Rayon && out.len() >= 1 << 15 {
@@ -307,6 +292,60 @@ fn pack_b<S: Copy + Sync>(
             panel(p, o);
         }
     }
+}
+
+/// Panel `p` of [`pack_b`] (`nr` columns from `p·nr`, every group of four `k`).
+#[inline(always)]
+fn pack_panel<S: Copy>(
+    b: &[S],
+    byte: &impl Fn(S) -> u8,
+    k: usize,
+    n: usize,
+    nr: usize,
+    p: usize,
+    panel: &mut [u32],
+) {
+    let c0 = p * nr;
+    let cols = nr.min(n - c0);
+    let row = |kk: usize| -> &[S] {
+        if kk < k {
+            &b[kk * n + c0..kk * n + c0 + cols]
+        } else {
+            &[]
+        }
+    };
+    for (g, dst) in panel.chunks_exact_mut(nr).enumerate() {
+        let (r0, r1, r2, r3) = (row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3));
+        if r3.len() == cols && cols == nr {
+            // The common case, one pass the compiler vectorises: four bytes per word.
+            for ((((d, &x0), &x1), &x2), &x3) in dst.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                *d = u32::from_le_bytes([byte(x0), byte(x1), byte(x2), byte(x3)]);
+            }
+        } else {
+            for (j, d) in dst.iter_mut().enumerate() {
+                let at = |r: &[S]| r.get(j).map_or(0, |&v| byte(v));
+                *d = u32::from_le_bytes([at(r0), at(r1), at(r2), at(r3)]);
+            }
+        }
+    }
+}
+
+/// [`pack_panel`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU must run AVX512F and AVX512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_panel_avx512<S: Copy>(
+    b: &[S],
+    byte: &impl Fn(S) -> u8,
+    k: usize,
+    n: usize,
+    nr: usize,
+    p: usize,
+    panel: &mut [u32],
+) {
+    pack_panel(b, byte, k, n, nr, p, panel)
 }
 
 /// `c = A · B`: `A` the packed `m × k` weights, `b` the row-major `k × n` activations (row
@@ -434,6 +473,8 @@ fn gemm_impl<S, T, F>(
         }
         return;
     }
+    // The packing loop with AVX-512 for the x86 kernels that need it anyway.
+    let wide = Wide::detect(matches!(isa, Int8Isa::Amx | Int8Isa::Avx512Vnni));
     let work = m.saturating_mul(n).saturating_mul(k);
     let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
     if isa == Int8Isa::Amx {
@@ -445,7 +486,7 @@ fn gemm_impl<S, T, F>(
                 scratch.resize(words, 0);
             }
             let used = n.div_ceil(16) * k4 * 16;
-            pack_b(b, &byte, k, k4, n, 16, &mut scratch[..used], par);
+            pack_b(wide, b, &byte, k, k4, n, 16, &mut scratch[..used], par);
             scratch[used..words].fill(0);
             let packed: &[u32] = &scratch[..words];
             // One task = one block of 32 rows of c (all columns); one sums buffer per
@@ -478,7 +519,7 @@ fn gemm_impl<S, T, F>(
         }
     }
     let k4 = k.div_ceil(4);
-    let packed = pack_into(scratch, b, &byte, k, k4, n, NR, par);
+    let packed = pack_into(wide, scratch, b, &byte, k, k4, n, NR, par);
     let kernel = TileKernel::new(isa);
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.
@@ -549,6 +590,7 @@ impl TileKernel {
 /// words.
 #[allow(clippy::too_many_arguments)]
 fn pack_into<'s, S: Copy + Sync>(
+    wide: Wide,
     scratch: &'s mut Vec<u32>,
     b: &[S],
     byte: impl Fn(S) -> u8 + Sync,
@@ -563,7 +605,7 @@ fn pack_into<'s, S: Copy + Sync>(
         scratch.resize(words, 0);
     }
     let packed = &mut scratch[..words];
-    pack_b(b, byte, k, k4, n, nr, packed, par);
+    pack_b(wide, b, byte, k, k4, n, nr, packed, par);
     packed
 }
 
@@ -623,7 +665,17 @@ mod tests {
         let (k, n) = (5, NR + 2);
         let b: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
         let mut out = vec![0u32; 2 * 2 * NR];
-        pack_b(&b, |v| v, k, 2, n, NR, &mut out, Parallelism::Sequential);
+        pack_b(
+            Wide::Baseline,
+            &b,
+            |v| v,
+            k,
+            2,
+            n,
+            NR,
+            &mut out,
+            Parallelism::Sequential,
+        );
         for kk in 0..8 {
             for col in 0..2 * NR {
                 let word = out[(col / NR) * 2 * NR + (kk / 4) * NR + col % NR];
