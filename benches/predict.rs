@@ -6,8 +6,8 @@
 //!   (1,638 rows: 1 % of MVTec *bottle*'s 163,840 training patches).
 //! - `predict_wrn50_2/{320,448}/bank1638/score_only`: cost growth with the crop size.
 //! - `predict_wrn50_2/224/bank{16384,40960}/score_only`: cost growth with the bank (10 %, 25 %).
-//! - `predict_wrn50_2/224-int8/bank1638/full`: the first case with the int8 backbone
-//!   (calibrated by the fit on the bank's images).
+//! - `predict_wrn50_2/224-{int8,bf16}/bank1638/full`: the first case with the int8 backbone
+//!   (calibrated by the fit on the bank's images) and with the bf16 one.
 //!
 //! Random weights (`Backbone::random`) and random-noise images. The bank is a random subset of
 //! the patch features of other noise images (fitted with `Sampler::Random`), so queries lie
@@ -80,13 +80,15 @@ fn bench_predict(c: &mut Criterion) {
         );
     }
     let mut m = model(224, 1_638);
-    m.set_precision(Precision::Int8).expect("int8");
     let img = image(300, 3);
-    g.bench_with_input(
-        BenchmarkId::new("224-int8/bank1638", "full"),
-        &full,
-        |b, &opts| b.iter(|| black_box(m.predict(&img, opts).expect("predict"))),
-    );
+    for precision in [Precision::Int8, Precision::Bf16] {
+        m.set_precision(precision).expect("precision");
+        g.bench_with_input(
+            BenchmarkId::new(format!("224-{precision}/bank1638"), "full"),
+            &full,
+            |b, &opts| b.iter(|| black_box(m.predict(&img, opts).expect("predict"))),
+        );
+    }
     g.finish();
 }
 
