@@ -3,6 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use ndarray::{Array4, ArrayView4};
+
+use super::{resnet, Backbone};
+use crate::kernels::bf16::Bf16Isa;
+use crate::kernels::int8::Int8Isa;
 use crate::{Error, Result};
 
 /// Numeric precision of the backbone's convolutions. The kNN search, the coreset and the maps
@@ -134,6 +139,108 @@ impl Calibration {
             *a = a.max(b);
         }
         self.images += 1;
+    }
+}
+
+/// The precision API of [`Backbone`]: calibration, switching, and what runs.
+impl Backbone {
+    /// [`Backbone::forward`] in f32 (whatever [`Backbone::precision`] is) that also records
+    /// the largest input of every convolution after the stem into `calibration` (one image
+    /// at a time), for [`Backbone::set_precision`] with [`Precision::Int8`].
+    ///
+    /// # Errors
+    /// As [`Backbone::forward`]; [`Error::InvalidInput`] if `calibration` was made for
+    /// another network ([`Backbone::calibration_len`] values).
+    pub fn forward_calibrating(
+        &self,
+        input: ArrayView4<'_, f32>,
+        calibration: &mut Calibration,
+    ) -> Result<Vec<Array4<f32>>> {
+        if calibration.maxima().len() != self.calibration_len() {
+            return Err(Error::input(format!(
+                "the int8 calibration holds {} activation ranges, but this backbone has {} \
+                 convolutions after the stem",
+                calibration.maxima().len(),
+                self.calibration_len()
+            )));
+        }
+        self.forward_inner(input, Some(calibration))
+    }
+
+    /// Number of activation ranges a [`Calibration`] of this backbone holds (one per
+    /// convolution after the stem).
+    pub fn calibration_len(&self) -> usize {
+        self.net.calibrated_convs()
+    }
+
+    /// An empty calibration for this backbone, to fill with
+    /// [`Backbone::forward_calibrating`].
+    pub fn new_calibration(&self) -> Calibration {
+        Calibration::empty(self.calibration_len())
+    }
+
+    /// The precision forward passes run in.
+    pub fn precision(&self) -> Precision {
+        self.net.reduced().map_or(Precision::F32, |r| r.precision())
+    }
+
+    /// Selects the precision of forward passes. [`Precision::Int8`] quantises the weights of
+    /// every convolution after the stem with the activation ranges of `calibration`;
+    /// [`Precision::Bf16`] rounds them to bf16; both keep the f32 weights (so the backbone can
+    /// go back to f32) and pick the fastest kernels of this CPU ([`Backbone::kernels`]).
+    /// [`Precision::F32`] drops the reduced-precision weights. `calibration` is only read
+    /// for int8.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for int8 without a calibration; [`Error::InvalidInput`]
+    /// if the calibration has the wrong length, a weight is not finite or the weights are
+    /// stashed. The backbone is unchanged on error.
+    pub fn set_precision(
+        &mut self,
+        precision: Precision,
+        calibration: Option<&Calibration>,
+    ) -> Result<()> {
+        if self.stashed && precision != Precision::F32 {
+            return Err(Error::input(
+                "the backbone's weights are stashed (Backbone::stash_weights): restore them first",
+            ));
+        }
+        let isa = resnet::Isas {
+            int8: Int8Isa::detect(),
+            bf16: Bf16Isa::detect(),
+        };
+        self.net.set_precision(precision, calibration, isa)
+    }
+
+    /// The instruction set of the int8 kernels, when the backbone runs in int8.
+    pub fn int8_kernels(&self) -> Option<Int8Isa> {
+        self.net
+            .reduced()
+            .filter(|r| r.precision() == Precision::Int8)
+            .map(|r| r.isa().int8)
+    }
+
+    /// The instruction set of the bf16 kernels, when the backbone runs in bf16.
+    pub fn bf16_kernels(&self) -> Option<Bf16Isa> {
+        self.net
+            .reduced()
+            .filter(|r| r.precision() == Precision::Bf16)
+            .map(|r| r.isa().bf16)
+    }
+
+    /// What the convolutions after the stem run on, in words: e.g. `"f32"`,
+    /// `"int8 (avx512-vnni kernels)"`, `"bf16 (avx512-bf16 kernels)"`.
+    pub fn kernels(&self) -> String {
+        match (self.int8_kernels(), self.bf16_kernels()) {
+            (Some(i), _) => format!("int8 ({} kernels)", i.name()),
+            (_, Some(b)) => format!("bf16 ({} kernels)", b.name()),
+            _ => "f32".to_string(),
+        }
+    }
+
+    /// Bytes of the reduced-precision weights (0 in f32).
+    pub fn reduced_weight_bytes(&self) -> usize {
+        self.net.reduced().map_or(0, |r| r.bytes())
     }
 }
 
