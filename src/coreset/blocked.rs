@@ -237,9 +237,7 @@ mod x86 {
         /// with it).
         pub(in crate::coreset) fn detect() -> Option<(Avx512Blocks, Fma)> {
             match Fma::detect() {
-                Some(f) if std::arch::is_x86_feature_detected!("avx512f") => {
-                    Some((Avx512Blocks(()), f))
-                }
+                Some(f) if crate::kernels::cpu::features().avx512f => Some((Avx512Blocks(()), f)),
                 _ => None,
             }
         }

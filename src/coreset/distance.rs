@@ -202,9 +202,8 @@ mod avx {
 
         /// The kernel if the CPU supports AVX and FMA.
         pub(in crate::coreset) fn detect() -> Option<Fma> {
-            if std::arch::is_x86_feature_detected!("avx")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            let cpu = crate::kernels::cpu::features();
+            if cpu.avx && cpu.fma {
                 Some(Fma(()))
             } else {
                 None

@@ -63,19 +63,22 @@ impl AmxOp for Bf16 {
     const BF16: bool = true;
 }
 
-/// What the CPU and the operating system allow (asked once per process, then remembered:
-/// the answer cannot change while the process runs).
+/// What the CPU and the operating system allow.
 #[derive(Debug, Clone, Copy, Default)]
-struct Usable {
-    int8: bool,
-    bf16: bool,
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct Usable {
+    /// AMX-INT8 usable.
+    pub int8: bool,
+    /// AMX-BF16 usable.
+    pub bf16: bool,
 }
 
-fn usable() -> Usable {
+/// Asks the CPU and the OS (called once per process, by [`super::cpu::features`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn usable() -> Usable {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        static USABLE: std::sync::OnceLock<Usable> = std::sync::OnceLock::new();
-        *USABLE.get_or_init(os::request)
+        os::request()
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -86,14 +89,14 @@ fn usable() -> Usable {
 impl Int8 {
     /// The int8 op, if this CPU and operating system run it.
     pub(crate) fn detect() -> Option<Int8> {
-        usable().int8.then_some(Int8(()))
+        super::cpu::features().amx_int8.then_some(Int8(()))
     }
 }
 
 impl Bf16 {
     /// The bf16 op, if this CPU and operating system run it.
     pub(crate) fn detect() -> Option<Bf16> {
-        usable().bf16.then_some(Bf16(()))
+        super::cpu::features().amx_bf16.then_some(Bf16(()))
     }
 }
 
@@ -371,6 +374,7 @@ unsafe fn chunk_run<O: AmxOp, P>(
     _: bool,
     _: &mut Sums<O::Sum>,
 ) {
+    let _ = O::BF16;
     unreachable!("AMX ops exist only on x86-64")
 }
 

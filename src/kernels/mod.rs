@@ -6,6 +6,7 @@
 mod amx;
 pub mod bf16;
 pub mod conv;
+pub(crate) mod cpu;
 pub mod gemm;
 pub mod int8;
 pub mod pool;

@@ -29,10 +29,7 @@ impl Wide {
     /// AVX-512 when `want` and the CPU has it, else the baseline.
     pub(crate) fn detect(want: bool) -> Wide {
         #[cfg(target_arch = "x86_64")]
-        if want
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
+        if want && super::cpu::features().avx512f && super::cpu::features().avx512bw {
             return Wide::Avx512(Avx512Token(()));
         }
         let _ = want;

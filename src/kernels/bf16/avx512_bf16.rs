@@ -16,9 +16,8 @@ pub(super) struct Avx512Bf16(());
 impl Avx512Bf16 {
     /// The kernel if the CPU supports AVX512F and AVX512-BF16.
     pub(super) fn detect() -> Option<Avx512Bf16> {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-        {
+        let cpu = crate::kernels::cpu::features();
+        if cpu.avx512f && cpu.avx512bf16 {
             Some(Avx512Bf16(()))
         } else {
             None

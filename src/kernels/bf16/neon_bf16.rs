@@ -20,9 +20,8 @@ pub(super) struct NeonBf16(());
 impl NeonBf16 {
     /// The kernel if the CPU supports NEON and FEAT_BF16.
     pub(super) fn detect() -> Option<NeonBf16> {
-        if std::arch::is_aarch64_feature_detected!("neon")
-            && std::arch::is_aarch64_feature_detected!("bf16")
-        {
+        let cpu = crate::kernels::cpu::features();
+        if cpu.neon && cpu.bf16 {
             Some(NeonBf16(()))
         } else {
             None

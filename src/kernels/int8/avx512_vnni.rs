@@ -12,10 +12,8 @@ impl Vnni512 {
     pub(super) fn detect() -> Option<Vnni512> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
+            let cpu = crate::kernels::cpu::features();
+            if cpu.avx512f && cpu.avx512bw && cpu.avx512vnni {
                 return Some(Vnni512(()));
             }
         }

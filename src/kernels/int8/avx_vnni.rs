@@ -18,9 +18,8 @@ impl VnniYmm {
     pub(super) fn detect() -> Option<VnniYmm> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("avxvnni")
-            {
+            let cpu = crate::kernels::cpu::features();
+            if cpu.avx2 && cpu.avxvnni {
                 return Some(VnniYmm(()));
             }
         }

@@ -34,16 +34,14 @@ pub(super) struct NeonDot(Dot);
 impl NeonDot {
     /// The `usdot` kernel, if the CPU has FEAT_I8MM.
     pub(super) fn detect_i8mm() -> Option<NeonDot> {
-        (std::arch::is_aarch64_feature_detected!("neon")
-            && std::arch::is_aarch64_feature_detected!("i8mm"))
-        .then_some(NeonDot(Dot::Usdot))
+        let cpu = crate::kernels::cpu::features();
+        (cpu.neon && cpu.i8mm).then_some(NeonDot(Dot::Usdot))
     }
 
     /// The `sdot` kernel, if the CPU has FEAT_DotProd.
     pub(super) fn detect_dotprod() -> Option<NeonDot> {
-        (std::arch::is_aarch64_feature_detected!("neon")
-            && std::arch::is_aarch64_feature_detected!("dotprod"))
-        .then_some(NeonDot(Dot::Sdot))
+        let cpu = crate::kernels::cpu::features();
+        (cpu.neon && cpu.dotprod).then_some(NeonDot(Dot::Sdot))
     }
 
     /// As [`super::portable::tile`], same exact result; `row_sums` holds `Σ_k a[r][k]` of the

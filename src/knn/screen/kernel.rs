@@ -1,8 +1,8 @@
 //! AVX-512 BF16 micro-kernel of the screening pass and its vectorised prefilter.
 //!
 //! Both functions are `unsafe` only because of `#[target_feature]`: callers must have checked
-//! `is_x86_feature_detected!("avx512f")` and `("avx512bf16")` (done once when the index is
-//! built, see [`super::Screen::build`]).
+//! that the CPU has AVX512F and AVX512-BF16 ([`crate::kernels::cpu::features`]; done once when
+//! the index is built, see [`super::Screen::build`]).
 
 use std::arch::x86_64::{
     __m512, __m512bh, __m512i, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_dpbf16_ps,

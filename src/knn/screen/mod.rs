@@ -126,8 +126,8 @@ unsafe fn round_row_avx512(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
 pub(super) fn round_row(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: avx512f was just detected on this CPU.
+        if crate::kernels::cpu::features().avx512f {
+            // SAFETY: avx512f was detected on this CPU.
             return unsafe { round_row_avx512(x, mu, out) };
         }
     }
@@ -270,8 +270,8 @@ impl Screen {
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
+        let cpu = crate::kernels::cpu::features();
+        cpu.avx512f && cpu.avx512bf16
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
