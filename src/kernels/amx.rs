@@ -254,34 +254,35 @@ const K_BLOCK: usize = 12;
 /// k-blocks.
 const GROUP: usize = 8;
 
-/// One row block: for the 32 rows of block `block` of `w` and every column of the packed
-/// activations `packed` (pairs of 16-column panels of `16·chunks` words each), calls
-/// `emit(col0, &sums)` once per pair with the 32 × 32 sums
+/// Row blocks `blocks` (of 32 rows each) of `w` times every column of the packed
+/// activations `packed` (pairs of 16-column panels of `16·chunks` words each): calls
+/// `emit(block, col0, &sums)` once per row block and pair with the 32 × 32 sums
 /// `sums[r][j] = Σ_k a[32·block + r][k] · b[k][col0 + j]` computed by `op`.
 ///
-/// Order: panels in groups of [`GROUP`]; within a group, k-blocks of [`K_BLOCK`] chunks
-/// outside, panels inside, so that the weights of a k-block are read from memory once per
-/// group and the activations once per row block. Every sum is accumulated chunk after chunk
-/// in increasing `k` (stored and reloaded between k-blocks, which changes no bit), so the
-/// result depends neither on the grouping nor on the thread that computes the block.
-pub(crate) fn block<O: AmxOp, P: Copy>(
+/// Order: panels in groups of [`GROUP`] pairs, outermost, so that a group's activations stay
+/// in the level-2 cache while every row block of the range meets them (the activations are
+/// read from memory once per call, the weights once per group); within a group and row
+/// block, k-blocks of [`K_BLOCK`] chunks outside and pairs inside, so that the weights of a
+/// k-block stay in the level-1 cache while they meet the group. Every sum is accumulated chunk
+/// after chunk in increasing `k` (stored and reloaded between k-blocks, which changes no bit),
+/// so the result depends neither on the blocking nor on which thread computes which blocks.
+pub(crate) fn blocks<O: AmxOp, P: Copy>(
     op: O,
     w: &AmxWeights,
-    block: usize,
+    blocks: std::ops::Range<usize>,
     packed: &[P],
     sums: &mut SumsBuf<O::Sum>,
-    mut emit: impl FnMut(usize, &[[O::Sum; COLS]; ROWS]),
+    mut emit: impl FnMut(usize, usize, &[[O::Sum; COLS]; ROWS]),
 ) {
     let chunks = w.chunks;
-    let a = w.block(block);
     // `packed` holds 32-bit words as `P` values (`u32`, or pairs of `u16`).
     const { assert!(4 % std::mem::size_of::<P>() == 0) };
     let per_word = 4 / std::mem::size_of::<P>();
     let panel_words = chunks * WORDS * COLS * per_word;
     let tile = TILE * per_word;
     assert!(
-        chunks > 0 && a.len() == 2 * chunks * TILE && packed.len().is_multiple_of(panel_words),
-        "amx block: short panels"
+        chunks > 0 && packed.len().is_multiple_of(panel_words),
+        "amx blocks: short panels"
     );
     let panels = packed.len() / panel_words;
     let sums = &mut sums.0;
@@ -292,30 +293,40 @@ pub(crate) fn block<O: AmxOp, P: Copy>(
     unsafe { configure() };
     for g0 in (0..panels).step_by(GROUP) {
         let group = GROUP.min(panels - g0);
-        for q0 in (0..chunks).step_by(K_BLOCK) {
-            let len = K_BLOCK.min(chunks - q0);
-            for (i, s) in sums.iter_mut().enumerate().take(group) {
-                let pair = &packed[(g0 + i) * panel_words..(g0 + i + 1) * panel_words];
-                let (p0, p1) = pair.split_at(panel_words / 2);
-                let b0 = &p0[q0 * tile..(q0 + len) * tile];
-                let b1 = &p1[q0 * tile..(q0 + len) * tile];
-                let a0 = &a[q0 * TILE..(q0 + len) * TILE];
-                let a1 = &a[(chunks + q0) * TILE..(chunks + q0 + len) * TILE];
-                // SAFETY: tiles configured above by this thread (nothing in between uses
-                // tiles); `a0`, `a1`, `b0` and `b1` hold `len` tiles of 1 KiB each, and
-                // `len ≥ 1`; `op` proves the instruction available.
-                unsafe { chunk_run::<O, P>(a0, a1, b0, b1, len, q0 > 0, s) };
+        for block in blocks.clone() {
+            let a = w.block(block);
+            assert!(a.len() == 2 * chunks * TILE, "amx blocks: short weights");
+            for q0 in (0..chunks).step_by(K_BLOCK) {
+                let len = K_BLOCK.min(chunks - q0);
+                for (i, s) in sums.iter_mut().enumerate().take(group) {
+                    let pair = &packed[(g0 + i) * panel_words..(g0 + i + 1) * panel_words];
+                    let (p0, p1) = pair.split_at(panel_words / 2);
+                    let b0 = &p0[q0 * tile..(q0 + len) * tile];
+                    let b1 = &p1[q0 * tile..(q0 + len) * tile];
+                    let a0 = &a[q0 * TILE..(q0 + len) * TILE];
+                    let a1 = &a[(chunks + q0) * TILE..(chunks + q0 + len) * TILE];
+                    // SAFETY: tiles configured above by this thread (nothing in between uses
+                    // tiles); `a0`, `a1`, `b0` and `b1` hold `len` tiles of 1 KiB each, and
+                    // `len ≥ 1`; `op` proves the instruction available.
+                    unsafe { chunk_run::<O, P>(a0, a1, b0, b1, len, q0 > 0, s) };
+                }
             }
-        }
-        for (i, s) in sums.iter().enumerate().take(group) {
-            emit((g0 + i) * COLS, &s.0);
+            for (i, s) in sums.iter().enumerate().take(group) {
+                emit(block, (g0 + i) * COLS, &s.0);
+            }
         }
     }
     // SAFETY: as for `configure`; releases the tiles this thread configured.
     unsafe { release() };
 }
 
-/// The sums of a group of panels: scratch of [`block`], made once per thread (32 KiB)
+/// Row blocks per task when `blocks` row blocks are shared among the rayon threads: about two
+/// tasks per thread (each task streams the activations once).
+pub(crate) fn blocks_per_task(blocks: usize) -> usize {
+    blocks.div_ceil(2 * rayon::current_num_threads()).max(1)
+}
+
+/// The sums of a group of panels: scratch of [`blocks`], made once per thread (32 KiB)
 /// rather than zeroed on every call.
 pub(crate) struct SumsBuf<S>(Box<[Sums<S>; GROUP]>);
 
