@@ -72,6 +72,10 @@
 //!   `16·⌈w/16⌉` wide for its `w` remaining columns, padded with zeros); per panel, for each
 //!   pair `t`, the panel's columns each as an (even row, odd row) pair of bf16. Panel `p`
 //!   starts at `p·48·⌈k/2⌉·2`; within it, `b[2t + h][j0 + j]` is at `(t·width + j)·2 + h`.
+//! - [`Bf16Isa::Amx`] reads its own layouts (see `kernels/amx.rs`): the same pair words, in
+//!   1 KiB tiles of 16 rows × 16 pairs for the weights (on a CPU that runs it, the weights are
+//!   kept in this layout only, and the one above is made from it when another isa is asked
+//!   for), and `B` in panels of 16 columns with the pairs padded to a multiple of 16.
 
 use std::sync::OnceLock;
 
