@@ -36,7 +36,7 @@ pub(crate) const WORDS: usize = 16;
 const TILE: usize = 16 * WORDS;
 
 /// A tile product: which instruction, and the type of its sums.
-pub(crate) trait AmxOp: Copy {
+pub(crate) trait AmxOp: Copy + Send + Sync {
     /// Type of a sum (`i32` or `f32`).
     type Sum: Copy + Default;
     /// Whether the op is `tdpbf16ps` (else `tdpbsud`).
@@ -320,10 +320,54 @@ pub(crate) fn blocks<O: AmxOp, P: Copy>(
     unsafe { release() };
 }
 
-/// Row blocks per task when `blocks` row blocks are shared among the rayon threads: about two
-/// tasks per thread (each task streams the activations once).
-pub(crate) fn blocks_per_task(blocks: usize) -> usize {
-    blocks.div_ceil(2 * rayon::current_num_threads()).max(1)
+/// The whole product of `w` and the packed activations `packed` (as [`blocks`]) for an output
+/// of `n` columns, `out` (row-major, `out.len() / n` rows): calls `emit(row, col0, sums,
+/// segment)` once per row and pair of panels with that row's sums for columns `col0 ..
+/// col0 + segment.len()` and the same segment of `out`. Tasks are runs of whole row blocks
+/// (about two per rayon thread when `parallel`, else one), each with one [`SumsBuf`] per
+/// thread's run of tasks; the sums do not depend on the split.
+pub(crate) fn product<O: AmxOp, P: Copy + Sync, T: Send>(
+    op: O,
+    w: &AmxWeights,
+    packed: &[P],
+    n: usize,
+    out: &mut [T],
+    parallel: bool,
+    emit: impl Fn(usize, usize, &[O::Sum], &mut [T]) + Sync,
+) {
+    let row_blocks = (out.len() / n).div_ceil(ROWS);
+    // Each task streams the activations once: few tasks, but enough to balance the threads.
+    let task_blocks = if parallel {
+        row_blocks.div_ceil(2 * rayon::current_num_threads()).max(1)
+    } else {
+        row_blocks
+    };
+    let task = |sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T]| {
+        let first = t * task_blocks;
+        let rows = o.len() / n;
+        let range = first..first + rows.div_ceil(ROWS);
+        blocks(op, w, range, packed, sums, |blk, c0, sums| {
+            let cols = COLS.min(n - c0);
+            let r0 = (blk - first) * ROWS;
+            for (r, s) in sums.iter().enumerate().take(rows - r0) {
+                emit(
+                    blk * ROWS + r,
+                    c0,
+                    &s[..cols],
+                    &mut o[(r0 + r) * n + c0..][..cols],
+                );
+            }
+        });
+    };
+    let task_len = task_blocks * ROWS * n;
+    if parallel {
+        use rayon::prelude::*;
+        out.par_chunks_mut(task_len)
+            .enumerate()
+            .for_each_init(SumsBuf::new, |sums, (i, o)| task(sums, i, o));
+    } else {
+        task(&mut SumsBuf::new(), 0, out);
+    }
 }
 
 /// The sums of a group of panels: scratch of [`blocks`], made once per thread (32 KiB)

@@ -621,38 +621,10 @@ fn gemm_amx<T: Bf16Input>(
         packed.chunks_mut(panel_len).enumerate().for_each(pack);
     }
     let packed = &scratch[..len];
-    // One task = a run of blocks of 32 rows of c (all columns); one sums buffer per thread's
-    // run of tasks.
-    let m = c.len() / n;
-    let task_blocks = if parallel {
-        amx::blocks_per_task(m.div_ceil(amx::ROWS))
-    } else {
-        m.div_ceil(amx::ROWS)
-    };
-    let rows_task = |sums: &mut amx::SumsBuf<f32>, t: usize, rows: &mut [f32]| {
-        let first = t * task_blocks;
-        let m = rows.len() / n;
-        let range = first..first + m.div_ceil(amx::ROWS);
-        amx::blocks(op, aw, range, packed, sums, |blk, c0, s| {
-            let cols = amx::COLS.min(n - c0);
-            let r0 = (blk - first) * amx::ROWS;
-            for (r, s) in s.iter().enumerate().take(m - r0) {
-                let o = &mut rows[(r0 + r) * n + c0..][..cols];
-                o.copy_from_slice(&s[..cols]);
-                map(blk * amx::ROWS + r, c0, o);
-            }
-        });
-    };
-    let task_len = task_blocks * amx::ROWS * n;
-    if parallel {
-        c.par_chunks_mut(task_len)
-            .enumerate()
-            .for_each_init(amx::SumsBuf::new, |sums, (i, rows)| {
-                rows_task(sums, i, rows)
-            });
-    } else {
-        rows_task(&mut amx::SumsBuf::new(), 0, c);
-    }
+    amx::product(op, aw, packed, n, c, parallel, |row, c0, sums, o| {
+        o.copy_from_slice(sums);
+        map(row, c0, o);
+    });
 }
 
 /// Computes the rows of `c` given in `c_rows` (whole tiles, starting with tile `tile0`, the

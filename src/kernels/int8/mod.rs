@@ -489,38 +489,7 @@ fn gemm_impl<S, T, F>(
             pack_b(wide, b, &byte, k, k4, n, 16, &mut scratch[..used], par);
             scratch[used..words].fill(0);
             let packed: &[u32] = &scratch[..words];
-            // One task = a run of blocks of 32 rows of c (all columns); one sums buffer per
-            // thread's run of tasks.
-            let task_blocks = if parallel {
-                amx::blocks_per_task(m.div_ceil(amx::ROWS))
-            } else {
-                m.div_ceil(amx::ROWS)
-            };
-            let rows_task = |sums: &mut amx::SumsBuf<i32>, t: usize, o: &mut [T]| {
-                let first = t * task_blocks;
-                let rows = o.len() / n;
-                let range = first..first + rows.div_ceil(amx::ROWS);
-                amx::blocks(kernel, aw, range, packed, sums, |blk, c0, sums| {
-                    let cols = amx::COLS.min(n - c0);
-                    let r0 = (blk - first) * amx::ROWS;
-                    for (r, s) in sums.iter().enumerate().take(rows - r0) {
-                        map(
-                            blk * amx::ROWS + r,
-                            c0,
-                            &s[..cols],
-                            &mut o[(r0 + r) * n + c0..][..cols],
-                        );
-                    }
-                });
-            };
-            let task_len = task_blocks * amx::ROWS * n;
-            if parallel {
-                out.par_chunks_mut(task_len)
-                    .enumerate()
-                    .for_each_init(amx::SumsBuf::new, |sums, (i, o)| rows_task(sums, i, o));
-            } else {
-                rows_task(&mut amx::SumsBuf::new(), 0, out);
-            }
+            amx::product(kernel, aw, packed, n, out, parallel, &map);
             return;
         }
     }
