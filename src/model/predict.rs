@@ -78,7 +78,7 @@ impl PatchCore {
         rayon::scope(|_| self.predict_tensor_here(input, &ImageLimits::default(), opts))
     }
 
-    /// [`Model::predict_tensor`] on the current thread.
+    /// [`PatchCore::predict_tensor`] on the current thread.
     fn predict_tensor_here(
         &self,
         input: ArrayView4<f32>,
