@@ -75,19 +75,29 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT"
 
 # Under emulation: the unit tests, the CLI's unit tests and every integration test except
-# the end-to-end CLI runs (cli_*, model_cli_f16) and the whole-category evaluation. Those
-# start the binary many times and took 5 of the step's 7 minutes under qemu, and nothing in
-# them depends on the CPU: the kernels they reach are the ones the tests run here check
-# (kernels_*, backbone and embedding parity, kNN, coreset, model end to end). They run
-# natively in the test step.
+# the ones whose code does not depend on the CPU. They run natively in the test step:
+# - the end-to-end CLI runs (cli_*, model_cli_f16) and the whole-category evaluation, which
+#   start the binary many times (5 of the step's 7 minutes under qemu);
+# - the model-level tests of file handling, memory budgets, updates and the API
+#   (model_api, model_fit_budget, model_update, model_roundtrip, model_f16_bank, model_file_*,
+#   backbone_scratch_reuse, bad_inputs, reliability_files, fuzz_regressions: another 4½
+#   minutes under qemu). The kernels they reach are the ones checked here directly
+#   (kernels_*, backbone and embedding parity, kNN including the f16 bank, coreset), and
+#   model_end_to_end and model_determinism still run the whole pipeline here.
 qemu_tests=()
 for f in tests/*.rs; do
   name=$(basename "$f" .rs)
   case "$name" in
     cli_* | model_cli_f16 | evaluate_synthetic) ;;
+    model_api | model_fit_budget | model_update | model_roundtrip | model_f16_bank) ;;
+    model_file_* | backbone_scratch_reuse | bad_inputs | reliability_files | fuzz_regressions) ;;
     *) qemu_tests+=(--test "$name") ;;
   esac
 done
+# The three large greedy-vs-plain coreset comparisons are skipped under emulation, for the
+# reasons given at the x86-64 step below.
+coreset_skips=(--skip coreset::accel_tests::heavy_duplicates --skip coreset::accel_tests::gaussian_blobs
+  --skip coreset::accel_tests::uniform_random)
 
 step "aarch64: cross-build library, CLI and the emulated tests (test profile)"
 cargo test --target "$TARGET" --features cli --lib --bins "${qemu_tests[@]}" --no-run
@@ -95,7 +105,7 @@ cargo test --target "$TARGET" --features cli --lib --bins "${qemu_tests[@]}" --n
 step "aarch64: tests under qemu-aarch64 (NEON kernels)"
 t0=$SECONDS
 PATCHCORE_TEST_RUNNER="qemu-aarch64 -L $SYSROOT" PATCHCORE_EXPECT_SIMD=neon \
-  cargo test --target "$TARGET" --features cli --lib --bins "${qemu_tests[@]}"
+  cargo test --target "$TARGET" --features cli --lib --bins "${qemu_tests[@]}" -- "${coreset_skips[@]}"
 echo "aarch64 qemu tests took $((SECONDS - t0)) s"
 
 # The host build with the x86-64 CPU model `qemu64` (SSE2 only): both GEMM crates detect no
@@ -113,6 +123,5 @@ PATCHCORE_EXPECT_SIMD=none \
   cargo test --lib --test simd_dispatch --test kernels_gemm --test kernels_conv \
   --test kernels_pool --test knn_bruteforce --test knn_screening --test backbone_parity --test embedding_parity \
   --test kernels_int8 --test backbone_int8 --test kernels_bf16 --test backbone_bf16 \
-  -- --skip coreset::accel_tests::heavy_duplicates --skip coreset::accel_tests::gaussian_blobs \
-  --skip coreset::accel_tests::uniform_random
+  -- "${coreset_skips[@]}"
 echo "portable-kernel qemu tests took $((SECONDS - t0)) s"
