@@ -7,10 +7,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::blocked::Blocked;
-use super::distance::dist;
 use super::greedy::{mean_to_starts, rows_of, traverse, Stats, EMITTED};
 use super::pass::{Rows, BLOCK_ROWS};
 use super::topk::beats;
+use crate::kernels::distance::dist;
 
 /// The plain pass: `a_i ← min(a_i, Δ(z_i, c))` for every row, returning the farthest row.
 fn fold_center(z: &Rows, c: &[f32], a: &mut [f32]) -> (f32, usize) {

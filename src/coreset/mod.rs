@@ -40,7 +40,6 @@
 //! ```
 
 mod blocked;
-mod distance;
 mod greedy;
 mod pass;
 mod projection;
@@ -60,6 +59,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::kernels::distance;
 use crate::{Error, Result};
 use blocked::Blocked;
 

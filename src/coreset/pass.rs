@@ -4,7 +4,7 @@
 //!
 //! Every row keeps, besides its key `a_i`, its *owner*: the coreset position of the centre whose
 //! distance the key is (`a_i == Δ(z_i, z_owner)` bit for bit, as computed by
-//! [`dist`](super::distance::dist)), or [`NO_OWNER`] while the key is still an initial cap. For
+//! [`dist`](crate::kernels::distance::dist)), or [`NO_OWNER`] while the key is still an initial cap. For
 //! a new centre `s`, `Δ(z_i, z_s) ≥ Δ(z_owner, z_s) − a_i`, so when the centre–centre distance
 //! exceeds `2·a_i` (with a margin covering the rounding of all three computed distances) the
 //! computed `Δ(z_i, z_s)` is at least `a_i` and cannot lower the key: it is not computed. The
@@ -13,7 +13,7 @@
 //! The passes read the bank in transposed row blocks ([`Blocked`]) and are generic over the
 //! block kernel ([`BlockKernel`]): the portable loops, the same loops compiled with AVX + FMA,
 //! or the AVX-512 kernel, chosen at run time. All give the bits of
-//! [`sq_dist`](super::distance::sq_dist) (see [`distance`](super::distance) and
+//! [`sq_dist`](crate::kernels::distance::sq_dist) (see [`distance`](crate::kernels::distance) and
 //! [`blocked`](super::blocked)); the centre–centre table and the candidate-list updates use the
 //! row kernels ([`Kernel`]) on row-major copies of the few rows they need (the emitted rows,
 //! the candidate list), so the bank itself is held only once, blocked.
@@ -22,13 +22,11 @@ use std::ops::AddAssign;
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::blocked::{Avx512Blocks, FmaBlocks};
-use super::blocked::{BlockKernel, Blocked, PortableBlocks, GROUP, R};
-#[cfg(target_arch = "x86_64")]
-use super::distance::Fma;
-use super::distance::{Kernel, Portable};
+use super::blocked::{Blocked, GROUP, R};
 use super::topk::{TopK, CAP};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::distance::{Avx512Blocks, Fma, FmaBlocks};
+use crate::kernels::distance::{BlockKernel, Kernel, Portable, PortableBlocks};
 
 /// Rows per parallel block of a pass (a multiple of the row block [`R`]).
 pub(super) const BLOCK_ROWS: usize = 1024;
@@ -49,7 +47,7 @@ const ABS_MARGIN: f32 = 1e-18;
 /// tree, the tail, the square root); the bound combines two computed distances against a third,
 /// so `4·(d/16 + 16)·ε` (at least `1e-5`) leaves a wide safety factor.
 pub(super) fn rel_margin(d: usize) -> f32 {
-    let roundings = (d / super::distance::LANES) as f32 + 16.0;
+    let roundings = (d / crate::kernels::distance::LANES) as f32 + 16.0;
     (4.0 * roundings * f32::EPSILON).max(1e-5)
 }
 
@@ -410,7 +408,7 @@ pub(super) fn full_pass(z: &Blocked, keys: &mut Keys, batch: &Batch) -> (TopK, W
 }
 
 /// `out[i] = Δ(z_{rows[i]}, c)²` with the dispatched kernel (the bits of
-/// [`sq_dist`](super::distance::sq_dist)).
+/// [`sq_dist`](crate::kernels::distance::sq_dist)).
 pub(super) fn sq_dists(z: &Rows, rows: &[usize], c: &[f32], out: &mut [f32]) {
     #[inline(always)]
     fn body<K: Kernel>(kern: K, z: &Rows, rows: &[usize], c: &[f32], out: &mut [f32]) {

@@ -1,12 +1,17 @@
-//! Numerical kernels: matrix products, convolution, pooling.
+//! Numerical kernels: matrix products, convolution, pooling, the coreset's distances and the
+//! kNN screen's products.
 //!
-//! These are public for benchmarks and advanced users; the rest of the crate goes through them
-//! for every matrix product.
+//! The public ones are public for benchmarks and advanced users; the rest of the crate goes
+//! through them for every matrix product. Every kernel with instructions beyond the build
+//! target's baseline has its portable version beside it (tested against it, and what other
+//! CPUs run), one file per instruction set, and a token from [`cpu`] that proves the CPU runs
+//! it.
 
 mod amx;
 pub mod bf16;
 pub mod conv;
 pub(crate) mod cpu;
+pub(crate) mod distance;
 pub mod gemm;
 pub mod int8;
 pub mod pool;

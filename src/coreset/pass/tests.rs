@@ -1,6 +1,6 @@
 //! Tests of the pruned passes: dispatched kernels against the portable ones, thresholds.
 use super::*;
-use crate::coreset::distance::dist;
+use crate::kernels::distance::dist;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -13,6 +13,25 @@
 //!
 //! [`sq_dist_many`] evaluates several distances from one row at once (independent
 //! accumulators, so the additions pipeline), each with exactly the order of [`sq_dist`].
+//!
+//! The coreset selection is the user: its keys are these distances, so every CPU selects the
+//! same rows. The portable kernels are here ([`Portable`] for rows, [`PortableBlocks`] for
+//! transposed blocks of rows); `x86_fma.rs` and `x86_avx512.rs` hold the SIMD ones, whose
+//! tokens ([`Fma`], [`Avx512Blocks`]) come from [`crate::kernels::cpu`].
+
+mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_fma;
+
+#[cfg(target_arch = "x86_64")]
+use blocks::sq_block_loops;
+pub(crate) use blocks::{BlockKernel, PortableBlocks, R};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_avx512::Avx512Blocks;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_fma::{Fma, FmaBlocks};
 
 /// `a·b + c` with a single rounding (IEEE fused multiply-add), for finite `f32` operands.
 ///
@@ -23,7 +42,7 @@
 /// final conversion to `f32` is then correctly rounded: with 53 ≥ 24 + 2 bits, rounding to odd
 /// first never causes a double-rounding error.
 #[inline(always)]
-pub(super) fn fmadd(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn fmadd(a: f32, b: f32, c: f32) -> f32 {
     #[cfg(any(target_feature = "fma", target_arch = "aarch64"))]
     {
         a.mul_add(b, c)
@@ -37,7 +56,7 @@ pub(super) fn fmadd(a: f32, b: f32, c: f32) -> f32 {
 /// The `f64` emulation of [`fmadd`] (see there); exact for all finite operands.
 #[inline(always)]
 #[cfg_attr(any(target_feature = "fma", target_arch = "aarch64"), allow(dead_code))]
-pub(super) fn fmadd_via_f64(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn fmadd_via_f64(a: f32, b: f32, c: f32) -> f32 {
     let p = a as f64 * b as f64; // exact
     let c = c as f64;
     let s = p + c;
@@ -60,7 +79,7 @@ pub(super) fn fmadd_via_f64(a: f32, b: f32, c: f32) -> f32 {
 }
 
 /// Lanes of the distance accumulator.
-pub(super) const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// One chunk of `LANES` elements into the lane accumulators.
 #[inline(always)]
@@ -98,7 +117,7 @@ fn tail(x: &[f32], y: &[f32]) -> f32 {
 /// Squared distances from `x` to each of the `C` rows `ys` (`C` ≤ 4), each summed in the fixed
 /// order described in the module documentation. All slices must have the length of `x`.
 #[inline(always)]
-pub(super) fn sq_dist_many<const C: usize>(x: &[f32], ys: [&[f32]; C]) -> [f32; C] {
+pub(crate) fn sq_dist_many<const C: usize>(x: &[f32], ys: [&[f32]; C]) -> [f32; C] {
     let n = x.len();
     let full = n - n % LANES;
     let ys = ys.map(|y| &y[..n]);
@@ -135,7 +154,7 @@ pub(super) fn sq_dist_many<const C: usize>(x: &[f32], ys: [&[f32]; C]) -> [f32; 
 
 /// Squared Euclidean distance with the fixed summation order (see the module documentation).
 #[inline(always)]
-pub(super) fn sq_dist(x: &[f32], y: &[f32]) -> f32 {
+pub(crate) fn sq_dist(x: &[f32], y: &[f32]) -> f32 {
     sq_dist_many(x, [y])[0]
 }
 
@@ -143,13 +162,13 @@ pub(super) fn sq_dist(x: &[f32], y: &[f32]) -> f32 {
 /// same bits with the dispatched kernels).
 #[inline(always)]
 #[cfg_attr(not(test), allow(dead_code))]
-pub(super) fn dist(x: &[f32], y: &[f32]) -> f32 {
+pub(crate) fn dist(x: &[f32], y: &[f32]) -> f32 {
     sq_dist(x, y).sqrt()
 }
 
 /// How distances between row-major rows are computed: the portable kernel, or the AVX + FMA
 /// one. Both give the same bits (see the module documentation).
-pub(super) trait Kernel: Copy + Send + Sync {
+pub(crate) trait Kernel: Copy + Send + Sync {
     /// Squared distances from `x` to four rows.
     fn sq4(self, x: &[f32], ys: [&[f32]; 4]) -> [f32; 4];
     /// Squared distance from `x` to one row.
@@ -158,7 +177,7 @@ pub(super) trait Kernel: Copy + Send + Sync {
 
 /// The portable kernel ([`sq_dist_many`]).
 #[derive(Clone, Copy)]
-pub(super) struct Portable;
+pub(crate) struct Portable;
 
 impl Kernel for Portable {
     #[inline(always)]
@@ -171,173 +190,15 @@ impl Kernel for Portable {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-pub(super) use avx::Fma;
-
-#[cfg(target_arch = "x86_64")]
-mod avx {
-    use super::{Kernel, LANES};
-    use std::arch::x86_64::*;
-
-    // The kernel splits the lanes into two 8-wide registers.
-    const _: () = assert!(LANES == 16);
-
-    /// The AVX + FMA kernel. A value can only be obtained from [`Fma::detect`], so holding one
-    /// proves that the CPU supports AVX and FMA.
-    #[derive(Clone, Copy)]
-    pub(in crate::coreset) struct Fma(());
-
-    impl Fma {
-        /// Runs `f` compiled with AVX and FMA enabled, so that the kernel inlines into it (`f`
-        /// should be an `#[inline(always)]` body).
-        #[inline(always)]
-        pub(in crate::coreset) fn run<R>(self, f: impl FnOnce() -> R) -> R {
-            #[target_feature(enable = "avx,fma")]
-            fn with_fma<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            // SAFETY: `self` exists, so the CPU supports AVX and FMA (see `Fma::detect`).
-            unsafe { with_fma(f) }
-        }
-
-        /// The kernel if the CPU supports AVX and FMA.
-        pub(in crate::coreset) fn detect() -> Option<Fma> {
-            let cpu = crate::kernels::cpu::features();
-            if cpu.avx && cpu.fma {
-                Some(Fma(()))
-            } else {
-                None
-            }
-        }
-    }
-
-    impl Kernel for Fma {
-        #[inline(always)]
-        fn sq4(self, x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
-            // SAFETY: `self` exists, so the CPU supports AVX and FMA (see `Fma::detect`).
-            unsafe { sq4(x, ys) }
-        }
-        #[inline(always)]
-        fn sq1(self, x: &[f32], y: &[f32]) -> f32 {
-            // SAFETY: as above.
-            unsafe { sq1(x, y) }
-        }
-    }
-
-    /// The tail (elements after the last full chunk), left to right with fused multiply-adds:
-    /// the portable `tail` (`f32::mul_add` is the FMA instruction here).
-    ///
-    /// # Safety
-    /// AVX and FMA must be available; call only from code compiled with them enabled (inside
-    /// [`Fma::run`]), so that the intrinsics inline.
-    #[inline(always)]
-    unsafe fn tail(x: &[f32], y: &[f32]) -> f32 {
-        let mut s = 0.0f32;
-        for (a, b) in x.iter().zip(y) {
-            let t = a - b;
-            s = t.mul_add(t, s);
-        }
-        s
-    }
-
-    /// The pairwise lane tree on lanes `lo` (0–7) and `hi` (8–15), then `+ tail`: the same IEEE
-    /// additions, on the same operands, as the portable `reduce`.
-    ///
-    /// # Safety
-    /// As [`tail`].
-    #[inline(always)]
-    unsafe fn finish(lo: __m256, hi: __m256, tail: f32) -> f32 {
-        let s8 = _mm256_add_ps(lo, hi); // l += l + 8
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8)); // l += l + 4
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4)); // l += l + 2
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)); // l += l + 1
-        _mm_cvtss_f32(s1) + tail
-    }
-
-    /// `fma(x − y, x − y, acc)` lane-wise, on the 8 elements of `x` and at `yp`.
-    ///
-    /// # Safety
-    /// As [`tail`], and `yp` must be valid for reading 8 `f32`.
-    #[inline(always)]
-    unsafe fn step(acc: __m256, x: __m256, yp: *const f32) -> __m256 {
-        // SAFETY: the caller guarantees 8 readable floats at `yp`.
-        let t = _mm256_sub_ps(x, unsafe { _mm256_loadu_ps(yp) });
-        _mm256_fmadd_ps(t, t, acc)
-    }
-
-    /// # Safety
-    /// As [`tail`].
-    #[inline(always)]
-    unsafe fn sq4(x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
-        let n = x.len();
-        let full = n - n % LANES;
-        let ys = ys.map(|y| &y[..n]);
-        let z = _mm256_setzero_ps();
-        let (mut l0, mut l1, mut l2, mut l3) = (z, z, z, z);
-        let (mut h0, mut h1, mut h2, mut h3) = (z, z, z, z);
-        let mut s = 0;
-        while s < full {
-            // SAFETY: `s + LANES ≤ full ≤ n` and every slice holds `n` floats, so all the loads
-            // below read inside the slices.
-            unsafe {
-                let xp = x.as_ptr().add(s);
-                let xl = _mm256_loadu_ps(xp);
-                let xh = _mm256_loadu_ps(xp.add(8));
-                l0 = step(l0, xl, ys[0].as_ptr().add(s));
-                h0 = step(h0, xh, ys[0].as_ptr().add(s + 8));
-                l1 = step(l1, xl, ys[1].as_ptr().add(s));
-                h1 = step(h1, xh, ys[1].as_ptr().add(s + 8));
-                l2 = step(l2, xl, ys[2].as_ptr().add(s));
-                h2 = step(h2, xh, ys[2].as_ptr().add(s + 8));
-                l3 = step(l3, xl, ys[3].as_ptr().add(s));
-                h3 = step(h3, xh, ys[3].as_ptr().add(s + 8));
-            }
-            s += LANES;
-        }
-        let t = |y: &[f32]| {
-            // SAFETY: as this function's own contract.
-            unsafe { tail(&x[full..], &y[full..]) }
-        };
-        [
-            finish(l0, h0, t(ys[0])),
-            finish(l1, h1, t(ys[1])),
-            finish(l2, h2, t(ys[2])),
-            finish(l3, h3, t(ys[3])),
-        ]
-    }
-
-    /// # Safety
-    /// As [`tail`].
-    #[inline(always)]
-    unsafe fn sq1(x: &[f32], y: &[f32]) -> f32 {
-        let n = x.len();
-        let full = n - n % LANES;
-        let y = &y[..n];
-        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut s = 0;
-        while s < full {
-            // SAFETY: `s + LANES ≤ n`, both slices hold `n` floats.
-            unsafe {
-                let xp = x.as_ptr().add(s);
-                lo = step(lo, _mm256_loadu_ps(xp), y.as_ptr().add(s));
-                hi = step(hi, _mm256_loadu_ps(xp.add(8)), y.as_ptr().add(s + 8));
-            }
-            s += LANES;
-        }
-        // SAFETY: as this function's own contract.
-        finish(lo, hi, unsafe { tail(&x[full..], &y[full..]) })
-    }
-}
-
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     /// The summation order spelled out one element at a time, independently of the kernel
     /// (also the oracle of the `blocked` kernels' tests).
-    pub(in crate::coreset) fn reference_sq_dist(x: &[f32], y: &[f32]) -> f32 {
+    pub(crate) fn reference_sq_dist(x: &[f32], y: &[f32]) -> f32 {
         let n = x.len();
         let full = n - n % LANES;
         let mut lanes = [0.0f32; LANES];
