@@ -15,4 +15,5 @@ pub(crate) mod distance;
 pub mod gemm;
 pub mod int8;
 pub mod pool;
+pub(crate) mod screen;
 mod wide;

@@ -20,119 +20,17 @@ use rayon::prelude::*;
 use bound::{BoundCoef, MAX_NORM_PRODUCT, PREFILTER_SLACK};
 pub(super) use search::{default_cap, search_chunk, ChunkState};
 
+#[cfg(test)]
+use crate::kernels::screen::to_bf16;
+use crate::kernels::screen::{round_row, Bf16Screen, PanelMeta, RowMeta, PANEL, QGROUP};
+
 mod bound;
-#[cfg(target_arch = "x86_64")]
-mod kernel;
 mod search;
 #[cfg(test)]
 mod tests;
 
-/// Bank rows per micro-kernel panel (two 16-lane vectors).
-pub(super) const PANEL: usize = 32;
-/// Queries per micro-kernel tile.
-pub(super) const QGROUP: usize = 8;
 /// Largest query chunk per task.
 const MAX_CHUNK: usize = 256;
-
-/// Norms and rounding error of one centred, bf16-rounded row.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) struct RowMeta {
-    /// `‖ĉ‖²`.
-    pub sq: f64,
-    /// `‖ĉ‖`.
-    pub norm: f64,
-    /// Upper bound of `‖(x − μ) − ĉ‖`.
-    pub eps: f64,
-}
-
-/// f32 copies of the bank rows' [`RowMeta`] of one panel, for the vectorised prefilter.
-#[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(super) struct PanelMeta {
-    pub sq: [f32; PANEL],
-    pub norm: [f32; PANEL],
-    pub eps: [f32; PANEL],
-}
-
-/// bf16 bit pattern of the finite f32 `x`, rounded to nearest even, with results that would
-/// be bf16 subnormals flushed to ±0 (exactly what `vdpbf16ps` then reads).
-#[inline(always)]
-fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    let r = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-    if r & 0x7f80 == 0 {
-        r & 0x8000
-    } else {
-        r
-    }
-}
-
-/// Rounds `c` to bf16 (nearest even, after rounding to f32), flushing bf16 subnormals to ±0.
-#[cfg(test)]
-pub(super) fn to_bf16(c: f64) -> u16 {
-    bf16_bits(c as f32)
-}
-
-/// Centres `x` by `mu`, rounds it to bf16 into `out` and returns its [`RowMeta`]. Eight
-/// fixed accumulation lanes: the result does not depend on how the loop is vectorised.
-#[inline(always)]
-fn round_row_lanes(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
-    const L: usize = 8;
-    let (mut sq, mut err, mut cn) = ([0.0f64; L], [0.0f64; L], [0.0f64; L]);
-    let mut one = |l: usize, v: f32, m: f64, o: &mut u16| {
-        let c = f64::from(v) - m;
-        let h = bf16_bits(c as f32);
-        *o = h;
-        let hv = f64::from(f32::from_bits(u32::from(h) << 16));
-        sq[l] += hv * hv;
-        err[l] += (c - hv) * (c - hv);
-        cn[l] += c * c;
-    };
-    let n = x.len().min(mu.len()).min(out.len());
-    let body = n - n % L;
-    for ((xs, ms), os) in x[..body]
-        .chunks_exact(L)
-        .zip(mu[..body].chunks_exact(L))
-        .zip(out[..body].chunks_exact_mut(L))
-    {
-        for l in 0..L {
-            one(l, xs[l], ms[l], &mut os[l]);
-        }
-    }
-    for e in body..n {
-        one(e - body, x[e], mu[e], &mut out[e]);
-    }
-    let total = |a: [f64; L]| a.iter().sum::<f64>();
-    let (sq, err, cn) = (total(sq), total(err), total(cn));
-    RowMeta {
-        sq,
-        norm: sq.sqrt(),
-        eps: (err.sqrt() + cn.sqrt() * 2f64.powi(-52)) * (1.0 + 1e-12),
-    }
-}
-
-/// [`round_row_lanes`] compiled for AVX-512 (same results, vectorised).
-///
-/// # Safety
-/// The CPU must support `avx512f`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn round_row_avx512(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
-    round_row_lanes(x, mu, out)
-}
-
-/// Centres `x` by `mu`, rounds it to bf16 into `out` (contiguous) and returns its
-/// [`RowMeta`] (see the module documentation for `ε`).
-pub(super) fn round_row(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::kernels::cpu::features().avx512f {
-            // SAFETY: avx512f was detected on this CPU.
-            return unsafe { round_row_avx512(x, mu, out) };
-        }
-    }
-    round_row_lanes(x, mu, out)
-}
 
 /// The bank's screening data: centred bf16 rows packed in panels, with their norms.
 #[derive(Debug, Clone)]
@@ -160,7 +58,7 @@ impl Screen {
     /// Screening data of the contiguous `n × d` f32 bank, or `None` if the CPU lacks
     /// AVX512-BF16 or the width is too large for the bound.
     pub(super) fn build(bank: &[f32], n: usize, d: usize) -> Option<Self> {
-        if !available() || n == 0 || d == 0 || bank.len() != n * d {
+        if Bf16Screen::detect().is_none() || n == 0 || d == 0 || bank.len() != n * d {
             return None;
         }
         Self::build_unchecked(bank, n, d)
@@ -263,18 +161,5 @@ impl Screen {
         nq.div_ceil(4)
             .next_multiple_of(QGROUP)
             .clamp(QGROUP, MAX_CHUNK)
-    }
-}
-
-/// Whether this CPU runs the screening kernel.
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let cpu = crate::kernels::cpu::features();
-        cpu.avx512f && cpu.avx512bf16
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }

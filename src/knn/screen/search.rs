@@ -10,12 +10,13 @@
 //! the lower index. A query with more than `cap` candidates (duplicated or equidistant rows)
 //! goes to the f32 GEMM path instead.
 
-use half::bf16;
-
-use super::bound::{prefilter_reference, BoundCoef};
 #[cfg(target_arch = "x86_64")]
-use super::{available, bound::PREFILTER_SLACK, kernel};
+use super::bound::PREFILTER_SLACK;
+use super::bound::{prefilter_reference, BoundCoef};
 use super::{round_row, RowMeta, Screen, PANEL, QGROUP};
+use crate::kernels::screen::dot_reference;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::screen::{Bf16Screen, QueryScalars};
 use crate::knn::search::{insert_sorted, squared_distance};
 
 /// Bank rows per cache block (256 rows × 1024 dims × 2 bytes = 512 KiB, fits L2).
@@ -211,25 +212,29 @@ pub(in crate::knn) fn search_chunk(
 fn screen_chunk(screen: &Screen, k: usize, cap: usize, groups: usize, st: &mut ChunkState) {
     #[cfg(target_arch = "x86_64")]
     {
-        if available() {
-            // SAFETY: `available()` checked avx512f and avx512bf16 on this CPU.
-            unsafe { screen_chunk_avx512(screen, k, cap, groups, st) };
+        if let Some(tok) = Bf16Screen::detect() {
+            // SAFETY: the token proves that the CPU has avx512f and avx512bf16.
+            unsafe { screen_chunk_avx512(tok, screen, k, cap, groups, st) };
             return;
         }
     }
     screen_chunk_scalar(screen, k, cap, groups, st);
 }
 
+/// The screening loop compiled with the kernels' features, so that they inline.
+///
+/// # Safety
+/// The CPU must have avx512f and avx512bf16 (as `tok` proves).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn screen_chunk_avx512(
+    tok: Bf16Screen,
     screen: &Screen,
     k: usize,
     cap: usize,
     groups: usize,
     st: &mut ChunkState,
 ) {
-    use kernel::{dots_panel, prefilter_mask, QueryScalars};
     let k2 = screen.k2;
     let n = screen.n;
     let panels = n.div_ceil(PANEL);
@@ -253,9 +258,7 @@ unsafe fn screen_chunk_avx512(
                 let panel = &screen.packed[p * panel_len..(p + 1) * panel_len];
                 // (Sliced per panel: the borrow must end before `st.query` below.)
                 let qg = &st.qpack[g * k2 * QGROUP..(g + 1) * k2 * QGROUP];
-                // SAFETY: the caller guarantees avx512f + avx512bf16 (this function's
-                // target features); the slices have the lengths `dots_panel` asserts.
-                unsafe { dots_panel(panel, qg, k2, &mut dots) };
+                tok.dots_panel(panel, qg, k2, &mut dots);
                 let pm = &screen.panel_meta[p];
                 let rows = (n - p * PANEL).min(PANEL);
                 let valid = if rows == PANEL {
@@ -275,8 +278,7 @@ unsafe fn screen_chunk_avx512(
                         an: qm.norm as f32,
                         t1: ((tau + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
                     };
-                    // SAFETY: avx512f is enabled on this function (checked by the caller).
-                    let mut mask = unsafe { prefilter_mask(s, pm, qs, c1, c2) } & valid;
+                    let mut mask = tok.prefilter_mask(s, pm, qs, c1, c2) & valid;
                     if mask == 0 {
                         continue;
                     }
@@ -295,20 +297,6 @@ unsafe fn screen_chunk_avx512(
         }
         p0 = p1;
     }
-}
-
-/// Bit-exact software model of `vdpbf16ps` accumulation for one output (products exact in
-/// f32, two f32 additions per pair: odd element first, as in the Intel SDM pseudocode).
-pub(super) fn dot_reference(a: &[u16], b: &[u16]) -> f32 {
-    let f = |h: u16| bf16::from_bits(h).to_f32();
-    let mut acc = 0.0f32;
-    for (pa, pb) in a.chunks(2).zip(b.chunks(2)) {
-        if pa.len() == 2 {
-            acc += f(pa[1]) * f(pb[1]);
-        }
-        acc += f(pa[0]) * f(pb[0]);
-    }
-    acc
 }
 
 /// Portable screening loop (CPUs without AVX512-BF16; used by tests only, since

@@ -5,8 +5,8 @@
 #![allow(clippy::needless_range_loop)] // index arithmetic mirrors the packed layouts
 
 use super::bound::prefilter_reference;
-use super::search::dot_reference;
 use super::*;
+use crate::kernels::screen::dot_reference;
 use crate::knn::search::Scratch;
 use crate::knn::BruteForce;
 use half::bf16;
@@ -118,19 +118,16 @@ fn all_dots(screen: &Screen, q: &[f32]) -> Vec<Vec<f32>> {
     let mut out = vec![vec![0.0f32; n]; nq];
     let panel_len = k2 * 2 * PANEL;
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    if let Some(tok) = Bf16Screen::detect() {
         let mut tile = [[0.0f32; PANEL]; QGROUP];
         for g in 0..groups {
             for p in 0..n.div_ceil(PANEL) {
-                // SAFETY: available() checked avx512f + avx512bf16.
-                unsafe {
-                    kernel::dots_panel(
-                        &screen.packed[p * panel_len..(p + 1) * panel_len],
-                        &qpack[g * k2 * QGROUP..(g + 1) * k2 * QGROUP],
-                        k2,
-                        &mut tile,
-                    )
-                };
+                tok.dots_panel(
+                    &screen.packed[p * panel_len..(p + 1) * panel_len],
+                    &qpack[g * k2 * QGROUP..(g + 1) * k2 * QGROUP],
+                    k2,
+                    &mut tile,
+                );
                 for j in 0..QGROUP {
                     for l in 0..PANEL {
                         let (i, r) = (g * QGROUP + j, p * PANEL + l);
@@ -208,18 +205,17 @@ proptest! {
                 // the tightest threshold that still makes the row a candidate).
                 prop_assert!(prefilter_reference(dots[i][r], &qm, &screen.meta[r], lo, &screen.coef));
                 #[cfg(target_arch = "x86_64")]
-                if available() {
+                if let Some(tok) = Bf16Screen::detect() {
                     let (p, l) = (r / PANEL, r % PANEL);
                     let mut s = [0.0f32; PANEL];
                     s[l] = dots[i][r];
                     let (c1, c2) = screen.coef.prefilter_coefs();
-                    let qs = kernel::QueryScalars {
+                    let qs = crate::kernels::screen::QueryScalars {
                         na: qm.sq as f32,
                         an: qm.norm as f32,
                         t1: ((lo + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
                     };
-                    // SAFETY: available() checked avx512f.
-                    let mask = unsafe { kernel::prefilter_mask(&s, &screen.panel_meta[p], qs, c1, c2) };
+                    let mask = tok.prefilter_mask(&s, &screen.panel_meta[p], qs, c1, c2);
                     prop_assert!(mask & (1 << l) != 0, "vector prefilter dropped q {i} row {r}");
                 }
             }
@@ -426,7 +422,7 @@ fn screened_matches_naive_exactly_on_separated_data() {
 /// stops pruning.
 #[test]
 fn screen_prunes_to_a_few_candidates_on_random_data() {
-    if !available() {
+    if Bf16Screen::detect().is_none() {
         return; // no AVX512-BF16: searches never screen
     }
     let (nq, n, d, k) = (192usize, 1638usize, 1024usize, 1usize);

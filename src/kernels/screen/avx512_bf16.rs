@@ -1,8 +1,9 @@
-//! AVX-512 BF16 micro-kernel of the screening pass and its vectorised prefilter.
+//! The AVX-512 BF16 micro-kernel of the screening pass, its vectorised prefilter, and the
+//! AVX-512 copy of the row rounding.
 //!
-//! Both functions are `unsafe` only because of `#[target_feature]`: callers must have checked
-//! that the CPU has AVX512F and AVX512-BF16 ([`crate::kernels::cpu::features`]; done once when
-//! the index is built, see [`super::Screen::build`]).
+//! The functions are `unsafe` only because of `#[target_feature]`: callers must have checked
+//! that the CPU has the features (the [`Bf16Screen`](super::Bf16Screen) token for the first
+//! two, `avx512f` for the rounding).
 
 use std::arch::x86_64::{
     __m512, __m512bh, __m512i, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_dpbf16_ps,
@@ -10,7 +11,7 @@ use std::arch::x86_64::{
     _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps, _CMP_LE_OQ,
 };
 
-use super::{PanelMeta, PANEL, QGROUP};
+use super::{round_row_lanes, PanelMeta, QueryScalars, RowMeta, PANEL, QGROUP};
 
 /// Reinterprets 32 packed bf16 values.
 #[inline(always)]
@@ -65,19 +66,8 @@ pub(super) unsafe fn dots_panel(
     }
 }
 
-/// Per-query scalars of the prefilter (see [`super::bound::prefilter_reference`] for the meaning).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct QueryScalars {
-    /// `‖â‖²` as f32.
-    pub na: f32,
-    /// `‖â‖` as f32.
-    pub an: f32,
-    /// `(τ + ε_a)·(1 + 1e-6)` as f32 (infinite while τ is).
-    pub t1: f32,
-}
-
 /// Bit `l` set when bank row `l` of the panel may be a candidate of the query: the
-/// vectorised form of [`super::bound::prefilter_reference`].
+/// vectorised form of `knn::screen::bound::prefilter_reference`.
 ///
 /// # Safety
 /// The CPU must support `avx512f`.
@@ -114,4 +104,13 @@ pub(super) unsafe fn prefilter_mask(
         mask |= u32::from(k) << (16 * h);
     }
     mask
+}
+
+/// [`round_row_lanes`] compiled for AVX-512 (same results, vectorised).
+///
+/// # Safety
+/// The CPU must support `avx512f`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn round_row(x: &[f32], mu: &[f64], out: &mut [u16]) -> RowMeta {
+    round_row_lanes(x, mu, out)
 }
