@@ -11,17 +11,17 @@
 //!   into a caller-provided scratch buffer that is reused across calls.
 //!
 //! 3×3 stride-1 pad-1 convolutions with enough channels (see [`ConvAlgorithm::Auto`]) use
-//! Winograd F(2×2, 3×3) instead (module `winograd`: 16 smaller GEMMs with 4/9 of the
+//! Winograd F(2×2, 3×3) instead (module `winograd`, variant `f2`: 16 smaller GEMMs with 4/9 of the
 //! multiply-adds) on filters transformed once at construction. [`Conv2d::with_algorithm`]
-//! forces one path, including the opt-in F(4×4, 3×3) (module `winograd4`: 36 GEMMs with 1/4
+//! forces one path, including the opt-in F(4×4, 3×3) (variant `f4`: 36 GEMMs with 1/4
 //! of the multiply-adds).
 //!
 //! 3×3 stride-2 pad-1 convolutions with enough channels use a polyphase split + Winograd
-//! F(2, 2) (module `winograd_s2`: 2×2 output tiles from 5×5 input patches, 25 points sharing
+//! F(2, 2) (variant `s2`: 2×2 output tiles from 5×5 input patches, 25 points sharing
 //! 16 filter matrices, so 16 GEMMs with 25/36 of the multiply-adds and no im2col matrix;
-//! transform entries are 0 and ±1, so it rounds no worse than im2col). It shares the
-//! three-phase structure of the stride-1 path (input transform per input channel, one
-//! sequential GEMM per task, output transform + epilogue per output channel) and its
+//! transform entries are 0 and ±1, so it rounds no worse than im2col). It runs in the
+//! same driver as the stride-1 variants (input transform per input channel, one
+//! sequential GEMM per task, output transform + epilogue per output channel), with the same
 //! thread-count independence.
 //!
 //! Bias, residual addition and ReLU are applied in a single pass over the output right after
@@ -40,8 +40,6 @@ mod bf16;
 mod im2col;
 mod quantized;
 mod winograd;
-mod winograd4;
-mod winograd_s2;
 
 pub use algorithm::{ConvAlgorithm, WINOGRAD_MIN_CHANNELS, WINOGRAD_S2_MIN_CHANNEL_PRODUCT};
 pub use batchnorm::fold_batchnorm;
@@ -87,7 +85,7 @@ pub struct Conv2d {
     wino2: OnceLock<Vec<f32>>,
     /// Winograd F(4×4) filters `[36][cout][cin]`, once computed.
     wino4: OnceLock<Vec<f32>>,
-    /// Stride-2 filters `[16][cout][cin]` (module `winograd_s2`, 16/9 of the weight
+    /// Stride-2 filters `[16][cout][cin]` (variant `winograd::s2`, 16/9 of the weight
     /// memory), once computed.
     wino_s2: OnceLock<Vec<f32>>,
 }

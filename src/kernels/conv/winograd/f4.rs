@@ -1,5 +1,4 @@
-//! The transforms of Winograd F(4×4, 3×3) (the driver is shared with F(2×2) in
-//! `winograd`): each 4×4 output tile comes from a 6×6 input patch through 36 Winograd-domain
+//! The transforms of Winograd F(4×4, 3×3) (the driver is in the parent module): each 4×4 output tile comes from a 6×6 input patch through 36 Winograd-domain
 //! points, i.e. 36/16 = 2.25 multiply-adds per output and input channel instead of 4 (F(2×2))
 //! or 9 (direct). The matrices (interpolation points 0, ±1, ±2, ∞):
 //!
@@ -15,12 +14,12 @@
 //! The larger constants make it less accurate than F(2×2) (still ~1e-6 relative on ResNet
 //! layers, see `tests/kernels_winograd.rs`), and its 36 filter matrices take 2.25× the memory
 //! of F(2×2)'s 16, so it is used only for convolutions with few channels (see
-//! [`super::ConvAlgorithm::Auto`]).
+//! [`ConvAlgorithm::Auto`](crate::kernels::conv::ConvAlgorithm::Auto)).
 
-use super::winograd::{epilogue_row, gather_patch_rows, CHUNK, MAX_POINTS};
+use super::{epilogue_row, gather_patch_rows, CHUNK, MAX_POINTS};
 
 /// Points per tile (6×6).
-const POINTS: usize = 36;
+pub(super) const POINTS: usize = 36;
 
 /// Padded patch columns needed by `CHUNK` adjacent tiles.
 const COLS: usize = 4 * CHUNK + 2;

@@ -33,15 +33,9 @@
 //! - `V`: `[cin][25][T]` (one contiguous block per input channel and task);
 //! - `M`: class `k` is a `[cout][|k|·T]` block at `off_k·cout·T` (one task per class).
 //!
-//! As in `winograd`, each output value is computed by the same operations whatever the
-//! number of threads (every product runs sequentially inside its task): results are
-//! bit-identical with 1 or more threads.
+//! The driver (parent module) runs one product per class over its `T·|class|` columns.
 
-use rayon::prelude::*;
-
-use super::winograd::{epilogue_row, gather_patch_rows, CHUNK};
-use super::PAR_ELEMS;
-use crate::kernels::gemm::{gemm, Backend, MatRef, Parallelism};
+use super::{epilogue_row, gather_patch_rows, CHUNK, MAX_POINTS};
 
 /// Transform-domain points per tile (5×5).
 pub(super) const POINTS: usize = 25;
@@ -71,12 +65,12 @@ const fn axis_len(f: usize) -> usize {
 }
 
 /// Points in class `k = fi·4 + fj`.
-const fn class_len(k: usize) -> usize {
+pub(super) const fn class_len(k: usize) -> usize {
     axis_len(k / 4) * axis_len(k % 4)
 }
 
 /// First slot of every class (and the total, 25, at the end).
-const CLASS_OFF: [usize; CLASSES + 1] = {
+pub(super) const CLASS_OFF: [usize; CLASSES + 1] = {
     let mut off = [0; CLASSES + 1];
     let mut k = 0;
     while k < CLASSES {
@@ -104,7 +98,7 @@ const SLOT: [[usize; 5]; 5] = {
 };
 
 /// `(class, position in class)` of every slot.
-const SLOT_CLASS: [(usize, usize); POINTS] = {
+pub(super) const SLOT_CLASS: [(usize, usize); POINTS] = {
     let mut c = [(0, 0); POINTS];
     let mut k = 0;
     while k < CLASSES {
@@ -117,11 +111,6 @@ const SLOT_CLASS: [(usize, usize); POINTS] = {
     }
     c
 };
-
-/// Tile grid `(rows, cols)` of an `oh × ow` output.
-pub(super) fn tiles(oh: usize, ow: usize) -> (usize, usize) {
-    (oh.div_ceil(2), ow.div_ceil(2))
-}
 
 /// `G·w` along one axis (the 4 distinct entries).
 fn g4(w0: f64, w1: f64, w2: f64) -> [f64; 4] {
@@ -148,112 +137,17 @@ pub(super) fn transform_filters(weight: &[f32], cout: usize, cin: usize) -> Vec<
     u
 }
 
-/// Forward pass of one image (`input` `[cin, h, w]`, `out` `[cout, oh, ow]` with
-/// `oh = ⌊(h − 1)/2⌋ + 1`, `u` `[16][cout][cin]`, `scratch` at least
-/// `25·T·(cin + cout)` long); shapes were checked by the caller.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn forward(
-    u: &[f32],
-    bias: &[f32],
-    cin: usize,
-    cout: usize,
-    input: &[f32],
-    h: usize,
-    w: usize,
-    out: &mut [f32],
-    residual: Option<&[f32]>,
-    relu: bool,
-    scratch: &mut [f32],
-    par: Parallelism,
-) {
-    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
-    let (th, tw) = tiles(oh, ow);
-    let t = th * tw;
-    let (v, rest) = scratch.split_at_mut(POINTS * cin * t);
-    let m = &mut rest[..POINTS * cout * t];
-    let rayon = par == Parallelism::Rayon;
-
-    // 1. Input transform, one task per input channel.
-    let fill = |ci: usize, vc: &mut [f32]| {
-        input_transform(&input[ci * h * w..(ci + 1) * h * w], h, w, th, tw, vc);
-    };
-    if rayon && v.len() >= PAR_ELEMS {
-        v.par_chunks_mut(POINTS * t)
-            .enumerate()
-            .for_each(|(ci, vc)| fill(ci, vc));
-    } else {
-        for (ci, vc) in v.chunks_mut(POINTS * t).enumerate() {
-            fill(ci, vc);
-        }
-    }
-
-    // 2. One product per class, M_k = U_k · [V_p | V_q | …], sequential inside its task.
-    let v: &[f32] = v;
-    let product = |k: usize, mk: &mut [f32]| {
-        let n = class_len(k) * t;
-        let a = MatRef::row_major(&u[k * cout * cin..(k + 1) * cout * cin], cout, cin);
-        let b = MatRef {
-            data: &v[CLASS_OFF[k] * t..],
-            rows: cin,
-            cols: n,
-            row_stride: POINTS * t,
-            col_stride: 1,
-        };
-        gemm(
-            a,
-            b,
-            mk,
-            n,
-            false,
-            Parallelism::Sequential,
-            Backend::Default,
-        );
-    };
-    let mut blocks: [&mut [f32]; CLASSES] = Default::default();
-    let mut tail: &mut [f32] = &mut *m;
-    for (k, blk) in blocks.iter_mut().enumerate() {
-        let (head, rest) = std::mem::take(&mut tail).split_at_mut(class_len(k) * cout * t);
-        *blk = head;
-        tail = rest;
-    }
-    if rayon {
-        blocks
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(k, mk)| product(k, mk));
-    } else {
-        for (k, mk) in blocks.into_iter().enumerate() {
-            product(k, mk);
-        }
-    }
-
-    // 3. Output transform + epilogue, one task per output channel.
-    let m: &[f32] = m;
-    let plane = oh * ow;
-    let finish = |co: usize, o: &mut [f32]| {
-        let rows: [&[f32]; POINTS] = std::array::from_fn(|s| {
-            let (k, q) = SLOT_CLASS[s];
-            let at = (CLASS_OFF[k] * cout + co * class_len(k) + q) * t;
-            &m[at..at + t]
-        });
-        let res = residual.map(|r| &r[co * plane..(co + 1) * plane]);
-        output_transform(&rows, th, tw, oh, ow, o, bias[co], res, relu);
-    };
-    if rayon && out.len() >= PAR_ELEMS {
-        out.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(co, o)| finish(co, o));
-    } else {
-        for (co, o) in out.chunks_mut(plane).enumerate() {
-            finish(co, o);
-        }
-    }
-}
-
 /// `V = Bᵀ·d·B` for every tile of one input channel `plane` (`h × w`), written to `v`
 /// (`[25][T]` by slot). The 5×5 patch of tile `(ty, tx)` starts at input row `4·ty − 1` and
 /// column `4·tx − 1`; positions outside the image are the zero padding.
-fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &mut [f32]) {
+pub(super) fn input_transform(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+    v: &mut [f32],
+) {
     let t_all = th * tw;
     let mut d = [[0.0f32; COLS]; 5];
     // ph[r][q][j] = d[r][4j + q]: the patch rows split by column phase (q = 0 has one more
@@ -323,8 +217,8 @@ fn input_transform(plane: &[f32], h: usize, w: usize, th: usize, tw: usize, v: &
 /// tiles), then `out = act(Y + bias (+ residual))` on the `oh × ow` plane; the parts of edge
 /// tiles outside the plane are dropped.
 #[allow(clippy::too_many_arguments)]
-fn output_transform(
-    rows: &[&[f32]; POINTS],
+pub(super) fn output_transform(
+    rows: &[&[f32]; MAX_POINTS],
     th: usize,
     tw: usize,
     oh: usize,
