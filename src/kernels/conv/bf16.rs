@@ -7,8 +7,9 @@
 //! Every convolution shape goes through im2col + GEMM: the Winograd transforms of the f32
 //! path would add their own roundings to values that are already rounded to 8 bits.
 
+use super::epilogue::epilogue_segment;
 use super::im2col::Window;
-use super::{epilogue_segment, Conv2d, PAR_ELEMS};
+use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 

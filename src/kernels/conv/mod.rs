@@ -37,6 +37,7 @@
 mod algorithm;
 mod batchnorm;
 mod bf16;
+mod epilogue;
 mod im2col;
 mod quantized;
 mod winograd;
@@ -46,9 +47,7 @@ pub use batchnorm::fold_batchnorm;
 pub use bf16::{Bf16Conv, Bf16Scratch};
 pub use quantized::{QuantScratch, QuantizedConv};
 
-use winograd::Tile;
-
-use rayon::prelude::*;
+use epilogue::epilogue;
 
 use std::sync::OnceLock;
 
@@ -176,76 +175,6 @@ impl Conv2d {
         Ok(conv)
     }
 
-    /// This convolution computed with `algorithm` (see [`Conv2d::set_algorithm`]).
-    ///
-    /// ```
-    /// use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
-    /// let conv = Conv2d::new(8, 8, 3, 3, 1, 1, vec![0.1; 8 * 8 * 9], vec![0.0; 8]);
-    /// assert_eq!(conv.winograd_tile(56, 56), Some(2)); // Auto: F(2×2)
-    /// let wino = conv.clone().with_algorithm(ConvAlgorithm::Winograd4x4).unwrap();
-    /// assert_eq!(wino.winograd_tile(56, 56), Some(4));
-    /// let direct = conv.with_algorithm(ConvAlgorithm::Im2col).unwrap();
-    /// assert!(!direct.uses_winograd());
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// As [`Conv2d::set_algorithm`].
-    pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Result<Self> {
-        self.set_algorithm(algorithm)?;
-        Ok(self)
-    }
-
-    /// Selects how the output is computed. When the result uses Winograd, the weights are
-    /// transformed here, once. Call this again after changing the public shape fields (it
-    /// drops the transformed filters).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidParameter`] when a Winograd variant is requested for a convolution that
-    /// is not 3×3, stride 1, pad 1 (the convolution is left unchanged).
-    pub fn set_algorithm(&mut self, algorithm: ConvAlgorithm) -> Result<()> {
-        let shape = self.winograd_shape();
-        let stride1 = shape && self.stride == 1;
-        match algorithm {
-            ConvAlgorithm::Im2col | ConvAlgorithm::Auto => {}
-            ConvAlgorithm::Winograd if shape => {}
-            ConvAlgorithm::Winograd4x4 if stride1 => {}
-            ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4x4 => {
-                let strides = if algorithm == ConvAlgorithm::Winograd {
-                    "stride 1 or 2"
-                } else {
-                    "stride 1"
-                };
-                return Err(Error::param(
-                    "conv algorithm",
-                    format!(
-                        "{algorithm:?} needs a 3×3 kernel with {strides} and padding 1, got \
-                         {}×{} stride {} padding {}; use ConvAlgorithm::Auto or Im2col",
-                        self.kh, self.kw, self.stride, self.pad
-                    ),
-                ));
-            }
-        };
-        self.algorithm = algorithm;
-        self.wino2 = OnceLock::new();
-        self.wino4 = OnceLock::new();
-        self.wino_s2 = OnceLock::new();
-        // The tile does not depend on the image size (any size works).
-        if let Some(tile) = self.tile_for(1, 1) {
-            self.winograd_filters(tile);
-        }
-        Ok(())
-    }
-
-    /// Drops the transformed Winograd filters; the next forward pass that needs them computes
-    /// them again (the same bits: the transform is deterministic).
-    pub fn release_transformed_filters(&mut self) {
-        self.wino2 = OnceLock::new();
-        self.wino4 = OnceLock::new();
-        self.wino_s2 = OnceLock::new();
-    }
-
     /// Hands the weights and the bias to `out` (weights first) and frees them, with the
     /// transformed filters. The convolution must not run until [`Conv2d::restore_parameters`]
     /// puts them back.
@@ -273,76 +202,6 @@ impl Conv2d {
         self.weight = weight;
         self.bias = bias;
         Ok(())
-    }
-
-    /// Bytes held by transformed Winograd filters (what
-    /// [`Conv2d::release_transformed_filters`] frees).
-    pub fn transformed_filter_bytes(&self) -> usize {
-        [&self.wino2, &self.wino4, &self.wino_s2]
-            .iter()
-            .filter_map(|c| c.get())
-            .map(|v| v.len() * 4)
-            .sum()
-    }
-
-    /// The requested algorithm (see [`Conv2d::winograd_tile`] for what `Auto` resolves to).
-    pub fn algorithm(&self) -> ConvAlgorithm {
-        self.algorithm
-    }
-
-    /// Whether forward passes use a Winograd variant.
-    pub fn uses_winograd(&self) -> bool {
-        self.tile_for(1, 1).is_some()
-    }
-
-    /// The Winograd output tile side (2 for F(2×2) and for the stride-2 variant, 4 for
-    /// F(4×4)) a forward pass over an `h × w` input uses, or `None` when it uses im2col +
-    /// GEMM. (The choice does not depend on the size today; the arguments leave room for a
-    /// size-dependent `Auto`.)
-    pub fn winograd_tile(&self, h: usize, w: usize) -> Option<usize> {
-        self.tile_for(h, w).map(Tile::m)
-    }
-
-    fn tile_for(&self, _h: usize, _w: usize) -> Option<Tile> {
-        if !self.winograd_ready() {
-            return None;
-        }
-        let stride2 = self.stride == 2;
-        match self.algorithm {
-            ConvAlgorithm::Im2col => None,
-            ConvAlgorithm::Winograd if stride2 => Some(Tile::S2),
-            ConvAlgorithm::Winograd => Some(Tile::F2),
-            ConvAlgorithm::Winograd4x4 => (!stride2).then_some(Tile::F4),
-            ConvAlgorithm::Auto if stride2 => {
-                (self.cin * self.cout >= WINOGRAD_S2_MIN_CHANNEL_PRODUCT).then_some(Tile::S2)
-            }
-            ConvAlgorithm::Auto => (self.cin >= WINOGRAD_MIN_CHANNELS
-                && self.cout >= WINOGRAD_MIN_CHANNELS)
-                .then_some(Tile::F2),
-        }
-    }
-
-    /// 3×3, pad 1, stride 1 or 2.
-    fn winograd_shape(&self) -> bool {
-        self.kh == 3 && self.kw == 3 && self.pad == 1 && matches!(self.stride, 1 | 2)
-    }
-
-    /// 3×3 pad-1 stride 1 or 2, and weights consistent with the (public) shape fields.
-    fn winograd_ready(&self) -> bool {
-        self.winograd_shape() && self.weight.len() == self.cout * self.cin * 9
-    }
-
-    /// The transformed filters of `tile` (computed by `set_algorithm`; lazily only if a
-    /// forward pass ever needs a variant that was not prepared).
-    fn winograd_filters(&self, tile: Tile) -> &[f32] {
-        let cell = match tile {
-            Tile::F2 => &self.wino2,
-            Tile::F4 => &self.wino4,
-            Tile::S2 => &self.wino_s2,
-        };
-        cell.get_or_init(|| {
-            winograd::transform_filters_for(tile, &self.weight, self.cout, self.cin)
-        })
     }
 
     /// The weights as a `cout × (cin·kh·kw)` row-major matrix (PyTorch order).
@@ -573,60 +432,6 @@ impl Conv2d {
                 scratch,
                 par,
             );
-        }
-    }
-}
-
-/// The epilogue of [`epilogue`] on one segment of an output row: `o += bias (+ r)`, then ReLU
-/// if asked (`r` the same segment of the residual).
-#[inline]
-pub(super) fn epilogue_segment(o: &mut [f32], b: f32, residual: Option<&[f32]>, relu: bool) {
-    match (residual, relu) {
-        (Some(r), true) => {
-            for (v, &r) in o.iter_mut().zip(r) {
-                *v = (*v + b + r).max(0.0);
-            }
-        }
-        (Some(r), false) => {
-            for (v, &r) in o.iter_mut().zip(r) {
-                *v += b + r;
-            }
-        }
-        (None, true) => {
-            for v in o.iter_mut() {
-                *v = (*v + b).max(0.0);
-            }
-        }
-        (None, false) => {
-            for v in o.iter_mut() {
-                *v += b;
-            }
-        }
-    }
-}
-
-/// `out[c, :] = act(out[c, :] + bias[c] (+ residual[c, :]))` in one pass.
-pub(super) fn epilogue(
-    out: &mut [f32],
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    relu: bool,
-    p: usize,
-    par: Parallelism,
-) {
-    if p == 0 {
-        return;
-    }
-    let row = |c: usize, o: &mut [f32]| {
-        epilogue_segment(o, bias[c], residual.map(|r| &r[c * p..(c + 1) * p]), relu);
-    };
-    if par == Parallelism::Rayon && out.len() >= PAR_ELEMS {
-        out.par_chunks_mut(p)
-            .enumerate()
-            .for_each(|(c, o)| row(c, o));
-    } else {
-        for (c, o) in out.chunks_mut(p).enumerate() {
-            row(c, o);
         }
     }
 }

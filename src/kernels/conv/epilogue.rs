@@ -1,0 +1,60 @@
+//! The epilogue of the im2col path: bias, residual and ReLU on a finished output.
+
+use rayon::prelude::*;
+
+use super::PAR_ELEMS;
+use crate::kernels::gemm::Parallelism;
+
+/// The epilogue of [`epilogue`] on one segment of an output row: `o += bias (+ r)`, then ReLU
+/// if asked (`r` the same segment of the residual).
+#[inline]
+pub(super) fn epilogue_segment(o: &mut [f32], b: f32, residual: Option<&[f32]>, relu: bool) {
+    match (residual, relu) {
+        (Some(r), true) => {
+            for (v, &r) in o.iter_mut().zip(r) {
+                *v = (*v + b + r).max(0.0);
+            }
+        }
+        (Some(r), false) => {
+            for (v, &r) in o.iter_mut().zip(r) {
+                *v += b + r;
+            }
+        }
+        (None, true) => {
+            for v in o.iter_mut() {
+                *v = (*v + b).max(0.0);
+            }
+        }
+        (None, false) => {
+            for v in o.iter_mut() {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// `out[c, :] = act(out[c, :] + bias[c] (+ residual[c, :]))` in one pass.
+pub(super) fn epilogue(
+    out: &mut [f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    p: usize,
+    par: Parallelism,
+) {
+    if p == 0 {
+        return;
+    }
+    let row = |c: usize, o: &mut [f32]| {
+        epilogue_segment(o, bias[c], residual.map(|r| &r[c * p..(c + 1) * p]), relu);
+    };
+    if par == Parallelism::Rayon && out.len() >= PAR_ELEMS {
+        out.par_chunks_mut(p)
+            .enumerate()
+            .for_each(|(c, o)| row(c, o));
+    } else {
+        for (c, o) in out.chunks_mut(p).enumerate() {
+            row(c, o);
+        }
+    }
+}
