@@ -1,23 +1,15 @@
 //! Pieces shared by the subcommands: the error type and exit codes, configuration building,
 //! output-file checks, progress lines, heat-map pictures and JSON formatting.
 
-use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use ndarray::Array2;
 
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize, Sampler};
 use patchcore::embedding::Aggregator;
-use patchcore::inspect::{Inspection, RenderOptions};
 use patchcore::knn::BankPrecision;
-use patchcore::model::{FitProgress, PatchCore, PatchCoreConfig, PatchCoreParams};
-use patchcore::preprocess::{ImageLimits, PreprocessConfig, Resize};
+use patchcore::model::{PatchCore, PatchCoreConfig, PatchCoreParams};
+use patchcore::preprocess::{PreprocessConfig, Resize};
 use patchcore::scoring::Distance;
 use patchcore::Error;
 
@@ -230,7 +222,7 @@ pub fn read_input_file(path: &Path) -> CliResult<Vec<u8>> {
 }
 
 /// What a file-system object that is not a regular file is.
-fn file_kind(ft: &std::fs::FileType) -> &'static str {
+pub fn file_kind(ft: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
@@ -307,155 +299,6 @@ pub fn collect_images(inputs: &[PathBuf], what: &str) -> CliResult<Vec<PathBuf>>
     Ok(found)
 }
 
-/// Checks, before any work, that `out` can be written: not an existing file (unless `force`),
-/// not a folder, not anything else that is not a regular file (a FIFO, a device, a symbolic
-/// link, even a dangling one — not even with `force`), and in an existing folder.
-pub fn check_output_file(out: &Path, force: bool) -> CliResult {
-    if out.is_dir() {
-        return Err(CliError::Failed(format!(
-            "{}: is a folder; give a file name",
-            out.display()
-        )));
-    }
-    check_existing_output(out, force, "pass --force to overwrite it")?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(CliError::Failed(format!(
-            "{}: the folder {} does not exist; create it first",
-            out.display(),
-            parent.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Fails on the first path of `outs` that exists, unless `force`; with `force`, on the first
-/// one that exists and is not a regular file.
-pub fn check_outputs(outs: &[PathBuf], force: bool) -> CliResult {
-    for p in outs {
-        check_existing_output(p, force, "pass --force to overwrite the heat maps")?;
-    }
-    Ok(())
-}
-
-/// An existing output: a regular file is replaced only with `force`; anything else (a folder,
-/// a FIFO, a device, a symbolic link — even a dangling one) never.
-fn check_existing_output(out: &Path, force: bool, hint: &str) -> CliResult {
-    let Ok(m) = std::fs::symlink_metadata(out) else {
-        return Ok(());
-    };
-    let ft = m.file_type();
-    if ft.is_file() {
-        if force {
-            return Ok(());
-        }
-        return Err(CliError::Failed(format!(
-            "{}: exists; {hint}",
-            out.display()
-        )));
-    }
-    let what = if ft.is_dir() {
-        "a folder"
-    } else {
-        file_kind(&ft)
-    };
-    Err(CliError::Failed(format!(
-        "{}: exists and is {what}, not a regular file; it is never replaced (not even with \
-         --force): choose another output path",
-        out.display()
-    )))
-}
-
-/// The identity of an existing file: (device, inode) on unix, the canonical path elsewhere.
-#[cfg(unix)]
-fn file_id(p: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_id(p: &Path) -> Option<PathBuf> {
-    std::fs::canonicalize(p).ok()
-}
-
-/// Refuses, before any work, an output that is one of the inputs (the same file, also through
-/// another name or a link): writing it would destroy the input. `inputs` pairs each input
-/// with the option that named it.
-pub fn check_not_input(outs: &[PathBuf], option: &str, inputs: &[(&Path, &str)]) -> CliResult {
-    let mut ids = HashMap::new();
-    for (p, opt) in inputs {
-        if let Some(id) = file_id(p) {
-            ids.entry(id).or_insert((*p, *opt));
-        }
-    }
-    for out in outs {
-        let same = file_id(out).and_then(|id| ids.get(&id)).or_else(|| {
-            // A path that does not exist yet cannot be an existing input; compare canonical
-            // paths of those that do.
-            let c = std::fs::canonicalize(out).ok()?;
-            inputs
-                .iter()
-                .find(|(p, _)| std::fs::canonicalize(p).ok().as_ref() == Some(&c))
-        });
-        if let Some((p, opt)) = same {
-            return Err(CliError::Usage(format!(
-                "{option} {} is the input {opt} {}: writing it would destroy the input; \
-                 choose another {option}",
-                out.display(),
-                p.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Creates an output folder (and sweeps stale temporary heat maps an interrupted run left in
-/// it).
-pub fn create_dir(dir: &Path) -> CliResult {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        CliError::Failed(format!("{}: cannot create the folder: {e}", dir.display()))
-    })?;
-    crate::cleanup::sweep_heatmaps(dir);
-    Ok(())
-}
-
-/// Heat map over the original image (colour scale centred on `t`, see
-/// [`patchcore::inspect::threshold_scale`]), with the outlines of the regions at or above `t`
-/// when `contours`; `map` is at the network input size.
-pub fn write_picture(
-    model: &PatchCore,
-    image_path: &Path,
-    map: &Array2<f32>,
-    t: f32,
-    contours: bool,
-    out: &Path,
-    force: bool,
-) -> CliResult {
-    let img = patchcore::preprocess::load_rgb(image_path, &ImageLimits::default())?;
-    let (w, h) = img.dimensions();
-    let ins = Inspection::from_map(
-        f32::NAN,
-        Some(map.view()),
-        &model.config().params().preprocess,
-        h as usize,
-        w as usize,
-        Some(t),
-    )?;
-    let render = RenderOptions {
-        outlines: contours,
-        ..RenderOptions::default()
-    };
-    let _tmp = crate::cleanup::register_output(out);
-    Ok(patchcore::visualize::save_png(
-        &ins.render(&img, &render)?,
-        out,
-        force,
-    )?)
-}
-
 /// Peak resident memory of this process in MB (Linux), if known.
 pub fn peak_memory_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -492,149 +335,5 @@ pub fn json_f32(v: f32) -> String {
         format!("{v}")
     } else {
         "null".into()
-    }
-}
-
-/// Progress lines on stderr. On a terminal one line is rewritten in place; otherwise a line is
-/// printed at most every few seconds (and at the end), so logs stay short.
-pub struct Progress {
-    label: &'static str,
-    start: Instant,
-    last: Option<Instant>,
-    tty: bool,
-    quiet: bool,
-    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
-    coreset_start: Option<Instant>,
-}
-
-impl Progress {
-    pub fn new(label: &'static str, quiet: bool) -> Self {
-        Progress {
-            label,
-            start: Instant::now(),
-            last: None,
-            tty: std::io::stderr().is_terminal(),
-            quiet,
-            ticker: None,
-            coreset_start: None,
-        }
-    }
-
-    fn interval(&self) -> Duration {
-        if self.tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(5)
-        }
-    }
-
-    /// `done` of `total` images processed since [`Progress::new`].
-    pub fn images(&mut self, done: usize, total: usize) {
-        if self.quiet {
-            return;
-        }
-        let now = Instant::now();
-        let due = self.last.is_none_or(|l| now - l >= self.interval());
-        if !(due || done == total) {
-            return;
-        }
-        self.last = Some(now);
-        let s = (now - self.start).as_secs_f64().max(1e-9);
-        let rate = done as f64 / s;
-        let eta = total.saturating_sub(done) as f64 / rate.max(1e-9);
-        let line = format!(
-            "{}: {done}/{total} images, {rate:.1} images/s, ETA {eta:.0} s",
-            self.label
-        );
-        if self.tty {
-            eprint!("\r{line}   ");
-            if done == total {
-                eprintln!();
-            }
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    /// The fit callback: feature extraction in images/s with an ETA, then the coreset with the
-    /// elapsed time (the selection reports no intermediate progress).
-    pub fn fit(&mut self, p: FitProgress) {
-        match p {
-            FitProgress::Features { done, total } => self.images(done, total),
-            FitProgress::CoresetStarted { rows, keep } if !self.quiet => {
-                eprintln!("coreset: choosing {keep} of {rows} patch features ...");
-                self.coreset_start = Some(Instant::now());
-                self.start_ticker();
-            }
-            FitProgress::Coreset { selected, total } if !self.quiet && selected < total => {
-                // The greedy passes get cheaper as keys shrink: the ETA is an upper bound.
-                if let Some(t0) = self.coreset_start {
-                    let s = t0.elapsed().as_secs_f64().max(1e-9);
-                    let eta = total.saturating_sub(selected) as f64 * s / selected.max(1) as f64;
-                    let line = format!(
-                        "coreset: {selected}/{total} rows chosen, {s:.0} s, ETA ~{eta:.0} s"
-                    );
-                    let now = Instant::now();
-                    if self.last.is_none_or(|l| now - l >= self.interval()) {
-                        self.last = Some(now);
-                        if self.tty {
-                            eprint!("\r{line}   ");
-                        } else {
-                            eprintln!("{line}");
-                        }
-                    }
-                }
-            }
-            FitProgress::Gathering { rows } if !self.quiet => {
-                eprintln!("coreset: reading the {rows} chosen rows back from the spill file");
-            }
-            FitProgress::Done { rows } => {
-                self.stop_ticker();
-                if !self.quiet {
-                    eprintln!("coreset: done, memory bank of {rows} rows");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn start_ticker(&mut self) {
-        self.stop_ticker();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (interval, tty) = (self.interval().max(Duration::from_secs(1)), self.tty);
-        let handle = std::thread::spawn(move || {
-            let start = Instant::now();
-            loop {
-                std::thread::park_timeout(interval);
-                if flag.load(Ordering::Acquire) {
-                    break;
-                }
-                let s = start.elapsed().as_secs();
-                if tty {
-                    eprint!("\rcoreset: {s} s elapsed   ");
-                } else {
-                    eprintln!("coreset: {s} s elapsed");
-                }
-            }
-            if tty {
-                eprint!("\r");
-            }
-        });
-        self.ticker = Some((stop, handle));
-    }
-
-    fn stop_ticker(&mut self) {
-        if let Some((stop, handle)) = self.ticker.take() {
-            stop.store(true, Ordering::Release);
-            handle.thread().unpark();
-            let _ = handle.join();
-        }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.stop_ticker();
     }
 }

@@ -6,7 +6,8 @@ use patchcore::synthetic::{write_category, Generator, SyntheticSpec};
 use patchcore::visualize::save_png;
 
 use crate::args::DemoArgs;
-use crate::common::{create_dir, out_line, CliError, CliResult};
+use crate::common::{out_line, CliError, CliResult};
+use crate::outputs::create_dir;
 
 /// Name of the category folder written under the demo folder.
 const CATEGORY: &str = "texture";

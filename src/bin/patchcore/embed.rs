@@ -6,9 +6,10 @@ use patchcore::preprocess::ImageLimits;
 
 use crate::args::EmbedArgs;
 use crate::common::{
-    aggregator, check_input_file, check_not_input, check_output_file, checked_preprocess,
-    load_backbone, read_input_file, CliError, CliResult,
+    aggregator, check_input_file, checked_preprocess, load_backbone, read_input_file, CliError,
+    CliResult,
 };
+use crate::outputs::{check_not_input, check_output_file};
 
 pub fn run(a: EmbedArgs) -> CliResult {
     let net = &a.backbone.net;

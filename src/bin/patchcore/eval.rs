@@ -11,9 +11,10 @@ use patchcore::preprocess::ImageLimits;
 
 use crate::args::EvalArgs;
 use crate::common::{
-    check_not_input, check_outputs, create_dir, fit_config, json_num, json_string, load_backbone,
-    load_model, out_line, write_picture, CliError, CliResult, Progress,
+    fit_config, json_num, json_string, load_backbone, load_model, out_line, CliError, CliResult,
 };
+use crate::outputs::{check_not_input, check_outputs, create_dir, write_picture};
+use crate::progress::Progress;
 
 pub fn run(a: EvalArgs) -> CliResult {
     // Options first (usage errors), then the data layout, then the outputs, then the work.

@@ -13,9 +13,10 @@ use patchcore::Error;
 
 use crate::args::FitArgs;
 use crate::common::{
-    check_not_input, check_output_file, collect_images, fit_config, load_backbone, peak_memory_mb,
-    CliError, CliResult, Progress,
+    collect_images, fit_config, load_backbone, peak_memory_mb, CliError, CliResult,
 };
+use crate::outputs::{check_not_input, check_output_file};
+use crate::progress::Progress;
 
 pub fn run(a: FitArgs) -> CliResult {
     let t_all = Instant::now();

@@ -15,7 +15,9 @@ mod embed;
 mod eval;
 mod fit;
 mod names;
+mod outputs;
 mod predict;
+mod progress;
 mod update;
 mod weights;
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::common::{check_outputs, collect_images, json_string, CliError, CliResult};
+use crate::common::{collect_images, json_string, CliError, CliResult};
+use crate::outputs::check_outputs;
 
 /// One image to process and the command-line input it came from.
 pub struct Input {

@@ -4,10 +4,9 @@ use patchcore::inspect::{DefectRegion, InspectOptions, Inspection, RenderOptions
 use patchcore::preprocess::ImageLimits;
 
 use crate::args::PredictArgs;
-use crate::common::{
-    check_not_input, create_dir, json_f32, json_string, load_model, out_line, CliError, CliResult,
-};
+use crate::common::{json_f32, json_string, load_model, out_line, CliError, CliResult};
 use crate::names::{collect_inputs, escape_name, heatmap_paths, json_path};
+use crate::outputs::{check_not_input, create_dir};
 
 pub fn run(a: PredictArgs) -> CliResult {
     let mut model = load_model(&a.model, a.weights.as_deref())?;

@@ -7,9 +7,9 @@ use patchcore::model::{PredictOptions, SaveOptions, UpdateProgress};
 use patchcore::preprocess::ImageLimits;
 
 use crate::args::UpdateArgs;
-use crate::common::{
-    check_not_input, check_output_file, collect_images, load_model, CliError, CliResult, Progress,
-};
+use crate::common::{collect_images, load_model, CliError, CliResult};
+use crate::outputs::{check_not_input, check_output_file};
+use crate::progress::Progress;
 
 pub fn run(a: UpdateArgs) -> CliResult {
     let t_all = Instant::now();

@@ -3,7 +3,8 @@
 use patchcore::backbone::Backbone;
 
 use crate::args::WeightsArgs;
-use crate::common::{check_output_file, CliResult};
+use crate::common::CliResult;
+use crate::outputs::check_output_file;
 
 pub fn run(a: WeightsArgs) -> CliResult {
     check_output_file(&a.out, a.force)?;
