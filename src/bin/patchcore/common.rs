@@ -1,5 +1,6 @@
 //! Pieces shared by the subcommands: the error type and exit codes, configuration building,
-//! output-file checks, progress lines, heat-map pictures and JSON formatting.
+//! input files, model and backbone loading, and JSON formatting (output files are in
+//! `outputs`, progress lines in `progress`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
