@@ -109,7 +109,8 @@ PATCHCORE_TEST_RUNNER="qemu-aarch64 -L $SYSROOT" PATCHCORE_EXPECT_SIMD=neon \
 echo "aarch64 qemu tests took $((SECONDS - t0)) s"
 
 # The host build with the x86-64 CPU model `qemu64` (SSE2 only): both GEMM crates detect no
-# AVX/FMA and run their portable kernels; simd_dispatch fails if they could see SIMD.
+# AVX/FMA and run their portable kernels; simd_dispatch fails if they could see SIMD. Built
+# with the test step's features, so that its artifacts are reused (no rebuild).
 # Skipped here: the three large greedy-vs-plain coreset comparisons (about 4 of the step's
 # 5 minutes under emulation). They run natively in the test step, and the portable coreset
 # kernels they would reach here are checked bit for bit against the dispatched ones natively
@@ -120,7 +121,7 @@ step "x86-64 without AVX/FMA under qemu (portable GEMM kernels)"
 t0=$SECONDS
 PATCHCORE_EXPECT_SIMD=none \
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
-  cargo test --lib --test simd_dispatch --test kernels_gemm --test kernels_conv \
+  cargo test --features cli --lib --test simd_dispatch --test kernels_gemm --test kernels_conv \
   --test kernels_pool --test knn_bruteforce --test knn_screening --test backbone_parity --test embedding_parity \
   --test kernels_int8 --test backbone_int8 --test kernels_bf16 --test backbone_bf16 \
   -- "${coreset_skips[@]}"
