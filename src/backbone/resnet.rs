@@ -410,7 +410,7 @@ struct Scratch<'a> {
 
 /// The largest value of `x` (0 for an empty or all-negative slice).
 fn max_of(x: &[f32]) -> f32 {
-    x.iter().fold(0.0f32, |m, &v| m.max(v))
+    crate::kernels::int8::max_or_zero(x)
 }
 
 impl Block {

@@ -30,7 +30,7 @@ use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
-    gemm_quantizing_map, gemm_u8i8_map, quantize_u8, Int8Isa, PackedWeights, MAX_DEPTH,
+    gemm_quantizing_map, gemm_u8i8_map, max_or_zero, quantize_u8, Int8Isa, PackedWeights, MAX_DEPTH,
 };
 
 /// A convolution with int8 weights and u8 inputs (see the module documentation for the
@@ -198,11 +198,13 @@ impl QuantizedConv {
         let rayon = par == Parallelism::Rayon;
 
         // The range: the calibrated maximum, widened to this input's maximum.
-        let top = |x: &[f32]| x.iter().fold(0.0f32, |m, &v| m.max(v));
         let seen = if rayon && input.len() >= PAR_ELEMS {
-            input.par_chunks(4096).map(top).reduce(|| 0.0, f32::max)
+            input
+                .par_chunks(1 << 14)
+                .map(max_or_zero)
+                .reduce(|| 0.0, f32::max)
         } else {
-            top(input)
+            max_or_zero(input)
         };
         let range = self.input_max.max(seen);
         let inv = if range > 0.0 { 255.0 / range } else { 0.0 };
