@@ -30,7 +30,8 @@ use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
-    gemm_quantizing_map, gemm_u8i8_map, max_or_zero, quantize_u8, Int8Isa, PackedWeights, MAX_DEPTH,
+    gemm_quantizing_widened, gemm_u8i8_map, quantize_max, scale_for, Int8Isa, PackedWeights,
+    MAX_DEPTH,
 };
 
 /// A convolution with int8 weights and u8 inputs (see the module documentation for the
@@ -196,79 +197,51 @@ impl QuantizedConv {
             assert_eq!(r.len(), out.len(), "QuantizedConv: residual length");
         }
         let rayon = par == Parallelism::Rayon;
+        let (w_step, bias) = (&self.w_step[..], &self.bias[..]);
+        let epilogue_for =
+            |dequant, range| epilogue(dequant, w_step, range, bias, residual, relu, p);
 
-        // The range: the calibrated maximum, widened to this input's maximum.
-        let seen = if rayon && input.len() >= PAR_ELEMS {
-            input
-                .par_chunks(1 << 14)
-                .map(max_or_zero)
-                .reduce(|| 0.0, f32::max)
-        } else {
-            max_or_zero(input)
-        };
-        let range = self.input_max.max(seen);
-        let inv = if range > 0.0 { 255.0 / range } else { 0.0 };
-        let x_step = range / 255.0;
-        scratch.dequant.clear();
-        scratch
-            .dequant
-            .extend(self.w_step.iter().map(|&s| x_step * s));
-
-        // Exact products, dequantised + bias (+ residual) (+ ReLU) as each tile of sums is
-        // finished, while it is in cache.
-        let dequant = &scratch.dequant;
-        let bias = &self.bias;
-        let epilogue = |c: usize, j0: usize, sums: &[i32], o: &mut [f32]| {
-            let (s, b) = (dequant[c], bias[c]);
-            match residual {
-                Some(r) => {
-                    let r = &r[c * p + j0..][..o.len()];
-                    for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
-                        let v = a as f32 * s + b + r;
-                        *o = if relu { v.max(0.0) } else { v };
-                    }
-                }
-                None => {
-                    for (o, &a) in o.iter_mut().zip(sums) {
-                        let v = a as f32 * s + b;
-                        *o = if relu { v.max(0.0) } else { v };
-                    }
-                }
-            }
-        };
+        // The range is the calibrated maximum, widened to this input's maximum: the input is
+        // quantised with the calibrated range while its maximum is found, and again only when
+        // the maximum is larger.
+        let limit = self.input_max;
 
         // A plain 1×1 convolution's input is its matrix of activations: quantised while it is
         // packed, without a byte copy.
         let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
         if direct {
-            gemm_quantizing_map(
+            let dequant = &mut scratch.dequant;
+            gemm_quantizing_widened(
                 &self.weights,
                 input,
-                inv,
+                limit,
                 p,
                 out,
                 &mut scratch.pack,
                 par,
                 isa,
-                epilogue,
+                |range| epilogue_for(dequant, range),
             );
             return;
         }
 
         // Otherwise quantise the input, then its u8 im2col matrix.
         grow(&mut scratch.x, input.len());
-        let quant = |dst: &mut [u8], src: &[f32]| {
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = quantize_u8(v, inv);
+        let xq = &mut scratch.x[..input.len()];
+        let quant = |xq: &mut [u8], scale: f32| -> f32 {
+            if rayon && input.len() >= PAR_ELEMS {
+                xq.par_chunks_mut(1 << 14)
+                    .zip(input.par_chunks(1 << 14))
+                    .map(|(d, s)| quantize_max(s, scale, d))
+                    .reduce(|| 0.0, f32::max)
+            } else {
+                quantize_max(input, scale, xq)
             }
         };
-        let xq = &mut scratch.x[..input.len()];
-        if rayon && input.len() >= PAR_ELEMS {
-            xq.par_chunks_mut(4096)
-                .zip(input.par_chunks(4096))
-                .for_each(|(d, s)| quant(d, s));
-        } else {
-            quant(xq, input);
+        let seen = quant(xq, scale_for(limit));
+        let range = limit.max(seen);
+        if seen > limit {
+            quant(xq, scale_for(range));
         }
         grow(&mut scratch.cols, k * p);
         self.window().im2col(
@@ -286,8 +259,44 @@ impl QuantizedConv {
             &mut scratch.pack,
             par,
             isa,
-            epilogue,
+            epilogue_for(&mut scratch.dequant, range),
         );
+    }
+}
+
+/// The epilogue of a call whose input range is `range` (see the module documentation): the
+/// exact sums dequantised (`dequant[c] = s_x·s_w[c]`, written here), plus bias (and residual),
+/// then ReLU if asked, as each tile of sums is finished, while it is in cache.
+fn epilogue<'a>(
+    dequant: &'a mut Vec<f32>,
+    w_step: &[f32],
+    range: f32,
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+    relu: bool,
+    p: usize,
+) -> impl Fn(usize, usize, &[i32], &mut [f32]) + Sync + 'a {
+    let x_step = range / 255.0;
+    dequant.clear();
+    dequant.extend(w_step.iter().map(|&s| x_step * s));
+    let dequant: &'a [f32] = dequant;
+    move |c, j0, sums, o| {
+        let (s, b) = (dequant[c], bias[c]);
+        match residual {
+            Some(r) => {
+                let r = &r[c * p + j0..][..o.len()];
+                for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
+                    let v = a as f32 * s + b + r;
+                    *o = if relu { v.max(0.0) } else { v };
+                }
+            }
+            None => {
+                for (o, &a) in o.iter_mut().zip(sums) {
+                    let v = a as f32 * s + b;
+                    *o = if relu { v.max(0.0) } else { v };
+                }
+            }
+        }
     }
 }
 

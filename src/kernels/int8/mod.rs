@@ -37,7 +37,7 @@ use crate::kernels::amx;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::wide::Wide;
 
-use pack::{pack_b, pack_into};
+use pack::pack_b;
 
 /// Rows of a weight panel (and of the micro-kernel's tile).
 pub const MR: usize = 8;
@@ -307,7 +307,12 @@ pub fn gemm_u8i8_map<T, F>(
     T: Send,
     F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
 {
-    gemm_impl(w, b, |v| v, n, out, scratch, par, isa, map)
+    let k = w.k;
+    assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
+    gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
+        pack_b(wide, b, |v| v, |_| 0.0, k, k4, n, nr, buf, par);
+        map
+    })
 }
 
 /// [`gemm_u8i8_map`] with `f32` activations quantised while they are packed: the byte of
@@ -331,17 +336,94 @@ pub fn gemm_quantizing_map<T, F>(
     T: Send,
     F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
 {
-    gemm_impl(
-        w,
-        x,
-        |v| quantize_u8(v, scale),
-        n,
-        out,
-        scratch,
-        par,
-        isa,
-        map,
-    )
+    let k = w.k;
+    assert_eq!(x.len(), k * n, "gemm_u8i8: b must be k × n");
+    gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
+        pack_b(
+            wide,
+            x,
+            |v| quantize_u8(v, scale),
+            |_| 0.0,
+            k,
+            k4,
+            n,
+            nr,
+            buf,
+            par,
+        );
+        map
+    })
+}
+
+/// The scale [`quantize_u8`] uses for inputs in `[0, range]`: `255 / range`, 0 for a range
+/// of 0.
+pub(crate) fn scale_for(range: f32) -> f32 {
+    if range > 0.0 {
+        255.0 / range
+    } else {
+        0.0
+    }
+}
+
+/// [`gemm_quantizing_map`] for activations whose range is `max(limit, max_or_zero(x))`: the
+/// calibrated limit, widened to the input's own maximum when that is larger. The input is
+/// quantised with the scale of `limit` while its maximum is found in the same pass, and
+/// quantised again only when the maximum exceeds `limit`; `map_for(range)` then gives the
+/// epilogue. The result is that of [`gemm_quantizing_map`] with
+/// `scale = scale_for(range)` and `map_for(range)`, bit for bit, without a separate pass over
+/// `x` for its maximum.
+///
+/// # Panics
+/// If `x.len() != k·n` or `out.len() != m·n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_quantizing_widened<T, F>(
+    w: &PackedWeights,
+    x: &[f32],
+    limit: f32,
+    n: usize,
+    out: &mut [T],
+    scratch: &mut Vec<u32>,
+    par: Parallelism,
+    isa: Int8Isa,
+    map_for: impl FnOnce(f32) -> F,
+) where
+    T: Send,
+    F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
+{
+    let k = w.k;
+    assert_eq!(x.len(), k * n, "gemm_u8i8: b must be k × n");
+    gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
+        let scale = scale_for(limit);
+        let seen = pack_b(
+            wide,
+            x,
+            |v| quantize_u8(v, scale),
+            |v| v,
+            k,
+            k4,
+            n,
+            nr,
+            buf,
+            par,
+        );
+        let range = limit.max(seen);
+        if seen > limit {
+            let scale = scale_for(range);
+            pack_b(
+                wide,
+                x,
+                |v| quantize_u8(v, scale),
+                |_| 0.0,
+                k,
+                k4,
+                n,
+                nr,
+                buf,
+                par,
+            );
+        }
+        map_for(range)
+    })
 }
 
 /// `clamp(round(x·scale), 0, 255)` with ties to even (NaN gives 0): the activation
@@ -372,38 +454,60 @@ pub(crate) fn max_or_zero(x: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// The body of [`gemm_u8i8_map`] and [`gemm_quantizing_map`].
+/// Quantises `x` into `out` (`out[i] = quantize_u8(x[i], scale)`) and returns
+/// [`max_or_zero`]`(x)`, in one pass (the lanes of [`max_or_zero`]). The slices must have the
+/// same length.
+pub(crate) fn quantize_max(x: &[f32], scale: f32, out: &mut [u8]) -> f32 {
+    const L: usize = 16;
+    assert_eq!(x.len(), out.len(), "quantize_max: lengths differ");
+    let mut acc = [0.0f32; L];
+    let mut xs = x.chunks_exact(L);
+    let mut os = out.chunks_exact_mut(L);
+    for (xc, oc) in (&mut xs).zip(&mut os) {
+        for l in 0..L {
+            oc[l] = quantize_u8(xc[l], scale);
+            acc[l] = acc[l].max(xc[l]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (o, &v) in os.into_remainder().iter_mut().zip(xs.remainder()) {
+        *o = quantize_u8(v, scale);
+        tail = tail.max(v);
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// The body of [`gemm_u8i8_map`], [`gemm_quantizing_map`] and [`gemm_quantizing_widened`]:
+/// `pack(wide, buf, k4, nr)` packs the activations into `buf` (`n.div_ceil(nr)` panels of
+/// `k4·nr` words, see [`pack_b`]) and returns the epilogue.
 #[allow(clippy::too_many_arguments)]
-fn gemm_impl<S, T, F>(
+fn gemm_impl<T, F>(
     w: &PackedWeights,
-    b: &[S],
-    byte: impl Fn(S) -> u8 + Sync,
     n: usize,
     out: &mut [T],
     scratch: &mut Vec<u32>,
     par: Parallelism,
     isa: Int8Isa,
-    map: F,
+    pack: impl FnOnce(Wide, &mut [u32], usize, usize) -> F,
 ) where
-    S: Copy + Sync,
     T: Send,
     F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
 {
     let (m, k) = (w.m, w.k);
-    assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
     assert_eq!(out.len(), m * n, "gemm_u8i8: c must be m × n");
     if m == 0 || n == 0 {
         return;
     }
+    // The packing loop with AVX-512 for the x86 kernels that need it anyway.
+    let wide = Wide::detect(matches!(isa, Int8Isa::Amx | Int8Isa::Avx512Vnni));
     if k == 0 {
+        let map = pack(wide, &mut [], 0, NR);
         let zeros = vec![0i32; n];
         for (r, o) in out.chunks_exact_mut(n).enumerate() {
             map(r, 0, &zeros, o);
         }
         return;
     }
-    // The packing loop with AVX-512 for the x86 kernels that need it anyway.
-    let wide = Wide::detect(matches!(isa, Int8Isa::Amx | Int8Isa::Avx512Vnni));
     let work = m.saturating_mul(n).saturating_mul(k);
     let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
     if isa == Int8Isa::Amx {
@@ -415,7 +519,7 @@ fn gemm_impl<S, T, F>(
                 scratch.resize(words, 0);
             }
             let used = n.div_ceil(16) * k4 * 16;
-            pack_b(wide, b, &byte, k, k4, n, 16, &mut scratch[..used], par);
+            let map = pack(wide, &mut scratch[..used], k4, 16);
             scratch[used..words].fill(0);
             let packed: &[u32] = &scratch[..words];
             amx::product(kernel, aw, packed, n, out, parallel, &map);
@@ -423,7 +527,12 @@ fn gemm_impl<S, T, F>(
         }
     }
     let k4 = k.div_ceil(4);
-    let packed = pack_into(wide, scratch, b, &byte, k, k4, n, NR, par);
+    let words = n.div_ceil(NR) * k4 * NR;
+    if scratch.len() < words {
+        scratch.resize(words, 0);
+    }
+    let map = pack(wide, &mut scratch[..words], k4, NR);
+    let packed: &[u32] = &scratch[..words];
     let kernel = TileKernel::new(isa);
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.
@@ -513,6 +622,93 @@ fn for_row_blocks<T: Send>(
 mod tests {
     use super::*;
 
+    /// One pass of `quantize_max` = `quantize_u8` on every value + `max_or_zero`.
+    #[test]
+    fn quantize_max_is_quantize_then_max() {
+        for n in [0usize, 1, 15, 16, 17, 40, 333] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| match i % 9 {
+                    0 => f32::NAN,
+                    1 => -2.0,
+                    _ => (i * 37 % 101) as f32 * 0.173,
+                })
+                .collect();
+            for scale in [0.0f32, 1.0, 2.7] {
+                let mut got = vec![7u8; n];
+                let top = quantize_max(&x, scale, &mut got);
+                let want: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale)).collect();
+                assert_eq!(got, want, "n {n} scale {scale}");
+                assert_eq!(top, max_or_zero(&x), "n {n}");
+            }
+        }
+    }
+
+    /// The widened product equals the plain quantising product with the scale of
+    /// `max(limit, max_or_zero(x))` and the epilogue of that range, bit for bit, on every isa
+    /// this CPU runs, for limits below and above the input's maximum (one pass or two).
+    #[test]
+    fn widened_range_is_the_plain_product_at_the_widened_scale() {
+        let (m, k, n) = (MR + 5, 37, NR + 19);
+        let a: Vec<i8> = (0..m * k)
+            .map(|i| ((i * 53 % 255) as i32 - 127) as i8)
+            .collect();
+        let w = PackedWeights::new(&a, m, k);
+        let x: Vec<f32> = (0..k * n)
+            .map(|i| {
+                if i % 13 == 0 {
+                    -1.0
+                } else {
+                    (i * 29 % 97) as f32 * 0.05
+                }
+            })
+            .collect();
+        let top = max_or_zero(&x);
+        for isa in Int8Isa::all_available() {
+            for limit in [0.0f32, top * 0.5, top, top * 1.5] {
+                let range = limit.max(top);
+                let map_for = |range: f32| {
+                    move |r: usize, c0: usize, sums: &[i32], o: &mut [f32]| {
+                        for (j, (o, &v)) in o.iter_mut().zip(sums).enumerate() {
+                            *o = v as f32 * range + (r * 1000 + c0 + j) as f32;
+                        }
+                    }
+                };
+                let mut want = vec![0.0f32; m * n];
+                let mut scratch = Vec::new();
+                gemm_quantizing_map(
+                    &w,
+                    &x,
+                    scale_for(range),
+                    n,
+                    &mut want,
+                    &mut scratch,
+                    Parallelism::Sequential,
+                    isa,
+                    map_for(range),
+                );
+                let mut got = vec![f32::NAN; m * n];
+                let mut seen = None;
+                gemm_quantizing_widened(
+                    &w,
+                    &x,
+                    limit,
+                    n,
+                    &mut got,
+                    &mut scratch,
+                    Parallelism::Rayon,
+                    isa,
+                    |r| {
+                        seen = Some(r);
+                        map_for(r)
+                    },
+                );
+                assert_eq!(seen, Some(range), "{isa:?} limit {limit}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{isa:?} limit {limit}");
+            }
+        }
+    }
+
     /// The lanes give the sequential `f32::max` fold from 0, NaN, −0, negative values and
     /// every tail length included.
     #[test]
@@ -581,10 +777,11 @@ mod tests {
         let (k, n) = (5, NR + 2);
         let b: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
         let mut out = vec![0u32; 2 * 2 * NR];
-        pack_b(
+        let top = pack_b(
             Wide::Baseline,
             &b,
             |v| v,
+            f32::from,
             k,
             2,
             n,
@@ -592,6 +789,7 @@ mod tests {
             &mut out,
             Parallelism::Sequential,
         );
+        assert_eq!(top, f32::from(*b.iter().max().unwrap()));
         for kk in 0..8 {
             for col in 0..2 * NR {
                 let word = out[(col / NR) * 2 * NR + (kk / 4) * NR + col % NR];
