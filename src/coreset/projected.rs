@@ -17,8 +17,8 @@ pub fn projects(cfg: &CoresetConfig, d: usize) -> bool {
 /// The coreset of a bank of `n` rows from its projection alone (the memory-budgeted fit keeps
 /// nothing else): `z` is the bank as the greedy samplers see it — the output of [`project`]
 /// when [`projects`] holds, else the bank itself — and may be `None` for [`Sampler::Random`]
-/// and [`Sampler::None`], which need only `n`. `k` is [`coreset_size`]. Gives exactly the
-/// selection [`select_with_radius`] gives on the bank. `z` must be finite.
+/// and [`Sampler::None`], which need only `n`. `k` is [`coreset_size`](super::coreset_size). Gives exactly the
+/// selection [`select_with_radius`](super::select_with_radius) gives on the bank. `z` must be finite.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when a greedy sampler gets no `z` or one of other than `n` rows.

@@ -4,8 +4,8 @@
 //! The public ones are public for benchmarks and advanced users; the rest of the crate goes
 //! through them for every matrix product. Every kernel with instructions beyond the build
 //! target's baseline has its portable version beside it (tested against it, and what other
-//! CPUs run), one file per instruction set, and a token from [`cpu`] that proves the CPU runs
-//! it.
+//! CPUs run), one file per instruction set, and a token, made from what `cpu.rs` detected,
+//! that proves the CPU runs it.
 
 mod amx;
 pub mod bf16;
