@@ -359,8 +359,8 @@ pub fn distance(x: &[f32], y: &[f32]) -> f32 {
     distance::sq_dist(x, y).sqrt()
 }
 
-/// For every row of `rows` (row-major, `d` values each), [`distance`](distance()) to the nearest row of
-/// `centres` (also `d` values each); `+∞` when there are no centres.
+/// For every row of `rows` (row-major, `d` values each), [`distance`](distance()) to the
+/// nearest row of `centres` (also `d` values each); `+∞` when there are no centres.
 pub fn nearest_distances(rows: &[f32], centres: &[f32], d: usize) -> Vec<f32> {
     if d == 0 {
         return Vec::new();
