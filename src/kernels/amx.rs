@@ -26,6 +26,25 @@
 //! that request the first tile instruction would kill the process, which is why nothing here
 //! runs before the request succeeded.
 
+use super::wide::Wide;
+
+/// What a product does with each finished segment of sums: `emit(row, col0, sums, out)` with
+/// the sums of output row `row` for columns `col0 .. col0 + sums.len()` and the same segment of
+/// the output. Closures are epilogues; a type whose `emit` is `#[inline(always)]` is compiled
+/// into the AVX-512 copy of the product's loop, where a closure shared by several products
+/// stays a call to its baseline (128-bit) code.
+pub(crate) trait Emit<S, T>: Sync {
+    /// Handles one segment.
+    fn emit(&self, row: usize, col0: usize, sums: &[S], out: &mut [T]);
+}
+
+impl<S, T, F: Fn(usize, usize, &[S], &mut [T]) + Sync> Emit<S, T> for F {
+    #[inline(always)]
+    fn emit(&self, row: usize, col0: usize, sums: &[S], out: &mut [T]) {
+        self(row, col0, sums, out)
+    }
+}
+
 /// Columns of a pair of activation panels: two tiles of 16.
 pub(crate) const COLS: usize = 32;
 /// Rows of a task's block: two tiles of 16.
@@ -256,7 +275,7 @@ const GROUP: usize = 8;
 
 /// Row blocks `blocks` (of 32 rows each) of `w` times every column of the packed
 /// activations `packed` (pairs of 16-column panels of `16·chunks` words each): calls
-/// `emit(block, col0, &sums)` once per row block and pair with the 32 × 32 sums
+/// `emit.block(block, col0, &sums)` once per row block and pair with the 32 × 32 sums
 /// `sums[r][j] = Σ_k a[32·block + r][k] · b[k][col0 + j]` computed by `op`.
 ///
 /// Order: panels in groups of [`GROUP`] pairs, outermost, so that a group's activations stay
@@ -266,13 +285,17 @@ const GROUP: usize = 8;
 /// k-block stay in the level-1 cache while they meet the group. Every sum is accumulated chunk
 /// after chunk in increasing `k` (stored and reloaded between k-blocks, which changes no bit),
 /// so the result depends neither on the blocking nor on which thread computes which blocks.
+///
+/// Always inlined, so that `emit` is compiled with the features of the caller (the AVX-512
+/// copy of [`product`]'s task).
+#[inline(always)]
 pub(crate) fn blocks<O: AmxOp, P: Copy>(
     op: O,
     w: &AmxWeights,
     blocks: std::ops::Range<usize>,
     packed: &[P],
     sums: &mut SumsBuf<O::Sum>,
-    mut emit: impl FnMut(usize, usize, &[[O::Sum; COLS]; ROWS]),
+    emit: &mut impl BlockSink<O::Sum>,
 ) {
     let chunks = w.chunks;
     // `packed` holds 32-bit words as `P` values (`u32`, or pairs of `u16`).
@@ -312,7 +335,7 @@ pub(crate) fn blocks<O: AmxOp, P: Copy>(
                 }
             }
             for (i, s) in sums.iter().enumerate().take(group) {
-                emit(block, (g0 + i) * COLS, &s.0);
+                emit.block(block, (g0 + i) * COLS, &s.0);
             }
         }
     }
@@ -333,7 +356,7 @@ pub(crate) fn product<O: AmxOp, P: Copy + Sync, T: Send>(
     n: usize,
     out: &mut [T],
     parallel: bool,
-    emit: impl Fn(usize, usize, &[O::Sum], &mut [T]) + Sync,
+    emit: &impl Emit<O::Sum, T>,
 ) {
     let row_blocks = (out.len() / n).div_ceil(ROWS);
     // Each task streams the activations once: few tasks, but enough to balance the threads.
@@ -342,22 +365,22 @@ pub(crate) fn product<O: AmxOp, P: Copy + Sync, T: Send>(
     } else {
         row_blocks
     };
-    let task = |sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T]| {
-        let first = t * task_blocks;
-        let rows = o.len() / n;
-        let range = first..first + rows.div_ceil(ROWS);
-        blocks(op, w, range, packed, sums, |blk, c0, sums| {
-            let cols = COLS.min(n - c0);
-            let r0 = (blk - first) * ROWS;
-            for (r, s) in sums.iter().enumerate().take(rows - r0) {
-                emit(
-                    blk * ROWS + r,
-                    c0,
-                    &s[..cols],
-                    &mut o[(r0 + r) * n + c0..][..cols],
-                );
-            }
-        });
+    // The epilogues are plain loops: compiled with AVX-512 where the CPU has it (every CPU
+    // with AMX so far), they run 4× wider than the baseline's 128 bits.
+    let wide = Wide::detect(true);
+    let job = Task {
+        op,
+        w,
+        packed,
+        n,
+        task_blocks,
+        emit,
+    };
+    let task = |sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T]| match wide {
+        Wide::Baseline => job.run(sums, t, o),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+        Wide::Avx512(_) => unsafe { job.run_avx512(sums, t, o) },
     };
     let task_len = task_blocks * ROWS * n;
     if parallel {
@@ -367,6 +390,85 @@ pub(crate) fn product<O: AmxOp, P: Copy + Sync, T: Send>(
             .for_each_init(SumsBuf::new, |sums, (i, o)| task(sums, i, o));
     } else {
         task(&mut SumsBuf::new(), 0, out);
+    }
+}
+
+/// Where [`blocks`] hands each finished 32 × 32 block of sums (a trait with an
+/// `#[inline(always)]` method rather than a closure, so that it inlines into the AVX-512 copy
+/// of the loop).
+pub(crate) trait BlockSink<S> {
+    /// The sums of row block `block` for the columns `col0 ..`.
+    fn block(&mut self, block: usize, col0: usize, sums: &[[S; COLS]; ROWS]);
+}
+
+/// The rows `o` of a task of [`product`]: each block's rows go to `emit`, segment by segment.
+struct RowsOut<'a, E, T> {
+    emit: &'a E,
+    o: &'a mut [T],
+    n: usize,
+    first: usize,
+    rows: usize,
+}
+
+impl<S, T, E: Emit<S, T>> BlockSink<S> for RowsOut<'_, E, T> {
+    #[inline(always)]
+    fn block(&mut self, blk: usize, c0: usize, sums: &[[S; COLS]; ROWS]) {
+        let n = self.n;
+        let cols = COLS.min(n - c0);
+        let r0 = (blk - self.first) * ROWS;
+        for (r, s) in sums.iter().enumerate().take(self.rows - r0) {
+            self.emit.emit(
+                blk * ROWS + r,
+                c0,
+                &s[..cols],
+                &mut self.o[(r0 + r) * n + c0..][..cols],
+            );
+        }
+    }
+}
+
+/// One task of [`product`]: the row blocks of the output rows `o` (task `t`).
+struct Task<'a, O, P, E> {
+    op: O,
+    w: &'a AmxWeights,
+    packed: &'a [P],
+    n: usize,
+    task_blocks: usize,
+    emit: &'a E,
+}
+
+impl<O: AmxOp, P: Copy, E> Task<'_, O, P, E> {
+    /// The task's products and epilogues.
+    #[inline(always)]
+    fn run<T>(&self, sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T])
+    where
+        E: Emit<O::Sum, T>,
+    {
+        let first = t * self.task_blocks;
+        let rows = o.len() / self.n;
+        let range = first..first + rows.div_ceil(ROWS);
+        let mut sink = RowsOut {
+            emit: self.emit,
+            o,
+            n: self.n,
+            first,
+            rows,
+        };
+        blocks(self.op, self.w, range, self.packed, sums, &mut sink);
+    }
+
+    /// [`Task::run`] compiled with AVX-512 (epilogues with an `#[inline(always)]` `emit`
+    /// inline into it).
+    ///
+    /// # Safety
+    /// The CPU must run AVX512F and AVX512BW.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn run_avx512<T>(&self, sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T])
+    where
+        E: Emit<O::Sum, T>,
+    {
+        self.run(sums, t, o)
     }
 }
 

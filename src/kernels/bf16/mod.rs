@@ -495,10 +495,18 @@ fn gemm_amx<T: Bf16Input>(
         packed.chunks_mut(panel_len).enumerate().for_each(pack);
     }
     let packed = &scratch[..len];
-    amx::product(op, aw, packed, n, c, parallel, |row, c0, sums, o| {
-        o.copy_from_slice(sums);
-        map(row, c0, o);
-    });
+    amx::product(
+        op,
+        aw,
+        packed,
+        n,
+        c,
+        parallel,
+        &|row, c0, sums: &[f32], o: &mut [f32]| {
+            o.copy_from_slice(sums);
+            map(row, c0, o);
+        },
+    );
 }
 
 /// Computes the rows of `c` given in `c_rows` (whole tiles, starting with tile `tile0`, the

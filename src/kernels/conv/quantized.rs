@@ -28,9 +28,10 @@ use rayon::prelude::*;
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
+use crate::kernels::amx::Emit;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
-    gemm_quantizing_widened, gemm_u8i8_map, quantize_max, scale_for, Int8Isa, PackedWeights,
+    gemm_quantizing_widened, gemm_u8i8_emit, quantize_max, scale_for, Int8Isa, PackedWeights,
     MAX_DEPTH,
 };
 
@@ -251,7 +252,7 @@ impl QuantizedConv {
             &mut scratch.cols[..k * p],
             par,
         );
-        gemm_u8i8_map(
+        gemm_u8i8_emit(
             &self.weights,
             &scratch.cols[..k * p],
             p,
@@ -275,16 +276,36 @@ fn epilogue<'a>(
     residual: Option<&'a [f32]>,
     relu: bool,
     p: usize,
-) -> impl Fn(usize, usize, &[i32], &mut [f32]) + Sync + 'a {
+) -> Dequant<'a> {
     let x_step = range / 255.0;
     dequant.clear();
     dequant.extend(w_step.iter().map(|&s| x_step * s));
-    let dequant: &'a [f32] = dequant;
-    move |c, j0, sums, o| {
-        let (s, b) = (dequant[c], bias[c]);
-        match residual {
+    Dequant {
+        dequant,
+        bias,
+        residual,
+        relu,
+        p,
+    }
+}
+
+/// The epilogue of [`epilogue`]. A type rather than a closure so that its loop inlines into
+/// (and vectorises with) the AVX-512 copy of the AMX driver's loop.
+struct Dequant<'a> {
+    dequant: &'a [f32],
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+    relu: bool,
+    p: usize,
+}
+
+impl Emit<i32, f32> for Dequant<'_> {
+    #[inline(always)]
+    fn emit(&self, c: usize, j0: usize, sums: &[i32], o: &mut [f32]) {
+        let (s, b, relu) = (self.dequant[c], self.bias[c], self.relu);
+        match self.residual {
             Some(r) => {
-                let r = &r[c * p + j0..][..o.len()];
+                let r = &r[c * self.p + j0..][..o.len()];
                 for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
                     let v = a as f32 * s + b + r;
                     *o = if relu { v.max(0.0) } else { v };

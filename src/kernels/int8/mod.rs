@@ -307,6 +307,25 @@ pub fn gemm_u8i8_map<T, F>(
     T: Send,
     F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
 {
+    gemm_u8i8_emit(w, b, n, out, scratch, par, isa, map)
+}
+
+/// [`gemm_u8i8_map`] with any [`amx::Emit`] as the epilogue (a type whose `emit` is
+/// `#[inline(always)]` runs in the AVX-512 copy of the AMX loop).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_u8i8_emit<T, F>(
+    w: &PackedWeights,
+    b: &[u8],
+    n: usize,
+    out: &mut [T],
+    scratch: &mut Vec<u32>,
+    par: Parallelism,
+    isa: Int8Isa,
+    map: F,
+) where
+    T: Send,
+    F: amx::Emit<i32, T>,
+{
     let k = w.k;
     assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
     gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
@@ -388,7 +407,7 @@ pub(crate) fn gemm_quantizing_widened<T, F>(
     map_for: impl FnOnce(f32) -> F,
 ) where
     T: Send,
-    F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
+    F: amx::Emit<i32, T>,
 {
     let k = w.k;
     assert_eq!(x.len(), k * n, "gemm_u8i8: b must be k × n");
@@ -491,7 +510,7 @@ fn gemm_impl<T, F>(
     pack: impl FnOnce(Wide, &mut [u32], usize, usize) -> F,
 ) where
     T: Send,
-    F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
+    F: amx::Emit<i32, T>,
 {
     let (m, k) = (w.m, w.k);
     assert_eq!(out.len(), m * n, "gemm_u8i8: c must be m × n");
@@ -504,7 +523,7 @@ fn gemm_impl<T, F>(
         let map = pack(wide, &mut [], 0, NR);
         let zeros = vec![0i32; n];
         for (r, o) in out.chunks_exact_mut(n).enumerate() {
-            map(r, 0, &zeros, o);
+            map.emit(r, 0, &zeros, o);
         }
         return;
     }
@@ -545,7 +564,7 @@ fn gemm_impl<T, F>(
             let mut tile = [[0i32; NR]; MR];
             kernel.tile(w, p, a, bp, k4, &mut tile);
             for (r, t) in tile.iter().enumerate().take(rows) {
-                map(p * MR + r, c0, &t[..cols], &mut o[r * n + c0..][..cols]);
+                map.emit(p * MR + r, c0, &t[..cols], &mut o[r * n + c0..][..cols]);
             }
         }
     };
