@@ -28,6 +28,9 @@ mod avx_vnni;
 mod neon_dot;
 mod pack;
 mod portable;
+mod quantize;
+#[cfg(test)]
+mod tests;
 
 use std::sync::OnceLock;
 
@@ -38,6 +41,8 @@ use crate::kernels::gemm::Parallelism;
 use crate::kernels::wide::Wide;
 
 use pack::pack_b;
+pub use quantize::quantize_u8;
+pub(crate) use quantize::{max_or_zero, quantize_max, scale_for};
 
 /// Rows of a weight panel (and of the micro-kernel's tile).
 pub const MR: usize = 8;
@@ -374,16 +379,6 @@ pub fn gemm_quantizing_map<T, F>(
     })
 }
 
-/// The scale [`quantize_u8`] uses for inputs in `[0, range]`: `255 / range`, 0 for a range
-/// of 0.
-pub(crate) fn scale_for(range: f32) -> f32 {
-    if range > 0.0 {
-        255.0 / range
-    } else {
-        0.0
-    }
-}
-
 /// [`gemm_quantizing_map`] for activations whose range is `max(limit, max_or_zero(x))`: the
 /// calibrated limit, widened to the input's own maximum when that is larger. The input is
 /// quantised with the scale of `limit` while its maximum is found in the same pass, and
@@ -443,57 +438,6 @@ pub(crate) fn gemm_quantizing_widened<T, F>(
         }
         map_for(range)
     })
-}
-
-/// `clamp(round(x·scale), 0, 255)` with ties to even (NaN gives 0): the activation
-/// quantiser of the int8 convolution. Adding `1.5·2²³` leaves no fraction bits (the addition
-/// rounds to nearest even) and puts the integer in the low mantissa bits, so the byte is read
-/// off the bits: plain vector additions and masks, where `round_ties_even` is a library call
-/// per value on baseline x86-64 (no SSE4.1) and a saturating `as u8` is several instructions.
-#[inline(always)]
-pub fn quantize_u8(x: f32, scale: f32) -> u8 {
-    const SHIFT: f32 = 12_582_912.0;
-    (((x * scale).clamp(0.0, 255.0) + SHIFT).to_bits() & 0xFF) as u8
-}
-
-/// The largest value of `x`, at least 0 (`max(0, x_0, x_1, …)` with NaN ignored, as
-/// `f32::max` does): the range of a convolution input. Folded in 16 independent lanes, which
-/// the compiler vectorises (a single running `f32::max` is a scalar dependency chain: 7 % of
-/// an int8 pass). The maximum is exact, so the lanes give the value of the sequential fold.
-pub(crate) fn max_or_zero(x: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let mut chunks = x.chunks_exact(L);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.max(v);
-        }
-    }
-    let tail = chunks.remainder().iter().fold(0.0f32, |m, &v| m.max(v));
-    acc.iter().fold(tail, |m, &v| m.max(v))
-}
-
-/// Quantises `x` into `out` (`out[i] = quantize_u8(x[i], scale)`) and returns
-/// [`max_or_zero`]`(x)`, in one pass (the lanes of [`max_or_zero`]). The slices must have the
-/// same length.
-pub(crate) fn quantize_max(x: &[f32], scale: f32, out: &mut [u8]) -> f32 {
-    const L: usize = 16;
-    assert_eq!(x.len(), out.len(), "quantize_max: lengths differ");
-    let mut acc = [0.0f32; L];
-    let mut xs = x.chunks_exact(L);
-    let mut os = out.chunks_exact_mut(L);
-    for (xc, oc) in (&mut xs).zip(&mut os) {
-        for l in 0..L {
-            oc[l] = quantize_u8(xc[l], scale);
-            acc[l] = acc[l].max(xc[l]);
-        }
-    }
-    let mut tail = 0.0f32;
-    for (o, &v) in os.into_remainder().iter_mut().zip(xs.remainder()) {
-        *o = quantize_u8(v, scale);
-        tail = tail.max(v);
-    }
-    acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
 /// The body of [`gemm_u8i8_map`], [`gemm_quantizing_map`] and [`gemm_quantizing_widened`]:
@@ -633,193 +577,6 @@ fn for_row_blocks<T: Send>(
     } else {
         for (i, o) in out.chunks_mut(len).enumerate() {
             task(i, o);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One pass of `quantize_max` = `quantize_u8` on every value + `max_or_zero`.
-    #[test]
-    fn quantize_max_is_quantize_then_max() {
-        for n in [0usize, 1, 15, 16, 17, 40, 333] {
-            let x: Vec<f32> = (0..n)
-                .map(|i| match i % 9 {
-                    0 => f32::NAN,
-                    1 => -2.0,
-                    _ => (i * 37 % 101) as f32 * 0.173,
-                })
-                .collect();
-            for scale in [0.0f32, 1.0, 2.7] {
-                let mut got = vec![7u8; n];
-                let top = quantize_max(&x, scale, &mut got);
-                let want: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale)).collect();
-                assert_eq!(got, want, "n {n} scale {scale}");
-                assert_eq!(top, max_or_zero(&x), "n {n}");
-            }
-        }
-    }
-
-    /// The widened product equals the plain quantising product with the scale of
-    /// `max(limit, max_or_zero(x))` and the epilogue of that range, bit for bit, on every isa
-    /// this CPU runs, for limits below and above the input's maximum (one pass or two).
-    #[test]
-    fn widened_range_is_the_plain_product_at_the_widened_scale() {
-        let (m, k, n) = (MR + 5, 37, NR + 19);
-        let a: Vec<i8> = (0..m * k)
-            .map(|i| ((i * 53 % 255) as i32 - 127) as i8)
-            .collect();
-        let w = PackedWeights::new(&a, m, k);
-        let x: Vec<f32> = (0..k * n)
-            .map(|i| {
-                if i % 13 == 0 {
-                    -1.0
-                } else {
-                    (i * 29 % 97) as f32 * 0.05
-                }
-            })
-            .collect();
-        let top = max_or_zero(&x);
-        for isa in Int8Isa::all_available() {
-            for limit in [0.0f32, top * 0.5, top, top * 1.5] {
-                let range = limit.max(top);
-                let map_for = |range: f32| {
-                    move |r: usize, c0: usize, sums: &[i32], o: &mut [f32]| {
-                        for (j, (o, &v)) in o.iter_mut().zip(sums).enumerate() {
-                            *o = v as f32 * range + (r * 1000 + c0 + j) as f32;
-                        }
-                    }
-                };
-                let mut want = vec![0.0f32; m * n];
-                let mut scratch = Vec::new();
-                gemm_quantizing_map(
-                    &w,
-                    &x,
-                    scale_for(range),
-                    n,
-                    &mut want,
-                    &mut scratch,
-                    Parallelism::Sequential,
-                    isa,
-                    map_for(range),
-                );
-                let mut got = vec![f32::NAN; m * n];
-                let mut seen = None;
-                gemm_quantizing_widened(
-                    &w,
-                    &x,
-                    limit,
-                    n,
-                    &mut got,
-                    &mut scratch,
-                    Parallelism::Rayon,
-                    isa,
-                    |r| {
-                        seen = Some(r);
-                        map_for(r)
-                    },
-                );
-                assert_eq!(seen, Some(range), "{isa:?} limit {limit}");
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{isa:?} limit {limit}");
-            }
-        }
-    }
-
-    /// The lanes give the sequential `f32::max` fold from 0, NaN, −0, negative values and
-    /// every tail length included.
-    #[test]
-    fn max_or_zero_is_the_sequential_fold() {
-        let specials = [
-            f32::NAN,
-            -0.0,
-            -5.0,
-            0.0,
-            1e-40,
-            3.5,
-            f32::INFINITY,
-            -f32::INFINITY,
-        ];
-        for n in 0..70usize {
-            for seed in 0..12usize {
-                let x: Vec<f32> = (0..n)
-                    .map(|i| {
-                        let j = (i * 7 + seed * 13) % 23;
-                        if j < specials.len() && (i + seed) % 3 == 0 {
-                            specials[j]
-                        } else {
-                            (j as f32 - 11.0) * 0.37 + seed as f32
-                        }
-                    })
-                    .collect();
-                let want = x.iter().fold(0.0f32, |m, &v| m.max(v));
-                // (The sign of a zero result is not specified by `f32::max`.)
-                assert_eq!(max_or_zero(&x), want, "n {n} seed {seed}");
-            }
-        }
-        assert_eq!(max_or_zero(&[f32::NAN; 40]), 0.0);
-        assert_eq!(max_or_zero(&[-1.0; 33]), 0.0);
-    }
-
-    /// Packing places every value where the documented layout says.
-    #[test]
-    fn packing_follows_the_documented_layout() {
-        let (m, k) = (MR + 3, 7);
-        let a: Vec<i8> = (0..m * k).map(|i| (i as i32 - 40) as i8).collect();
-        let w = PackedWeights::new(&a, m, k);
-        let k4 = 2;
-        for row in 0..m {
-            for kk in 0..8 {
-                let word = w.panel(row / MR)[(kk / 4) * MR + row % MR];
-                let byte = word.to_le_bytes()[kk % 4] as i8;
-                let want = if kk < k { a[row * k + kk] } else { 0 };
-                assert_eq!(byte, want, "row {row} k {kk}");
-            }
-        }
-        assert_eq!(w.panels().len() * 4, 2 * k4 * MR * 4);
-        // The AMX layout: 16-row tiles of 64 bytes per row, zero-padded.
-        let aw = amx_weights(&a, m, k);
-        assert_eq!(aw.chunks(), 1);
-        for row in 0..32 {
-            for kk in 0..64 {
-                let want = if row < m && kk < k {
-                    a[row * k + kk]
-                } else {
-                    0
-                };
-                let got = aw.at(row, kk / 4).to_le_bytes()[kk % 4] as i8;
-                assert_eq!(got, want, "amx row {row} k {kk}");
-            }
-        }
-        let (k, n) = (5, NR + 2);
-        let b: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
-        let mut out = vec![0u32; 2 * 2 * NR];
-        let top = pack_b(
-            Wide::Baseline,
-            &b,
-            |v| v,
-            f32::from,
-            k,
-            2,
-            n,
-            NR,
-            &mut out,
-            Parallelism::Sequential,
-        );
-        assert_eq!(top, f32::from(*b.iter().max().unwrap()));
-        for kk in 0..8 {
-            for col in 0..2 * NR {
-                let word = out[(col / NR) * 2 * NR + (kk / 4) * NR + col % NR];
-                let byte = word.to_le_bytes()[kk % 4];
-                let want = if kk < k && col < n {
-                    b[kk * n + col]
-                } else {
-                    0
-                };
-                assert_eq!(byte, want, "k {kk} col {col}");
-            }
         }
     }
 }
