@@ -1,6 +1,13 @@
 //! The memory-budgeted fit: the plan and its estimate, the refusal under a tiny budget, and the
 //! spilled fit's bank against the in-memory fit's, bit for bit.
 
+// A crate of its own, not a module of the merged test crate `tests/all`:
+// `the_spill_plan_holds_less_and_the_budget_picks_it` plans fits whose estimates include this
+// process's resident size, read at each call, and needs it to move by less than a few MiB
+// between calls; in `tests/all` the other modules' tests run beside it in the same process.
+// The helpers are shared with `tests/all`, whose modules use the ones this file does not.
+#[allow(dead_code)]
+#[path = "all/model_common.rs"]
 mod model_common;
 
 use model_common::*;

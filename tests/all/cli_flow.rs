@@ -1,21 +1,28 @@
 //! End-to-end tests of the `patchcore` binary: fit → predict → eval → embed on a tiny synthetic
 //! data set with seeded random ResNet-18 weights, every result checked against the library API.
-#![cfg(feature = "cli")]
-
-mod cli_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 
-use cli_common::*;
+use crate::cli_common::*;
 use patchcore::backbone::{Backbone, ResNetSpec};
 use patchcore::dataset::Category;
 use patchcore::embedding::Aggregator;
 use patchcore::metrics::{self, AuproConfig};
 use patchcore::model::{BackboneSource, PatchCore, PredictOptions};
 use patchcore::preprocess::{self, ImageLimits};
+
+/// This module's fixture (in its own folder, see [`fixture_for`]).
+fn fixture() -> &'static Fixture {
+    fixture_for(module_path!())
+}
+
+/// A fresh empty folder for one test, under this module's fixture.
+fn scratch(name: &str) -> PathBuf {
+    fixture().scratch(name)
+}
 
 #[test]
 fn json_reader_reads_what_it_should() {

@@ -46,7 +46,7 @@ fn exact(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Checks every query against the naive f64 ranking (ties → lower index), with the tie
-/// handling of tests/knn_bruteforce.rs: indices are compared only where the true ranking is
+/// handling of tests/all/knn_bruteforce.rs: indices are compared only where the true ranking is
 /// separated by more than `tol` (relative), distances at every rank within `tol`. Every
 /// reported distance must also be the exact distance of the reported row rounded to f32
 /// (relative 1e-6: one f32 rounding of an f64 sum); with `tol = ∞` only that is checked.
@@ -113,7 +113,7 @@ proptest! {
         prop_assert_eq!(index.screening(), bf16_cpu());
         // The screened result is exact up to f32 rounding of the final distances; queries
         // that fall back (duplicates) use the f32 GEMM path, whose selection is exact up to
-        // its cancellation error (1e-4 relative, as in tests/knn_bruteforce.rs).
+        // its cancellation error (1e-4 relative, as in tests/all/knn_bruteforce.rs).
         // Without AVX512-BF16 (f32 path everywhere) the offset data (kind 2) is beyond the
         // GEMM identity's precision: only the reported distances are checked there.
         let tol = match (index.screening(), kind) {

@@ -1,12 +1,20 @@
 //! A new user's first hour with the binary: `demo` → `weights --random` → `fit` → `predict` →
 //! `eval` on a tiny synthetic set, heat-map names, escaped file names, degenerate thresholds.
 
-mod cli_common;
-
 use std::ffi::OsStr;
 use std::path::Path;
 
-use cli_common::*;
+use crate::cli_common::*;
+
+/// This module's fixture (in its own folder, see [`fixture_for`]).
+fn fixture() -> &'static Fixture {
+    fixture_for(module_path!())
+}
+
+/// A fresh empty folder for one test, under this module's fixture.
+fn scratch(name: &str) -> std::path::PathBuf {
+    fixture().scratch(name)
+}
 
 /// The printed `patchcore ...` commands of `demo`, as argument lists.
 fn printed_commands(out: &str) -> Vec<Vec<String>> {

@@ -1,9 +1,7 @@
 //! Same seed and inputs → bit-identical memory bank, scores and maps, whatever the number of
 //! rayon threads, and across save / load.
 
-mod model_common;
-
-use model_common::*;
+use crate::model_common::*;
 use patchcore::coreset::{CoresetSize, Sampler};
 use patchcore::model::{BackboneSource, PatchCore, PredictOptions, Prediction, SaveOptions};
 

@@ -1,12 +1,19 @@
 //! `patchcore fit --bank-f16` writes a model whose memory bank is the library's f32 bank
 //! rounded to f16 (rounded here independently), stored as F16.
-#![cfg(feature = "cli")]
 
-mod cli_common;
-
-use cli_common::*;
+use crate::cli_common::*;
 use patchcore::knn::BankPrecision;
 use patchcore::model::{BackboneSource, PatchCore};
+
+/// This module's fixture (in its own folder, see [`fixture_for`]).
+fn fixture() -> &'static Fixture {
+    fixture_for(module_path!())
+}
+
+/// A fresh empty folder for one test, under this module's fixture.
+fn scratch(name: &str) -> std::path::PathBuf {
+    fixture().scratch(name)
+}
 
 #[test]
 fn fit_bank_f16_stores_the_rounded_bank() {

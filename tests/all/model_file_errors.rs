@@ -1,11 +1,9 @@
 //! Model files that must be refused, each with a typed error and an actionable message
 //! (fuzzing of `load_bytes` is in `model_file_fuzz.rs`).
 
-mod model_common;
-
 use std::path::{Path, PathBuf};
 
-use model_common::*;
+use crate::model_common::*;
 use patchcore::backbone::{Backbone, Layer, Precision, ResNetSpec};
 use patchcore::coreset::{CoresetSize, Sampler};
 use patchcore::model::{BackboneSource, FitProgress, PatchCore, SaveOptions};

@@ -1,11 +1,9 @@
 //! `PatchCore::load_bytes` never panics, whatever the bytes: corrupted model files (with
 //! embedded weights) and arbitrary metadata values.
 
-mod model_common;
-
 use std::path::Path;
 
-use model_common::*;
+use crate::model_common::*;
 use patchcore::backbone::{Backbone, Layer};
 use patchcore::model::{BackboneSource, PatchCore, SaveOptions};
 use patchcore::Error;

@@ -2,9 +2,7 @@
 //! and maps; every configuration field preserved; the random-weights file is the random
 //! backbone.
 
-mod model_common;
-
-use model_common::*;
+use crate::model_common::*;
 use ndarray::Array2;
 use patchcore::anomaly_map::{MapConfig, Upsample};
 use patchcore::backbone::{Backbone, Calibration, Layer, Precision, ResNetSpec};

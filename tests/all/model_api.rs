@@ -1,9 +1,7 @@
 //! The model API: batch prediction against a naive nearest-neighbour reference, the meaning of
 //! `Prediction::max_patch`, parameter checking, fit progress events and fit refusals.
 
-mod model_common;
-
-use model_common::*;
+use crate::model_common::*;
 use ndarray::Array2;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::{CoresetSize, Sampler};

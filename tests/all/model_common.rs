@@ -1,9 +1,9 @@
 //! Shared helpers of the `model_*` integration tests: small synthetic data, a small
 //! configuration, temporary folders and bit-exact comparisons.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::{GrayImage, RgbImage};
 use ndarray::Array2;
@@ -64,8 +64,14 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p =
-            std::env::temp_dir().join(format!("patchcore-model-test-{}-{tag}", std::process::id()));
+        // The test modules share one process (one id): a number per folder keeps two modules
+        // that pick the same tag apart.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!(
+            "patchcore-model-test-{}-{n}-{tag}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)

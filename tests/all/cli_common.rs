@@ -1,12 +1,11 @@
 //! Shared by the `cli_*` tests: a tiny synthetic data set, seeded random ResNet-18 weights, a
 //! model fitted by the binary, and helpers to run the binary and read its output.
-#![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::coreset::CoresetSize;
@@ -45,11 +44,25 @@ pub struct Fixture {
     pub fit_stderr: String,
 }
 
-pub fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        // Under the target dir (removed by `cargo clean`), replaced on every run.
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(env!("CARGO_CRATE_NAME"));
+/// The fixture of the test module `module` (its `module_path!()`), made on first use. Each
+/// module has its own, in its own folder: the modules' tests run concurrently in one binary and
+/// some of them write next to the fixture's files.
+///
+/// Each module defines `fn fixture() -> &'static Fixture { fixture_for(module_path!()) }`.
+pub fn fixture_for(module: &'static str) -> &'static Fixture {
+    static FIXTURES: Mutex<BTreeMap<&str, &OnceLock<Fixture>>> = Mutex::new(BTreeMap::new());
+    // The map is locked only to find the module's cell, so that modules make their fixtures
+    // concurrently; the cell makes one module's fixture once.
+    let cell: &'static OnceLock<Fixture> = FIXTURES
+        .lock()
+        .unwrap()
+        .entry(module)
+        .or_insert_with(|| Box::leak(Box::new(OnceLock::new())));
+    cell.get_or_init(|| {
+        // Under the target dir (removed by `cargo clean`), replaced on every run; named after
+        // the module without the crate name (`cli_flow`: the name of the test crate it was).
+        let name = module.split_once("::").map_or(module, |(_, m)| m);
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name.replace("::", "-"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let spec = SyntheticSpec {
@@ -176,12 +189,14 @@ pub fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
     assert!(!err.contains("cannot be used multiple times"), "{err}");
 }
 
-/// A fresh empty folder for one test.
-pub fn scratch(name: &str) -> PathBuf {
-    let d = fixture().root.join("scratch").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+impl Fixture {
+    /// A fresh empty folder for one test, under this fixture's folder.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let d = self.root.join("scratch").join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 }
 
 pub fn listing(dir: &Path) -> Vec<String> {

@@ -2,9 +2,6 @@
 //! files, special files given as inputs are refused (never read forever), an interrupted run
 //! removes its temporary file and a later run sweeps stale ones, and messages speak of
 //! options, not library types.
-#![cfg(feature = "cli")]
-
-mod cli_common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -12,7 +9,17 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use cli_common::*;
+use crate::cli_common::*;
+
+/// This module's fixture (in its own folder, see [`fixture_for`]).
+fn fixture() -> &'static Fixture {
+    fixture_for(module_path!())
+}
+
+/// A fresh empty folder for one test, under this module's fixture.
+fn scratch(name: &str) -> PathBuf {
+    fixture().scratch(name)
+}
 
 /// `run` on a thread, failing the test after a generous timeout instead of hanging.
 fn run_bounded(args: Vec<String>) -> Output {

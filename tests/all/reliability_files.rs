@@ -4,14 +4,12 @@
 //! known, outputs never replace a special file or a (dangling) symbolic link, and memory is
 //! estimated before it is allocated (`Error::LimitExceeded`, not an abort).
 
-mod model_common;
-
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::model_common::*;
 use image::RgbImage;
-use model_common::*;
 use patchcore::backbone::{Backbone, Layer};
 use patchcore::model::{BackboneSource, PatchCore, PredictOptions, SaveOptions};
 use patchcore::preprocess::{load_mask, load_rgb, ImageLimits, Resize};

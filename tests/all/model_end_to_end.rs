@@ -1,10 +1,8 @@
 //! The whole flow on generated textures: fit on normal images, score normal and defective
 //! (scratch, spot) ones; image and pixel AUROC, and where the anomaly map peaks.
 
-mod model_common;
-
+use crate::model_common::*;
 use image::{GrayImage, RgbImage};
-use model_common::*;
 use ndarray::Array2;
 use patchcore::backbone::{Backbone, ResNetSpec};
 use patchcore::coreset::{CoresetConfig, CoresetSize};

@@ -3,9 +3,7 @@
 //! bit-identical, and the accuracy cost on synthetic defects is measured against the f32
 //! model (printed with `--nocapture`; bounded by assertions that can fail).
 
-mod model_common;
-
-use model_common::*;
+use crate::model_common::*;
 use patchcore::knn::BankPrecision;
 use patchcore::metrics::auroc;
 use patchcore::model::{BackboneSource, PatchCore, PredictOptions, Prediction, SaveOptions};

@@ -2,10 +2,8 @@
 //! image is learnt while the anomalies stay anomalous, the model file keeps the radius, the
 //! images seen and the history, and files without those keys still load.
 
-mod model_common;
-
+use crate::model_common::*;
 use image::{Rgb, RgbImage};
-use model_common::*;
 use patchcore::coreset::Sampler;
 use patchcore::model::{BackboneSource, PatchCore, PredictOptions, SaveOptions};
 use patchcore::Error;

@@ -1,11 +1,14 @@
 //! `patchcore fit --max-memory` and `patchcore update` through the binary.
 
-mod cli_common;
-
 use std::ffi::OsStr;
 
-use cli_common::*;
+use crate::cli_common::*;
 use patchcore::model::{BackboneSource, PatchCore};
+
+/// This module's fixture (in its own folder, see [`fixture_for`]).
+fn fixture() -> &'static Fixture {
+    fixture_for(module_path!())
+}
 
 fn err(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

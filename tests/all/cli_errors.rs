@@ -1,12 +1,19 @@
 //! Error paths of the `patchcore` binary: exit code 2 for usage errors and 1 for failures,
 //! stderr naming the file or option, no file created or changed, no panic.
-#![cfg(feature = "cli")]
 
-mod cli_common;
-
-use cli_common::*;
+use crate::cli_common::*;
 use patchcore::backbone::{Backbone, Layer, ResNetSpec};
 use patchcore::model::{BackboneSource, PatchCore};
+
+/// This module's fixture (in its own folder, see [`fixture_for`]).
+fn fixture() -> &'static Fixture {
+    fixture_for(module_path!())
+}
+
+/// A fresh empty folder for one test, under this module's fixture.
+fn scratch(name: &str) -> std::path::PathBuf {
+    fixture().scratch(name)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Errors: exit code 2 for usage errors, 1 for failures; stderr names the file or option; no
