@@ -84,15 +84,25 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT"
 #   minutes under qemu). The kernels they reach are the ones checked here directly
 #   (kernels_*, backbone and embedding parity, kNN including the f16 bank, coreset), and
 #   model_end_to_end and model_determinism still run the whole pipeline here.
-qemu_tests=()
-for f in tests/*.rs; do
-  name=$(basename "$f" .rs)
-  case "$name" in
+# The integration tests are the modules tests/all/<name>.rs of one test crate, `all` (left
+# out with `--skip <name>::`), and the crates of their own tests/<name>.rs (model_fit_budget).
+skipped_under_qemu() {
+  case "$1" in
     cli_* | model_cli_f16 | evaluate_synthetic) ;;
     model_api | model_fit_budget | model_update | model_roundtrip | model_f16_bank) ;;
     model_file_* | backbone_scratch_reuse | bad_inputs | reliability_files | fuzz_regressions) ;;
-    *) qemu_tests+=(--test "$name") ;;
+    *) return 1 ;;
   esac
+}
+qemu_tests=(--test all)
+qemu_skips=()
+for f in tests/all/*.rs; do
+  name=$(basename "$f" .rs)
+  if skipped_under_qemu "$name"; then qemu_skips+=(--skip "$name::"); fi
+done
+for f in tests/*.rs; do
+  name=$(basename "$f" .rs)
+  skipped_under_qemu "$name" || qemu_tests+=(--test "$name")
 done
 # The three large greedy-vs-plain coreset comparisons are skipped under emulation, for the
 # reasons given at the x86-64 step below.
@@ -105,7 +115,8 @@ cargo test --target "$TARGET" --features cli --lib --bins "${qemu_tests[@]}" --n
 step "aarch64: tests under qemu-aarch64 (NEON kernels)"
 t0=$SECONDS
 PATCHCORE_TEST_RUNNER="qemu-aarch64 -L $SYSROOT" PATCHCORE_EXPECT_SIMD=neon \
-  cargo test --target "$TARGET" --features cli --lib --bins "${qemu_tests[@]}" -- "${coreset_skips[@]}"
+  cargo test --target "$TARGET" --features cli --lib --bins "${qemu_tests[@]}" -- \
+  "${coreset_skips[@]}" "${qemu_skips[@]}"
 echo "aarch64 qemu tests took $((SECONDS - t0)) s"
 
 # The host build with the x86-64 CPU model `qemu64` (SSE2 only): both GEMM crates detect no
@@ -117,12 +128,14 @@ echo "aarch64 qemu tests took $((SECONDS - t0)) s"
 # (coreset::pass::tests::dispatched_kernels_equal_portable_bit_for_bit and
 # coreset::blocked::tests::block_kernels_follow_the_documented_order_bit_for_bit) and against the plain
 # greedy at small sizes in this step (tiny_and_degenerate_banks_match_plain).
+# The unit tests and the modules of tests/all named by filters (`name::` selects the module
+# `name`), in two runs because the filters would apply to the unit tests too.
 step "x86-64 without AVX/FMA under qemu (portable GEMM kernels)"
 t0=$SECONDS
-PATCHCORE_EXPECT_SIMD=none \
-  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
-  cargo test --features cli --lib --test simd_dispatch --test kernels_gemm --test kernels_conv \
-  --test kernels_pool --test knn_bruteforce --test knn_screening --test backbone_parity --test embedding_parity \
-  --test kernels_int8 --test backbone_int8 --test kernels_bf16 --test backbone_bf16 \
-  -- "${coreset_skips[@]}"
+no_simd=(env PATCHCORE_EXPECT_SIMD=none
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64")
+"${no_simd[@]}" cargo test --features cli --lib -- "${coreset_skips[@]}"
+"${no_simd[@]}" cargo test --features cli --test all -- simd_dispatch:: kernels_gemm:: \
+  kernels_conv:: kernels_pool:: knn_bruteforce:: knn_screening:: backbone_parity:: \
+  embedding_parity:: kernels_int8:: backbone_int8:: kernels_bf16:: backbone_bf16::
 echo "portable-kernel qemu tests took $((SECONDS - t0)) s"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the image fixtures of tests/bad_inputs.rs into tests/fixtures/bad_inputs/.
+"""Writes the image fixtures of tests/all/bad_inputs.rs into tests/fixtures/bad_inputs/.
 
 Deterministic (fixed pixel patterns, no randomness). Needs Pillow.
 

@@ -11,7 +11,7 @@ hide folding bugs), runs them in eval mode in float64 on f16-representable input
   <net>_out.safetensors        F32 reference taps "<size>.<layer>", e.g. "224.layer2"
                                (layer1 only for the f32 nets, and for bottleneck only at 224)
 
-Nets (the Rust ResNetSpec in tests/backbone_parity.rs mirrors these numbers):
+Nets (the Rust ResNetSpec in tests/all/backbone_parity.rs mirrors these numbers):
   basic       BasicBlock [2,2,2,2], stem 8, planes [8,16,32,32]; taps at 224 (batch 1) and
               225x193 (batch 2)
   bottleneck  Bottleneck [1,2,2,1], stem 8, planes [8,16,32,16], width_per_group 128 (the wide

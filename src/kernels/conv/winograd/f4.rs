@@ -12,7 +12,7 @@
 //! ```
 //!
 //! The larger constants make it less accurate than F(2×2) (still ~1e-6 relative on ResNet
-//! layers, see `tests/kernels_winograd.rs`), and its 36 filter matrices take 2.25× the memory
+//! layers, see `tests/all/kernels_winograd.rs`), and its 36 filter matrices take 2.25× the memory
 //! of F(2×2)'s 16, so it is used only for convolutions with few channels (see
 //! [`ConvAlgorithm::Auto`](crate::kernels::conv::ConvAlgorithm::Auto)).
 
