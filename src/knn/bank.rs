@@ -194,7 +194,9 @@ impl BruteForce {
     /// many candidates (e.g. many duplicated or equidistant rows) go through the f32 path.
     ///
     /// Screening needs an f32 bank and a CPU with AVX512-F and AVX512-BF16; otherwise (or
-    /// when switched off) the search is the f32 GEMM path. It costs `n_rows × dim × 2` bytes
+    /// when switched off) the search is the f32 GEMM path. Its products run on AMX tiles when
+    /// the CPU and the operating system allow AMX-BF16, else on `vdpbf16ps`
+    /// ([`BruteForce::screening_kernel`] says which). It costs `n_rows × dim × 2` bytes
     /// (plus about 50 bytes per row), see [`BruteForce::screening_bytes`]; switching it off
     /// frees them.
     pub fn with_screening(mut self, on: bool) -> Self {
@@ -218,6 +220,12 @@ impl BruteForce {
     /// Whether searches use the bf16 screening pass (see [`BruteForce::with_screening`]).
     pub fn screening(&self) -> bool {
         self.screen.is_some()
+    }
+
+    /// The kernel of the screening pass: `"amx-bf16"` (AMX tiles), `"avx512-bf16"`
+    /// (`vdpbf16ps`), or `None` when searches do not screen.
+    pub fn screening_kernel(&self) -> Option<&'static str> {
+        self.screen.as_ref().map(Screen::kernel_name)
     }
 
     /// Bytes held by the bf16 screening data (0 when screening is off).

@@ -13,9 +13,10 @@
 //! the f16-rounded bank.
 //!
 //! On CPUs with AVX512-BF16 an f32 bank is searched by default through a bf16 *screening* pass
-//! with a rigorous error bound followed by an exact rerank of the few candidates (about twice
-//! the product throughput of f32, same results up to ties; see
-//! [`BruteForce::with_screening`]).
+//! with a rigorous error bound followed by an exact rerank of the few candidates (same results
+//! up to ties; see [`BruteForce::with_screening`]). Its products run on AMX tiles where the CPU
+//! has AMX-BF16 (Xeon Sapphire Rapids and later: 4–8× faster than the f32 GEMM path), else on
+//! `vdpbf16ps` (about twice the f32 throughput).
 //!
 //! After selection, the distances of the `k` winners are recomputed directly as `Σ (a − b)²`,
 //! which removes the cancellation error of the GEMM identity for near-identical rows (a query

@@ -169,7 +169,7 @@ mod os {
 
 /// Weights in the AMX layout: `m.div_ceil(ROWS)·2` row tiles of 16 rows, each
 /// `chunks` tiles of 16 rows × [`WORDS`] words (zero-padded), one after another.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct AmxWeights {
     tiles: Vec<u32>,
     chunks: usize,
@@ -178,11 +178,22 @@ pub(crate) struct AmxWeights {
 impl AmxWeights {
     /// Packs `m` rows of `words` words each, `word(row, w)` giving word `w` of row `row`.
     pub(crate) fn new(m: usize, words: usize, word: impl Fn(usize, usize) -> u32) -> AmxWeights {
+        let mut w = AmxWeights::default();
+        w.refill(m, words, word);
+        w
+    }
+
+    /// [`AmxWeights::new`] into `self`, reusing its memory (for operands packed per call,
+    /// such as the kNN screen's queries).
+    pub(crate) fn refill(&mut self, m: usize, words: usize, word: impl Fn(usize, usize) -> u32) {
         let chunks = words.div_ceil(WORDS);
         let row_tiles = m.div_ceil(ROWS) * 2;
-        let mut tiles = vec![0u32; row_tiles * chunks * TILE];
+        self.chunks = chunks;
+        let tiles = &mut self.tiles;
+        tiles.clear();
+        tiles.resize(row_tiles * chunks * TILE, 0);
         if chunks == 0 {
-            return AmxWeights { tiles, chunks };
+            return;
         }
         for (rt, block) in tiles.chunks_exact_mut(chunks * TILE).enumerate() {
             for (q, tile) in block.chunks_exact_mut(TILE).enumerate() {
@@ -198,7 +209,6 @@ impl AmxWeights {
                 }
             }
         }
-        AmxWeights { tiles, chunks }
     }
 
     /// Bytes held.
@@ -331,6 +341,12 @@ pub(crate) fn blocks<O: AmxOp, P: Copy>(
 /// The sums of a group of panels: scratch of [`blocks`], made once per thread (32 KiB)
 /// rather than zeroed on every call.
 pub(crate) struct SumsBuf<S>(Box<[Sums<S>; GROUP]>);
+
+impl<S> std::fmt::Debug for SumsBuf<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SumsBuf")
+    }
+}
 
 impl<S: Copy + Default> SumsBuf<S> {
     /// A zeroed buffer.

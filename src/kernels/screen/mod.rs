@@ -16,6 +16,97 @@ pub(crate) const PANEL: usize = 32;
 /// Queries per micro-kernel tile.
 pub(crate) const QGROUP: usize = 8;
 
+/// Layout of the bank's bf16 bit patterns: panels of `rows` bank rows, each `words` pair-steps
+/// of `rows` rows × 2 bf16 (element `e` of panel row `l` at `((e / 2)·rows + l)·2 + e % 2`),
+/// zero-padded in both directions.
+///
+/// The AVX512-BF16 kernel reads panels of [`PANEL`] rows and `⌈d / 2⌉` words; the AMX tiles
+/// read panels of 16 rows (an even number of them) with the words padded to whole tiles of 16,
+/// which is exactly the activation layout of `kernels::amx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BankLayout {
+    /// Rows per panel.
+    pub rows: usize,
+    /// Pair-steps per panel (at least `⌈d / 2⌉`).
+    pub words: usize,
+    /// Panels are allocated in multiples of this many.
+    pub panel_multiple: usize,
+}
+
+impl BankLayout {
+    /// The AVX512-BF16 kernel's layout for rows of `d` elements.
+    pub(crate) fn panels(d: usize) -> BankLayout {
+        BankLayout {
+            rows: PANEL,
+            words: d.div_ceil(2),
+            panel_multiple: 1,
+        }
+    }
+
+    /// The AMX layout for rows of `d` elements (pairs of 16-row panels, whole tiles of words).
+    pub(crate) fn amx(d: usize) -> BankLayout {
+        BankLayout {
+            rows: 16,
+            words: d.div_ceil(2).div_ceil(super::amx::WORDS) * super::amx::WORDS,
+            panel_multiple: 2,
+        }
+    }
+
+    /// Bit patterns per panel.
+    pub(crate) fn panel_len(&self) -> usize {
+        self.words * self.rows * 2
+    }
+
+    /// Panels allocated for `n` rows.
+    pub(crate) fn panels_for(&self, n: usize) -> usize {
+        n.div_ceil(self.rows * self.panel_multiple) * self.panel_multiple
+    }
+
+    /// Position of element `e` of bank row `r`.
+    #[inline]
+    pub(crate) fn index(&self, r: usize, e: usize) -> usize {
+        let (p, l) = (r / self.rows, r % self.rows);
+        p * self.panel_len() + ((e / 2) * self.rows + l) * 2 + e % 2
+    }
+}
+
+/// Which kernel computes the screening products.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) enum ScreenKernel {
+    /// AMX tiles (`tdpbf16ps`), with the AVX-512 prefilter.
+    Amx(Bf16Screen, super::amx::Bf16),
+    /// `vdpbf16ps` on AVX-512 registers.
+    Avx512(Bf16Screen),
+}
+
+impl ScreenKernel {
+    /// The fastest kernel this CPU runs, if any.
+    pub(crate) fn detect() -> Option<ScreenKernel> {
+        let tok = Bf16Screen::detect()?;
+        Some(match super::amx::Bf16::detect() {
+            Some(op) => ScreenKernel::Amx(tok, op),
+            None => ScreenKernel::Avx512(tok),
+        })
+    }
+
+    /// The bank layout the kernel reads, for rows of `d` elements.
+    pub(crate) fn layout(self, d: usize) -> BankLayout {
+        match self {
+            ScreenKernel::Amx(..) => BankLayout::amx(d),
+            ScreenKernel::Avx512(_) => BankLayout::panels(d),
+        }
+    }
+
+    /// Short name for reports (`amx-bf16`, `avx512-bf16`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ScreenKernel::Amx(..) => "amx-bf16",
+            ScreenKernel::Avx512(_) => "avx512-bf16",
+        }
+    }
+}
+
 /// Proof that the CPU runs the AVX512-BF16 screening kernels: a value exists only when
 /// [`Bf16Screen::detect`] found AVX512F and AVX512-BF16.
 #[derive(Debug, Clone, Copy)]

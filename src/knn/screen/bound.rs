@@ -12,6 +12,17 @@
 //! `E = 2γ_K(1 + 10⁻⁹)‖â‖‖b̂‖ + 4K·2⁻¹²⁶`. No partial sum can overflow: screening is only
 //! used while `max‖â‖·max‖b̂‖ ≤ 2¹⁰⁰`.
 //!
+//! **AMX.** `tdpbf16ps` does not follow the SDM's pseudo-code bit for bit (on Emerald Rapids
+//! its sums differ from every fixed order of single-rounding additions, and its error is
+//! smaller than a sequential sum's), and its internal order is undocumented. The bound above
+//! does not depend on the order: Higham's γ bound holds for any summation tree with at most
+//! `K` rounded additions, and the doubled `γ_K` covers a relative error up to `2u` per
+//! addition, that is any rounding mode, including truncation; the products of two bf16 are
+//! exact in f32, and the absolute term covers the flushing of subnormal results. What the
+//! screen assumes of the hardware is therefore only that each tile product is an f32 sum of the
+//! exact pair products with at most one rounding per addition — checked against exact f64 sums
+//! by the tests on every AMX machine they run on.
+//!
 //! **Interval.** `D = ‖â‖² + ‖b̂‖² − 2S` (f64) satisfies `|D − ‖â − b̂‖²| ≤ δ` with
 //! `δ = 2E + 10⁻¹²(‖â‖² + ‖b̂‖² + 2|S|)` (the last term covers the f64 rounding of the norms
 //! and of `D`). Hence the true distance lies in `[L, U]` with

@@ -22,7 +22,9 @@ pub(super) use search::{default_cap, search_chunk, ChunkState};
 
 #[cfg(test)]
 use crate::kernels::screen::to_bf16;
-use crate::kernels::screen::{round_row, Bf16Screen, PanelMeta, RowMeta, PANEL, QGROUP};
+use crate::kernels::screen::{
+    round_row, BankLayout, PanelMeta, RowMeta, ScreenKernel, PANEL, QGROUP,
+};
 
 mod bound;
 mod search;
@@ -32,9 +34,14 @@ mod tests;
 /// Largest query chunk per task.
 const MAX_CHUNK: usize = 256;
 
-/// The bank's screening data: centred bf16 rows packed in panels, with their norms.
+/// The bank's screening data: centred bf16 rows packed in panels for the kernel, with their
+/// norms.
 #[derive(Debug, Clone)]
 pub(super) struct Screen {
+    /// The kernel that computes the products (`None`: the portable loop, tests only).
+    kernel: Option<ScreenKernel>,
+    /// How `packed` is laid out.
+    layout: BankLayout,
     /// Column mean of the bank.
     mu: Vec<f64>,
     /// Row width.
@@ -43,9 +50,9 @@ pub(super) struct Screen {
     k2: usize,
     /// Bank rows.
     n: usize,
-    /// `⌈n / 32⌉` panels of `k2 × 32 × 2` bf16 bit patterns.
+    /// The bank's centred bf16 bit patterns in `layout`.
     packed: Vec<u16>,
-    /// Per bank row (padded to whole panels with zeros).
+    /// Per bank row (padded to whole panels of [`PANEL`] rows with zeros).
     meta: Vec<RowMeta>,
     /// f32 copies of `meta`, per panel.
     panel_meta: Vec<PanelMeta>,
@@ -55,18 +62,26 @@ pub(super) struct Screen {
 }
 
 impl Screen {
-    /// Screening data of the contiguous `n × d` f32 bank, or `None` if the CPU lacks
-    /// AVX512-BF16 or the width is too large for the bound.
+    /// Screening data of the contiguous `n × d` f32 bank for the fastest kernel of this CPU,
+    /// or `None` if the CPU lacks AVX512-BF16 or the width is too large for the bound.
     pub(super) fn build(bank: &[f32], n: usize, d: usize) -> Option<Self> {
-        if Bf16Screen::detect().is_none() || n == 0 || d == 0 || bank.len() != n * d {
+        let kernel = ScreenKernel::detect()?;
+        if n == 0 || d == 0 || bank.len() != n * d {
             return None;
         }
-        Self::build_unchecked(bank, n, d)
+        Self::build_for(bank, n, d, Some(kernel), kernel.layout(d))
     }
 
-    /// As [`Screen::build`] without the CPU check (the data is also usable by the scalar
-    /// reference in tests).
-    pub(super) fn build_unchecked(bank: &[f32], n: usize, d: usize) -> Option<Self> {
+    /// As [`Screen::build`] with the kernel and layout given: `kernel: None` runs the
+    /// portable loop, which reads any layout (tests).
+    pub(super) fn build_for(
+        bank: &[f32],
+        n: usize,
+        d: usize,
+        kernel: Option<ScreenKernel>,
+        layout: BankLayout,
+    ) -> Option<Self> {
+        debug_assert!(kernel.is_none_or(|k| k.layout(d) == layout));
         let k2 = d.div_ceil(2);
         let coef = BoundCoef::new(2 * k2)?;
         // Column sums of fixed 256-row blocks, added in block order (thread-independent).
@@ -91,11 +106,15 @@ impl Screen {
         for m in &mut mu {
             *m /= n as f64;
         }
+        assert!(layout.words >= k2 && PANEL.is_multiple_of(layout.rows));
         let panels = n.div_ceil(PANEL);
-        let mut packed = vec![0u16; panels * k2 * 2 * PANEL];
+        // Both layouts have whole panels of `PANEL` rows' worth of bit patterns.
+        let group = PANEL / layout.rows;
+        let group_len = layout.panel_len() * group;
+        let mut packed = vec![0u16; layout.panels_for(n).div_ceil(group) * group_len];
         let mut meta = vec![RowMeta::default(); panels * PANEL];
         packed
-            .par_chunks_mut(k2 * 2 * PANEL)
+            .par_chunks_mut(group_len)
             .zip(meta.par_chunks_mut(PANEL))
             .enumerate()
             .for_each_init(
@@ -108,7 +127,7 @@ impl Screen {
                         }
                         *m = round_row(&bank[r * d..(r + 1) * d], &mu, row);
                         for (e, &h) in row.iter().enumerate() {
-                            dst[((e / 2) * PANEL + l) * 2 + e % 2] = h;
+                            dst[layout.index(l, e)] = h;
                         }
                     }
                 },
@@ -124,6 +143,8 @@ impl Screen {
             .collect();
         let max_norm = meta.iter().fold(0.0f64, |m, r| m.max(r.norm));
         Some(Self {
+            kernel,
+            layout,
             mu,
             d,
             k2,
@@ -151,6 +172,11 @@ impl Screen {
         // ‖â‖ ≤ (‖a‖ + ‖μ‖)(1 + 2⁻⁸) + tiny.
         let qa = (max_query_sq.sqrt() + mu_norm) * 1.01 + 1.0;
         qa * self.max_norm <= MAX_NORM_PRODUCT
+    }
+
+    /// Name of the kernel computing the products (`portable` for the test-only loop).
+    pub(super) fn kernel_name(&self) -> &'static str {
+        self.kernel.map_or("portable", ScreenKernel::name)
     }
 
     /// Number of query rows per task for `nq` queries: about a quarter of them (each task

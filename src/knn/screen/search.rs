@@ -14,9 +14,12 @@
 use super::bound::PREFILTER_SLACK;
 use super::bound::{prefilter_reference, BoundCoef};
 use super::{round_row, RowMeta, Screen, PANEL, QGROUP};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::amx::{self, BlockSink, COLS, ROWS};
+use crate::kernels::amx::{AmxWeights, SumsBuf};
 use crate::kernels::screen::dot_reference;
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::screen::{Bf16Screen, QueryScalars};
+use crate::kernels::screen::{Bf16Screen, QueryScalars, ScreenKernel};
 use crate::knn::search::{insert_sorted, squared_distance};
 
 /// Bank rows per cache block (256 rows × 1024 dims × 2 bytes = 512 KiB, fits L2).
@@ -53,6 +56,10 @@ pub(in crate::knn) struct ChunkState {
     pub(super) cand_n: Vec<usize>,
     /// One query's bf16 bits (padded to an even width).
     row: Vec<u16>,
+    /// The queries as AMX tiles (AMX kernel only).
+    amx_q: AmxWeights,
+    /// The AMX kernel's sums (made on first use).
+    sums: Option<SumsBuf<f32>>,
 }
 
 impl ChunkState {
@@ -208,17 +215,124 @@ pub(in crate::knn) fn search_chunk(
     }
 }
 
-/// The screening loop of one chunk: bank blocks × query groups × panels.
+/// The screening loop of one chunk, on the screen's kernel.
 fn screen_chunk(screen: &Screen, k: usize, cap: usize, groups: usize, st: &mut ChunkState) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if let Some(tok) = Bf16Screen::detect() {
+    match screen.kernel {
+        Some(ScreenKernel::Avx512(tok)) => {
             // SAFETY: the token proves that the CPU has avx512f and avx512bf16.
             unsafe { screen_chunk_avx512(tok, screen, k, cap, groups, st) };
             return;
         }
+        Some(ScreenKernel::Amx(tok, op)) => {
+            let mut q = std::mem::take(&mut st.amx_q);
+            let k2 = screen.k2;
+            let qpack = &st.qpack;
+            q.refill(groups * QGROUP, k2, |i, w| {
+                qpack[((i / QGROUP) * k2 + w) * QGROUP + i % QGROUP]
+            });
+            let mut sums = st.sums.take().unwrap_or_else(SumsBuf::new);
+            // SAFETY: the token proves that the CPU has avx512f and avx512bf16.
+            unsafe { screen_chunk_amx(tok, op, screen, &q, k, cap, &mut sums, st) };
+            st.sums = Some(sums);
+            st.amx_q = q;
+            return;
+        }
+        None => {}
     }
     screen_chunk_scalar(screen, k, cap, groups, st);
+}
+
+/// Where the AMX products of a query block and a pair of bank panels go: the prefilter and
+/// the candidate lists, as in [`screen_chunk_avx512`].
+#[cfg(target_arch = "x86_64")]
+struct AmxSink<'a> {
+    tok: Bf16Screen,
+    screen: &'a Screen,
+    st: &'a mut ChunkState,
+    k: usize,
+    cap: usize,
+    c1: f32,
+    c2: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl BlockSink<f32> for AmxSink<'_> {
+    #[inline(always)]
+    fn block(&mut self, block: usize, col0: usize, sums: &[[f32; COLS]; ROWS]) {
+        const { assert!(COLS == PANEL) };
+        let (screen, k, cap) = (self.screen, self.k, self.cap);
+        let p = col0 / PANEL;
+        let pm = &screen.panel_meta[p];
+        let rows = (screen.n - col0).min(PANEL);
+        let valid = if rows == PANEL {
+            u32::MAX
+        } else {
+            (1u32 << rows) - 1
+        };
+        for (j, s) in sums.iter().enumerate() {
+            let i = block * ROWS + j;
+            if i >= self.st.status.len() {
+                break;
+            }
+            if self.st.status[i] != Status::Active {
+                continue;
+            }
+            let qm = self.st.meta[i];
+            let tau = self.st.top_u[i * k + k - 1];
+            let qs = QueryScalars {
+                na: qm.sq as f32,
+                an: qm.norm as f32,
+                t1: ((tau + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
+            };
+            let mut mask = self.tok.prefilter_mask(s, pm, qs, self.c1, self.c2) & valid;
+            if mask == 0 {
+                continue;
+            }
+            let mut qstate = self.st.query(i, k, cap);
+            while mask != 0 {
+                let l = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let r = col0 + l;
+                if !qstate.offer(&screen.coef, s[l], &qm, &screen.meta[r], r) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The AMX screening loop: every query block of `q` against every pair of bank panels, in
+/// the order of [`amx::blocks`] (groups of 256 bank rows outermost, as the AVX-512 loop's
+/// bank blocks), compiled with the prefilter's features so that the sink inlines.
+///
+/// # Safety
+/// The CPU must have avx512f and avx512bf16 (as `tok` proves).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn screen_chunk_amx(
+    tok: Bf16Screen,
+    op: amx::Bf16,
+    screen: &Screen,
+    q: &AmxWeights,
+    k: usize,
+    cap: usize,
+    sums: &mut SumsBuf<f32>,
+    st: &mut ChunkState,
+) {
+    let (c1, c2) = screen.coef.prefilter_coefs();
+    let qblocks = st.status.len().div_ceil(ROWS);
+    let mut sink = AmxSink {
+        tok,
+        screen,
+        st,
+        k,
+        cap,
+        c1,
+        c2,
+    };
+    amx::blocks(op, q, 0..qblocks, &screen.packed, sums, &mut sink);
 }
 
 /// The screening loop compiled with the kernels' features, so that they inline.
@@ -303,7 +417,7 @@ unsafe fn screen_chunk_avx512(
 /// [`Screen::build`] refuses such CPUs).
 fn screen_chunk_scalar(screen: &Screen, k: usize, cap: usize, groups: usize, st: &mut ChunkState) {
     let k2 = screen.k2;
-    let panel_len = k2 * 2 * PANEL;
+    let layout = screen.layout;
     let mut a = vec![0u16; 2 * k2];
     let mut b = vec![0u16; 2 * k2];
     for i in 0..groups * QGROUP {
@@ -319,11 +433,8 @@ fn screen_chunk_scalar(screen: &Screen, k: usize, cap: usize, groups: usize, st:
         let qm = st.meta[i];
         let mut qstate = st.query(i, k, cap);
         for r in 0..screen.n {
-            let (p, l) = (r / PANEL, r % PANEL);
-            let panel = &screen.packed[p * panel_len..(p + 1) * panel_len];
-            for t in 0..k2 {
-                b[2 * t] = panel[(t * PANEL + l) * 2];
-                b[2 * t + 1] = panel[(t * PANEL + l) * 2 + 1];
+            for (e, v) in b.iter_mut().enumerate() {
+                *v = screen.packed[layout.index(r, e)];
             }
             let s = dot_reference(&a, &b);
             let tau = qstate.top_u[k - 1];
