@@ -31,8 +31,8 @@ use crate::error::{Error, Result};
 use crate::kernels::amx::Emit;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
-    gemm_quantizing_widened, gemm_u8i8_emit, quantize_max, scale_for, Int8Isa, PackedWeights,
-    MAX_DEPTH,
+    gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_shifted_emit, quantize_max, scale_for,
+    Int8Isa, PackedWeights, ShiftedPlanes, MAX_DEPTH, MAX_SIZE,
 };
 
 /// A convolution with int8 weights and u8 inputs (see the module documentation for the
@@ -224,6 +224,60 @@ impl QuantizedConv {
                 |range| epilogue_for(dequant, range),
             );
             return;
+        }
+
+        // A stride-1 window that keeps the size (3×3 pad 1): the input quantised into planes
+        // with zero margins, packed straight from them (no im2col matrix).
+        let same = self.stride == 1 && self.kh == self.kw && self.kh == 2 * self.pad + 1;
+        if same && self.kh <= MAX_SIZE {
+            let (cin, hw, pad) = (self.cin, h * w, self.pad);
+            let len = ShiftedPlanes::len(cin, h, w, pad);
+            let margin = ShiftedPlanes::margin(w, pad);
+            grow(&mut scratch.x, len);
+            let quant = |xq: &mut [u8], scale: f32| -> f32 {
+                let (head, rest) = xq.split_at_mut(margin);
+                let (planes, tail) = rest.split_at_mut(cin * (hw + margin));
+                head.fill(0);
+                tail.fill(0);
+                let plane = |(d, s): (&mut [u8], &[f32])| {
+                    let (body, after) = d.split_at_mut(hw);
+                    after.fill(0);
+                    quantize_max(s, scale, body)
+                };
+                if rayon && input.len() >= PAR_ELEMS {
+                    planes
+                        .par_chunks_mut(hw + margin)
+                        .zip(input.par_chunks(hw))
+                        .with_min_len((1 << 14) / hw.max(1))
+                        .map(plane)
+                        .reduce(|| 0.0, f32::max)
+                } else {
+                    planes
+                        .chunks_mut(hw + margin)
+                        .zip(input.chunks(hw))
+                        .map(plane)
+                        .fold(0.0, f32::max)
+                }
+            };
+            let xq = &mut scratch.x[..len];
+            let seen = quant(xq, scale_for(limit));
+            let range = limit.max(seen);
+            if seen > limit {
+                quant(xq, scale_for(range));
+            }
+            // (Always `Some`: the size and the length were checked above.)
+            if let Some(planes) = ShiftedPlanes::new(&scratch.x[..len], cin, h, w, pad) {
+                gemm_u8i8_shifted_emit(
+                    &self.weights,
+                    planes,
+                    out,
+                    &mut scratch.pack,
+                    par,
+                    isa,
+                    epilogue_for(&mut scratch.dequant, range),
+                );
+                return;
+            }
         }
 
         // Otherwise quantise the input, then its u8 im2col matrix.

@@ -40,7 +40,8 @@ use crate::kernels::amx;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::wide::Wide;
 
-use pack::pack_b;
+use pack::{pack_b, pack_b_shifted};
+pub(crate) use pack::{ShiftedPlanes, MAX_SIZE};
 pub use quantize::quantize_u8;
 pub(crate) use quantize::{max_or_zero, quantize_max, scale_for};
 
@@ -335,6 +336,36 @@ pub(crate) fn gemm_u8i8_emit<T, F>(
     assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
     gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
         pack_b(wide, b, |v| v, |_| 0.0, k, k4, n, nr, buf, par);
+        map
+    })
+}
+
+/// [`gemm_u8i8_emit`] of the im2col matrix of `x` (a stride-1 "same" window), packed straight
+/// from the input planes: the same result, without writing and re-reading the matrix, which
+/// is `size²` times as large as the input.
+///
+/// # Panics
+/// If `x`'s im2col matrix is not `w.k` deep or `out.len() != m·n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_u8i8_shifted_emit<T, F>(
+    w: &PackedWeights,
+    x: ShiftedPlanes<'_>,
+    out: &mut [T],
+    scratch: &mut Vec<u32>,
+    par: Parallelism,
+    isa: Int8Isa,
+    map: F,
+) where
+    T: Send,
+    F: amx::Emit<i32, T>,
+{
+    assert_eq!(
+        x.k(),
+        w.k,
+        "gemm_u8i8: the window's depth must be the weights' k"
+    );
+    gemm_impl(w, x.n(), out, scratch, par, isa, |wide, buf, k4, nr| {
+        pack_b_shifted(wide, x, k4, nr, buf, par);
         map
     })
 }

@@ -131,3 +131,171 @@ unsafe fn pack_panel_avx512<S: Copy>(
 ) -> f32 {
     pack_panel(b, byte, key, k, n, nr, p, panel)
 }
+
+/// A `u8` input of `cin` planes of `h × w` for a stride-1 window of `size × size` that keeps
+/// the plane's size (`size = 2·pad + 1`), stored with zero margins so that every shifted read
+/// of the window stays inside the buffer: [`ShiftedPlanes::margin`] zeros, then each plane
+/// followed by a margin, then [`MAX_NR`] more zeros. Its im2col matrix is then never written:
+/// [`pack_b_shifted`] packs straight from the planes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShiftedPlanes<'a> {
+    data: &'a [u8],
+    cin: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+}
+
+/// Widest panel [`pack_b_shifted`] packs.
+pub(crate) const MAX_NR: usize = 64;
+/// Widest window [`pack_b_shifted`] packs.
+pub(crate) const MAX_SIZE: usize = 7;
+
+impl<'a> ShiftedPlanes<'a> {
+    /// Zeros before each plane (and after the last one): `pad·w + pad`, the largest shift.
+    pub(crate) fn margin(w: usize, pad: usize) -> usize {
+        pad * w + pad
+    }
+
+    /// Bytes of the layout.
+    pub(crate) fn len(cin: usize, h: usize, w: usize, pad: usize) -> usize {
+        let m = Self::margin(w, pad);
+        m + cin * (h * w + m) + MAX_NR
+    }
+
+    /// Wraps `data`, laid out as above (the margins must be zero). `None` when the window is
+    /// wider than [`MAX_SIZE`] or `data` has the wrong length.
+    pub(crate) fn new(
+        data: &'a [u8],
+        cin: usize,
+        h: usize,
+        w: usize,
+        pad: usize,
+    ) -> Option<ShiftedPlanes<'a>> {
+        (2 * pad < MAX_SIZE && data.len() == Self::len(cin, h, w, pad)).then_some(ShiftedPlanes {
+            data,
+            cin,
+            h,
+            w,
+            pad,
+        })
+    }
+
+    /// Rows of the im2col matrix: `cin · size²`.
+    pub(crate) fn k(&self) -> usize {
+        let size = 2 * self.pad + 1;
+        self.cin * size * size
+    }
+
+    /// Columns: `h · w`.
+    pub(crate) fn n(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// [`pack_b`] of the im2col matrix of `x` (bytes as they are), read from the planes: row
+/// `kk = ci·size² + ky·size + kx` at column `j` is plane `ci` at `j + (ky − pad)·w + kx − pad`,
+/// zero where column `j % w + kx − pad` leaves the plane (the margins give the zero rows above
+/// and below). Same words as [`pack_b`] on the matrix `Window::im2col` writes.
+pub(super) fn pack_b_shifted(
+    wide: Wide,
+    x: ShiftedPlanes<'_>,
+    k4: usize,
+    nr: usize,
+    out: &mut [u32],
+    par: Parallelism,
+) {
+    assert!(
+        nr <= MAX_NR && k4 * 4 >= x.k(),
+        "pack_b_shifted: panel shape"
+    );
+    if k4 * nr == 0 {
+        return;
+    }
+    let panel = |p: usize, panel: &mut [u32]| match wide {
+        Wide::Baseline => pack_panel_shifted(x, nr, p, panel),
+        #[cfg(target_arch = "x86_64")]
+        Wide::Avx512(_) => {
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected;
+            // the body is safe code (bounds-checked slices).
+            unsafe { pack_panel_shifted_avx512(x, nr, p, panel) }
+        }
+    };
+    if par == Parallelism::Rayon && out.len() >= 1 << 15 {
+        out.par_chunks_exact_mut(k4 * nr)
+            .enumerate()
+            .for_each(|(p, o)| panel(p, o));
+    } else {
+        out.chunks_exact_mut(k4 * nr)
+            .enumerate()
+            .for_each(|(p, o)| panel(p, o));
+    }
+}
+
+/// Panel `p` of [`pack_b_shifted`].
+#[inline(always)]
+fn pack_panel_shifted(x: ShiftedPlanes<'_>, nr: usize, p: usize, panel: &mut [u32]) {
+    const L: usize = 16;
+    let (w, pad) = (x.w, x.pad);
+    let size = 2 * pad + 1;
+    let taps = size * size;
+    let (n, k) = (x.n(), x.k());
+    let margin = ShiftedPlanes::margin(w, pad);
+    let stride = n + margin;
+    let c0 = p * nr;
+    let cols = nr.min(n - c0);
+    // masks[kx][j]: 0xff when column j of the panel reads inside its row for tap column kx.
+    let mut masks = [[0u8; MAX_NR]; MAX_SIZE];
+    for (kx, m) in masks.iter_mut().enumerate().take(size) {
+        for (j, v) in m.iter_mut().enumerate().take(cols) {
+            let xc = (c0 + j) % w + kx;
+            *v = if xc >= pad && xc - pad < w { 0xff } else { 0 };
+        }
+    }
+    let zeros = [0u8; MAX_NR];
+    // Row kk of the im2col matrix for this panel, with its column mask.
+    let row = |kk: usize| -> (&[u8], &[u8]) {
+        if kk >= k {
+            return (&zeros[..nr], &zeros[..nr]);
+        }
+        let (ci, t) = (kk / taps, kk % taps);
+        let (ky, kx) = (t / size, t % size);
+        // Plane `ci` starts at margin + ci·stride; shifted by (ky − pad)·w + kx − pad, with
+        // margin = pad·w + pad.
+        let at = ci * stride + c0 + ky * w + kx;
+        (&x.data[at..at + nr], &masks[kx][..nr])
+    };
+    for (g, dst) in panel.chunks_exact_mut(nr).enumerate() {
+        let ((r0, m0), (r1, m1), (r2, m2), (r3, m3)) =
+            (row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3));
+        for c in 0..nr / L {
+            let o = c * L;
+            let (x0, x1, x2, x3) = (&r0[o..o + L], &r1[o..o + L], &r2[o..o + L], &r3[o..o + L]);
+            let (k0, k1, k2, k3) = (&m0[o..o + L], &m1[o..o + L], &m2[o..o + L], &m3[o..o + L]);
+            let d = &mut dst[o..o + L];
+            for j in 0..L {
+                d[j] = u32::from_le_bytes([
+                    x0[j] & k0[j],
+                    x1[j] & k1[j],
+                    x2[j] & k2[j],
+                    x3[j] & k3[j],
+                ]);
+            }
+        }
+        // A width that is not a multiple of 16 (not one the kernels use).
+        for j in nr - nr % L..nr {
+            dst[j] =
+                u32::from_le_bytes([r0[j] & m0[j], r1[j] & m1[j], r2[j] & m2[j], r3[j] & m3[j]]);
+        }
+    }
+}
+
+/// [`pack_panel_shifted`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU must run AVX512F and AVX512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_panel_shifted_avx512(x: ShiftedPlanes<'_>, nr: usize, p: usize, panel: &mut [u32]) {
+    pack_panel_shifted(x, nr, p, panel)
+}

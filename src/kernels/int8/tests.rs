@@ -183,3 +183,89 @@ fn packing_follows_the_documented_layout() {
         }
     }
 }
+
+/// Packing from planes with margins gives the words of packing the im2col matrix built by
+/// the definition (`x[ci][y + ky − pad][x + kx − pad]`, zero outside), for every window size
+/// up to 7, panel widths with and without a partial 16-lane tail, partial last panels and
+/// `k4` padding, with the margins holding zeros and the packed buffer starting as garbage.
+#[test]
+fn shifted_packing_is_packing_of_the_im2col_matrix() {
+    let mut seed = 7u32;
+    let mut byte = move || {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        (seed >> 16) as u8 | 1
+    };
+    let wides = [Wide::Baseline, Wide::detect(true)];
+    for (cin, h, w, pad) in [
+        (1usize, 1usize, 1usize, 0usize),
+        (2, 3, 5, 1),
+        (3, 7, 4, 1),
+        (1, 2, 9, 2),
+        (2, 5, 5, 3),
+        (5, 14, 14, 1),
+        (1, 1, 3, 1),
+        (3, 4, 1, 2),
+    ] {
+        let size = 2 * pad + 1;
+        let (n, k) = (h * w, cin * size * size);
+        let x: Vec<u8> = (0..cin * n).map(|_| byte()).collect();
+        // The definition.
+        let mut cols = vec![0u8; k * n];
+        for ci in 0..cin {
+            for ky in 0..size {
+                for kx in 0..size {
+                    let kk = (ci * size + ky) * size + kx;
+                    for y in 0..h {
+                        for xo in 0..w {
+                            let (sy, sx) = (
+                                (y + ky) as isize - pad as isize,
+                                (xo + kx) as isize - pad as isize,
+                            );
+                            if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                                cols[kk * n + y * w + xo] =
+                                    x[ci * n + sy as usize * w + sx as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The planes with margins.
+        let margin = ShiftedPlanes::margin(w, pad);
+        let mut data = vec![0u8; ShiftedPlanes::len(cin, h, w, pad)];
+        for ci in 0..cin {
+            let at = margin + ci * (n + margin);
+            data[at..at + n].copy_from_slice(&x[ci * n..(ci + 1) * n]);
+        }
+        let planes = ShiftedPlanes::new(&data, cin, h, w, pad).unwrap();
+        assert_eq!((planes.k(), planes.n()), (k, n));
+        for nr in [8usize, 16, 24, NR] {
+            for k4 in [k.div_ceil(4), k.div_ceil(4) + 3] {
+                let words = n.div_ceil(nr) * k4 * nr;
+                let mut want = vec![0u32; words];
+                pack_b(
+                    Wide::Baseline,
+                    &cols,
+                    |v| v,
+                    |_| 0.0,
+                    k,
+                    k4,
+                    n,
+                    nr,
+                    &mut want,
+                    Parallelism::Sequential,
+                );
+                for wide in wides {
+                    for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                        let mut got = vec![0xdead_beef_u32; words];
+                        pack_b_shifted(wide, planes, k4, nr, &mut got, par);
+                        assert_eq!(
+                            got, want,
+                            "cin {cin} {h}x{w} pad {pad} nr {nr} k4 {k4} {wide:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
