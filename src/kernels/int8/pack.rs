@@ -238,10 +238,8 @@ fn pack_panel_shifted(x: ShiftedPlanes<'_>, nr: usize, p: usize, panel: &mut [u3
     const L: usize = 16;
     let (w, pad) = (x.w, x.pad);
     let size = 2 * pad + 1;
-    let taps = size * size;
     let (n, k) = (x.n(), x.k());
-    let margin = ShiftedPlanes::margin(w, pad);
-    let stride = n + margin;
+    let stride = n + ShiftedPlanes::margin(w, pad);
     let c0 = p * nr;
     let cols = nr.min(n - c0);
     // masks[kx][j]: 0xff when column j of the panel reads inside its row for tap column kx.
@@ -253,21 +251,22 @@ fn pack_panel_shifted(x: ShiftedPlanes<'_>, nr: usize, p: usize, panel: &mut [u3
         }
     }
     let zeros = [0u8; MAX_NR];
-    // Row kk of the im2col matrix for this panel, with its column mask.
-    let row = |kk: usize| -> (&[u8], &[u8]) {
-        if kk >= k {
-            return (&zeros[..nr], &zeros[..nr]);
-        }
-        let (ci, t) = (kk / taps, kk % taps);
-        let (ky, kx) = (t / size, t % size);
-        // Plane `ci` starts at margin + ci·stride; shifted by (ky − pad)·w + kx − pad, with
-        // margin = pad·w + pad.
-        let at = ci * stride + c0 + ky * w + kx;
-        (&x.data[at..at + nr], &masks[kx][..nr])
+    let mut rows = Rows {
+        data: x.data,
+        masks: &masks,
+        zeros: &zeros,
+        nr,
+        w,
+        size,
+        stride,
+        left: k,
+        ci_at: c0,
+        ky: 0,
+        kx: 0,
     };
-    for (g, dst) in panel.chunks_exact_mut(nr).enumerate() {
+    for dst in panel.chunks_exact_mut(nr) {
         let ((r0, m0), (r1, m1), (r2, m2), (r3, m3)) =
-            (row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3));
+            (rows.next(), rows.next(), rows.next(), rows.next());
         for c in 0..nr / L {
             let o = c * L;
             let (x0, x1, x2, x3) = (&r0[o..o + L], &r1[o..o + L], &r2[o..o + L], &r3[o..o + L]);
@@ -287,6 +286,51 @@ fn pack_panel_shifted(x: ShiftedPlanes<'_>, nr: usize, p: usize, panel: &mut [u3
             dst[j] =
                 u32::from_le_bytes([r0[j] & m0[j], r1[j] & m1[j], r2[j] & m2[j], r3[j] & m3[j]]);
         }
+    }
+}
+
+/// The im2col rows of a panel of [`pack_panel_shifted`] in order, each with its column mask,
+/// without a division per row: `(ci, ky, kx)` counts up. Plane `ci` starts at
+/// `margin + ci·stride` and is read shifted by `(ky − pad)·w + kx − pad`; with
+/// `margin = pad·w + pad`, row `(ci, ky, kx)` of the panel at `c0` starts at
+/// `ci·stride + c0 + ky·w + kx`.
+struct Rows<'a> {
+    data: &'a [u8],
+    masks: &'a [[u8; MAX_NR]; MAX_SIZE],
+    zeros: &'a [u8; MAX_NR],
+    nr: usize,
+    w: usize,
+    size: usize,
+    stride: usize,
+    /// Rows of the matrix still to come (then zero rows, the `k4` padding).
+    left: usize,
+    /// `ci·stride + c0`.
+    ci_at: usize,
+    ky: usize,
+    kx: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// The next row's `nr` bytes and mask.
+    #[inline(always)]
+    fn next(&mut self) -> (&'a [u8], &'a [u8]) {
+        let nr = self.nr;
+        if self.left == 0 {
+            return (&self.zeros[..nr], &self.zeros[..nr]);
+        }
+        self.left -= 1;
+        let at = self.ci_at + self.ky * self.w + self.kx;
+        let m = &self.masks[self.kx][..nr];
+        self.kx += 1;
+        if self.kx == self.size {
+            self.kx = 0;
+            self.ky += 1;
+            if self.ky == self.size {
+                self.ky = 0;
+                self.ci_at += self.stride;
+            }
+        }
+        (&self.data[at..at + nr], m)
     }
 }
 
