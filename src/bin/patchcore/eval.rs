@@ -151,13 +151,17 @@ pub fn run(a: EvalArgs) -> CliResult {
     let bank_rows = model.memory_bank().nrows();
     let bb = model.backbone();
     let backbone_kernels = bb.kernels();
+    let knn_kernels = match model.index().screening_kernel() {
+        Some(k) => format!("bf16 screen ({k}) + exact f32 rerank"),
+        None => "f32 products".to_string(),
+    };
 
     if a.json {
         out_line(&format!(
             "{{\"category\":{},\"image_auroc\":{},\"pixel_auroc\":{},\"aupro\":{},\
              \"f1_max\":{},\"threshold\":{},\"fit_seconds\":{},\"predict_ms_per_image\":{},\
              \"n_train\":{},\"n_test\":{},\"n_anomalous\":{},\"memory_bank_rows\":{},\
-             \"arch\":{},\"backbone_precision\":{},\"backbone_kernels\":{},\
+             \"arch\":{},\"backbone_precision\":{},\"backbone_kernels\":{},\"knn_kernels\":{},\
              \"pixel_metrics\":{},\"model_threshold\":{}}}",
             json_string(&category.name),
             json_num(image_auroc),
@@ -174,6 +178,7 @@ pub fn run(a: EvalArgs) -> CliResult {
             json_string(&model.backbone().spec().name.to_string()),
             json_string(bb.precision().name()),
             json_string(&backbone_kernels),
+            json_string(&knn_kernels),
             json_string(if pixel_auroc.is_some() {
                 "computed"
             } else {
@@ -239,6 +244,7 @@ pub fn run(a: EvalArgs) -> CliResult {
                 None => format!("fit                 none (loaded; memory bank {bank_rows} rows)"),
             },
             format!("backbone            {backbone_kernels}"),
+            format!("nearest neighbours  {knn_kernels}"),
             format!(
                 "predict             {ms_per_image:.1} ms per image with map (backbone {:.1}, \
                  embedding {:.1}, scoring {:.1}, map {:.1} ms)",
