@@ -13,7 +13,9 @@
 #[cfg(target_arch = "x86_64")]
 use super::bound::PREFILTER_SLACK;
 use super::bound::{prefilter_reference, BoundCoef};
-use super::{round_row, RowMeta, Screen, PANEL, QGROUP};
+#[cfg(target_arch = "x86_64")]
+use super::PANEL;
+use super::{round_row, RowMeta, Screen, QGROUP};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::amx::{self, BlockSink, COLS, ROWS};
 use crate::kernels::amx::{AmxWeights, SumsBuf};
@@ -57,8 +59,10 @@ pub(in crate::knn) struct ChunkState {
     /// One query's bf16 bits (padded to an even width).
     row: Vec<u16>,
     /// The queries as AMX tiles (AMX kernel only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     amx_q: AmxWeights,
     /// The AMX kernel's sums (made on first use).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     sums: Option<SumsBuf<f32>>,
 }
 
