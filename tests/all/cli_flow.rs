@@ -533,6 +533,18 @@ fn precision_flags_reach_the_model() {
     let e = parse_object(stdout(&o).lines().last().unwrap());
     assert_eq!(e["backbone_precision"].str(), "int8");
     assert!(e["backbone_kernels"].str().starts_with("int8 ("), "{e:?}");
+    // The kNN kernel is named: the bf16 screen where the CPU has AVX512-BF16, else f32.
+    let knn = e["knn_kernels"].str();
+    #[cfg(target_arch = "x86_64")]
+    let screens = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let screens = false;
+    if screens {
+        assert!(knn.starts_with("bf16 screen ("), "{e:?}");
+    } else {
+        assert_eq!(knn, "f32 products", "{e:?}");
+    }
     let o = run(&[
         "predict",
         "--model",
