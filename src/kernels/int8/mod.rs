@@ -346,7 +346,6 @@ pub(crate) fn gemm_u8i8_emit<T, F>(
 ///
 /// # Panics
 /// If `x`'s im2col matrix is not `w.k` deep or `out.len() != m·n`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_u8i8_shifted_emit<T, F>(
     w: &PackedWeights,
     x: ShiftedPlanes<'_>,

@@ -251,13 +251,9 @@ fn screen_chunk(screen: &Screen, k: usize, cap: usize, groups: usize, st: &mut C
 /// the candidate lists, as in [`screen_chunk_avx512`].
 #[cfg(target_arch = "x86_64")]
 struct AmxSink<'a> {
-    tok: Bf16Screen,
+    filter: Filter,
     screen: &'a Screen,
     st: &'a mut ChunkState,
-    k: usize,
-    cap: usize,
-    c1: f32,
-    c2: f32,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -265,44 +261,74 @@ impl BlockSink<f32> for AmxSink<'_> {
     #[inline(always)]
     fn block(&mut self, block: usize, col0: usize, sums: &[[f32; COLS]; ROWS]) {
         const { assert!(COLS == PANEL) };
-        let (screen, k, cap) = (self.screen, self.k, self.cap);
-        let p = col0 / PANEL;
-        let pm = &screen.panel_meta[p];
-        let rows = (screen.n - col0).min(PANEL);
-        let valid = if rows == PANEL {
-            u32::MAX
-        } else {
-            (1u32 << rows) - 1
-        };
         for (j, s) in sums.iter().enumerate() {
             let i = block * ROWS + j;
             if i >= self.st.status.len() {
                 break;
             }
-            if self.st.status[i] != Status::Active {
-                continue;
-            }
-            let qm = self.st.meta[i];
-            let tau = self.st.top_u[i * k + k - 1];
-            let qs = QueryScalars {
-                na: qm.sq as f32,
-                an: qm.norm as f32,
-                t1: ((tau + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
-            };
-            let mut mask = self.tok.prefilter_mask(s, pm, qs, self.c1, self.c2) & valid;
-            if mask == 0 {
-                continue;
-            }
-            let mut qstate = self.st.query(i, k, cap);
-            while mask != 0 {
-                let l = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                let r = col0 + l;
-                if !qstate.offer(&screen.coef, s[l], &qm, &screen.meta[r], r) {
-                    break;
-                }
+            self.filter.offer_panel(self.screen, self.st, i, col0, s);
+        }
+    }
+}
+
+/// The prefilter and the candidate lists, shared by the AVX-512 and AMX loops.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Filter {
+    tok: Bf16Screen,
+    c1: f32,
+    c2: f32,
+    k: usize,
+    cap: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Filter {
+    /// Prefilters the products `s` of query `i` (local) with the [`PANEL`] bank rows from `r0`
+    /// and offers the rows that pass to the query's candidates; `false` when the query has
+    /// just overflowed them (it is then marked for the f32 path). Inactive queries are left
+    /// alone.
+    #[inline(always)]
+    fn offer_panel(
+        self,
+        screen: &Screen,
+        st: &mut ChunkState,
+        i: usize,
+        r0: usize,
+        s: &[f32; PANEL],
+    ) -> bool {
+        if st.status[i] != Status::Active {
+            return true;
+        }
+        let (k, cap) = (self.k, self.cap);
+        let rows = (screen.n - r0).min(PANEL);
+        let valid = if rows == PANEL {
+            u32::MAX
+        } else {
+            (1u32 << rows) - 1
+        };
+        let qm = st.meta[i];
+        let tau = st.top_u[i * k + k - 1];
+        let qs = QueryScalars {
+            na: qm.sq as f32,
+            an: qm.norm as f32,
+            t1: ((tau + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
+        };
+        let pm = &screen.panel_meta[r0 / PANEL];
+        let mut mask = self.tok.prefilter_mask(s, pm, qs, self.c1, self.c2) & valid;
+        if mask == 0 {
+            return true;
+        }
+        let mut qstate = st.query(i, k, cap);
+        while mask != 0 {
+            let l = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let r = r0 + l;
+            if !qstate.offer(&screen.coef, s[l], &qm, &screen.meta[r], r) {
+                return false;
             }
         }
+        true
     }
 }
 
@@ -328,13 +354,15 @@ unsafe fn screen_chunk_amx(
     let (c1, c2) = screen.coef.prefilter_coefs();
     let qblocks = st.status.len().div_ceil(ROWS);
     let mut sink = AmxSink {
-        tok,
+        filter: Filter {
+            tok,
+            c1,
+            c2,
+            k,
+            cap,
+        },
         screen,
         st,
-        k,
-        cap,
-        c1,
-        c2,
     };
     amx::blocks(op, q, 0..qblocks, &screen.packed, sums, &mut sink);
 }
@@ -358,6 +386,13 @@ unsafe fn screen_chunk_avx512(
     let panels = n.div_ceil(PANEL);
     let panel_len = k2 * 2 * PANEL;
     let (c1, c2) = screen.coef.prefilter_coefs();
+    let filter = Filter {
+        tok,
+        c1,
+        c2,
+        k,
+        cap,
+    };
     let mut dots = [[0.0f32; PANEL]; QGROUP];
     let mut active = st.status.iter().filter(|&&s| s == Status::Active).count();
     let block_panels = BANK_BLOCK / PANEL;
@@ -377,38 +412,9 @@ unsafe fn screen_chunk_avx512(
                 // (Sliced per panel: the borrow must end before `st.query` below.)
                 let qg = &st.qpack[g * k2 * QGROUP..(g + 1) * k2 * QGROUP];
                 tok.dots_panel(panel, qg, k2, &mut dots);
-                let pm = &screen.panel_meta[p];
-                let rows = (n - p * PANEL).min(PANEL);
-                let valid = if rows == PANEL {
-                    u32::MAX
-                } else {
-                    (1u32 << rows) - 1
-                };
                 for (j, s) in dots.iter().enumerate() {
-                    let i = gs + j;
-                    if st.status[i] != Status::Active {
-                        continue;
-                    }
-                    let qm = st.meta[i];
-                    let tau = st.top_u[i * k + k - 1];
-                    let qs = QueryScalars {
-                        na: qm.sq as f32,
-                        an: qm.norm as f32,
-                        t1: ((tau + qm.eps) * (1.0 + PREFILTER_SLACK)) as f32,
-                    };
-                    let mut mask = tok.prefilter_mask(s, pm, qs, c1, c2) & valid;
-                    if mask == 0 {
-                        continue;
-                    }
-                    let mut qstate = st.query(i, k, cap);
-                    while mask != 0 {
-                        let l = mask.trailing_zeros() as usize;
-                        mask &= mask - 1;
-                        let r = p * PANEL + l;
-                        if !qstate.offer(&screen.coef, s[l], &qm, &screen.meta[r], r) {
-                            active -= 1;
-                            break;
-                        }
+                    if !filter.offer_panel(screen, st, gs + j, p * PANEL, s) {
+                        active -= 1;
                     }
                 }
             }
