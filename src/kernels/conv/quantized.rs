@@ -34,6 +34,7 @@ use crate::kernels::int8::{
     gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_shifted_emit, quantize_max, scale_for,
     Int8Isa, PackedWeights, ShiftedPlanes, MAX_DEPTH, MAX_SIZE,
 };
+use crate::kernels::wide::Wide;
 
 /// A convolution with int8 weights and u8 inputs (see the module documentation for the
 /// formulas).
@@ -206,6 +207,8 @@ impl QuantizedConv {
         // quantised with the calibrated range while its maximum is found, and again only when
         // the maximum is larger.
         let limit = self.input_max;
+        // The quantising loops run 512 bits wide where the CPU has AVX-512 (same bytes).
+        let wide = Wide::detect(true);
 
         // A plain 1×1 convolution's input is its matrix of activations: quantised while it is
         // packed, without a byte copy.
@@ -242,7 +245,7 @@ impl QuantizedConv {
                 let plane = |(d, s): (&mut [u8], &[f32])| {
                     let (body, after) = d.split_at_mut(hw);
                     after.fill(0);
-                    quantize_max(s, scale, body)
+                    quantize_max(wide, s, scale, body)
                 };
                 if rayon && input.len() >= PAR_ELEMS {
                     planes
@@ -287,10 +290,10 @@ impl QuantizedConv {
             if rayon && input.len() >= PAR_ELEMS {
                 xq.par_chunks_mut(1 << 14)
                     .zip(input.par_chunks(1 << 14))
-                    .map(|(d, s)| quantize_max(s, scale, d))
+                    .map(|(d, s)| quantize_max(wide, s, scale, d))
                     .reduce(|| 0.0, f32::max)
             } else {
-                quantize_max(input, scale, xq)
+                quantize_max(wide, input, scale, xq)
             }
         };
         let seen = quant(xq, scale_for(limit));

@@ -1,5 +1,7 @@
 //! The activation quantiser of the int8 convolution and the input range it needs.
 
+use crate::kernels::wide::Wide;
+
 /// `clamp(round(x·scale), 0, 255)` with ties to even (NaN gives 0): the activation
 /// quantiser of the int8 convolution. Adding `1.5·2²³` leaves no fraction bits (the addition
 /// rounds to nearest even) and puts the integer in the low mantissa bits, so the byte is read
@@ -29,9 +31,34 @@ pub(crate) fn max_or_zero(x: &[f32]) -> f32 {
 }
 
 /// Quantises `x` into `out` (`out[i] = quantize_u8(x[i], scale)`) and returns
-/// [`max_or_zero`]`(x)`, in one pass (the lanes of [`max_or_zero`]). The slices must have the
-/// same length.
-pub(crate) fn quantize_max(x: &[f32], scale: f32, out: &mut [u8]) -> f32 {
+/// [`max_or_zero`]`(x)`, in one pass (the lanes of [`max_or_zero`]), in the copy of the loop
+/// `wide` names (the same bytes and maximum in both: every step is element-wise or exact).
+/// The slices must have the same length.
+pub(crate) fn quantize_max(wide: Wide, x: &[f32], scale: f32, out: &mut [u8]) -> f32 {
+    match wide {
+        Wide::Baseline => quantize_max_body(x, scale, out),
+        #[cfg(target_arch = "x86_64")]
+        Wide::Avx512(_) => {
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected;
+            // the body is safe code (bounds-checked slices).
+            unsafe { quantize_max_avx512(x, scale, out) }
+        }
+    }
+}
+
+/// [`quantize_max_body`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU must run AVX512F and AVX512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_max_avx512(x: &[f32], scale: f32, out: &mut [u8]) -> f32 {
+    quantize_max_body(x, scale, out)
+}
+
+/// The loop of [`quantize_max`].
+#[inline(always)]
+fn quantize_max_body(x: &[f32], scale: f32, out: &mut [u8]) -> f32 {
     const L: usize = 16;
     assert_eq!(x.len(), out.len(), "quantize_max: lengths differ");
     let mut acc = [0.0f32; L];

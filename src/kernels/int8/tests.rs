@@ -14,11 +14,14 @@ fn quantize_max_is_quantize_then_max() {
             })
             .collect();
         for scale in [0.0f32, 1.0, 2.7] {
-            let mut got = vec![7u8; n];
-            let top = quantize_max(&x, scale, &mut got);
-            let want: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale)).collect();
-            assert_eq!(got, want, "n {n} scale {scale}");
-            assert_eq!(top, max_or_zero(&x), "n {n}");
+            // The baseline copy and, where the CPU has it, the AVX-512 one.
+            for wide in [Wide::Baseline, Wide::detect(true)] {
+                let mut got = vec![7u8; n];
+                let top = quantize_max(wide, &x, scale, &mut got);
+                let want: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale)).collect();
+                assert_eq!(got, want, "n {n} scale {scale} {wide:?}");
+                assert_eq!(top, max_or_zero(&x), "n {n} {wide:?}");
+            }
         }
     }
 }
