@@ -34,32 +34,12 @@ impl PackedWeights {
             k <= MAX_DEPTH,
             "PackedWeights: depth {k} exceeds {MAX_DEPTH}"
         );
-        let k4 = k.div_ceil(4);
-        let mut panels = vec![0i32; m.div_ceil(MR) * k4 * MR];
-        // `max(1)`: with k = 0 there are no words (and no panel to fill).
-        for (p, panel) in panels.chunks_exact_mut((k4 * MR).max(1)).enumerate() {
-            for g in 0..k4 {
-                for r in 0..MR {
-                    let row = p * MR + r;
-                    if row >= m {
-                        continue;
-                    }
-                    let mut bytes = [0u8; 4];
-                    for (t, b) in bytes.iter_mut().enumerate() {
-                        let kk = 4 * g + t;
-                        if kk < k {
-                            *b = a[row * k + kk] as u8;
-                        }
-                    }
-                    panel[g * MR + r] = i32::from_le_bytes(bytes);
-                }
-            }
-        }
+        // On AMX CPUs only the AMX layout is made; the panels follow from it if ever asked for.
         let amx = amx::Int8::detect().map(|_| amx_weights(a, m, k));
         let panels = if amx.is_some() {
             OnceLock::new()
         } else {
-            OnceLock::from(panels)
+            OnceLock::from(build_panels(m, k, |row, g| word(a, k, row, g) as i32))
         };
         #[cfg(target_arch = "aarch64")]
         let row_sums = {
@@ -106,16 +86,7 @@ impl PackedWeights {
             let Some(aw) = &self.amx else {
                 unreachable!("PackedWeights holds one of its layouts")
             };
-            let k4 = self.k.div_ceil(4);
-            let mut panels = vec![0i32; self.m.div_ceil(MR) * k4 * MR];
-            for (p, panel) in panels.chunks_exact_mut((k4 * MR).max(1)).enumerate() {
-                for r in 0..MR.min(self.m - p * MR) {
-                    for g in 0..k4 {
-                        panel[g * MR + r] = aw.at(p * MR + r, g) as i32;
-                    }
-                }
-            }
-            panels
+            build_panels(self.m, self.k, |row, g| aw.at(row, g) as i32)
         })
     }
 
@@ -129,13 +100,33 @@ impl PackedWeights {
 /// The AMX layout of the row-major `m × k` weights `a`: each word four consecutive `k`
 /// (the first in the low byte), zero-padded.
 pub(super) fn amx_weights(a: &[i8], m: usize, k: usize) -> amx::AmxWeights {
-    amx::AmxWeights::new(m, k.div_ceil(4), |row, g| {
-        let mut bytes = [0u8; 4];
-        for (t, b) in bytes.iter_mut().enumerate() {
-            if let Some(&v) = a[row * k..(row + 1) * k].get(4 * g + t) {
-                *b = v as u8;
+    amx::AmxWeights::new(m, k.div_ceil(4), |row, g| word(a, k, row, g))
+}
+
+/// Word `g` of row `row` of the row-major `· × k` weights `a`: `k` from `4g` to `4g + 3`, the
+/// first in the low byte, zero past `k`.
+fn word(a: &[i8], k: usize, row: usize, g: usize) -> u32 {
+    let mut bytes = [0u8; 4];
+    for (t, b) in bytes.iter_mut().enumerate() {
+        if let Some(&v) = a[row * k..(row + 1) * k].get(4 * g + t) {
+            *b = v as u8;
+        }
+    }
+    u32::from_le_bytes(bytes)
+}
+
+/// The panels of `m` rows of depth `k`: `m.div_ceil(MR)` panels of `k.div_ceil(4) · MR` words,
+/// word `g` of row `row` being `word(row, g)` (four consecutive `k`), zero in the padding rows.
+fn build_panels(m: usize, k: usize, word: impl Fn(usize, usize) -> i32) -> Vec<i32> {
+    let k4 = k.div_ceil(4);
+    let mut panels = vec![0i32; m.div_ceil(MR) * k4 * MR];
+    // `max(1)`: with k = 0 there are no words (and no panel to fill).
+    for (p, panel) in panels.chunks_exact_mut((k4 * MR).max(1)).enumerate() {
+        for r in 0..MR.min(m - p * MR) {
+            for g in 0..k4 {
+                panel[g * MR + r] = word(p * MR + r, g);
             }
         }
-        u32::from_le_bytes(bytes)
-    })
+    }
+    panels
 }
