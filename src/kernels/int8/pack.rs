@@ -82,8 +82,20 @@ fn pack_panel<S: Copy>(
     let mut rest = 0.0f32;
     for (g, dst) in panel.chunks_exact_mut(nr).enumerate() {
         let (r0, r1, r2, r3) = (row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3));
-        if r3.len() == cols && cols == nr && nr.is_multiple_of(L) {
-            // The common case, one pass the compiler vectorises: four bytes per word.
+        if r0.is_empty() {
+            // A group past `k` (AMX pads the depth to whole tiles of 64).
+            dst.fill(0);
+            continue;
+        }
+        if cols == nr && nr.is_multiple_of(L) {
+            // The common case, one pass the compiler vectorises: four bytes per word. In the
+            // last group, rows past `k` read row `4g` again and their bytes are masked off
+            // (re-reading it leaves the maximum as it is).
+            let keep = |r: &[S]| r.len() == cols;
+            let mask = !(if keep(r1) { 0 } else { 0xFF << 8 })
+                & !(if keep(r2) { 0 } else { 0xFF << 16 })
+                & !(if keep(r3) { 0 } else { 0xFF << 24 });
+            let (r1, r2, r3) = [r1, r2, r3].map(|r| if keep(r) { r } else { r0 }).into();
             for ((((d, x0), x1), x2), x3) in dst
                 .chunks_exact_mut(L)
                 .zip(r0.chunks_exact(L))
@@ -93,7 +105,7 @@ fn pack_panel<S: Copy>(
             {
                 for j in 0..L {
                     let (a, b, c, e) = (x0[j], x1[j], x2[j], x3[j]);
-                    d[j] = u32::from_le_bytes([byte(a), byte(b), byte(c), byte(e)]);
+                    d[j] = u32::from_le_bytes([byte(a), byte(b), byte(c), byte(e)]) & mask;
                     lanes[j] = lanes[j].max(key(a)).max(key(b)).max(key(c)).max(key(e));
                 }
             }

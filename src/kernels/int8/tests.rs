@@ -157,32 +157,38 @@ fn packing_follows_the_documented_layout() {
             assert_eq!(got, want, "amx row {row} k {kk}");
         }
     }
+    // k = 5: the second group of four is partial (rows past k must be zero bytes), and with
+    // k4 = 3 the third lies wholly past k; the buffer starts as garbage.
     let (k, n) = (5, NR + 2);
     let b: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
-    let mut out = vec![0u32; 2 * 2 * NR];
-    let top = pack_b(
-        Wide::Baseline,
-        &b,
-        |v| v,
-        f32::from,
-        k,
-        2,
-        n,
-        NR,
-        &mut out,
-        Parallelism::Sequential,
-    );
-    assert_eq!(top, f32::from(*b.iter().max().unwrap()));
-    for kk in 0..8 {
-        for col in 0..2 * NR {
-            let word = out[(col / NR) * 2 * NR + (kk / 4) * NR + col % NR];
-            let byte = word.to_le_bytes()[kk % 4];
-            let want = if kk < k && col < n {
-                b[kk * n + col]
-            } else {
-                0
-            };
-            assert_eq!(byte, want, "k {kk} col {col}");
+    for wide in [Wide::Baseline, Wide::detect(true)] {
+        for k4 in [2usize, 3] {
+            let mut out = vec![0xDEAD_BEEFu32; 2 * k4 * NR];
+            let top = pack_b(
+                wide,
+                &b,
+                |v| v,
+                f32::from,
+                k,
+                k4,
+                n,
+                NR,
+                &mut out,
+                Parallelism::Sequential,
+            );
+            assert_eq!(top, f32::from(*b.iter().max().unwrap()));
+            for kk in 0..4 * k4 {
+                for col in 0..2 * NR {
+                    let word = out[(col / NR) * k4 * NR + (kk / 4) * NR + col % NR];
+                    let byte = word.to_le_bytes()[kk % 4];
+                    let want = if kk < k && col < n {
+                        b[kk * n + col]
+                    } else {
+                        0
+                    };
+                    assert_eq!(byte, want, "{wide:?} k4 {k4} k {kk} col {col}");
+                }
+            }
         }
     }
 }
