@@ -36,9 +36,11 @@ impl LowConv {
     }
 }
 
-/// The reduced-precision versions of every convolution after the stem, block by block.
+/// The reduced-precision versions of every convolution, block by block.
 #[derive(Clone)]
 pub(crate) struct LowNet {
+    /// The stem (int8: quantised with a zero point from each image's own range).
+    stem: LowConv,
     /// Per stage, per block: main-path convolutions, then the downsample (if any).
     blocks: Vec<Vec<Vec<LowConv>>>,
     precision: Precision,
@@ -55,12 +57,14 @@ pub(crate) struct Isas {
 impl LowNet {
     /// Bytes of the reduced-precision weights.
     pub(crate) fn bytes(&self) -> usize {
-        self.blocks
-            .iter()
-            .flatten()
-            .flatten()
-            .map(LowConv::bytes)
-            .sum()
+        self.stem.bytes()
+            + self
+                .blocks
+                .iter()
+                .flatten()
+                .flatten()
+                .map(LowConv::bytes)
+                .sum::<usize>()
     }
 
     /// The precision it runs in.
@@ -266,8 +270,8 @@ impl Net {
             .sum()
     }
 
-    /// Switches the convolutions after the stem to `precision` (int8 with the ranges of
-    /// `cal`, which it needs; bf16; f32 drops the reduced network).
+    /// Switches the convolutions to `precision` (int8 with the ranges of `cal`, which it needs
+    /// for every convolution after the stem; bf16; f32 drops the reduced network).
     pub(crate) fn set_precision(
         &mut self,
         precision: Precision,
@@ -306,6 +310,10 @@ impl Net {
                 _ => LowConv::Int8(QuantizedConv::new(c, ranges.next().unwrap_or(0.0))?),
             })
         };
+        let stem = match precision {
+            Precision::Bf16 => LowConv::Bf16(Bf16Conv::new(&self.stem)?),
+            _ => LowConv::Int8(QuantizedConv::per_image(&self.stem)?),
+        };
         let mut blocks = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             let mut qs = Vec::with_capacity(stage.len());
@@ -319,6 +327,7 @@ impl Net {
             blocks.push(qs);
         }
         self.quant = Some(LowNet {
+            stem,
             blocks,
             precision,
             isa,
@@ -368,12 +377,30 @@ impl Net {
         let mut out: [Option<Vec<f32>>; 4] = Default::default();
         let mut at = 0usize; // next calibration slot
 
-        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1.
+        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1. A calibrating pass
+        // measures the f32 network.
         let (sh, sw) = self.stem.out_hw(h, w);
         let c = self.stem.cout;
         let t0 = ensure(&mut wk.t[0], c * sh * sw);
-        self.stem
-            .forward_image(image, h, w, t0, None, true, &mut wk.scratch);
+        let low_stem = match (&self.quant, &record) {
+            (Some(q), None) => Some((&q.stem, q.isa)),
+            _ => None,
+        };
+        run(
+            &self.stem,
+            low_stem,
+            image,
+            h,
+            w,
+            t0,
+            None,
+            true,
+            &mut Scratch {
+                f32: &mut wk.scratch,
+                q: &mut wk.q,
+                b16: &mut wk.b16,
+            },
+        );
         let (mut ch, mut cw) = (maxpool_out(sh, 3, 2, 1), maxpool_out(sw, 3, 2, 1));
         let x = ensure(&mut wk.x, c * ch * cw);
         maxpool2d(&wk.t[0][..c * sh * sw], c, sh, sw, 3, 2, 1, x);
@@ -413,6 +440,35 @@ fn max_of(x: &[f32]) -> f32 {
     crate::kernels::int8::max_or_zero(x)
 }
 
+/// One convolution, in f32 or reduced precision.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    conv: &Conv2d,
+    q: Option<(&LowConv, Isas)>,
+    src: &[f32],
+    h: usize,
+    w: usize,
+    dst: &mut [f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    wk: &mut Scratch<'_>,
+) {
+    let par = |cout: usize, (oh, ow): (usize, usize)| {
+        Parallelism::auto(cout, oh * ow, conv.cin * conv.kh * conv.kw)
+    };
+    match q {
+        Some((LowConv::Int8(qc), isa)) => {
+            let p = par(qc.cout, qc.out_hw(h, w));
+            qc.forward_image(src, h, w, dst, residual, relu, wk.q, p, isa.int8);
+        }
+        Some((LowConv::Bf16(bc), isa)) => {
+            let p = par(bc.cout, bc.out_hw(h, w));
+            bc.forward_image(src, h, w, dst, residual, relu, wk.b16, p, isa.bf16);
+        }
+        None => conv.forward_image(src, h, w, dst, residual, relu, wk.f32),
+    }
+}
+
 impl Block {
     /// Reads `wk.x` (`[c, h, w]`), writes `wk.y`; returns the output shape. With `q`, the
     /// convolutions run in int8 (`q` holds them in the order main path, downsample); with
@@ -434,34 +490,6 @@ impl Block {
             r[0] = m;
             if self.downsample.is_some() {
                 r[n] = m;
-            }
-        }
-        // One convolution, in f32 or reduced precision.
-        #[allow(clippy::too_many_arguments)]
-        fn run(
-            conv: &Conv2d,
-            q: Option<(&LowConv, Isas)>,
-            src: &[f32],
-            h: usize,
-            w: usize,
-            dst: &mut [f32],
-            residual: Option<&[f32]>,
-            relu: bool,
-            wk: &mut Scratch<'_>,
-        ) {
-            let par = |cout: usize, (oh, ow): (usize, usize)| {
-                Parallelism::auto(cout, oh * ow, conv.cin * conv.kh * conv.kw)
-            };
-            match q {
-                Some((LowConv::Int8(qc), isa)) => {
-                    let p = par(qc.cout, qc.out_hw(h, w));
-                    qc.forward_image(src, h, w, dst, residual, relu, wk.q, p, isa.int8);
-                }
-                Some((LowConv::Bf16(bc), isa)) => {
-                    let p = par(bc.cout, bc.out_hw(h, w));
-                    bc.forward_image(src, h, w, dst, residual, relu, wk.b16, p, isa.bf16);
-                }
-                None => conv.forward_image(src, h, w, dst, residual, relu, wk.f32),
             }
         }
         let qconv = |i: usize| q.map(|(qs, isa)| (&qs[i], isa));

@@ -26,6 +26,66 @@ fn range(m: f32, x: &[f32]) -> f32 {
     x.iter().fold(m, |a, &v| a.max(v))
 }
 
+/// The documented zero-point quantisation of a signed input (the stem's), written out
+/// independently: range `[min(0, min x), max(0, max x)]` in 255 steps, zero point `z =
+/// round(−lo · 255 / (hi − lo))`, `q = clamp(round(x · 255 / (hi − lo) + z), 0, 255)`,
+/// dequantised as `(q − z) · (hi − lo) / 255`.
+fn fake_quant_zero_point(x: &[f32]) -> Vec<f64> {
+    let lo = x.iter().fold(0.0f32, |a, &v| a.min(v));
+    let hi = x.iter().fold(0.0f32, |a, &v| a.max(v));
+    let width = hi - lo;
+    if width <= 0.0 {
+        return vec![0.0; x.len()];
+    }
+    let (scale, step) = (255.0f32 / width, width / 255.0);
+    let z = (-lo * scale).round_ties_even().clamp(0.0, 255.0);
+    x.iter()
+        .map(|&v| ((v * scale + z).round_ties_even().clamp(0.0, 255.0) - z) as f64 * step as f64)
+        .collect()
+}
+
+/// How a convolution's input is quantised in a reference.
+#[derive(Debug, Clone, Copy)]
+enum In {
+    /// Zero point 0, calibrated maximum `m` widened to the input's.
+    Calibrated(f32),
+    /// Zero point, the input's own range.
+    PerImage,
+}
+
+impl In {
+    fn quantise(self, x: &[f32]) -> Vec<f64> {
+        match self {
+            In::Calibrated(m) => {
+                let m = range(m, x);
+                x.iter().map(|&v| fake_quant_input(v, m)).collect()
+            }
+            In::PerImage => fake_quant_zero_point(x),
+        }
+    }
+}
+
+/// The zero-point quantiser by hand: `x = [−1, 0, 3, 0.02]` has the range `[−1, 3]`, scale
+/// `255/4 = 63.75`, zero point `round(63.75) = 64`; `−1 → round(0.25) = 0`, `0 → 64`, `3 →
+/// round(255.25) = 255`, `0.02 → round(65.275) = 65`.
+#[test]
+fn zero_point_quantisation_by_hand() {
+    let got = fake_quant_zero_point(&[-1.0, 0.0, 3.0, 0.02]);
+    let step = (4.0f32 / 255.0) as f64;
+    assert_eq!(got, vec![-64.0 * step, 0.0, 191.0 * step, step]);
+    // All ≥ 0: zero point 0, the plain quantiser.
+    let got = fake_quant_zero_point(&[0.0, 2.0, 1.0]);
+    assert_eq!(
+        got,
+        vec![
+            0.0,
+            255.0 * (2.0f32 / 255.0) as f64,
+            128.0 * (2.0f32 / 255.0) as f64
+        ]
+    );
+    assert_eq!(fake_quant_zero_point(&[0.0; 3]), vec![0.0; 3]);
+}
+
 /// The documented weight quantisation of one output channel.
 fn fake_quant_row(row: &[f32]) -> Vec<f64> {
     let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
@@ -47,7 +107,7 @@ fn fake_quant_row(row: &[f32]) -> Vec<f64> {
 #[allow(clippy::too_many_arguments)]
 fn reference(
     conv: &Conv2d,
-    m: f32,
+    m: In,
     x: &[f32],
     h: usize,
     w: usize,
@@ -56,8 +116,7 @@ fn reference(
 ) -> (Vec<f64>, Vec<f64>) {
     let (oh, ow) = conv.out_hw(h, w);
     let k = conv.cin * conv.kh * conv.kw;
-    let m = range(m, x);
-    let xq: Vec<f64> = x.iter().map(|&v| fake_quant_input(v, m)).collect();
+    let xq = m.quantise(x);
     let mut out = vec![0.0; conv.cout * oh * ow];
     let mut mag = vec![0.0; conv.cout * oh * ow];
     for co in 0..conv.cout {
@@ -114,7 +173,7 @@ proptest! {
         cout in 1usize..10, cin in 1usize..7, kk in prop::sample::select(vec![1usize, 2, 3, 5]),
         stride in 1usize..4, pad_frac in 0usize..3, extra_h in 0usize..9, extra_w in 0usize..9,
         m in prop::sample::select(vec![0.0f32, 0.37, 1.0, 2.5]),
-        with_residual: bool, relu: bool, seed in 0u64..1000,
+        with_residual: bool, relu: bool, seed in 0u64..1000, signed: bool,
     ) {
         let pad = (kk / 2).min(pad_frac);
         let (h, w) = (kk + extra_h, kk + extra_w);
@@ -122,14 +181,26 @@ proptest! {
         let weight: Vec<f32> = (0..cout * cin * kk * kk).map(|_| rnd()).collect();
         let bias: Vec<f32> = (0..cout).map(|_| rnd()).collect();
         let conv = Conv2d::new(cout, cin, kk, kk, stride, pad, weight, bias);
-        // Mostly ≥ 0 (a few negative ones quantise to 0), some above the calibrated maximum
-        // (the range widens to them).
+        // Calibrated: mostly ≥ 0 (a few negative ones quantise to 0), some above the
+        // calibrated maximum (the range widens to them). Per image: signed, skewed to one side
+        // (the zero point moves with it), or all 0 when `m` is.
         let x: Vec<f32> = (0..cin * h * w).map(|_| (rnd() + 0.95) * 1.6).collect();
+        let x: Vec<f32> = if signed {
+            x.iter().map(|v| (v - 1.0) * m).collect()
+        } else {
+            x
+        };
         let (oh, ow) = conv.out_hw(h, w);
         let residual: Option<Vec<f32>> =
             with_residual.then(|| (0..cout * oh * ow).map(|_| rnd()).collect());
-        let (want, mag) = reference(&conv, m, &x, h, w, residual.as_deref(), relu);
-        let q = QuantizedConv::new(&conv, m).unwrap();
+        let mode = if signed { In::PerImage } else { In::Calibrated(m) };
+        let (want, mag) = reference(&conv, mode, &x, h, w, residual.as_deref(), relu);
+        let q = if signed {
+            QuantizedConv::per_image(&conv).unwrap()
+        } else {
+            QuantizedConv::new(&conv, m).unwrap()
+        };
+        prop_assert_eq!(q.input_max(), (!signed).then_some(m));
         for isa in Int8Isa::all_available() {
             for par in [Parallelism::Sequential, Parallelism::Rayon] {
                 let mut out = vec![f32::NAN; cout * oh * ow];
@@ -259,15 +330,15 @@ struct Map {
 }
 
 /// Naive convolution + eval BatchNorm (ε = 1e-5) of the torchvision tensors `conv`/`bn`, on an
-/// input fake-quantised to the range `m` (`None`: f32 input, the stem), with the weights
-/// fake-quantised after folding (`quant`), rounded to f32 as the loader does.
+/// input fake-quantised as `m` says, with the weights fake-quantised after folding, rounded to
+/// f32 as the loader does.
 fn conv_bn(
     st: &safetensors::SafeTensors<'_>,
     conv: &str,
     bn: &str,
     x: &Map,
     stride: usize,
-    m: Option<f32>,
+    m: In,
 ) -> Map {
     let w = tensor(st, &format!("{conv}.weight"));
     let shape = st
@@ -285,13 +356,7 @@ fn conv_bn(
         (x.w + 2 * pad - k) / stride + 1,
     );
     let xf: Vec<f32> = x.v.iter().map(|&v| v as f32).collect();
-    let xin: Vec<f64> = match m {
-        Some(m) => {
-            let m = range(m, &xf);
-            xf.iter().map(|&v| fake_quant_input(v, m)).collect()
-        }
-        None => x.v.clone(),
-    };
+    let xin = m.quantise(&xf);
     let per = cin * k * k;
     let mut out = vec![0.0; cout * oh * ow];
     for co in 0..cout {
@@ -300,10 +365,7 @@ fn conv_bn(
             .iter()
             .map(|&v| (v * scale) as f32)
             .collect();
-        let wq: Vec<f64> = match m {
-            Some(_) => fake_quant_row(&folded),
-            None => folded.iter().map(|&v| v as f64).collect(),
-        };
+        let wq = fake_quant_row(&folded);
         let bias = ((b[co] - mean[co] * scale) as f32) as f64;
         for oy in 0..oh {
             for ox in 0..ow {
@@ -338,8 +400,9 @@ fn relu(mut m: Map) -> Map {
 }
 
 /// The int8 network equals a fake-quantised f64 reference network written out here (torchvision
-/// tensors, BatchNorm folded here, every convolution after the stem on fake-quantised inputs
-/// and weights, ranges in network order) up to the rare inputs whose quantisation flips by one
+/// tensors, BatchNorm folded here, every convolution on fake-quantised inputs and weights: the
+/// stem's input with a zero point from its own range, the others with the ranges in network
+/// order) up to the rare inputs whose quantisation flips by one
 /// step because the two sides round differently before it.
 #[test]
 fn int8_network_equals_a_fake_quantised_reference_network() {
@@ -378,7 +441,7 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
             w: 48,
             v: x.iter().map(|&v| v as f64).collect(),
         };
-        let stem = relu(conv_bn(&st, "conv1", "bn1", &input, 2, None));
+        let stem = relu(conv_bn(&st, "conv1", "bn1", &input, 2, In::PerImage));
         // Max-pool 3×3 / 2, padding 1 (padding never wins).
         let (ph, pw) = ((stem.h - 1) / 2 + 1, (stem.w - 1) / 2 + 1);
         let mut pooled = vec![f64::NEG_INFINITY; stem.c * ph * pw];
@@ -434,7 +497,7 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
                         &format!("{p}.bn{i}"),
                         &y,
                         st_i,
-                        Some(m),
+                        In::Calibrated(m),
                     );
                     y = if i < n { relu(z) } else { z };
                 }
@@ -447,7 +510,7 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
                         &format!("{p}.downsample.1"),
                         &cur,
                         stride,
-                        Some(m),
+                        In::Calibrated(m),
                     )
                 } else {
                     cur

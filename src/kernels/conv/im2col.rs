@@ -49,6 +49,20 @@ impl Window {
         cols: &mut [T],
         par: Parallelism,
     ) {
+        self.im2col_padded(input, h, w, cols, par, T::default());
+    }
+
+    /// [`Window::im2col`] with padding cells set to `fill` (the zero point of an input
+    /// quantised with one, which stands for the value 0).
+    pub(super) fn im2col_padded<T: Copy + Send + Sync>(
+        self,
+        input: &[T],
+        h: usize,
+        w: usize,
+        cols: &mut [T],
+        par: Parallelism,
+        fill: T,
+    ) {
         let (oh, ow) = self.out_hw(h, w, "im2col");
         let p = oh * ow;
         if p == 0 {
@@ -60,7 +74,7 @@ impl Window {
         // Stride 1 with an output as large as the input (3×3 pad 1, …): a row is the plane
         // shifted, copied in one piece.
         let shifted = self.stride == 1 && (oh, ow) == (h, w);
-        let fill = |r: usize, row: &mut [T]| {
+        let write_row = |r: usize, row: &mut [T]| {
             let (ci, t) = (r / taps, r % taps);
             let plane = &input[ci * h * w..(ci + 1) * h * w];
             let (ky, kx) = (t / self.kw, t % self.kw);
@@ -69,18 +83,19 @@ impl Window {
                     ky as isize - self.pad as isize,
                     kx as isize - self.pad as isize,
                 );
-                im2col_row_shifted(plane, h, w, dy, dx, row);
+                im2col_row_shifted(plane, h, w, dy, dx, row, fill);
             } else {
-                im2col_row(plane, h, w, ky, kx, self.stride, self.pad, oh, ow, row);
+                let win = (ky, kx, self.stride, self.pad);
+                im2col_row(plane, h, w, win, oh, ow, row, fill);
             }
         };
         if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
             cols.par_chunks_mut(p)
                 .enumerate()
-                .for_each(|(r, row)| fill(r, row));
+                .for_each(|(r, row)| write_row(r, row));
         } else {
             for (r, row) in cols.chunks_mut(p).enumerate() {
-                fill(r, row);
+                write_row(r, row);
             }
         }
     }
@@ -90,15 +105,17 @@ impl Window {
 /// input: `row[oy·w + ox] = plane[oy + dy, ox + dx]`, zero outside the plane. Instead of one
 /// copy and two fills per output row (library calls of a few bytes each), the rows that read
 /// the plane are one copy of the plane shifted by `dy·w + dx`; the elements that copy wraps
-/// across a row end (the first `−dx` or the last `dx` of each row) are then zeroed. `|dx| < w`
-/// and `|dy| < h` are not required: a shift past the plane gives a zero row.
-fn im2col_row_shifted<T: Copy + Default>(
+/// across a row end (the first `−dx` or the last `dx` of each row) are then set to `fill`
+/// (zero). `|dx| < w` and `|dy| < h` are not required: a shift past the plane gives a row of
+/// `fill`.
+fn im2col_row_shifted<T: Copy>(
     plane: &[T],
     h: usize,
     w: usize,
     dy: isize,
     dx: isize,
     row: &mut [T],
+    fill: T,
 ) {
     let (hi, wi) = (h as isize, w as isize);
     let row = &mut row[..h * w];
@@ -106,11 +123,11 @@ fn im2col_row_shifted<T: Copy + Default>(
     let oy_lo = (-dy).clamp(0, hi) as usize;
     let oy_hi = (hi - dy).clamp(oy_lo as isize, hi) as usize;
     if dx.unsigned_abs() >= w {
-        row.fill(T::default());
+        row.fill(fill);
         return;
     }
-    row[..oy_lo * w].fill(T::default());
-    row[oy_hi * w..].fill(T::default());
+    row[..oy_lo * w].fill(fill);
+    row[oy_hi * w..].fill(fill);
     if oy_hi == oy_lo {
         return;
     }
@@ -130,25 +147,23 @@ fn im2col_row_shifted<T: Copy + Default>(
     };
     if c1 > c0 {
         for r in dst.chunks_exact_mut(w) {
-            r[c0..c1].fill(T::default());
+            r[c0..c1].fill(fill);
         }
     }
 }
 
 /// One row of the im2col matrix: `row[oy·ow + ox] = plane[oy·s + ky − pad, ox·s + kx − pad]`,
-/// zero where that falls in the padding.
+/// `fill` (zero) where that falls in the padding. `win` is `(ky, kx, s, pad)`.
 #[allow(clippy::too_many_arguments)]
-fn im2col_row<T: Copy + Default>(
+fn im2col_row<T: Copy>(
     plane: &[T],
     h: usize,
     w: usize,
-    ky: usize,
-    kx: usize,
-    s: usize,
-    pad: usize,
+    (ky, kx, s, pad): (usize, usize, usize, usize),
     oh: usize,
     ow: usize,
     row: &mut [T],
+    fill: T,
 ) {
     // Output columns whose input column ix = ox·s + kx − pad lies in [0, w).
     let ox_hi = if w + pad > kx {
@@ -161,12 +176,12 @@ fn im2col_row<T: Copy + Default>(
     for (oy, dst) in row.chunks_exact_mut(ow).take(oh).enumerate() {
         let iy = oy * s + ky;
         if iy < pad || iy - pad >= h {
-            dst.fill(T::default());
+            dst.fill(fill);
             continue;
         }
         let src = &plane[(iy - pad) * w..(iy - pad + 1) * w];
-        dst[..ox_lo].fill(T::default());
-        dst[ox_hi..].fill(T::default());
+        dst[..ox_lo].fill(fill);
+        dst[ox_hi..].fill(fill);
         if len == 0 {
             continue;
         }
@@ -199,12 +214,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The im2col matrix by its definition, one element at a time.
-    fn naive(win: Window, input: &[u16], h: usize, w: usize) -> Vec<u16> {
+    /// The im2col matrix by its definition, one element at a time, padding cells `fill`.
+    fn naive(win: Window, input: &[u16], h: usize, w: usize, fill: u16) -> Vec<u16> {
         let (oh, ow) = win.out_hw(h, w, "naive");
         let taps = win.kh * win.kw;
         let cin = input.len() / (h * w);
-        let mut out = vec![0u16; cin * taps * oh * ow];
+        let mut out = vec![fill; cin * taps * oh * ow];
         for ci in 0..cin {
             for t in 0..taps {
                 let (ky, kx) = (t / win.kw, t % win.kw);
@@ -226,22 +241,27 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         /// Every window (the shifted copy of stride 1 "same" windows included) against the
-        /// definition; the output buffer starts full of garbage, so every cell must be written.
+        /// definition, with zero padding and with a padding value; the output buffer starts
+        /// full of garbage, so every cell must be written.
         #[test]
         fn im2col_matches_the_definition(
             cin in 1usize..4, h in 1usize..9, w in 1usize..9, k in 1usize..6,
-            stride in 1usize..4, pad in 0usize..4, seed in any::<u16>(),
+            stride in 1usize..4, pad in 0usize..4, seed in any::<u16>(), fill in 1u16..0xDEAD,
         ) {
             let win = Window { kh: k, kw: k, stride, pad };
             prop_assume!(win.checked_out_hw(h, w).is_some());
             let input: Vec<u16> = (0..cin * h * w)
                 .map(|i| (i as u16).wrapping_mul(7).wrapping_add(seed) | 1)
                 .collect();
-            let want = naive(win, &input, h, w);
+            let want = naive(win, &input, h, w, 0);
+            let want_filled = naive(win, &input, h, w, fill);
             for par in [Parallelism::Sequential, Parallelism::Rayon] {
                 let mut got = vec![0xDEADu16; want.len()];
                 win.im2col(&input, h, w, &mut got, par);
                 prop_assert_eq!(&got, &want);
+                got.fill(0xDEAD);
+                win.im2col_padded(&input, h, w, &mut got, par, fill);
+                prop_assert_eq!(&got, &want_filled);
             }
         }
     }
@@ -260,10 +280,12 @@ mod tests {
                         pad,
                     };
                     let input: Vec<u16> = (0..2 * h * w).map(|i| i as u16 + 1).collect();
-                    let want = naive(win, &input, h, w);
-                    let mut got = vec![0xDEADu16; want.len()];
-                    win.im2col(&input, h, w, &mut got, Parallelism::Sequential);
-                    assert_eq!(got, want, "k {k} pad {pad} {h}×{w}");
+                    for fill in [0u16, 0xBEEF] {
+                        let want = naive(win, &input, h, w, fill);
+                        let mut got = vec![0xDEADu16; want.len()];
+                        win.im2col_padded(&input, h, w, &mut got, Parallelism::Sequential, fill);
+                        assert_eq!(got, want, "k {k} pad {pad} {h}×{w} fill {fill}");
+                    }
                 }
             }
         }

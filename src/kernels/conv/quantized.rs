@@ -18,6 +18,16 @@
 //!   where the sum is exact in `i32` (the kernels of [`crate::kernels::int8`]), `s_x·s_w[c]`
 //!   is one f32 product, and the padding is `q_x = 0`.
 //!
+//! **Signed inputs** (the stem, whose input is the normalised image: [`QuantizedConv::per_image`])
+//! are quantised with a zero point instead, from their own range, so they need no calibration:
+//! - `lo = min(0, min_p x)`, `hi = max(0, max_p x)`, step `s_x = (hi − lo) / 255`, zero point
+//!   `z = round(−lo · (255 / (hi − lo)))` and `q_x = clamp(round(x · (255 / (hi − lo)) + z), 0,
+//!   255)` (an empty range quantises everything to `z = 0`);
+//! - the padding is `q_x = z`, which stands for 0 exactly, and the epilogue subtracts the exact
+//!   `i32` offset `z · Σ_j q_w[c, j]`: `y[c, p] = act(f32(Σ_j q_w[c, j]·q_x[j, p] − z·Σ_j
+//!   q_w[c, j]) · (s_x·s_w[c]) + bias[c] (+ residual[c, p]))`, the convolution of `q_w·s_w` and
+//!   `(q_x − z)·s_x`.
+//!
 //! `round` rounds half to even (`f32::round_ties_even`: one instruction on x86-64 with SSE4.1
 //! and on AArch64, where `f32::round` is a library call that took 12 % of a forward pass). Apart from the one rounding of the i32
 //! sum to f32 and of the scaled value, the result is the f32 convolution of the
@@ -32,7 +42,7 @@ use crate::kernels::amx::Emit;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
     gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_shifted_emit, quantize_max, scale_for,
-    Int8Isa, PackedWeights, ShiftedPlanes, MAX_DEPTH, MAX_SIZE,
+    Int8Isa, PackedWeights, ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -56,8 +66,18 @@ pub struct QuantizedConv {
     /// `s_w[c]`.
     w_step: Vec<f32>,
     bias: Vec<f32>,
-    /// `m`, the calibrated input maximum.
-    input_max: f32,
+    input: InputRange,
+    /// `Σ_j q_w[c, j]` (for the zero point of [`InputRange::PerImage`]).
+    row_sums: Vec<i32>,
+}
+
+/// How a convolution's input is quantised (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum InputRange {
+    /// `[0, max(m, max x)]`, zero point 0: `m` is the calibrated maximum.
+    Calibrated(f32),
+    /// `[min(0, min x), max(0, max x)]` with a zero point: signed inputs.
+    PerImage,
 }
 
 /// Reusable buffers of [`QuantizedConv::forward_image`] (grown, never shrunk).
@@ -67,6 +87,7 @@ pub struct QuantScratch {
     cols: Vec<u8>,
     pack: Vec<u32>,
     dequant: Vec<f32>,
+    offset: Vec<i32>,
 }
 
 impl QuantScratch {
@@ -76,6 +97,7 @@ impl QuantScratch {
             + self.cols.capacity()
             + self.pack.capacity() * 4
             + self.dequant.capacity() * 4
+            + self.offset.capacity() * 4
     }
 }
 
@@ -106,6 +128,21 @@ impl QuantizedConv {
                  {input_max}"
             )));
         }
+        Self::with_input(conv, InputRange::Calibrated(input_max))
+    }
+
+    /// Quantises `conv` for signed inputs, each quantised with its own range and a zero point
+    /// (see the module documentation): the stem, whose input is the normalised image. Needs
+    /// no calibration.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if a weight or bias is not finite, or if `cin·kh·kw` exceeds
+    /// [`MAX_DEPTH`].
+    pub fn per_image(conv: &Conv2d) -> Result<QuantizedConv> {
+        Self::with_input(conv, InputRange::PerImage)
+    }
+
+    fn with_input(conv: &Conv2d, input: InputRange) -> Result<QuantizedConv> {
         let k = conv.cin * conv.kh * conv.kw;
         if k > MAX_DEPTH {
             return Err(Error::input(format!(
@@ -129,6 +166,11 @@ impl QuantizedConv {
         for (row, out) in weight.chunks_exact(k).zip(q.chunks_exact_mut(k)) {
             w_step.push(quantize_row(row, out));
         }
+        // |Σ| ≤ 127·MAX_DEPTH, far inside i32.
+        let row_sums = q
+            .chunks_exact(k)
+            .map(|r| r.iter().map(|&v| i32::from(v)).sum())
+            .collect();
         Ok(QuantizedConv {
             cout: conv.cout,
             cin: conv.cin,
@@ -139,18 +181,23 @@ impl QuantizedConv {
             weights: PackedWeights::new(&q, conv.cout, k),
             w_step,
             bias: conv.bias().to_vec(),
-            input_max,
+            input,
+            row_sums,
         })
     }
 
-    /// The calibrated input maximum `m`.
-    pub fn input_max(&self) -> f32 {
-        self.input_max
+    /// The calibrated input maximum `m`, or `None` for a convolution that quantises each input
+    /// with its own range ([`QuantizedConv::per_image`]).
+    pub fn input_max(&self) -> Option<f32> {
+        match self.input {
+            InputRange::Calibrated(m) => Some(m),
+            InputRange::PerImage => None,
+        }
     }
 
     /// Bytes of the packed weights, scales and bias.
     pub fn bytes(&self) -> usize {
-        self.weights.bytes() + (self.w_step.len() + self.bias.len()) * 4
+        self.weights.bytes() + (self.w_step.len() + self.bias.len() + self.row_sums.len()) * 4
     }
 
     /// Output size for an `h × w` input (as [`Conv2d::out_hw`]).
@@ -200,13 +247,57 @@ impl QuantizedConv {
         }
         let rayon = par == Parallelism::Rayon;
         let (w_step, bias) = (&self.w_step[..], &self.bias[..]);
-        let epilogue_for =
-            |dequant, range| epilogue(dequant, w_step, range, bias, residual, relu, p);
+        let epilogue_for = |dequant, range: f32| {
+            epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
+        };
 
         // The range is the calibrated maximum, widened to this input's maximum: the input is
         // quantised with the calibrated range while its maximum is found, and again only when
         // the maximum is larger.
-        let limit = self.input_max;
+        let limit = match self.input {
+            InputRange::Calibrated(m) => m,
+            InputRange::PerImage => {
+                let zp = ZeroPoint::of(input);
+                grow(&mut scratch.x, input.len());
+                let xq = &mut scratch.x[..input.len()];
+                if rayon && input.len() >= PAR_ELEMS {
+                    xq.par_chunks_mut(1 << 14)
+                        .zip(input.par_chunks(1 << 14))
+                        .for_each(|(d, s)| zp.quantize(s, d));
+                } else {
+                    zp.quantize(input, xq);
+                }
+                grow(&mut scratch.cols, k * p);
+                let cols = &mut scratch.cols[..k * p];
+                self.window()
+                    .im2col_padded(&scratch.x[..input.len()], h, w, cols, par, zp.zero);
+                let offset = &mut scratch.offset;
+                offset.clear();
+                let z = i32::from(zp.zero);
+                offset.extend(self.row_sums.iter().map(|&r| z * r));
+                let mut emit = epilogue::<true>(
+                    &mut scratch.dequant,
+                    w_step,
+                    zp.step,
+                    bias,
+                    residual,
+                    relu,
+                    p,
+                );
+                emit.offset = offset;
+                gemm_u8i8_emit(
+                    &self.weights,
+                    &scratch.cols[..k * p],
+                    p,
+                    out,
+                    &mut scratch.pack,
+                    par,
+                    isa,
+                    emit,
+                );
+                return;
+            }
+        };
         // The quantising loops run 512 bits wide where the CPU has AVX-512 (same bytes).
         let wide = Wide::detect(true);
 
@@ -322,23 +413,24 @@ impl QuantizedConv {
     }
 }
 
-/// The epilogue of a call whose input range is `range` (see the module documentation): the
+/// The epilogue of a call whose input step is `x_step` (see the module documentation): the
 /// exact sums dequantised (`dequant[c] = s_x·s_w[c]`, written here), plus bias (and residual),
-/// then ReLU if asked, as each tile of sums is finished, while it is in cache.
-fn epilogue<'a>(
+/// then ReLU if asked, as each tile of sums is finished, while it is in cache. Without a zero
+/// point (`ZP = false`); set [`Dequant::offset`] and use `ZP = true` for one.
+fn epilogue<'a, const ZP: bool>(
     dequant: &'a mut Vec<f32>,
     w_step: &[f32],
-    range: f32,
+    x_step: f32,
     bias: &'a [f32],
     residual: Option<&'a [f32]>,
     relu: bool,
     p: usize,
-) -> Dequant<'a> {
-    let x_step = range / 255.0;
+) -> Dequant<'a, ZP> {
     dequant.clear();
     dequant.extend(w_step.iter().map(|&s| x_step * s));
     Dequant {
         dequant,
+        offset: &[],
         bias,
         residual,
         relu,
@@ -347,30 +439,37 @@ fn epilogue<'a>(
 }
 
 /// The epilogue of [`epilogue`]. A type rather than a closure so that its loop inlines into
-/// (and vectorises with) the AVX-512 copy of the AMX driver's loop.
-struct Dequant<'a> {
+/// (and vectorises with) the AVX-512 copy of the AMX driver's loop. With `ZP`, the sums of
+/// row `c` are first reduced by `offset[c]` (exactly, in `i32`); without, there is no
+/// subtraction in the loop.
+struct Dequant<'a, const ZP: bool> {
     dequant: &'a [f32],
+    /// `z·Σ_j q_w[c, j]` per output channel (read only with `ZP`).
+    offset: &'a [i32],
     bias: &'a [f32],
     residual: Option<&'a [f32]>,
     relu: bool,
     p: usize,
 }
 
-impl Emit<i32, f32> for Dequant<'_> {
+impl<const ZP: bool> Emit<i32, f32> for Dequant<'_, ZP> {
     #[inline(always)]
     fn emit(&self, c: usize, j0: usize, sums: &[i32], o: &mut [f32]) {
         let (s, b, relu) = (self.dequant[c], self.bias[c], self.relu);
+        // `a − off = Σ_j q_w[c, j]·(q_x − z)` is at most 255·127·MAX_DEPTH in size, like `a`
+        // and `off`: no overflow.
+        let off = if ZP { self.offset[c] } else { 0 };
         match self.residual {
             Some(r) => {
                 let r = &r[c * self.p + j0..][..o.len()];
                 for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
-                    let v = a as f32 * s + b + r;
+                    let v = (a - off) as f32 * s + b + r;
                     *o = if relu { v.max(0.0) } else { v };
                 }
             }
             None => {
                 for (o, &a) in o.iter_mut().zip(sums) {
-                    let v = a as f32 * s + b;
+                    let v = (a - off) as f32 * s + b;
                     *o = if relu { v.max(0.0) } else { v };
                 }
             }

@@ -42,7 +42,7 @@ use crate::kernels::wide::Wide;
 use pack::{pack_b, pack_b_shifted};
 pub(crate) use pack::{ShiftedPlanes, MAX_SIZE};
 pub use quantize::quantize_u8;
-pub(crate) use quantize::{max_or_zero, quantize_max, scale_for};
+pub(crate) use quantize::{max_or_zero, quantize_max, scale_for, ZeroPoint};
 #[cfg(test)]
 use weights::amx_weights;
 pub use weights::PackedWeights;

@@ -87,3 +87,64 @@ pub(crate) fn scale_for(range: f32) -> f32 {
         0.0
     }
 }
+
+/// The quantiser of a signed input (the stem's normalised image): the range `[lo, hi]` of
+/// this input, widened to contain 0, in 256 steps, with the integer zero point `z` standing
+/// for the value 0 (so that zero padding is exact).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ZeroPoint {
+    /// `255 / (hi − lo)`, 0 for an empty range.
+    pub(crate) scale: f32,
+    /// The step `(hi − lo) / 255` that dequantises.
+    pub(crate) step: f32,
+    /// `z = round(−lo · scale)`.
+    pub(crate) zero: u8,
+}
+
+impl ZeroPoint {
+    /// The quantiser of `x`: `lo = min(0, min x)`, `hi = max(0, max x)` (NaN ignored, as
+    /// `f32::min`/`f32::max` do). A range that is empty or not finite quantises everything to
+    /// the zero point (the value 0).
+    pub(crate) fn of(x: &[f32]) -> ZeroPoint {
+        const L: usize = 16;
+        let (mut lo, mut hi) = ([0.0f32; L], [0.0f32; L]);
+        let mut chunks = x.chunks_exact(L);
+        for c in &mut chunks {
+            for l in 0..L {
+                lo[l] = lo[l].min(c[l]);
+                hi[l] = hi[l].max(c[l]);
+            }
+        }
+        let (mut l0, mut h0) = (0.0f32, 0.0f32);
+        for &v in chunks.remainder() {
+            l0 = l0.min(v);
+            h0 = h0.max(v);
+        }
+        let lo = lo.iter().fold(l0, |m, &v| m.min(v));
+        let hi = hi.iter().fold(h0, |m, &v| m.max(v));
+        let width = hi - lo;
+        if !(width > 0.0 && width.is_finite()) {
+            return ZeroPoint {
+                scale: 0.0,
+                step: 0.0,
+                zero: 0,
+            };
+        }
+        let scale = 255.0 / width;
+        ZeroPoint {
+            scale,
+            step: width / 255.0,
+            zero: quantize_u8(-lo, scale),
+        }
+    }
+
+    /// `out[i] = clamp(round(x[i] · scale + z), 0, 255)` with ties to even (NaN gives 0).
+    /// The slices must have the same length.
+    pub(crate) fn quantize(self, x: &[f32], out: &mut [u8]) {
+        assert_eq!(x.len(), out.len(), "ZeroPoint::quantize: lengths differ");
+        let (s, z) = (self.scale, f32::from(self.zero));
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = quantize_u8(v * s + z, 1.0);
+        }
+    }
+}
