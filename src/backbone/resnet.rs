@@ -4,7 +4,9 @@ use super::arch::{BlockKind, Layer, ResNetSpec};
 use super::precision::{Calibration, Precision};
 use super::weights::{load_conv_bn, TensorSource};
 use crate::kernels::bf16::Bf16Isa;
-use crate::kernels::conv::{Bf16Conv, Bf16Scratch, Conv2d, QuantScratch, QuantizedConv};
+use crate::kernels::conv::{
+    Bf16Conv, Bf16Scratch, Conv2d, QInput, QOutput, QuantScratch, QuantizedConv,
+};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::Int8Isa;
 use crate::kernels::pool::{maxpool2d, maxpool_out};
@@ -108,6 +110,8 @@ struct Work {
     y: Vec<f32>,
     t: [Vec<f32>; 2],
     ds: Vec<f32>,
+    /// Activations kept quantised between two int8 convolutions.
+    u: [Vec<u8>; 2],
     scratch: Vec<f32>,
     q: QuantScratch,
     b16: Bf16Scratch,
@@ -201,6 +205,8 @@ impl Net {
                         + w.ds.capacity()
                         + w.scratch.capacity())
                         * 4
+                        + w.u[0].capacity()
+                        + w.u[1].capacity()
                         + w.q.bytes()
                         + w.b16.bytes()
                 })
@@ -389,10 +395,9 @@ impl Net {
         run(
             &self.stem,
             low_stem,
-            image,
+            (QInput::F32(image), QOutput::F32(t0)),
             h,
             w,
-            t0,
             None,
             true,
             &mut Scratch {
@@ -440,39 +445,70 @@ fn max_of(x: &[f32]) -> f32 {
     crate::kernels::int8::max_or_zero(x)
 }
 
-/// One convolution, in f32 or reduced precision.
+/// One convolution, in f32 or reduced precision, with its input and output in either form
+/// (quantised forms only for int8 convolutions, see [`QuantizedConv::forward`]). Returns
+/// `false` when a quantised output is not valid (a value exceeded the next convolution's
+/// range); it must then be computed again in f32.
 #[allow(clippy::too_many_arguments)]
 fn run(
     conv: &Conv2d,
     q: Option<(&LowConv, Isas)>,
-    src: &[f32],
+    (src, dst): (QInput<'_>, QOutput<'_>),
     h: usize,
     w: usize,
-    dst: &mut [f32],
     residual: Option<&[f32]>,
     relu: bool,
     wk: &mut Scratch<'_>,
-) {
+) -> bool {
     let par = |cout: usize, (oh, ow): (usize, usize)| {
         Parallelism::auto(cout, oh * ow, conv.cin * conv.kh * conv.kw)
     };
-    match q {
-        Some((LowConv::Int8(qc), isa)) => {
+    match (q, src, dst) {
+        (Some((LowConv::Int8(qc), isa)), src, dst) => {
             let p = par(qc.cout, qc.out_hw(h, w));
-            qc.forward_image(src, h, w, dst, residual, relu, wk.q, p, isa.int8);
+            qc.forward((src, dst), h, w, residual, relu, wk.q, p, isa.int8)
         }
-        Some((LowConv::Bf16(bc), isa)) => {
+        (Some((LowConv::Bf16(bc), isa)), QInput::F32(src), QOutput::F32(dst)) => {
             let p = par(bc.cout, bc.out_hw(h, w));
             bc.forward_image(src, h, w, dst, residual, relu, wk.b16, p, isa.bf16);
+            true
         }
-        None => conv.forward_image(src, h, w, dst, residual, relu, wk.f32),
+        (None, QInput::F32(src), QOutput::F32(dst)) => {
+            conv.forward_image(src, h, w, dst, residual, relu, wk.f32);
+            true
+        }
+        // Quantised forms are only ever asked of int8 convolutions.
+        _ => unreachable!("a quantised activation for a convolution that is not int8"),
     }
+}
+
+/// The two buffers of `pair`: the one that is not `dst`, and `dst`.
+fn other_and<T>(pair: &mut [Vec<T>; 2], dst: usize) -> (&Vec<T>, &mut Vec<T>) {
+    let (a, b) = pair.split_at_mut(1);
+    if dst == 0 {
+        (&b[0], &mut a[0])
+    } else {
+        (&a[0], &mut b[0])
+    }
+}
+
+/// Where a block's current main-path activation is.
+#[derive(Clone, Copy)]
+enum Act {
+    /// The block's input, `wk.x`.
+    Input,
+    /// `wk.t[i]`, f32.
+    F32(usize),
+    /// `wk.u[i]`, quantised for the convolution that reads it.
+    U8(usize),
 }
 
 impl Block {
     /// Reads `wk.x` (`[c, h, w]`), writes `wk.y`; returns the output shape. With `q`, the
-    /// convolutions run in int8 (`q` holds them in the order main path, downsample); with
-    /// `record`, the largest input of each convolution (same order) is written there.
+    /// convolutions run in reduced precision (`q` holds them in the order main path,
+    /// downsample), and between two int8 convolutions of the main path the activation stays
+    /// quantised; with `record`, the largest input of each convolution (same order) is
+    /// written there.
     fn forward(
         &self,
         wk: &mut Work,
@@ -482,98 +518,103 @@ impl Block {
         q: Option<(&[LowConv], Isas)>,
         mut record: Option<&mut [f32]>,
     ) -> (usize, usize, usize) {
-        let x = &wk.x[..c * h * w];
         let n = self.convs.len();
         if let Some(r) = record.as_deref_mut() {
             // The first convolution and the downsample both read the block's input.
-            let m = max_of(x);
+            let m = max_of(&wk.x[..c * h * w]);
             r[0] = m;
             if self.downsample.is_some() {
                 r[n] = m;
             }
         }
         let qconv = |i: usize| q.map(|(qs, isa)| (&qs[i], isa));
+        // The range of convolution `i`'s input, when it is int8 with a calibrated range.
+        let int8_range = |i: usize| match qconv(i) {
+            Some((LowConv::Int8(qc), _)) => qc.input_max(),
+            _ => None,
+        };
         // Main path up to (not including) the last conv, each with ReLU.
         let (mut mc, mut mh, mut mw) = (c, h, w);
-        let mut src_is_x = true;
-        let mut cur = 0usize; // which of wk.t holds the current activation
+        let mut act = Act::Input;
         for (i, conv) in self.convs[..n - 1].iter().enumerate() {
             let (oh, ow) = conv.out_hw(mh, mw);
-            let dst_idx = i % 2;
-            let (a, b) = wk.t.split_at_mut(1);
-            let (src, dst): (&[f32], &mut Vec<f32>) = if src_is_x {
-                (x, if dst_idx == 0 { &mut a[0] } else { &mut b[0] })
-            } else if dst_idx == 0 {
-                (&b[0][..mc * mh * mw], &mut a[0])
-            } else {
-                (&a[0][..mc * mh * mw], &mut b[0])
+            let (d, len_in, len_out) = (i % 2, mc * mh * mw, conv.cout * oh * ow);
+            let x = &wk.x[..c * h * w];
+            let (t_src, t_dst) = other_and(&mut wk.t, d);
+            let (u_src, u_dst) = other_and(&mut wk.u, d);
+            let src = match act {
+                Act::Input => QInput::F32(x),
+                Act::F32(_) => QInput::F32(&t_src[..len_in]),
+                Act::U8(_) => QInput::Quantized(&u_src[..len_in]),
             };
-            let dst = ensure(dst, conv.cout * oh * ow);
-            run(
-                conv,
-                qconv(i),
-                src,
-                mh,
-                mw,
-                dst,
-                None,
-                true,
-                &mut Scratch {
-                    f32: &mut wk.scratch,
-                    q: &mut wk.q,
-                    b16: &mut wk.b16,
-                },
-            );
-            if let Some(r) = record.as_deref_mut() {
-                r[i + 1] = max_of(dst);
+            let mut scratch = Scratch {
+                f32: &mut wk.scratch,
+                q: &mut wk.q,
+                b16: &mut wk.b16,
+            };
+            // Quantised for the next convolution when both are int8, unless a value exceeds
+            // its range; then (or otherwise) in f32.
+            let mut quantised = false;
+            if let (Some((LowConv::Int8(_), _)), Some(limit)) = (qconv(i), int8_range(i + 1)) {
+                if u_dst.len() < len_out {
+                    u_dst.resize(len_out, 0);
+                }
+                let out = QOutput::Quantized {
+                    q: &mut u_dst[..len_out],
+                    limit,
+                };
+                quantised = run(conv, qconv(i), (src, out), mh, mw, None, true, &mut scratch);
+            }
+            if quantised {
+                act = Act::U8(d);
+            } else {
+                let dst = ensure(t_dst, len_out);
+                let io = (src, QOutput::F32(dst));
+                run(conv, qconv(i), io, mh, mw, None, true, &mut scratch);
+                if let Some(r) = record.as_deref_mut() {
+                    r[i + 1] = max_of(&t_dst[..len_out]);
+                }
+                act = Act::F32(d);
             }
             (mc, mh, mw) = (conv.cout, oh, ow);
-            src_is_x = false;
-            cur = dst_idx;
         }
         // Identity branch.
         let last = &self.convs[n - 1];
         let (oh, ow) = last.out_hw(mh, mw);
         let oc = last.cout;
+        let x = &wk.x[..c * h * w];
+        let mut scratch = Scratch {
+            f32: &mut wk.scratch,
+            q: &mut wk.q,
+            b16: &mut wk.b16,
+        };
         let identity: &[f32] = match &self.downsample {
             Some(ds) => {
                 let d = ensure(&mut wk.ds, ds.cout * oh * ow);
-                run(
-                    ds,
-                    qconv(n),
-                    x,
-                    h,
-                    w,
-                    d,
-                    None,
-                    false,
-                    &mut Scratch {
-                        f32: &mut wk.scratch,
-                        q: &mut wk.q,
-                        b16: &mut wk.b16,
-                    },
-                );
+                let io = (QInput::F32(x), QOutput::F32(d));
+                run(ds, qconv(n), io, h, w, None, false, &mut scratch);
                 &wk.ds[..oc * oh * ow]
             }
             None => x,
         };
         debug_assert_eq!(identity.len(), oc * oh * ow);
-        let src: &[f32] = &wk.t[cur][..mc * mh * mw];
+        let len_in = mc * mh * mw;
+        let src = match act {
+            Act::Input => QInput::F32(x),
+            Act::F32(j) => QInput::F32(&wk.t[j][..len_in]),
+            Act::U8(j) => QInput::Quantized(&wk.u[j][..len_in]),
+        };
         let y = ensure(&mut wk.y, oc * oh * ow);
+        let io = (src, QOutput::F32(y));
         run(
             last,
             qconv(n - 1),
-            src,
+            io,
             mh,
             mw,
-            y,
             Some(identity),
             true,
-            &mut Scratch {
-                f32: &mut wk.scratch,
-                q: &mut wk.q,
-                b16: &mut wk.b16,
-            },
+            &mut scratch,
         );
         (oc, oh, ow)
     }

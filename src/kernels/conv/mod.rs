@@ -45,6 +45,7 @@ mod winograd;
 pub use algorithm::{ConvAlgorithm, WINOGRAD_MIN_CHANNELS, WINOGRAD_S2_MIN_CHANNEL_PRODUCT};
 pub use batchnorm::fold_batchnorm;
 pub use bf16::{Bf16Conv, Bf16Scratch};
+pub(crate) use quantized::{QInput, QOutput};
 pub use quantized::{QuantScratch, QuantizedConv};
 
 use epilogue::epilogue;

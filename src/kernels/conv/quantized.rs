@@ -28,10 +28,22 @@
 //!   q_w[c, j]) · (s_x·s_w[c]) + bias[c] (+ residual[c, p]))`, the convolution of `q_w·s_w` and
 //!   `(q_x − z)·s_x`.
 //!
+//! **Chained activations.** Between two int8 convolutions of a block's main path the
+//! activation need not exist in f32: [`QuantizedConv::forward`] can write its output as the
+//! bytes the next convolution would make of it (`q = clamp(round(y · (255 / m')), 0, 255)`
+//! with the next input's calibrated maximum `m'`, in the epilogue, while the sums are in
+//! cache) and read its input in that form. A quarter of the bytes are written and read, and
+//! the next convolution has nothing left to quantise. The epilogue notes whether a value
+//! exceeded `m'`; if one did, the bytes are not used and the output is computed again in
+//! f32, so that the next convolution widens its range as above. Either way the result is
+//! bit-identical to the f32 chain.
+//!
 //! `round` rounds half to even (`f32::round_ties_even`: one instruction on x86-64 with SSE4.1
 //! and on AArch64, where `f32::round` is a library call that took 12 % of a forward pass). Apart from the one rounding of the i32
 //! sum to f32 and of the scaled value, the result is the f32 convolution of the
 //! fake-quantised weights `q_w·s_w` and inputs `q_x·s_x`, which is how the tests check it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -41,8 +53,8 @@ use crate::error::{Error, Result};
 use crate::kernels::amx::Emit;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
-    gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_shifted_emit, quantize_max, scale_for,
-    Int8Isa, PackedWeights, ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
+    gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_shifted_emit, quantize_max, quantize_u8,
+    scale_for, Int8Isa, PackedWeights, ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -236,181 +248,313 @@ impl QuantizedConv {
         par: Parallelism,
         isa: Int8Isa,
     ) {
+        let io = (QInput::F32(input), QOutput::F32(out));
+        self.forward(io, h, w, residual, relu, scratch, par, isa);
+    }
+
+    /// [`QuantizedConv::forward_image`] with the input and the output in either form: an
+    /// input already quantised for this convolution, and an output quantised for the next one
+    /// (see [`QOutput::Quantized`]). Returns `false` when a quantised output is not valid
+    /// because a value exceeded its range (or because this convolution quantises its input
+    /// per image, which is never chained); the caller then computes it again in f32, so the
+    /// results are always those of the f32 output quantised by the next convolution.
+    ///
+    /// # Panics
+    /// If a slice length does not match the shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        (input, out): (QInput<'_>, QOutput<'_>),
+        h: usize,
+        w: usize,
+        residual: Option<&[f32]>,
+        relu: bool,
+        scratch: &mut QuantScratch,
+        par: Parallelism,
+        isa: Int8Isa,
+    ) -> bool {
         let (oh, ow) = self.out_hw(h, w);
         let p = oh * ow;
-        let taps = self.kh * self.kw;
-        let k = self.cin * taps;
         assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
         assert_eq!(out.len(), self.cout * p, "QuantizedConv: output length");
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "QuantizedConv: residual length");
         }
-        let rayon = par == Parallelism::Rayon;
         let (w_step, bias) = (&self.w_step[..], &self.bias[..]);
-        let epilogue_for = |dequant, range: f32| {
-            epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
-        };
-
-        // The range is the calibrated maximum, widened to this input's maximum: the input is
-        // quantised with the calibrated range while its maximum is found, and again only when
-        // the maximum is larger.
-        let limit = match self.input {
-            InputRange::Calibrated(m) => m,
-            InputRange::PerImage => {
-                let zp = ZeroPoint::of(input);
-                grow(&mut scratch.x, input.len());
-                let xq = &mut scratch.x[..input.len()];
-                if rayon && input.len() >= PAR_ELEMS {
-                    xq.par_chunks_mut(1 << 14)
-                        .zip(input.par_chunks(1 << 14))
-                        .for_each(|(d, s)| zp.quantize(s, d));
-                } else {
-                    zp.quantize(input, xq);
-                }
-                grow(&mut scratch.cols, k * p);
-                let cols = &mut scratch.cols[..k * p];
-                self.window()
-                    .im2col_padded(&scratch.x[..input.len()], h, w, cols, par, zp.zero);
-                let offset = &mut scratch.offset;
-                offset.clear();
-                let z = i32::from(zp.zero);
-                offset.extend(self.row_sums.iter().map(|&r| z * r));
-                let mut emit = epilogue::<true>(
-                    &mut scratch.dequant,
-                    w_step,
-                    zp.step,
-                    bias,
-                    residual,
-                    relu,
-                    p,
-                );
-                emit.offset = offset;
-                gemm_u8i8_emit(
-                    &self.weights,
-                    &scratch.cols[..k * p],
-                    p,
-                    out,
-                    &mut scratch.pack,
-                    par,
-                    isa,
-                    emit,
-                );
-                return;
+        let QuantScratch {
+            x,
+            cols,
+            pack,
+            dequant,
+            offset,
+        } = scratch;
+        let bufs = Bufs { x, cols, pack };
+        match (self.input, input, out) {
+            (InputRange::PerImage, QInput::F32(input), QOutput::F32(out)) => {
+                self.forward_per_image(input, h, w, out, bufs, offset, par, isa, |x_step| {
+                    epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p)
+                });
+                true
             }
-        };
+            (InputRange::PerImage, ..) => false,
+            (InputRange::Calibrated(limit), input, QOutput::F32(out)) => {
+                self.forward_calibrated(input, limit, h, w, out, bufs, par, isa, |range| {
+                    epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
+                });
+                true
+            }
+            (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
+                let over = AtomicBool::new(false);
+                self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, |range| Requant {
+                    dequant: epilogue::<false>(
+                        dequant,
+                        w_step,
+                        range / 255.0,
+                        bias,
+                        residual,
+                        relu,
+                        p,
+                    ),
+                    scale: scale_for(next),
+                    limit: next,
+                    over: &over,
+                });
+                !over.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// The product of a signed input quantised with its own zero point (see the module
+    /// documentation); `make(s_x)` gives the epilogue, which must subtract `offset`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_per_image<'o>(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        bufs: Bufs<'_>,
+        offset: &'o mut Vec<i32>,
+        par: Parallelism,
+        isa: Int8Isa,
+        make: impl FnOnce(f32) -> Dequant<'o, true>,
+    ) {
+        let (oh, ow) = self.out_hw(h, w);
+        let (p, k) = (oh * ow, self.cin * self.kh * self.kw);
+        let zp = ZeroPoint::of(input);
+        grow(bufs.x, input.len());
+        let xq = &mut bufs.x[..input.len()];
+        if par == Parallelism::Rayon && input.len() >= PAR_ELEMS {
+            xq.par_chunks_mut(1 << 14)
+                .zip(input.par_chunks(1 << 14))
+                .for_each(|(d, s)| zp.quantize(s, d));
+        } else {
+            zp.quantize(input, xq);
+        }
+        grow(bufs.cols, k * p);
+        let cols = &mut bufs.cols[..k * p];
+        self.window()
+            .im2col_padded(&bufs.x[..input.len()], h, w, cols, par, zp.zero);
+        offset.clear();
+        let z = i32::from(zp.zero);
+        offset.extend(self.row_sums.iter().map(|&r| z * r));
+        let mut emit = make(zp.step);
+        emit.offset = offset;
+        let cols = &bufs.cols[..k * p];
+        gemm_u8i8_emit(&self.weights, cols, p, out, bufs.pack, par, isa, emit);
+    }
+
+    /// The product of an input quantised with the calibrated range `limit` (widened to an f32
+    /// input's maximum); `make(range)` gives the epilogue of the range used.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_calibrated<T: Send, E: Emit<i32, T>>(
+        &self,
+        input: QInput<'_>,
+        limit: f32,
+        h: usize,
+        w: usize,
+        out: &mut [T],
+        bufs: Bufs<'_>,
+        par: Parallelism,
+        isa: Int8Isa,
+        make: impl FnOnce(f32) -> E,
+    ) {
+        let (oh, ow) = self.out_hw(h, w);
+        let p = oh * ow;
+        let k = self.cin * self.kh * self.kw;
+        let rayon = par == Parallelism::Rayon;
         // The quantising loops run 512 bits wide where the CPU has AVX-512 (same bytes).
         let wide = Wide::detect(true);
+        let Bufs {
+            x: xbuf,
+            cols,
+            pack,
+        } = bufs;
 
         // A plain 1×1 convolution's input is its matrix of activations: quantised while it is
-        // packed, without a byte copy.
+        // packed, without a byte copy (or packed as it is when already quantised).
         let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
         if direct {
-            let dequant = &mut scratch.dequant;
-            gemm_quantizing_widened(
-                &self.weights,
-                input,
-                limit,
-                p,
-                out,
-                &mut scratch.pack,
-                par,
-                isa,
-                |range| epilogue_for(dequant, range),
-            );
+            match input {
+                QInput::F32(x) => {
+                    gemm_quantizing_widened(&self.weights, x, limit, p, out, pack, par, isa, make)
+                }
+                QInput::Quantized(q) => {
+                    gemm_u8i8_emit(&self.weights, q, p, out, pack, par, isa, make(limit))
+                }
+            }
             return;
         }
 
-        // A stride-1 window that keeps the size (3×3 pad 1): the input quantised into planes
-        // with zero margins, packed straight from them (no im2col matrix).
+        // A stride-1 window that keeps the size (3×3 pad 1): the input quantised (or copied)
+        // into planes with zero margins, packed straight from them (no im2col matrix).
         let same = self.stride == 1 && self.kh == self.kw && self.kh == 2 * self.pad + 1;
         if same && self.kh <= MAX_SIZE {
             let (cin, hw, pad) = (self.cin, h * w, self.pad);
             let len = ShiftedPlanes::len(cin, h, w, pad);
             let margin = ShiftedPlanes::margin(w, pad);
-            grow(&mut scratch.x, len);
-            let quant = |xq: &mut [u8], scale: f32| -> f32 {
+            grow(xbuf, len);
+            // Writes the planes with `plane(dst, src)` (which returns the maximum it saw),
+            // zeroes the margins; returns the largest maximum.
+            let fill = |xq: &mut [u8], plane: &(dyn Fn(&mut [u8], usize) -> f32 + Sync)| -> f32 {
                 let (head, rest) = xq.split_at_mut(margin);
                 let (planes, tail) = rest.split_at_mut(cin * (hw + margin));
                 head.fill(0);
                 tail.fill(0);
-                let plane = |(d, s): (&mut [u8], &[f32])| {
+                let one = |(c, d): (usize, &mut [u8])| {
                     let (body, after) = d.split_at_mut(hw);
                     after.fill(0);
-                    quantize_max(wide, s, scale, body)
+                    plane(body, c)
                 };
-                if rayon && input.len() >= PAR_ELEMS {
+                if rayon && cin * hw >= PAR_ELEMS {
                     planes
                         .par_chunks_mut(hw + margin)
-                        .zip(input.par_chunks(hw))
+                        .enumerate()
                         .with_min_len((1 << 14) / hw.max(1))
-                        .map(plane)
+                        .map(one)
                         .reduce(|| 0.0, f32::max)
                 } else {
                     planes
                         .chunks_mut(hw + margin)
-                        .zip(input.chunks(hw))
-                        .map(plane)
+                        .enumerate()
+                        .map(one)
                         .fold(0.0, f32::max)
                 }
             };
-            let xq = &mut scratch.x[..len];
-            let seen = quant(xq, scale_for(limit));
-            let range = limit.max(seen);
-            if seen > limit {
-                quant(xq, scale_for(range));
-            }
+            let xq = &mut xbuf[..len];
+            let range = match input {
+                QInput::F32(x) => {
+                    let quant = |scale: f32| {
+                        move |d: &mut [u8], c: usize| {
+                            quantize_max(wide, &x[c * hw..][..hw], scale, d)
+                        }
+                    };
+                    let seen = fill(xq, &quant(scale_for(limit)));
+                    let range = limit.max(seen);
+                    if seen > limit {
+                        fill(xq, &quant(scale_for(range)));
+                    }
+                    range
+                }
+                QInput::Quantized(q) => {
+                    fill(xq, &|d: &mut [u8], c: usize| {
+                        d.copy_from_slice(&q[c * hw..][..hw]);
+                        0.0
+                    });
+                    limit
+                }
+            };
             // (Always `Some`: the size and the length were checked above.)
-            if let Some(planes) = ShiftedPlanes::new(&scratch.x[..len], cin, h, w, pad) {
-                gemm_u8i8_shifted_emit(
-                    &self.weights,
-                    planes,
-                    out,
-                    &mut scratch.pack,
-                    par,
-                    isa,
-                    epilogue_for(&mut scratch.dequant, range),
-                );
+            if let Some(planes) = ShiftedPlanes::new(&xbuf[..len], cin, h, w, pad) {
+                gemm_u8i8_shifted_emit(&self.weights, planes, out, pack, par, isa, make(range));
                 return;
             }
         }
 
-        // Otherwise quantise the input, then its u8 im2col matrix.
-        grow(&mut scratch.x, input.len());
-        let xq = &mut scratch.x[..input.len()];
-        let quant = |xq: &mut [u8], scale: f32| -> f32 {
-            if rayon && input.len() >= PAR_ELEMS {
-                xq.par_chunks_mut(1 << 14)
-                    .zip(input.par_chunks(1 << 14))
-                    .map(|(d, s)| quantize_max(wide, s, scale, d))
-                    .reduce(|| 0.0, f32::max)
-            } else {
-                quantize_max(wide, input, scale, xq)
+        // Otherwise quantise the input (unless it is), then its u8 im2col matrix.
+        let n_in = self.cin * h * w;
+        let (src, range): (&[u8], f32) = match input {
+            QInput::F32(x) => {
+                grow(xbuf, n_in);
+                let xq = &mut xbuf[..n_in];
+                let quant = |xq: &mut [u8], scale: f32| -> f32 {
+                    if rayon && n_in >= PAR_ELEMS {
+                        xq.par_chunks_mut(1 << 14)
+                            .zip(x.par_chunks(1 << 14))
+                            .map(|(d, s)| quantize_max(wide, s, scale, d))
+                            .reduce(|| 0.0, f32::max)
+                    } else {
+                        quantize_max(wide, x, scale, xq)
+                    }
+                };
+                let seen = quant(xq, scale_for(limit));
+                let range = limit.max(seen);
+                if seen > limit {
+                    quant(xq, scale_for(range));
+                }
+                (&xbuf[..n_in], range)
             }
+            QInput::Quantized(q) => (q, limit),
         };
-        let seen = quant(xq, scale_for(limit));
-        let range = limit.max(seen);
-        if seen > limit {
-            quant(xq, scale_for(range));
-        }
-        grow(&mut scratch.cols, k * p);
-        self.window().im2col(
-            &scratch.x[..input.len()],
-            h,
-            w,
-            &mut scratch.cols[..k * p],
-            par,
-        );
+        grow(cols, k * p);
+        self.window().im2col(src, h, w, &mut cols[..k * p], par);
         gemm_u8i8_emit(
             &self.weights,
-            &scratch.cols[..k * p],
+            &cols[..k * p],
             p,
             out,
-            &mut scratch.pack,
+            pack,
             par,
             isa,
-            epilogue_for(&mut scratch.dequant, range),
+            make(range),
         );
     }
+}
+
+/// The input of [`QuantizedConv::forward`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum QInput<'a> {
+    /// f32 activations.
+    F32(&'a [f32]),
+    /// Activations already quantised with this convolution's calibrated range (as the
+    /// [`QOutput::Quantized`] of the previous convolution writes them).
+    Quantized(&'a [u8]),
+}
+
+impl QInput<'_> {
+    fn len(&self) -> usize {
+        match self {
+            QInput::F32(x) => x.len(),
+            QInput::Quantized(q) => q.len(),
+        }
+    }
+}
+
+/// The output of [`QuantizedConv::forward`].
+#[derive(Debug)]
+pub(crate) enum QOutput<'a> {
+    /// f32 activations.
+    F32(&'a mut [f32]),
+    /// Activations quantised for the next convolution, whose calibrated range is `limit`:
+    /// `q = clamp(round(y · (255 / limit)), 0, 255)`, the bytes the next convolution would
+    /// make of the f32 output `y` if no value exceeded `limit`.
+    Quantized { q: &'a mut [u8], limit: f32 },
+}
+
+impl QOutput<'_> {
+    fn len(&self) -> usize {
+        match self {
+            QOutput::F32(y) => y.len(),
+            QOutput::Quantized { q, .. } => q.len(),
+        }
+    }
+}
+
+/// The byte buffers of one call.
+struct Bufs<'a> {
+    x: &'a mut Vec<u8>,
+    cols: &'a mut Vec<u8>,
+    pack: &'a mut Vec<u32>,
 }
 
 /// The epilogue of a call whose input step is `x_step` (see the module documentation): the
@@ -477,6 +621,46 @@ impl<const ZP: bool> Emit<i32, f32> for Dequant<'_, ZP> {
     }
 }
 
+/// The epilogue of a quantised output: the value of [`Dequant`], quantised for the next
+/// convolution (`quantize_u8(y, 255 / limit)`); a value above `limit` sets `over` (the
+/// output is then computed again in f32, where the next convolution widens its range).
+struct Requant<'a> {
+    dequant: Dequant<'a, false>,
+    scale: f32,
+    limit: f32,
+    over: &'a AtomicBool,
+}
+
+impl Emit<i32, u8> for Requant<'_> {
+    #[inline(always)]
+    fn emit(&self, c: usize, j0: usize, sums: &[i32], o: &mut [u8]) {
+        let d = &self.dequant;
+        let (s, b, relu, scale, limit) = (d.dequant[c], d.bias[c], d.relu, self.scale, self.limit);
+        let mut over = false;
+        let mut put = |o: &mut u8, v: f32| {
+            let v = if relu { v.max(0.0) } else { v };
+            over |= v > limit;
+            *o = quantize_u8(v, scale);
+        };
+        match d.residual {
+            Some(r) => {
+                let r = &r[c * d.p + j0..][..o.len()];
+                for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
+                    put(o, a as f32 * s + b + r);
+                }
+            }
+            None => {
+                for (o, &a) in o.iter_mut().zip(sums) {
+                    put(o, a as f32 * s + b);
+                }
+            }
+        }
+        if over {
+            self.over.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Grows `buf` to at least `n` elements (contents unspecified; callers overwrite them).
 fn grow<T: Copy + Default>(buf: &mut Vec<T>, n: usize) {
     if buf.len() < n {
@@ -486,7 +670,89 @@ fn grow<T: Copy + Default>(buf: &mut Vec<T>, n: usize) {
 
 #[cfg(test)]
 mod tests {
-    use crate::kernels::int8::quantize_u8;
+    use super::{QInput, QOutput, QuantScratch, QuantizedConv};
+    use crate::kernels::conv::Conv2d;
+    use crate::kernels::gemm::Parallelism;
+    use crate::kernels::int8::{quantize_u8, scale_for, Int8Isa};
+
+    /// The quantised forms are the f32 forms quantised: a quantised output has exactly the
+    /// bytes the next convolution makes of the f32 output (and says so only when no value
+    /// exceeds its range), and a quantised input gives exactly the f32 input's result, for
+    /// every path (1×1, 3×3 "same", strided im2col), kernel and thread mode, with and
+    /// without a residual.
+    #[test]
+    fn quantised_forms_are_the_f32_forms_quantised() {
+        let mut s = 0x2545_F491u32;
+        let mut rnd = move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32
+        };
+        for (k, stride, pad) in [(1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0)] {
+            let (cout, cin, h, w) = (5, 6, 9, 7);
+            let weight: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd() - 0.5).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.3).collect();
+            let conv = Conv2d::new(cout, cin, k, k, stride, pad, weight, bias);
+            let m = 0.8f32;
+            let q = QuantizedConv::new(&conv, m).unwrap();
+            let (oh, ow) = q.out_hw(h, w);
+            // Inputs within the calibrated range (as a quantised input always is).
+            let x: Vec<f32> = (0..cin * h * w).map(|_| rnd() * m).collect();
+            let xq: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale_for(m))).collect();
+            let residual: Vec<f32> = (0..cout * oh * ow).map(|_| rnd() - 0.5).collect();
+            for isa in Int8Isa::all_available() {
+                for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                    for res in [None, Some(&residual[..])] {
+                        let mut scratch = QuantScratch::default();
+                        let mut want = vec![0f32; cout * oh * ow];
+                        q.forward_image(&x, h, w, &mut want, res, true, &mut scratch, par, isa);
+                        // Quantised input, f32 output.
+                        let mut got = vec![f32::NAN; want.len()];
+                        let io = (QInput::Quantized(&xq), QOutput::F32(&mut got));
+                        assert!(q.forward(io, h, w, res, true, &mut scratch, par, isa));
+                        assert_eq!(got, want, "k {k} s {stride} {isa:?} {par:?}");
+                        // Quantised output, for a range below and above the largest value.
+                        let top = want.iter().fold(0f32, |a, &v| a.max(v));
+                        for limit in [top * 0.7, top, top * 1.3] {
+                            for input in [QInput::F32(&x), QInput::Quantized(&xq)] {
+                                let mut bytes = vec![0xA5u8; want.len()];
+                                let io = (
+                                    input,
+                                    QOutput::Quantized {
+                                        q: &mut bytes,
+                                        limit,
+                                    },
+                                );
+                                let ok = q.forward(io, h, w, res, true, &mut scratch, par, isa);
+                                assert_eq!(ok, top <= limit, "k {k} limit {limit} top {top}");
+                                if ok {
+                                    let sc = scale_for(limit);
+                                    let expect: Vec<u8> =
+                                        want.iter().map(|&v| quantize_u8(v, sc)).collect();
+                                    assert_eq!(bytes, expect, "k {k} s {stride} {isa:?}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // A convolution that quantises its input per image is never chained.
+        let conv = Conv2d::new(1, 1, 1, 1, 1, 0, vec![1.0], vec![0.0]);
+        let q = QuantizedConv::per_image(&conv).unwrap();
+        let mut bytes = [0u8; 4];
+        let io = (
+            QInput::F32(&[1.0, -1.0, 0.5, 0.0]),
+            QOutput::Quantized {
+                q: &mut bytes,
+                limit: 1.0,
+            },
+        );
+        let mut scratch = QuantScratch::default();
+        let (par, isa) = (Parallelism::Sequential, Int8Isa::detect());
+        assert!(!q.forward(io, 2, 2, None, true, &mut scratch, par, isa));
+    }
 
     /// The bit-level rounding equals `f32::round_ties_even` on every f32 in [0.25, 255] and
     /// on a stride of the values below (the values the input quantiser rounds), ties
