@@ -88,26 +88,18 @@ fn pack_panel<S: Copy>(
             continue;
         }
         if cols == nr && nr.is_multiple_of(L) {
-            // The common case, one pass the compiler vectorises: four bytes per word. In the
-            // last group, rows past `k` read row `4g` again and their bytes are masked off
-            // (re-reading it leaves the maximum as it is).
+            // The common case, one pass the compiler vectorises: four bytes per word.
             let keep = |r: &[S]| r.len() == cols;
-            let mask = !(if keep(r1) { 0 } else { 0xFF << 8 })
-                & !(if keep(r2) { 0 } else { 0xFF << 16 })
-                & !(if keep(r3) { 0 } else { 0xFF << 24 });
-            let (r1, r2, r3) = [r1, r2, r3].map(|r| if keep(r) { r } else { r0 }).into();
-            for ((((d, x0), x1), x2), x3) in dst
-                .chunks_exact_mut(L)
-                .zip(r0.chunks_exact(L))
-                .zip(r1.chunks_exact(L))
-                .zip(r2.chunks_exact(L))
-                .zip(r3.chunks_exact(L))
-            {
-                for j in 0..L {
-                    let (a, b, c, e) = (x0[j], x1[j], x2[j], x3[j]);
-                    d[j] = u32::from_le_bytes([byte(a), byte(b), byte(c), byte(e)]) & mask;
-                    lanes[j] = lanes[j].max(key(a)).max(key(b)).max(key(c)).max(key(e));
-                }
+            if keep(r3) {
+                words(dst, [r0, r1, r2, r3], u32::MAX, byte, key, &mut lanes);
+            } else {
+                // The last group: rows past `k` read row `4g` again and their bytes are
+                // masked off (re-reading it leaves the maximum as it is).
+                let mask = !(if keep(r1) { 0 } else { 0xFF << 8 })
+                    & !(if keep(r2) { 0 } else { 0xFF << 16 })
+                    & !(0xFF << 24);
+                let [r1, r2] = [r1, r2].map(|r| if keep(r) { r } else { r0 });
+                words(dst, [r0, r1, r2, r0], mask, byte, key, &mut lanes);
             }
         } else {
             for (j, d) in dst.iter_mut().enumerate() {
@@ -122,6 +114,33 @@ fn pack_panel<S: Copy>(
         }
     }
     lanes.iter().fold(rest, |m, &v| m.max(v))
+}
+
+/// One group of [`pack_panel`]'s fast path: `dst[j]` is the word of `rows[0..4][j]` (bytes
+/// `& mask`), and `lanes` takes their `key` maxima.
+#[inline(always)]
+fn words<S: Copy>(
+    dst: &mut [u32],
+    [r0, r1, r2, r3]: [&[S]; 4],
+    mask: u32,
+    byte: &impl Fn(S) -> u8,
+    key: &impl Fn(S) -> f32,
+    lanes: &mut [f32; 16],
+) {
+    const L: usize = 16;
+    for ((((d, x0), x1), x2), x3) in dst
+        .chunks_exact_mut(L)
+        .zip(r0.chunks_exact(L))
+        .zip(r1.chunks_exact(L))
+        .zip(r2.chunks_exact(L))
+        .zip(r3.chunks_exact(L))
+    {
+        for j in 0..L {
+            let (a, b, c, e) = (x0[j], x1[j], x2[j], x3[j]);
+            d[j] = u32::from_le_bytes([byte(a), byte(b), byte(c), byte(e)]) & mask;
+            lanes[j] = lanes[j].max(key(a)).max(key(b)).max(key(c)).max(key(e));
+        }
+    }
 }
 
 /// [`pack_panel`] compiled with AVX-512.
