@@ -22,8 +22,7 @@ pub enum Precision {
     F32,
     /// Static post-training int8: symmetric per-output-channel `i8` weights, `u8` activations
     /// with one scale per convolution input taken from a [`Calibration`], exact `i32` sums.
-    /// The stem (the 7×7 convolution on the signed, normalised image) quantises its input
-    /// with a zero point from the image's own range instead, so it needs no calibration.
+    /// The stem (the 7×7 convolution on the signed, normalised image) stays f32.
     Int8,
     /// bf16 weights (half the memory) and activations rounded to bf16 at every convolution,
     /// products accumulated in f32. Needs no calibration.
@@ -186,7 +185,7 @@ impl Backbone {
     }
 
     /// Selects the precision of forward passes. [`Precision::Int8`] quantises the weights of
-    /// every convolution, the ones after the stem with the activation ranges of `calibration`;
+    /// every convolution after the stem with the activation ranges of `calibration`;
     /// [`Precision::Bf16`] rounds them to bf16; both keep the f32 weights (so the backbone can
     /// go back to f32) and pick the fastest kernels of this CPU ([`Backbone::kernels`]).
     /// [`Precision::F32`] drops the reduced-precision weights. `calibration` is only read
@@ -229,7 +228,7 @@ impl Backbone {
             .map(|r| r.isa().bf16)
     }
 
-    /// What the convolutions run on, in words: e.g. `"f32"`,
+    /// What the convolutions after the stem run on, in words: e.g. `"f32"`,
     /// `"int8 (avx512-vnni kernels)"`, `"bf16 (avx512-bf16 kernels)"`.
     pub fn kernels(&self) -> String {
         match (self.int8_kernels(), self.bf16_kernels()) {

@@ -18,8 +18,9 @@
 //!   where the sum is exact in `i32` (the kernels of [`crate::kernels::int8`]), `s_x·s_w[c]`
 //!   is one f32 product, and the padding is `q_x = 0`.
 //!
-//! **Signed inputs** (the stem, whose input is the normalised image: [`QuantizedConv::per_image`])
-//! are quantised with a zero point instead, from their own range, so they need no calibration:
+//! **Signed inputs** (such as a stem's, the normalised image: [`QuantizedConv::per_image`]; the
+//! int8 backbone keeps its stem in f32, which measured faster end to end) are quantised with a
+//! zero point instead, from their own range, so they need no calibration:
 //! - `lo = min(0, min_p x)`, `hi = max(0, max_p x)`, step `s_x = (hi − lo) / 255`, zero point
 //!   `z = round(−lo · (255 / (hi − lo)))` and `q_x = clamp(round(x · (255 / (hi − lo)) + z), 0,
 //!   255)` (an empty range quantises everything to `z = 0`);
@@ -144,8 +145,8 @@ impl QuantizedConv {
     }
 
     /// Quantises `conv` for signed inputs, each quantised with its own range and a zero point
-    /// (see the module documentation): the stem, whose input is the normalised image. Needs
-    /// no calibration.
+    /// (see the module documentation), such as a stem's, whose input is the normalised image.
+    /// Needs no calibration.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if a weight or bias is not finite, or if `cin·kh·kw` exceeds
