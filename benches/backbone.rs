@@ -7,8 +7,9 @@
 //!
 //! Quick run: `cargo bench --bench backbone -- --sample-size 10 --warm-up-time 1 --measurement-time 5`
 //! (add a filter such as `resnet18/1` to run one case). The `<arch>-int8/1` and
-//! `<arch>-bf16/1` cases run the reduced-precision backbones (int8 calibrated on two random
-//! images of the same distribution; the kernels are printed first).
+//! `<arch>-bf16/1` cases run the reduced-precision backbones (int8 calibrated on 16 random
+//! images of the same distribution, enough for its activations to stay quantised between
+//! convolutions; the kernels are printed first).
 //!
 //! After criterion, a summary prints the CPU time of one batch-1 forward pass run in a
 //! 1-thread pool (process CPU time, so it stays meaningful when other processes load the
@@ -42,7 +43,7 @@ fn bench_backbone(c: &mut Criterion) {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let calib =
-            Array4::from_shape_simple_fn((2, 3, 224, 224), || rng.random_range(-2.0f32..2.0));
+            Array4::from_shape_simple_fn((16, 3, 224, 224), || rng.random_range(-2.0f32..2.0));
         let mut cal = net.new_calibration();
         net.forward_calibrating(calib.view(), &mut cal)
             .expect("calibration");
