@@ -21,6 +21,7 @@
 //! ```
 
 mod arch;
+mod block;
 mod layout;
 mod precision;
 mod resnet;

@@ -1,0 +1,226 @@
+//! One residual block's forward pass, in f32 or reduced precision, and the work buffers of
+//! one image.
+
+use super::resnet::{Isas, LowConv};
+use crate::kernels::conv::{Bf16Scratch, Conv2d, QInput, QOutput, QuantScratch};
+use crate::kernels::gemm::Parallelism;
+
+/// One residual block with BatchNorm folded into every convolution.
+#[derive(Clone)]
+pub(super) struct Block {
+    /// Main-path convolutions: 2 (basic) or 3 (bottleneck); the last one takes the residual.
+    pub(super) convs: Vec<Conv2d>,
+    /// 1×1 projection of the identity branch, when channels or stride change.
+    pub(super) downsample: Option<Conv2d>,
+}
+
+/// Reusable buffers for one image.
+#[derive(Default)]
+pub(super) struct Work {
+    pub(super) x: Vec<f32>,
+    pub(super) y: Vec<f32>,
+    pub(super) t: [Vec<f32>; 2],
+    pub(super) ds: Vec<f32>,
+    /// Activations kept quantised between two int8 convolutions.
+    pub(super) u: [Vec<u8>; 2],
+    pub(super) scratch: Vec<f32>,
+    pub(super) q: QuantScratch,
+    pub(super) b16: Bf16Scratch,
+}
+
+/// `buf[..n]`, growing `buf` if needed (contents unspecified; callers overwrite them).
+pub(super) fn ensure(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
+}
+
+/// The work buffers of one convolution call.
+pub(super) struct Scratch<'a> {
+    pub(super) f32: &'a mut Vec<f32>,
+    pub(super) q: &'a mut QuantScratch,
+    pub(super) b16: &'a mut Bf16Scratch,
+}
+
+/// The largest value of `x` (0 for an empty or all-negative slice).
+fn max_of(x: &[f32]) -> f32 {
+    crate::kernels::int8::max_or_zero(x)
+}
+
+/// One convolution, in f32 or reduced precision, with its input and output in either form
+/// (quantised forms only for int8 convolutions, see [`QuantizedConv::forward`]). Returns
+/// `false` when a quantised output is not valid (a value exceeded the next convolution's
+/// range); it must then be computed again in f32.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    conv: &Conv2d,
+    q: Option<(&LowConv, Isas)>,
+    (src, dst): (QInput<'_>, QOutput<'_>),
+    h: usize,
+    w: usize,
+    residual: Option<&[f32]>,
+    relu: bool,
+    wk: &mut Scratch<'_>,
+) -> bool {
+    let par = |cout: usize, (oh, ow): (usize, usize)| {
+        Parallelism::auto(cout, oh * ow, conv.cin * conv.kh * conv.kw)
+    };
+    match (q, src, dst) {
+        (Some((LowConv::Int8(qc), isa)), src, dst) => {
+            let p = par(qc.cout, qc.out_hw(h, w));
+            qc.forward((src, dst), h, w, residual, relu, wk.q, p, isa.int8)
+        }
+        (Some((LowConv::Bf16(bc), isa)), QInput::F32(src), QOutput::F32(dst)) => {
+            let p = par(bc.cout, bc.out_hw(h, w));
+            bc.forward_image(src, h, w, dst, residual, relu, wk.b16, p, isa.bf16);
+            true
+        }
+        (None, QInput::F32(src), QOutput::F32(dst)) => {
+            conv.forward_image(src, h, w, dst, residual, relu, wk.f32);
+            true
+        }
+        // Quantised forms are only ever asked of int8 convolutions.
+        _ => unreachable!("a quantised activation for a convolution that is not int8"),
+    }
+}
+
+/// The two buffers of `pair`: the one that is not `dst`, and `dst`.
+fn other_and<T>(pair: &mut [Vec<T>; 2], dst: usize) -> (&Vec<T>, &mut Vec<T>) {
+    let (a, b) = pair.split_at_mut(1);
+    if dst == 0 {
+        (&b[0], &mut a[0])
+    } else {
+        (&a[0], &mut b[0])
+    }
+}
+
+/// Where a block's current main-path activation is.
+#[derive(Clone, Copy)]
+enum Act {
+    /// The block's input, `wk.x`.
+    Input,
+    /// `wk.t[i]`, f32.
+    F32(usize),
+    /// `wk.u[i]`, quantised for the convolution that reads it.
+    U8(usize),
+}
+
+impl Block {
+    /// Reads `wk.x` (`[c, h, w]`), writes `wk.y`; returns the output shape. With `q`, the
+    /// convolutions run in reduced precision (`q` holds them in the order main path,
+    /// downsample), and, if its flag says so, between two int8 convolutions of the main path
+    /// the activation stays quantised; with `record`, the largest input of each convolution (same order) is
+    /// written there.
+    pub(super) fn forward(
+        &self,
+        wk: &mut Work,
+        c: usize,
+        h: usize,
+        w: usize,
+        q: Option<(&[LowConv], Isas, bool)>,
+        mut record: Option<&mut [f32]>,
+    ) -> (usize, usize, usize) {
+        let n = self.convs.len();
+        if let Some(r) = record.as_deref_mut() {
+            // The first convolution and the downsample both read the block's input.
+            let m = max_of(&wk.x[..c * h * w]);
+            r[0] = m;
+            if self.downsample.is_some() {
+                r[n] = m;
+            }
+        }
+        let qconv = |i: usize| q.map(|(qs, isa, _)| (&qs[i], isa));
+        let chain = q.is_some_and(|(_, _, chain)| chain);
+        // The range of convolution `i`'s input, when it is int8 with a calibrated range.
+        let int8_range = |i: usize| match qconv(i) {
+            Some((LowConv::Int8(qc), _)) => qc.input_max(),
+            _ => None,
+        };
+        // Main path up to (not including) the last conv, each with ReLU.
+        let (mut mc, mut mh, mut mw) = (c, h, w);
+        let mut act = Act::Input;
+        for (i, conv) in self.convs[..n - 1].iter().enumerate() {
+            let (oh, ow) = conv.out_hw(mh, mw);
+            let (d, len_in, len_out) = (i % 2, mc * mh * mw, conv.cout * oh * ow);
+            let x = &wk.x[..c * h * w];
+            let (t_src, t_dst) = other_and(&mut wk.t, d);
+            let (u_src, u_dst) = other_and(&mut wk.u, d);
+            let src = match act {
+                Act::Input => QInput::F32(x),
+                Act::F32(_) => QInput::F32(&t_src[..len_in]),
+                Act::U8(_) => QInput::Quantized(&u_src[..len_in]),
+            };
+            let mut scratch = Scratch {
+                f32: &mut wk.scratch,
+                q: &mut wk.q,
+                b16: &mut wk.b16,
+            };
+            // Quantised for the next convolution when both are int8, unless a value exceeds
+            // its range; then (or otherwise) in f32.
+            let mut quantised = false;
+            let int8 = matches!(qconv(i), Some((LowConv::Int8(_), _)));
+            if let (true, true, Some(limit)) = (chain, int8, int8_range(i + 1)) {
+                if u_dst.len() < len_out {
+                    u_dst.resize(len_out, 0);
+                }
+                let out = QOutput::Quantized {
+                    q: &mut u_dst[..len_out],
+                    limit,
+                };
+                quantised = run(conv, qconv(i), (src, out), mh, mw, None, true, &mut scratch);
+            }
+            if quantised {
+                act = Act::U8(d);
+            } else {
+                let dst = ensure(t_dst, len_out);
+                let io = (src, QOutput::F32(dst));
+                run(conv, qconv(i), io, mh, mw, None, true, &mut scratch);
+                if let Some(r) = record.as_deref_mut() {
+                    r[i + 1] = max_of(&t_dst[..len_out]);
+                }
+                act = Act::F32(d);
+            }
+            (mc, mh, mw) = (conv.cout, oh, ow);
+        }
+        // Identity branch.
+        let last = &self.convs[n - 1];
+        let (oh, ow) = last.out_hw(mh, mw);
+        let oc = last.cout;
+        let x = &wk.x[..c * h * w];
+        let mut scratch = Scratch {
+            f32: &mut wk.scratch,
+            q: &mut wk.q,
+            b16: &mut wk.b16,
+        };
+        let identity: &[f32] = match &self.downsample {
+            Some(ds) => {
+                let d = ensure(&mut wk.ds, ds.cout * oh * ow);
+                let io = (QInput::F32(x), QOutput::F32(d));
+                run(ds, qconv(n), io, h, w, None, false, &mut scratch);
+                &wk.ds[..oc * oh * ow]
+            }
+            None => x,
+        };
+        debug_assert_eq!(identity.len(), oc * oh * ow);
+        let len_in = mc * mh * mw;
+        let src = match act {
+            Act::Input => QInput::F32(x),
+            Act::F32(j) => QInput::F32(&wk.t[j][..len_in]),
+            Act::U8(j) => QInput::Quantized(&wk.u[j][..len_in]),
+        };
+        let y = ensure(&mut wk.y, oc * oh * ow);
+        let io = (src, QOutput::F32(y));
+        run(
+            last,
+            qconv(n - 1),
+            io,
+            mh,
+            mw,
+            Some(identity),
+            true,
+            &mut scratch,
+        );
+        (oc, oh, ow)
+    }
+}

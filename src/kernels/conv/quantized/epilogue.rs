@@ -1,0 +1,111 @@
+//! The epilogues of the int8 convolution: the exact sums dequantised, with bias, residual and
+//! ReLU, into f32 ([`Dequant`]) or quantised again for the next convolution ([`Requant`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::kernels::amx::Emit;
+use crate::kernels::int8::quantize_u8;
+
+/// The epilogue of a call whose input step is `x_step` (see the module documentation of the
+/// int8 convolution): the exact sums dequantised (`dequant[c] = s_x·s_w[c]`, written here),
+/// plus bias (and residual), then ReLU if asked, as each tile of sums is finished, while it is
+/// in cache. Without a zero point (`ZP = false`); set [`Dequant::offset`] and use `ZP = true`
+/// for one.
+pub(super) fn epilogue<'a, const ZP: bool>(
+    dequant: &'a mut Vec<f32>,
+    w_step: &[f32],
+    x_step: f32,
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+    relu: bool,
+    p: usize,
+) -> Dequant<'a, ZP> {
+    dequant.clear();
+    dequant.extend(w_step.iter().map(|&s| x_step * s));
+    Dequant {
+        dequant,
+        offset: &[],
+        bias,
+        residual,
+        relu,
+        p,
+    }
+}
+
+/// The epilogue of [`epilogue`]. A type rather than a closure so that its loop inlines into
+/// (and vectorises with) the AVX-512 copy of the AMX driver's loop. With `ZP`, the sums of
+/// row `c` are first reduced by `offset[c]` (exactly, in `i32`); without, there is no
+/// subtraction in the loop.
+pub(super) struct Dequant<'a, const ZP: bool> {
+    dequant: &'a [f32],
+    /// `z·Σ_j q_w[c, j]` per output channel (read only with `ZP`).
+    pub(super) offset: &'a [i32],
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+    relu: bool,
+    p: usize,
+}
+
+impl<const ZP: bool> Dequant<'_, ZP> {
+    /// `put(o[i], y)` for the value `y` of each sum `sums[i]` of row `c` from column `j0`.
+    #[inline(always)]
+    fn each<T>(
+        &self,
+        c: usize,
+        j0: usize,
+        sums: &[i32],
+        o: &mut [T],
+        mut put: impl FnMut(&mut T, f32),
+    ) {
+        let (s, b, relu) = (self.dequant[c], self.bias[c], self.relu);
+        // `a − off = Σ_j q_w[c, j]·(q_x − z)` is at most 255·127·MAX_DEPTH in size, like `a`
+        // and `off`: no overflow.
+        let off = if ZP { self.offset[c] } else { 0 };
+        let act = |v: f32| if relu { v.max(0.0) } else { v };
+        match self.residual {
+            Some(r) => {
+                let r = &r[c * self.p + j0..][..o.len()];
+                for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
+                    put(o, act((a - off) as f32 * s + b + r));
+                }
+            }
+            None => {
+                for (o, &a) in o.iter_mut().zip(sums) {
+                    put(o, act((a - off) as f32 * s + b));
+                }
+            }
+        }
+    }
+}
+
+impl<const ZP: bool> Emit<i32, f32> for Dequant<'_, ZP> {
+    #[inline(always)]
+    fn emit(&self, c: usize, j0: usize, sums: &[i32], o: &mut [f32]) {
+        self.each(c, j0, sums, o, |o, y| *o = y);
+    }
+}
+
+/// The epilogue of a quantised output: the value of [`Dequant`], quantised for the next
+/// convolution (`quantize_u8(y, 255 / limit)`); a value above `limit` sets `over` (the
+/// output is then computed again in f32, where the next convolution widens its range).
+pub(super) struct Requant<'a> {
+    pub(super) dequant: Dequant<'a, false>,
+    pub(super) scale: f32,
+    pub(super) limit: f32,
+    pub(super) over: &'a AtomicBool,
+}
+
+impl Emit<i32, u8> for Requant<'_> {
+    #[inline(always)]
+    fn emit(&self, c: usize, j0: usize, sums: &[i32], o: &mut [u8]) {
+        let (scale, limit) = (self.scale, self.limit);
+        let mut over = false;
+        self.dequant.each(c, j0, sums, o, |o, y| {
+            over |= y > limit;
+            *o = quantize_u8(y, scale);
+        });
+        if over {
+            self.over.store(true, Ordering::Relaxed);
+        }
+    }
+}
