@@ -26,6 +26,7 @@
 //! that request the first tile instruction would kill the process, which is why nothing here
 //! runs before the request succeeded.
 
+pub(crate) mod direct;
 mod product;
 
 pub(crate) use product::{product, BlockSink, Emit};

@@ -56,7 +56,7 @@ use super::gemm::{gemm, Backend, MatRef, Parallelism};
 use crate::error::{Error, Result};
 
 /// Parallel passes over buffers smaller than this many elements run sequentially.
-const PAR_ELEMS: usize = 1 << 16;
+pub(crate) const PAR_ELEMS: usize = 1 << 16;
 
 /// A convolution whose weights (and folded BatchNorm bias) are fixed at load time.
 ///

@@ -55,7 +55,8 @@ use epilogue::{epilogue, Dequant, Requant};
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
-use crate::kernels::amx::Emit;
+use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
+use crate::kernels::amx::{self, Emit};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
     gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_shifted_emit, quantize_max, scale_for,
@@ -86,6 +87,9 @@ pub struct QuantizedConv {
     input: InputRange,
     /// `Σ_j q_w[c, j]` (for the zero point of [`InputRange::PerImage`]).
     row_sums: Vec<i32>,
+    /// The weights for the direct AMX path ([`direct`]), when this CPU has AMX-INT8 and the
+    /// convolution is a stride-1 "same" window on 64·n input channels.
+    direct: Option<DirectWeights>,
 }
 
 /// How a convolution's input is quantised (see the module documentation).
@@ -188,7 +192,17 @@ impl QuantizedConv {
             .chunks_exact(k)
             .map(|r| r.iter().map(|&v| i32::from(v)).sum())
             .collect();
+        // 1×1 convolutions keep the packed path (measured faster: their packing is a plain
+        // byte interleave, quantised on the way).
+        let same = conv.stride == 1 && conv.kh == conv.kw && conv.kh == 2 * conv.pad + 1;
+        let direct = match (same && conv.kh > 1, amx::Int8::detect(), input) {
+            (true, Some(_), InputRange::Calibrated(_)) => {
+                DirectWeights::new(&q, conv.cout, conv.cin, conv.kh)
+            }
+            _ => None,
+        };
         Ok(QuantizedConv {
+            direct,
             cout: conv.cout,
             cin: conv.cin,
             kh: conv.kh,
@@ -214,7 +228,9 @@ impl QuantizedConv {
 
     /// Bytes of the packed weights, scales and bias.
     pub fn bytes(&self) -> usize {
-        self.weights.bytes() + (self.w_step.len() + self.bias.len() + self.row_sums.len()) * 4
+        self.weights.bytes()
+            + self.direct.as_ref().map_or(0, DirectWeights::bytes)
+            + (self.w_step.len() + self.bias.len() + self.row_sums.len()) * 4
     }
 
     /// Output size for an `h × w` input (as [`Conv2d::out_hw`]).
@@ -411,6 +427,35 @@ impl QuantizedConv {
             return;
         }
 
+        // With AMX, a stride-1 window that keeps the size on 64·n channels reads its input
+        // channels-last, without packing it (see `amx::direct`).
+        if let (Int8Isa::Amx, Some(dw), Some(op)) = (isa, &self.direct, amx::Int8::detect()) {
+            let grid = Grid {
+                cin: self.cin,
+                h,
+                w,
+                size: self.kh,
+            };
+            if grid.supported() {
+                let (planes, range): (&[u8], f32) = match input {
+                    QInput::F32(x) => {
+                        let range = quantize_input(x, limit, cols, rayon, wide);
+                        (&cols[..x.len()], range)
+                    }
+                    QInput::Quantized(q) => (q, limit),
+                };
+                grow(xbuf, grid.len());
+                direct::fill_channels_last(planes, grid, &mut xbuf[..grid.len()], rayon);
+                // (Always `Some`: the grid is supported and the length is its own.)
+                if let Some(x) = ChannelsLast::new(&xbuf[..grid.len()], grid) {
+                    let work = self.cout * p * self.cin * self.kh * self.kw;
+                    let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
+                    direct::conv(op, dw, x, out, parallel, &make(range));
+                    return;
+                }
+            }
+        }
+
         // A stride-1 window that keeps the size (3×3 pad 1): the input quantised (or copied)
         // into planes with zero margins, packed straight from them (no im2col matrix).
         let same = self.stride == 1 && self.kh == self.kw && self.kh == 2 * self.pad + 1;
@@ -480,23 +525,7 @@ impl QuantizedConv {
         let n_in = self.cin * h * w;
         let (src, range): (&[u8], f32) = match input {
             QInput::F32(x) => {
-                grow(xbuf, n_in);
-                let xq = &mut xbuf[..n_in];
-                let quant = |xq: &mut [u8], scale: f32| -> f32 {
-                    if rayon && n_in >= PAR_ELEMS {
-                        xq.par_chunks_mut(1 << 14)
-                            .zip(x.par_chunks(1 << 14))
-                            .map(|(d, s)| quantize_max(wide, s, scale, d))
-                            .reduce(|| 0.0, f32::max)
-                    } else {
-                        quantize_max(wide, x, scale, xq)
-                    }
-                };
-                let seen = quant(xq, scale_for(limit));
-                let range = limit.max(seen);
-                if seen > limit {
-                    quant(xq, scale_for(range));
-                }
+                let range = quantize_input(x, limit, xbuf, rayon, wide);
                 (&xbuf[..n_in], range)
             }
             QInput::Quantized(q) => (q, limit),
@@ -560,6 +589,31 @@ struct Bufs<'a> {
     x: &'a mut Vec<u8>,
     cols: &'a mut Vec<u8>,
     pack: &'a mut Vec<u32>,
+}
+
+/// Quantises `x` into `buf[..x.len()]` (grown if short) with the calibrated range `limit`,
+/// widened to `x`'s maximum when that is larger (quantised a second time then); returns the
+/// range used.
+fn quantize_input(x: &[f32], limit: f32, buf: &mut Vec<u8>, rayon: bool, wide: Wide) -> f32 {
+    let n = x.len();
+    grow(buf, n);
+    let xq = &mut buf[..n];
+    let quant = |xq: &mut [u8], scale: f32| -> f32 {
+        if rayon && n >= PAR_ELEMS {
+            xq.par_chunks_mut(1 << 14)
+                .zip(x.par_chunks(1 << 14))
+                .map(|(d, s)| quantize_max(wide, s, scale, d))
+                .reduce(|| 0.0, f32::max)
+        } else {
+            quantize_max(wide, x, scale, xq)
+        }
+    };
+    let seen = quant(xq, scale_for(limit));
+    let range = limit.max(seen);
+    if seen > limit {
+        quant(xq, scale_for(range));
+    }
+    range
 }
 
 /// Grows `buf` to at least `n` elements (contents unspecified; callers overwrite them).
