@@ -1,21 +1,28 @@
-//! Direct int8 convolution on AMX tiles with channels-last activations: a `size × size`,
-//! stride-1, "same" window (3×3 pad 1, …) without im2col and without packing the activations.
+//! Direct int8 convolution on AMX tiles with channels-last activations: a `size × size` window
+//! (odd) with "same" padding (3×3 pad 1, …), at stride 1 or 2, without im2col and without
+//! packing the activations.
 //!
 //! **Why.** The packed path ([`super::product`]) rebuilds the activations as 16-column panels
-//! for every convolution (a 3×3 window reads each input byte nine times while packing). Here
-//! the activations are the tiles' *first* operand, `A` (16 rows × 64 bytes), read straight from
-//! a channels-last image: a row of an `A` tile is one pixel's 64 consecutive channels, and the
-//! tile's 16 rows are 16 consecutive pixels, `cin` bytes apart. The weights are the second
-//! operand, `B` (`tdpbusd`: unsigned `A`, signed `B`), packed once. On Emerald Rapids, one core,
-//! this measured 1.5–2× faster than packing and multiplying (WRN-50-2's 3×3 convolutions at
-//! 224²: 128 channels at 56², 256 at 28², 512 at 14²).
+//! for every convolution (a 3×3 window reads each input byte nine times while packing; a
+//! strided one writes its im2col matrix first). Here the activations are the tiles' *first*
+//! operand, `A` (16 rows × 64 bytes), read straight from a channels-last image: a row of an `A`
+//! tile is one pixel's 64 consecutive channels, and the tile's 16 rows are 16 pixels,
+//! `stride·cin` bytes apart. The weights are the second operand, `B` (`tdpbusd`: unsigned `A`,
+//! signed `B`), packed once. On Emerald Rapids, 2 threads, WRN-50-2's stride-1 3×3
+//! convolutions at 224² took 0.6–0.9× the time of packing and multiplying (most gained at 56²,
+//! where the packing weighs most), and a whole int8 prediction 0.94×.
 //!
 //! **The grid.** The image is stored with its zero padding, `wp = w + 2·pad` pixels per row,
 //! pixel `(y, x)` of the input at index `(y + pad)·wp + x + pad`. The products run over *grid
-//! positions* `g = oy·wp + ox` for `oy < h` and every `ox < wp`: tap `(ky, kx)` of position `g`
-//! reads pixel `g + ky·wp + kx`, so that 16 consecutive positions read 16 consecutive pixels for
-//! every tap. The `2·pad` positions per row with `ox ≥ w` are computed and discarded (12.5 % of
-//! the work at 14², 3.4 % at 56²).
+//! positions*, 16 per tile:
+//! - stride 1: `g = oy·wp + ox` for `oy < h` and every `ox < wp`; tap `(ky, kx)` of position
+//!   `g` reads pixel `g + ky·wp + kx`, so that 16 consecutive positions read 16 consecutive
+//!   pixels for every tap, across row ends. The `2·pad` positions per row with `ox ≥ w` are
+//!   computed and discarded (12.5 % of the work at 14², 3.4 % at 56²);
+//! - stride 2: `g = oy·gw + ox` with the output row rounded up to whole tiles (`gw`, a multiple
+//!   of 16), so that a tile stays within one output row; tap `(ky, kx)` of `(oy, ox)` reads
+//!   pixel `(2·oy + ky)·wp + 2·ox + kx`. The positions with `ox` beyond the output row are
+//!   discarded (12.5 % at 28 and 14 columns).
 //!
 //! **Blocks.** A block is 32 positions (two `A` tiles) × 32 output channels (two `B` tiles):
 //! four sum tiles, summed over `k` in chunks of 64 input channels of one tap (`k` in tap-major
@@ -93,17 +100,20 @@ impl DirectWeights {
     }
 }
 
-/// The shape of a channels-last padded image for a `size × size` "same" window.
+/// The shape of a convolution on a channels-last padded image: a `size × size` window
+/// (odd) with padding `(size − 1) / 2` ("same" at stride 1) and stride `stride`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Grid {
     /// Channels.
     pub cin: usize,
-    /// Rows of the image (and of the output).
+    /// Rows of the input image.
     pub h: usize,
-    /// Columns of the image (and of the output).
+    /// Columns of the input image.
     pub w: usize,
     /// Window size (odd); the padding is `(size − 1) / 2`.
     pub size: usize,
+    /// Stride (both axes).
+    pub stride: usize,
 }
 
 impl Grid {
@@ -111,19 +121,53 @@ impl Grid {
         (self.size - 1) / 2
     }
 
-    /// Pixels per padded row.
+    /// Pixels per padded input row.
     pub(crate) fn wp(self) -> usize {
         self.w + 2 * self.pad()
     }
 
-    /// Blocks of 32 grid positions.
-    fn blocks(self) -> usize {
-        (self.h * self.wp()).div_ceil(ROWS)
+    /// Output rows and columns.
+    pub(crate) fn out_hw(self) -> (usize, usize) {
+        (
+            (self.h - 1) / self.stride + 1,
+            (self.w - 1) / self.stride + 1,
+        )
     }
 
-    /// Pixels of the buffer: every pixel a tile of the last block reads for its last tap.
+    /// Grid positions per output row: at stride 1 the padded row (16 consecutive positions
+    /// then read 16 consecutive pixels, across row ends); otherwise the output row rounded up
+    /// to whole tiles of 16, so that no tile crosses a row.
+    fn gw(self) -> usize {
+        if self.stride == 1 {
+            self.wp()
+        } else {
+            self.out_hw().1.next_multiple_of(16)
+        }
+    }
+
+    /// Blocks of 32 grid positions.
+    fn blocks(self) -> usize {
+        (self.out_hw().0 * self.gw()).div_ceil(ROWS)
+    }
+
+    /// The pixel that row 0 of the tile starting at grid position `g0` (a multiple of 16)
+    /// reads for tap `(ky, kx)`; row `r` reads the pixel `stride·r` after it.
+    fn base(self, g0: usize, ky: usize, kx: usize) -> usize {
+        let (s, wp) = (self.stride, self.wp());
+        if s == 1 {
+            g0 + ky * wp + kx
+        } else {
+            let (oy, ox) = (g0 / self.gw(), g0 % self.gw());
+            (s * oy + ky) * wp + s * ox + kx
+        }
+    }
+
+    /// Pixels of the buffer: the padded image, and every pixel a tile of the last block reads
+    /// for its last tap.
     fn pixels(self) -> usize {
-        self.blocks() * ROWS + (self.size - 1) * (self.wp() + 1)
+        let k = self.size - 1;
+        let last = self.base(self.blocks() * ROWS - 16, k, k) + 15 * self.stride + 1;
+        last.max((self.h + 2 * self.pad()) * self.wp())
     }
 
     /// Bytes of the buffer.
@@ -131,10 +175,11 @@ impl Grid {
         self.pixels() * self.cin
     }
 
-    /// Whether the direct path handles this shape: an odd window, 64·n channels, a non-empty
-    /// image.
+    /// Whether the direct path handles this shape: an odd window, stride 1 or 2, 64·n
+    /// channels, a non-empty image.
     pub(crate) fn supported(self) -> bool {
         self.size % 2 == 1
+            && (1..=2).contains(&self.stride)
             && self.cin > 0
             && self.cin.is_multiple_of(CH)
             && self.h > 0
@@ -284,7 +329,8 @@ pub(crate) fn conv<T: Send>(
         grid.size,
         grid.cin
     );
-    let p = grid.h * grid.w;
+    let (oh, ow) = grid.out_hw();
+    let p = oh * ow;
     assert_eq!(out.len(), w.m * p, "amx direct: output length");
     let pairs = w.m.div_ceil(COLS);
     let task_pairs = if parallel {
@@ -336,33 +382,32 @@ impl<E> Job<'_, E> {
     {
         let _ = self.op;
         let grid = self.x.grid;
-        let (cin, wp, p) = (grid.cin, grid.wp(), grid.h * grid.w);
+        let (oh, ow) = grid.out_hw();
+        let (cin, size, p) = (grid.cin, grid.size, oh * ow);
         let rows = o.len() / p;
         let oc0 = t * self.task_pairs * COLS;
         let chunks = self.w.chunks();
         let cc = cin / CH;
         let pair_words = chunks * 2 * 256;
+        let row_stride = grid.stride * cin;
         let mut sums = Sums([[0i32; COLS]; ROWS]);
         let mut tr = Sums([[0i32; COLS]; ROWS]);
-        // Tap offsets in pixels.
-        let offsets: Vec<usize> = (0..grid.size * grid.size)
-            .map(|t| (t / grid.size) * wp + t % grid.size)
-            .collect();
         // SAFETY: `op` exists only when AMX-TILE and AMX-INT8 were detected and Linux granted
         // the tile data; the configuration is a static 64-byte block.
         unsafe { super::configure() };
         for pair in 0..rows.div_ceil(COLS) {
             let b = &self.w.tiles[((oc0 / COLS) + pair) * pair_words..][..pair_words];
             for blk in 0..grid.blocks() {
-                let mut first = true;
-                for (t, &off) in offsets.iter().enumerate() {
-                    let a = &self.x.data[(blk * ROWS + off) * cin..];
+                let g0 = blk * ROWS;
+                for t in 0..size * size {
+                    let (ky, kx) = (t / size, t % size);
+                    let a0 = &self.x.data[grid.base(g0, ky, kx) * cin..];
+                    let a1 = &self.x.data[grid.base(g0 + 16, ky, kx) * cin..];
                     let bt = &b[t * cc * 512..][..cc * 512];
                     // SAFETY: tiles configured above by this thread; see `chunk_run` for the
-                    // extents, which `Grid::len` (the last block's last tap) and the weights'
-                    // layout guarantee.
-                    unsafe { chunk_run(a, cin, bt, cc, first) };
-                    first = false;
+                    // extents, which `Grid::pixels` (the last tile's last tap) and the
+                    // weights' layout guarantee.
+                    unsafe { chunk_run(a0, a1, row_stride, bt, cc, t == 0) };
                 }
                 // SAFETY: tiles configured and holding this block's sums.
                 unsafe { store(&mut sums) };
@@ -399,18 +444,19 @@ impl<E> Job<'_, E> {
         E: Emit<i32, T>,
     {
         let grid = self.x.grid;
-        let (w, wp, p) = (grid.w, grid.wp(), grid.h * grid.w);
+        let (oh, ow) = grid.out_hw();
+        let (gw, p) = (grid.gw(), oh * ow);
         let g0 = blk * ROWS;
-        let g_end = (g0 + ROWS).min(grid.h * wp);
+        let g_end = (g0 + ROWS).min(oh * gw);
         let mut g = g0;
         while g < g_end {
-            let (oy, ox) = (g / wp, g % wp);
-            if ox >= w {
-                g += wp - ox;
+            let (oy, ox) = (g / gw, g % gw);
+            if ox >= ow {
+                g += gw - ox;
                 continue;
             }
-            let len = (w - ox).min(g_end - g);
-            let j0 = oy * w + ox;
+            let len = (ow - ox).min(g_end - g);
+            let j0 = oy * ow + ox;
             for c in 0..COLS.min(rows - pair * COLS) {
                 let r = pair * COLS + c;
                 let s = &tr.0[c][g - g0..][..len];
@@ -510,32 +556,31 @@ unsafe fn store(_: &mut Sums<i32>) {
 
 /// Never called: no [`Int8`] has a value off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn chunk_run(_: &[u8], _: usize, _: &[u32], _: usize, _: bool) {
+unsafe fn chunk_run(_: &[u8], _: &[u8], _: usize, _: &[u32], _: usize, _: bool) {
     unreachable!("AMX ops exist only on x86-64")
 }
 
 /// The sums of one tap: `len` chunks of 64 input channels, `s += A · B` (or `s = A · B` when
-/// `first`) with `tdpbusd`: `A` the two tiles of 16 pixels × 64 channels from `a` (row stride
-/// `cin`; the second tile 16 pixels later), `B` the two weight tiles of each chunk (`b`, 2 KiB
-/// per chunk). While the tiles of one chunk multiply, the rows of the next chunk's `A` tiles
-/// are prefetched.
+/// `first`) with `tdpbusd`: `A` the two tiles of 16 pixels × 64 channels from `a0` and `a1`
+/// (row stride `stride` bytes), `B` the two weight tiles of each chunk (`b`, 2 KiB per chunk).
+/// While the tiles of one chunk multiply, the rows of the next chunk's `A` tiles are
+/// prefetched.
 ///
 /// # Safety
 /// [`super::configure`] must have run on this thread with no other tile use since, except
-/// this function and [`store`]; the CPU must run AMX-INT8 (a value of [`Int8`] exists). `a`
-/// must hold `(31·cin + 64·len)` bytes, `b` must hold `512·len` words, `len ≥ 1`, and
-/// `64·len ≤ cin`.
+/// this function and [`store`]; the CPU must run AMX-INT8 (a value of [`Int8`] exists). `a0`
+/// and `a1` must each hold `15·stride + 64·len` bytes, `b` must hold `512·len` words, and
+/// `len ≥ 1`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn chunk_run(a: &[u8], cin: usize, b: &[u32], len: usize, first: bool) {
+unsafe fn chunk_run(a0: &[u8], a1: &[u8], stride: usize, b: &[u32], len: usize, first: bool) {
     use std::arch::asm;
-    debug_assert!(
-        len >= 1 && CH * len <= cin && a.len() >= 31 * cin + CH * len && b.len() >= 512 * len
-    );
-    // SAFETY: the first tile of chunk q reads 16 rows of 64 bytes at `a + 64·q + r·cin`
-    // (r < 16), the second 16 more rows: the last byte read is `31·cin + 64·len − 1`, inside
-    // `a` (caller's contract); the weight tiles read 2 KiB at `b + 2048·q`, inside `b`. The
-    // prefetches may point past `a` and touch nothing (a prefetch never faults). The loop runs
-    // `len ≥ 1` times. Compiled code never uses the tile registers.
+    let need = 15 * stride + CH * len;
+    debug_assert!(len >= 1 && a0.len() >= need && a1.len() >= need && b.len() >= 512 * len);
+    // SAFETY: the `A` tiles of chunk q read 16 rows of 64 bytes at `a0 + 64·q + r·stride` and
+    // `a1 + 64·q + r·stride` (r < 16): the last byte read is `15·stride + 64·len − 1`, inside
+    // both (caller's contract); the weight tiles read 2 KiB at `b + 2048·q`, inside `b`. The
+    // prefetches may point past `a0` or `a1` and touch nothing (a prefetch never faults). The
+    // loop runs `len ≥ 1` times. Compiled code never uses the tile registers.
     unsafe {
         if first {
             asm!(
@@ -549,7 +594,12 @@ unsafe fn chunk_run(a: &[u8], cin: usize, b: &[u32], len: usize, first: bool) {
         asm!(
             "2:",
             "lea {p}, [{a0} + 64]",
-            ".rept 32",
+            ".rept 16",
+            "prefetcht0 [{p}]",
+            "add {p}, {sc}",
+            ".endr",
+            "lea {p}, [{a1} + 64]",
+            ".rept 16",
             "prefetcht0 [{p}]",
             "add {p}, {sc}",
             ".endr",
@@ -566,12 +616,12 @@ unsafe fn chunk_run(a: &[u8], cin: usize, b: &[u32], len: usize, first: bool) {
             "add {b}, 2048",
             "dec {n}",
             "jnz 2b",
-            a0 = inout(reg) a.as_ptr() => _,
-            a1 = inout(reg) a.as_ptr().wrapping_add(16 * cin) => _,
+            a0 = inout(reg) a0.as_ptr() => _,
+            a1 = inout(reg) a1.as_ptr() => _,
             b = inout(reg) b.as_ptr() => _,
             n = inout(reg) len => _,
             p = out(reg) _,
-            sc = in(reg) cin,
+            sc = in(reg) stride,
             s64 = in(reg) 64usize,
             options(nostack),
         );
@@ -601,20 +651,25 @@ mod tests {
     /// `Σ_{ci, ky, kx} q[c, ci, ky, kx] · x[ci, y + ky − pad, x + kx − pad]` (zero outside),
     /// exact in i64.
     fn naive_conv(q: &[i8], x: &[u8], m: usize, grid: Grid) -> Vec<i64> {
-        let Grid { cin, h, w, size } = grid;
+        let Grid {
+            cin,
+            h,
+            w,
+            size,
+            stride,
+        } = grid;
         let pad = grid.pad() as isize;
-        let mut out = vec![0i64; m * h * w];
+        let (oh, ow) = grid.out_hw();
+        let mut out = vec![0i64; m * oh * ow];
         for c in 0..m {
-            for oy in 0..h {
-                for ox in 0..w {
+            for oy in 0..oh {
+                for ox in 0..ow {
                     let mut s = 0i64;
                     for ci in 0..cin {
                         for ky in 0..size {
                             for kx in 0..size {
-                                let (iy, ix) = (
-                                    oy as isize + ky as isize - pad,
-                                    ox as isize + kx as isize - pad,
-                                );
+                                let iy = (oy * stride + ky) as isize - pad;
+                                let ix = (ox * stride + kx) as isize - pad;
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                     continue;
                                 }
@@ -624,7 +679,7 @@ mod tests {
                             }
                         }
                     }
-                    out[c * h * w + oy * w + ox] = s;
+                    out[(c * oh + oy) * ow + ox] = s;
                 }
             }
         }
@@ -675,7 +730,7 @@ mod tests {
             c64 in 1usize..3, h in 1usize..20, w in 1usize..40, size in prop::sample::select(vec![1usize, 3, 5, 7]),
             seed in any::<u8>(),
         ) {
-            let grid = Grid { cin: 64 * c64, h, w, size };
+            let grid = Grid { cin: 64 * c64, h, w, size, stride: 1 };
             let planes: Vec<u8> = (0..grid.cin * h * w)
                 .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
                 .collect();
@@ -692,10 +747,11 @@ mod tests {
         #[test]
         fn direct_conv_matches_the_naive_sums(
             c64 in 1usize..3, m in 1usize..70, h in 1usize..12, w in 1usize..40,
-            size in prop::sample::select(vec![3usize, 5]), seed in any::<u32>(), extreme in any::<bool>(),
+            size in prop::sample::select(vec![3usize, 5]), stride in 1usize..3,
+            seed in any::<u32>(), extreme in any::<bool>(),
         ) {
             let Some(op) = Int8::detect() else { return Ok(()) };
-            let grid = Grid { cin: 64 * c64, h, w, size };
+            let grid = Grid { cin: 64 * c64, h, w, size, stride };
             let mut s = seed | 1;
             let mut rnd = move || { s ^= s << 13; s ^= s >> 17; s ^= s << 5; s };
             let q: Vec<i8> = (0..m * grid.cin * size * size)
@@ -710,7 +766,8 @@ mod tests {
             fill_channels_last(&x, grid, &mut buf, false);
             let xs = ChannelsLast::new(&buf, grid).unwrap();
             for parallel in [false, true] {
-                let mut got = vec![i64::MIN; m * h * w];
+                let (oh, ow) = grid.out_hw();
+                let mut got = vec![i64::MIN; m * oh * ow];
                 let emit = |_: usize, _: usize, sums: &[i32], o: &mut [i64]| {
                     for (o, &v) in o.iter_mut().zip(sums) {
                         *o = i64::from(v);

@@ -88,7 +88,8 @@ pub struct QuantizedConv {
     /// `Σ_j q_w[c, j]` (for the zero point of [`InputRange::PerImage`]).
     row_sums: Vec<i32>,
     /// The weights for the direct AMX path ([`direct`]), when this CPU has AMX-INT8 and the
-    /// convolution is a stride-1 "same" window on 64·n input channels.
+    /// convolution is an odd window wider than 1 with "same" padding, at stride 1 or 2, on 64·n
+    /// input channels.
     direct: Option<DirectWeights>,
 }
 
@@ -192,12 +193,14 @@ impl QuantizedConv {
             .chunks_exact(k)
             .map(|r| r.iter().map(|&v| i32::from(v)).sum())
             .collect();
-        // 1×1 convolutions keep the packed path (measured faster: their packing is a plain
+        // The direct path takes odd windows wider than 1 with "same" padding at stride 1 or 2
+        // (1×1 convolutions keep the packed path, measured faster: their packing is a plain
         // byte interleave, quantised on the way).
-        let same = conv.stride == 1 && conv.kh == conv.kw && conv.kh == 2 * conv.pad + 1;
-        let direct = match (same && conv.kh > 1, amx::Int8::detect(), input) {
+        let size = conv.kh;
+        let window = conv.kw == size && size > 1 && size % 2 == 1 && conv.pad == (size - 1) / 2;
+        let direct = match (window && conv.stride <= 2, amx::Int8::detect(), input) {
             (true, Some(_), InputRange::Calibrated(_)) => {
-                DirectWeights::new(&q, conv.cout, conv.cin, conv.kh)
+                DirectWeights::new(&q, conv.cout, conv.cin, size)
             }
             _ => None,
         };
@@ -427,14 +430,15 @@ impl QuantizedConv {
             return;
         }
 
-        // With AMX, a stride-1 window that keeps the size on 64·n channels reads its input
-        // channels-last, without packing it (see `amx::direct`).
+        // With AMX, an odd window with "same" padding (3×3 pad 1), at stride 1 or 2, on 64·n
+        // channels reads its input channels-last, without packing it (see `amx::direct`).
         if let (Int8Isa::Amx, Some(dw), Some(op)) = (isa, &self.direct, amx::Int8::detect()) {
             let grid = Grid {
                 cin: self.cin,
                 h,
                 w,
                 size: self.kh,
+                stride: self.stride,
             };
             if grid.supported() {
                 let (planes, range): (&[u8], f32) = match input {

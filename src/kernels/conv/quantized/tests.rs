@@ -122,22 +122,28 @@ fn direct_amx_path_matches_the_portable_kernel() {
         (s >> 8) as f32 / (1u32 << 24) as f32
     };
     let shapes = [
-        (3, 64, 33, 9, 7),
-        (3, 128, 70, 14, 14),
-        (3, 64, 32, 1, 1),
-        (3, 64, 5, 3, 40),
-        (5, 64, 17, 6, 5),
-        (7, 64, 3, 4, 4),
-        (3, 192, 40, 5, 9),
+        (3, 1, 64, 33, 9, 7),
+        (3, 1, 128, 70, 14, 14),
+        (3, 1, 64, 32, 1, 1),
+        (3, 1, 64, 5, 3, 40),
+        (5, 1, 64, 17, 6, 5),
+        (7, 1, 64, 3, 4, 4),
+        (3, 1, 192, 40, 5, 9),
+        (3, 2, 64, 33, 9, 7),
+        (3, 2, 128, 40, 28, 28),
+        (3, 2, 64, 5, 1, 2),
+        (3, 2, 64, 17, 6, 37),
+        (5, 2, 64, 9, 7, 8),
     ];
-    for (k, cin, cout, h, w) in shapes {
+    for (k, stride, cin, cout, h, w) in shapes {
         let pad = (k - 1) / 2;
         let weight: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd() - 0.5).collect();
         let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.3).collect();
-        let conv = Conv2d::new(cout, cin, k, k, 1, pad, weight, bias);
+        let conv = Conv2d::new(cout, cin, k, k, stride, pad, weight, bias);
         let m = 0.8f32;
         let q = QuantizedConv::new(&conv, m).unwrap();
         assert!(q.direct.is_some(), "k {k} cin {cin}: no direct weights");
+        let (oh, ow) = q.out_hw(h, w);
         // 1×1 convolutions keep the packed path; fewer than 64·n channels cannot use it.
         let other = |k: usize, cin: usize| {
             let conv = Conv2d::new(
@@ -153,26 +159,29 @@ fn direct_amx_path_matches_the_portable_kernel() {
             QuantizedConv::new(&conv, m).unwrap().direct.is_none()
         };
         assert!(other(1, 64) && other(3, 96) && other(3, 32));
+        let strided = Conv2d::new(2, 64, 3, 3, 3, 1, vec![0.1; 2 * 64 * 9], vec![0.0; 2]);
+        assert!(QuantizedConv::new(&strided, m).unwrap().direct.is_none());
         // One value beyond the calibrated range: the range widens.
         for top in [m, 1.5 * m] {
             let mut x: Vec<f32> = (0..cin * h * w).map(|_| rnd() * m).collect();
             x[cin * h * w / 2] = top;
             let xq: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale_for(m))).collect();
-            let residual: Vec<f32> = (0..cout * h * w).map(|_| rnd() - 0.5).collect();
+            let residual: Vec<f32> = (0..cout * oh * ow).map(|_| rnd() - 0.5).collect();
             for res in [None, Some(&residual[..])] {
                 let seq = Parallelism::Sequential;
                 let mut scratch = QuantScratch::default();
-                let mut want = vec![0f32; cout * h * w];
+                let mut want = vec![0f32; cout * oh * ow];
                 let pt = Int8Isa::Portable;
                 q.forward_image(&x, h, w, &mut want, res, true, &mut scratch, seq, pt);
-                let mut want_q = vec![0f32; cout * h * w];
+                let mut want_q = vec![0f32; cout * oh * ow];
                 let io = (QInput::Quantized(&xq), QOutput::F32(&mut want_q));
                 q.forward(io, h, w, res, true, &mut scratch, seq, pt);
                 let limit = want.iter().fold(0f32, |a, &v| a.max(v)) * 1.1;
                 let sc = scale_for(limit);
                 let want_bytes: Vec<u8> = want.iter().map(|&v| quantize_u8(v, sc)).collect();
                 for par in [Parallelism::Sequential, Parallelism::Rayon] {
-                    let what = format!("k {k} cin {cin} cout {cout} {h}×{w} top {top} {par:?}");
+                    let what =
+                        format!("k {k}/{stride} cin {cin} cout {cout} {h}×{w} top {top} {par:?}");
                     let amx = Int8Isa::Amx;
                     let mut got = vec![f32::NAN; want.len()];
                     q.forward_image(&x, h, w, &mut got, res, true, &mut scratch, par, amx);
