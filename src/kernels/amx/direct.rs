@@ -94,6 +94,24 @@ impl DirectWeights {
         self.tiles.len() * 4
     }
 
+    /// The `m × (cin·size²)` weights [`DirectWeights::new`] packed, read back (im2col order).
+    pub(crate) fn matrix(&self) -> Vec<i8> {
+        let (cin, taps) = (self.cin, self.size * self.size);
+        let (cc, chunks) = (cin / CH, self.chunks());
+        let mut q = vec![0i8; self.m * cin * taps];
+        for (oc, row) in q.chunks_exact_mut(cin * taps).enumerate() {
+            let (pair, half, j) = (oc / COLS, oc % COLS / 16, oc % 16);
+            for (col, v) in row.iter_mut().enumerate() {
+                let (ci, t) = (col / taps, col % taps);
+                let (c, word, byte) = (ci / CH, ci % CH / 4, ci % 4);
+                let chunk = t * cc + c;
+                let w = self.tiles[(((pair * chunks + chunk) * 2 + half) * 16 + word) * 16 + j];
+                *v = w.to_le_bytes()[byte] as i8;
+            }
+        }
+        q
+    }
+
     /// Chunks (tap × 64 input channels).
     fn chunks(&self) -> usize {
         self.size * self.size * (self.cin / CH)
@@ -762,6 +780,7 @@ mod tests {
                 .collect();
             let want = naive_conv(&q, &x, m, grid);
             let dw = DirectWeights::new(&q, m, grid.cin, size).unwrap();
+            prop_assert!(dw.matrix() == q, "the packed weights read back");
             let mut buf = vec![0u8; grid.len()];
             fill_channels_last(&x, grid, &mut buf, false);
             let xs = ChannelsLast::new(&buf, grid).unwrap();

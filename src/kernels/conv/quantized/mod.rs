@@ -45,6 +45,7 @@
 //! fake-quantised weights `q_w·s_w` and inputs `q_x·s_x`, which is how the tests check it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -80,7 +81,10 @@ pub struct QuantizedConv {
     pub stride: usize,
     /// Zero padding on every side.
     pub pad: usize,
-    weights: PackedWeights,
+    /// The weights for the packed kernels: made on first use from [`QuantizedConv::direct`]
+    /// when that exists (on AMX CPUs those convolutions never use them unless another kernel
+    /// is asked for), so that the weights are held once.
+    weights: OnceLock<PackedWeights>,
     /// `s_w[c]`.
     w_step: Vec<f32>,
     bias: Vec<f32>,
@@ -204,6 +208,10 @@ impl QuantizedConv {
             }
             _ => None,
         };
+        let weights = match direct {
+            Some(_) => OnceLock::new(),
+            None => OnceLock::from(PackedWeights::new(&q, conv.cout, k)),
+        };
         Ok(QuantizedConv {
             direct,
             cout: conv.cout,
@@ -212,7 +220,7 @@ impl QuantizedConv {
             kw: conv.kw,
             stride: conv.stride,
             pad: conv.pad,
-            weights: PackedWeights::new(&q, conv.cout, k),
+            weights,
             w_step,
             bias: conv.bias().to_vec(),
             input,
@@ -231,7 +239,7 @@ impl QuantizedConv {
 
     /// Bytes of the packed weights, scales and bias.
     pub fn bytes(&self) -> usize {
-        self.weights.bytes()
+        self.weights.get().map_or(0, PackedWeights::bytes)
             + self.direct.as_ref().map_or(0, DirectWeights::bytes)
             + (self.w_step.len() + self.bias.len() + self.row_sums.len()) * 4
     }
@@ -242,6 +250,18 @@ impl QuantizedConv {
     /// If the padded input is smaller than the kernel.
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         self.window().out_hw(h, w, "QuantizedConv")
+    }
+
+    /// The weights for the packed kernels (see [`QuantizedConv::weights`]).
+    fn packed(&self) -> &PackedWeights {
+        self.weights.get_or_init(|| match &self.direct {
+            Some(d) => {
+                let k = self.cin * self.kh * self.kw;
+                PackedWeights::new(&d.matrix(), self.cout, k)
+            }
+            // (Never reached: without direct weights the cell is filled at construction.)
+            None => PackedWeights::new(&[], 0, 0),
+        })
     }
 
     fn window(&self) -> Window {
@@ -385,7 +405,7 @@ impl QuantizedConv {
         let mut emit = make(zp.step);
         emit.offset = offset;
         let cols = &bufs.cols[..k * p];
-        gemm_u8i8_emit(&self.weights, cols, p, out, bufs.pack, par, isa, emit);
+        gemm_u8i8_emit(self.packed(), cols, p, out, bufs.pack, par, isa, emit);
     }
 
     /// The product of an input quantised with the calibrated range `limit` (widened to an f32
@@ -421,10 +441,10 @@ impl QuantizedConv {
         if direct {
             match input {
                 QInput::F32(x) => {
-                    gemm_quantizing_widened(&self.weights, x, limit, p, out, pack, par, isa, make)
+                    gemm_quantizing_widened(self.packed(), x, limit, p, out, pack, par, isa, make)
                 }
                 QInput::Quantized(q) => {
-                    gemm_u8i8_emit(&self.weights, q, p, out, pack, par, isa, make(limit))
+                    gemm_u8i8_emit(self.packed(), q, p, out, pack, par, isa, make(limit))
                 }
             }
             return;
@@ -520,7 +540,7 @@ impl QuantizedConv {
             };
             // (Always `Some`: the size and the length were checked above.)
             if let Some(planes) = ShiftedPlanes::new(&xbuf[..len], cin, h, w, pad) {
-                gemm_u8i8_shifted_emit(&self.weights, planes, out, pack, par, isa, make(range));
+                gemm_u8i8_shifted_emit(self.packed(), planes, out, pack, par, isa, make(range));
                 return;
             }
         }
@@ -537,7 +557,7 @@ impl QuantizedConv {
         grow(cols, k * p);
         self.window().im2col(src, h, w, &mut cols[..k * p], par);
         gemm_u8i8_emit(
-            &self.weights,
+            self.packed(),
             &cols[..k * p],
             p,
             out,

@@ -143,6 +143,9 @@ fn direct_amx_path_matches_the_portable_kernel() {
         let m = 0.8f32;
         let q = QuantizedConv::new(&conv, m).unwrap();
         assert!(q.direct.is_some(), "k {k} cin {cin}: no direct weights");
+        // The weights are held once: the packed kernels' copy is made only when one of them
+        // runs (the portable reference below).
+        assert!(q.weights.get().is_none());
         let (oh, ow) = q.out_hw(h, w);
         // 1×1 convolutions keep the packed path; fewer than 64·n channels cannot use it.
         let other = |k: usize, cin: usize| {
