@@ -1,16 +1,17 @@
-//! Direct int8 convolution on AMX tiles with channels-last activations: a `size × size` window
-//! (odd) with "same" padding (3×3 pad 1, …), at stride 1 or 2, without im2col and without
-//! packing the activations.
+//! Direct int8 and bf16 convolution on AMX tiles with channels-last activations: a
+//! `size × size` window (odd) with "same" padding (3×3 pad 1, …), at stride 1 or 2, without
+//! im2col and without packing the activations.
 //!
 //! **Why.** The packed path ([`super::product`]) rebuilds the activations as 16-column panels
 //! for every convolution (a 3×3 window reads each input byte nine times while packing; a
 //! strided one writes its im2col matrix first). Here the activations are the tiles' *first*
 //! operand, `A` (16 rows × 64 bytes), read straight from a channels-last image: a row of an `A`
-//! tile is one pixel's 64 consecutive channels, and the tile's 16 rows are 16 pixels,
-//! `stride·cin` bytes apart. The weights are the second operand, `B` (`tdpbusd`: unsigned `A`,
-//! signed `B`), packed once. On Emerald Rapids, 2 threads, WRN-50-2's stride-1 3×3
-//! convolutions at 224² took 0.6–0.9× the time of packing and multiplying (most gained at 56²,
-//! where the packing weighs most), and a whole int8 prediction 0.94×.
+//! tile is one pixel's 64 bytes of consecutive channels (64 `u8` or 32 bf16), and the tile's
+//! 16 rows are 16 pixels, `stride·cin` elements apart. The weights are the second operand,
+//! `B`, packed once (`tdpbusd`: unsigned `A`, signed `B`, exact `i32` sums; `tdpbf16ps`: f32
+//! sums, added in the hardware's order as in the packed AMX path). On Emerald Rapids, 2
+//! threads, WRN-50-2's stride-1 3×3 int8 convolutions at 224² took 0.6–0.9× the time of packing
+//! and multiplying (most gained at 56², where the packing weighs most).
 //!
 //! **The grid.** The image is stored with its zero padding, `wp = w + 2·pad` pixels per row,
 //! pixel `(y, x)` of the input at index `(y + pad)·wp + x + pad`. The products run over *grid
@@ -34,36 +35,85 @@
 //! Every sum is exact, accumulated in increasing chunk order, so the result depends neither on
 //! the split nor on the thread.
 
-use super::{Emit, Int8, Sums, COLS, ROWS};
+use super::{AmxOp, Bf16, Emit, Int8, Sums, COLS, ROWS};
 use crate::kernels::wide::Wide;
 
-/// Input channels per chunk: one tile row of 64 bytes.
-const CH: usize = 64;
+/// Bytes of a tile row: one chunk of input channels (64 `u8` or 32 bf16).
+const ROW_BYTES: usize = 64;
+
+/// A tile product of the direct convolution and the element of its channels-last input.
+pub(crate) trait DirectOp: AmxOp {
+    /// `u8` (int8) or `u16` (bf16 bits).
+    type Elem: Copy + Default + Send + Sync;
+    /// Input channels per 32-bit word of a tile row (4 or 2).
+    const PER_WORD: usize;
+}
+
+impl DirectOp for Int8 {
+    type Elem = u8;
+    const PER_WORD: usize = 4;
+}
+
+impl DirectOp for Bf16 {
+    type Elem = u16;
+    const PER_WORD: usize = 2;
+}
+
+/// Input channels per chunk of an op: one tile row.
+pub(crate) const fn chunk_channels<O: DirectOp>() -> usize {
+    16 * O::PER_WORD
+}
 
 /// The weights of a `size × size` convolution as AMX `B` tiles for channels-last inputs:
-/// per pair of 16-channel output tiles, per chunk (tap `t`, 64 input channels from `64·c`, in
-/// the order `t·(cin / 64) + c`), two tiles of 16 words (four input channels each) × 16 output
-/// channels.
+/// per pair of 16-channel output tiles, per chunk (tap `t`, one tile row of input channels
+/// from `ch·c`, in the order `t·(cin / ch) + c`, with `ch` = 64 for int8 and 32 for bf16), two
+/// tiles of 16 words (four `i8` or two bf16 input channels each, the lowest channel in the low
+/// bits) × 16 output channels.
 #[derive(Debug, Clone)]
 pub(crate) struct DirectWeights {
     tiles: Vec<u32>,
     m: usize,
     cin: usize,
     size: usize,
+    /// Input channels per word.
+    per_word: usize,
 }
 
 impl DirectWeights {
-    /// Packs the `m × (cin·size²)` weights `q` (row-major, column `ci·size² + t` for input
-    /// channel `ci` and tap `t = ky·size + kx`, the im2col order). `None` unless `cin` is a
-    /// positive multiple of 64 (every convolution of a torchvision ResNet after the stem).
+    /// Packs the `m × (cin·size²)` int8 weights `q` (row-major, column `ci·size² + t` for
+    /// input channel `ci` and tap `t = ky·size + kx`, the im2col order). `None` unless `cin`
+    /// is a positive multiple of 64 (every convolution of a torchvision ResNet after the
+    /// stem).
     pub(crate) fn new(q: &[i8], m: usize, cin: usize, size: usize) -> Option<DirectWeights> {
+        Self::pack(q.len(), m, cin, size, 4, |at| u32::from(q[at] as u8))
+    }
+
+    /// [`DirectWeights::new`] for bf16 weights (the bits of each, as [`to_bf16`] makes them);
+    /// `cin` must be a positive multiple of 32.
+    ///
+    /// [`to_bf16`]: crate::kernels::bf16::to_bf16
+    pub(crate) fn new_bf16(w: &[u16], m: usize, cin: usize, size: usize) -> Option<DirectWeights> {
+        Self::pack(w.len(), m, cin, size, 2, |at| u32::from(w[at]))
+    }
+
+    /// The layout, `elem(i)` giving the bits of element `i` of the weight matrix.
+    fn pack(
+        len: usize,
+        m: usize,
+        cin: usize,
+        size: usize,
+        per_word: usize,
+        elem: impl Fn(usize) -> u32,
+    ) -> Option<DirectWeights> {
         let taps = size * size;
-        if cin == 0 || !cin.is_multiple_of(CH) || m == 0 || q.len() != m * cin * taps {
+        let ch = 16 * per_word;
+        if cin == 0 || !cin.is_multiple_of(ch) || m == 0 || len != m * cin * taps {
             return None;
         }
-        let cc = cin / CH;
+        let cc = cin / ch;
         let chunks = taps * cc;
         let pairs = m.div_ceil(COLS);
+        let bits = 32 / per_word;
         let mut tiles = vec![0u32; pairs * chunks * 2 * 256];
         for (i, tile) in tiles.chunks_exact_mut(256).enumerate() {
             let (pair, rest) = (i / (2 * chunks), i % (2 * chunks));
@@ -75,9 +125,10 @@ impl DirectWeights {
                     if oc >= m {
                         continue;
                     }
-                    let ci = c * CH + 4 * word;
-                    let at = |i: usize| q[oc * cin * taps + (ci + i) * taps + t] as u8;
-                    *d = u32::from_le_bytes([at(0), at(1), at(2), at(3)]);
+                    let ci = c * ch + per_word * word;
+                    *d = (0..per_word)
+                        .map(|e| elem(oc * cin * taps + (ci + e) * taps + t) << (bits * e))
+                        .fold(0, |a, v| a | v);
                 }
             }
         }
@@ -86,6 +137,7 @@ impl DirectWeights {
             m,
             cin,
             size,
+            per_word,
         })
     }
 
@@ -94,27 +146,47 @@ impl DirectWeights {
         self.tiles.len() * 4
     }
 
-    /// The `m × (cin·size²)` weights [`DirectWeights::new`] packed, read back (im2col order).
-    pub(crate) fn matrix(&self) -> Vec<i8> {
-        let (cin, taps) = (self.cin, self.size * self.size);
-        let (cc, chunks) = (cin / CH, self.chunks());
-        let mut q = vec![0i8; self.m * cin * taps];
-        for (oc, row) in q.chunks_exact_mut(cin * taps).enumerate() {
+    /// The bits of every element of the weight matrix, read back (im2col order).
+    fn elements(&self) -> Vec<u32> {
+        let (cin, taps, per_word) = (self.cin, self.size * self.size, self.per_word);
+        let ch = 16 * per_word;
+        let (cc, chunks) = (cin / ch, self.chunks());
+        let bits = 32 / per_word;
+        let mask = if bits == 32 {
+            u32::MAX
+        } else {
+            (1 << bits) - 1
+        };
+        let mut out = vec![0u32; self.m * cin * taps];
+        for (oc, row) in out.chunks_exact_mut(cin * taps).enumerate() {
             let (pair, half, j) = (oc / COLS, oc % COLS / 16, oc % 16);
             for (col, v) in row.iter_mut().enumerate() {
                 let (ci, t) = (col / taps, col % taps);
-                let (c, word, byte) = (ci / CH, ci % CH / 4, ci % 4);
+                let (c, word, e) = (ci / ch, ci % ch / per_word, ci % per_word);
                 let chunk = t * cc + c;
                 let w = self.tiles[(((pair * chunks + chunk) * 2 + half) * 16 + word) * 16 + j];
-                *v = w.to_le_bytes()[byte] as i8;
+                *v = w >> (bits * e) & mask;
             }
         }
-        q
+        out
     }
 
-    /// Chunks (tap × 64 input channels).
+    /// The int8 weights [`DirectWeights::new`] packed, read back (im2col order).
+    pub(crate) fn matrix(&self) -> Vec<i8> {
+        self.elements().into_iter().map(|v| v as u8 as i8).collect()
+    }
+
+    /// The bf16 weights [`DirectWeights::new_bf16`] packed, read back as f32 (exactly).
+    pub(crate) fn matrix_bf16(&self) -> Vec<f32> {
+        self.elements()
+            .into_iter()
+            .map(|v| f32::from_bits(v << 16))
+            .collect()
+    }
+
+    /// Chunks (tap × one tile row of input channels).
     fn chunks(&self) -> usize {
-        self.size * self.size * (self.cin / CH)
+        self.size * self.size * (self.cin / (16 * self.per_word))
     }
 }
 
@@ -193,13 +265,15 @@ impl Grid {
         self.pixels() * self.cin
     }
 
-    /// Whether the direct path handles this shape: an odd window, stride 1 or 2, 64·n
-    /// channels, a non-empty image.
-    pub(crate) fn supported(self) -> bool {
+    /// Whether the direct path handles this shape for inputs of `T` (`u8` or bf16 bits): an
+    /// odd window, stride 1 or 2, whole tile rows of channels (64·n `u8` or 32·n bf16), a
+    /// non-empty image.
+    pub(crate) fn supported<T>(self) -> bool {
+        let ch = ROW_BYTES / std::mem::size_of::<T>();
         self.size % 2 == 1
             && (1..=2).contains(&self.stride)
             && self.cin > 0
-            && self.cin.is_multiple_of(CH)
+            && self.cin.is_multiple_of(ch)
             && self.h > 0
             && self.w > 0
     }
@@ -213,29 +287,76 @@ impl Grid {
 /// If a length does not match `grid`.
 pub(crate) fn fill_channels_last(planes: &[u8], grid: Grid, dst: &mut [u8], parallel: bool) {
     let Grid { cin, h, w, .. } = grid;
-    let (pad, wp) = (grid.pad(), grid.wp());
     assert_eq!(planes.len(), cin * h * w, "channels-last: planes length");
+    fill_rows(grid, dst, parallel, |y, row| {
+        transpose_row(planes, h * w, y * w, cin, w, row)
+    });
+}
+
+/// [`fill_channels_last`] for bf16: the f32 planes `x` rounded to bf16 ([`to_bf16`]) on the
+/// way.
+///
+/// [`to_bf16`]: crate::kernels::bf16::to_bf16
+pub(crate) fn fill_channels_last_bf16(x: &[f32], grid: Grid, dst: &mut [u16], parallel: bool) {
+    use crate::kernels::bf16::to_bf16;
+    let Grid { cin, h, w, .. } = grid;
+    assert_eq!(x.len(), cin * h * w, "channels-last: planes length");
+    let plane = h * w;
+    fill_rows(grid, dst, parallel, |y, row| {
+        // 16 channels × 16 pixels at a time: rows of the planes in, pixels out.
+        for c0 in (0..cin).step_by(16) {
+            let cn = 16.min(cin - c0);
+            for x0 in (0..w).step_by(16) {
+                let xn = 16.min(w - x0);
+                let mut block = [[0u16; 16]; 16];
+                for (i, b) in block.iter_mut().enumerate().take(cn) {
+                    let src = &x[(c0 + i) * plane + y * w + x0..][..xn];
+                    for (d, &v) in b.iter_mut().zip(src) {
+                        *d = to_bf16(v);
+                    }
+                }
+                for j in 0..xn {
+                    let d = &mut row[(x0 + j) * cin + c0..][..cn];
+                    for (i, d) in d.iter_mut().enumerate() {
+                        *d = block[i][j];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The padded rows of `grid` in `dst`: zeros, or `row(y, pixels)` between the padding of
+/// image row `y` (which must write all `w·cin` elements of `pixels`); zeros after the image.
+fn fill_rows<T: Copy + Default + Send>(
+    grid: Grid,
+    dst: &mut [T],
+    parallel: bool,
+    row: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let Grid { cin, h, w, .. } = grid;
+    let (pad, wp) = (grid.pad(), grid.wp());
     assert_eq!(dst.len(), grid.len(), "channels-last: buffer length");
-    let row_bytes = wp * cin;
-    let (body, tail) = dst.split_at_mut((h + 2 * pad) * row_bytes);
-    tail.fill(0);
+    let row_len = wp * cin;
+    let (body, tail) = dst.split_at_mut((h + 2 * pad) * row_len);
+    tail.fill(T::default());
     // Padded row `yy`: zeros, or image row `yy − pad` between `pad` zero pixels each side.
-    let one = |(yy, r): (usize, &mut [u8])| {
+    let one = |(yy, r): (usize, &mut [T])| {
         if yy < pad || yy >= pad + h {
-            r.fill(0);
+            r.fill(T::default());
             return;
         }
         let (left, rest) = r.split_at_mut(pad * cin);
         let (mid, right) = rest.split_at_mut(w * cin);
-        left.fill(0);
-        right.fill(0);
-        transpose_row(planes, h * w, (yy - pad) * w, cin, w, mid);
+        left.fill(T::default());
+        right.fill(T::default());
+        row(yy - pad, mid);
     };
-    if parallel && planes.len() >= crate::kernels::conv::PAR_ELEMS {
+    if parallel && cin * h * w >= crate::kernels::conv::PAR_ELEMS {
         use rayon::prelude::*;
-        body.par_chunks_mut(row_bytes).enumerate().for_each(one);
+        body.par_chunks_mut(row_len).enumerate().for_each(one);
     } else {
-        body.chunks_mut(row_bytes).enumerate().for_each(one);
+        body.chunks_mut(row_len).enumerate().for_each(one);
     }
 }
 
@@ -305,18 +426,19 @@ fn transpose16(m: &[[u8; 16]; 16]) -> [[u8; 16]; 16] {
     }
 }
 
-/// The channels-last image of [`fill_channels_last`], checked against its grid.
+/// The channels-last image of [`fill_channels_last`] (`u8`) or [`fill_channels_last_bf16`]
+/// (bf16 bits), checked against its grid.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ChannelsLast<'a> {
-    data: &'a [u8],
+pub(crate) struct ChannelsLast<'a, T> {
+    data: &'a [T],
     grid: Grid,
 }
 
-impl<'a> ChannelsLast<'a> {
-    /// Wraps `data` (filled by [`fill_channels_last`] for `grid`); `None` if the grid is not
-    /// [`Grid::supported`] or the length is wrong.
-    pub(crate) fn new(data: &'a [u8], grid: Grid) -> Option<ChannelsLast<'a>> {
-        (grid.supported() && data.len() == grid.len()).then_some(ChannelsLast { data, grid })
+impl<'a, T> ChannelsLast<'a, T> {
+    /// Wraps `data` (filled for `grid`); `None` if the grid is not [`Grid::supported`] or the
+    /// length is wrong.
+    pub(crate) fn new(data: &'a [T], grid: Grid) -> Option<ChannelsLast<'a, T>> {
+        (grid.supported::<T>() && data.len() == grid.len()).then_some(ChannelsLast { data, grid })
     }
 }
 
@@ -328,17 +450,17 @@ impl<'a> ChannelsLast<'a> {
 ///
 /// # Panics
 /// If the weights' window or channels do not match `x`, or `out.len() != m·h·w`.
-pub(crate) fn conv<T: Send>(
-    op: Int8,
+pub(crate) fn conv<O: DirectOp, T: Send>(
+    op: O,
     w: &DirectWeights,
-    x: ChannelsLast<'_>,
+    x: ChannelsLast<'_, O::Elem>,
     out: &mut [T],
     parallel: bool,
-    emit: &impl Emit<i32, T>,
+    emit: &impl Emit<O::Sum, T>,
 ) {
     let grid = x.grid;
     assert!(
-        w.cin == grid.cin && w.size == grid.size,
+        w.cin == grid.cin && w.size == grid.size && w.per_word == O::PER_WORD,
         "amx direct: weights for {}×{} on {} channels, input {}×{} on {}",
         w.size,
         w.size,
@@ -382,21 +504,21 @@ pub(crate) fn conv<T: Send>(
 }
 
 /// One call of [`conv`].
-struct Job<'a, E> {
-    op: Int8,
+struct Job<'a, O: DirectOp, E> {
+    op: O,
     w: &'a DirectWeights,
-    x: ChannelsLast<'a>,
+    x: ChannelsLast<'a, O::Elem>,
     emit: &'a E,
     task_pairs: usize,
 }
 
-impl<E> Job<'_, E> {
+impl<O: DirectOp, E> Job<'_, O, E> {
     /// Task `t`: output channels from `t·task_pairs·32`, whose rows are `o`. `AVX512` only
     /// from [`Job::run_avx512`] (it transposes with AVX-512 instructions).
     #[inline(always)]
     fn run<T, const AVX512: bool>(&self, t: usize, o: &mut [T])
     where
-        E: Emit<i32, T>,
+        E: Emit<O::Sum, T>,
     {
         let _ = self.op;
         let grid = self.x.grid;
@@ -405,11 +527,11 @@ impl<E> Job<'_, E> {
         let rows = o.len() / p;
         let oc0 = t * self.task_pairs * COLS;
         let chunks = self.w.chunks();
-        let cc = cin / CH;
+        let cc = cin / chunk_channels::<O>();
         let pair_words = chunks * 2 * 256;
-        let row_stride = grid.stride * cin;
-        let mut sums = Sums([[0i32; COLS]; ROWS]);
-        let mut tr = Sums([[0i32; COLS]; ROWS]);
+        let row_stride = grid.stride * cin * std::mem::size_of::<O::Elem>();
+        let mut sums = Sums([[O::Sum::default(); COLS]; ROWS]);
+        let mut tr = Sums([[O::Sum::default(); COLS]; ROWS]);
         // SAFETY: `op` exists only when AMX-TILE and AMX-INT8 were detected and Linux granted
         // the tile data; the configuration is a static 64-byte block.
         unsafe { super::configure() };
@@ -425,7 +547,7 @@ impl<E> Job<'_, E> {
                     // SAFETY: tiles configured above by this thread; see `chunk_run` for the
                     // extents, which `Grid::pixels` (the last tile's last tap) and the
                     // weights' layout guarantee.
-                    unsafe { chunk_run(a0, a1, row_stride, bt, cc, t == 0) };
+                    unsafe { chunk_run::<O, _>(a0, a1, row_stride, bt, cc, t == 0) };
                 }
                 // SAFETY: tiles configured and holding this block's sums.
                 unsafe { store(&mut sums) };
@@ -456,10 +578,10 @@ impl<E> Job<'_, E> {
         pair: usize,
         rows: usize,
         oc0: usize,
-        tr: &Sums<i32>,
+        tr: &Sums<O::Sum>,
         o: &mut [T],
     ) where
-        E: Emit<i32, T>,
+        E: Emit<O::Sum, T>,
     {
         let grid = self.x.grid;
         let (oh, ow) = grid.out_hw();
@@ -492,7 +614,7 @@ impl<E> Job<'_, E> {
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn run_avx512<T>(&self, t: usize, o: &mut [T])
     where
-        E: Emit<i32, T>,
+        E: Emit<O::Sum, T>,
     {
         self.run::<T, true>(t, o)
     }
@@ -501,7 +623,7 @@ impl<E> Job<'_, E> {
 /// `s[j][i] = sums[i][j]`: a plain loop over 16 × 16 blocks that the compiler turns into
 /// shuffles in the AVX-512 copy.
 #[inline(always)]
-fn transpose32(sums: &Sums<i32>, out: &mut Sums<i32>) {
+fn transpose32<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
     for (j, row) in out.0.iter_mut().enumerate() {
         for (i, v) in row.iter_mut().enumerate() {
             *v = sums.0[i][j];
@@ -516,8 +638,9 @@ fn transpose32(sums: &Sums<i32>, out: &mut Sums<i32>) {
 /// The CPU must run AVX512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn transpose32_avx512(sums: &Sums<i32>, out: &mut Sums<i32>) {
+fn transpose32_avx512<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
     use std::arch::x86_64::*;
+    const { assert!(std::mem::size_of::<S>() == 4) };
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for (bi, bj) in [(0, 0), (0, 16), (16, 0), (16, 16)] {
@@ -548,7 +671,7 @@ fn transpose32_avx512(sums: &Sums<i32>, out: &mut Sums<i32>) {
 /// The tiles must be configured on this thread and hold a block's sums (after
 /// [`chunk_run`]).
 #[cfg(target_arch = "x86_64")]
-unsafe fn store(s: &mut Sums<i32>) {
+unsafe fn store<S>(s: &mut Sums<S>) {
     let out = s.0.as_mut_ptr().cast::<u8>();
     // SAFETY: four stores of 16 rows × 64 bytes at stride 128 into the 32 × 128-byte `s`: the
     // corners (0, 0), (0, 64), (16·128, 0) and (16·128, 64), all inside it.
@@ -568,32 +691,45 @@ unsafe fn store(s: &mut Sums<i32>) {
 
 /// Never called: no [`Int8`] has a value off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn store(_: &mut Sums<i32>) {
+unsafe fn store<S>(_: &mut Sums<S>) {
     unreachable!("AMX ops exist only on x86-64")
 }
 
 /// Never called: no [`Int8`] has a value off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn chunk_run(_: &[u8], _: &[u8], _: usize, _: &[u32], _: usize, _: bool) {
+unsafe fn chunk_run<O: DirectOp, E>(_: &[E], _: &[E], _: usize, _: &[u32], _: usize, _: bool) {
+    let _ = O::BF16;
     unreachable!("AMX ops exist only on x86-64")
 }
 
-/// The sums of one tap: `len` chunks of 64 input channels, `s += A · B` (or `s = A · B` when
-/// `first`) with `tdpbusd`: `A` the two tiles of 16 pixels × 64 channels from `a0` and `a1`
-/// (row stride `stride` bytes), `B` the two weight tiles of each chunk (`b`, 2 KiB per chunk).
-/// While the tiles of one chunk multiply, the rows of the next chunk's `A` tiles are
-/// prefetched.
+/// The sums of one tap: `len` chunks of one tile row of input channels, `s += A · B` (or
+/// `s = A · B` when `first`) with `O`'s instruction (`tdpbusd` or `tdpbf16ps`): `A` the two
+/// tiles of 16 pixels × 64 bytes of channels from `a0` and `a1` (row stride `stride` bytes),
+/// `B` the two weight tiles of each chunk (`b`, 2 KiB per chunk). While the tiles of one chunk
+/// multiply, the rows of the next chunk's `A` tiles are prefetched.
 ///
 /// # Safety
 /// [`super::configure`] must have run on this thread with no other tile use since, except
-/// this function and [`store`]; the CPU must run AMX-INT8 (a value of [`Int8`] exists). `a0`
-/// and `a1` must each hold `15·stride + 64·len` bytes, `b` must hold `512·len` words, and
+/// this function and [`store`]; the CPU must run `O`'s instruction (a value of `O` exists).
+/// `a0` and `a1` must each hold `15·stride + 64·len` bytes, `b` must hold `512·len` words, and
 /// `len ≥ 1`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn chunk_run(a0: &[u8], a1: &[u8], stride: usize, b: &[u32], len: usize, first: bool) {
+unsafe fn chunk_run<O: DirectOp, E>(
+    a0: &[E],
+    a1: &[E],
+    stride: usize,
+    b: &[u32],
+    len: usize,
+    first: bool,
+) {
     use std::arch::asm;
-    let need = 15 * stride + CH * len;
-    debug_assert!(len >= 1 && a0.len() >= need && a1.len() >= need && b.len() >= 512 * len);
+    let need = 15 * stride + ROW_BYTES * len;
+    debug_assert!(
+        len >= 1
+            && std::mem::size_of_val(a0) >= need
+            && std::mem::size_of_val(a1) >= need
+            && b.len() >= 512 * len
+    );
     // SAFETY: the `A` tiles of chunk q read 16 rows of 64 bytes at `a0 + 64·q + r·stride` and
     // `a1 + 64·q + r·stride` (r < 16): the last byte read is `15·stride + 64·len − 1`, inside
     // both (caller's contract); the weight tiles read 2 KiB at `b + 2048·q`, inside `b`. The
@@ -609,40 +745,50 @@ unsafe fn chunk_run(a0: &[u8], a1: &[u8], stride: usize, b: &[u32], len: usize, 
                 options(nostack, nomem, preserves_flags),
             );
         }
-        asm!(
-            "2:",
-            "lea {p}, [{a0} + 64]",
-            ".rept 16",
-            "prefetcht0 [{p}]",
-            "add {p}, {sc}",
-            ".endr",
-            "lea {p}, [{a1} + 64]",
-            ".rept 16",
-            "prefetcht0 [{p}]",
-            "add {p}, {sc}",
-            ".endr",
-            "tileloadd tmm4, [{a0} + {sc}*1]",
-            "tileloadd tmm6, [{b} + {s64}*1]",
-            "tdpbusd tmm0, tmm4, tmm6",
-            "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-            "tdpbusd tmm1, tmm4, tmm7",
-            "tileloadd tmm5, [{a1} + {sc}*1]",
-            "tdpbusd tmm2, tmm5, tmm6",
-            "tdpbusd tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
-            "add {b}, 2048",
-            "dec {n}",
-            "jnz 2b",
-            a0 = inout(reg) a0.as_ptr() => _,
-            a1 = inout(reg) a1.as_ptr() => _,
-            b = inout(reg) b.as_ptr() => _,
-            n = inout(reg) len => _,
-            p = out(reg) _,
-            sc = in(reg) stride,
-            s64 = in(reg) 64usize,
-            options(nostack),
-        );
+        // One loop per instruction; the assembler text differs only in the product's name.
+        macro_rules! chunk_loop {
+            ($op:literal) => {
+                asm!(
+                    "2:",
+                    "lea {p}, [{a0} + 64]",
+                    ".rept 16",
+                    "prefetcht0 [{p}]",
+                    "add {p}, {sc}",
+                    ".endr",
+                    "lea {p}, [{a1} + 64]",
+                    ".rept 16",
+                    "prefetcht0 [{p}]",
+                    "add {p}, {sc}",
+                    ".endr",
+                    "tileloadd tmm4, [{a0} + {sc}*1]",
+                    "tileloadd tmm6, [{b} + {s64}*1]",
+                    concat!($op, " tmm0, tmm4, tmm6"),
+                    "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+                    concat!($op, " tmm1, tmm4, tmm7"),
+                    "tileloadd tmm5, [{a1} + {sc}*1]",
+                    concat!($op, " tmm2, tmm5, tmm6"),
+                    concat!($op, " tmm3, tmm5, tmm7"),
+                    "add {a0}, 64",
+                    "add {a1}, 64",
+                    "add {b}, 2048",
+                    "dec {n}",
+                    "jnz 2b",
+                    a0 = inout(reg) a0.as_ptr() => _,
+                    a1 = inout(reg) a1.as_ptr() => _,
+                    b = inout(reg) b.as_ptr() => _,
+                    n = inout(reg) len => _,
+                    p = out(reg) _,
+                    sc = in(reg) stride,
+                    s64 = in(reg) 64usize,
+                    options(nostack),
+                )
+            };
+        }
+        if O::BF16 {
+            chunk_loop!("tdpbf16ps");
+        } else {
+            chunk_loop!("tdpbusd");
+        }
     }
 }
 
@@ -757,6 +903,62 @@ mod tests {
                 let mut got = vec![0xA5u8; grid.len()];
                 fill_channels_last(&planes, grid, &mut got, par);
                 prop_assert!(got == want, "{:?} par {}", grid, par);
+            }
+        }
+
+        /// The bf16 direct convolution (AMX-BF16 only) within the f32 summation bound of the
+        /// exact sum of the rounded products, `(k + 1)·2⁻²⁴·Σ|ŵ·x̂|`; its weights read back
+        /// exactly.
+        #[test]
+        fn direct_bf16_conv_is_within_the_bound_of_the_exact_sums(
+            c32 in 1usize..3, m in 1usize..40, h in 1usize..10, w in 1usize..30,
+            stride in 1usize..3, seed in any::<u32>(),
+        ) {
+            use crate::kernels::bf16::to_bf16;
+            let Some(op) = Bf16::detect() else { return Ok(()) };
+            let size = 3;
+            let grid = Grid { cin: 32 * c32, h, w, size, stride };
+            let cin = grid.cin;
+            let mut s = seed | 1;
+            let mut rnd = move || {
+                s ^= s << 13; s ^= s >> 17; s ^= s << 5;
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            };
+            let wt: Vec<u16> = (0..m * cin * 9).map(|_| to_bf16(rnd())).collect();
+            let x: Vec<f32> = (0..cin * h * w).map(|_| rnd() * 3.0).collect();
+            let dw = DirectWeights::new_bf16(&wt, m, cin, size).unwrap();
+            let wf: Vec<f32> = wt.iter().map(|&b| f32::from_bits(u32::from(b) << 16)).collect();
+            prop_assert!(dw.matrix_bf16() == wf, "the packed weights read back");
+            let mut buf = vec![0u16; grid.len()];
+            fill_channels_last_bf16(&x, grid, &mut buf, false);
+            let xs = ChannelsLast::new(&buf, grid).unwrap();
+            let (oh, ow) = grid.out_hw();
+            let mut got = vec![f32::NAN; m * oh * ow];
+            let emit = |_: usize, _: usize, sums: &[f32], o: &mut [f32]| o.copy_from_slice(sums);
+            conv(op, &dw, xs, &mut got, true, &emit);
+            let xr = |v: f32| f64::from(f32::from_bits(u32::from(to_bf16(v)) << 16));
+            for c in 0..m {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut sum, mut abs) = (0f64, 0f64);
+                        for ci in 0..cin {
+                            for t in 0..9 {
+                                let iy = (oy * stride + t / 3) as isize - 1;
+                                let ix = (ox * stride + t % 3) as isize - 1;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let p = f64::from(wf[(c * cin + ci) * 9 + t])
+                                    * xr(x[(ci * h + iy as usize) * w + ix as usize]);
+                                sum += p;
+                                abs += p.abs();
+                            }
+                        }
+                        let v = f64::from(got[(c * oh + oy) * ow + ox]);
+                        let bound = (cin * 9 + 1) as f64 * 2f64.powi(-24) * abs + 1e-30;
+                        prop_assert!((v - sum).abs() <= bound, "{:?} m {}: {} vs {}", grid, m, v, sum);
+                    }
+                }
             }
         }
 

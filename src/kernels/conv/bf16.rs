@@ -13,6 +13,10 @@ use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
+use std::sync::OnceLock;
+
+use crate::kernels::amx;
+use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
 use crate::kernels::bf16::{gemm_bf16_map, to_bf16, Bf16Isa, PackedBf16Weights};
 use crate::kernels::gemm::Parallelism;
 
@@ -31,7 +35,13 @@ pub struct Bf16Conv {
     pub stride: usize,
     /// Zero padding on every side.
     pub pad: usize,
-    weights: PackedBf16Weights,
+    /// The weights for the packed kernels: made on first use from `direct` when that exists
+    /// (on AMX CPUs those convolutions never use them unless another kernel is asked for).
+    weights: OnceLock<PackedBf16Weights>,
+    /// The weights for the direct AMX path ([`direct`]), when this CPU has AMX-BF16 and the
+    /// convolution is an odd window wider than 1 with "same" padding, at stride 1 or 2, on
+    /// 32·n input channels.
+    direct: Option<DirectWeights>,
     bias: Vec<f32>,
 }
 
@@ -69,21 +79,37 @@ impl Bf16Conv {
                 "bf16 convolution: a weight or bias is not finite",
             ));
         }
+        let size = conv.kh;
+        let window = conv.kw == size && size > 1 && size % 2 == 1 && conv.pad == (size - 1) / 2;
+        let direct = match (window && conv.stride <= 2, amx::Bf16::detect()) {
+            (true, Some(_)) => {
+                let bits: Vec<u16> = weight.iter().map(|&v| to_bf16(v)).collect();
+                DirectWeights::new_bf16(&bits, conv.cout, conv.cin, size)
+            }
+            _ => None,
+        };
+        let weights = match direct {
+            Some(_) => OnceLock::new(),
+            None => OnceLock::from(PackedBf16Weights::new(weight, conv.cout, k)),
+        };
         Ok(Bf16Conv {
+            weights,
+            direct,
             cout: conv.cout,
             cin: conv.cin,
             kh: conv.kh,
             kw: conv.kw,
             stride: conv.stride,
             pad: conv.pad,
-            weights: PackedBf16Weights::new(weight, conv.cout, k),
             bias: conv.bias().to_vec(),
         })
     }
 
     /// Bytes of the packed weights and the bias.
     pub fn bytes(&self) -> usize {
-        self.weights.bytes() + self.bias.len() * 4
+        self.weights.get().map_or(0, PackedBf16Weights::bytes)
+            + self.direct.as_ref().map_or(0, DirectWeights::bytes)
+            + self.bias.len() * 4
     }
 
     /// Output size for an `h × w` input (as [`Conv2d::out_hw`]).
@@ -92,6 +118,40 @@ impl Bf16Conv {
     /// If the padded input is smaller than the kernel.
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         self.window().out_hw(h, w, "Bf16Conv")
+    }
+
+    /// The direct AMX path's weights, op and grid for an `h × w` input, when `isa` is AMX and
+    /// this convolution has one.
+    fn direct_path(
+        &self,
+        isa: Bf16Isa,
+        h: usize,
+        w: usize,
+    ) -> Option<(&DirectWeights, amx::Bf16, Grid)> {
+        let grid = Grid {
+            cin: self.cin,
+            h,
+            w,
+            size: self.kh,
+            stride: self.stride,
+        };
+        match (isa, &self.direct, amx::Bf16::detect()) {
+            (Bf16Isa::Amx, Some(dw), Some(op)) if grid.supported::<u16>() => Some((dw, op, grid)),
+            _ => None,
+        }
+    }
+
+    /// The weights for the packed kernels (see [`Bf16Conv::weights`]).
+    fn packed(&self) -> &PackedBf16Weights {
+        self.weights.get_or_init(|| {
+            let k = self.cin * self.kh * self.kw;
+            match &self.direct {
+                // bf16 values read back exactly; rounding them again changes nothing.
+                Some(d) => PackedBf16Weights::new(&d.matrix_bf16(), self.cout, k),
+                // (Never reached: without direct weights the cell is filled at construction.)
+                None => PackedBf16Weights::new(&[], 0, 0),
+            }
+        })
     }
 
     fn window(&self) -> Window {
@@ -137,11 +197,29 @@ impl Bf16Conv {
             let r = residual.map(|r| &r[c * p + j0..][..o.len()]);
             epilogue_segment(o, bias[c], r, relu);
         };
+        if let Some((dw, op, grid)) = self.direct_path(isa, h, w) {
+            // The input rounded to bf16 into a padded channels-last copy, read straight into
+            // the tiles (see `amx::direct`).
+            let rayon = par == Parallelism::Rayon;
+            grow(&mut scratch.x, grid.len());
+            direct::fill_channels_last_bf16(input, grid, &mut scratch.x[..grid.len()], rayon);
+            // (Always `Some`: `direct_path` checked the grid, and the length is its own.)
+            if let Some(x) = ChannelsLast::new(&scratch.x[..grid.len()], grid) {
+                let work = self.cout * p * k;
+                let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
+                let emit = |c: usize, j0: usize, sums: &[f32], o: &mut [f32]| {
+                    o.copy_from_slice(sums);
+                    finish(c, j0, o);
+                };
+                direct::conv(op, dw, x, out, parallel, &emit);
+                return;
+            }
+        }
         let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
         if direct {
             // The input is the matrix of activations: rounded while it is packed.
             gemm_bf16_map(
-                &self.weights,
+                self.packed(),
                 input,
                 p,
                 out,
@@ -177,7 +255,7 @@ impl Bf16Conv {
             );
             let cols = &scratch.cols[..k * p];
             gemm_bf16_map(
-                &self.weights,
+                self.packed(),
                 cols,
                 p,
                 out,

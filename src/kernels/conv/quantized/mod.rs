@@ -460,7 +460,7 @@ impl QuantizedConv {
                 size: self.kh,
                 stride: self.stride,
             };
-            if grid.supported() {
+            if grid.supported::<u8>() {
                 let (planes, range): (&[u8], f32) = match input {
                     QInput::F32(x) => {
                         let range = quantize_input(x, limit, cols, rayon, wide);
