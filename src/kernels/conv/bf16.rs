@@ -79,12 +79,11 @@ impl Bf16Conv {
                 "bf16 convolution: a weight or bias is not finite",
             ));
         }
-        let size = conv.kh;
-        let window = conv.kw == size && size > 1 && size % 2 == 1 && conv.pad == (size - 1) / 2;
-        let direct = match (window && conv.stride <= 2, amx::Bf16::detect()) {
+        let window = Grid::takes_window(conv.kh, conv.kw, conv.stride, conv.pad);
+        let direct = match (window, amx::Bf16::detect()) {
             (true, Some(_)) => {
                 let bits: Vec<u16> = weight.iter().map(|&v| to_bf16(v)).collect();
-                DirectWeights::new_bf16(&bits, conv.cout, conv.cin, size)
+                DirectWeights::new_bf16(&bits, conv.cout, conv.cin, conv.kh)
             }
             _ => None,
         };

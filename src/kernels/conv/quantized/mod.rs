@@ -197,14 +197,10 @@ impl QuantizedConv {
             .chunks_exact(k)
             .map(|r| r.iter().map(|&v| i32::from(v)).sum())
             .collect();
-        // The direct path takes odd windows wider than 1 with "same" padding at stride 1 or 2
-        // (1×1 convolutions keep the packed path, measured faster: their packing is a plain
-        // byte interleave, quantised on the way).
-        let size = conv.kh;
-        let window = conv.kw == size && size > 1 && size % 2 == 1 && conv.pad == (size - 1) / 2;
-        let direct = match (window && conv.stride <= 2, amx::Int8::detect(), input) {
+        let window = Grid::takes_window(conv.kh, conv.kw, conv.stride, conv.pad);
+        let direct = match (window, amx::Int8::detect(), input) {
             (true, Some(_), InputRange::Calibrated(_)) => {
-                DirectWeights::new(&q, conv.cout, conv.cin, size)
+                DirectWeights::new(&q, conv.cout, conv.cin, conv.kh)
             }
             _ => None,
         };
@@ -472,7 +468,7 @@ impl QuantizedConv {
                 direct::fill_channels_last(planes, grid, &mut xbuf[..grid.len()], rayon);
                 // (Always `Some`: the grid is supported and the length is its own.)
                 if let Some(x) = ChannelsLast::new(&xbuf[..grid.len()], grid) {
-                    let work = self.cout * p * self.cin * self.kh * self.kw;
+                    let work = self.cout * p * k;
                     let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
                     direct::conv(op, dw, x, out, parallel, &make(range));
                     return;

@@ -1,0 +1,264 @@
+//! The padded channels-last image a direct convolution reads, its grid of output positions,
+//! and the transpositions that fill it from planes.
+
+use super::{ROWS, ROW_BYTES};
+
+/// The shape of a convolution on a channels-last padded image: a `size × size` window
+/// (odd) with padding `(size − 1) / 2` ("same" at stride 1) and stride `stride`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grid {
+    /// Channels.
+    pub cin: usize,
+    /// Rows of the input image.
+    pub h: usize,
+    /// Columns of the input image.
+    pub w: usize,
+    /// Window size (odd); the padding is `(size − 1) / 2`.
+    pub size: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+}
+
+impl Grid {
+    /// Whether the direct path takes a `kh × kw` window with stride `stride` and padding
+    /// `pad` (channels and image size aside, see [`Grid::supported`]): square, odd, wider than
+    /// 1 (1×1 convolutions keep the packed path, measured faster: their packing is a plain
+    /// interleave), "same" padding, stride 1 or 2.
+    pub(crate) fn takes_window(kh: usize, kw: usize, stride: usize, pad: usize) -> bool {
+        kw == kh && kh > 1 && kh % 2 == 1 && pad == (kh - 1) / 2 && (1..=2).contains(&stride)
+    }
+
+    pub(super) fn pad(self) -> usize {
+        (self.size - 1) / 2
+    }
+
+    /// Pixels per padded input row.
+    pub(crate) fn wp(self) -> usize {
+        self.w + 2 * self.pad()
+    }
+
+    /// Output rows and columns.
+    pub(crate) fn out_hw(self) -> (usize, usize) {
+        (
+            (self.h - 1) / self.stride + 1,
+            (self.w - 1) / self.stride + 1,
+        )
+    }
+
+    /// Grid positions per output row: at stride 1 the padded row (16 consecutive positions
+    /// then read 16 consecutive pixels, across row ends); otherwise the output row rounded up
+    /// to whole tiles of 16, so that no tile crosses a row.
+    pub(super) fn gw(self) -> usize {
+        if self.stride == 1 {
+            self.wp()
+        } else {
+            self.out_hw().1.next_multiple_of(16)
+        }
+    }
+
+    /// Blocks of 32 grid positions.
+    pub(super) fn blocks(self) -> usize {
+        (self.out_hw().0 * self.gw()).div_ceil(ROWS)
+    }
+
+    /// The pixel that row 0 of the tile starting at grid position `g0` (a multiple of 16)
+    /// reads for tap `(ky, kx)`; row `r` reads the pixel `stride·r` after it.
+    pub(super) fn base(self, g0: usize, ky: usize, kx: usize) -> usize {
+        let (s, wp) = (self.stride, self.wp());
+        if s == 1 {
+            g0 + ky * wp + kx
+        } else {
+            let (oy, ox) = (g0 / self.gw(), g0 % self.gw());
+            (s * oy + ky) * wp + s * ox + kx
+        }
+    }
+
+    /// Pixels of the buffer: the padded image, and every pixel a tile of the last block reads
+    /// for its last tap.
+    pub(super) fn pixels(self) -> usize {
+        let k = self.size - 1;
+        let last = self.base(self.blocks() * ROWS - 16, k, k) + 15 * self.stride + 1;
+        last.max((self.h + 2 * self.pad()) * self.wp())
+    }
+
+    /// Bytes of the buffer.
+    pub(crate) fn len(self) -> usize {
+        self.pixels() * self.cin
+    }
+
+    /// Whether the direct path handles this shape for inputs of `T` (`u8` or bf16 bits): an
+    /// odd window, stride 1 or 2, whole tile rows of channels (64·n `u8` or 32·n bf16), a
+    /// non-empty image.
+    pub(crate) fn supported<T>(self) -> bool {
+        let ch = ROW_BYTES / std::mem::size_of::<T>();
+        self.size % 2 == 1
+            && (1..=2).contains(&self.stride)
+            && self.cin > 0
+            && self.cin.is_multiple_of(ch)
+            && self.h > 0
+            && self.w > 0
+    }
+}
+
+/// Writes the `[cin, h, w]` planes `planes` into `dst` ([`Grid::len`] bytes) as the padded
+/// channels-last image of `grid`, zeros everywhere else; row by row on the rayon pool when
+/// `parallel`.
+///
+/// # Panics
+/// If a length does not match `grid`.
+pub(crate) fn fill_channels_last(planes: &[u8], grid: Grid, dst: &mut [u8], parallel: bool) {
+    let Grid { cin, h, w, .. } = grid;
+    assert_eq!(planes.len(), cin * h * w, "channels-last: planes length");
+    fill_rows(grid, dst, parallel, |y, row| {
+        transpose_row(planes, h * w, y * w, cin, w, row)
+    });
+}
+
+/// [`fill_channels_last`] for bf16: the f32 planes `x` rounded to bf16 ([`to_bf16`]) on the
+/// way.
+///
+/// [`to_bf16`]: crate::kernels::bf16::to_bf16
+pub(crate) fn fill_channels_last_bf16(x: &[f32], grid: Grid, dst: &mut [u16], parallel: bool) {
+    use crate::kernels::bf16::to_bf16;
+    let Grid { cin, h, w, .. } = grid;
+    assert_eq!(x.len(), cin * h * w, "channels-last: planes length");
+    let plane = h * w;
+    fill_rows(grid, dst, parallel, |y, row| {
+        // 16 channels × 16 pixels at a time: rows of the planes in, pixels out.
+        for c0 in (0..cin).step_by(16) {
+            let cn = 16.min(cin - c0);
+            for x0 in (0..w).step_by(16) {
+                let xn = 16.min(w - x0);
+                let mut block = [[0u16; 16]; 16];
+                for (i, b) in block.iter_mut().enumerate().take(cn) {
+                    let src = &x[(c0 + i) * plane + y * w + x0..][..xn];
+                    for (d, &v) in b.iter_mut().zip(src) {
+                        *d = to_bf16(v);
+                    }
+                }
+                for j in 0..xn {
+                    let d = &mut row[(x0 + j) * cin + c0..][..cn];
+                    for (i, d) in d.iter_mut().enumerate() {
+                        *d = block[i][j];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The padded rows of `grid` in `dst`: zeros, or `row(y, pixels)` between the padding of
+/// image row `y` (which must write all `w·cin` elements of `pixels`); zeros after the image.
+fn fill_rows<T: Copy + Default + Send>(
+    grid: Grid,
+    dst: &mut [T],
+    parallel: bool,
+    row: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let Grid { cin, h, w, .. } = grid;
+    let (pad, wp) = (grid.pad(), grid.wp());
+    assert_eq!(dst.len(), grid.len(), "channels-last: buffer length");
+    let row_len = wp * cin;
+    let (body, tail) = dst.split_at_mut((h + 2 * pad) * row_len);
+    tail.fill(T::default());
+    // Padded row `yy`: zeros, or image row `yy − pad` between `pad` zero pixels each side.
+    let one = |(yy, r): (usize, &mut [T])| {
+        if yy < pad || yy >= pad + h {
+            r.fill(T::default());
+            return;
+        }
+        let (left, rest) = r.split_at_mut(pad * cin);
+        let (mid, right) = rest.split_at_mut(w * cin);
+        left.fill(T::default());
+        right.fill(T::default());
+        row(yy - pad, mid);
+    };
+    if parallel && cin * h * w >= crate::kernels::conv::PAR_ELEMS {
+        use rayon::prelude::*;
+        body.par_chunks_mut(row_len).enumerate().for_each(one);
+    } else {
+        body.chunks_mut(row_len).enumerate().for_each(one);
+    }
+}
+
+/// `row[x·cin + c] = planes[c·plane + at + x]` for `x < w`, `c < cin`: one image row from
+/// planes to channels-last, in 16 × 16 byte blocks (a block past the row's end reads the
+/// following bytes of the plane, or zeros past the last plane, and stores only its `w` pixels).
+fn transpose_row(planes: &[u8], plane: usize, at: usize, cin: usize, w: usize, row: &mut [u8]) {
+    for c0 in (0..cin).step_by(16) {
+        let cn = 16.min(cin - c0);
+        for x0 in (0..w).step_by(16) {
+            let xn = 16.min(w - x0);
+            let mut block = [[0u8; 16]; 16];
+            for (i, b) in block.iter_mut().enumerate().take(cn) {
+                let src = &planes[(c0 + i) * plane + at + x0..];
+                let n = src.len().min(16);
+                b[..n].copy_from_slice(&src[..n]);
+            }
+            let t = transpose16(&block);
+            for (j, r) in t.iter().enumerate().take(xn) {
+                row[(x0 + j) * cin + c0..][..cn].copy_from_slice(&r[..cn]);
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 × 16 byte matrix: four rounds of byte interleaving (SSE2 unpacks on
+/// x86-64, which every x86-64 CPU runs; plain loops elsewhere).
+#[inline]
+pub(super) fn transpose16(m: &[[u8; 16]; 16]) -> [[u8; 16]; 16] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of the x86-64 baseline; the loads and stores are of 16-byte
+        // arrays, unaligned accesses.
+        unsafe {
+            let mut r: [__m128i; 16] = [_mm_setzero_si128(); 16];
+            for (v, row) in r.iter_mut().zip(m) {
+                *v = _mm_loadu_si128(row.as_ptr().cast());
+            }
+            // Each round interleaves the bytes of rows i and i + 8 into rows 2i and 2i + 1:
+            // after four rounds, row j holds column j in order.
+            for _ in 0..4 {
+                let mut t = [_mm_setzero_si128(); 16];
+                for i in 0..8 {
+                    let (a, b) = (r[i], r[i + 8]);
+                    t[2 * i] = _mm_unpacklo_epi8(a, b);
+                    t[2 * i + 1] = _mm_unpackhi_epi8(a, b);
+                }
+                r = t;
+            }
+            let mut out = [[0u8; 16]; 16];
+            for (row, v) in out.iter_mut().zip(&r) {
+                _mm_storeu_si128(row.as_mut_ptr().cast(), *v);
+            }
+            out
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut out = [[0u8; 16]; 16];
+        for (i, row) in m.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                out[j][i] = v;
+            }
+        }
+        out
+    }
+}
+
+/// The channels-last image of [`fill_channels_last`] (`u8`) or [`fill_channels_last_bf16`]
+/// (bf16 bits), checked against its grid.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelsLast<'a, T> {
+    pub(super) data: &'a [T],
+    pub(super) grid: Grid,
+}
+
+impl<'a, T> ChannelsLast<'a, T> {
+    /// Wraps `data` (filled for `grid`); `None` if the grid is not [`Grid::supported`] or the
+    /// length is wrong.
+    pub(crate) fn new(data: &'a [T], grid: Grid) -> Option<ChannelsLast<'a, T>> {
+        (grid.supported::<T>() && data.len() == grid.len()).then_some(ChannelsLast { data, grid })
+    }
+}

@@ -1,0 +1,423 @@
+//! Direct int8 and bf16 convolution on AMX tiles with channels-last activations: a
+//! `size × size` window (odd) with "same" padding (3×3 pad 1, …), at stride 1 or 2, without
+//! im2col and without packing the activations.
+//!
+//! **Why.** The packed path ([`super::product`]) rebuilds the activations as 16-column panels
+//! for every convolution (a 3×3 window reads each input byte nine times while packing; a
+//! strided one writes its im2col matrix first). Here the activations are the tiles' *first*
+//! operand, `A` (16 rows × 64 bytes), read straight from a channels-last image: a row of an `A`
+//! tile is one pixel's 64 bytes of consecutive channels (64 `u8` or 32 bf16), and the tile's
+//! 16 rows are 16 pixels, `stride·cin` elements apart. The weights are the second operand,
+//! `B`, packed once (`tdpbusd`: unsigned `A`, signed `B`, exact `i32` sums; `tdpbf16ps`: f32
+//! sums, added in the hardware's order as in the packed AMX path). On Emerald Rapids, 2
+//! threads, WRN-50-2's stride-1 3×3 int8 convolutions at 224² took 0.6–0.9× the time of packing
+//! and multiplying (most gained at 56², where the packing weighs most).
+//!
+//! **The grid.** The image is stored with its zero padding, `wp = w + 2·pad` pixels per row,
+//! pixel `(y, x)` of the input at index `(y + pad)·wp + x + pad`. The products run over *grid
+//! positions*, 16 per tile:
+//! - stride 1: `g = oy·wp + ox` for `oy < h` and every `ox < wp`; tap `(ky, kx)` of position
+//!   `g` reads pixel `g + ky·wp + kx`, so that 16 consecutive positions read 16 consecutive
+//!   pixels for every tap, across row ends. The `2·pad` positions per row with `ox ≥ w` are
+//!   computed and discarded (12.5 % of the work at 14², 3.4 % at 56²);
+//! - stride 2: `g = oy·gw + ox` with the output row rounded up to whole tiles (`gw`, a multiple
+//!   of 16), so that a tile stays within one output row; tap `(ky, kx)` of `(oy, ox)` reads
+//!   pixel `(2·oy + ky)·wp + 2·ox + kx`. The positions with `ox` beyond the output row are
+//!   discarded (12.5 % at 28 and 14 columns).
+//!
+//! **Blocks.** A block is 32 positions (two `A` tiles) × 32 output channels (two `B` tiles):
+//! four sum tiles, summed over `k` in chunks of 64 input channels of one tap (`k` in tap-major
+//! order, so the weights are packed for it: [`DirectWeights`]). The sums come out
+//! position-major; they are transposed in cache and handed to the same epilogues as the packed
+//! path ([`Emit`]), one output channel and one run of valid positions at a time. A task is a
+//! run of output-channel pairs (disjoint rows of the output); within it, each pair of output
+//! channels meets every block of positions, so that its weights stay in the level-2 cache.
+//! Every sum is exact, accumulated in increasing chunk order, so the result depends neither on
+//! the split nor on the thread.
+
+use super::{AmxOp, Bf16, Emit, Int8, Sums, COLS, ROWS};
+use crate::kernels::wide::Wide;
+
+/// Bytes of a tile row: one chunk of input channels (64 `u8` or 32 bf16).
+const ROW_BYTES: usize = 64;
+
+/// A tile product of the direct convolution and the element of its channels-last input.
+pub(crate) trait DirectOp: AmxOp {
+    /// `u8` (int8) or `u16` (bf16 bits).
+    type Elem: Copy + Default + Send + Sync;
+    /// Input channels per 32-bit word of a tile row (4 or 2).
+    const PER_WORD: usize;
+}
+
+impl DirectOp for Int8 {
+    type Elem = u8;
+    const PER_WORD: usize = 4;
+}
+
+impl DirectOp for Bf16 {
+    type Elem = u16;
+    const PER_WORD: usize = 2;
+}
+
+/// Input channels per chunk of an op: one tile row.
+pub(crate) const fn chunk_channels<O: DirectOp>() -> usize {
+    16 * O::PER_WORD
+}
+
+mod layout;
+#[cfg(test)]
+mod tests;
+mod weights;
+
+pub(crate) use layout::{fill_channels_last, fill_channels_last_bf16, ChannelsLast, Grid};
+pub(crate) use weights::DirectWeights;
+
+/// The convolution of `x` with `w`: `out` is `[m, h·w]` (row-major, `m` the weights' output
+/// channels); calls `emit(c, j0, sums, segment)` for every output channel `c` and run of
+/// output pixels `j0 .. j0 + segment.len()` (never across an image row) with their exact sums
+/// `Σ_{t, ci} q[c, ci, t] · x[ci, pixel + tap t]` (the padding reads zeros). Tasks are runs of
+/// output-channel pairs, about two per rayon thread when `parallel`.
+///
+/// # Panics
+/// If the weights' window or channels do not match `x`, or `out.len() != m·h·w`.
+pub(crate) fn conv<O: DirectOp, T: Send>(
+    op: O,
+    w: &DirectWeights,
+    x: ChannelsLast<'_, O::Elem>,
+    out: &mut [T],
+    parallel: bool,
+    emit: &impl Emit<O::Sum, T>,
+) {
+    let grid = x.grid;
+    assert!(
+        w.cin == grid.cin && w.size == grid.size && w.per_word == O::PER_WORD,
+        "amx direct: weights for {}×{} on {} channels, input {}×{} on {}",
+        w.size,
+        w.size,
+        w.cin,
+        grid.size,
+        grid.size,
+        grid.cin
+    );
+    let (oh, ow) = grid.out_hw();
+    let p = oh * ow;
+    assert_eq!(out.len(), w.m * p, "amx direct: output length");
+    let pairs = w.m.div_ceil(COLS);
+    let task_pairs = if parallel {
+        pairs.div_ceil(2 * rayon::current_num_threads()).max(1)
+    } else {
+        pairs
+    };
+    let wide = Wide::detect(true);
+    let job = Job {
+        op,
+        w,
+        x,
+        emit,
+        task_pairs,
+    };
+    let task = |t: usize, o: &mut [T]| match wide {
+        Wide::Baseline => job.run::<T, false>(t, o),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+        Wide::Avx512(_) => unsafe { job.run_avx512(t, o) },
+    };
+    let task_len = task_pairs * COLS * p;
+    if parallel {
+        use rayon::prelude::*;
+        out.par_chunks_mut(task_len)
+            .enumerate()
+            .for_each(|(i, o)| task(i, o));
+    } else {
+        task(0, out);
+    }
+}
+
+/// One call of [`conv`].
+struct Job<'a, O: DirectOp, E> {
+    op: O,
+    w: &'a DirectWeights,
+    x: ChannelsLast<'a, O::Elem>,
+    emit: &'a E,
+    task_pairs: usize,
+}
+
+impl<O: DirectOp, E> Job<'_, O, E> {
+    /// Task `t`: output channels from `t·task_pairs·32`, whose rows are `o`. `AVX512` only
+    /// from [`Job::run_avx512`] (it transposes with AVX-512 instructions).
+    #[inline(always)]
+    fn run<T, const AVX512: bool>(&self, t: usize, o: &mut [T])
+    where
+        E: Emit<O::Sum, T>,
+    {
+        let _ = self.op;
+        let grid = self.x.grid;
+        let (oh, ow) = grid.out_hw();
+        let (cin, size, p) = (grid.cin, grid.size, oh * ow);
+        let rows = o.len() / p;
+        let oc0 = t * self.task_pairs * COLS;
+        let chunks = self.w.chunks();
+        let cc = cin / chunk_channels::<O>();
+        let pair_words = chunks * 2 * 256;
+        let row_stride = grid.stride * cin * std::mem::size_of::<O::Elem>();
+        let mut sums = Sums([[O::Sum::default(); COLS]; ROWS]);
+        let mut tr = Sums([[O::Sum::default(); COLS]; ROWS]);
+        // SAFETY: `op` exists only when AMX-TILE and AMX-INT8 were detected and Linux granted
+        // the tile data; the configuration is a static 64-byte block.
+        unsafe { super::configure() };
+        for pair in 0..rows.div_ceil(COLS) {
+            let b = &self.w.tiles[((oc0 / COLS) + pair) * pair_words..][..pair_words];
+            for blk in 0..grid.blocks() {
+                let g0 = blk * ROWS;
+                for t in 0..size * size {
+                    let (ky, kx) = (t / size, t % size);
+                    let a0 = &self.x.data[grid.base(g0, ky, kx) * cin..];
+                    let a1 = &self.x.data[grid.base(g0 + 16, ky, kx) * cin..];
+                    let bt = &b[t * cc * 512..][..cc * 512];
+                    // SAFETY: tiles configured above by this thread; see `chunk_run` for the
+                    // extents, which `Grid::pixels` (the last tile's last tap) and the
+                    // weights' layout guarantee.
+                    unsafe { chunk_run::<O, _>(a0, a1, row_stride, bt, cc, t == 0) };
+                }
+                // SAFETY: tiles configured and holding this block's sums.
+                unsafe { store(&mut sums) };
+                #[cfg(target_arch = "x86_64")]
+                if AVX512 {
+                    // SAFETY: `AVX512` is true only in `run_avx512`, which requires AVX512F.
+                    unsafe { transpose32_avx512(&sums, &mut tr) };
+                } else {
+                    transpose32(&sums, &mut tr);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                transpose32(&sums, &mut tr);
+                self.block(blk, pair, rows, oc0, &tr, o);
+            }
+        }
+        // SAFETY: as for `configure`; releases this thread's tiles.
+        unsafe { super::release() };
+    }
+
+    /// Hands the transposed sums `tr` (`tr[c][i]` for output channel `oc0 + 32·pair + c` and
+    /// grid position `32·blk + i`) to the epilogue, run by run of valid positions; `o` holds
+    /// the task's `rows` output rows from channel `oc0`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn block<T>(
+        &self,
+        blk: usize,
+        pair: usize,
+        rows: usize,
+        oc0: usize,
+        tr: &Sums<O::Sum>,
+        o: &mut [T],
+    ) where
+        E: Emit<O::Sum, T>,
+    {
+        let grid = self.x.grid;
+        let (oh, ow) = grid.out_hw();
+        let (gw, p) = (grid.gw(), oh * ow);
+        let g0 = blk * ROWS;
+        let g_end = (g0 + ROWS).min(oh * gw);
+        let mut g = g0;
+        while g < g_end {
+            let (oy, ox) = (g / gw, g % gw);
+            if ox >= ow {
+                g += gw - ox;
+                continue;
+            }
+            let len = (ow - ox).min(g_end - g);
+            let j0 = oy * ow + ox;
+            for c in 0..COLS.min(rows - pair * COLS) {
+                let r = pair * COLS + c;
+                let s = &tr.0[c][g - g0..][..len];
+                self.emit.emit(oc0 + r, j0, s, &mut o[r * p + j0..][..len]);
+            }
+            g += len;
+        }
+    }
+
+    /// [`Job::run`] compiled with AVX-512 (the epilogue and the transposition inline into it).
+    ///
+    /// # Safety
+    /// The CPU must run AVX512F and AVX512BW.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn run_avx512<T>(&self, t: usize, o: &mut [T])
+    where
+        E: Emit<O::Sum, T>,
+    {
+        self.run::<T, true>(t, o)
+    }
+}
+
+/// `s[j][i] = sums[i][j]`: a plain loop over 16 × 16 blocks that the compiler turns into
+/// shuffles in the AVX-512 copy.
+#[inline(always)]
+fn transpose32<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
+    for (j, row) in out.0.iter_mut().enumerate() {
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = sums.0[i][j];
+        }
+    }
+}
+
+/// [`transpose32`] with AVX-512: each 16 × 16 quarter in four rounds of interleaving rows
+/// `i` and `i + 8` (`vpermt2d`), after which row `j` holds column `j`.
+///
+/// # Safety
+/// The CPU must run AVX512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose32_avx512<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
+    use std::arch::x86_64::*;
+    const { assert!(std::mem::size_of::<S>() == 4) };
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (bi, bj) in [(0, 0), (0, 16), (16, 0), (16, 16)] {
+        let mut r = [_mm512_setzero_si512(); 16];
+        for (i, v) in r.iter_mut().enumerate() {
+            // SAFETY: 16 i32 of row `bi + i` from column `bj ≤ 16`, inside the 32 × 32 block.
+            *v = unsafe { _mm512_loadu_si512(sums.0[bi + i][bj..].as_ptr().cast()) };
+        }
+        for _ in 0..4 {
+            let mut t = [_mm512_setzero_si512(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_permutex2var_epi32(r[i], lo, r[i + 8]);
+                t[2 * i + 1] = _mm512_permutex2var_epi32(r[i], hi, r[i + 8]);
+            }
+            r = t;
+        }
+        for (j, v) in r.iter().enumerate() {
+            // SAFETY: 16 i32 of row `bj + j` from column `bi ≤ 16`, inside the block.
+            unsafe { _mm512_storeu_si512(out.0[bj + j][bi..].as_mut_ptr().cast(), *v) };
+        }
+    }
+}
+
+/// Stores the four sum tiles into `s` (position-major: `s[i][j]` for grid position `i` and
+/// output channel `j` of the block).
+///
+/// # Safety
+/// The tiles must be configured on this thread and hold a block's sums (after
+/// [`chunk_run`]).
+#[cfg(target_arch = "x86_64")]
+unsafe fn store<S>(s: &mut Sums<S>) {
+    let out = s.0.as_mut_ptr().cast::<u8>();
+    // SAFETY: four stores of 16 rows × 64 bytes at stride 128 into the 32 × 128-byte `s`: the
+    // corners (0, 0), (0, 64), (16·128, 0) and (16·128, 64), all inside it.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{o} + {s128}*1], tmm0",
+            "tilestored [{o} + {s128}*1 + 64], tmm1",
+            "tilestored [{o2} + {s128}*1], tmm2",
+            "tilestored [{o2} + {s128}*1 + 64], tmm3",
+            o = in(reg) out,
+            o2 = in(reg) out.wrapping_add(16 * COLS * 4),
+            s128 = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+}
+
+/// Never called: no [`Int8`] has a value off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn store<S>(_: &mut Sums<S>) {
+    unreachable!("AMX ops exist only on x86-64")
+}
+
+/// Never called: no [`Int8`] has a value off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn chunk_run<O: DirectOp, E>(_: &[E], _: &[E], _: usize, _: &[u32], _: usize, _: bool) {
+    let _ = O::BF16;
+    unreachable!("AMX ops exist only on x86-64")
+}
+
+/// The sums of one tap: `len` chunks of one tile row of input channels, `s += A · B` (or
+/// `s = A · B` when `first`) with `O`'s instruction (`tdpbusd` or `tdpbf16ps`): `A` the two
+/// tiles of 16 pixels × 64 bytes of channels from `a0` and `a1` (row stride `stride` bytes),
+/// `B` the two weight tiles of each chunk (`b`, 2 KiB per chunk). While the tiles of one chunk
+/// multiply, the rows of the next chunk's `A` tiles are prefetched.
+///
+/// # Safety
+/// [`super::configure`] must have run on this thread with no other tile use since, except
+/// this function and [`store`]; the CPU must run `O`'s instruction (a value of `O` exists).
+/// `a0` and `a1` must each hold `15·stride + 64·len` bytes, `b` must hold `512·len` words, and
+/// `len ≥ 1`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn chunk_run<O: DirectOp, E>(
+    a0: &[E],
+    a1: &[E],
+    stride: usize,
+    b: &[u32],
+    len: usize,
+    first: bool,
+) {
+    use std::arch::asm;
+    let need = 15 * stride + ROW_BYTES * len;
+    debug_assert!(
+        len >= 1
+            && std::mem::size_of_val(a0) >= need
+            && std::mem::size_of_val(a1) >= need
+            && b.len() >= 512 * len
+    );
+    // SAFETY: the `A` tiles of chunk q read 16 rows of 64 bytes at `a0 + 64·q + r·stride` and
+    // `a1 + 64·q + r·stride` (r < 16): the last byte read is `15·stride + 64·len − 1`, inside
+    // both (caller's contract); the weight tiles read 2 KiB at `b + 2048·q`, inside `b`. The
+    // prefetches may point past `a0` or `a1` and touch nothing (a prefetch never faults). The
+    // loop runs `len ≥ 1` times. Compiled code never uses the tile registers.
+    unsafe {
+        if first {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem, preserves_flags),
+            );
+        }
+        // One loop per instruction; the assembler text differs only in the product's name.
+        macro_rules! chunk_loop {
+            ($op:literal) => {
+                asm!(
+                    "2:",
+                    "lea {p}, [{a0} + 64]",
+                    ".rept 16",
+                    "prefetcht0 [{p}]",
+                    "add {p}, {sc}",
+                    ".endr",
+                    "lea {p}, [{a1} + 64]",
+                    ".rept 16",
+                    "prefetcht0 [{p}]",
+                    "add {p}, {sc}",
+                    ".endr",
+                    "tileloadd tmm4, [{a0} + {sc}*1]",
+                    "tileloadd tmm6, [{b} + {s64}*1]",
+                    concat!($op, " tmm0, tmm4, tmm6"),
+                    "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+                    concat!($op, " tmm1, tmm4, tmm7"),
+                    "tileloadd tmm5, [{a1} + {sc}*1]",
+                    concat!($op, " tmm2, tmm5, tmm6"),
+                    concat!($op, " tmm3, tmm5, tmm7"),
+                    "add {a0}, 64",
+                    "add {a1}, 64",
+                    "add {b}, 2048",
+                    "dec {n}",
+                    "jnz 2b",
+                    a0 = inout(reg) a0.as_ptr() => _,
+                    a1 = inout(reg) a1.as_ptr() => _,
+                    b = inout(reg) b.as_ptr() => _,
+                    n = inout(reg) len => _,
+                    p = out(reg) _,
+                    sc = in(reg) stride,
+                    s64 = in(reg) 64usize,
+                    options(nostack),
+                )
+            };
+        }
+        if O::BF16 {
+            chunk_loop!("tdpbf16ps");
+        } else {
+            chunk_loop!("tdpbusd");
+        }
+    }
+}

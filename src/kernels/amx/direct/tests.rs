@@ -1,0 +1,209 @@
+//! Unit tests of the direct convolution: the layout by its definition, the sums against naive
+//! convolutions.
+
+use super::layout::transpose16;
+use super::*;
+use proptest::prelude::*;
+
+/// The padded channels-last image by its definition.
+fn naive_fill(planes: &[u8], grid: Grid) -> Vec<u8> {
+    let (pad, wp) = (grid.pad(), grid.wp());
+    let mut out = vec![0u8; grid.len()];
+    for c in 0..grid.cin {
+        for y in 0..grid.h {
+            for x in 0..grid.w {
+                let at = ((y + pad) * wp + x + pad) * grid.cin + c;
+                out[at] = planes[(c * grid.h + y) * grid.w + x];
+            }
+        }
+    }
+    out
+}
+
+/// `Σ_{ci, ky, kx} q[c, ci, ky, kx] · x[ci, y + ky − pad, x + kx − pad]` (zero outside),
+/// exact in i64.
+fn naive_conv(q: &[i8], x: &[u8], m: usize, grid: Grid) -> Vec<i64> {
+    let Grid {
+        cin,
+        h,
+        w,
+        size,
+        stride,
+    } = grid;
+    let pad = grid.pad() as isize;
+    let (oh, ow) = grid.out_hw();
+    let mut out = vec![0i64; m * oh * ow];
+    for c in 0..m {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut s = 0i64;
+                for ci in 0..cin {
+                    for ky in 0..size {
+                        for kx in 0..size {
+                            let iy = (oy * stride + ky) as isize - pad;
+                            let ix = (ox * stride + kx) as isize - pad;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let wv = q[(c * cin + ci) * size * size + ky * size + kx];
+                            let xv = x[(ci * h + iy as usize) * w + ix as usize];
+                            s += i64::from(wv) * i64::from(xv);
+                        }
+                    }
+                }
+                out[(c * oh + oy) * ow + ox] = s;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn transpose16_is_the_transpose() {
+    let mut m = [[0u8; 16]; 16];
+    for (i, row) in m.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (i * 16 + j) as u8;
+        }
+    }
+    let t = transpose16(&m);
+    for (j, row) in t.iter().enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            assert_eq!(v, m[i][j], "({j}, {i})");
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn transpose32_avx512_is_the_plain_transpose() {
+    if !(crate::kernels::cpu::features().avx512f) {
+        return;
+    }
+    let mut s = Sums([[0i32; COLS]; ROWS]);
+    for (i, row) in s.0.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (i * 1000 + j) as i32 - 7000;
+        }
+    }
+    let (mut a, mut b) = (Sums([[1i32; COLS]; ROWS]), Sums([[2i32; COLS]; ROWS]));
+    transpose32(&s, &mut a);
+    // SAFETY: AVX512F detected above.
+    unsafe { transpose32_avx512(&s, &mut b) };
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.0[3][17], s.0[17][3]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Every byte of the layout, into a buffer full of garbage, in both thread modes.
+    #[test]
+    fn fill_matches_the_definition(
+        c64 in 1usize..3, h in 1usize..20, w in 1usize..40, size in prop::sample::select(vec![1usize, 3, 5, 7]),
+        seed in any::<u8>(),
+    ) {
+        let grid = Grid { cin: 64 * c64, h, w, size, stride: 1 };
+        let planes: Vec<u8> = (0..grid.cin * h * w)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let want = naive_fill(&planes, grid);
+        for par in [false, true] {
+            let mut got = vec![0xA5u8; grid.len()];
+            fill_channels_last(&planes, grid, &mut got, par);
+            prop_assert!(got == want, "{:?} par {}", grid, par);
+        }
+    }
+
+    /// The bf16 direct convolution (AMX-BF16 only) within the f32 summation bound of the
+    /// exact sum of the rounded products, `(k + 1)·2⁻²⁴·Σ|ŵ·x̂|`; its weights read back
+    /// exactly.
+    #[test]
+    fn direct_bf16_conv_is_within_the_bound_of_the_exact_sums(
+        c32 in 1usize..3, m in 1usize..40, h in 1usize..10, w in 1usize..30,
+        stride in 1usize..3, seed in any::<u32>(),
+    ) {
+        use crate::kernels::bf16::to_bf16;
+        let Some(op) = Bf16::detect() else { return Ok(()) };
+        let size = 3;
+        let grid = Grid { cin: 32 * c32, h, w, size, stride };
+        let cin = grid.cin;
+        let mut s = seed | 1;
+        let mut rnd = move || {
+            s ^= s << 13; s ^= s >> 17; s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        };
+        let wt: Vec<u16> = (0..m * cin * 9).map(|_| to_bf16(rnd())).collect();
+        let x: Vec<f32> = (0..cin * h * w).map(|_| rnd() * 3.0).collect();
+        let dw = DirectWeights::new_bf16(&wt, m, cin, size).unwrap();
+        let wf: Vec<f32> = wt.iter().map(|&b| f32::from_bits(u32::from(b) << 16)).collect();
+        prop_assert!(dw.matrix_bf16() == wf, "the packed weights read back");
+        let mut buf = vec![0u16; grid.len()];
+        fill_channels_last_bf16(&x, grid, &mut buf, false);
+        let xs = ChannelsLast::new(&buf, grid).unwrap();
+        let (oh, ow) = grid.out_hw();
+        let mut got = vec![f32::NAN; m * oh * ow];
+        let emit = |_: usize, _: usize, sums: &[f32], o: &mut [f32]| o.copy_from_slice(sums);
+        conv(op, &dw, xs, &mut got, true, &emit);
+        let xr = |v: f32| f64::from(f32::from_bits(u32::from(to_bf16(v)) << 16));
+        for c in 0..m {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (mut sum, mut abs) = (0f64, 0f64);
+                    for ci in 0..cin {
+                        for t in 0..9 {
+                            let iy = (oy * stride + t / 3) as isize - 1;
+                            let ix = (ox * stride + t % 3) as isize - 1;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let p = f64::from(wf[(c * cin + ci) * 9 + t])
+                                * xr(x[(ci * h + iy as usize) * w + ix as usize]);
+                            sum += p;
+                            abs += p.abs();
+                        }
+                    }
+                    let v = f64::from(got[(c * oh + oy) * ow + ox]);
+                    let bound = (cin * 9 + 1) as f64 * 2f64.powi(-24) * abs + 1e-30;
+                    prop_assert!((v - sum).abs() <= bound, "{:?} m {}: {} vs {}", grid, m, v, sum);
+                }
+            }
+        }
+    }
+
+    /// The direct convolution's sums against the naive one (AMX only): odd sizes, output
+    /// channels not a multiple of 32, saturating bytes (255 and −127), both thread modes.
+    #[test]
+    fn direct_conv_matches_the_naive_sums(
+        c64 in 1usize..3, m in 1usize..70, h in 1usize..12, w in 1usize..40,
+        size in prop::sample::select(vec![3usize, 5]), stride in 1usize..3,
+        seed in any::<u32>(), extreme in any::<bool>(),
+    ) {
+        let Some(op) = Int8::detect() else { return Ok(()) };
+        let grid = Grid { cin: 64 * c64, h, w, size, stride };
+        let mut s = seed | 1;
+        let mut rnd = move || { s ^= s << 13; s ^= s >> 17; s ^= s << 5; s };
+        let q: Vec<i8> = (0..m * grid.cin * size * size)
+            .map(|_| if extreme { -127 } else { (rnd() % 255) as i8 })
+            .collect();
+        let x: Vec<u8> = (0..grid.cin * h * w)
+            .map(|_| if extreme { 255 } else { rnd() as u8 })
+            .collect();
+        let want = naive_conv(&q, &x, m, grid);
+        let dw = DirectWeights::new(&q, m, grid.cin, size).unwrap();
+        prop_assert!(dw.matrix() == q, "the packed weights read back");
+        let mut buf = vec![0u8; grid.len()];
+        fill_channels_last(&x, grid, &mut buf, false);
+        let xs = ChannelsLast::new(&buf, grid).unwrap();
+        for parallel in [false, true] {
+            let (oh, ow) = grid.out_hw();
+            let mut got = vec![i64::MIN; m * oh * ow];
+            let emit = |_: usize, _: usize, sums: &[i32], o: &mut [i64]| {
+                for (o, &v) in o.iter_mut().zip(sums) {
+                    *o = i64::from(v);
+                }
+            };
+            conv(op, &dw, xs, &mut got, parallel, &emit);
+            prop_assert!(got == want, "{:?} m {} parallel {}", grid, m, parallel);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The weights of a direct convolution as AMX `B` tiles.
+
+use super::COLS;
+
+/// The weights of a `size × size` convolution as AMX `B` tiles for channels-last inputs:
+/// per pair of 16-channel output tiles, per chunk (tap `t`, one tile row of input channels
+/// from `ch·c`, in the order `t·(cin / ch) + c`, with `ch` = 64 for int8 and 32 for bf16), two
+/// tiles of 16 words (four `i8` or two bf16 input channels each, the lowest channel in the low
+/// bits) × 16 output channels.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectWeights {
+    pub(super) tiles: Vec<u32>,
+    pub(super) m: usize,
+    pub(super) cin: usize,
+    pub(super) size: usize,
+    /// Input channels per word.
+    pub(super) per_word: usize,
+}
+
+impl DirectWeights {
+    /// Packs the `m × (cin·size²)` int8 weights `q` (row-major, column `ci·size² + t` for
+    /// input channel `ci` and tap `t = ky·size + kx`, the im2col order). `None` unless `cin`
+    /// is a positive multiple of 64 (every convolution of a torchvision ResNet after the
+    /// stem).
+    pub(crate) fn new(q: &[i8], m: usize, cin: usize, size: usize) -> Option<DirectWeights> {
+        Self::pack(q.len(), m, cin, size, 4, |at| u32::from(q[at] as u8))
+    }
+
+    /// [`DirectWeights::new`] for bf16 weights (the bits of each, as [`to_bf16`] makes them);
+    /// `cin` must be a positive multiple of 32.
+    ///
+    /// [`to_bf16`]: crate::kernels::bf16::to_bf16
+    pub(crate) fn new_bf16(w: &[u16], m: usize, cin: usize, size: usize) -> Option<DirectWeights> {
+        Self::pack(w.len(), m, cin, size, 2, |at| u32::from(w[at]))
+    }
+
+    /// The layout, `elem(i)` giving the bits of element `i` of the weight matrix.
+    fn pack(
+        len: usize,
+        m: usize,
+        cin: usize,
+        size: usize,
+        per_word: usize,
+        elem: impl Fn(usize) -> u32,
+    ) -> Option<DirectWeights> {
+        let taps = size * size;
+        let ch = 16 * per_word;
+        if cin == 0 || !cin.is_multiple_of(ch) || m == 0 || len != m * cin * taps {
+            return None;
+        }
+        let cc = cin / ch;
+        let chunks = taps * cc;
+        let pairs = m.div_ceil(COLS);
+        let bits = 32 / per_word;
+        let mut tiles = vec![0u32; pairs * chunks * 2 * 256];
+        for (i, tile) in tiles.chunks_exact_mut(256).enumerate() {
+            let (pair, rest) = (i / (2 * chunks), i % (2 * chunks));
+            let (chunk, half) = (rest / 2, rest % 2);
+            let (t, c) = (chunk / cc, chunk % cc);
+            for (word, row) in tile.chunks_exact_mut(16).enumerate() {
+                for (j, d) in row.iter_mut().enumerate() {
+                    let oc = pair * COLS + half * 16 + j;
+                    if oc >= m {
+                        continue;
+                    }
+                    let ci = c * ch + per_word * word;
+                    *d = (0..per_word)
+                        .map(|e| elem(oc * cin * taps + (ci + e) * taps + t) << (bits * e))
+                        .fold(0, |a, v| a | v);
+                }
+            }
+        }
+        Some(DirectWeights {
+            tiles,
+            m,
+            cin,
+            size,
+            per_word,
+        })
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.tiles.len() * 4
+    }
+
+    /// The bits of every element of the weight matrix, read back (im2col order).
+    fn elements(&self) -> Vec<u32> {
+        let (cin, taps, per_word) = (self.cin, self.size * self.size, self.per_word);
+        let ch = 16 * per_word;
+        let (cc, chunks) = (cin / ch, self.chunks());
+        let bits = 32 / per_word;
+        let mask = if bits == 32 {
+            u32::MAX
+        } else {
+            (1 << bits) - 1
+        };
+        let mut out = vec![0u32; self.m * cin * taps];
+        for (oc, row) in out.chunks_exact_mut(cin * taps).enumerate() {
+            let (pair, half, j) = (oc / COLS, oc % COLS / 16, oc % 16);
+            for (col, v) in row.iter_mut().enumerate() {
+                let (ci, t) = (col / taps, col % taps);
+                let (c, word, e) = (ci / ch, ci % ch / per_word, ci % per_word);
+                let chunk = t * cc + c;
+                let w = self.tiles[(((pair * chunks + chunk) * 2 + half) * 16 + word) * 16 + j];
+                *v = w >> (bits * e) & mask;
+            }
+        }
+        out
+    }
+
+    /// The int8 weights [`DirectWeights::new`] packed, read back (im2col order).
+    pub(crate) fn matrix(&self) -> Vec<i8> {
+        self.elements().into_iter().map(|v| v as u8 as i8).collect()
+    }
+
+    /// The bf16 weights [`DirectWeights::new_bf16`] packed, read back as f32 (exactly).
+    pub(crate) fn matrix_bf16(&self) -> Vec<f32> {
+        self.elements()
+            .into_iter()
+            .map(|v| f32::from_bits(v << 16))
+            .collect()
+    }
+
+    /// Chunks (tap × one tile row of input channels).
+    pub(super) fn chunks(&self) -> usize {
+        self.size * self.size * (self.cin / (16 * self.per_word))
+    }
+}
