@@ -192,15 +192,31 @@ fn transpose_row(planes: &[u8], plane: usize, at: usize, cin: usize, w: usize, r
             let mut block = [[0u8; 16]; 16];
             for (i, b) in block.iter_mut().enumerate().take(cn) {
                 let src = &planes[(c0 + i) * plane + at + x0..];
-                let n = src.len().min(16);
-                b[..n].copy_from_slice(&src[..n]);
+                // Whole blocks (all but the last of the last plane) as one 16-byte move: a
+                // copy of a variable length is a call of `memcpy`, which cost as much as
+                // the transposition (and LLVM merges two inline branches into one).
+                match src.first_chunk::<16>() {
+                    Some(s) => *b = *s,
+                    None => copy_short(src, b),
+                }
             }
             let t = transpose16(&block);
             for (j, r) in t.iter().enumerate().take(xn) {
-                row[(x0 + j) * cin + c0..][..cn].copy_from_slice(&r[..cn]);
+                let d = &mut row[(x0 + j) * cin + c0..];
+                match d.first_chunk_mut::<16>() {
+                    Some(d) if cn == 16 => *d = *r,
+                    _ => copy_short(&r[..cn], d),
+                }
             }
         }
     }
+}
+
+/// `dst[..src.len()] = src`: the rare short copies of [`transpose_row`], kept out of its loop.
+#[cold]
+#[inline(never)]
+fn copy_short(src: &[u8], dst: &mut [u8]) {
+    dst[..src.len()].copy_from_slice(src);
 }
 
 /// The transpose of a 16 × 16 byte matrix: four rounds of byte interleaving (SSE2 unpacks on
