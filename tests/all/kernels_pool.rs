@@ -91,4 +91,13 @@ proptest! {
         prop_assume!(p < k && h + 2 * p >= k && w + 2 * p >= k);
         check(c, h, w, k, s, p, seed, negative);
     }
+
+    /// The stem's 3×3 / 2 / pad 1 has its own row loop: every width from 1 (odd widths lose
+    /// the last window's right cell).
+    #[test]
+    fn stem_window_matches_naive(c in prop::sample::select(vec![1usize, 3, 20]),
+                                 h in 1usize..12, w in 1usize..70, seed in 0u64..1000,
+                                 negative: bool) {
+        check(c, h, w, 3, 2, 1, seed, negative);
+    }
 }
