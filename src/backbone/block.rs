@@ -23,6 +23,10 @@ pub(super) struct Work {
     pub(super) ds: Vec<f32>,
     /// Activations kept quantised between two int8 convolutions.
     pub(super) u: [Vec<u8>; 2],
+    /// The block input packed for its first convolution on AMX by the previous block's last
+    /// one ([`QOutput::F32Panels`]), and how many words of it are valid (`None`: not valid).
+    pub(super) panels: Vec<u32>,
+    pub(super) panels_ready: Option<usize>,
     pub(super) scratch: Vec<f32>,
     pub(super) q: QuantScratch,
     pub(super) b16: Bf16Scratch,
@@ -95,6 +99,19 @@ fn other_and<T>(pair: &mut [Vec<T>; 2], dst: usize) -> (&Vec<T>, &mut Vec<T>) {
     }
 }
 
+/// A block's reduced-precision convolutions and how they run.
+#[derive(Clone, Copy)]
+pub(super) struct LowBlock<'a> {
+    /// Main-path convolutions, then the downsample (if any).
+    pub(super) convs: &'a [LowConv],
+    pub(super) isa: Isas,
+    /// Int8 activations stay quantised between the convolutions of the main path.
+    pub(super) chain: bool,
+    /// The calibrated range and AMX words of `k` of the next block's first convolution, when
+    /// it reads AMX panels (see [`Block::forward`]).
+    pub(super) next: Option<(f32, usize)>,
+}
+
 /// Where a block's current main-path activation is.
 #[derive(Clone, Copy)]
 enum Act {
@@ -110,17 +127,27 @@ impl Block {
     /// Reads `wk.x` (`[c, h, w]`), writes `wk.y`; returns the output shape. With `q`, the
     /// convolutions run in reduced precision (`q` holds them in the order main path,
     /// downsample), and, if its flag says so, between two int8 convolutions of the main path
-    /// the activation stays quantised; with `record`, the largest input of each convolution (same order) is
-    /// written there.
+    /// the activation stays quantised; with `record`, the largest input of each convolution
+    /// (same order) is written there.
+    ///
+    /// With `q.next` (the calibrated range and [`QuantizedConv::panels_k4`] of the next block's
+    /// first convolution), the last convolution also packs its output for that one into
+    /// `wk.panels` when it can ([`QOutput::F32Panels`]), and `wk.panels_ready` says whether it
+    /// did; the first convolution reads its input from there when `wk.panels_ready` is set
+    /// (and clears it).
+    ///
+    /// [`QuantizedConv::panels_k4`]: crate::kernels::conv::QuantizedConv
     pub(super) fn forward(
         &self,
         wk: &mut Work,
         c: usize,
         h: usize,
         w: usize,
-        q: Option<(&[LowConv], Isas, bool)>,
+        q: Option<LowBlock<'_>>,
         mut record: Option<&mut [f32]>,
     ) -> (usize, usize, usize) {
+        // Panels from the previous block are for this block's first convolution only.
+        let panels_in = wk.panels_ready.take();
         let n = self.convs.len();
         if let Some(r) = record.as_deref_mut() {
             // The first convolution and the downsample both read the block's input.
@@ -130,8 +157,9 @@ impl Block {
                 r[n] = m;
             }
         }
-        let qconv = |i: usize| q.map(|(qs, isa, _)| (&qs[i], isa));
-        let chain = q.is_some_and(|(_, _, chain)| chain);
+        let qconv = |i: usize| q.map(|l| (&l.convs[i], l.isa));
+        let chain = q.is_some_and(|l| l.chain);
+        let next = q.and_then(|l| l.next);
         // The range of convolution `i`'s input, when it is int8 with a calibrated range.
         let int8_range = |i: usize| match qconv(i) {
             Some((LowConv::Int8(qc), _)) => qc.input_max(),
@@ -146,10 +174,11 @@ impl Block {
             let x = &wk.x[..c * h * w];
             let (t_src, t_dst) = other_and(&mut wk.t, d);
             let (u_src, u_dst) = other_and(&mut wk.u, d);
-            let src = match act {
-                Act::Input => QInput::F32(x),
-                Act::F32(_) => QInput::F32(&t_src[..len_in]),
-                Act::U8(_) => QInput::Quantized(&u_src[..len_in]),
+            let src = match (act, panels_in) {
+                (Act::Input, Some(words)) => QInput::Panels(&wk.panels[..words]),
+                (Act::Input, None) => QInput::F32(x),
+                (Act::F32(_), _) => QInput::F32(&t_src[..len_in]),
+                (Act::U8(_), _) => QInput::Quantized(&u_src[..len_in]),
             };
             let mut scratch = Scratch {
                 f32: &mut wk.scratch,
@@ -210,17 +239,38 @@ impl Block {
             Act::U8(j) => QInput::Quantized(&wk.u[j][..len_in]),
         };
         let y = ensure(&mut wk.y, oc * oh * ow);
-        let io = (src, QOutput::F32(y));
-        run(
+        // Packed for the next block's first convolution too, when both can.
+        let words = match (next, qconv(n - 1)) {
+            (Some((_, k4)), Some((LowConv::Int8(qc), isa))) if qc.panels_k4(isa.int8).is_some() => {
+                Some(crate::kernels::amx::packed_words(k4 / 16, oh * ow))
+            }
+            _ => None,
+        };
+        let out = match (next, words) {
+            (Some((limit, k4)), Some(words)) => {
+                if wk.panels.len() < words {
+                    wk.panels.resize(words, 0);
+                }
+                QOutput::F32Panels {
+                    y,
+                    panels: &mut wk.panels[..words],
+                    limit,
+                    k4,
+                }
+            }
+            _ => QOutput::F32(y),
+        };
+        let packed = run(
             last,
             qconv(n - 1),
-            io,
+            (src, out),
             mh,
             mw,
             Some(identity),
             true,
             &mut scratch,
         );
+        wk.panels_ready = words.filter(|_| packed);
         (oc, oh, ow)
     }
 }

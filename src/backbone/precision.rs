@@ -275,4 +275,59 @@ mod tests {
         e.record(&[0.5, 7.0]);
         assert_eq!((e.maxima(), e.images()), (&[0.5f32, 7.0][..], 1));
     }
+
+    /// A bottleneck network in int8 gives the same bits with every kernel of this CPU: on AMX
+    /// each block's last convolution packs its output for the next block's first one
+    /// (`QOutput::F32Panels`), which the other kernels never do. Calibrated on 8 images
+    /// (activations chained) and on 2, with an input like the calibration ones and one beyond
+    /// every range (the panels refused, the f32 output packed again).
+    #[test]
+    fn int8_bottleneck_network_gives_the_same_bits_with_every_kernel() {
+        use crate::backbone::{BlockKind, Layer, ResNetSpec};
+        use ndarray::Array4;
+        let spec = ResNetSpec {
+            name: "tiny-bottleneck".into(),
+            block: BlockKind::Bottleneck,
+            blocks: [2, 2, 2, 1],
+            stem_channels: 16,
+            planes: [16, 32, 16, 16],
+            width_per_group: 64,
+        };
+        let taps = [Layer::Layer2, Layer::Layer3];
+        let mut bb = Backbone::random(&spec, &taps, 3).unwrap();
+        let image = |n: usize, seed: u64, gain: f32| {
+            let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            Array4::from_shape_simple_fn((n, 3, 40, 40), || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                gain * ((s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
+            })
+        };
+        for n_cal in [8, 2] {
+            let mut cal = bb.new_calibration();
+            bb.forward_calibrating(image(n_cal, 5, 1.0).view(), &mut cal)
+                .unwrap();
+            for gain in [1.0, 1.7] {
+                let x = image(1, 9, gain);
+                let run = |bb: &mut Backbone, int8: Int8Isa| {
+                    let isa = resnet::Isas {
+                        int8,
+                        bf16: Bf16Isa::detect(),
+                    };
+                    bb.net
+                        .set_precision(Precision::Int8, Some(&cal), isa)
+                        .unwrap();
+                    bb.forward(x.view()).unwrap()
+                };
+                let want = run(&mut bb, Int8Isa::Portable);
+                for isa in Int8Isa::all_available() {
+                    assert!(
+                        run(&mut bb, isa) == want,
+                        "{isa:?}, {n_cal} images, gain {gain}"
+                    );
+                }
+            }
+        }
+    }
 }

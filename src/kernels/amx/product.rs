@@ -36,6 +36,82 @@ pub(crate) fn product<O: AmxOp, P: Copy + Sync, T: Send>(
     parallel: bool,
     emit: &impl Emit<O::Sum, T>,
 ) {
+    product_impl(
+        op,
+        w,
+        packed,
+        n,
+        out,
+        parallel,
+        emit,
+        None::<(&NoHandoff, _)>,
+    );
+}
+
+/// [`product`], whose output is also handed on as the packed activations of a following
+/// product (the output's rows are its `k`): `handoff.bytes` turns each finished row segment
+/// into bytes, which are written to `panels` in the layout [`blocks`] reads (panels of 16
+/// columns, `k4` words of four `k` per column: [`packed_words`](super::packed_words)`(k4 / 16,
+/// n)` words). Bytes of columns past `n` and of rows past the output's up to the next multiple
+/// of 32 are zero; the groups of four `k` past those (when the output has fewer rows than
+/// `4·k4`) are left as they were: the following product's weights are zero there.
+///
+/// # Panics
+/// If `k4` is not a multiple of 16, is smaller than the output's rows take, or `panels` has
+/// the wrong length.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product_handoff<O: AmxOp, P: Copy + Sync, T: Send>(
+    op: O,
+    w: &AmxWeights,
+    packed: &[P],
+    n: usize,
+    out: &mut [T],
+    parallel: bool,
+    emit: &impl Emit<O::Sum, T>,
+    handoff: &impl Handoff<T>,
+    panels: &mut [u32],
+    k4: usize,
+) {
+    let m = out.len() / n;
+    assert!(
+        k4.is_multiple_of(16) && 4 * k4 >= m,
+        "amx handoff: {k4} words of k for {m} rows"
+    );
+    assert_eq!(
+        panels.len(),
+        super::packed_words(k4 / 16, n),
+        "amx handoff: panels length"
+    );
+    let shared = SharedPanels {
+        ptr: panels.as_mut_ptr(),
+        len: panels.len(),
+        k4,
+        _borrow: std::marker::PhantomData,
+    };
+    product_impl(
+        op,
+        w,
+        packed,
+        n,
+        out,
+        parallel,
+        emit,
+        Some((handoff, &shared)),
+    );
+}
+
+/// The body of [`product`] and [`product_handoff`].
+#[allow(clippy::too_many_arguments)]
+fn product_impl<O: AmxOp, P: Copy + Sync, T: Send, H: Handoff<T>>(
+    op: O,
+    w: &AmxWeights,
+    packed: &[P],
+    n: usize,
+    out: &mut [T],
+    parallel: bool,
+    emit: &impl Emit<O::Sum, T>,
+    handoff: Option<(&H, &SharedPanels<'_>)>,
+) {
     let row_blocks = (out.len() / n).div_ceil(ROWS);
     // Each task streams the activations once: few tasks, but enough to balance the threads.
     let task_blocks = if parallel {
@@ -53,6 +129,7 @@ pub(crate) fn product<O: AmxOp, P: Copy + Sync, T: Send>(
         n,
         task_blocks,
         emit,
+        handoff,
     };
     let task = |sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T]| match wide {
         Wide::Baseline => job.run(sums, t, o),
@@ -105,34 +182,137 @@ impl<S, T, E: Emit<S, T>> BlockSink<S> for RowsOut<'_, E, T> {
     }
 }
 
+/// How [`product_handoff`] turns its output into the bytes of the following product.
+pub(crate) trait Handoff<T>: Sync {
+    /// `bytes[j]` for the output value `row[j]` (same lengths).
+    fn bytes(&self, row: &[T], bytes: &mut [u8]);
+}
+
+/// The handoff of a plain [`product`] (never called).
+pub(crate) struct NoHandoff;
+
+impl<T> Handoff<T> for NoHandoff {
+    fn bytes(&self, _: &[T], _: &mut [u8]) {
+        unreachable!("a product without handoff hands nothing on")
+    }
+}
+
+/// The panels of [`product_handoff`], written by its tasks through a raw pointer: each task
+/// writes only the groups of four `k` of its own row blocks (see [`SharedPanels::put`]).
+struct SharedPanels<'a> {
+    ptr: *mut u32,
+    len: usize,
+    k4: usize,
+    _borrow: std::marker::PhantomData<&'a mut [u32]>,
+}
+
+// SAFETY: the pointer comes from a `&'a mut [u32]` held for the whole product; tasks on other
+// threads write disjoint words through it (`put`), and nothing reads it during the product.
+unsafe impl Sync for SharedPanels<'_> {}
+
+impl SharedPanels<'_> {
+    /// Writes `words` as the 16 columns of group `g` (of four `k`) in panel `panel`.
+    ///
+    /// # Safety
+    /// No other thread may access those 16 words during the call. [`product_impl`]'s tasks
+    /// are disjoint runs of row blocks, and a row block of 32 rows owns the groups
+    /// `8·block .. 8·block + 8` of every panel, which only its task writes.
+    unsafe fn put(&self, panel: usize, g: usize, words: &[u32; 16]) {
+        let at = (panel * self.k4 + g) * 16;
+        assert!(
+            g < self.k4 && at + 16 <= self.len,
+            "amx handoff: word out of range"
+        );
+        // SAFETY: in bounds (checked above) of the exclusively borrowed buffer; the caller
+        // guarantees that no other thread touches these words.
+        unsafe { std::ptr::copy_nonoverlapping(words.as_ptr(), self.ptr.add(at), 16) };
+    }
+}
+
+/// The sink of a task of [`product_handoff`]: the rows to the epilogue as [`RowsOut`], then
+/// the block's output values as bytes into the panels.
+struct RowsAndPanels<'a, E, T, H> {
+    rows: RowsOut<'a, E, T>,
+    handoff: &'a H,
+    panels: &'a SharedPanels<'a>,
+}
+
+impl<S, T, E: Emit<S, T>, H: Handoff<T>> BlockSink<S> for RowsAndPanels<'_, E, T, H> {
+    #[inline(always)]
+    fn block(&mut self, blk: usize, c0: usize, sums: &[[S; COLS]; ROWS]) {
+        self.rows.block(blk, c0, sums);
+        let RowsOut {
+            o, n, first, rows, ..
+        } = &self.rows;
+        let (n, r0) = (*n, (blk - first) * ROWS);
+        let (cols, valid) = (COLS.min(n - c0), ROWS.min(rows - r0));
+        // Rows and columns past the output stay zero bytes.
+        let mut q = [[0u8; COLS]; ROWS];
+        for (r, qr) in q.iter_mut().enumerate().take(valid) {
+            self.handoff
+                .bytes(&o[(r0 + r) * n + c0..][..cols], &mut qr[..cols]);
+        }
+        for (g, rows4) in q.chunks_exact(4).enumerate() {
+            // The words of the two panels of the pair: four rows' bytes of each column.
+            let mut words = [[0u32; 16]; 2];
+            for (i, half) in words.iter_mut().enumerate() {
+                for (j, wd) in half.iter_mut().enumerate() {
+                    let c = 16 * i + j;
+                    *wd = u32::from_le_bytes([rows4[0][c], rows4[1][c], rows4[2][c], rows4[3][c]]);
+                }
+            }
+            let group = blk * ROWS / 4 + g;
+            for (i, half) in words.iter().enumerate() {
+                // SAFETY: row block `blk` belongs to this task only (see `SharedPanels::put`).
+                unsafe { self.panels.put(c0 / 16 + i, group, half) };
+            }
+        }
+    }
+}
+
 /// One task of [`product`]: the row blocks of the output rows `o` (task `t`).
-struct Task<'a, O, P, E> {
+struct Task<'a, O, P, E, H> {
     op: O,
     w: &'a AmxWeights,
     packed: &'a [P],
     n: usize,
     task_blocks: usize,
     emit: &'a E,
+    handoff: Option<(&'a H, &'a SharedPanels<'a>)>,
 }
 
-impl<O: AmxOp, P: Copy, E> Task<'_, O, P, E> {
+impl<O: AmxOp, P: Copy, E, H> Task<'_, O, P, E, H> {
     /// The task's products and epilogues.
     #[inline(always)]
     fn run<T>(&self, sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T])
     where
         E: Emit<O::Sum, T>,
+        H: Handoff<T>,
     {
         let first = t * self.task_blocks;
         let rows = o.len() / self.n;
         let range = first..first + rows.div_ceil(ROWS);
-        let mut sink = RowsOut {
+        let rows = RowsOut {
             emit: self.emit,
             o,
             n: self.n,
             first,
             rows,
         };
-        blocks(self.op, self.w, range, self.packed, sums, &mut sink);
+        match self.handoff {
+            None => {
+                let mut sink = rows;
+                blocks(self.op, self.w, range, self.packed, sums, &mut sink);
+            }
+            Some((handoff, panels)) => {
+                let mut sink = RowsAndPanels {
+                    rows,
+                    handoff,
+                    panels,
+                };
+                blocks(self.op, self.w, range, self.packed, sums, &mut sink);
+            }
+        }
     }
 
     /// [`Task::run`] compiled with AVX-512 (epilogues with an `#[inline(always)]` `emit`
@@ -145,6 +325,7 @@ impl<O: AmxOp, P: Copy, E> Task<'_, O, P, E> {
     unsafe fn run_avx512<T>(&self, sums: &mut SumsBuf<O::Sum>, t: usize, o: &mut [T])
     where
         E: Emit<O::Sum, T>,
+        H: Handoff<T>,
     {
         self.run(sums, t, o)
     }

@@ -182,13 +182,16 @@ pub fn gemm_u8i8_map<T, F>(
     T: Send,
     F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
 {
-    gemm_u8i8_emit(w, b, n, out, scratch, par, isa, map)
+    gemm_u8i8_emit(w, b, n, out, scratch, par, isa, map, no_hand_on());
 }
 
 /// [`gemm_u8i8_map`] with any [`amx::Emit`] as the epilogue (a type whose `emit` is
 /// `#[inline(always)]` runs in the AVX-512 copy of the AMX loop).
+///
+/// With `hand_on`, on AMX, the output is also written as the packed activations of a
+/// following product ([`HandOn`]); returns whether it was.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_u8i8_emit<T, F>(
+pub(crate) fn gemm_u8i8_emit<T, F, H>(
     w: &PackedWeights,
     b: &[u8],
     n: usize,
@@ -197,16 +200,79 @@ pub(crate) fn gemm_u8i8_emit<T, F>(
     par: Parallelism,
     isa: Int8Isa,
     map: F,
+    hand_on: Option<HandOn<'_, H>>,
+) -> bool
+where
+    T: Send,
+    F: amx::Emit<i32, T>,
+    H: amx::Handoff<T>,
+{
+    let k = w.k;
+    assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
+    let pack = |wide, buf: &mut [u32], k4, nr| {
+        pack_b(wide, b, |v| v, |_| 0.0, k, k4, n, nr, buf, par);
+        map
+    };
+    gemm_impl(w, n, out, scratch, par, isa, pack, hand_on)
+}
+
+/// Where a product on AMX also writes its output, as the packed activations of a following
+/// 1×1 product whose depth is this output's rows ([`amx::product_handoff`]): `handoff` turns
+/// output values into bytes, `panels` receives them (`k4` words of `k` per column).
+pub(crate) struct HandOn<'a, H> {
+    /// The bytes of the output values.
+    pub handoff: &'a H,
+    /// The packed activations ([`amx::packed_words`]`(k4 / 16, n)` words).
+    pub panels: &'a mut [u32],
+    /// Words of `k` per column of the following product (its AMX chunks × 16).
+    pub k4: usize,
+}
+
+/// No [`HandOn`].
+pub(crate) fn no_hand_on<'a>() -> Option<HandOn<'a, amx::NoHandoff>> {
+    None
+}
+
+/// The product of `w` with activations already packed for the AMX kernel (by a previous
+/// product's [`HandOn`]): `panels` holds `n` columns in [`amx::packed_words`]`(chunks, n)`
+/// words for `w`'s AMX chunks.
+///
+/// # Panics
+/// If the CPU does not run the AMX kernel, `isa` is not [`Int8Isa::Amx`], the weights have no
+/// AMX layout, or `panels` does not have that length.
+pub(crate) fn gemm_u8i8_prepacked_emit<T, F>(
+    w: &PackedWeights,
+    panels: &[u32],
+    n: usize,
+    out: &mut [T],
+    par: Parallelism,
+    isa: Int8Isa,
+    map: F,
 ) where
     T: Send,
     F: amx::Emit<i32, T>,
 {
-    let k = w.k;
-    assert_eq!(b.len(), k * n, "gemm_u8i8: b must be k × n");
-    gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
-        pack_b(wide, b, |v| v, |_| 0.0, k, k4, n, nr, buf, par);
-        map
-    })
+    let (Int8Isa::Amx, Some(kernel), Some(aw)) = (isa, amx::Int8::detect(), w.amx.as_ref()) else {
+        panic!("gemm_u8i8: prepacked activations need the AMX kernel");
+    };
+    assert_eq!(out.len(), w.m * n, "gemm_u8i8: c must be m × n");
+    assert_eq!(
+        panels.len(),
+        amx::packed_words(aw.chunks(), n),
+        "gemm_u8i8: prepacked activations of the wrong length"
+    );
+    let work = w.m.saturating_mul(n).saturating_mul(w.k);
+    let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
+    amx::product(kernel, aw, panels, n, out, parallel, &map);
+}
+
+/// The AMX words of `k` per column ([`HandOn::k4`]) of a product with `w`, when it runs on
+/// AMX with `isa`.
+pub(crate) fn amx_k4(w: &PackedWeights, isa: Int8Isa) -> Option<usize> {
+    match (isa, amx::Int8::detect(), w.amx.as_ref()) {
+        (Int8Isa::Amx, Some(_), Some(aw)) => Some(aw.chunks() * amx::WORDS),
+        _ => None,
+    }
 }
 
 /// [`gemm_u8i8_emit`] of the im2col matrix of `x` (a stride-1 "same" window), packed straight
@@ -232,10 +298,11 @@ pub(crate) fn gemm_u8i8_shifted_emit<T, F>(
         w.k,
         "gemm_u8i8: the window's depth must be the weights' k"
     );
-    gemm_impl(w, x.n(), out, scratch, par, isa, |wide, buf, k4, nr| {
+    let pack = |wide, buf: &mut [u32], k4, nr| {
         pack_b_shifted(wide, x, k4, nr, buf, par);
         map
-    })
+    };
+    gemm_impl(w, x.n(), out, scratch, par, isa, pack, no_hand_on());
 }
 
 /// [`gemm_u8i8_map`] with `f32` activations quantised while they are packed: the byte of
@@ -261,7 +328,7 @@ pub fn gemm_quantizing_map<T, F>(
 {
     let k = w.k;
     assert_eq!(x.len(), k * n, "gemm_u8i8: b must be k × n");
-    gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
+    let pack = |wide, buf: &mut [u32], k4, nr| {
         pack_b(
             wide,
             x,
@@ -275,7 +342,8 @@ pub fn gemm_quantizing_map<T, F>(
             par,
         );
         map
-    })
+    };
+    gemm_impl(w, n, out, scratch, par, isa, pack, no_hand_on());
 }
 
 /// [`gemm_quantizing_map`] for activations whose range is `max(limit, max_or_zero(x))`: the
@@ -286,10 +354,12 @@ pub fn gemm_quantizing_map<T, F>(
 /// `scale = scale_for(range)` and `map_for(range)`, bit for bit, without a separate pass over
 /// `x` for its maximum.
 ///
+/// With `hand_on`, as [`gemm_u8i8_emit`].
+///
 /// # Panics
 /// If `x.len() != k·n` or `out.len() != m·n`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_quantizing_widened<T, F>(
+pub(crate) fn gemm_quantizing_widened<T, F, H>(
     w: &PackedWeights,
     x: &[f32],
     limit: f32,
@@ -299,13 +369,16 @@ pub(crate) fn gemm_quantizing_widened<T, F>(
     par: Parallelism,
     isa: Int8Isa,
     map_for: impl FnOnce(f32) -> F,
-) where
+    hand_on: Option<HandOn<'_, H>>,
+) -> bool
+where
     T: Send,
     F: amx::Emit<i32, T>,
+    H: amx::Handoff<T>,
 {
     let k = w.k;
     assert_eq!(x.len(), k * n, "gemm_u8i8: b must be k × n");
-    gemm_impl(w, n, out, scratch, par, isa, |wide, buf, k4, nr| {
+    let pack = |wide, buf: &mut [u32], k4, nr| {
         let scale = scale_for(limit);
         let seen = pack_b(
             wide,
@@ -336,14 +409,16 @@ pub(crate) fn gemm_quantizing_widened<T, F>(
             );
         }
         map_for(range)
-    })
+    };
+    gemm_impl(w, n, out, scratch, par, isa, pack, hand_on)
 }
 
 /// The body of [`gemm_u8i8_map`], [`gemm_quantizing_map`] and [`gemm_quantizing_widened`]:
 /// `pack(wide, buf, k4, nr)` packs the activations into `buf` (`n.div_ceil(nr)` panels of
-/// `k4·nr` words, see [`pack_b`]) and returns the epilogue.
+/// `k4·nr` words, see [`pack_b`]) and returns the epilogue. Returns whether `hand_on` was
+/// written (only by the AMX kernel).
 #[allow(clippy::too_many_arguments)]
-fn gemm_impl<T, F>(
+fn gemm_impl<T, F, H>(
     w: &PackedWeights,
     n: usize,
     out: &mut [T],
@@ -351,14 +426,17 @@ fn gemm_impl<T, F>(
     par: Parallelism,
     isa: Int8Isa,
     pack: impl FnOnce(Wide, &mut [u32], usize, usize) -> F,
-) where
+    hand_on: Option<HandOn<'_, H>>,
+) -> bool
+where
     T: Send,
     F: amx::Emit<i32, T>,
+    H: amx::Handoff<T>,
 {
     let (m, k) = (w.m, w.k);
     assert_eq!(out.len(), m * n, "gemm_u8i8: c must be m × n");
     if m == 0 || n == 0 {
-        return;
+        return false;
     }
     // The packing loop with AVX-512 for the x86 kernels that need it anyway.
     let wide = Wide::detect(matches!(isa, Int8Isa::Amx | Int8Isa::Avx512Vnni));
@@ -368,7 +446,7 @@ fn gemm_impl<T, F>(
         for (r, o) in out.chunks_exact_mut(n).enumerate() {
             map.emit(r, 0, &zeros, o);
         }
-        return;
+        return false;
     }
     let work = m.saturating_mul(n).saturating_mul(k);
     let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
@@ -384,8 +462,22 @@ fn gemm_impl<T, F>(
             let map = pack(wide, &mut scratch[..used], k4, 16);
             scratch[used..words].fill(0);
             let packed: &[u32] = &scratch[..words];
-            amx::product(kernel, aw, packed, n, out, parallel, &map);
-            return;
+            return match hand_on {
+                Some(HandOn {
+                    handoff,
+                    panels,
+                    k4,
+                }) => {
+                    amx::product_handoff(
+                        kernel, aw, packed, n, out, parallel, &map, handoff, panels, k4,
+                    );
+                    true
+                }
+                None => {
+                    amx::product(kernel, aw, packed, n, out, parallel, &map);
+                    false
+                }
+            };
         }
     }
     let k4 = k.div_ceil(4);
@@ -412,6 +504,7 @@ fn gemm_impl<T, F>(
         }
     };
     for_row_blocks(out, MR * n, parallel, rows_task);
+    false
 }
 
 /// The tile kernel of an [`Int8Isa`] (other than AMX, which has its own driver), each with the

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::kernels::amx::Emit;
+use crate::kernels::amx::{Emit, Handoff};
 use crate::kernels::int8::quantize_u8;
 
 /// The epilogue of a call whose input step is `x_step` (see the module documentation of the
@@ -104,6 +104,31 @@ impl Emit<i32, u8> for Requant<'_> {
             over |= y > limit;
             *o = quantize_u8(y, scale);
         });
+        if over {
+            self.over.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The bytes a following 1×1 convolution makes of an f32 output (`quantize_u8(y, scale)`,
+/// `scale = 255 / limit` for its calibrated range `limit`), for [`Handoff`]; a value above
+/// `limit` sets `over` (the bytes are then not used, and that convolution quantises the f32
+/// output itself, widening its range).
+pub(super) struct PanelBytes<'a> {
+    pub(super) scale: f32,
+    pub(super) limit: f32,
+    pub(super) over: &'a AtomicBool,
+}
+
+impl Handoff<f32> for PanelBytes<'_> {
+    #[inline(always)]
+    fn bytes(&self, row: &[f32], bytes: &mut [u8]) {
+        let (scale, limit) = (self.scale, self.limit);
+        let mut over = false;
+        for (b, &y) in bytes.iter_mut().zip(row) {
+            over |= y > limit;
+            *b = quantize_u8(y, scale);
+        }
         if over {
             self.over.store(true, Ordering::Relaxed);
         }

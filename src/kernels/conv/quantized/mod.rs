@@ -51,17 +51,18 @@ use rayon::prelude::*;
 
 mod epilogue;
 
-use epilogue::{epilogue, Dequant, Requant};
+use epilogue::{epilogue, Dequant, PanelBytes, Requant};
 
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
-use crate::kernels::amx::{self, Emit};
+use crate::kernels::amx::{self, Emit, Handoff};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
-    gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_shifted_emit, quantize_max, scale_for,
-    Int8Isa, PackedWeights, ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
+    amx_k4, gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_prepacked_emit,
+    gemm_u8i8_shifted_emit, no_hand_on, quantize_max, scale_for, HandOn, Int8Isa, PackedWeights,
+    ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -233,6 +234,21 @@ impl QuantizedConv {
         }
     }
 
+    /// Whether this convolution reads its input as AMX panels ([`QInput::Panels`]) with
+    /// `isa`, and with how many words of `k` per column: a plain 1×1 convolution with a
+    /// calibrated range, on the AMX kernel.
+    pub(crate) fn panels_k4(&self, isa: Int8Isa) -> Option<usize> {
+        let calibrated = matches!(self.input, InputRange::Calibrated(_));
+        (self.plain_1x1() && calibrated)
+            .then(|| amx_k4(self.packed(), isa))
+            .flatten()
+    }
+
+    /// A 1×1 convolution at stride 1 without padding: its input is its matrix of activations.
+    fn plain_1x1(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
     /// Bytes of the packed weights, scales and bias.
     pub fn bytes(&self) -> usize {
         self.weights.get().map_or(0, PackedWeights::bytes)
@@ -315,7 +331,9 @@ impl QuantizedConv {
     ) -> bool {
         let (oh, ow) = self.out_hw(h, w);
         let p = oh * ow;
-        assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
+        if !matches!(input, QInput::Panels(_)) {
+            assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
+        }
         assert_eq!(out.len(), self.cout * p, "QuantizedConv: output length");
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "QuantizedConv: residual length");
@@ -336,16 +354,72 @@ impl QuantizedConv {
                 });
                 true
             }
+            (InputRange::PerImage, QInput::F32(input), QOutput::F32Panels { y, .. }) => {
+                self.forward_per_image(input, h, w, y, bufs, offset, par, isa, |x_step| {
+                    epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p)
+                });
+                false
+            }
             (InputRange::PerImage, ..) => false,
             (InputRange::Calibrated(limit), input, QOutput::F32(out)) => {
-                self.forward_calibrated(input, limit, h, w, out, bufs, par, isa, |range| {
-                    epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
-                });
+                let none = no_hand_on();
+                self.forward_calibrated(
+                    input,
+                    limit,
+                    h,
+                    w,
+                    out,
+                    bufs,
+                    par,
+                    isa,
+                    |range| {
+                        epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
+                    },
+                    none,
+                );
                 true
+            }
+            (
+                InputRange::Calibrated(limit),
+                input,
+                QOutput::F32Panels {
+                    y,
+                    panels,
+                    limit: next,
+                    k4,
+                },
+            ) => {
+                let over = AtomicBool::new(false);
+                let bytes = PanelBytes {
+                    scale: scale_for(next),
+                    limit: next,
+                    over: &over,
+                };
+                let hand_on = Some(HandOn {
+                    handoff: &bytes,
+                    panels,
+                    k4,
+                });
+                let handed = self.forward_calibrated(
+                    input,
+                    limit,
+                    h,
+                    w,
+                    y,
+                    bufs,
+                    par,
+                    isa,
+                    |range| {
+                        epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
+                    },
+                    hand_on,
+                );
+                handed && !over.load(Ordering::Relaxed)
             }
             (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
                 let over = AtomicBool::new(false);
-                self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, |range| Requant {
+                let none = no_hand_on();
+                let make = once(|range: f32| Requant {
                     dequant: epilogue::<false>(
                         dequant,
                         w_step,
@@ -359,6 +433,7 @@ impl QuantizedConv {
                     limit: next,
                     over: &over,
                 });
+                self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, make, none);
                 !over.load(Ordering::Relaxed)
             }
         }
@@ -401,13 +476,28 @@ impl QuantizedConv {
         let mut emit = make(zp.step);
         emit.offset = offset;
         let cols = &bufs.cols[..k * p];
-        gemm_u8i8_emit(self.packed(), cols, p, out, bufs.pack, par, isa, emit);
+        gemm_u8i8_emit(
+            self.packed(),
+            cols,
+            p,
+            out,
+            bufs.pack,
+            par,
+            isa,
+            emit,
+            no_hand_on(),
+        );
     }
 
     /// The product of an input quantised with the calibrated range `limit` (widened to an f32
-    /// input's maximum); `make(range)` gives the epilogue of the range used.
+    /// input's maximum); `make(range)` gives the epilogue of the range used. Returns whether
+    /// `hand_on` was written (only by a plain 1×1 convolution on AMX).
+    ///
+    /// # Panics
+    /// If the input is [`QInput::Panels`] and this convolution does not take them
+    /// ([`QuantizedConv::panels_k4`]).
     #[allow(clippy::too_many_arguments)]
-    fn forward_calibrated<T: Send, E: Emit<i32, T>>(
+    fn forward_calibrated<T: Send, E: Emit<i32, T>, H: Handoff<T>>(
         &self,
         input: QInput<'_>,
         limit: f32,
@@ -418,7 +508,8 @@ impl QuantizedConv {
         par: Parallelism,
         isa: Int8Isa,
         make: impl FnOnce(f32) -> E,
-    ) {
+        hand_on: Option<HandOn<'_, H>>,
+    ) -> bool {
         let (oh, ow) = self.out_hw(h, w);
         let p = oh * ow;
         let k = self.cin * self.kh * self.kw;
@@ -432,19 +523,30 @@ impl QuantizedConv {
         } = bufs;
 
         // A plain 1×1 convolution's input is its matrix of activations: quantised while it is
-        // packed, without a byte copy (or packed as it is when already quantised).
-        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
-        if direct {
-            match input {
+        // packed, without a byte copy (or packed as it is when already quantised, or not at
+        // all when the previous convolution packed it).
+        if self.plain_1x1() {
+            let w = self.packed();
+            return match input {
                 QInput::F32(x) => {
-                    gemm_quantizing_widened(self.packed(), x, limit, p, out, pack, par, isa, make)
+                    gemm_quantizing_widened(w, x, limit, p, out, pack, par, isa, make, hand_on)
                 }
                 QInput::Quantized(q) => {
-                    gemm_u8i8_emit(self.packed(), q, p, out, pack, par, isa, make(limit))
+                    gemm_u8i8_emit(w, q, p, out, pack, par, isa, make(limit), hand_on)
                 }
-            }
-            return;
+                QInput::Panels(panels) => {
+                    gemm_u8i8_prepacked_emit(w, panels, p, out, par, isa, make(limit));
+                    false
+                }
+            };
         }
+        let input = match input {
+            QInput::F32(x) => Plain::F32(x),
+            QInput::Quantized(q) => Plain::Quantized(q),
+            QInput::Panels(_) => {
+                panic!("QuantizedConv: AMX panels for a convolution that is not 1×1")
+            }
+        };
 
         // With AMX, an odd window with "same" padding (3×3 pad 1), at stride 1 or 2, on 64·n
         // channels reads its input channels-last, without packing it (see `amx::direct`).
@@ -458,11 +560,11 @@ impl QuantizedConv {
             };
             if grid.supported::<u8>() {
                 let (planes, range): (&[u8], f32) = match input {
-                    QInput::F32(x) => {
+                    Plain::F32(x) => {
                         let range = quantize_input(x, limit, cols, rayon, wide);
                         (&cols[..x.len()], range)
                     }
-                    QInput::Quantized(q) => (q, limit),
+                    Plain::Quantized(q) => (q, limit),
                 };
                 grow(xbuf, grid.len());
                 direct::fill_channels_last(planes, grid, &mut xbuf[..grid.len()], rayon);
@@ -471,7 +573,7 @@ impl QuantizedConv {
                     let work = self.cout * p * k;
                     let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
                     direct::conv(op, dw, x, out, parallel, &make(range));
-                    return;
+                    return false;
                 }
             }
         }
@@ -513,7 +615,7 @@ impl QuantizedConv {
             };
             let xq = &mut xbuf[..len];
             let range = match input {
-                QInput::F32(x) => {
+                Plain::F32(x) => {
                     let quant = |scale: f32| {
                         move |d: &mut [u8], c: usize| {
                             quantize_max(wide, &x[c * hw..][..hw], scale, d)
@@ -526,7 +628,7 @@ impl QuantizedConv {
                     }
                     range
                 }
-                QInput::Quantized(q) => {
+                Plain::Quantized(q) => {
                     fill(xq, &|d: &mut [u8], c: usize| {
                         d.copy_from_slice(&q[c * hw..][..hw]);
                         0.0
@@ -537,18 +639,18 @@ impl QuantizedConv {
             // (Always `Some`: the size and the length were checked above.)
             if let Some(planes) = ShiftedPlanes::new(&xbuf[..len], cin, h, w, pad) {
                 gemm_u8i8_shifted_emit(self.packed(), planes, out, pack, par, isa, make(range));
-                return;
+                return false;
             }
         }
 
         // Otherwise quantise the input (unless it is), then its u8 im2col matrix.
         let n_in = self.cin * h * w;
         let (src, range): (&[u8], f32) = match input {
-            QInput::F32(x) => {
+            Plain::F32(x) => {
                 let range = quantize_input(x, limit, xbuf, rayon, wide);
                 (&xbuf[..n_in], range)
             }
-            QInput::Quantized(q) => (q, limit),
+            Plain::Quantized(q) => (q, limit),
         };
         grow(cols, k * p);
         self.window().im2col(src, h, w, &mut cols[..k * p], par);
@@ -561,7 +663,9 @@ impl QuantizedConv {
             par,
             isa,
             make(range),
+            no_hand_on(),
         );
+        false
     }
 }
 
@@ -573,6 +677,11 @@ pub(crate) enum QInput<'a> {
     /// Activations already quantised with this convolution's calibrated range (as the
     /// [`QOutput::Quantized`] of the previous convolution writes them).
     Quantized(&'a [u8]),
+    /// Activations quantised with this convolution's calibrated range and packed for the AMX
+    /// kernel (as the [`QOutput::F32Panels`] of the previous convolution writes them); only
+    /// for a convolution whose [`QuantizedConv::panels_k4`] is the `k4` they were written
+    /// with.
+    Panels(&'a [u32]),
 }
 
 impl QInput<'_> {
@@ -580,8 +689,16 @@ impl QInput<'_> {
         match self {
             QInput::F32(x) => x.len(),
             QInput::Quantized(q) => q.len(),
+            QInput::Panels(p) => p.len(),
         }
     }
+}
+
+/// An input that is not [`QInput::Panels`].
+#[derive(Clone, Copy)]
+enum Plain<'a> {
+    F32(&'a [f32]),
+    Quantized(&'a [u8]),
 }
 
 /// The output of [`QuantizedConv::forward`].
@@ -593,6 +710,18 @@ pub(crate) enum QOutput<'a> {
     /// `q = clamp(round(y · (255 / limit)), 0, 255)`, the bytes the next convolution would
     /// make of the f32 output `y` if no value exceeded `limit`.
     Quantized { q: &'a mut [u8], limit: f32 },
+    /// f32 activations `y`, and, from a plain 1×1 convolution on AMX, the same activations
+    /// quantised for a following 1×1 convolution (calibrated range `limit`, `k4` words of `k`
+    /// per column: [`QuantizedConv::panels_k4`]) and packed for it into `panels`
+    /// ([`crate::kernels::amx::packed_words`]`(k4 / 16, h·w)` words). `y` is always written;
+    /// [`QuantizedConv::forward`] returns whether `panels` is valid (written, and no value
+    /// exceeded `limit`).
+    F32Panels {
+        y: &'a mut [f32],
+        panels: &'a mut [u32],
+        limit: f32,
+        k4: usize,
+    },
 }
 
 impl QOutput<'_> {
@@ -600,6 +729,7 @@ impl QOutput<'_> {
         match self {
             QOutput::F32(y) => y.len(),
             QOutput::Quantized { q, .. } => q.len(),
+            QOutput::F32Panels { y, .. } => y.len(),
         }
     }
 }
@@ -634,6 +764,12 @@ fn quantize_input(x: &[f32], limit: f32, buf: &mut Vec<u8>, rayon: bool, wide: W
         quant(xq, scale_for(range));
     }
     range
+}
+
+/// `f` as a `FnOnce` (a closure bound to a name is otherwise inferred `FnMut`, and one that
+/// hands out a captured `&mut` cannot be).
+fn once<A, R>(f: impl FnOnce(A) -> R) -> impl FnOnce(A) -> R {
+    f
 }
 
 /// Grows `buf` to at least `n` elements (contents unspecified; callers overwrite them).

@@ -207,3 +207,102 @@ fn direct_amx_path_matches_the_portable_kernel() {
         }
     }
 }
+
+/// A 1×1 convolution on AMX that also packs its output for the next 1×1 convolution
+/// ([`QOutput::F32Panels`]): its f32 output is the plain one, bit for bit, and the next
+/// convolution reading those panels ([`QInput::Panels`]) gives exactly what it gives from the
+/// f32 output; the panels are reported invalid when a value exceeds the next range. Odd pixel
+/// counts, output channels that fill part of a row block or of the next depth's 64, inputs
+/// in f32 and already quantised, with and without a residual, 1 and 2 threads.
+#[test]
+fn packed_handoff_between_1x1_convolutions_is_the_f32_path() {
+    if !Int8Isa::Amx.is_available() {
+        return;
+    }
+    let mut s = 0x51ED_270Bu32;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as f32 / (1u32 << 24) as f32
+    };
+    let conv = |cout: usize, cin: usize, rnd: &mut dyn FnMut() -> f32| {
+        let weight: Vec<f32> = (0..cout * cin).map(|_| rnd() - 0.5).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.2).collect();
+        Conv2d::new(cout, cin, 1, 1, 1, 0, weight, bias)
+    };
+    // (input channels, channels between the two, output channels, h, w)
+    for (cin, mid, cout, h, w) in [
+        (64, 64, 32, 7, 7),
+        (32, 20, 9, 5, 13),
+        (128, 96, 40, 14, 14),
+        (16, 256, 33, 1, 1),
+        (64, 64, 64, 3, 40),
+    ] {
+        let p = h * w;
+        let m_in = 0.9f32;
+        let first = QuantizedConv::new(&conv(mid, cin, &mut rnd), m_in).unwrap();
+        let second_conv = conv(cout, mid, &mut rnd);
+        // The next convolution, calibrated to `limit`.
+        let second = |limit: f32| QuantizedConv::new(&second_conv, limit).unwrap();
+        let x: Vec<f32> = (0..cin * p).map(|_| rnd() * m_in).collect();
+        let xq: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale_for(m_in))).collect();
+        let residual: Vec<f32> = (0..mid * p).map(|_| rnd() * 0.6 - 0.3).collect();
+        for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            let k4 = second(1.0)
+                .panels_k4(Int8Isa::Amx)
+                .expect("a 1×1 on AMX takes panels");
+            assert_eq!(k4, mid.div_ceil(64) * 16);
+            let words = crate::kernels::amx::packed_words(k4 / 16, p);
+            for (input, res) in [
+                (QInput::F32(&x), None),
+                (QInput::Quantized(&xq), Some(&residual[..])),
+            ] {
+                let mut scratch = QuantScratch::default();
+                let run = |out: QOutput<'_>, scratch: &mut QuantScratch| {
+                    first.forward((input, out), h, w, res, true, scratch, par, Int8Isa::Amx)
+                };
+                let mut want = vec![f32::NAN; mid * p];
+                assert!(run(QOutput::F32(&mut want), &mut scratch));
+                // A range above every output (the panels are used) and one below the largest
+                // (they are not); garbage in the panels beforehand: every word must be
+                // written.
+                let top = want.iter().fold(0.0f32, |a, &b| a.max(b));
+                assert!(top > 0.0);
+                let mut checked = false;
+                for limit in [1.25 * top, 0.5 * top] {
+                    let mut y = vec![f32::NAN; mid * p];
+                    let mut panels = vec![0xDEAD_BEEFu32; words];
+                    let out = QOutput::F32Panels {
+                        y: &mut y,
+                        panels: &mut panels,
+                        limit,
+                        k4,
+                    };
+                    let valid = run(out, &mut scratch);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&y), bits(&want), "{cin}→{mid} {h}×{w}: f32 output");
+                    let over = want.iter().any(|&v| v > limit);
+                    assert_eq!(valid, !over, "{cin}→{mid} {h}×{w} limit {limit}");
+                    if !valid {
+                        continue;
+                    }
+                    let second = second(limit);
+                    let next = |input: QInput<'_>, scratch: &mut QuantScratch| {
+                        let mut z = vec![f32::NAN; cout * p];
+                        let io = (input, QOutput::F32(&mut z));
+                        second.forward(io, h, w, None, false, scratch, par, Int8Isa::Amx);
+                        bits(&z)
+                    };
+                    assert_eq!(
+                        next(QInput::Panels(&panels), &mut scratch),
+                        next(QInput::F32(&y), &mut scratch),
+                        "{cin}→{mid}→{cout} {h}×{w} {par:?}"
+                    );
+                    checked = true;
+                }
+                assert!(checked, "the panels were never used");
+            }
+        }
+    }
+}
