@@ -114,6 +114,35 @@ proptest! {
         }
     }
 
+    /// The bf16 layout: every element, each the input rounded to bf16, into a buffer full of
+    /// garbage, in both thread modes.
+    #[test]
+    fn bf16_fill_matches_the_definition(
+        c32 in 1usize..4, h in 1usize..12, w in 1usize..30, size in prop::sample::select(vec![3usize, 5]),
+        seed in any::<u32>(),
+    ) {
+        use crate::kernels::bf16::to_bf16;
+        let grid = Grid { cin: 32 * c32, h, w, size, stride: 1 };
+        let x: Vec<f32> = (0..grid.cin * h * w)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / 1e9 - 2.0)
+            .collect();
+        let (pad, wp) = (grid.pad(), grid.wp());
+        let mut want = vec![0u16; grid.len()];
+        for c in 0..grid.cin {
+            for y in 0..h {
+                for xx in 0..w {
+                    let at = ((y + pad) * wp + xx + pad) * grid.cin + c;
+                    want[at] = to_bf16(x[(c * h + y) * w + xx]);
+                }
+            }
+        }
+        for par in [false, true] {
+            let mut got = vec![0xA5A5u16; grid.len()];
+            fill_channels_last_bf16(&x, grid, &mut got, par);
+            prop_assert!(got == want, "{:?} par {}", grid, par);
+        }
+    }
+
     /// The bf16 direct convolution (AMX-BF16 only) within the f32 summation bound of the
     /// exact sum of the rounded products, `(k + 1)·2⁻²⁴·Σ|ŵ·x̂|`; its weights read back
     /// exactly.
