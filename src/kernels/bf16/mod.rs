@@ -391,6 +391,44 @@ pub fn gemm_bf16_map<T: Bf16Input>(
     isa: Bf16Isa,
     map: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
+    gemm_bf16_rows(w, b, n, c, scratch, par, isa, &map);
+}
+
+/// What [`gemm_bf16_rows`] does with each finished segment of `c` (see [`gemm_bf16_map`]):
+/// a closure, or a type whose `map` is `#[inline(always)]`, which then compiles into the
+/// AVX-512 copy of the AMX loop (a closure shared by several products stays a call to its
+/// baseline code there).
+pub(crate) trait RowMap: Sync {
+    /// `values` = `c[row][col0 ..]`, holding the sums on entry.
+    fn map(&self, row: usize, col0: usize, values: &mut [f32]);
+
+    /// [`RowMap::map`] of the sums `sums` into `values` (same length).
+    #[inline(always)]
+    fn map_from(&self, row: usize, col0: usize, sums: &[f32], values: &mut [f32]) {
+        values.copy_from_slice(sums);
+        self.map(row, col0, values);
+    }
+}
+
+impl<F: Fn(usize, usize, &mut [f32]) + Sync> RowMap for F {
+    #[inline(always)]
+    fn map(&self, row: usize, col0: usize, values: &mut [f32]) {
+        self(row, col0, values)
+    }
+}
+
+/// [`gemm_bf16_map`] with any [`RowMap`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16_rows<T: Bf16Input>(
+    w: &PackedBf16Weights,
+    b: &[T],
+    n: usize,
+    c: &mut [f32],
+    scratch: &mut Vec<u16>,
+    par: Parallelism,
+    isa: Bf16Isa,
+    map: &impl RowMap,
+) {
     let (m, k) = (w.m, w.k);
     assert!(
         k.checked_mul(n) == Some(b.len()),
@@ -408,13 +446,13 @@ pub fn gemm_bf16_map<T: Bf16Input>(
     if k == 0 {
         c.fill(0.0);
         for (r, row) in c.chunks_exact_mut(n).enumerate() {
-            map(r, 0, row);
+            map.map(r, 0, row);
         }
         return;
     }
     if isa == Bf16Isa::Amx {
         if let (Some(op), Some(aw)) = (amx::Bf16::detect(), w.amx.as_ref()) {
-            gemm_amx(op, aw, b, k, n, c, scratch, par, &map);
+            gemm_amx(op, aw, b, k, n, c, scratch, par, map);
             return;
         }
     }
@@ -447,7 +485,7 @@ pub fn gemm_bf16_map<T: Bf16Input>(
     let rows_block = |c_rows: &mut [f32], tile0: usize| {
         compute_rows(kernel, w, packed, n, c_rows, tile0);
         for (r, row) in c_rows.chunks_exact_mut(n).enumerate() {
-            map(tile0 * MR + r, 0, row);
+            map.map(tile0 * MR + r, 0, row);
         }
     };
     match par {
@@ -477,7 +515,7 @@ fn gemm_amx<T: Bf16Input>(
     c: &mut [f32],
     scratch: &mut Vec<u16>,
     par: Parallelism,
-    map: &(impl Fn(usize, usize, &mut [f32]) + Sync),
+    map: &impl RowMap,
 ) {
     // Two u16 per 32-bit word of the tiles.
     let len = 2 * amx::packed_words(aw.chunks(), n);
@@ -495,18 +533,19 @@ fn gemm_amx<T: Bf16Input>(
         packed.chunks_mut(panel_len).enumerate().for_each(pack);
     }
     let packed = &scratch[..len];
-    amx::product(
-        op,
-        aw,
-        packed,
-        n,
-        c,
-        parallel,
-        &|row, c0, sums: &[f32], o: &mut [f32]| {
-            o.copy_from_slice(sums);
-            map(row, c0, o);
-        },
-    );
+    amx::product(op, aw, packed, n, c, parallel, &CopyThen(map));
+}
+
+/// The epilogue of [`gemm_amx`]: [`RowMap::map_from`] (with a type whose methods are
+/// `#[inline(always)]`, it compiles into the AVX-512 copy of the AMX loop; as a closure it
+/// stayed a call to 128-bit code).
+struct CopyThen<'a, M>(&'a M);
+
+impl<M: RowMap> amx::Emit<f32, f32> for CopyThen<'_, M> {
+    #[inline(always)]
+    fn emit(&self, row: usize, c0: usize, sums: &[f32], o: &mut [f32]) {
+        self.0.map_from(row, c0, sums, o);
+    }
 }
 
 /// Computes the rows of `c` given in `c_rows` (whole tiles, starting with tile `tile0`, the

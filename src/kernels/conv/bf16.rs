@@ -7,7 +7,7 @@
 //! Every convolution shape goes through im2col + GEMM: the Winograd transforms of the f32
 //! path would add their own roundings to values that are already rounded to 8 bits.
 
-use super::epilogue::epilogue_segment;
+use super::epilogue::{epilogue_row, epilogue_segment};
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use crate::kernels::amx;
 use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
-use crate::kernels::bf16::{gemm_bf16_map, to_bf16, Bf16Isa, PackedBf16Weights};
+use crate::kernels::bf16::{gemm_bf16_rows, to_bf16, Bf16Isa, PackedBf16Weights, RowMap};
 use crate::kernels::gemm::Parallelism;
 
 /// A convolution with bf16 weights and inputs and f32 sums (see the module documentation).
@@ -191,10 +191,11 @@ impl Bf16Conv {
             assert_eq!(r.len(), out.len(), "Bf16Conv: residual length");
         }
         // Bias, residual and ReLU on each finished segment of sums, while it is in cache.
-        let bias = &self.bias;
-        let finish = |c: usize, j0: usize, o: &mut [f32]| {
-            let r = residual.map(|r| &r[c * p + j0..][..o.len()]);
-            epilogue_segment(o, bias[c], r, relu);
+        let finish = Finish {
+            bias: &self.bias,
+            residual,
+            relu,
+            p,
         };
         if let Some((dw, op, grid)) = self.direct_path(isa, h, w) {
             // The input rounded to bf16 into a padded channels-last copy, read straight into
@@ -206,18 +207,14 @@ impl Bf16Conv {
             if let Some(x) = ChannelsLast::new(&scratch.x[..grid.len()], grid) {
                 let work = self.cout * p * k;
                 let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
-                let emit = |c: usize, j0: usize, sums: &[f32], o: &mut [f32]| {
-                    o.copy_from_slice(sums);
-                    finish(c, j0, o);
-                };
-                direct::conv(op, dw, x, out, parallel, &emit);
+                direct::conv(op, dw, x, out, parallel, &finish);
                 return;
             }
         }
         let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
         if direct {
             // The input is the matrix of activations: rounded while it is packed.
-            gemm_bf16_map(
+            gemm_bf16_rows(
                 self.packed(),
                 input,
                 p,
@@ -225,7 +222,7 @@ impl Bf16Conv {
                 &mut scratch.pack,
                 par,
                 isa,
-                finish,
+                &finish,
             );
         } else {
             // Round the input to bf16 once, then build the im2col matrix of bf16 values (half
@@ -253,7 +250,7 @@ impl Bf16Conv {
                 par,
             );
             let cols = &scratch.cols[..k * p];
-            gemm_bf16_map(
+            gemm_bf16_rows(
                 self.packed(),
                 cols,
                 p,
@@ -261,9 +258,43 @@ impl Bf16Conv {
                 &mut scratch.pack,
                 par,
                 isa,
-                finish,
+                &finish,
             );
         }
+    }
+}
+
+/// Bias, residual and ReLU on a finished segment of one output channel: a type with
+/// `#[inline(always)]` methods, so that it compiles into the AVX-512 copies of the AMX loops
+/// (as a closure it was a call to 128-bit code, and the sums were copied out before it: 7 %
+/// of a bf16 prediction).
+struct Finish<'a> {
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+    relu: bool,
+    /// Output pixels per channel.
+    p: usize,
+}
+
+impl RowMap for Finish<'_> {
+    #[inline(always)]
+    fn map(&self, c: usize, j0: usize, o: &mut [f32]) {
+        let r = self.residual.map(|r| &r[c * self.p + j0..][..o.len()]);
+        epilogue_segment(o, self.bias[c], r, self.relu);
+    }
+
+    /// In one pass from the sums, without copying them out first.
+    #[inline(always)]
+    fn map_from(&self, c: usize, j0: usize, sums: &[f32], o: &mut [f32]) {
+        let r = self.residual.map(|r| &r[c * self.p + j0..][..o.len()]);
+        epilogue_row(o, sums, self.bias[c], r, self.relu);
+    }
+}
+
+impl amx::Emit<f32, f32> for Finish<'_> {
+    #[inline(always)]
+    fn emit(&self, c: usize, j0: usize, sums: &[f32], o: &mut [f32]) {
+        self.map_from(c, j0, sums, o);
     }
 }
 

@@ -7,7 +7,7 @@ use crate::kernels::gemm::Parallelism;
 
 /// The epilogue of [`epilogue`] on one segment of an output row: `o += bias (+ r)`, then ReLU
 /// if asked (`r` the same segment of the residual).
-#[inline]
+#[inline(always)]
 pub(super) fn epilogue_segment(o: &mut [f32], b: f32, residual: Option<&[f32]>, relu: bool) {
     match (residual, relu) {
         (Some(r), true) => {
@@ -55,6 +55,40 @@ pub(super) fn epilogue(
     } else {
         for (c, o) in out.chunks_mut(p).enumerate() {
             row(c, o);
+        }
+    }
+}
+
+/// `dst = act(src + bias (+ res))`: [`epilogue_segment`] from a separate source (the same
+/// operations, so the same bits).
+#[inline(always)]
+pub(super) fn epilogue_row(
+    dst: &mut [f32],
+    src: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    relu: bool,
+) {
+    match (res, relu) {
+        (Some(r), true) => {
+            for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
+                *d = (s + bias + r).max(0.0);
+            }
+        }
+        (Some(r), false) => {
+            for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
+                *d = s + (bias + r);
+            }
+        }
+        (None, true) => {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = (s + bias).max(0.0);
+            }
+        }
+        (None, false) => {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s + bias;
+            }
         }
     }
 }

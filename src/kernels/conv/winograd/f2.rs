@@ -14,7 +14,8 @@
 //! very close to the direct convolution: 16 products with `(16/36)` of the multiply-adds of
 //! im2col + GEMM.
 
-use super::{epilogue_row, gather_patch_rows, CHUNK, MAX_POINTS};
+use super::{gather_patch_rows, CHUNK, MAX_POINTS};
+use crate::kernels::conv::epilogue::epilogue_row;
 
 /// Winograd-domain points per F(2×2) tile (a 4×4 transformed patch).
 pub(super) const POINTS: usize = 16;

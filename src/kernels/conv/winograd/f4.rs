@@ -16,7 +16,8 @@
 //! of F(2×2)'s 16, so it is used only for convolutions with few channels (see
 //! [`ConvAlgorithm::Auto`](crate::kernels::conv::ConvAlgorithm::Auto)).
 
-use super::{epilogue_row, gather_patch_rows, CHUNK, MAX_POINTS};
+use super::{gather_patch_rows, CHUNK, MAX_POINTS};
+use crate::kernels::conv::epilogue::epilogue_row;
 
 /// Points per tile (6×6).
 pub(super) const POINTS: usize = 36;

@@ -301,35 +301,3 @@ pub(super) fn gather_patch_rows<const N: usize>(
         row[c_lo..c_hi].copy_from_slice(&src[sx..sx + (c_hi - c_lo)]);
     }
 }
-
-/// `dst = act(src + bias (+ res))`.
-pub(super) fn epilogue_row(
-    dst: &mut [f32],
-    src: &[f32],
-    bias: f32,
-    res: Option<&[f32]>,
-    relu: bool,
-) {
-    match (res, relu) {
-        (Some(r), true) => {
-            for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
-                *d = (s + bias + r).max(0.0);
-            }
-        }
-        (Some(r), false) => {
-            for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
-                *d = s + (bias + r);
-            }
-        }
-        (None, true) => {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = (s + bias).max(0.0);
-            }
-        }
-        (None, false) => {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s + bias;
-            }
-        }
-    }
-}

@@ -35,7 +35,8 @@
 //!
 //! The driver (parent module) runs one product per class over its `T·|class|` columns.
 
-use super::{epilogue_row, gather_patch_rows, CHUNK, MAX_POINTS};
+use super::{gather_patch_rows, CHUNK, MAX_POINTS};
+use crate::kernels::conv::epilogue::epilogue_row;
 
 /// Transform-domain points per tile (5×5).
 pub(super) const POINTS: usize = 25;
