@@ -200,7 +200,8 @@ impl Net {
                         + w.t[0].capacity()
                         + w.t[1].capacity()
                         + w.ds.capacity()
-                        + w.scratch.capacity())
+                        + w.scratch.capacity()
+                        + w.panels.capacity())
                         * 4
                         + w.u[0].capacity()
                         + w.u[1].capacity()
