@@ -252,7 +252,7 @@ pub(crate) fn gemm_u8i8_prepacked_emit<T, F>(
     T: Send,
     F: amx::Emit<i32, T>,
 {
-    let (Int8Isa::Amx, Some(kernel), Some(aw)) = (isa, amx::Int8::detect(), w.amx.as_ref()) else {
+    let Some((kernel, aw)) = amx_kernel(w, isa) else {
         panic!("gemm_u8i8: prepacked activations need the AMX kernel");
     };
     assert_eq!(out.len(), w.m * n, "gemm_u8i8: c must be m × n");
@@ -261,18 +261,28 @@ pub(crate) fn gemm_u8i8_prepacked_emit<T, F>(
         amx::packed_words(aw.chunks(), n),
         "gemm_u8i8: prepacked activations of the wrong length"
     );
-    let work = w.m.saturating_mul(n).saturating_mul(w.k);
-    let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
+    let parallel = runs_parallel(par, w.m, n, w.k);
     amx::product(kernel, aw, panels, n, out, parallel, &map);
 }
 
 /// The AMX words of `k` per column ([`HandOn::k4`]) of a product with `w`, when it runs on
 /// AMX with `isa`.
 pub(crate) fn amx_k4(w: &PackedWeights, isa: Int8Isa) -> Option<usize> {
+    amx_kernel(w, isa).map(|(_, aw)| aw.chunks() * amx::WORDS)
+}
+
+/// The AMX kernel and `w`'s AMX layout, when products with `w` run on AMX with `isa`.
+fn amx_kernel(w: &PackedWeights, isa: Int8Isa) -> Option<(amx::Int8, &amx::AmxWeights)> {
     match (isa, amx::Int8::detect(), w.amx.as_ref()) {
-        (Int8Isa::Amx, Some(_), Some(aw)) => Some(aw.chunks() * amx::WORDS),
+        (Int8Isa::Amx, Some(kernel), Some(aw)) => Some((kernel, aw)),
         _ => None,
     }
+}
+
+/// Whether an `m × n × k` product is spread over the rayon pool under `par`.
+fn runs_parallel(par: Parallelism, m: usize, n: usize, k: usize) -> bool {
+    let work = m.saturating_mul(n).saturating_mul(k);
+    par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD
 }
 
 /// [`gemm_u8i8_emit`] of the im2col matrix of `x` (a stride-1 "same" window), packed straight
@@ -448,37 +458,34 @@ where
         }
         return false;
     }
-    let work = m.saturating_mul(n).saturating_mul(k);
-    let parallel = par == Parallelism::Rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
-    if isa == Int8Isa::Amx {
-        if let (Some(kernel), Some(aw)) = (amx::Int8::detect(), w.amx.as_ref()) {
-            let k4 = aw.chunks() * amx::WORDS;
-            // Panels of 16 columns (one tile each), an even number of them.
-            let words = amx::packed_words(aw.chunks(), n);
-            if scratch.len() < words {
-                scratch.resize(words, 0);
-            }
-            let used = n.div_ceil(16) * k4 * 16;
-            let map = pack(wide, &mut scratch[..used], k4, 16);
-            scratch[used..words].fill(0);
-            let packed: &[u32] = &scratch[..words];
-            return match hand_on {
-                Some(HandOn {
-                    handoff,
-                    panels,
-                    k4,
-                }) => {
-                    amx::product_handoff(
-                        kernel, aw, packed, n, out, parallel, &map, handoff, panels, k4,
-                    );
-                    true
-                }
-                None => {
-                    amx::product(kernel, aw, packed, n, out, parallel, &map);
-                    false
-                }
-            };
+    let parallel = runs_parallel(par, m, n, k);
+    if let Some((kernel, aw)) = amx_kernel(w, isa) {
+        let k4 = aw.chunks() * amx::WORDS;
+        // Panels of 16 columns (one tile each), an even number of them.
+        let words = amx::packed_words(aw.chunks(), n);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
         }
+        let used = n.div_ceil(16) * k4 * 16;
+        let map = pack(wide, &mut scratch[..used], k4, 16);
+        scratch[used..words].fill(0);
+        let packed: &[u32] = &scratch[..words];
+        return match hand_on {
+            Some(HandOn {
+                handoff,
+                panels,
+                k4: next_k4,
+            }) => {
+                amx::product_handoff(
+                    kernel, aw, packed, n, out, parallel, &map, handoff, panels, next_k4,
+                );
+                true
+            }
+            None => {
+                amx::product(kernel, aw, packed, n, out, parallel, &map);
+                false
+            }
+        };
     }
     let k4 = k.div_ceil(4);
     let words = n.div_ceil(NR) * k4 * NR;
