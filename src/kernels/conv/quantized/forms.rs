@@ -1,0 +1,68 @@
+//! The forms in which an int8 convolution takes its input and gives its output: f32,
+//! quantised for it (chained from the previous convolution), or packed as AMX panels (handed
+//! on from the previous block).
+
+/// The input of [`QuantizedConv::forward`](super::QuantizedConv::forward).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum QInput<'a> {
+    /// f32 activations.
+    F32(&'a [f32]),
+    /// Activations already quantised with this convolution's calibrated range (as the
+    /// [`QOutput::Quantized`] of the previous convolution writes them).
+    Quantized(&'a [u8]),
+    /// Activations quantised with this convolution's calibrated range and packed for the AMX
+    /// kernel (as the [`QOutput::F32Panels`] of the previous convolution writes them); only
+    /// for a convolution whose [`QuantizedConv::panels_k4`](super::QuantizedConv::panels_k4) is the `k4` they were written
+    /// with.
+    Panels(&'a [u32]),
+}
+
+impl QInput<'_> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            QInput::F32(x) => x.len(),
+            QInput::Quantized(q) => q.len(),
+            QInput::Panels(p) => p.len(),
+        }
+    }
+}
+
+/// An input that is not [`QInput::Panels`].
+#[derive(Clone, Copy)]
+pub(super) enum Plain<'a> {
+    F32(&'a [f32]),
+    Quantized(&'a [u8]),
+}
+
+/// The output of [`QuantizedConv::forward`](super::QuantizedConv::forward).
+#[derive(Debug)]
+pub(crate) enum QOutput<'a> {
+    /// f32 activations.
+    F32(&'a mut [f32]),
+    /// Activations quantised for the next convolution, whose calibrated range is `limit`:
+    /// `q = clamp(round(y · (255 / limit)), 0, 255)`, the bytes the next convolution would
+    /// make of the f32 output `y` if no value exceeded `limit`.
+    Quantized { q: &'a mut [u8], limit: f32 },
+    /// f32 activations `y`, and, from a plain 1×1 convolution on AMX, the same activations
+    /// quantised for a following 1×1 convolution (calibrated range `limit`, `k4` words of `k`
+    /// per column: [`QuantizedConv::panels_k4`](super::QuantizedConv::panels_k4)) and packed for it into `panels`
+    /// ([`crate::kernels::amx::packed_words`]`(k4 / 16, h·w)` words). `y` is always written;
+    /// [`QuantizedConv::forward`](super::QuantizedConv::forward) returns whether `panels` is valid (written, and no value
+    /// exceeded `limit`).
+    F32Panels {
+        y: &'a mut [f32],
+        panels: &'a mut [u32],
+        limit: f32,
+        k4: usize,
+    },
+}
+
+impl QOutput<'_> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            QOutput::F32(y) => y.len(),
+            QOutput::Quantized { q, .. } => q.len(),
+            QOutput::F32Panels { y, .. } => y.len(),
+        }
+    }
+}
