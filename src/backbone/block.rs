@@ -53,9 +53,11 @@ fn max_of(x: &[f32]) -> f32 {
 }
 
 /// One convolution, in f32 or reduced precision, with its input and output in either form
-/// (quantised forms only for int8 convolutions, see [`QuantizedConv::forward`]). Returns
-/// `false` when a quantised output is not valid (a value exceeded the next convolution's
-/// range); it must then be computed again in f32.
+/// (quantised forms and AMX panels only for int8 convolutions, see
+/// [`QuantizedConv::forward`](crate::kernels::conv::QuantizedConv)). Returns whether the
+/// output's quantised or packed form is valid: `false` when a quantised output is not (a
+/// value exceeded the next convolution's range; it must then be computed again in f32), or
+/// when panels were not written (the f32 output is valid either way).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     conv: &Conv2d,

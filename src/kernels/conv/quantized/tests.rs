@@ -305,4 +305,31 @@ fn packed_handoff_between_1x1_convolutions_is_the_f32_path() {
             }
         }
     }
+    // A convolution that quantises its input per image never hands panels on, but still
+    // writes its f32 output.
+    let signed = QuantizedConv::per_image(&conv(8, 64, &mut rnd)).unwrap();
+    let x: Vec<f32> = (0..64 * 9).map(|_| rnd() - 0.5).collect();
+    let mut scratch = QuantScratch::default();
+    let (mut want, mut y) = (vec![f32::NAN; 8 * 9], vec![f32::NAN; 8 * 9]);
+    let (par, amx) = (Parallelism::Sequential, Int8Isa::Amx);
+    let io = (QInput::F32(&x), QOutput::F32(&mut want));
+    assert!(signed.forward(io, 3, 3, None, false, &mut scratch, par, amx));
+    let mut panels = vec![0u32; crate::kernels::amx::packed_words(1, 9)];
+    let out = QOutput::F32Panels {
+        y: &mut y,
+        panels: &mut panels,
+        limit: 1.0,
+        k4: 16,
+    };
+    assert!(!signed.forward(
+        (QInput::F32(&x), out),
+        3,
+        3,
+        None,
+        false,
+        &mut scratch,
+        par,
+        amx
+    ));
+    assert_eq!(y, want);
 }
