@@ -14,7 +14,7 @@
 //! table; `CONV_TABLES` takes a comma list of `algo`, `s2`, `total`).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use patchcore::kernels::conv::{Conv2d, ConvAlgorithm};
+use patchcore::kernels::conv::{Conv2d, ConvAlgorithm, DIRECT_MAX_CHANNELS};
 use patchcore::kernels::gemm::Parallelism;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -222,6 +222,21 @@ fn bench(c: &mut Criterion) {
             &ALGOS[..2]
         };
         for &(name, algo) in algos {
+            let mut setup = Setup::new(sh).with_algorithm(algo);
+            g.throughput(Throughput::Elements(setup.conv.flops(sh.hw, sh.hw)));
+            g.bench_function(BenchmarkId::new(sh.name, name), |b| {
+                b.iter(|| setup.run(sh))
+            });
+        }
+    }
+    g.finish();
+    // The stem (3 input channels): im2col + GEMM against the direct loops.
+    let mut g = c.benchmark_group("conv_stem_algo");
+    for sh in SHAPES.iter().filter(|s| s.cin <= DIRECT_MAX_CHANNELS) {
+        for (name, algo) in [
+            ("im2col", ConvAlgorithm::Im2col),
+            ("direct", ConvAlgorithm::Direct),
+        ] {
             let mut setup = Setup::new(sh).with_algorithm(algo);
             g.throughput(Throughput::Elements(setup.conv.flops(sh.hw, sh.hw)));
             g.bench_function(BenchmarkId::new(sh.name, name), |b| {

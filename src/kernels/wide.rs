@@ -35,4 +35,9 @@ impl Wide {
         let _ = want;
         Wide::Baseline
     }
+
+    /// Whether this is the AVX-512 copy.
+    pub(crate) fn is_avx512(self) -> bool {
+        !matches!(self, Wide::Baseline)
+    }
 }

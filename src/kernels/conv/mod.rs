@@ -24,6 +24,10 @@
 //! sequential GEMM per task, output transform + epilogue per output channel), with the same
 //! thread-count independence.
 //!
+//! Convolutions of at most [`DIRECT_MAX_CHANNELS`] input channels (the stem) are computed
+//! directly on CPUs with AVX-512 (module `direct`: sums of a block of output channels and
+//! columns kept in registers over every tap of the kernel), without the im2col copy.
+//!
 //! Bias, residual addition and ReLU are applied in a single pass over the output right after
 //! the GEMM (fused into the output transform on the Winograd path). Eval-mode BatchNorm is folded into the weights beforehand with
 //! [`fold_batchnorm`].
@@ -37,12 +41,15 @@
 mod algorithm;
 mod batchnorm;
 mod bf16;
+mod direct;
 mod epilogue;
 mod im2col;
 mod quantized;
 mod winograd;
 
-pub use algorithm::{ConvAlgorithm, WINOGRAD_MIN_CHANNELS, WINOGRAD_S2_MIN_CHANNEL_PRODUCT};
+pub use algorithm::{
+    ConvAlgorithm, DIRECT_MAX_CHANNELS, WINOGRAD_MIN_CHANNELS, WINOGRAD_S2_MIN_CHANNEL_PRODUCT,
+};
 pub use batchnorm::fold_batchnorm;
 pub use bf16::{Bf16Conv, Bf16Scratch};
 pub(crate) use quantized::{QInput, QOutput};
@@ -53,6 +60,7 @@ use epilogue::epilogue;
 use std::sync::OnceLock;
 
 use super::gemm::{gemm, Backend, MatRef, Parallelism};
+use super::wide::Wide;
 use crate::error::{Error, Result};
 
 /// Parallel passes over buffers smaller than this many elements run sequentially.
@@ -253,7 +261,8 @@ impl Conv2d {
     /// Scratch elements [`Conv2d::forward_image`] needs for an `h × w` input (0 for 1×1
     /// stride-1 unpadded convolutions; `16·⌈h/2⌉·⌈w/2⌉·(cin + cout)` with Winograd F(2×2),
     /// `36·⌈h/4⌉·⌈w/4⌉·(cin + cout)` with F(4×4), `25·⌈oh/2⌉·⌈ow/2⌉·(cin + cout)` with the
-    /// stride-2 variant (`oh × ow` the output size), `cin·kh·kw·oh·ow` with im2col).
+    /// stride-2 variant (`oh × ow` the output size), `cin·kh·kw·oh·ow` with im2col; with
+    /// [`ConvAlgorithm::Direct`] the stride-split padded input and the reordered weights).
     ///
     /// # Panics
     ///
@@ -263,6 +272,9 @@ impl Conv2d {
             return 0;
         }
         let (oh, ow) = self.out_hw(h, w);
+        if self.uses_direct() {
+            return self.direct_geometry(h, w).scratch_len();
+        }
         match self.tile_for(h, w) {
             Some(tile) => winograd::scratch_len(tile, self.cin, self.cout, oh, ow),
             None => self.cin * self.kh * self.kw * oh * ow,
@@ -271,6 +283,23 @@ impl Conv2d {
 
     fn is_direct(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// The shape of [`ConvAlgorithm::Direct`] over an `h × w` input.
+    fn direct_geometry(&self, h: usize, w: usize) -> direct::Geometry {
+        let (oh, ow) = self.out_hw(h, w);
+        direct::Geometry {
+            cin: self.cin,
+            cout: self.cout,
+            h,
+            w,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+            oh,
+            ow,
+        }
     }
 
     /// One image: `input` is `[cin, h, w]`, `out` is `[cout, oh, ow]`.
@@ -342,6 +371,27 @@ impl Conv2d {
         );
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "Conv2d: residual must match out");
+        }
+
+        if self.uses_direct() {
+            let g = self.direct_geometry(h, w);
+            let need = g.scratch_len();
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            direct::forward(
+                &g,
+                &self.weight,
+                &self.bias,
+                input,
+                out,
+                residual,
+                relu,
+                &mut scratch[..need],
+                par,
+                Wide::detect(true),
+            );
+            return;
         }
 
         if let Some(tile) = self.tile_for(h, w) {
