@@ -154,6 +154,13 @@ fn product_impl<O: AmxOp, P: Copy + Sync, T: Send, H: Handoff<T>>(
 pub(crate) trait BlockSink<S> {
     /// The sums of row block `block` for the columns `col0 ..`.
     fn block(&mut self, block: usize, col0: usize, sums: &[[S; COLS]; ROWS]);
+
+    /// Row block `block` of the columns `col0 .. col0 + cols` is next: a sink that writes
+    /// memory may ask for its lines now, so that they arrive while the tiles compute.
+    #[inline(always)]
+    fn prefetch(&mut self, block: usize, col0: usize, cols: usize) {
+        let _ = (block, col0, cols);
+    }
 }
 
 /// The rows `o` of a task of [`product`]: each block's rows go to `emit`, segment by segment.
@@ -166,6 +173,20 @@ struct RowsOut<'a, E, T> {
 }
 
 impl<S, T, E: Emit<S, T>> BlockSink<S> for RowsOut<'_, E, T> {
+    #[inline(always)]
+    fn prefetch(&mut self, blk: usize, c0: usize, cols: usize) {
+        let n = self.n;
+        let cols = cols.min(n - c0);
+        let r0 = (blk - self.first) * ROWS;
+        let bytes = cols * std::mem::size_of::<T>();
+        for r in r0..(r0 + ROWS).min(self.rows) {
+            let row = self.o[r * n + c0..].as_ptr().cast::<u8>();
+            for off in (0..bytes).step_by(64) {
+                prefetch_write(row.wrapping_add(off));
+            }
+        }
+    }
+
     #[inline(always)]
     fn block(&mut self, blk: usize, c0: usize, sums: &[[S; COLS]; ROWS]) {
         let n = self.n;
@@ -238,6 +259,11 @@ struct RowsAndPanels<'a, E, T, H> {
 }
 
 impl<S, T, E: Emit<S, T>, H: Handoff<T>> BlockSink<S> for RowsAndPanels<'_, E, T, H> {
+    #[inline(always)]
+    fn prefetch(&mut self, blk: usize, c0: usize, cols: usize) {
+        self.rows.prefetch(blk, c0, cols);
+    }
+
     #[inline(always)]
     fn block(&mut self, blk: usize, c0: usize, sums: &[[S; COLS]; ROWS]) {
         self.rows.block(blk, c0, sums);
@@ -329,4 +355,17 @@ impl<O: AmxOp, P: Copy, E, H> Task<'_, O, P, E, H> {
     {
         self.run(sums, t, o)
     }
+}
+
+/// Asks for the cache line of `p` in the exclusive state (`prefetchw`), a hint only: no
+/// memory is read or written, and an address outside mapped memory is ignored.
+#[inline(always)]
+fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads and writes no memory and does not fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
