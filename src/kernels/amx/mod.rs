@@ -29,7 +29,9 @@
 pub(crate) mod direct;
 mod product;
 
-pub(crate) use product::{product, product_handoff, BlockSink, Emit, Handoff, NoHandoff};
+pub(crate) use product::{
+    prefetch_read, product, product_handoff, BlockSink, Emit, Handoff, NoHandoff,
+};
 
 /// Columns of a pair of activation panels: two tiles of 16.
 pub(crate) const COLS: usize = 32;

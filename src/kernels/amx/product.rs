@@ -12,6 +12,13 @@ use crate::kernels::wide::Wide;
 pub(crate) trait Emit<S, T>: Sync {
     /// Handles one segment.
     fn emit(&self, row: usize, col0: usize, sums: &[S], out: &mut [T]);
+
+    /// The segment `row`, `col0 .. col0 + len` comes soon: an epilogue that reads other
+    /// memory for it (a residual) may ask for those lines now ([`prefetch_read`]).
+    #[inline(always)]
+    fn prefetch(&self, row: usize, col0: usize, len: usize) {
+        let _ = (row, col0, len);
+    }
 }
 
 impl<S, T, F: Fn(usize, usize, &[S], &mut [T]) + Sync> Emit<S, T> for F {
@@ -184,6 +191,7 @@ impl<S, T, E: Emit<S, T>> BlockSink<S> for RowsOut<'_, E, T> {
             for off in (0..bytes).step_by(64) {
                 prefetch_write(row.wrapping_add(off));
             }
+            self.emit.prefetch(blk * ROWS + r - r0, c0, cols);
         }
     }
 
@@ -368,4 +376,22 @@ fn prefetch_write(p: *const u8) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Asks for the cache lines of `values` (into every cache level), a hint only, as
+/// [`prefetch_write`].
+#[inline(always)]
+pub(crate) fn prefetch_read<T>(values: &[T]) {
+    let p = values.as_ptr().cast::<u8>();
+    for off in (0..std::mem::size_of_val(values)).step_by(64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch reads and writes no memory and does not fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                p.wrapping_add(off).cast(),
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = p.wrapping_add(off);
+    }
 }

@@ -296,6 +296,13 @@ impl amx::Emit<f32, f32> for Finish<'_> {
     fn emit(&self, c: usize, j0: usize, sums: &[f32], o: &mut [f32]) {
         self.map_from(c, j0, sums, o);
     }
+
+    #[inline(always)]
+    fn prefetch(&self, c: usize, j0: usize, len: usize) {
+        if let Some(r) = self.residual {
+            amx::prefetch_read(&r[c * self.p + j0..][..len]);
+        }
+    }
 }
 
 /// Grows `buf` to at least `n` elements (contents unspecified; callers overwrite them).

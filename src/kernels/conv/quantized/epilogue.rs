@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::kernels::amx::{Emit, Handoff};
+use crate::kernels::amx::{prefetch_read, Emit, Handoff};
 use crate::kernels::int8::quantize_u8;
 
 /// The epilogue of a call whose input step is `x_step` (see the module documentation of the
@@ -78,10 +78,25 @@ impl<const ZP: bool> Dequant<'_, ZP> {
     }
 }
 
+impl<const ZP: bool> Dequant<'_, ZP> {
+    /// Asks for the residual of row `c`, columns `j0 .. j0 + len` (see [`Emit::prefetch`]).
+    #[inline(always)]
+    fn prefetch_residual(&self, c: usize, j0: usize, len: usize) {
+        if let Some(r) = self.residual {
+            prefetch_read(&r[c * self.p + j0..][..len]);
+        }
+    }
+}
+
 impl<const ZP: bool> Emit<i32, f32> for Dequant<'_, ZP> {
     #[inline(always)]
     fn emit(&self, c: usize, j0: usize, sums: &[i32], o: &mut [f32]) {
         self.each(c, j0, sums, o, |o, y| *o = y);
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, c: usize, j0: usize, len: usize) {
+        self.prefetch_residual(c, j0, len);
     }
 }
 
@@ -96,6 +111,11 @@ pub(super) struct Requant<'a> {
 }
 
 impl Emit<i32, u8> for Requant<'_> {
+    #[inline(always)]
+    fn prefetch(&self, c: usize, j0: usize, len: usize) {
+        self.dequant.prefetch_residual(c, j0, len);
+    }
+
     #[inline(always)]
     fn emit(&self, c: usize, j0: usize, sums: &[i32], o: &mut [u8]) {
         let (scale, limit) = (self.scale, self.limit);
