@@ -185,12 +185,8 @@ impl<S, T, E: Emit<S, T>> BlockSink<S> for RowsOut<'_, E, T> {
         let n = self.n;
         let cols = cols.min(n - c0);
         let r0 = (blk - self.first) * ROWS;
-        let bytes = cols * std::mem::size_of::<T>();
         for r in r0..(r0 + ROWS).min(self.rows) {
-            let row = self.o[r * n + c0..].as_ptr().cast::<u8>();
-            for off in (0..bytes).step_by(64) {
-                prefetch_write(row.wrapping_add(off));
-            }
+            prefetch_write(&self.o[r * n + c0..][..cols]);
             self.emit.prefetch(blk * ROWS + r - r0, c0, cols);
         }
     }
@@ -365,33 +361,38 @@ impl<O: AmxOp, P: Copy, E, H> Task<'_, O, P, E, H> {
     }
 }
 
-/// Asks for the cache line of `p` in the exclusive state (`prefetchw`), a hint only: no
-/// memory is read or written, and an address outside mapped memory is ignored.
+/// Asks for the cache lines of `values` to be written (`prefetchw`: each line in the
+/// exclusive state), a hint only, as [`prefetch_read`].
 #[inline(always)]
-fn prefetch_write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads and writes no memory and does not fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+fn prefetch_write<T>(values: &[T]) {
+    prefetch_lines::<true, T>(values);
 }
 
-/// Asks for the cache lines of `values` (into every cache level), a hint only, as
-/// [`prefetch_write`].
+/// Asks for the cache lines of `values` (`prefetcht0`: into every cache level), a hint only:
+/// no memory is read or written.
 #[inline(always)]
 pub(crate) fn prefetch_read<T>(values: &[T]) {
+    prefetch_lines::<false, T>(values);
+}
+
+/// One prefetch per 64 bytes of `values`, for writing (`WRITE`) or reading.
+#[inline(always)]
+fn prefetch_lines<const WRITE: bool, T>(values: &[T]) {
     let p = values.as_ptr().cast::<u8>();
     for off in (0..std::mem::size_of_val(values)).step_by(64) {
+        let line = p.wrapping_add(off).cast::<i8>();
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch reads and writes no memory and does not fault.
+        // SAFETY: a prefetch reads and writes no memory and does not fault (the addresses
+        // are inside `values` anyway).
         unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                p.wrapping_add(off).cast(),
-            )
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            if WRITE {
+                _mm_prefetch::<_MM_HINT_ET0>(line)
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(line)
+            }
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = p.wrapping_add(off);
+        let _ = line;
     }
 }
