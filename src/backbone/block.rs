@@ -2,6 +2,7 @@
 //! one image.
 
 use super::resnet::{Isas, LowConv};
+use crate::kernels::aligned::{aligned, aligned_mut};
 use crate::kernels::conv::{Bf16Scratch, Conv2d, QInput, QOutput, QuantScratch};
 use crate::kernels::gemm::Parallelism;
 
@@ -177,7 +178,7 @@ impl Block {
             let (t_src, t_dst) = other_and(&mut wk.t, d);
             let (u_src, u_dst) = other_and(&mut wk.u, d);
             let src = match (act, panels_in) {
-                (Act::Input, Some(words)) => QInput::Panels(&wk.panels[..words]),
+                (Act::Input, Some(words)) => QInput::Panels(aligned(&wk.panels, words)),
                 (Act::Input, None) => QInput::F32(x),
                 (Act::F32(_), _) => QInput::F32(&t_src[..len_in]),
                 (Act::U8(_), _) => QInput::Quantized(&u_src[..len_in]),
@@ -250,12 +251,10 @@ impl Block {
         };
         let out = match (next, words) {
             (Some((limit, k4)), Some(words)) => {
-                if wk.panels.len() < words {
-                    wk.panels.resize(words, 0);
-                }
                 QOutput::F32Panels {
                     y,
-                    panels: &mut wk.panels[..words],
+                    // From a cache line (the tile rows), read back with `aligned` below.
+                    panels: aligned_mut(&mut wk.panels, words),
                     limit,
                     k4,
                 }

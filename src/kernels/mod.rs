@@ -7,6 +7,7 @@
 //! CPUs run), one file per instruction set, and a token, made from what `cpu.rs` detected,
 //! that proves the CPU runs it.
 
+pub(crate) mod aligned;
 pub(crate) mod amx;
 pub mod bf16;
 pub mod conv;

@@ -29,6 +29,8 @@
 pub(crate) mod direct;
 mod product;
 
+use super::aligned::LineBuf;
+
 pub(crate) use product::{
     prefetch_read, product, product_handoff, BlockSink, Emit, Handoff, NoHandoff,
 };
@@ -174,7 +176,7 @@ mod os {
 /// `chunks` tiles of 16 rows × [`WORDS`] words (zero-padded), one after another.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AmxWeights {
-    tiles: Vec<u32>,
+    tiles: LineBuf<u32>,
     chunks: usize,
 }
 
@@ -193,8 +195,7 @@ impl AmxWeights {
         let row_tiles = m.div_ceil(ROWS) * 2;
         self.chunks = chunks;
         let tiles = &mut self.tiles;
-        tiles.clear();
-        tiles.resize(row_tiles * chunks * TILE, 0);
+        tiles.resize(row_tiles * chunks * TILE);
         if chunks == 0 {
             return;
         }

@@ -81,6 +81,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::aligned::{aligned, aligned_mut};
 use super::amx;
 use super::gemm::Parallelism;
 use super::wide::Wide;
@@ -519,10 +520,8 @@ fn gemm_amx<T: Bf16Input>(
 ) {
     // Two u16 per 32-bit word of the tiles.
     let len = 2 * amx::packed_words(aw.chunks(), n);
-    if scratch.len() < len {
-        scratch.resize(len, 0);
-    }
-    let packed = &mut scratch[..len];
+    // From a cache line, as every tile row then is.
+    let packed = aligned_mut(scratch, len);
     let panel_len = 2 * 16 * aw.chunks() * amx::WORDS;
     let wide = Wide::detect(true);
     let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(wide, b, k, n, p * 16, 16, dst);
@@ -532,7 +531,7 @@ fn gemm_amx<T: Bf16Input>(
     } else {
         packed.chunks_mut(panel_len).enumerate().for_each(pack);
     }
-    let packed = &scratch[..len];
+    let packed = aligned(scratch, len);
     amx::product(op, aw, packed, n, c, parallel, &CopyThen(map));
 }
 

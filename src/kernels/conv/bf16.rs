@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use std::sync::OnceLock;
 
+use crate::kernels::aligned::{aligned, aligned_mut};
 use crate::kernels::amx;
 use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
 use crate::kernels::bf16::{gemm_bf16_rows, to_bf16, Bf16Isa, PackedBf16Weights, RowMap};
@@ -201,10 +202,11 @@ impl Bf16Conv {
             // The input rounded to bf16 into a padded channels-last copy, read straight into
             // the tiles (see `amx::direct`).
             let rayon = par == Parallelism::Rayon;
-            grow(&mut scratch.x, grid.len());
-            direct::fill_channels_last_bf16(input, grid, &mut scratch.x[..grid.len()], rayon);
+            // On a cache line, as every tile row then is (`cin` is a multiple of 32).
+            let xs = aligned_mut(&mut scratch.x, grid.len());
+            direct::fill_channels_last_bf16(input, grid, xs, rayon);
             // (Always `Some`: `direct_path` checked the grid, and the length is its own.)
-            if let Some(x) = ChannelsLast::new(&scratch.x[..grid.len()], grid) {
+            if let Some(x) = ChannelsLast::new(aligned(&scratch.x, grid.len()), grid) {
                 let work = self.cout * p * k;
                 let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
                 direct::conv(op, dw, x, out, parallel, &finish);

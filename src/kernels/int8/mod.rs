@@ -35,6 +35,7 @@ mod weights;
 
 use rayon::prelude::*;
 
+use crate::kernels::aligned::{aligned, aligned_mut};
 use crate::kernels::amx;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::wide::Wide;
@@ -463,13 +464,12 @@ where
         let k4 = aw.chunks() * amx::WORDS;
         // Panels of 16 columns (one tile each), an even number of them.
         let words = amx::packed_words(aw.chunks(), n);
-        if scratch.len() < words {
-            scratch.resize(words, 0);
-        }
+        // From a cache line, as every tile row then is.
+        let buf = aligned_mut(scratch, words);
         let used = n.div_ceil(16) * k4 * 16;
-        let map = pack(wide, &mut scratch[..used], k4, 16);
-        scratch[used..words].fill(0);
-        let packed: &[u32] = &scratch[..words];
+        let map = pack(wide, &mut buf[..used], k4, 16);
+        buf[used..].fill(0);
+        let packed: &[u32] = aligned(scratch, words);
         return match hand_on {
             Some(HandOn {
                 handoff,
@@ -489,11 +489,8 @@ where
     }
     let k4 = k.div_ceil(4);
     let words = n.div_ceil(NR) * k4 * NR;
-    if scratch.len() < words {
-        scratch.resize(words, 0);
-    }
-    let map = pack(wide, &mut scratch[..words], k4, NR);
-    let packed: &[u32] = &scratch[..words];
+    let map = pack(wide, aligned_mut(scratch, words), k4, NR);
+    let packed: &[u32] = aligned(scratch, words);
     let kernel = TileKernel::new(isa);
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use bound::{BoundCoef, MAX_NORM_PRODUCT, PREFILTER_SLACK};
 pub(super) use search::{default_cap, search_chunk, ChunkState};
 
+use crate::kernels::aligned::LineBuf;
 #[cfg(test)]
 use crate::kernels::screen::to_bf16;
 use crate::kernels::screen::{
@@ -51,7 +52,7 @@ pub(super) struct Screen {
     /// Bank rows.
     n: usize,
     /// The bank's centred bf16 bit patterns in `layout`.
-    packed: Vec<u16>,
+    packed: LineBuf<u16>,
     /// Per bank row (padded to whole panels of [`PANEL`] rows with zeros).
     meta: Vec<RowMeta>,
     /// f32 copies of `meta`, per panel.
@@ -111,7 +112,8 @@ impl Screen {
         // Both layouts have whole panels of `PANEL` rows' worth of bit patterns.
         let group = PANEL / layout.rows;
         let group_len = layout.panel_len() * group;
-        let mut packed = vec![0u16; layout.panels_for(n).div_ceil(group) * group_len];
+        // From a cache line: the AMX kernel loads its tiles straight from it.
+        let mut packed = LineBuf::zeroed(layout.panels_for(n).div_ceil(group) * group_len);
         let mut meta = vec![RowMeta::default(); panels * PANEL];
         packed
             .par_chunks_mut(group_len)

@@ -1,6 +1,7 @@
 //! The weights of a direct convolution as AMX `B` tiles.
 
 use super::COLS;
+use crate::kernels::aligned::LineBuf;
 
 /// The weights of a `size × size` convolution as AMX `B` tiles for channels-last inputs:
 /// per pair of 16-channel output tiles, per chunk (tap `t`, one tile row of input channels
@@ -9,7 +10,7 @@ use super::COLS;
 /// bits) × 16 output channels.
 #[derive(Debug, Clone)]
 pub(crate) struct DirectWeights {
-    pub(super) tiles: Vec<u32>,
+    pub(super) tiles: LineBuf<u32>,
     pub(super) m: usize,
     pub(super) cin: usize,
     pub(super) size: usize,
@@ -52,7 +53,7 @@ impl DirectWeights {
         let chunks = taps * cc;
         let pairs = m.div_ceil(COLS);
         let bits = 32 / per_word;
-        let mut tiles = vec![0u32; pairs * chunks * 2 * 256];
+        let mut tiles = LineBuf::zeroed(pairs * chunks * 2 * 256);
         for (i, tile) in tiles.chunks_exact_mut(256).enumerate() {
             let (pair, rest) = (i / (2 * chunks), i % (2 * chunks));
             let (chunk, half) = (rest / 2, rest % 2);

@@ -59,6 +59,7 @@ pub(crate) use forms::{QInput, QOutput};
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
+use crate::kernels::aligned::{aligned, aligned_mut};
 use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
 use crate::kernels::amx::{self, Emit, Handoff};
 use crate::kernels::gemm::Parallelism;
@@ -569,10 +570,11 @@ impl QuantizedConv {
                     }
                     Plain::Quantized(q) => (q, limit),
                 };
-                grow(xbuf, grid.len());
-                direct::fill_channels_last(planes, grid, &mut xbuf[..grid.len()], rayon);
+                // On a cache line, as every tile row then is (`cin` is a multiple of 64).
+                let xs = aligned_mut(xbuf, grid.len());
+                direct::fill_channels_last(planes, grid, xs, rayon);
                 // (Always `Some`: the grid is supported and the length is its own.)
-                if let Some(x) = ChannelsLast::new(&xbuf[..grid.len()], grid) {
+                if let Some(x) = ChannelsLast::new(aligned(xbuf, grid.len()), grid) {
                     let work = self.cout * p * k;
                     let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
                     direct::conv(op, dw, x, out, parallel, &make(range));
