@@ -278,7 +278,9 @@ mod tests {
 
     /// A bottleneck network in int8 gives the same bits with every kernel of this CPU: on AMX
     /// each block's last convolution packs its output for the next block's first one
-    /// (`QOutput::F32Panels`), which the other kernels never do. Calibrated on 8 images
+    /// (`QOutput::F32Panels`), and the 3×3 convolutions of the first two stages (64 channels:
+    /// the direct path) write theirs straight into the panels of the last one
+    /// (`QOutput::Panels`), which the other kernels never do. Calibrated on 8 images
     /// (activations chained) and on 2, with an input like the calibration ones and one beyond
     /// every range (the panels refused, the f32 output packed again).
     #[test]
@@ -290,7 +292,7 @@ mod tests {
             block: BlockKind::Bottleneck,
             blocks: [2, 2, 2, 1],
             stem_channels: 16,
-            planes: [16, 32, 16, 16],
+            planes: [64, 64, 16, 16],
             width_per_group: 64,
         };
         let taps = [Layer::Layer2, Layer::Layer3];

@@ -238,10 +238,14 @@ pub(crate) fn no_hand_on<'a>() -> Option<HandOn<'a, amx::NoHandoff>> {
 /// product's [`HandOn`]): `panels` holds `n` columns in [`amx::packed_words`]`(chunks, n)`
 /// words for `w`'s AMX chunks.
 ///
+/// With `hand_on`, the output is also written as the packed activations of a following
+/// product ([`HandOn`]); returns whether it was (always, when asked).
+///
 /// # Panics
 /// If the CPU does not run the AMX kernel, `isa` is not [`Int8Isa::Amx`], the weights have no
 /// AMX layout, or `panels` does not have that length.
-pub(crate) fn gemm_u8i8_prepacked_emit<T, F>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_u8i8_prepacked_emit<T, F, H>(
     w: &PackedWeights,
     panels: &[u32],
     n: usize,
@@ -249,9 +253,12 @@ pub(crate) fn gemm_u8i8_prepacked_emit<T, F>(
     par: Parallelism,
     isa: Int8Isa,
     map: F,
-) where
+    hand_on: Option<HandOn<'_, H>>,
+) -> bool
+where
     T: Send,
     F: amx::Emit<i32, T>,
+    H: amx::Handoff<T>,
 {
     let Some((kernel, aw)) = amx_kernel(w, isa) else {
         panic!("gemm_u8i8: prepacked activations need the AMX kernel");
@@ -263,7 +270,22 @@ pub(crate) fn gemm_u8i8_prepacked_emit<T, F>(
         "gemm_u8i8: prepacked activations of the wrong length"
     );
     let parallel = runs_parallel(par, w.m, n, w.k);
-    amx::product(kernel, aw, panels, n, out, parallel, &map);
+    match hand_on {
+        Some(HandOn {
+            handoff,
+            panels: next,
+            k4,
+        }) => {
+            amx::product_handoff(
+                kernel, aw, panels, n, out, parallel, &map, handoff, next, k4,
+            );
+            true
+        }
+        None => {
+            amx::product(kernel, aw, panels, n, out, parallel, &map);
+            false
+        }
+    }
 }
 
 /// The AMX words of `k` per column ([`HandOn::k4`]) of a product with `w`, when it runs on

@@ -29,9 +29,11 @@
 //! four sum tiles, summed over `k` in chunks of 64 input channels of one tap (`k` in tap-major
 //! order, so the weights are packed for it: [`DirectWeights`]). The sums come out
 //! position-major; they are transposed in cache and handed to the same epilogues as the packed
-//! path ([`Emit`]), one output channel and one run of valid positions at a time. A task is a
-//! run of output-channel pairs (disjoint rows of the output); within it, each pair of output
-//! channels meets every block of positions, so that its weights stay in the level-2 cache,
+//! path ([`Emit`]), one output channel and one run of valid positions at a time ([`conv`]),
+//! or, for a following 1×1 convolution, quantised position by position straight into its
+//! AMX panels (four output channels of a position are one word of the panels: [`conv_panels`],
+//! no transposition). A task is a run of output-channel pairs (disjoint rows of the output);
+//! within it, each pair of output channels meets every block of positions, so that its weights stay in the level-2 cache,
 //! in groups of [`GROUP`] blocks that go through the taps together, [`K_BLOCK_BYTES`] of
 //! weights at a time (their sums stored and reloaded in between), so that those weights are
 //! read from the level-1 cache by all but the first block (int8 WRN-50-2 backbone 12.8 →
@@ -75,12 +77,16 @@ pub(crate) const fn chunk_channels<O: DirectOp>() -> usize {
 }
 
 mod layout;
+mod sinks;
 #[cfg(test)]
 mod tests;
 mod weights;
 
 pub(crate) use layout::{fill_channels_last, fill_channels_last_bf16, ChannelsLast, Grid};
+pub(crate) use sinks::DirectBytes;
 pub(crate) use weights::DirectWeights;
+
+use sinks::{DirectSink, Planar, SharedWords, ToPanels};
 
 /// The convolution of `x` with `w`: `out` is `[m, h·w]` (row-major, `m` the weights' output
 /// channels); calls `emit(c, j0, sums, segment)` for every output channel `c` and run of
@@ -98,41 +104,27 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
     parallel: bool,
     emit: &impl Emit<O::Sum, T>,
 ) {
-    let grid = x.grid;
-    assert!(
-        w.cin == grid.cin && w.size == grid.size && w.per_word == O::PER_WORD,
-        "amx direct: weights for {}×{} on {} channels, input {}×{} on {}",
-        w.size,
-        w.size,
-        w.cin,
-        grid.size,
-        grid.size,
-        grid.cin
-    );
-    let (oh, ow) = grid.out_hw();
+    let job = Job::new(op, w, x, parallel);
+    let (oh, ow) = x.grid.out_hw();
     let p = oh * ow;
     assert_eq!(out.len(), w.m * p, "amx direct: output length");
-    let pairs = w.m.div_ceil(COLS);
-    let task_pairs = if parallel {
-        pairs.div_ceil(2 * rayon::current_num_threads()).max(1)
-    } else {
-        pairs
-    };
     let wide = Wide::detect(true);
-    let job = Job {
-        op,
-        w,
-        x,
-        emit,
-        task_pairs,
+    let task = |t: usize, o: &mut [T]| {
+        let (rows, oc0) = (o.len() / p, t * job.task_pairs * COLS);
+        match wide {
+            Wide::Baseline => {
+                let mut sink = Planar::<O::Sum, _, _, false>::new(&job, emit, o, oc0);
+                job.run(t, rows, &mut sink)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+            Wide::Avx512(_) => unsafe {
+                let mut sink = Planar::<O::Sum, _, _, true>::new(&job, emit, o, oc0);
+                job.run_avx512(t, rows, &mut sink)
+            },
+        }
     };
-    let task = |t: usize, o: &mut [T]| match wide {
-        Wide::Baseline => job.run::<T, false>(t, o),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
-        Wide::Avx512(_) => unsafe { job.run_avx512(t, o) },
-    };
-    let task_len = task_pairs * COLS * p;
+    let task_len = job.task_pairs * COLS * p;
     if parallel {
         use rayon::prelude::*;
         out.par_chunks_mut(task_len)
@@ -143,34 +135,127 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
     }
 }
 
-/// One call of [`conv`].
-struct Job<'a, O: DirectOp, E> {
+/// The int8 convolution of `x` with `w`, its output quantised for a following 1×1
+/// convolution and packed for it, as [`super::product_handoff`] packs its own (panels of 16
+/// output pixels, `k4` words of four output channels per pixel, [`super::packed_words`]`(k4 /
+/// 16, h·w)` words; the words of pixels past the output are zero). The bytes are those that
+/// `Requant` would write with `bytes` as its epilogue. Returns `false` when a value exceeded
+/// the range of `bytes` (the panels are then not valid).
+///
+/// # Panics
+/// As [`conv`], or if `k4` is not a multiple of 16 smaller than the output channels take, or
+/// `panels` has the wrong length.
+pub(crate) fn conv_panels(
+    op: Int8,
+    w: &DirectWeights,
+    x: ChannelsLast<'_, u8>,
+    parallel: bool,
+    bytes: &DirectBytes<'_>,
+    panels: &mut [u32],
+    k4: usize,
+) -> bool {
+    let job = Job::new(op, w, x, parallel);
+    let (oh, ow) = x.grid.out_hw();
+    let p = oh * ow;
+    assert!(
+        k4.is_multiple_of(16) && 4 * k4 >= w.m.next_multiple_of(COLS),
+        "amx direct: {k4} words of k for {} channels",
+        w.m
+    );
+    assert_eq!(
+        panels.len(),
+        super::packed_words(k4 / 16, p),
+        "amx direct: panels length"
+    );
+    zero_tail_columns(panels, k4, p);
+    let shared = SharedWords::new(panels, k4);
+    let wide = Wide::detect(true);
+    let task = |t: usize| {
+        let oc0 = t * job.task_pairs * COLS;
+        let rows = (job.task_pairs * COLS).min(w.m - oc0);
+        let mut sink = ToPanels::new(&job, bytes, &shared, oc0, rows);
+        match wide {
+            Wide::Baseline => job.run(t, rows, &mut sink),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+            Wide::Avx512(_) => unsafe { job.run_avx512(t, rows, &mut sink) },
+        }
+        sink.finish()
+    };
+    let tasks = w.m.div_ceil(job.task_pairs * COLS);
+    if parallel {
+        use rayon::prelude::*;
+        (0..tasks)
+            .into_par_iter()
+            .map(task)
+            .reduce(|| true, |a, b| a & b)
+    } else {
+        (0..tasks).map(task).fold(true, |a, b| a & b)
+    }
+}
+
+/// Zeroes the words of the columns from `n` in the panels (16 columns each, `k4` words per
+/// column): the pixels past the output, which no block writes.
+fn zero_tail_columns(panels: &mut [u32], k4: usize, n: usize) {
+    let panel_len = 16 * k4;
+    for (p, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
+        let valid = n.saturating_sub(16 * p).min(16);
+        if valid < 16 {
+            for g in panel.chunks_exact_mut(16) {
+                g[valid..].fill(0);
+            }
+        }
+    }
+}
+
+/// One call of [`conv`] or [`conv_panels`].
+struct Job<'a, O: DirectOp> {
     op: O,
     w: &'a DirectWeights,
     x: ChannelsLast<'a, O::Elem>,
-    emit: &'a E,
     task_pairs: usize,
 }
 
-impl<O: DirectOp, E> Job<'_, O, E> {
-    /// Task `t`: output channels from `t·task_pairs·32`, whose rows are `o`. `AVX512` only
-    /// from [`Job::run_avx512`] (it transposes with AVX-512 instructions).
+impl<'a, O: DirectOp> Job<'a, O> {
+    /// Checks the shapes and splits the output channels into tasks.
+    fn new(op: O, w: &'a DirectWeights, x: ChannelsLast<'a, O::Elem>, parallel: bool) -> Self {
+        let grid = x.grid;
+        assert!(
+            w.cin == grid.cin && w.size == grid.size && w.per_word == O::PER_WORD,
+            "amx direct: weights for {}×{} on {} channels, input {}×{} on {}",
+            w.size,
+            w.size,
+            w.cin,
+            grid.size,
+            grid.size,
+            grid.cin
+        );
+        let pairs = w.m.div_ceil(COLS);
+        let task_pairs = if parallel {
+            pairs.div_ceil(2 * rayon::current_num_threads()).max(1)
+        } else {
+            pairs
+        };
+        Job {
+            op,
+            w,
+            x,
+            task_pairs,
+        }
+    }
+
+    /// Task `t`: the `rows` output channels from `t·task_pairs·32`, each finished block of
+    /// sums handed to `sink`.
     #[inline(always)]
-    fn run<T, const AVX512: bool>(&self, t: usize, o: &mut [T])
-    where
-        E: Emit<O::Sum, T>,
-    {
+    fn run(&self, t: usize, rows: usize, sink: &mut impl DirectSink<O::Sum>) {
         let _ = self.op;
         let grid = self.x.grid;
-        let (oh, ow) = grid.out_hw();
-        let (cin, size, p) = (grid.cin, grid.size, oh * ow);
-        let rows = o.len() / p;
+        let (cin, size) = (grid.cin, grid.size);
         let oc0 = t * self.task_pairs * COLS;
         let chunks = self.w.chunks();
         let cc = cin / chunk_channels::<O>();
         let pair_words = chunks * 2 * 256;
         let row_stride = grid.stride * cin * std::mem::size_of::<O::Elem>();
-        let mut tr = Sums([[O::Sum::default(); COLS]; ROWS]);
         let mut group = [Sums([[O::Sum::default(); COLS]; ROWS]); GROUP];
         let taps = size * size;
         // Taps per k-block: their weights (2 KiB per chunk of the pair) stay in the level-1
@@ -207,17 +292,7 @@ impl<O: DirectOp, E> Job<'_, O, E> {
                     }
                 }
                 for (i, sums) in group[..gn].iter().enumerate() {
-                    #[cfg(target_arch = "x86_64")]
-                    if AVX512 {
-                        // SAFETY: `AVX512` is true only in `run_avx512`, which requires
-                        // AVX512F.
-                        unsafe { transpose32_avx512(sums, &mut tr) };
-                    } else {
-                        transpose32(sums, &mut tr);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    transpose32(sums, &mut tr);
-                    self.block(g0 + i, pair, rows, oc0, &tr, o);
+                    sink.block(g0 + i, pair, sums);
                 }
             }
         }
@@ -225,100 +300,14 @@ impl<O: DirectOp, E> Job<'_, O, E> {
         unsafe { super::release() };
     }
 
-    /// Hands the transposed sums `tr` (`tr[c][i]` for output channel `oc0 + 32·pair + c` and
-    /// grid position `32·blk + i`) to the epilogue, run by run of valid positions; `o` holds
-    /// the task's `rows` output rows from channel `oc0`.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn block<T>(
-        &self,
-        blk: usize,
-        pair: usize,
-        rows: usize,
-        oc0: usize,
-        tr: &Sums<O::Sum>,
-        o: &mut [T],
-    ) where
-        E: Emit<O::Sum, T>,
-    {
-        let grid = self.x.grid;
-        let (oh, ow) = grid.out_hw();
-        let (gw, p) = (grid.gw(), oh * ow);
-        let g0 = blk * ROWS;
-        let g_end = (g0 + ROWS).min(oh * gw);
-        let mut g = g0;
-        while g < g_end {
-            let (oy, ox) = (g / gw, g % gw);
-            if ox >= ow {
-                g += gw - ox;
-                continue;
-            }
-            let len = (ow - ox).min(g_end - g);
-            let j0 = oy * ow + ox;
-            for c in 0..COLS.min(rows - pair * COLS) {
-                let r = pair * COLS + c;
-                let s = &tr.0[c][g - g0..][..len];
-                self.emit.emit(oc0 + r, j0, s, &mut o[r * p + j0..][..len]);
-            }
-            g += len;
-        }
-    }
-
-    /// [`Job::run`] compiled with AVX-512 (the epilogue and the transposition inline into it).
+    /// [`Job::run`] compiled with AVX-512 (the sink's work inlines into it).
     ///
     /// # Safety
     /// The CPU must run AVX512F and AVX512BW.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn run_avx512<T>(&self, t: usize, o: &mut [T])
-    where
-        E: Emit<O::Sum, T>,
-    {
-        self.run::<T, true>(t, o)
-    }
-}
-
-/// `s[j][i] = sums[i][j]`: a plain loop over 16 × 16 blocks that the compiler turns into
-/// shuffles in the AVX-512 copy.
-#[inline(always)]
-fn transpose32<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
-    for (j, row) in out.0.iter_mut().enumerate() {
-        for (i, v) in row.iter_mut().enumerate() {
-            *v = sums.0[i][j];
-        }
-    }
-}
-
-/// [`transpose32`] with AVX-512: each 16 × 16 quarter in four rounds of interleaving rows
-/// `i` and `i + 8` (`vpermt2d`), after which row `j` holds column `j`.
-///
-/// # Safety
-/// The CPU must run AVX512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn transpose32_avx512<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
-    use std::arch::x86_64::*;
-    const { assert!(std::mem::size_of::<S>() == 4) };
-    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    for (bi, bj) in [(0, 0), (0, 16), (16, 0), (16, 16)] {
-        let mut r = [_mm512_setzero_si512(); 16];
-        for (i, v) in r.iter_mut().enumerate() {
-            // SAFETY: 16 i32 of row `bi + i` from column `bj ≤ 16`, inside the 32 × 32 block.
-            *v = unsafe { _mm512_loadu_si512(sums.0[bi + i][bj..].as_ptr().cast()) };
-        }
-        for _ in 0..4 {
-            let mut t = [_mm512_setzero_si512(); 16];
-            for i in 0..8 {
-                t[2 * i] = _mm512_permutex2var_epi32(r[i], lo, r[i + 8]);
-                t[2 * i + 1] = _mm512_permutex2var_epi32(r[i], hi, r[i + 8]);
-            }
-            r = t;
-        }
-        for (j, v) in r.iter().enumerate() {
-            // SAFETY: 16 i32 of row `bj + j` from column `bi ≤ 16`, inside the block.
-            unsafe { _mm512_storeu_si512(out.0[bj + j][bi..].as_mut_ptr().cast(), *v) };
-        }
+    unsafe fn run_avx512(&self, t: usize, rows: usize, sink: &mut impl DirectSink<O::Sum>) {
+        self.run(t, rows, sink)
     }
 }
 

@@ -2,6 +2,8 @@
 //! convolutions.
 
 use super::layout::transpose16;
+#[cfg(target_arch = "x86_64")]
+use super::sinks::{transpose32, transpose32_avx512};
 use super::*;
 use proptest::prelude::*;
 
@@ -233,6 +235,73 @@ proptest! {
             };
             conv(op, &dw, xs, &mut got, parallel, &emit);
             prop_assert!(got == want, "{:?} m {} parallel {}", grid, m, parallel);
+        }
+    }
+
+    /// The panels of `conv_panels` against the naive sums quantised by the definition of
+    /// `DirectBytes` (AMX only): every word of the panels, the columns past the output zero,
+    /// the groups past the output channels untouched, and the answer whether a value exceeded
+    /// the range; output channels not a multiple of 32, both thread modes.
+    #[test]
+    fn direct_panels_are_the_naive_sums_quantised(
+        c64 in 1usize..3, m in 1usize..70, h in 1usize..10, w in 1usize..30,
+        size in prop::sample::select(vec![3usize, 5]), stride in 1usize..3,
+        seed in any::<u32>(), relu in any::<bool>(), tight in any::<bool>(),
+    ) {
+        let Some(op) = Int8::detect() else { return Ok(()) };
+        let grid = Grid { cin: 64 * c64, h, w, size, stride };
+        let mut s = seed | 1;
+        let mut rnd = move || { s ^= s << 13; s ^= s >> 17; s ^= s << 5; s };
+        let q: Vec<i8> = (0..m * grid.cin * size * size).map(|_| (rnd() % 255) as i8).collect();
+        let x: Vec<u8> = (0..grid.cin * h * w).map(|_| rnd() as u8).collect();
+        let want = naive_conv(&q, &x, m, grid);
+        let dequant: Vec<f32> = (0..m).map(|_| (1 + rnd() % 100) as f32 * 1e-6).collect();
+        let bias: Vec<f32> = (0..m).map(|_| (rnd() % 200) as f32 * 0.01 - 1.0).collect();
+        // The range: the largest value (bytes over all of 0..=255), or half of it (so that
+        // some values exceed it).
+        let (oh, ow) = grid.out_hw();
+        let top = (0..m * oh * ow)
+            .map(|i| want[i] as i32 as f32 * dequant[i / (oh * ow)] + bias[i / (oh * ow)])
+            .fold(0.0f32, f32::max);
+        let limit = if tight { top / 2.0 } else { top.max(1e-3) };
+        let scale = 255.0 / limit;
+        let dw = DirectWeights::new(&q, m, grid.cin, size).unwrap();
+        let mut buf = vec![0u8; grid.len()];
+        fill_channels_last(&x, grid, &mut buf, false);
+        let xs = ChannelsLast::new(&buf, grid).unwrap();
+        let n = oh * ow;
+        let groups = m.next_multiple_of(32) / 4;
+        let k4 = groups.next_multiple_of(16);
+        // The expected bytes, channel-major, and whether a value exceeded the range.
+        let mut over = false;
+        let byte = |c: usize, j: usize, over: &mut bool| -> u8 {
+            if c >= m {
+                return 0;
+            }
+            let y = want[c * n + j] as i32 as f32 * dequant[c] + bias[c];
+            let y = if relu { y.max(0.0) } else { y };
+            *over |= y > limit;
+            crate::kernels::int8::quantize_u8(y, scale)
+        };
+        let mut expect = vec![0xDEAD_BEEFu32; crate::kernels::amx::packed_words(k4 / 16, n)];
+        for (at, e) in expect.iter_mut().enumerate() {
+            let (panel, rest) = (at / (16 * k4), at % (16 * k4));
+            let (g, j) = (rest / 16, panel * 16 + rest % 16);
+            if j >= n {
+                *e = 0;
+            } else if g < groups {
+                let b: [u8; 4] = std::array::from_fn(|i| byte(4 * g + i, j, &mut over));
+                *e = u32::from_le_bytes(b);
+            }
+        }
+        let bytes = DirectBytes { dequant: &dequant, bias: &bias, relu, scale, limit };
+        for parallel in [false, true] {
+            let mut got = vec![0xDEAD_BEEFu32; expect.len()];
+            let fine = conv_panels(op, &dw, xs, parallel, &bytes, &mut got, k4);
+            prop_assert!(fine != over, "{:?} m {} over {}", grid, m, over);
+            if !over {
+                prop_assert!(got == expect, "{:?} m {} parallel {}", grid, m, parallel);
+            }
         }
     }
 }

@@ -55,14 +55,27 @@ pub(crate) enum QOutput<'a> {
         limit: f32,
         k4: usize,
     },
+    /// Only the activations quantised for a following 1×1 convolution and packed for it, as
+    /// in [`QOutput::F32Panels`] (no f32 output): from a convolution that
+    /// [`QuantizedConv::direct_panels`](super::QuantizedConv::direct_panels) allows, without a
+    /// residual. [`QuantizedConv::forward`](super::QuantizedConv::forward) returns whether
+    /// `panels` is valid.
+    Panels {
+        panels: &'a mut [u32],
+        limit: f32,
+        k4: usize,
+    },
 }
 
 impl QOutput<'_> {
-    pub(super) fn len(&self) -> usize {
+    /// Elements of the output, `None` for [`QOutput::Panels`] (whose length depends on the
+    /// following convolution).
+    pub(super) fn len(&self) -> Option<usize> {
         match self {
-            QOutput::F32(y) => y.len(),
-            QOutput::Quantized { q, .. } => q.len(),
-            QOutput::F32Panels { y, .. } => y.len(),
+            QOutput::F32(y) => Some(y.len()),
+            QOutput::Quantized { q, .. } => Some(q.len()),
+            QOutput::F32Panels { y, .. } => Some(y.len()),
+            QOutput::Panels { .. } => None,
         }
     }
 }

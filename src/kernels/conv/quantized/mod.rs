@@ -248,6 +248,28 @@ impl QuantizedConv {
             .flatten()
     }
 
+    /// Whether this convolution writes its output for an `h × w` input as AMX panels
+    /// ([`QOutput::Panels`]) with `isa`: a direct convolution on AMX (see `amx::direct`)
+    /// with a calibrated range.
+    pub(crate) fn direct_panels(&self, isa: Int8Isa, h: usize, w: usize) -> bool {
+        matches!(self.input, InputRange::Calibrated(_))
+            && isa == Int8Isa::Amx
+            && self.direct.is_some()
+            && amx::Int8::detect().is_some()
+            && self.grid(h, w).supported::<u8>()
+    }
+
+    /// The channels-last grid of the direct convolution of an `h × w` input.
+    fn grid(&self, h: usize, w: usize) -> Grid {
+        Grid {
+            cin: self.cin,
+            h,
+            w,
+            size: self.kh,
+            stride: self.stride,
+        }
+    }
+
     /// A 1×1 convolution at stride 1 without padding: its input is its matrix of activations.
     fn plain_1x1(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -338,9 +360,11 @@ impl QuantizedConv {
         if !matches!(input, QInput::Panels(_)) {
             assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
         }
-        assert_eq!(out.len(), self.cout * p, "QuantizedConv: output length");
+        if let Some(len) = out.len() {
+            assert_eq!(len, self.cout * p, "QuantizedConv: output length");
+        }
         if let Some(r) = residual {
-            assert_eq!(r.len(), out.len(), "QuantizedConv: residual length");
+            assert_eq!(r.len(), self.cout * p, "QuantizedConv: residual length");
         }
         let (w_step, bias) = (&self.w_step[..], &self.bias[..]);
         let QuantScratch {
@@ -365,6 +389,29 @@ impl QuantizedConv {
                 false
             }
             (InputRange::PerImage, ..) => false,
+            (
+                InputRange::Calibrated(limit),
+                input,
+                QOutput::Panels {
+                    panels,
+                    limit: next,
+                    k4,
+                },
+            ) => {
+                if residual.is_some() || !self.direct_panels(isa, h, w) {
+                    return false;
+                }
+                let bytes = |dequant| direct::DirectBytes {
+                    dequant,
+                    bias,
+                    relu,
+                    scale: scale_for(next),
+                    limit: next,
+                };
+                self.forward_direct_panels(
+                    input, limit, h, w, bufs, dequant, par, bytes, panels, k4,
+                )
+            }
             (InputRange::Calibrated(limit), input, QOutput::F32(out)) => {
                 let none = no_hand_on();
                 self.forward_calibrated(
@@ -493,6 +540,54 @@ impl QuantizedConv {
         );
     }
 
+    /// The direct convolution of an input quantised with the calibrated range `limit` (widened
+    /// to an f32 input's maximum), written as the panels of a following 1×1 convolution
+    /// ([`QOutput::Panels`]); `bytes(dequant)` gives the quantiser of the range used. Returns
+    /// whether the panels are valid (no value exceeded the following range).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_direct_panels<'d>(
+        &self,
+        input: QInput<'_>,
+        limit: f32,
+        h: usize,
+        w: usize,
+        bufs: Bufs<'_>,
+        dequant: &'d mut Vec<f32>,
+        par: Parallelism,
+        bytes: impl FnOnce(&'d [f32]) -> direct::DirectBytes<'d>,
+        panels: &mut [u32],
+        k4: usize,
+    ) -> bool {
+        let (Some(dw), Some(op)) = (&self.direct, amx::Int8::detect()) else {
+            return false;
+        };
+        let rayon = par == Parallelism::Rayon;
+        let wide = Wide::detect(true);
+        let Bufs { x: xbuf, cols, .. } = bufs;
+        let (planes, range): (&[u8], f32) = match input {
+            QInput::F32(x) => {
+                let range = quantize_input(x, limit, cols, rayon, wide);
+                (&cols[..x.len()], range)
+            }
+            QInput::Quantized(q) => (q, limit),
+            QInput::Panels(_) => return false,
+        };
+        let grid = self.grid(h, w);
+        let xs = aligned_mut(xbuf, grid.len());
+        direct::fill_channels_last(planes, grid, xs, rayon);
+        let Some(x) = ChannelsLast::new(aligned(xbuf, grid.len()), grid) else {
+            return false;
+        };
+        // The steps of `epilogue`, in the same order of operations.
+        let x_step = range / 255.0;
+        dequant.clear();
+        dequant.extend(self.w_step.iter().map(|&s| x_step * s));
+        let (oh, ow) = self.out_hw(h, w);
+        let work = self.cout * oh * ow * self.cin * self.kh * self.kw;
+        let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
+        direct::conv_panels(op, dw, x, parallel, &bytes(dequant), panels, k4)
+    }
+
     /// The product of an input quantised with the calibrated range `limit` (widened to an f32
     /// input's maximum); `make(range)` gives the epilogue of the range used. Returns whether
     /// `hand_on` was written (only by a plain 1×1 convolution on AMX).
@@ -539,8 +634,7 @@ impl QuantizedConv {
                     gemm_u8i8_emit(w, q, p, out, pack, par, isa, make(limit), hand_on)
                 }
                 QInput::Panels(panels) => {
-                    gemm_u8i8_prepacked_emit(w, panels, p, out, par, isa, make(limit));
-                    false
+                    gemm_u8i8_prepacked_emit(w, panels, p, out, par, isa, make(limit), hand_on)
                 }
             };
         }
@@ -555,13 +649,7 @@ impl QuantizedConv {
         // With AMX, an odd window with "same" padding (3×3 pad 1), at stride 1 or 2, on 64·n
         // channels reads its input channels-last, without packing it (see `amx::direct`).
         if let (Int8Isa::Amx, Some(dw), Some(op)) = (isa, &self.direct, amx::Int8::detect()) {
-            let grid = Grid {
-                cin: self.cin,
-                h,
-                w,
-                size: self.kh,
-                stride: self.stride,
-            };
+            let grid = self.grid(h, w);
             if grid.supported::<u8>() {
                 let (planes, range): (&[u8], f32) = match input {
                     Plain::F32(x) => {
