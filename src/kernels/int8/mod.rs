@@ -270,19 +270,40 @@ where
         "gemm_u8i8: prepacked activations of the wrong length"
     );
     let parallel = runs_parallel(par, w.m, n, w.k);
+    amx_product(kernel, aw, panels, n, out, parallel, &map, hand_on)
+}
+
+/// [`amx::product`], or [`amx::product_handoff`] with `hand_on`; returns whether the output
+/// was handed on.
+#[allow(clippy::too_many_arguments)]
+fn amx_product<T, F, H>(
+    kernel: amx::Int8,
+    aw: &amx::AmxWeights,
+    packed: &[u32],
+    n: usize,
+    out: &mut [T],
+    parallel: bool,
+    map: &F,
+    hand_on: Option<HandOn<'_, H>>,
+) -> bool
+where
+    T: Send,
+    F: amx::Emit<i32, T>,
+    H: amx::Handoff<T>,
+{
     match hand_on {
         Some(HandOn {
             handoff,
-            panels: next,
+            panels,
             k4,
         }) => {
             amx::product_handoff(
-                kernel, aw, panels, n, out, parallel, &map, handoff, next, k4,
+                kernel, aw, packed, n, out, parallel, map, handoff, panels, k4,
             );
             true
         }
         None => {
-            amx::product(kernel, aw, panels, n, out, parallel, &map);
+            amx::product(kernel, aw, packed, n, out, parallel, map);
             false
         }
     }
@@ -492,22 +513,7 @@ where
         let map = pack(wide, &mut buf[..used], k4, 16);
         buf[used..].fill(0);
         let packed: &[u32] = aligned(scratch, words);
-        return match hand_on {
-            Some(HandOn {
-                handoff,
-                panels,
-                k4: next_k4,
-            }) => {
-                amx::product_handoff(
-                    kernel, aw, packed, n, out, parallel, &map, handoff, panels, next_k4,
-                );
-                true
-            }
-            None => {
-                amx::product(kernel, aw, packed, n, out, parallel, &map);
-                false
-            }
-        };
+        return amx_product(kernel, aw, packed, n, out, parallel, &map, hand_on);
     }
     let k4 = k.div_ceil(4);
     let words = n.div_ceil(NR) * k4 * NR;
