@@ -24,10 +24,11 @@ const fn slack<T>() -> usize {
     }
 }
 
-/// Where the line-aligned part of `buf` starts (an index `≤ slack`), or 0 when there is none.
+/// Where the line-aligned part of `buf` starts (an index `≤ slack`), or 0 when there is none
+/// (an empty `buf`, whose pointer is dangling, starts at 0).
 fn start<T>(buf: &[T]) -> usize {
     let off = buf.as_ptr().align_offset(LINE);
-    if off <= slack::<T>() {
+    if off <= slack::<T>() && off < buf.len() {
         off
     } else {
         0
@@ -137,6 +138,15 @@ mod tests {
         assert_eq!(aligned_mut(&mut b, 333).as_ptr() as usize % LINE, 0);
         let mut c: Vec<f32> = Vec::new();
         assert_eq!(aligned_mut(&mut c, 1).as_ptr() as usize % LINE, 0);
+    }
+
+    #[test]
+    fn empty_buffers_are_empty_slices() {
+        let b: LineBuf<u32> = LineBuf::default();
+        assert!(b.is_empty());
+        assert!(b.clone().is_empty());
+        let v: Vec<u16> = Vec::new();
+        assert!(aligned(&v, 0).is_empty());
     }
 
     #[test]
