@@ -20,8 +20,7 @@ pub(super) fn epilogue<'a, const ZP: bool>(
     relu: bool,
     p: usize,
 ) -> Dequant<'a, ZP> {
-    dequant.clear();
-    dequant.extend(w_step.iter().map(|&s| x_step * s));
+    dequant_steps(dequant, w_step, x_step);
     Dequant {
         dequant,
         offset: &[],
@@ -30,6 +29,12 @@ pub(super) fn epilogue<'a, const ZP: bool>(
         relu,
         p,
     }
+}
+
+/// `dequant[c] = x_step·w_step[c]`: the step of each output channel's sums.
+pub(super) fn dequant_steps(dequant: &mut Vec<f32>, w_step: &[f32], x_step: f32) {
+    dequant.clear();
+    dequant.extend(w_step.iter().map(|&s| x_step * s));
 }
 
 /// The epilogue of [`epilogue`]. A type rather than a closure so that its loop inlines into

@@ -49,6 +49,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+mod direct;
 mod epilogue;
 mod forms;
 
@@ -59,8 +60,7 @@ pub(crate) use forms::{QInput, QOutput};
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
-use crate::kernels::aligned::{aligned, aligned_mut};
-use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
+use crate::kernels::amx::direct::{DirectWeights, Grid};
 use crate::kernels::amx::{self, Emit, Handoff};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
@@ -248,28 +248,6 @@ impl QuantizedConv {
             .flatten()
     }
 
-    /// Whether this convolution writes its output for an `h × w` input as AMX panels
-    /// ([`QOutput::Panels`]) with `isa`: a direct convolution on AMX (see `amx::direct`)
-    /// with a calibrated range.
-    pub(crate) fn direct_panels(&self, isa: Int8Isa, h: usize, w: usize) -> bool {
-        matches!(self.input, InputRange::Calibrated(_))
-            && isa == Int8Isa::Amx
-            && self.direct.is_some()
-            && amx::Int8::detect().is_some()
-            && self.grid(h, w).supported::<u8>()
-    }
-
-    /// The channels-last grid of the direct convolution of an `h × w` input.
-    fn grid(&self, h: usize, w: usize) -> Grid {
-        Grid {
-            cin: self.cin,
-            h,
-            w,
-            size: self.kh,
-            stride: self.stride,
-        }
-    }
-
     /// A 1×1 convolution at stride 1 without padding: its input is its matrix of activations.
     fn plain_1x1(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -398,19 +376,12 @@ impl QuantizedConv {
                     k4,
                 },
             ) => {
-                if residual.is_some() || !self.direct_panels(isa, h, w) {
+                if residual.is_some() {
                     return false;
                 }
-                let bytes = |dequant| direct::DirectBytes {
-                    dequant,
-                    bias,
-                    relu,
-                    scale: scale_for(next),
-                    limit: next,
-                };
-                self.forward_direct_panels(
-                    input, limit, h, w, bufs, dequant, par, bytes, panels, k4,
-                )
+                let bufs = (bufs.x, bufs.cols);
+                let next = (next, panels, k4);
+                self.forward_direct_panels(input, limit, h, w, bufs, dequant, relu, next, par, isa)
             }
             (InputRange::Calibrated(limit), input, QOutput::F32(out)) => {
                 let none = no_hand_on();
@@ -540,54 +511,6 @@ impl QuantizedConv {
         );
     }
 
-    /// The direct convolution of an input quantised with the calibrated range `limit` (widened
-    /// to an f32 input's maximum), written as the panels of a following 1×1 convolution
-    /// ([`QOutput::Panels`]); `bytes(dequant)` gives the quantiser of the range used. Returns
-    /// whether the panels are valid (no value exceeded the following range).
-    #[allow(clippy::too_many_arguments)]
-    fn forward_direct_panels<'d>(
-        &self,
-        input: QInput<'_>,
-        limit: f32,
-        h: usize,
-        w: usize,
-        bufs: Bufs<'_>,
-        dequant: &'d mut Vec<f32>,
-        par: Parallelism,
-        bytes: impl FnOnce(&'d [f32]) -> direct::DirectBytes<'d>,
-        panels: &mut [u32],
-        k4: usize,
-    ) -> bool {
-        let (Some(dw), Some(op)) = (&self.direct, amx::Int8::detect()) else {
-            return false;
-        };
-        let rayon = par == Parallelism::Rayon;
-        let wide = Wide::detect(true);
-        let Bufs { x: xbuf, cols, .. } = bufs;
-        let (planes, range): (&[u8], f32) = match input {
-            QInput::F32(x) => {
-                let range = quantize_input(x, limit, cols, rayon, wide);
-                (&cols[..x.len()], range)
-            }
-            QInput::Quantized(q) => (q, limit),
-            QInput::Panels(_) => return false,
-        };
-        let grid = self.grid(h, w);
-        let xs = aligned_mut(xbuf, grid.len());
-        direct::fill_channels_last(planes, grid, xs, rayon);
-        let Some(x) = ChannelsLast::new(aligned(xbuf, grid.len()), grid) else {
-            return false;
-        };
-        // The steps of `epilogue`, in the same order of operations.
-        let x_step = range / 255.0;
-        dequant.clear();
-        dequant.extend(self.w_step.iter().map(|&s| x_step * s));
-        let (oh, ow) = self.out_hw(h, w);
-        let work = self.cout * oh * ow * self.cin * self.kh * self.kw;
-        let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
-        direct::conv_panels(op, dw, x, parallel, &bytes(dequant), panels, k4)
-    }
-
     /// The product of an input quantised with the calibrated range `limit` (widened to an f32
     /// input's maximum); `make(range)` gives the epilogue of the range used. Returns whether
     /// `hand_on` was written (only by a plain 1×1 convolution on AMX).
@@ -638,6 +561,13 @@ impl QuantizedConv {
                 }
             };
         }
+
+        // With AMX, an odd window with "same" padding (3×3 pad 1), at stride 1 or 2, on 64·n
+        // channels reads its input channels-last, without packing it (see `amx::direct`).
+        if let Some(d) = self.direct_input(input, limit, h, w, isa, (xbuf, cols), par) {
+            amx::direct::conv(d.op, d.weights, d.x, out, d.parallel, &make(d.range));
+            return false;
+        }
         let input = match input {
             QInput::F32(x) => Plain::F32(x),
             QInput::Quantized(q) => Plain::Quantized(q),
@@ -645,31 +575,6 @@ impl QuantizedConv {
                 panic!("QuantizedConv: AMX panels for a convolution that is not 1×1")
             }
         };
-
-        // With AMX, an odd window with "same" padding (3×3 pad 1), at stride 1 or 2, on 64·n
-        // channels reads its input channels-last, without packing it (see `amx::direct`).
-        if let (Int8Isa::Amx, Some(dw), Some(op)) = (isa, &self.direct, amx::Int8::detect()) {
-            let grid = self.grid(h, w);
-            if grid.supported::<u8>() {
-                let (planes, range): (&[u8], f32) = match input {
-                    Plain::F32(x) => {
-                        let range = quantize_input(x, limit, cols, rayon, wide);
-                        (&cols[..x.len()], range)
-                    }
-                    Plain::Quantized(q) => (q, limit),
-                };
-                // On a cache line, as every tile row then is (`cin` is a multiple of 64).
-                let xs = aligned_mut(xbuf, grid.len());
-                direct::fill_channels_last(planes, grid, xs, rayon);
-                // (Always `Some`: the grid is supported and the length is its own.)
-                if let Some(x) = ChannelsLast::new(aligned(xbuf, grid.len()), grid) {
-                    let work = self.cout * p * k;
-                    let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
-                    direct::conv(op, dw, x, out, parallel, &make(range));
-                    return false;
-                }
-            }
-        }
 
         // A stride-1 window that keeps the size (3×3 pad 1): the input quantised (or copied)
         // into planes with zero margins, packed straight from them (no im2col matrix).
