@@ -33,11 +33,12 @@
 //! or, for a following 1×1 convolution, quantised position by position straight into its
 //! AMX panels (four output channels of a position are one word of the panels: [`conv_panels`],
 //! no transposition). A task is a run of output-channel pairs (disjoint rows of the output);
-//! within it, each pair of output channels meets every block of positions, so that its weights stay in the level-2 cache,
-//! in groups of [`GROUP`] blocks that go through the taps together, [`K_BLOCK_BYTES`] of
-//! weights at a time (their sums stored and reloaded in between), so that those weights are
-//! read from the level-1 cache by all but the first block (int8 WRN-50-2 backbone 12.8 →
-//! 12.6 ms, bf16 23.9 → 23.1 ms: medians of 12 and 6 alternations, at the noise level).
+//! within it, each pair of output channels meets every block of positions, so that its
+//! weights stay in the level-2 cache, in groups of [`GROUP`] blocks that go through the taps
+//! together, [`K_BLOCK_BYTES`] of weights at a time (their sums stored and reloaded in
+//! between), so that those weights are read from the level-1 cache by all but the first block
+//! (int8 WRN-50-2 backbone 12.8 → 12.6 ms, bf16 23.9 → 23.1 ms: medians of 12 and 6
+//! alternations, at the noise level).
 //! Every sum is exact, accumulated in increasing chunk order, so the result depends neither on
 //! the split nor on the thread.
 
