@@ -81,17 +81,16 @@ pub(super) fn run(
             let p = par(qc.cout, qc.out_hw(h, w));
             qc.forward((src, dst), h, w, residual, relu, wk.q, p, isa.int8)
         }
-        (Some((LowConv::Bf16(bc), isa)), QInput::F32(src), QOutput::F32(dst)) => {
+        (Some((LowConv::Bf16(bc), isa)), src, dst) => {
             let p = par(bc.cout, bc.out_hw(h, w));
-            bc.forward_image(src, h, w, dst, residual, relu, wk.b16, p, isa.bf16);
-            true
+            bc.forward((src, dst), h, w, residual, relu, wk.b16, p, isa.bf16)
         }
         (None, QInput::F32(src), QOutput::F32(dst)) => {
             conv.forward_image(src, h, w, dst, residual, relu, wk.f32);
             true
         }
-        // Quantised forms are only ever asked of int8 convolutions.
-        _ => unreachable!("a quantised activation for a convolution that is not int8"),
+        // Quantised forms and panels are only ever asked of int8 and bf16 convolutions.
+        _ => unreachable!("a quantised activation for an f32 convolution"),
     }
 }
 
@@ -198,13 +197,12 @@ impl Block {
             // is a direct convolution on AMX and the last one reads panels (int8 WRN-50-2
             // backbone 11.3 → 10.1 ms: no transposition, no planar bytes, no packing), unless
             // a value exceeds the range.
-            if let (true, Some((LowConv::Int8(qc), isa)), Some((LowConv::Int8(last), _))) =
-                (chain && i + 2 == n, qconv(i), qconv(n - 1))
-            {
-                if let (true, Some(k4), Some(limit)) = (
-                    qc.direct_panels(isa.int8, mh, mw),
-                    last.panels_k4(isa.int8),
-                    last.input_max(),
+            if let (true, Some((qc, isa)), Some((last, _))) = (i + 2 == n, qconv(i), qconv(n - 1)) {
+                if let (true, true, Some(k4), Some(limit)) = (
+                    qc.hands_on_to(last, chain),
+                    qc.direct_panels(isa, mh, mw),
+                    last.panels_kw(isa),
+                    last.panels_limit(),
                 ) {
                     let words = crate::kernels::amx::packed_words(k4 / 16, oh * ow);
                     let out = QOutput::Panels {
@@ -276,7 +274,7 @@ impl Block {
         let y = ensure(&mut wk.y, oc * oh * ow);
         // Packed for the next block's first convolution too, when both can.
         let words = match (next, qconv(n - 1)) {
-            (Some((_, k4)), Some((LowConv::Int8(qc), isa))) if qc.panels_k4(isa.int8).is_some() => {
+            (Some((_, k4)), Some((lc, isa))) if lc.panels_kw(isa).is_some() => {
                 Some(crate::kernels::amx::packed_words(k4 / 16, oh * ow))
             }
             _ => None,

@@ -25,6 +25,44 @@ impl LowConv {
             LowConv::Bf16(c) => c.bytes(),
         }
     }
+
+    /// Whether it reads its input as AMX panels ([`QInput::Panels`]) with `isa`, and with
+    /// how many words of `k` per column.
+    pub(crate) fn panels_kw(&self, isa: Isas) -> Option<usize> {
+        match self {
+            LowConv::Int8(c) => c.panels_k4(isa.int8),
+            LowConv::Bf16(c) => c.panels_kw(isa.bf16),
+        }
+    }
+
+    /// The range that a previous convolution must keep to for the panels it writes for this
+    /// one: the calibrated one in int8 (`None` without), none (infinite) in bf16.
+    pub(crate) fn panels_limit(&self) -> Option<f32> {
+        match self {
+            LowConv::Int8(c) => c.input_max(),
+            LowConv::Bf16(_) => Some(f32::INFINITY),
+        }
+    }
+
+    /// Whether it writes its output for an `h × w` input as AMX panels ([`QOutput::Panels`])
+    /// with `isa`.
+    pub(crate) fn direct_panels(&self, isa: Isas, h: usize, w: usize) -> bool {
+        match self {
+            LowConv::Int8(c) => c.direct_panels(isa.int8, h, w),
+            LowConv::Bf16(c) => c.direct_panels(isa.bf16, h, w),
+        }
+    }
+
+    /// Whether `self` can hand its output on to `next` as panels, as far as their kinds go:
+    /// both int8 with activations chained (`chain`, see [`CHAIN_MIN_IMAGES`]), or both bf16
+    /// (whose panels hold exactly the values `next` would make of the f32 output).
+    pub(crate) fn hands_on_to(&self, next: &LowConv, chain: bool) -> bool {
+        match (self, next) {
+            (LowConv::Int8(_), LowConv::Int8(_)) => chain,
+            (LowConv::Bf16(_), LowConv::Bf16(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The reduced-precision versions of every convolution, block by block.
@@ -60,20 +98,22 @@ pub(crate) struct Isas {
 }
 
 impl LowNet {
-    /// For block `b` of stage `s`: the calibrated range and AMX words of `k` of the next
-    /// block's first convolution when it reads its input as AMX panels
-    /// ([`QuantizedConv::panels_k4`]), so that block `b`'s last convolution packs its output
-    /// for it. On WRN-50-2 int8 (Emerald Rapids, 2 threads) packing those 1×1 inputs from f32
+    /// For block `b` of stage `s`: the range ([`LowConv::panels_limit`]) and AMX words of
+    /// `k` of the next block's first convolution when it reads its input as AMX panels
+    /// ([`LowConv::panels_kw`]), so that block `b`'s last convolution packs its output for
+    /// it. On WRN-50-2 int8 (Emerald Rapids, 2 threads) packing those 1×1 inputs from f32
     /// was 8 % of a prediction; handing them on made the backbone about 10 % faster.
     pub(crate) fn panels_for_next(&self, s: usize, b: usize) -> Option<(f32, usize)> {
         let next = match self.blocks[s].get(b + 1) {
             Some(block) => block,
             None => self.blocks.get(s + 1)?.first()?,
         };
-        match next.first()? {
-            LowConv::Int8(qc) => Some((qc.input_max()?, qc.panels_k4(self.isa.int8)?)),
-            LowConv::Bf16(_) => None,
+        let (last, first) = (self.blocks[s][b].first()?, next.first()?);
+        // (Every convolution of a network has the same precision; `hands_on_to` checks it.)
+        if !last.hands_on_to(first, true) {
+            return None;
         }
+        Some((first.panels_limit()?, first.panels_kw(self.isa)?))
     }
 
     /// Bytes of the reduced-precision weights.

@@ -32,7 +32,7 @@ mod product;
 use super::aligned::LineBuf;
 
 pub(crate) use product::{
-    prefetch_read, product, product_handoff, BlockSink, Emit, Handoff, NoHandoff,
+    no_hand_on, prefetch_read, product_or_handoff, BlockSink, Emit, HandOn, Handoff, PanelElem,
 };
 
 /// Columns of a pair of activation panels: two tiles of 16.

@@ -56,18 +56,19 @@ pub(crate) fn product<O: AmxOp, P: Copy + Sync, T: Send>(
 }
 
 /// [`product`], whose output is also handed on as the packed activations of a following
-/// product (the output's rows are its `k`): `handoff.bytes` turns each finished row segment
-/// into bytes, which are written to `panels` in the layout [`blocks`] reads (panels of 16
-/// columns, `k4` words of four `k` per column: [`packed_words`](super::packed_words)`(k4 / 16,
-/// n)` words). Bytes of columns past `n` and of rows past the output's up to the next multiple
-/// of 32 are zero; the groups of four `k` past those (when the output has fewer rows than
-/// `4·k4`) are left as they were: the following product's weights are zero there.
+/// product (the output's rows are its `k`): `handoff.values` turns each finished row segment
+/// into that product's elements (bytes for int8, bf16 bits for bf16), which are written to
+/// `panels` in the layout [`blocks`] reads (panels of 16 columns, `kw` words of `k` per column,
+/// [`PanelElem::PER_WORD`] elements to a word: [`packed_words`](super::packed_words)`(kw / 16,
+/// n)` words). Elements of columns past `n` and of rows past the output's up to the next
+/// multiple of 32 are zero; the words past those (when the output has fewer rows than the
+/// words hold) are left as they were: the following product's weights are zero there.
 ///
 /// # Panics
-/// If `k4` is not a multiple of 16, is smaller than the output's rows take, or `panels` has
+/// If `kw` is not a multiple of 16, is smaller than the output's rows take, or `panels` has
 /// the wrong length.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn product_handoff<O: AmxOp, P: Copy + Sync, T: Send>(
+pub(crate) fn product_handoff<O: AmxOp, P: Copy + Sync, T: Send, H: Handoff<T>>(
     op: O,
     w: &AmxWeights,
     packed: &[P],
@@ -75,24 +76,25 @@ pub(crate) fn product_handoff<O: AmxOp, P: Copy + Sync, T: Send>(
     out: &mut [T],
     parallel: bool,
     emit: &impl Emit<O::Sum, T>,
-    handoff: &impl Handoff<T>,
+    handoff: &H,
     panels: &mut [u32],
-    k4: usize,
+    kw: usize,
 ) {
     let m = out.len() / n;
+    let per = H::Elem::PER_WORD;
     assert!(
-        k4.is_multiple_of(16) && 4 * k4 >= m,
-        "amx handoff: {k4} words of k for {m} rows"
+        kw.is_multiple_of(16) && per * kw >= m,
+        "amx handoff: {kw} words of k for {m} rows"
     );
     assert_eq!(
         panels.len(),
-        super::packed_words(k4 / 16, n),
+        super::packed_words(kw / 16, n),
         "amx handoff: panels length"
     );
     let shared = SharedPanels {
         ptr: panels.as_mut_ptr(),
         len: panels.len(),
-        k4,
+        kw,
         _borrow: std::marker::PhantomData,
     };
     product_impl(
@@ -105,6 +107,53 @@ pub(crate) fn product_handoff<O: AmxOp, P: Copy + Sync, T: Send>(
         emit,
         Some((handoff, &shared)),
     );
+}
+
+/// Where a product on AMX also writes its output, as the packed activations of a following
+/// 1×1 product whose depth is this output's rows ([`product_handoff`]): `handoff` turns
+/// output values into that product's elements, `panels` receives them (`kw` words of `k` per
+/// column).
+pub(crate) struct HandOn<'a, H> {
+    /// The elements of the output values.
+    pub handoff: &'a H,
+    /// The packed activations ([`packed_words`](super::packed_words)`(kw / 16, n)` words).
+    pub panels: &'a mut [u32],
+    /// Words of `k` per column of the following product (its AMX chunks × 16).
+    pub kw: usize,
+}
+
+/// No [`HandOn`].
+pub(crate) fn no_hand_on<'a>() -> Option<HandOn<'a, NoHandoff>> {
+    None
+}
+
+/// [`product`], or [`product_handoff`] with `hand_on`; returns whether the output was handed
+/// on.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product_or_handoff<O: AmxOp, P: Copy + Sync, T: Send, H: Handoff<T>>(
+    op: O,
+    w: &AmxWeights,
+    packed: &[P],
+    n: usize,
+    out: &mut [T],
+    parallel: bool,
+    emit: &impl Emit<O::Sum, T>,
+    hand_on: Option<HandOn<'_, H>>,
+) -> bool {
+    match hand_on {
+        Some(HandOn {
+            handoff,
+            panels,
+            kw,
+        }) => {
+            product_handoff(op, w, packed, n, out, parallel, emit, handoff, panels, kw);
+            true
+        }
+        None => {
+            product(op, w, packed, n, out, parallel, emit);
+            false
+        }
+    }
 }
 
 /// The body of [`product`] and [`product_handoff`].
@@ -207,27 +256,60 @@ impl<S, T, E: Emit<S, T>> BlockSink<S> for RowsOut<'_, E, T> {
     }
 }
 
-/// How [`product_handoff`] turns its output into the bytes of the following product.
+/// An element of the AMX panels of activations: a byte (int8, four `k` to a 32-bit word) or
+/// the bits of a bf16 (two `k` to a word), the first `k` in the low bits.
+pub(crate) trait PanelElem: Copy + Default + Send + Sync {
+    /// Elements per 32-bit word.
+    const PER_WORD: usize;
+
+    /// The word of `parts` (`PER_WORD` elements of consecutive `k`).
+    fn word(parts: &[Self]) -> u32;
+}
+
+impl PanelElem for u8 {
+    const PER_WORD: usize = 4;
+
+    #[inline(always)]
+    fn word(parts: &[u8]) -> u32 {
+        u32::from_le_bytes([parts[0], parts[1], parts[2], parts[3]])
+    }
+}
+
+impl PanelElem for u16 {
+    const PER_WORD: usize = 2;
+
+    #[inline(always)]
+    fn word(parts: &[u16]) -> u32 {
+        u32::from(parts[0]) | u32::from(parts[1]) << 16
+    }
+}
+
+/// How [`product_handoff`] turns its output into the elements of the following product.
 pub(crate) trait Handoff<T>: Sync {
-    /// `bytes[j]` for the output value `row[j]` (same lengths).
-    fn bytes(&self, row: &[T], bytes: &mut [u8]);
+    /// The following product's element.
+    type Elem: PanelElem;
+
+    /// `values[j]` for the output value `row[j]` (same lengths).
+    fn values(&self, row: &[T], values: &mut [Self::Elem]);
 }
 
 /// The handoff of a plain [`product`] (never called).
 pub(crate) struct NoHandoff;
 
 impl<T> Handoff<T> for NoHandoff {
-    fn bytes(&self, _: &[T], _: &mut [u8]) {
+    type Elem = u8;
+
+    fn values(&self, _: &[T], _: &mut [u8]) {
         unreachable!("a product without handoff hands nothing on")
     }
 }
 
 /// The panels of [`product_handoff`], written by its tasks through a raw pointer: each task
-/// writes only the groups of four `k` of its own row blocks (see [`SharedPanels::put`]).
+/// writes only the words of `k` of its own row blocks (see [`SharedPanels::put`]).
 struct SharedPanels<'a> {
     ptr: *mut u32,
     len: usize,
-    k4: usize,
+    kw: usize,
     _borrow: std::marker::PhantomData<&'a mut [u32]>,
 }
 
@@ -236,16 +318,17 @@ struct SharedPanels<'a> {
 unsafe impl Sync for SharedPanels<'_> {}
 
 impl SharedPanels<'_> {
-    /// Writes `words` as the 16 columns of group `g` (of four `k`) in panel `panel`.
+    /// Writes `words` as the 16 columns of word `g` of `k` in panel `panel`.
     ///
     /// # Safety
     /// No other thread may access those 16 words during the call. [`product_impl`]'s tasks
-    /// are disjoint runs of row blocks, and a row block of 32 rows owns the groups
-    /// `8·block .. 8·block + 8` of every panel, which only its task writes.
+    /// are disjoint runs of row blocks, and a row block of 32 rows owns the words
+    /// `32·block / PER_WORD ..` up to the next block's of every panel, which only its task
+    /// writes.
     unsafe fn put(&self, panel: usize, g: usize, words: &[u32; 16]) {
-        let at = (panel * self.k4 + g) * 16;
+        let at = (panel * self.kw + g) * 16;
         assert!(
-            g < self.k4 && at + 16 <= self.len,
+            g < self.kw && at + 16 <= self.len,
             "amx handoff: word out of range"
         );
         // SAFETY: in bounds (checked above) of the exclusively borrowed buffer; the caller
@@ -276,22 +359,27 @@ impl<S, T, E: Emit<S, T>, H: Handoff<T>> BlockSink<S> for RowsAndPanels<'_, E, T
         } = &self.rows;
         let (n, r0) = (*n, (blk - first) * ROWS);
         let (cols, valid) = (COLS.min(n - c0), ROWS.min(rows - r0));
-        // Rows and columns past the output stay zero bytes.
-        let mut q = [[0u8; COLS]; ROWS];
+        // Rows and columns past the output stay zero.
+        let mut q = [[H::Elem::default(); COLS]; ROWS];
         for (r, qr) in q.iter_mut().enumerate().take(valid) {
             self.handoff
-                .bytes(&o[(r0 + r) * n + c0..][..cols], &mut qr[..cols]);
+                .values(&o[(r0 + r) * n + c0..][..cols], &mut qr[..cols]);
         }
-        for (g, rows4) in q.chunks_exact(4).enumerate() {
-            // The words of the two panels of the pair: four rows' bytes of each column.
+        let per = H::Elem::PER_WORD;
+        for (g, rows) in q.chunks_exact(per).enumerate() {
+            // The words of the two panels of the pair: `per` rows' elements of each column.
             let mut words = [[0u32; 16]; 2];
             for (i, half) in words.iter_mut().enumerate() {
                 for (j, wd) in half.iter_mut().enumerate() {
                     let c = 16 * i + j;
-                    *wd = u32::from_le_bytes([rows4[0][c], rows4[1][c], rows4[2][c], rows4[3][c]]);
+                    let mut parts = [H::Elem::default(); 4];
+                    for (p, row) in parts.iter_mut().zip(rows) {
+                        *p = row[c];
+                    }
+                    *wd = H::Elem::word(&parts[..per]);
                 }
             }
-            let group = blk * ROWS / 4 + g;
+            let group = blk * ROWS / per + g;
             for (i, half) in words.iter().enumerate() {
                 // SAFETY: row block `blk` belongs to this task only (see `SharedPanels::put`).
                 unsafe { self.panels.put(c0 / 16 + i, group, half) };

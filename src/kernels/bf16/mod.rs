@@ -81,14 +81,15 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::aligned::{aligned, aligned_mut};
 use super::amx;
 use super::gemm::Parallelism;
 use super::wide::Wide;
 
+pub(crate) use amx_product::{amx_kw, gemm_amx, AmxInput, Bf16Bits};
 pub use pack::Bf16Input;
 use pack::{pack_b_panel, packed_b_len};
 
+mod amx_product;
 #[cfg(target_arch = "x86_64")]
 mod avx512_bf16;
 #[cfg(target_arch = "aarch64")]
@@ -193,17 +194,11 @@ impl Bf16Isa {
 ///
 /// A NaN keeps its sign and the top of its payload and is made quiet; finite values whose
 /// rounding exceeds the largest bf16 become ±inf.
-#[inline]
+///
+/// Branch-free, so that loops over it vectorise.
+#[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) as u16) | 0x0040;
-    }
-    // Adding 0x7FFF rounds a remainder above one half up; the extra lowest kept bit turns an
-    // exact half into "up when the kept part is odd". A carry into the exponent is correct
-    // (including the largest finite values rounding to infinity).
-    let round = 0x7FFF + ((bits >> 16) & 1);
-    (bits.wrapping_add(round) >> 16) as u16
+    (pack::round_high(x.to_bits()) >> 16) as u16
 }
 
 /// bf16 bits → f32 (exact).
@@ -451,11 +446,9 @@ pub(crate) fn gemm_bf16_rows<T: Bf16Input>(
         }
         return;
     }
-    if isa == Bf16Isa::Amx {
-        if let (Some(op), Some(aw)) = (amx::Bf16::detect(), w.amx.as_ref()) {
-            gemm_amx(op, aw, b, k, n, c, scratch, par, map);
-            return;
-        }
+    let input = AmxInput::Matrix(b);
+    if gemm_amx(w, input, n, c, scratch, par, isa, map, amx::no_hand_on()).is_some() {
+        return;
     }
     let kernel = Kernel::new(isa);
     // The packing loop with AVX-512 for the x86 kernels that need it anyway.
@@ -501,49 +494,6 @@ pub(crate) fn gemm_bf16_rows<T: Bf16Input>(
                 .enumerate()
                 .for_each(|(i, rows)| rows_block(rows, i * per_task));
         }
-    }
-}
-
-/// [`gemm_bf16`] on AMX tiles: `B` packed in pairs of 16-column panels with the pairs of `k`
-/// padded to whole tiles, then one task per block of 32 rows of `c`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_amx<T: Bf16Input>(
-    op: amx::Bf16,
-    aw: &amx::AmxWeights,
-    b: &[T],
-    k: usize,
-    n: usize,
-    c: &mut [f32],
-    scratch: &mut Vec<u16>,
-    par: Parallelism,
-    map: &impl RowMap,
-) {
-    // Two u16 per 32-bit word of the tiles.
-    let len = 2 * amx::packed_words(aw.chunks(), n);
-    // From a cache line, as every tile row then is.
-    let packed = aligned_mut(scratch, len);
-    let panel_len = 2 * 16 * aw.chunks() * amx::WORDS;
-    let wide = Wide::detect(true);
-    let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(wide, b, k, n, p * 16, 16, dst);
-    let parallel = par == Parallelism::Rayon && c.len() * k >= super::gemm::PAR_THRESHOLD;
-    if parallel {
-        packed.par_chunks_mut(panel_len).enumerate().for_each(pack);
-    } else {
-        packed.chunks_mut(panel_len).enumerate().for_each(pack);
-    }
-    let packed = aligned(scratch, len);
-    amx::product(op, aw, packed, n, c, parallel, &CopyThen(map));
-}
-
-/// The epilogue of [`gemm_amx`]: [`RowMap::map_from`] (with a type whose methods are
-/// `#[inline(always)]`, it compiles into the AVX-512 copy of the AMX loop; as a closure it
-/// stayed a call to 128-bit code).
-struct CopyThen<'a, M>(&'a M);
-
-impl<M: RowMap> amx::Emit<f32, f32> for CopyThen<'_, M> {
-    #[inline(always)]
-    fn emit(&self, row: usize, c0: usize, sums: &[f32], o: &mut [f32]) {
-        self.0.map_from(row, c0, sums, o);
     }
 }
 

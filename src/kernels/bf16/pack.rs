@@ -15,7 +15,7 @@ pub(super) fn packed_b_len(k: usize, n: usize) -> usize {
 /// `x`'s bits with its bf16 rounding (as [`to_bf16`](super::to_bf16)) in the high half; the low half is
 /// not cleared. Branch-free, so that loops over it vectorise.
 #[inline(always)]
-fn round_high(bits: u32) -> u32 {
+pub(super) fn round_high(bits: u32) -> u32 {
     let nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
     let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
     if nan {

@@ -15,10 +15,15 @@ use rayon::prelude::*;
 
 use std::sync::OnceLock;
 
+use super::quantized::{QInput, QOutput};
 use crate::kernels::aligned::{aligned, aligned_mut};
 use crate::kernels::amx;
-use crate::kernels::amx::direct::{self, ChannelsLast, DirectWeights, Grid};
-use crate::kernels::bf16::{gemm_bf16_rows, to_bf16, Bf16Isa, PackedBf16Weights, RowMap};
+use crate::kernels::amx::direct::{self, ChannelsLast, DirectBf16, DirectWeights, Grid};
+use crate::kernels::amx::HandOn;
+use crate::kernels::bf16::{
+    amx_kw, gemm_amx, gemm_bf16_rows, to_bf16, AmxInput, Bf16Bits, Bf16Isa, PackedBf16Weights,
+    RowMap,
+};
 use crate::kernels::gemm::Parallelism;
 
 /// A convolution with bf16 weights and inputs and f32 sums (see the module documentation).
@@ -163,6 +168,163 @@ impl Bf16Conv {
         }
     }
 
+    /// A 1×1 convolution at stride 1 without padding: its input is its matrix of activations.
+    fn plain_1x1(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Whether this convolution reads its input as AMX panels ([`QInput::Panels`]) with
+    /// `isa`, and with how many words of `k` per column: a plain 1×1 convolution on the AMX
+    /// kernel.
+    pub(crate) fn panels_kw(&self, isa: Bf16Isa) -> Option<usize> {
+        self.plain_1x1()
+            .then(|| amx_kw(self.packed(), isa))
+            .flatten()
+    }
+
+    /// Whether this convolution writes its output for an `h × w` input as AMX panels
+    /// ([`QOutput::Panels`]) with `isa`: a direct convolution on AMX.
+    pub(crate) fn direct_panels(&self, isa: Bf16Isa, h: usize, w: usize) -> bool {
+        self.direct_path(isa, h, w).is_some()
+    }
+
+    /// The direct AMX path's op, weights and input, when this convolution takes it with
+    /// `isa` for an `h × w` input: `input` rounded to bf16 into a padded channels-last copy
+    /// (on a cache line, as every tile row then is), and whether to spread the work over the
+    /// rayon pool.
+    fn direct_input<'a>(
+        &'a self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        scratch: &'a mut Bf16Scratch,
+        par: Parallelism,
+        isa: Bf16Isa,
+    ) -> Option<(amx::Bf16, &'a DirectWeights, ChannelsLast<'a, u16>, bool)> {
+        let (dw, op, grid) = self.direct_path(isa, h, w)?;
+        let rayon = par == Parallelism::Rayon;
+        // (`cin` is a multiple of 32, so every pixel's channels start on a line too.)
+        let xs = aligned_mut(&mut scratch.x, grid.len());
+        direct::fill_channels_last_bf16(input, grid, xs, rayon);
+        // (Always `Some`: `direct_path` checked the grid, and the length is its own.)
+        let x = ChannelsLast::new(aligned(&scratch.x, grid.len()), grid)?;
+        let (oh, ow) = self.out_hw(h, w);
+        let work = self.cout * oh * ow * self.cin * self.kh * self.kw;
+        let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
+        Some((op, dw, x, parallel))
+    }
+
+    /// [`Bf16Conv::forward_image`] with the input and output in the forms of a chained
+    /// network ([`QInput`], [`QOutput`]; the `limit`s are not used: bf16 values have no
+    /// range):
+    /// - `F32 → F32`: [`Bf16Conv::forward_image`]; returns `true`.
+    /// - `Panels → F32` or `F32Panels`: a plain 1×1 convolution on AMX
+    ///   ([`Bf16Conv::panels_kw`]) reading panels that a previous convolution wrote; returns
+    ///   `true` for `F32`, as below for `F32Panels`.
+    /// - `F32 → F32Panels`: the f32 output, and, from a plain 1×1 convolution on AMX, the
+    ///   same values rounded to bf16 and packed for a following one (`k4` words of `k` per
+    ///   column: its [`Bf16Conv::panels_kw`]); returns whether the panels were written.
+    /// - `F32 → Panels`: only the panels, from a direct convolution on AMX
+    ///   ([`Bf16Conv::direct_panels`]) without a residual; returns whether they were written
+    ///   (`false`: nothing was computed).
+    ///
+    /// The values are those of [`Bf16Conv::forward_image`], bit for bit.
+    ///
+    /// # Panics
+    /// If a slice length does not match the shapes, panels are given to a convolution that
+    /// does not read them, or an int8 form ([`QInput::Quantized`], [`QOutput::Quantized`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        (input, out): (QInput<'_>, QOutput<'_>),
+        h: usize,
+        w: usize,
+        residual: Option<&[f32]>,
+        relu: bool,
+        scratch: &mut Bf16Scratch,
+        par: Parallelism,
+        isa: Bf16Isa,
+    ) -> bool {
+        let (oh, ow) = self.out_hw(h, w);
+        let p = oh * ow;
+        let finish = Finish {
+            bias: &self.bias,
+            residual,
+            relu,
+            p,
+        };
+        let (y, hand_on) = match out {
+            QOutput::Panels { panels, k4, .. } => {
+                let QInput::F32(x) = input else {
+                    panic!("Bf16Conv: a direct convolution into panels reads f32");
+                };
+                assert_eq!(x.len(), self.cin * h * w, "Bf16Conv: input length");
+                if residual.is_some() {
+                    return false;
+                }
+                let Some((op, dw, x, parallel)) = self.direct_input(x, h, w, scratch, par, isa)
+                else {
+                    return false;
+                };
+                let values = DirectBf16 {
+                    bias: &self.bias,
+                    relu,
+                };
+                return direct::conv_panels(op, dw, x, parallel, &values, panels, k4);
+            }
+            QOutput::F32(y) => (y, None),
+            QOutput::F32Panels { y, panels, k4, .. } => (
+                y,
+                Some(HandOn {
+                    handoff: &Bf16Bits,
+                    panels,
+                    kw: k4,
+                }),
+            ),
+            QOutput::Quantized { .. } => panic!("Bf16Conv: a quantised output"),
+        };
+        assert_eq!(y.len(), self.cout * p, "Bf16Conv: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), y.len(), "Bf16Conv: residual length");
+        }
+        // Without panels to write, an f32 output is all there is to do.
+        let done = hand_on.is_none();
+        let amx_input = match input {
+            QInput::Panels(panels) => AmxInput::Panels(panels),
+            QInput::F32(x) if self.plain_1x1() && !done => AmxInput::Matrix(x),
+            QInput::F32(x) => {
+                self.forward_image(x, h, w, y, residual, relu, scratch, par, isa);
+                return done;
+            }
+            QInput::Quantized(_) => panic!("Bf16Conv: a quantised input"),
+        };
+        if let AmxInput::Matrix(x) = amx_input {
+            assert_eq!(x.len(), self.cin * h * w, "Bf16Conv: input length");
+        }
+        let packed = self.packed();
+        let ran = gemm_amx(
+            packed,
+            amx_input,
+            p,
+            y,
+            &mut scratch.pack,
+            par,
+            isa,
+            &finish,
+            hand_on,
+        );
+        match (ran, amx_input) {
+            (Some(handed), _) => done || handed,
+            (None, AmxInput::Matrix(x)) => {
+                self.forward_image(x, h, w, y, residual, relu, scratch, par, isa);
+                done
+            }
+            (None, AmxInput::Panels(_)) => {
+                panic!("Bf16Conv: panels for a convolution that does not run on AMX")
+            }
+        }
+    }
+
     /// One image: `input` is `[cin, h, w]`, `out` is `[cout, oh, ow]`; computes
     /// `out = act(conv(input) + bias (+ residual))` in bf16 with f32 sums. The result does not
     /// depend on `par` or on the number of threads.
@@ -198,23 +360,11 @@ impl Bf16Conv {
             relu,
             p,
         };
-        if let Some((dw, op, grid)) = self.direct_path(isa, h, w) {
-            // The input rounded to bf16 into a padded channels-last copy, read straight into
-            // the tiles (see `amx::direct`).
-            let rayon = par == Parallelism::Rayon;
-            // On a cache line, as every tile row then is (`cin` is a multiple of 32).
-            let xs = aligned_mut(&mut scratch.x, grid.len());
-            direct::fill_channels_last_bf16(input, grid, xs, rayon);
-            // (Always `Some`: `direct_path` checked the grid, and the length is its own.)
-            if let Some(x) = ChannelsLast::new(aligned(&scratch.x, grid.len()), grid) {
-                let work = self.cout * p * k;
-                let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
-                direct::conv(op, dw, x, out, parallel, &finish);
-                return;
-            }
+        if let Some((op, dw, x, parallel)) = self.direct_input(input, h, w, scratch, par, isa) {
+            direct::conv(op, dw, x, out, parallel, &finish);
+            return;
         }
-        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0;
-        if direct {
+        if self.plain_1x1() {
             // The input is the matrix of activations: rounded while it is packed.
             gemm_bf16_rows(
                 self.packed(),
@@ -311,5 +461,178 @@ impl amx::Emit<f32, f32> for Finish<'_> {
 fn grow(buf: &mut Vec<u16>, n: usize) {
     if buf.len() < n {
         buf.resize(n, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::amx::packed_words;
+
+    fn stream(mut s: u32) -> impl FnMut() -> f32 {
+        move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32
+        }
+    }
+
+    fn conv(
+        cout: usize,
+        cin: usize,
+        size: usize,
+        stride: usize,
+        rnd: &mut impl FnMut() -> f32,
+    ) -> Conv2d {
+        let weight: Vec<f32> = (0..cout * cin * size * size).map(|_| rnd() - 0.5).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.3).collect();
+        Conv2d::new(cout, cin, size, size, stride, size / 2, weight, bias)
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// Checks the panels against their documented layout, computed here: `kw` words of `k`
+    /// per column, in panels of 16 columns (pairs of panels), `k` even in the low half; the
+    /// bits of `y[k][j]` (`k < m`) rounded to bf16, zero for the `k` up to the next multiple
+    /// of 32 and for the columns past `n`.
+    fn check_layout(panels: &[u32], y: &[f32], m: usize, n: usize, kw: usize) {
+        assert_eq!(panels.len(), packed_words(kw / 16, n));
+        for j in 0..n.next_multiple_of(32) {
+            for k in 0..m.next_multiple_of(32) {
+                let word = panels[((j / 16) * kw + k / 2) * 16 + j % 16];
+                let got = if k % 2 == 0 {
+                    word as u16
+                } else {
+                    (word >> 16) as u16
+                };
+                let want = if j < n && k < m {
+                    to_bf16(y[k * n + j])
+                } else {
+                    0
+                };
+                assert_eq!(got, want, "column {j} of {n}, k {k} of {m}");
+            }
+        }
+    }
+
+    /// A 1×1 convolution on AMX that also packs its output for the next 1×1 convolution
+    /// ([`QOutput::F32Panels`]): its f32 output is the plain one, bit for bit, the panels hold
+    /// that output rounded to bf16 in the layout the next one reads, and the next one gives
+    /// from them exactly what it gives from the f32 output. Odd pixel counts, channels that
+    /// fill part of a row block or of a tile's 32 `k`, with and without a residual, 1 and 2
+    /// threads.
+    #[test]
+    fn handed_on_panels_are_the_rounded_f32_output() {
+        if !Bf16Isa::Amx.is_available() {
+            return;
+        }
+        let isa = Bf16Isa::Amx;
+        let mut rnd = stream(0x0BF1_6A11);
+        for (cin, mid, cout, h, w) in [
+            (64, 64, 32, 7, 7),
+            (32, 20, 9, 5, 13),
+            (128, 96, 40, 14, 14),
+            (16, 256, 33, 1, 1),
+            (64, 40, 64, 3, 40),
+        ] {
+            let p = h * w;
+            let first = Bf16Conv::new(&conv(mid, cin, 1, 1, &mut rnd)).unwrap();
+            let second = Bf16Conv::new(&conv(cout, mid, 1, 1, &mut rnd)).unwrap();
+            let kw = second.panels_kw(isa).expect("a 1×1 on AMX takes panels");
+            assert_eq!(kw, mid.div_ceil(32) * 16);
+            let x: Vec<f32> = (0..cin * p).map(|_| rnd() - 0.4).collect();
+            let residual: Vec<f32> = (0..mid * p).map(|_| rnd() * 0.6 - 0.3).collect();
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                for res in [None, Some(&residual[..])] {
+                    let mut s = Bf16Scratch::default();
+                    let mut want = vec![f32::NAN; mid * p];
+                    first.forward_image(&x, h, w, &mut want, res, true, &mut s, par, isa);
+                    let mut want_out = vec![f32::NAN; cout * p];
+                    second.forward_image(&want, h, w, &mut want_out, None, false, &mut s, par, isa);
+                    // Garbage in the panels beforehand: every word must be written.
+                    let mut panels = vec![0xDEAD_BEEFu32; packed_words(kw / 16, p)];
+                    let mut y = vec![f32::NAN; mid * p];
+                    let out = QOutput::F32Panels {
+                        y: &mut y,
+                        panels: &mut panels,
+                        limit: f32::INFINITY,
+                        k4: kw,
+                    };
+                    let io = (QInput::F32(&x), out);
+                    assert!(first.forward(io, h, w, res, true, &mut s, par, isa));
+                    assert_eq!(bits(&y), bits(&want), "{cin} {mid} {h}×{w}");
+                    check_layout(&panels, &want, mid, p, kw);
+                    let mut got = vec![f32::NAN; cout * p];
+                    let io = (QInput::Panels(&panels), QOutput::F32(&mut got));
+                    assert!(second.forward(io, h, w, None, false, &mut s, par, isa));
+                    assert_eq!(bits(&got), bits(&want_out), "{cin} {mid} {cout} {h}×{w}");
+                }
+            }
+        }
+    }
+
+    /// A direct convolution on AMX written as the panels of the next 1×1 convolution
+    /// ([`QOutput::Panels`]): the panels hold its plain f32 output rounded to bf16, and the next
+    /// one gives from them exactly what it gives from that output. Output channels that fill
+    /// part of a pair, strides 1 and 2, 3×3 and 5×5, with and without ReLU, 1 and 2 threads;
+    /// with a residual it declines.
+    #[test]
+    fn direct_panels_are_the_rounded_f32_output() {
+        if !Bf16Isa::Amx.is_available() {
+            return;
+        }
+        let isa = Bf16Isa::Amx;
+        let mut rnd = stream(0x5EED_0D1C);
+        for (cin, mid, cout, size, stride, h, w) in [
+            (64, 64, 32, 3, 1, 7, 7),
+            (32, 40, 9, 3, 2, 9, 13),
+            (64, 96, 64, 3, 1, 14, 14),
+            (32, 32, 16, 5, 1, 6, 11),
+        ] {
+            let first = Bf16Conv::new(&conv(mid, cin, size, stride, &mut rnd)).unwrap();
+            let second = Bf16Conv::new(&conv(cout, mid, 1, 1, &mut rnd)).unwrap();
+            let (oh, ow) = first.out_hw(h, w);
+            let p = oh * ow;
+            assert!(first.direct_panels(isa, h, w), "{cin} {size}×{size}");
+            let kw = second.panels_kw(isa).unwrap();
+            let x: Vec<f32> = (0..cin * h * w).map(|_| rnd() - 0.4).collect();
+            for (par, relu) in [
+                (Parallelism::Sequential, true),
+                (Parallelism::Rayon, true),
+                (Parallelism::Rayon, false),
+            ] {
+                let mut s = Bf16Scratch::default();
+                let mut want = vec![f32::NAN; mid * p];
+                first.forward_image(&x, h, w, &mut want, None, relu, &mut s, par, isa);
+                let mut want_out = vec![f32::NAN; cout * p];
+                second.forward_image(&want, oh, ow, &mut want_out, None, false, &mut s, par, isa);
+                let mut panels = vec![0xDEAD_BEEFu32; packed_words(kw / 16, p)];
+                let out = QOutput::Panels {
+                    panels: &mut panels,
+                    limit: f32::INFINITY,
+                    k4: kw,
+                };
+                assert!(first.forward((QInput::F32(&x), out), h, w, None, relu, &mut s, par, isa));
+                check_layout(&panels, &want, mid, p, kw);
+                let mut got = vec![f32::NAN; cout * p];
+                let io = (QInput::Panels(&panels), QOutput::F32(&mut got));
+                assert!(second.forward(io, oh, ow, None, false, &mut s, par, isa));
+                assert_eq!(bits(&got), bits(&want_out), "{cin} {mid} {size} {stride}");
+                // A residual is not part of the panels' values: declined, nothing written.
+                let residual = vec![0.0f32; mid * p];
+                let before = panels.clone();
+                let out = QOutput::Panels {
+                    panels: &mut panels,
+                    limit: f32::INFINITY,
+                    k4: kw,
+                };
+                let io = (QInput::F32(&x), out);
+                assert!(!first.forward(io, h, w, Some(&residual), relu, &mut s, par, isa));
+                assert_eq!(panels, before);
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ mod weights;
 use rayon::prelude::*;
 
 use crate::kernels::aligned::{aligned, aligned_mut};
-use crate::kernels::amx;
+use crate::kernels::amx::{self, HandOn};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::wide::Wide;
 
@@ -183,7 +183,7 @@ pub fn gemm_u8i8_map<T, F>(
     T: Send,
     F: Fn(usize, usize, &[i32], &mut [T]) + Sync,
 {
-    gemm_u8i8_emit(w, b, n, out, scratch, par, isa, map, no_hand_on());
+    gemm_u8i8_emit(w, b, n, out, scratch, par, isa, map, amx::no_hand_on());
 }
 
 /// [`gemm_u8i8_map`] with any [`amx::Emit`] as the epilogue (a type whose `emit` is
@@ -215,23 +215,6 @@ where
         map
     };
     gemm_impl(w, n, out, scratch, par, isa, pack, hand_on)
-}
-
-/// Where a product on AMX also writes its output, as the packed activations of a following
-/// 1×1 product whose depth is this output's rows ([`amx::product_handoff`]): `handoff` turns
-/// output values into bytes, `panels` receives them (`k4` words of `k` per column).
-pub(crate) struct HandOn<'a, H> {
-    /// The bytes of the output values.
-    pub handoff: &'a H,
-    /// The packed activations ([`amx::packed_words`]`(k4 / 16, n)` words).
-    pub panels: &'a mut [u32],
-    /// Words of `k` per column of the following product (its AMX chunks × 16).
-    pub k4: usize,
-}
-
-/// No [`HandOn`].
-pub(crate) fn no_hand_on<'a>() -> Option<HandOn<'a, amx::NoHandoff>> {
-    None
 }
 
 /// The product of `w` with activations already packed for the AMX kernel (by a previous
@@ -270,46 +253,10 @@ where
         "gemm_u8i8: prepacked activations of the wrong length"
     );
     let parallel = runs_parallel(par, w.m, n, w.k);
-    amx_product(kernel, aw, panels, n, out, parallel, &map, hand_on)
+    amx::product_or_handoff(kernel, aw, panels, n, out, parallel, &map, hand_on)
 }
 
-/// [`amx::product`], or [`amx::product_handoff`] with `hand_on`; returns whether the output
-/// was handed on.
-#[allow(clippy::too_many_arguments)]
-fn amx_product<T, F, H>(
-    kernel: amx::Int8,
-    aw: &amx::AmxWeights,
-    packed: &[u32],
-    n: usize,
-    out: &mut [T],
-    parallel: bool,
-    map: &F,
-    hand_on: Option<HandOn<'_, H>>,
-) -> bool
-where
-    T: Send,
-    F: amx::Emit<i32, T>,
-    H: amx::Handoff<T>,
-{
-    match hand_on {
-        Some(HandOn {
-            handoff,
-            panels,
-            k4,
-        }) => {
-            amx::product_handoff(
-                kernel, aw, packed, n, out, parallel, map, handoff, panels, k4,
-            );
-            true
-        }
-        None => {
-            amx::product(kernel, aw, packed, n, out, parallel, map);
-            false
-        }
-    }
-}
-
-/// The AMX words of `k` per column ([`HandOn::k4`]) of a product with `w`, when it runs on
+/// The AMX words of `k` per column ([`HandOn::kw`]) of a product with `w`, when it runs on
 /// AMX with `isa`.
 pub(crate) fn amx_k4(w: &PackedWeights, isa: Int8Isa) -> Option<usize> {
     amx_kernel(w, isa).map(|(_, aw)| aw.chunks() * amx::WORDS)
@@ -356,7 +303,7 @@ pub(crate) fn gemm_u8i8_shifted_emit<T, F>(
         pack_b_shifted(wide, x, k4, nr, buf, par);
         map
     };
-    gemm_impl(w, x.n(), out, scratch, par, isa, pack, no_hand_on());
+    gemm_impl(w, x.n(), out, scratch, par, isa, pack, amx::no_hand_on());
 }
 
 /// [`gemm_u8i8_map`] with `f32` activations quantised while they are packed: the byte of
@@ -397,7 +344,7 @@ pub fn gemm_quantizing_map<T, F>(
         );
         map
     };
-    gemm_impl(w, n, out, scratch, par, isa, pack, no_hand_on());
+    gemm_impl(w, n, out, scratch, par, isa, pack, amx::no_hand_on());
 }
 
 /// [`gemm_quantizing_map`] for activations whose range is `max(limit, max_or_zero(x))`: the
@@ -513,7 +460,7 @@ where
         let map = pack(wide, &mut buf[..used], k4, 16);
         buf[used..].fill(0);
         let packed: &[u32] = aligned(scratch, words);
-        return amx_product(kernel, aw, packed, n, out, parallel, &map, hand_on);
+        return amx::product_or_handoff(kernel, aw, packed, n, out, parallel, &map, hand_on);
     }
     let k4 = k.div_ceil(4);
     let words = n.div_ceil(NR) * k4 * NR;

@@ -84,7 +84,7 @@ fn widened_range_is_the_plain_product_at_the_widened_scale() {
                     seen = Some(r);
                     map_for(r)
                 },
-                no_hand_on(),
+                amx::no_hand_on(),
             );
             assert_eq!(seen, Some(range), "{isa:?} limit {limit}");
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

@@ -84,9 +84,10 @@ mod tests;
 mod weights;
 
 pub(crate) use layout::{fill_channels_last, fill_channels_last_bf16, ChannelsLast, Grid};
-pub(crate) use sinks::DirectBytes;
+pub(crate) use sinks::{DirectBf16, DirectBytes, DirectValues};
 pub(crate) use weights::DirectWeights;
 
+use super::PanelElem;
 use sinks::{DirectSink, Planar, SharedWords, ToPanels};
 
 /// The convolution of `x` with `w`: `out` is `[m, h·w]` (row-major, `m` the weights' output
@@ -136,45 +137,45 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
     }
 }
 
-/// The int8 convolution of `x` with `w`, its output quantised for a following 1×1
-/// convolution and packed for it, as [`super::product_handoff`] packs its own (panels of 16
-/// output pixels, `k4` words of four output channels per pixel, [`super::packed_words`]`(k4 /
-/// 16, h·w)` words; the words of pixels past the output are zero). The bytes are those that
-/// `Requant` would write with `bytes` as its epilogue. Returns `false` when a value exceeded
-/// the range of `bytes` (the panels are then not valid).
+/// The convolution of `x` with `w`, its output made into the elements of a following 1×1
+/// convolution by `values` (bytes quantised for an int8 one, bf16 bits for a bf16 one) and
+/// packed for it, as [`super::product_or_handoff`] packs its own (panels of 16 output pixels,
+/// `kw` words of output channels per pixel, [`super::packed_words`]`(kw / 16, h·w)` words;
+/// the words of pixels past the output are zero). Returns `false` when a value exceeded the
+/// range of `values` (the panels are then not valid).
 ///
 /// # Panics
-/// As [`conv`], or if `k4` is not a multiple of 16 smaller than the output channels take, or
+/// As [`conv`], or if `kw` is not a multiple of 16 smaller than the output channels take, or
 /// `panels` has the wrong length.
-pub(crate) fn conv_panels(
-    op: Int8,
+pub(crate) fn conv_panels<O: DirectOp, V: DirectValues<O::Sum>>(
+    op: O,
     w: &DirectWeights,
-    x: ChannelsLast<'_, u8>,
+    x: ChannelsLast<'_, O::Elem>,
     parallel: bool,
-    bytes: &DirectBytes<'_>,
+    values: &V,
     panels: &mut [u32],
-    k4: usize,
+    kw: usize,
 ) -> bool {
     let job = Job::new(op, w, x, parallel);
     let (oh, ow) = x.grid.out_hw();
     let p = oh * ow;
     assert!(
-        k4.is_multiple_of(16) && 4 * k4 >= w.m.next_multiple_of(COLS),
-        "amx direct: {k4} words of k for {} channels",
+        kw.is_multiple_of(16) && V::Elem::PER_WORD * kw >= w.m.next_multiple_of(COLS),
+        "amx direct: {kw} words of k for {} channels",
         w.m
     );
     assert_eq!(
         panels.len(),
-        super::packed_words(k4 / 16, p),
+        super::packed_words(kw / 16, p),
         "amx direct: panels length"
     );
-    zero_tail_columns(panels, k4, p);
-    let shared = SharedWords::new(panels, k4);
+    zero_tail_columns(panels, kw, p);
+    let shared = SharedWords::new(panels, kw);
     let wide = Wide::detect(true);
     let task = |t: usize| {
         let oc0 = t * job.task_pairs * COLS;
         let rows = (job.task_pairs * COLS).min(w.m - oc0);
-        let mut sink = ToPanels::new(&job, bytes, &shared, oc0, rows);
+        let mut sink = ToPanels::new(&job, values, &shared, oc0, rows);
         match wide {
             Wide::Baseline => job.run(t, rows, &mut sink),
             #[cfg(target_arch = "x86_64")]
@@ -195,10 +196,10 @@ pub(crate) fn conv_panels(
     }
 }
 
-/// Zeroes the words of the columns from `n` in the panels (16 columns each, `k4` words per
+/// Zeroes the words of the columns from `n` in the panels (16 columns each, `kw` words per
 /// column): the pixels past the output, which no block writes.
-fn zero_tail_columns(panels: &mut [u32], k4: usize, n: usize) {
-    let panel_len = 16 * k4;
+fn zero_tail_columns(panels: &mut [u32], kw: usize, n: usize) {
+    let panel_len = 16 * kw;
     for (p, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
         let valid = n.saturating_sub(16 * p).min(16);
         if valid < 16 {

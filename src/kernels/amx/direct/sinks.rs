@@ -1,9 +1,11 @@
 //! Where the direct convolution's finished blocks of sums go: transposed to output channels
 //! and handed to an epilogue ([`Planar`], the output `[m, h·w]`), or quantised position by
-//! position straight into the AMX panels of a following 1×1 convolution ([`ToPanels`]).
+//! position straight into the AMX panels of a following 1×1 convolution ([`ToPanels`]): as
+//! bytes ([`DirectBytes`], int8) or bf16 bits ([`DirectBf16`]).
 
 use super::{DirectOp, Grid, Job, Sums, COLS, ROWS};
-use crate::kernels::amx::Emit;
+use crate::kernels::amx::{Emit, PanelElem};
+use crate::kernels::bf16::to_bf16;
 use crate::kernels::int8::quantize_u8;
 
 /// What [`Job::run`] does with each finished block: `sums[i][j]` is the sum of grid position
@@ -86,6 +88,23 @@ impl<S: Copy, E: Emit<S, T>, T, const AVX512: bool> DirectSink<S> for Planar<'_,
     }
 }
 
+/// How [`ToPanels`] makes the elements of the following 1×1 convolution's panels of the sums
+/// of one output position.
+pub(crate) trait DirectValues<S>: Sync {
+    /// The following convolution's element (bytes for int8, bf16 bits for bf16).
+    type Elem: PanelElem;
+    /// What `values` needs of one pair of 32 output channels (their steps and biases).
+    type Pair;
+
+    /// The constants of the output channels `c0 .. c0 + valid` (`valid ≤ 32`): channels past
+    /// the output must give zero elements.
+    fn pair(&self, c0: usize, valid: usize) -> Self::Pair;
+
+    /// `out[j]` for the sum `sums[j]` of channel `c0 + j` of `pair`; returns whether a value
+    /// exceeded the range (the panels are then not valid).
+    fn values(&self, pair: &Self::Pair, sums: &[S; COLS], out: &mut [Self::Elem; COLS]) -> bool;
+}
+
 /// How [`ToPanels`] makes bytes of the sums of output channel `c`: `y = sum·dequant[c] +
 /// bias[c]` (then `max(y, 0)` with `relu`), `quantize_u8(y, scale)`, `scale = 255 / limit`
 /// for the following convolution's calibrated range `limit` — the bytes of the int8
@@ -104,12 +123,71 @@ pub(crate) struct DirectBytes<'a> {
     pub limit: f32,
 }
 
+impl DirectValues<i32> for DirectBytes<'_> {
+    type Elem = u8;
+    type Pair = ([f32; COLS], [f32; COLS]);
+
+    #[inline(always)]
+    fn pair(&self, c0: usize, valid: usize) -> Self::Pair {
+        let mut step = [0.0f32; COLS];
+        let mut bias = [0.0f32; COLS];
+        step[..valid].copy_from_slice(&self.dequant[c0..c0 + valid]);
+        bias[..valid].copy_from_slice(&self.bias[c0..c0 + valid]);
+        (step, bias)
+    }
+
+    #[inline(always)]
+    fn values(&self, (step, bias): &Self::Pair, s: &[i32; COLS], q: &mut [u8; COLS]) -> bool {
+        let (relu, scale, limit) = (self.relu, self.scale, self.limit);
+        let mut over = false;
+        for (((q, &a), &st), &bi) in q.iter_mut().zip(s).zip(step).zip(bias) {
+            let y = a as f32 * st + bi;
+            let y = if relu { y.max(0.0) } else { y };
+            over |= y > limit;
+            *q = quantize_u8(y, scale);
+        }
+        over
+    }
+}
+
+/// How [`ToPanels`] makes bf16 bits of the sums of output channel `c`: `y = sum + bias[c]`
+/// (then `max(y, 0)` with `relu`) rounded to bf16 — the bits that the following bf16
+/// convolution makes of the output of the bf16 convolution's epilogue without a residual.
+/// Never out of range.
+pub(crate) struct DirectBf16<'a> {
+    /// Per output channel.
+    pub bias: &'a [f32],
+    /// Whether negative values become 0.
+    pub relu: bool,
+}
+
+impl DirectValues<f32> for DirectBf16<'_> {
+    type Elem = u16;
+    type Pair = [f32; COLS];
+
+    #[inline(always)]
+    fn pair(&self, c0: usize, valid: usize) -> Self::Pair {
+        let mut bias = [0.0f32; COLS];
+        bias[..valid].copy_from_slice(&self.bias[c0..c0 + valid]);
+        bias
+    }
+
+    #[inline(always)]
+    fn values(&self, bias: &Self::Pair, s: &[f32; COLS], out: &mut [u16; COLS]) -> bool {
+        for ((o, &a), &bi) in out.iter_mut().zip(s).zip(bias) {
+            let y = a + bi;
+            *o = to_bf16(if self.relu { y.max(0.0) } else { y });
+        }
+        false
+    }
+}
+
 /// The words that a writer of [`ToPanels`] puts into the panels, through a raw pointer: each
-/// task writes only the groups of four channels of its own output channels.
+/// task writes only the words of its own output channels.
 pub(super) struct SharedWords<'a> {
     ptr: *mut u32,
     len: usize,
-    k4: usize,
+    kw: usize,
     _borrow: std::marker::PhantomData<&'a mut [u32]>,
 }
 
@@ -118,25 +196,25 @@ pub(super) struct SharedWords<'a> {
 unsafe impl Sync for SharedWords<'_> {}
 
 impl<'a> SharedWords<'a> {
-    /// Shares `panels` (`k4` words per column) among the tasks of one convolution.
-    pub(super) fn new(panels: &'a mut [u32], k4: usize) -> Self {
+    /// Shares `panels` (`kw` words per column) among the tasks of one convolution.
+    pub(super) fn new(panels: &'a mut [u32], kw: usize) -> Self {
         SharedWords {
             ptr: panels.as_mut_ptr(),
             len: panels.len(),
-            k4,
+            kw,
             _borrow: std::marker::PhantomData,
         }
     }
 
-    /// Writes `word` as group `g` (channels `4g .. 4g + 4`) of column `j`.
+    /// Writes `word` as word `g` of `k` (the channels of that word) of column `j`.
     ///
     /// # Safety
     /// No other thread may access that word during the call: the tasks of [`super::conv_panels`]
-    /// own disjoint runs of output channels, so disjoint groups.
+    /// own disjoint runs of whole pairs of output channels, so disjoint words.
     unsafe fn put(&self, j: usize, g: usize, word: u32) {
-        let at = ((j / 16) * self.k4 + g) * 16 + j % 16;
+        let at = ((j / 16) * self.kw + g) * 16 + j % 16;
         assert!(
-            g < self.k4 && at < self.len,
+            g < self.kw && at < self.len,
             "amx direct: word out of range"
         );
         // SAFETY: in bounds (checked above) of the exclusively borrowed buffer; the caller
@@ -146,29 +224,29 @@ impl<'a> SharedWords<'a> {
 }
 
 /// The sink of [`super::conv_panels`]: every valid position's 32 channel sums of a block
-/// become bytes ([`DirectBytes`]) and, four channels to a word, go to the position's column of
-/// the panels.
-pub(super) struct ToPanels<'a> {
+/// become the following convolution's elements ([`DirectValues`]) and, as many channels to a
+/// word as it holds, go to the position's column of the panels.
+pub(super) struct ToPanels<'a, V> {
     grid: Grid,
-    bytes: &'a DirectBytes<'a>,
+    values: &'a V,
     panels: &'a SharedWords<'a>,
     oc0: usize,
     rows: usize,
     over: bool,
 }
 
-impl<'a> ToPanels<'a> {
+impl<'a, V> ToPanels<'a, V> {
     /// The sink of the task with the `rows` output channels from `oc0`.
     pub(super) fn new<O: DirectOp>(
         job: &Job<'_, O>,
-        bytes: &'a DirectBytes<'a>,
+        values: &'a V,
         panels: &'a SharedWords<'a>,
         oc0: usize,
         rows: usize,
     ) -> Self {
         ToPanels {
             grid: job.x.grid,
-            bytes,
+            values,
             panels,
             oc0,
             rows,
@@ -182,21 +260,17 @@ impl<'a> ToPanels<'a> {
     }
 }
 
-impl DirectSink<i32> for ToPanels<'_> {
+impl<S, V: DirectValues<S>> DirectSink<S> for ToPanels<'_, V> {
     #[inline(always)]
-    fn block(&mut self, blk: usize, pair: usize, sums: &Sums<i32>) {
+    fn block(&mut self, blk: usize, pair: usize, sums: &Sums<S>) {
         let grid = self.grid;
         let (oh, ow) = grid.out_hw();
         let gw = grid.gw();
         let c0 = self.oc0 + pair * COLS;
         let valid = COLS.min(self.rows - pair * COLS);
-        let b = self.bytes;
-        // The pair's steps and biases; channels past the output give zero bytes.
-        let mut step = [0.0f32; COLS];
-        let mut bias = [0.0f32; COLS];
-        step[..valid].copy_from_slice(&b.dequant[c0..c0 + valid]);
-        bias[..valid].copy_from_slice(&b.bias[c0..c0 + valid]);
-        let (relu, scale, limit) = (b.relu, b.scale, b.limit);
+        // The pair's constants; channels past the output give zero elements.
+        let consts = self.values.pair(c0, valid);
+        let per = V::Elem::PER_WORD;
         let mut over = false;
         for (i, s) in sums.0.iter().enumerate() {
             let g = blk * ROWS + i;
@@ -207,19 +281,13 @@ impl DirectSink<i32> for ToPanels<'_> {
             if ox >= ow {
                 continue;
             }
-            let mut q = [0u8; COLS];
-            for (((q, &a), &st), &bi) in q.iter_mut().zip(s).zip(&step).zip(&bias) {
-                let y = a as f32 * st + bi;
-                let y = if relu { y.max(0.0) } else { y };
-                over |= y > limit;
-                *q = quantize_u8(y, scale);
-            }
+            let mut q = [V::Elem::default(); COLS];
+            over |= self.values.values(&consts, s, &mut q);
             let j = oy * ow + ox;
-            for (w, four) in q.chunks_exact(4).enumerate() {
-                let word = u32::from_le_bytes([four[0], four[1], four[2], four[3]]);
-                // SAFETY: groups `c0 / 4 ..` of this task's channels belong to it alone
+            for (w, parts) in q.chunks_exact(per).enumerate() {
+                // SAFETY: the words `c0 / per ..` of this task's channels belong to it alone
                 // (see `SharedWords::put`).
-                unsafe { self.panels.put(j, c0 / 4 + w, word) };
+                unsafe { self.panels.put(j, c0 / per + w, V::Elem::word(parts)) };
             }
         }
         self.over |= over;

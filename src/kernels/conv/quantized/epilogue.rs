@@ -146,8 +146,10 @@ pub(super) struct PanelBytes<'a> {
 }
 
 impl Handoff<f32> for PanelBytes<'_> {
+    type Elem = u8;
+
     #[inline(always)]
-    fn bytes(&self, row: &[f32], bytes: &mut [u8]) {
+    fn values(&self, row: &[f32], bytes: &mut [u8]) {
         let (scale, limit) = (self.scale, self.limit);
         let mut over = false;
         for (b, &y) in bytes.iter_mut().zip(row) {

@@ -61,12 +61,12 @@ use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
 use crate::kernels::amx::direct::{DirectWeights, Grid};
-use crate::kernels::amx::{self, Emit, Handoff};
+use crate::kernels::amx::{self, no_hand_on, Emit, HandOn, Handoff};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
     amx_k4, gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_prepacked_emit,
-    gemm_u8i8_shifted_emit, no_hand_on, quantize_max, scale_for, HandOn, Int8Isa, PackedWeights,
-    ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
+    gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa, PackedWeights, ShiftedPlanes,
+    ZeroPoint, MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -420,7 +420,7 @@ impl QuantizedConv {
                 let hand_on = Some(HandOn {
                     handoff: &bytes,
                     panels,
-                    k4,
+                    kw: k4,
                 });
                 let handed = self.forward_calibrated(
                     input,
