@@ -31,6 +31,9 @@ pub(super) struct Work {
     /// The output of the block's middle (direct) convolution packed for its last one
     /// ([`QOutput::Panels`]).
     pub(super) panels_mid: Vec<u32>,
+    /// The output of a convolution as the channels-last image of the next (direct) one, in
+    /// bf16 ([`QOutput::Image`]).
+    pub(super) image: [Vec<u16>; 2],
     pub(super) scratch: Vec<f32>,
     pub(super) q: QuantScratch,
     pub(super) b16: Bf16Scratch,
@@ -128,6 +131,9 @@ enum Act {
     U8(usize),
     /// The first `n` words of `wk.panels_mid` (aligned), packed for the last convolution.
     Panels(usize),
+    /// The first `n` elements of `wk.image[i]` (aligned), the channels-last image of the
+    /// next (direct) convolution.
+    Image(usize, usize),
 }
 
 impl Block {
@@ -181,11 +187,13 @@ impl Block {
             let x = &wk.x[..c * h * w];
             let (t_src, t_dst) = other_and(&mut wk.t, d);
             let (u_src, u_dst) = other_and(&mut wk.u, d);
+            let (image_src, image_dst) = other_and(&mut wk.image, d);
             let src = match (act, panels_in) {
                 (Act::Input, Some(words)) => QInput::Panels(aligned(&wk.panels, words)),
                 (Act::Input, None) => QInput::F32(x),
                 (Act::F32(_), _) => QInput::F32(&t_src[..len_in]),
                 (Act::U8(_), _) => QInput::Quantized(&u_src[..len_in]),
+                (Act::Image(_, len), _) => QInput::Image(aligned(image_src, len)),
                 (Act::Panels(_), _) => unreachable!("panels are only for the last convolution"),
             };
             let mut scratch = Scratch {
@@ -212,6 +220,25 @@ impl Block {
                     };
                     if run(conv, qconv(i), (src, out), mh, mw, None, true, &mut scratch) {
                         act = Act::Panels(words);
+                        (mc, mh, mw) = (conv.cout, oh, ow);
+                        continue;
+                    }
+                }
+            }
+            // In bf16, a plain 1×1 convolution on AMX straight into the channels-last image
+            // of the next one when that is a direct convolution on AMX: no f32 planes, no
+            // separate transposition.
+            if let (Some((LowConv::Bf16(bc), isa)), Some((LowConv::Bf16(next), _))) =
+                (qconv(i), qconv(i + 1))
+            {
+                let on_amx = bc.panels_kw(isa.bf16).is_some();
+                if let (true, Some(grid)) = (on_amx, next.direct_grid(isa.bf16, oh, ow)) {
+                    let out = QOutput::Image {
+                        image: aligned_mut(image_dst, grid.len()),
+                        grid,
+                    };
+                    if run(conv, qconv(i), (src, out), mh, mw, None, true, &mut scratch) {
+                        act = Act::Image(d, grid.len());
                         (mc, mh, mw) = (conv.cout, oh, ow);
                         continue;
                     }
@@ -270,6 +297,7 @@ impl Block {
             Act::F32(j) => QInput::F32(&wk.t[j][..len_in]),
             Act::U8(j) => QInput::Quantized(&wk.u[j][..len_in]),
             Act::Panels(words) => QInput::Panels(aligned(&wk.panels_mid, words)),
+            Act::Image(j, len) => QInput::Image(aligned(&wk.image[j], len)),
         };
         let y = ensure(&mut wk.y, oc * oh * ow);
         // Packed for the next block's first convolution too, when both can.

@@ -28,12 +28,14 @@
 
 pub(crate) mod direct;
 mod product;
+mod to_image;
 
 use super::aligned::LineBuf;
 
 pub(crate) use product::{
     no_hand_on, prefetch_read, product_or_handoff, BlockSink, Emit, HandOn, Handoff, PanelElem,
 };
+pub(crate) use to_image::product_to_image;
 
 /// Columns of a pair of activation panels: two tiles of 16.
 pub(crate) const COLS: usize = 32;
@@ -223,6 +225,14 @@ impl AmxWeights {
     /// Chunks of [`WORDS`] words.
     pub(crate) fn chunks(&self) -> usize {
         self.chunks
+    }
+
+    /// Blocks of 32 rows (the last one zero-padded).
+    pub(crate) fn row_blocks(&self) -> usize {
+        match self.chunks {
+            0 => 0,
+            c => self.tiles.len() / (2 * c * TILE),
+        }
     }
 
     /// Word `w` of row `row` (zero in the padding).

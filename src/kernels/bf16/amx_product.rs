@@ -2,11 +2,13 @@
 //! 16-column panels (rounded to bf16 on the way), or taken already packed
 //! ([`AmxInput::Panels`]: handed on by a previous product or written by a direct
 //! convolution); the output through an epilogue, and, with a [`HandOn`], also as the bf16
-//! panels of a following product.
+//! panels of a following product, or only as the channels-last image of a following direct
+//! convolution ([`gemm_amx_to_image`]).
 
 use super::pack::pack_b_panel;
 use super::{to_bf16, Bf16Input, Bf16Isa, PackedBf16Weights, RowMap};
 use crate::kernels::aligned::{aligned, aligned_mut};
+use crate::kernels::amx::direct::{DirectValues, Grid};
 use crate::kernels::amx::{self, HandOn, Handoff};
 use crate::kernels::gemm::{Parallelism, PAR_THRESHOLD};
 use crate::kernels::wide::Wide;
@@ -63,21 +65,7 @@ pub(crate) fn gemm_amx<T: Bf16Input, H: Handoff<f32>>(
     let emit = CopyThen(map);
     let handed = match input {
         AmxInput::Matrix(b) => {
-            assert_eq!(b.len(), k * n, "gemm_bf16: b must be k × n");
-            // Two u16 per 32-bit word of the tiles.
-            let len = 2 * words;
-            // From a cache line, as every tile row then is.
-            let packed = aligned_mut(scratch, len);
-            let panel_len = 2 * 16 * aw.chunks() * amx::WORDS;
-            let wide = Wide::detect(true);
-            let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(wide, b, k, n, p * 16, 16, dst);
-            if parallel {
-                use rayon::prelude::*;
-                packed.par_chunks_mut(panel_len).enumerate().for_each(pack);
-            } else {
-                packed.chunks_mut(panel_len).enumerate().for_each(pack);
-            }
-            let packed = aligned(scratch, len);
+            let packed = pack(aw, b, k, n, scratch, parallel);
             amx::product_or_handoff(op, aw, packed, n, c, parallel, &emit, hand_on)
         }
         AmxInput::Panels(panels) => {
@@ -90,6 +78,77 @@ pub(crate) fn gemm_amx<T: Bf16Input, H: Handoff<f32>>(
         }
     };
     Some(handed)
+}
+
+/// `w · input` on AMX tiles written as the padded channels-last image of `grid` (`w`'s rows
+/// are its channels, `input`'s columns its pixels) by `values`, for a following direct
+/// convolution ([`amx::product_to_image`]). Returns `None` when products with `w` do not run
+/// on AMX with `isa` (nothing was computed), else whether the image is valid.
+///
+/// # Panics
+/// If `w` does not have `grid.cin` rows, a multiple of 32, or `input` or `image` does not
+/// have the length of its form.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_amx_to_image<T: Bf16Input, V: DirectValues<f32, Elem = u16>>(
+    w: &PackedBf16Weights,
+    input: AmxInput<'_, T>,
+    grid: Grid,
+    image: &mut [u16],
+    scratch: &mut Vec<u16>,
+    par: Parallelism,
+    isa: Bf16Isa,
+    values: &V,
+) -> Option<bool> {
+    let (op, aw) = amx_kernel(w, isa)?;
+    assert_eq!(
+        w.m, grid.cin,
+        "gemm_bf16: weights for {} rows, image of {}",
+        w.m, grid.cin
+    );
+    let (k, n) = (w.k, grid.h * grid.w);
+    let parallel = par == Parallelism::Rayon && w.m * n * k >= PAR_THRESHOLD;
+    let valid = match input {
+        AmxInput::Matrix(b) => {
+            assert_eq!(b.len(), k * n, "gemm_bf16: b must be k × n");
+            let packed = pack(aw, b, k, n, scratch, parallel);
+            amx::product_to_image(op, aw, packed, grid, parallel, values, image)
+        }
+        AmxInput::Panels(panels) => {
+            let words = amx::packed_words(aw.chunks(), n);
+            assert_eq!(
+                panels.len(),
+                words,
+                "gemm_bf16: prepacked panels of the wrong length"
+            );
+            amx::product_to_image(op, aw, panels, grid, parallel, values, image)
+        }
+    };
+    Some(valid)
+}
+
+/// `b` (`k × n`) rounded to bf16 and packed for `aw` into `scratch`: pairs of 16-column
+/// panels of `aw`'s chunks, from a cache line, as every tile row then is.
+fn pack<'s, T: Bf16Input>(
+    aw: &amx::AmxWeights,
+    b: &[T],
+    k: usize,
+    n: usize,
+    scratch: &'s mut Vec<u16>,
+    parallel: bool,
+) -> &'s [u16] {
+    // Two u16 per 32-bit word of the tiles.
+    let len = 2 * amx::packed_words(aw.chunks(), n);
+    let packed = aligned_mut(scratch, len);
+    let panel_len = 2 * 16 * aw.chunks() * amx::WORDS;
+    let wide = Wide::detect(true);
+    let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(wide, b, k, n, p * 16, 16, dst);
+    if parallel {
+        use rayon::prelude::*;
+        packed.par_chunks_mut(panel_len).enumerate().for_each(pack);
+    } else {
+        packed.chunks_mut(panel_len).enumerate().for_each(pack);
+    }
+    aligned(scratch, len)
 }
 
 /// The epilogue of [`gemm_amx`]: [`RowMap::map_from`] (with a type whose methods are

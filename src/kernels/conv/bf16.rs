@@ -21,8 +21,8 @@ use crate::kernels::amx;
 use crate::kernels::amx::direct::{self, ChannelsLast, DirectBf16, DirectWeights, Grid};
 use crate::kernels::amx::HandOn;
 use crate::kernels::bf16::{
-    amx_kw, gemm_amx, gemm_bf16_rows, to_bf16, AmxInput, Bf16Bits, Bf16Isa, PackedBf16Weights,
-    RowMap,
+    amx_kw, gemm_amx, gemm_amx_to_image, gemm_bf16_rows, to_bf16, AmxInput, Bf16Bits, Bf16Isa,
+    PackedBf16Weights, RowMap,
 };
 use crate::kernels::gemm::Parallelism;
 
@@ -188,51 +188,81 @@ impl Bf16Conv {
         self.direct_path(isa, h, w).is_some()
     }
 
+    /// The grid of the direct AMX path for an `h × w` input, when this convolution takes it
+    /// with `isa`: the image that a previous convolution writes for it ([`QOutput::Image`]).
+    pub(crate) fn direct_grid(&self, isa: Bf16Isa, h: usize, w: usize) -> Option<Grid> {
+        self.direct_path(isa, h, w).map(|(_, _, grid)| grid)
+    }
+
     /// The direct AMX path's op, weights and input, when this convolution takes it with
-    /// `isa` for an `h × w` input: `input` rounded to bf16 into a padded channels-last copy
-    /// (on a cache line, as every tile row then is), and whether to spread the work over the
-    /// rayon pool.
+    /// `isa` for an `h × w` input: an f32 input rounded to bf16 into a padded channels-last
+    /// copy (on a cache line, as every tile row then is), or the image a previous convolution
+    /// wrote for it; and whether to spread the work over the rayon pool.
+    ///
+    /// # Panics
+    /// If the input is an image of the wrong length, or an image or panels for a convolution
+    /// that does not take the direct path.
     fn direct_input<'a>(
         &'a self,
-        input: &[f32],
+        input: QInput<'a>,
         h: usize,
         w: usize,
         scratch: &'a mut Bf16Scratch,
         par: Parallelism,
         isa: Bf16Isa,
     ) -> Option<(amx::Bf16, &'a DirectWeights, ChannelsLast<'a, u16>, bool)> {
-        let (dw, op, grid) = self.direct_path(isa, h, w)?;
+        let Some((dw, op, grid)) = self.direct_path(isa, h, w) else {
+            assert!(
+                matches!(input, QInput::F32(_)),
+                "Bf16Conv: an image or panels for a convolution without the direct path"
+            );
+            return None;
+        };
         let rayon = par == Parallelism::Rayon;
-        // (`cin` is a multiple of 32, so every pixel's channels start on a line too.)
-        let xs = aligned_mut(&mut scratch.x, grid.len());
-        direct::fill_channels_last_bf16(input, grid, xs, rayon);
-        // (Always `Some`: `direct_path` checked the grid, and the length is its own.)
-        let x = ChannelsLast::new(aligned(&scratch.x, grid.len()), grid)?;
+        let x = match input {
+            QInput::F32(x) => {
+                assert_eq!(x.len(), self.cin * h * w, "Bf16Conv: input length");
+                // (`cin` is a multiple of 32, so every pixel's channels start on a line too.)
+                let xs = aligned_mut(&mut scratch.x, grid.len());
+                direct::fill_channels_last_bf16(x, grid, xs, rayon);
+                aligned(&scratch.x, grid.len())
+            }
+            QInput::Image(image) => image,
+            QInput::Panels(_) | QInput::Quantized(_) => {
+                panic!("Bf16Conv: panels or bytes for a direct convolution")
+            }
+        };
+        let x = ChannelsLast::new(x, grid);
+        assert!(x.is_some(), "Bf16Conv: an image of the wrong length");
         let (oh, ow) = self.out_hw(h, w);
         let work = self.cout * oh * ow * self.cin * self.kh * self.kw;
         let parallel = rayon && work >= crate::kernels::gemm::PAR_THRESHOLD;
-        Some((op, dw, x, parallel))
+        x.map(|x| (op, dw, x, parallel))
     }
 
     /// [`Bf16Conv::forward_image`] with the input and output in the forms of a chained
     /// network ([`QInput`], [`QOutput`]; the `limit`s are not used: bf16 values have no
-    /// range):
-    /// - `F32 → F32`: [`Bf16Conv::forward_image`]; returns `true`.
-    /// - `Panels → F32` or `F32Panels`: a plain 1×1 convolution on AMX
-    ///   ([`Bf16Conv::panels_kw`]) reading panels that a previous convolution wrote; returns
-    ///   `true` for `F32`, as below for `F32Panels`.
-    /// - `F32 → F32Panels`: the f32 output, and, from a plain 1×1 convolution on AMX, the
-    ///   same values rounded to bf16 and packed for a following one (`k4` words of `k` per
-    ///   column: its [`Bf16Conv::panels_kw`]); returns whether the panels were written.
-    /// - `F32 → Panels`: only the panels, from a direct convolution on AMX
-    ///   ([`Bf16Conv::direct_panels`]) without a residual; returns whether they were written
-    ///   (`false`: nothing was computed).
+    /// range). The values are those of [`Bf16Conv::forward_image`], bit for bit. Inputs:
+    /// - `F32`;
+    /// - `Panels`, for a plain 1×1 convolution on AMX ([`Bf16Conv::panels_kw`]);
+    /// - `Image`, for a direct convolution on AMX ([`Bf16Conv::direct_grid`]).
     ///
-    /// The values are those of [`Bf16Conv::forward_image`], bit for bit.
+    /// Outputs, and what it returns:
+    /// - `F32`: the f32 output; `true`.
+    /// - `F32Panels`: the f32 output, and, from a plain 1×1 convolution on AMX, the same values
+    ///   rounded to bf16 and packed for a following one (`k4` words of `k` per column: its
+    ///   [`Bf16Conv::panels_kw`]); whether the panels were written.
+    /// - `Panels`: only the panels, from a direct convolution on AMX
+    ///   ([`Bf16Conv::direct_panels`]) without a residual; whether they were written
+    ///   (`false`: nothing was computed).
+    /// - `Image`: only the following direct convolution's channels-last image, from a plain
+    ///   1×1 convolution on AMX without a residual; whether it was written (`false`: nothing
+    ///   was computed).
     ///
     /// # Panics
-    /// If a slice length does not match the shapes, panels are given to a convolution that
-    /// does not read them, or an int8 form ([`QInput::Quantized`], [`QOutput::Quantized`]).
+    /// If a slice length does not match the shapes, panels or an image are given to a
+    /// convolution that does not read them, or an int8 form ([`QInput::Quantized`],
+    /// [`QOutput::Quantized`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
@@ -247,30 +277,41 @@ impl Bf16Conv {
     ) -> bool {
         let (oh, ow) = self.out_hw(h, w);
         let p = oh * ow;
+        if let Some(r) = residual {
+            assert_eq!(r.len(), self.cout * p, "Bf16Conv: residual length");
+        }
         let finish = Finish {
             bias: &self.bias,
             residual,
             relu,
             p,
         };
+        // Rounded to bf16 as the following convolution rounds the f32 output.
+        let rounded = DirectBf16 {
+            bias: &self.bias,
+            relu,
+        };
         let (y, hand_on) = match out {
+            QOutput::Quantized { .. } => panic!("Bf16Conv: a quantised output"),
             QOutput::Panels { panels, k4, .. } => {
-                let QInput::F32(x) = input else {
-                    panic!("Bf16Conv: a direct convolution into panels reads f32");
-                };
-                assert_eq!(x.len(), self.cin * h * w, "Bf16Conv: input length");
-                if residual.is_some() {
+                if residual.is_some() || self.direct.is_none() {
                     return false;
                 }
-                let Some((op, dw, x, parallel)) = self.direct_input(x, h, w, scratch, par, isa)
+                let Some((op, dw, x, parallel)) = self.direct_input(input, h, w, scratch, par, isa)
                 else {
                     return false;
                 };
-                let values = DirectBf16 {
-                    bias: &self.bias,
-                    relu,
-                };
-                return direct::conv_panels(op, dw, x, parallel, &values, panels, k4);
+                return direct::conv_panels(op, dw, x, parallel, &rounded, panels, k4);
+            }
+            QOutput::Image { image, grid } => {
+                if residual.is_some() || !self.plain_1x1() {
+                    return false;
+                }
+                let packed = self.packed();
+                let x = self.amx_input(input, h, w);
+                let pack = &mut scratch.pack;
+                let ran = gemm_amx_to_image(packed, x, grid, image, pack, par, isa, &rounded);
+                return ran.unwrap_or_else(|| self.not_on_amx(x));
             }
             QOutput::F32(y) => (y, None),
             QOutput::F32Panels { y, panels, k4, .. } => (
@@ -281,47 +322,67 @@ impl Bf16Conv {
                     kw: k4,
                 }),
             ),
-            QOutput::Quantized { .. } => panic!("Bf16Conv: a quantised output"),
         };
         assert_eq!(y.len(), self.cout * p, "Bf16Conv: output length");
-        if let Some(r) = residual {
-            assert_eq!(r.len(), y.len(), "Bf16Conv: residual length");
-        }
         // Without panels to write, an f32 output is all there is to do.
         let done = hand_on.is_none();
-        let amx_input = match input {
-            QInput::Panels(panels) => AmxInput::Panels(panels),
-            QInput::F32(x) if self.plain_1x1() && !done => AmxInput::Matrix(x),
-            QInput::F32(x) => {
-                self.forward_image(x, h, w, y, residual, relu, scratch, par, isa);
-                return done;
+        match input {
+            QInput::F32(_) | QInput::Image(_) if self.direct.is_some() => {
+                if let Some((op, dw, x, parallel)) =
+                    self.direct_input(input, h, w, scratch, par, isa)
+                {
+                    direct::conv(op, dw, x, y, parallel, &finish);
+                    return done;
+                }
             }
-            QInput::Quantized(_) => panic!("Bf16Conv: a quantised input"),
-        };
-        if let AmxInput::Matrix(x) = amx_input {
-            assert_eq!(x.len(), self.cin * h * w, "Bf16Conv: input length");
+            QInput::F32(_) if !self.plain_1x1() || done => {}
+            QInput::F32(_) | QInput::Panels(_) => {
+                let x = self.amx_input(input, h, w);
+                let pack = &mut scratch.pack;
+                let ran = gemm_amx(self.packed(), x, p, y, pack, par, isa, &finish, hand_on);
+                match ran {
+                    Some(handed) => return done || handed,
+                    None => self.not_on_amx(x),
+                };
+            }
+            QInput::Image(_) | QInput::Quantized(_) => {
+                panic!("Bf16Conv: an image or bytes for a convolution that does not read them")
+            }
         }
-        let packed = self.packed();
-        let ran = gemm_amx(
-            packed,
-            amx_input,
-            p,
-            y,
-            &mut scratch.pack,
-            par,
-            isa,
-            &finish,
-            hand_on,
-        );
-        match (ran, amx_input) {
-            (Some(handed), _) => done || handed,
-            (None, AmxInput::Matrix(x)) => {
-                self.forward_image(x, h, w, y, residual, relu, scratch, par, isa);
-                done
+        let QInput::F32(x) = input else {
+            unreachable!("every other input returned above")
+        };
+        self.forward_image(x, h, w, y, residual, relu, scratch, par, isa);
+        done
+    }
+
+    /// The input of a plain 1×1 convolution's AMX product.
+    ///
+    /// # Panics
+    /// If it is not f32 of the right length or panels.
+    fn amx_input<'a>(&self, input: QInput<'a>, h: usize, w: usize) -> AmxInput<'a, f32> {
+        match input {
+            QInput::F32(x) => {
+                assert_eq!(x.len(), self.cin * h * w, "Bf16Conv: input length");
+                AmxInput::Matrix(x)
             }
-            (None, AmxInput::Panels(_)) => {
-                panic!("Bf16Conv: panels for a convolution that does not run on AMX")
+            QInput::Panels(panels) => AmxInput::Panels(panels),
+            QInput::Image(_) | QInput::Quantized(_) => {
+                panic!("Bf16Conv: an image or bytes for a 1×1 convolution")
             }
+        }
+    }
+
+    /// What a chained form that the AMX product could not compute leaves: nothing for an f32
+    /// input (`false`: not written; the caller computes it in another form); panels must be
+    /// read by AMX.
+    ///
+    /// # Panics
+    /// For panels.
+    fn not_on_amx(&self, x: AmxInput<'_, f32>) -> bool {
+        match x {
+            AmxInput::Matrix(_) => false,
+            AmxInput::Panels(_) => panic!("Bf16Conv: panels for a convolution not on AMX"),
         }
     }
 
@@ -360,7 +421,8 @@ impl Bf16Conv {
             relu,
             p,
         };
-        if let Some((op, dw, x, parallel)) = self.direct_input(input, h, w, scratch, par, isa) {
+        let direct = self.direct_input(QInput::F32(input), h, w, scratch, par, isa);
+        if let Some((op, dw, x, parallel)) = direct {
             direct::conv(op, dw, x, out, parallel, &finish);
             return;
         }
@@ -632,6 +694,95 @@ mod tests {
                 let io = (QInput::F32(&x), out);
                 assert!(!first.forward(io, h, w, Some(&residual), relu, &mut s, par, isa));
                 assert_eq!(panels, before);
+            }
+        }
+    }
+
+    /// A plain 1×1 convolution on AMX written as the channels-last image of a following
+    /// direct convolution ([`QOutput::Image`]): the image is its plain f32 output rounded to
+    /// bf16 at the pixels, by the definition of the layout, and zero in the padding (garbage
+    /// beforehand); the direct convolution reading it ([`QInput::Image`]) gives exactly what it
+    /// gives from that output, to f32 and to panels. From f32 and from panels handed on by a
+    /// previous 1×1; one to three row blocks of channels, strides 1 and 2, 3×3 and 5×5,
+    /// pixel counts that end inside a pair of panels, 1 and 2 threads (the largest shape runs
+    /// in parallel); with a residual it declines and writes nothing.
+    #[test]
+    fn image_output_is_the_rounded_f32_output() {
+        if !Bf16Isa::Amx.is_available() {
+            return;
+        }
+        let isa = Bf16Isa::Amx;
+        let mut rnd = stream(0x1A6E_0FF5);
+        for (cin, mid, cout, size, stride, h, w) in [
+            (64, 64, 32, 3, 1, 7, 7),
+            (48, 32, 40, 3, 2, 5, 13),
+            (128, 96, 64, 3, 1, 28, 28),
+            (32, 64, 32, 5, 1, 6, 11),
+            (64, 32, 32, 3, 1, 1, 1),
+        ] {
+            let p = h * w;
+            let zeroth = Bf16Conv::new(&conv(cin, 32, 1, 1, &mut rnd)).unwrap();
+            let first = Bf16Conv::new(&conv(mid, cin, 1, 1, &mut rnd)).unwrap();
+            let second = Bf16Conv::new(&conv(cout, mid, size, stride, &mut rnd)).unwrap();
+            let grid = second.direct_grid(isa, h, w).expect("a direct convolution");
+            let (oh, ow) = second.out_hw(h, w);
+            let x0: Vec<f32> = (0..32 * p).map(|_| rnd() - 0.4).collect();
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                let mut s = Bf16Scratch::default();
+                // The first convolution's input in f32 and as panels.
+                let mut x = vec![f32::NAN; cin * p];
+                let kw = first.panels_kw(isa).unwrap();
+                let mut panels = vec![0u32; packed_words(kw / 16, p)];
+                let out = QOutput::F32Panels {
+                    y: &mut x,
+                    panels: &mut panels,
+                    limit: f32::INFINITY,
+                    k4: kw,
+                };
+                assert!(zeroth.forward(
+                    (QInput::F32(&x0), out),
+                    h,
+                    w,
+                    None,
+                    true,
+                    &mut s,
+                    par,
+                    isa
+                ));
+                let mut want = vec![f32::NAN; mid * p];
+                first.forward_image(&x, h, w, &mut want, None, true, &mut s, par, isa);
+                let (pad, wp) = ((size - 1) / 2, grid.wp());
+                let mut want_image = vec![0u16; grid.len()];
+                for c in 0..mid {
+                    for j in 0..p {
+                        let at = ((j / w + pad) * wp + j % w + pad) * mid + c;
+                        want_image[at] = to_bf16(want[c * p + j]);
+                    }
+                }
+                let mut want_out = vec![f32::NAN; cout * oh * ow];
+                second.forward_image(&want, h, w, &mut want_out, None, true, &mut s, par, isa);
+                for input in [QInput::F32(&x), QInput::Panels(&panels)] {
+                    let mut image = vec![0xA5A5u16; grid.len()];
+                    let out = QOutput::Image {
+                        image: &mut image,
+                        grid,
+                    };
+                    assert!(first.forward((input, out), h, w, None, true, &mut s, par, isa));
+                    assert!(image == want_image, "{cin} {mid} {size} {stride} {h}×{w}");
+                    let mut got = vec![f32::NAN; cout * oh * ow];
+                    let io = (QInput::Image(&image), QOutput::F32(&mut got));
+                    assert!(second.forward(io, h, w, None, true, &mut s, par, isa));
+                    assert_eq!(bits(&got), bits(&want_out), "{cin} {mid} {size} {stride}");
+                    // A residual is not part of the image's values: declined, nothing written.
+                    let residual = vec![0.0f32; mid * p];
+                    let out = QOutput::Image {
+                        image: &mut image,
+                        grid,
+                    };
+                    let io = (input, out);
+                    assert!(!first.forward(io, h, w, Some(&residual), true, &mut s, par, isa));
+                    assert!(image == want_image);
+                }
             }
         }
     }

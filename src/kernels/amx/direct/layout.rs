@@ -147,8 +147,18 @@ pub(crate) fn fill_channels_last_bf16(x: &[f32], grid: Grid, dst: &mut [u16], pa
     });
 }
 
+/// Zeroes the padding of `grid`'s channels-last image in `dst` (every element but the
+/// image's pixels, which are left as they are, for a writer of the image itself).
+///
+/// # Panics
+/// If `dst.len()` is not [`Grid::len`].
+pub(crate) fn zero_padding<T: Copy + Default + Send>(grid: Grid, dst: &mut [T]) {
+    fill_rows(grid, dst, false, |_, _| {});
+}
+
 /// The padded rows of `grid` in `dst`: zeros, or `row(y, pixels)` between the padding of
-/// image row `y` (which must write all `w·cin` elements of `pixels`); zeros after the image.
+/// image row `y` (which must write all `w·cin` elements of `pixels`, unless another writer
+/// fills them); zeros after the image.
 fn fill_rows<T: Copy + Default + Send>(
     grid: Grid,
     dst: &mut [T],

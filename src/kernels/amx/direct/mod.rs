@@ -83,7 +83,12 @@ mod sinks;
 mod tests;
 mod weights;
 
-pub(crate) use layout::{fill_channels_last, fill_channels_last_bf16, ChannelsLast, Grid};
+pub(crate) use layout::{
+    fill_channels_last, fill_channels_last_bf16, zero_padding, ChannelsLast, Grid,
+};
+pub(super) use sinks::transpose32;
+#[cfg(target_arch = "x86_64")]
+pub(super) use sinks::transpose32_avx512;
 pub(crate) use sinks::{DirectBf16, DirectBytes, DirectValues};
 pub(crate) use weights::DirectWeights;
 

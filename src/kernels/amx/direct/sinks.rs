@@ -57,12 +57,12 @@ impl<S: Copy, E: Emit<S, T>, T, const AVX512: bool> DirectSink<S> for Planar<'_,
         if AVX512 {
             // SAFETY: `AVX512` is true only in the sinks that `Job::run_avx512` runs, which
             // requires AVX512F.
-            unsafe { transpose32_avx512(sums, tr) };
+            unsafe { transpose32_avx512(&sums.0, &mut tr.0) };
         } else {
-            transpose32(sums, tr);
+            transpose32(&sums.0, &mut tr.0);
         }
         #[cfg(not(target_arch = "x86_64"))]
-        transpose32(sums, tr);
+        transpose32(&sums.0, &mut tr.0);
         let grid = self.grid;
         let (oh, ow) = grid.out_hw();
         let (gw, p) = (grid.gw(), oh * ow);
@@ -297,10 +297,13 @@ impl<S, V: DirectValues<S>> DirectSink<S> for ToPanels<'_, V> {
 /// `s[j][i] = sums[i][j]`: a plain loop over 16 × 16 blocks that the compiler turns into
 /// shuffles in the AVX-512 copy.
 #[inline(always)]
-pub(super) fn transpose32<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
-    for (j, row) in out.0.iter_mut().enumerate() {
+pub(in crate::kernels::amx) fn transpose32<S: Copy>(
+    sums: &[[S; COLS]; ROWS],
+    out: &mut [[S; COLS]; ROWS],
+) {
+    for (j, row) in out.iter_mut().enumerate() {
         for (i, v) in row.iter_mut().enumerate() {
-            *v = sums.0[i][j];
+            *v = sums[i][j];
         }
     }
 }
@@ -312,7 +315,10 @@ pub(super) fn transpose32<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
 /// The CPU must run AVX512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) fn transpose32_avx512<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
+pub(in crate::kernels::amx) fn transpose32_avx512<S: Copy>(
+    sums: &[[S; COLS]; ROWS],
+    out: &mut [[S; COLS]; ROWS],
+) {
     use std::arch::x86_64::*;
     const { assert!(std::mem::size_of::<S>() == 4) };
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -321,7 +327,7 @@ pub(super) fn transpose32_avx512<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
         let mut r = [_mm512_setzero_si512(); 16];
         for (i, v) in r.iter_mut().enumerate() {
             // SAFETY: 16 i32 of row `bi + i` from column `bj ≤ 16`, inside the 32 × 32 block.
-            *v = unsafe { _mm512_loadu_si512(sums.0[bi + i][bj..].as_ptr().cast()) };
+            *v = unsafe { _mm512_loadu_si512(sums[bi + i][bj..].as_ptr().cast()) };
         }
         for _ in 0..4 {
             let mut t = [_mm512_setzero_si512(); 16];
@@ -333,7 +339,7 @@ pub(super) fn transpose32_avx512<S: Copy>(sums: &Sums<S>, out: &mut Sums<S>) {
         }
         for (j, v) in r.iter().enumerate() {
             // SAFETY: 16 i32 of row `bj + j` from column `bi ≤ 16`, inside the block.
-            unsafe { _mm512_storeu_si512(out.0[bj + j][bi..].as_mut_ptr().cast(), *v) };
+            unsafe { _mm512_storeu_si512(out[bj + j][bi..].as_mut_ptr().cast(), *v) };
         }
     }
 }

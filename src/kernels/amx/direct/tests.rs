@@ -89,9 +89,9 @@ fn transpose32_avx512_is_the_plain_transpose() {
         }
     }
     let (mut a, mut b) = (Sums([[1i32; COLS]; ROWS]), Sums([[2i32; COLS]; ROWS]));
-    transpose32(&s, &mut a);
+    transpose32(&s.0, &mut a.0);
     // SAFETY: AVX512F detected above.
-    unsafe { transpose32_avx512(&s, &mut b) };
+    unsafe { transpose32_avx512(&s.0, &mut b.0) };
     assert_eq!(a.0, b.0);
     assert_eq!(a.0[3][17], s.0[17][3]);
 }

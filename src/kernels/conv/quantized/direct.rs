@@ -76,7 +76,7 @@ impl QuantizedConv {
                 (&cols[..x.len()], range)
             }
             QInput::Quantized(q) => (q, limit),
-            QInput::Panels(_) => return None,
+            QInput::Panels(_) | QInput::Image(_) => return None,
         };
         direct::fill_channels_last(planes, grid, aligned_mut(xbuf, grid.len()), rayon);
         // (Always `Some`: the grid is supported and the length is its own.)

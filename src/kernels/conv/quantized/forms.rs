@@ -1,6 +1,9 @@
-//! The forms in which an int8 convolution takes its input and gives its output: f32,
-//! quantised for it (chained from the previous convolution), or packed as AMX panels (handed
-//! on from the previous block).
+//! The forms in which a reduced-precision convolution takes its input and gives its output:
+//! f32, quantised for it (int8, chained from the previous convolution), packed as AMX panels
+//! (handed on from the previous convolution), or as a direct convolution's channels-last
+//! image (bf16).
+
+use crate::kernels::amx::direct::Grid;
 
 /// The input of [`QuantizedConv::forward`](super::QuantizedConv::forward).
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +18,9 @@ pub(crate) enum QInput<'a> {
     /// for a convolution whose [`QuantizedConv::panels_k4`](super::QuantizedConv::panels_k4) is the `k4` they were written
     /// with.
     Panels(&'a [u32]),
+    /// bf16 only: the padded channels-last image of bf16 bits that a direct convolution
+    /// reads, for its grid, as the [`QOutput::Image`] of the previous convolution writes it.
+    Image(&'a [u16]),
 }
 
 impl QInput<'_> {
@@ -23,6 +29,7 @@ impl QInput<'_> {
             QInput::F32(x) => x.len(),
             QInput::Quantized(q) => q.len(),
             QInput::Panels(p) => p.len(),
+            QInput::Image(i) => i.len(),
         }
     }
 }
@@ -65,17 +72,21 @@ pub(crate) enum QOutput<'a> {
         limit: f32,
         k4: usize,
     },
+    /// bf16 only: the output written as the padded channels-last image of `grid` (bf16
+    /// bits, [`Grid::len`] of them) that a following direct convolution reads
+    /// ([`QInput::Image`]), from a plain 1×1 convolution on AMX without a residual.
+    Image { image: &'a mut [u16], grid: Grid },
 }
 
 impl QOutput<'_> {
-    /// Elements of the output, `None` for [`QOutput::Panels`] (whose length depends on the
-    /// following convolution).
+    /// Elements of the output, `None` for [`QOutput::Panels`] and [`QOutput::Image`] (whose
+    /// lengths depend on the following convolution).
     pub(super) fn len(&self) -> Option<usize> {
         match self {
             QOutput::F32(y) => Some(y.len()),
             QOutput::Quantized { q, .. } => Some(q.len()),
             QOutput::F32Panels { y, .. } => Some(y.len()),
-            QOutput::Panels { .. } => None,
+            QOutput::Panels { .. } | QOutput::Image { .. } => None,
         }
     }
 }

@@ -335,6 +335,10 @@ impl QuantizedConv {
     ) -> bool {
         let (oh, ow) = self.out_hw(h, w);
         let p = oh * ow;
+        assert!(
+            !matches!(input, QInput::Image(_)) && !matches!(out, QOutput::Image { .. }),
+            "QuantizedConv: channels-last images are a bf16 form"
+        );
         if !matches!(input, QInput::Panels(_)) {
             assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
         }
@@ -438,6 +442,7 @@ impl QuantizedConv {
                 );
                 handed && !over.load(Ordering::Relaxed)
             }
+            (_, _, QOutput::Image { .. }) => unreachable!("refused above"),
             (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
                 let over = AtomicBool::new(false);
                 let none = no_hand_on();
@@ -559,6 +564,7 @@ impl QuantizedConv {
                 QInput::Panels(panels) => {
                     gemm_u8i8_prepacked_emit(w, panels, p, out, par, isa, make(limit), hand_on)
                 }
+                QInput::Image(_) => unreachable!("refused by `forward`"),
             };
         }
 
@@ -574,6 +580,7 @@ impl QuantizedConv {
             QInput::Panels(_) => {
                 panic!("QuantizedConv: AMX panels for a convolution that is not 1×1")
             }
+            QInput::Image(_) => unreachable!("refused by `forward`"),
         };
 
         // A stride-1 window that keeps the size (3×3 pad 1): the input quantised (or copied)
