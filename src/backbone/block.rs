@@ -32,7 +32,7 @@ pub(super) struct Work {
     /// ([`QOutput::Panels`]).
     pub(super) panels_mid: Vec<u32>,
     /// The output of a convolution as the channels-last image of the next (direct) one, in
-    /// bf16 ([`QOutput::Image`]).
+    /// bf16 ([`QOutput::ImageBf16`]).
     pub(super) image: [Vec<u16>; 2],
     pub(super) scratch: Vec<f32>,
     pub(super) q: QuantScratch,
@@ -133,7 +133,10 @@ enum Act {
     Panels(usize),
     /// The first `n` elements of `wk.image[i]` (aligned), the channels-last image of the
     /// next (direct) convolution.
-    Image(usize, usize),
+    ImageBf16(usize, usize),
+    /// The first `n` bytes of `wk.u[i]` (aligned), the channels-last image of the next
+    /// (direct) convolution, quantised for it.
+    ImageU8(usize, usize),
 }
 
 impl Block {
@@ -193,7 +196,8 @@ impl Block {
                 (Act::Input, None) => QInput::F32(x),
                 (Act::F32(_), _) => QInput::F32(&t_src[..len_in]),
                 (Act::U8(_), _) => QInput::Quantized(&u_src[..len_in]),
-                (Act::Image(_, len), _) => QInput::Image(aligned(image_src, len)),
+                (Act::ImageBf16(_, len), _) => QInput::ImageBf16(aligned(image_src, len)),
+                (Act::ImageU8(_, len), _) => QInput::ImageU8(aligned(u_src, len)),
                 (Act::Panels(_), _) => unreachable!("panels are only for the last convolution"),
             };
             let mut scratch = Scratch {
@@ -233,12 +237,34 @@ impl Block {
             {
                 let on_amx = bc.panels_kw(isa.bf16).is_some();
                 if let (true, Some(grid)) = (on_amx, next.direct_grid(isa.bf16, oh, ow)) {
-                    let out = QOutput::Image {
+                    let out = QOutput::ImageBf16 {
                         image: aligned_mut(image_dst, grid.len()),
                         grid,
                     };
                     if run(conv, qconv(i), (src, out), mh, mw, None, true, &mut scratch) {
-                        act = Act::Image(d, grid.len());
+                        act = Act::ImageBf16(d, grid.len());
+                        (mc, mh, mw) = (conv.cout, oh, ow);
+                        continue;
+                    }
+                }
+            }
+            if let (
+                true,
+                QInput::Panels(_),
+                Some((LowConv::Int8(_), isa)),
+                Some((LowConv::Int8(next), _)),
+            ) = (chain, src, qconv(i), qconv(i + 1))
+            {
+                if let (Some(grid), Some(limit)) =
+                    (next.image_grid(isa.int8, oh, ow), next.input_max())
+                {
+                    let out = QOutput::ImageU8 {
+                        image: aligned_mut(u_dst, grid.len()),
+                        grid,
+                        limit,
+                    };
+                    if run(conv, qconv(i), (src, out), mh, mw, None, true, &mut scratch) {
+                        act = Act::ImageU8(d, grid.len());
                         (mc, mh, mw) = (conv.cout, oh, ow);
                         continue;
                     }
@@ -297,7 +323,8 @@ impl Block {
             Act::F32(j) => QInput::F32(&wk.t[j][..len_in]),
             Act::U8(j) => QInput::Quantized(&wk.u[j][..len_in]),
             Act::Panels(words) => QInput::Panels(aligned(&wk.panels_mid, words)),
-            Act::Image(j, len) => QInput::Image(aligned(&wk.image[j], len)),
+            Act::ImageBf16(j, len) => QInput::ImageBf16(aligned(&wk.image[j], len)),
+            Act::ImageU8(j, len) => QInput::ImageU8(aligned(&wk.u[j], len)),
         };
         let y = ensure(&mut wk.y, oc * oh * ow);
         // Packed for the next block's first convolution too, when both can.

@@ -49,8 +49,13 @@ where
         _borrow: std::marker::PhantomData,
     };
     let row_blocks = m / ROWS;
+    // Whole cache lines of every pixel per task (two row blocks of bytes), so that no two
+    // threads write the same line.
+    let per_line = (64 / (ROWS * std::mem::size_of::<V::Elem>())).max(1);
     let task_blocks = if parallel {
-        row_blocks.div_ceil(2 * rayon::current_num_threads()).max(1)
+        row_blocks
+            .div_ceil(2 * rayon::current_num_threads())
+            .next_multiple_of(per_line)
     } else {
         row_blocks
     };

@@ -189,7 +189,7 @@ impl Bf16Conv {
     }
 
     /// The grid of the direct AMX path for an `h × w` input, when this convolution takes it
-    /// with `isa`: the image that a previous convolution writes for it ([`QOutput::Image`]).
+    /// with `isa`: the image that a previous convolution writes for it ([`QOutput::ImageBf16`]).
     pub(crate) fn direct_grid(&self, isa: Bf16Isa, h: usize, w: usize) -> Option<Grid> {
         self.direct_path(isa, h, w).map(|(_, _, grid)| grid)
     }
@@ -227,8 +227,8 @@ impl Bf16Conv {
                 direct::fill_channels_last_bf16(x, grid, xs, rayon);
                 aligned(&scratch.x, grid.len())
             }
-            QInput::Image(image) => image,
-            QInput::Panels(_) | QInput::Quantized(_) => {
+            QInput::ImageBf16(image) => image,
+            QInput::Panels(_) | QInput::Quantized(_) | QInput::ImageU8(_) => {
                 panic!("Bf16Conv: panels or bytes for a direct convolution")
             }
         };
@@ -292,7 +292,9 @@ impl Bf16Conv {
             relu,
         };
         let (y, hand_on) = match out {
-            QOutput::Quantized { .. } => panic!("Bf16Conv: a quantised output"),
+            QOutput::Quantized { .. } | QOutput::ImageU8 { .. } => {
+                panic!("Bf16Conv: a quantised output")
+            }
             QOutput::Panels { panels, k4, .. } => {
                 if residual.is_some() || self.direct.is_none() {
                     return false;
@@ -303,7 +305,7 @@ impl Bf16Conv {
                 };
                 return direct::conv_panels(op, dw, x, parallel, &rounded, panels, k4);
             }
-            QOutput::Image { image, grid } => {
+            QOutput::ImageBf16 { image, grid } => {
                 if residual.is_some() || !self.plain_1x1() {
                     return false;
                 }
@@ -327,7 +329,7 @@ impl Bf16Conv {
         // Without panels to write, an f32 output is all there is to do.
         let done = hand_on.is_none();
         match input {
-            QInput::F32(_) | QInput::Image(_) if self.direct.is_some() => {
+            QInput::F32(_) | QInput::ImageBf16(_) if self.direct.is_some() => {
                 if let Some((op, dw, x, parallel)) =
                     self.direct_input(input, h, w, scratch, par, isa)
                 {
@@ -345,7 +347,7 @@ impl Bf16Conv {
                     None => self.not_on_amx(x),
                 };
             }
-            QInput::Image(_) | QInput::Quantized(_) => {
+            QInput::ImageBf16(_) | QInput::Quantized(_) | QInput::ImageU8(_) => {
                 panic!("Bf16Conv: an image or bytes for a convolution that does not read them")
             }
         }
@@ -367,7 +369,7 @@ impl Bf16Conv {
                 AmxInput::Matrix(x)
             }
             QInput::Panels(panels) => AmxInput::Panels(panels),
-            QInput::Image(_) | QInput::Quantized(_) => {
+            QInput::ImageBf16(_) | QInput::Quantized(_) | QInput::ImageU8(_) => {
                 panic!("Bf16Conv: an image or bytes for a 1×1 convolution")
             }
         }
@@ -699,9 +701,9 @@ mod tests {
     }
 
     /// A plain 1×1 convolution on AMX written as the channels-last image of a following
-    /// direct convolution ([`QOutput::Image`]): the image is its plain f32 output rounded to
+    /// direct convolution ([`QOutput::ImageBf16`]): the image is its plain f32 output rounded to
     /// bf16 at the pixels, by the definition of the layout, and zero in the padding (garbage
-    /// beforehand); the direct convolution reading it ([`QInput::Image`]) gives exactly what it
+    /// beforehand); the direct convolution reading it ([`QInput::ImageBf16`]) gives exactly what it
     /// gives from that output, to f32 and to panels. From f32 and from panels handed on by a
     /// previous 1×1; one to three row blocks of channels, strides 1 and 2, 3×3 and 5×5,
     /// pixel counts that end inside a pair of panels, 1 and 2 threads (the largest shape runs
@@ -763,19 +765,19 @@ mod tests {
                 second.forward_image(&want, h, w, &mut want_out, None, true, &mut s, par, isa);
                 for input in [QInput::F32(&x), QInput::Panels(&panels)] {
                     let mut image = vec![0xA5A5u16; grid.len()];
-                    let out = QOutput::Image {
+                    let out = QOutput::ImageBf16 {
                         image: &mut image,
                         grid,
                     };
                     assert!(first.forward((input, out), h, w, None, true, &mut s, par, isa));
                     assert!(image == want_image, "{cin} {mid} {size} {stride} {h}×{w}");
                     let mut got = vec![f32::NAN; cout * oh * ow];
-                    let io = (QInput::Image(&image), QOutput::F32(&mut got));
+                    let io = (QInput::ImageBf16(&image), QOutput::F32(&mut got));
                     assert!(second.forward(io, h, w, None, true, &mut s, par, isa));
                     assert_eq!(bits(&got), bits(&want_out), "{cin} {mid} {size} {stride}");
                     // A residual is not part of the image's values: declined, nothing written.
                     let residual = vec![0.0f32; mid * p];
-                    let out = QOutput::Image {
+                    let out = QOutput::ImageBf16 {
                         image: &mut image,
                         grid,
                     };

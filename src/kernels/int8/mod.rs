@@ -256,6 +256,35 @@ where
     amx::product_or_handoff(kernel, aw, panels, n, out, parallel, &map, hand_on)
 }
 
+/// The product of `w` with activations already packed for the AMX kernel (as
+/// [`gemm_u8i8_prepacked_emit`] reads them) written as the padded channels-last image of
+/// `grid` by `values` ([`amx::product_to_image`]); `None` when products with `w` do not run
+/// on AMX with `isa` (nothing was computed), else whether the image is valid.
+///
+/// # Panics
+/// As [`amx::product_to_image`], or if `panels` has the wrong length.
+pub(crate) fn gemm_u8i8_prepacked_to_image<V: amx::direct::DirectValues<i32, Elem = u8>>(
+    w: &PackedWeights,
+    panels: &[u32],
+    grid: amx::direct::Grid,
+    image: &mut [u8],
+    par: Parallelism,
+    isa: Int8Isa,
+    values: &V,
+) -> Option<bool> {
+    let (kernel, aw) = amx_kernel(w, isa)?;
+    let n = grid.h * grid.w;
+    assert_eq!(
+        panels.len(),
+        amx::packed_words(aw.chunks(), n),
+        "gemm_u8i8: prepacked activations of the wrong length"
+    );
+    let parallel = runs_parallel(par, w.m, n, w.k);
+    Some(amx::product_to_image(
+        kernel, aw, panels, grid, parallel, values, image,
+    ))
+}
+
 /// The AMX words of `k` per column ([`HandOn::kw`]) of a product with `w`, when it runs on
 /// AMX with `isa`.
 pub(crate) fn amx_k4(w: &PackedWeights, isa: Int8Isa) -> Option<usize> {

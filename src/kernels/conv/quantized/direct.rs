@@ -34,6 +34,14 @@ impl QuantizedConv {
             && self.direct_grid(h, w).supported::<u8>()
     }
 
+    /// The grid of the image that a previous convolution writes for this one
+    /// ([`QOutput::ImageU8`](super::QOutput::ImageU8)) for an `h × w` input with `isa`, when
+    /// it is a direct convolution on AMX with a calibrated range.
+    pub(crate) fn image_grid(&self, isa: Int8Isa, h: usize, w: usize) -> Option<Grid> {
+        self.direct_panels(isa, h, w)
+            .then(|| self.direct_grid(h, w))
+    }
+
     /// The channels-last grid of the direct convolution of an `h × w` input.
     fn direct_grid(&self, h: usize, w: usize) -> Grid {
         Grid {
@@ -70,17 +78,23 @@ impl QuantizedConv {
             return None;
         }
         let rayon = par == Parallelism::Rayon;
-        let (planes, range): (&[u8], f32) = match input {
+        let (image, range): (&[u8], f32) = match input {
             QInput::F32(x) => {
                 let range = quantize_input(x, limit, cols, rayon, Wide::detect(true));
-                (&cols[..x.len()], range)
+                let planes = &cols[..x.len()];
+                direct::fill_channels_last(planes, grid, aligned_mut(xbuf, grid.len()), rayon);
+                (aligned(xbuf, grid.len()), range)
             }
-            QInput::Quantized(q) => (q, limit),
-            QInput::Panels(_) | QInput::Image(_) => return None,
+            QInput::Quantized(q) => {
+                direct::fill_channels_last(q, grid, aligned_mut(xbuf, grid.len()), rayon);
+                (aligned(xbuf, grid.len()), limit)
+            }
+            // Written for this convolution by the previous one.
+            QInput::ImageU8(image) => (image, limit),
+            QInput::Panels(_) | QInput::ImageBf16(_) => return None,
         };
-        direct::fill_channels_last(planes, grid, aligned_mut(xbuf, grid.len()), rayon);
-        // (Always `Some`: the grid is supported and the length is its own.)
-        let x = ChannelsLast::new(aligned(xbuf, grid.len()), grid)?;
+        // (Always `Some` for a filled image: the grid is supported and the length is its own.)
+        let x = ChannelsLast::new(image, grid)?;
         let (oh, ow) = self.out_hw(h, w);
         let work = self.cout * oh * ow * self.cin * self.kh * self.kw;
         Some(DirectInput {

@@ -19,8 +19,12 @@ pub(crate) enum QInput<'a> {
     /// with.
     Panels(&'a [u32]),
     /// bf16 only: the padded channels-last image of bf16 bits that a direct convolution
-    /// reads, for its grid, as the [`QOutput::Image`] of the previous convolution writes it.
-    Image(&'a [u16]),
+    /// reads, for its grid, as the [`QOutput::ImageBf16`] of the previous convolution writes it.
+    ImageBf16(&'a [u16]),
+    /// int8 only: the padded channels-last image of bytes quantised with this convolution's
+    /// calibrated range that a direct convolution reads, for its grid, as the
+    /// [`QOutput::ImageU8`] of the previous convolution writes it.
+    ImageU8(&'a [u8]),
 }
 
 impl QInput<'_> {
@@ -29,7 +33,8 @@ impl QInput<'_> {
             QInput::F32(x) => x.len(),
             QInput::Quantized(q) => q.len(),
             QInput::Panels(p) => p.len(),
-            QInput::Image(i) => i.len(),
+            QInput::ImageBf16(i) => i.len(),
+            QInput::ImageU8(i) => i.len(),
         }
     }
 }
@@ -74,19 +79,29 @@ pub(crate) enum QOutput<'a> {
     },
     /// bf16 only: the output written as the padded channels-last image of `grid` (bf16
     /// bits, [`Grid::len`] of them) that a following direct convolution reads
-    /// ([`QInput::Image`]), from a plain 1×1 convolution on AMX without a residual.
-    Image { image: &'a mut [u16], grid: Grid },
+    /// ([`QInput::ImageBf16`]), from a plain 1×1 convolution on AMX without a residual.
+    ImageBf16 { image: &'a mut [u16], grid: Grid },
+    /// int8 only: the output quantised for the following direct convolution (calibrated
+    /// range `limit`) and written as the padded channels-last image of `grid` that it reads
+    /// ([`QInput::ImageU8`]), from a plain 1×1 convolution on AMX reading panels, without a
+    /// residual. [`QuantizedConv::forward`](super::QuantizedConv::forward) returns whether
+    /// the image is valid (written, and no value exceeded `limit`).
+    ImageU8 {
+        image: &'a mut [u8],
+        grid: Grid,
+        limit: f32,
+    },
 }
 
 impl QOutput<'_> {
-    /// Elements of the output, `None` for [`QOutput::Panels`] and [`QOutput::Image`] (whose
+    /// Elements of the output, `None` for [`QOutput::Panels`] and [`QOutput::ImageBf16`] (whose
     /// lengths depend on the following convolution).
     pub(super) fn len(&self) -> Option<usize> {
         match self {
             QOutput::F32(y) => Some(y.len()),
             QOutput::Quantized { q, .. } => Some(q.len()),
             QOutput::F32Panels { y, .. } => Some(y.len()),
-            QOutput::Panels { .. } | QOutput::Image { .. } => None,
+            QOutput::Panels { .. } | QOutput::ImageBf16 { .. } | QOutput::ImageU8 { .. } => None,
         }
     }
 }

@@ -53,20 +53,20 @@ mod direct;
 mod epilogue;
 mod forms;
 
-use epilogue::{epilogue, Dequant, PanelBytes, Requant};
+use epilogue::{dequant_steps, epilogue, Dequant, PanelBytes, Requant};
 use forms::Plain;
 pub(crate) use forms::{QInput, QOutput};
 
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
-use crate::kernels::amx::direct::{DirectWeights, Grid};
+use crate::kernels::amx::direct::{DirectBytes, DirectWeights, Grid};
 use crate::kernels::amx::{self, no_hand_on, Emit, HandOn, Handoff};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
     amx_k4, gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_prepacked_emit,
-    gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa, PackedWeights, ShiftedPlanes,
-    ZeroPoint, MAX_DEPTH, MAX_SIZE,
+    gemm_u8i8_prepacked_to_image, gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa,
+    PackedWeights, ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -336,10 +336,10 @@ impl QuantizedConv {
         let (oh, ow) = self.out_hw(h, w);
         let p = oh * ow;
         assert!(
-            !matches!(input, QInput::Image(_)) && !matches!(out, QOutput::Image { .. }),
-            "QuantizedConv: channels-last images are a bf16 form"
+            !matches!(input, QInput::ImageBf16(_)) && !matches!(out, QOutput::ImageBf16 { .. }),
+            "QuantizedConv: bf16 images are a bf16 form"
         );
-        if !matches!(input, QInput::Panels(_)) {
+        if !matches!(input, QInput::Panels(_) | QInput::ImageU8(_)) {
             assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
         }
         if let Some(len) = out.len() {
@@ -442,7 +442,36 @@ impl QuantizedConv {
                 );
                 handed && !over.load(Ordering::Relaxed)
             }
-            (_, _, QOutput::Image { .. }) => unreachable!("refused above"),
+            (_, _, QOutput::ImageBf16 { .. }) => unreachable!("refused above"),
+            (
+                InputRange::Calibrated(limit),
+                QInput::Panels(panels),
+                QOutput::ImageU8 {
+                    image,
+                    grid,
+                    limit: next,
+                },
+            ) if residual.is_none() && self.plain_1x1() => {
+                dequant_steps(dequant, w_step, limit / 255.0);
+                let bytes = DirectBytes {
+                    dequant,
+                    bias,
+                    relu,
+                    scale: scale_for(next),
+                    limit: next,
+                };
+                let ran = gemm_u8i8_prepacked_to_image(
+                    self.packed(),
+                    panels,
+                    grid,
+                    image,
+                    par,
+                    isa,
+                    &bytes,
+                );
+                ran.unwrap_or_else(|| panic!("QuantizedConv: panels for a product not on AMX"))
+            }
+            (_, _, QOutput::ImageU8 { .. }) => false,
             (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
                 let over = AtomicBool::new(false);
                 let none = no_hand_on();
@@ -564,7 +593,8 @@ impl QuantizedConv {
                 QInput::Panels(panels) => {
                     gemm_u8i8_prepacked_emit(w, panels, p, out, par, isa, make(limit), hand_on)
                 }
-                QInput::Image(_) => unreachable!("refused by `forward`"),
+                QInput::ImageBf16(_) => unreachable!("refused by `forward`"),
+                QInput::ImageU8(_) => panic!("QuantizedConv: an image for a 1×1 convolution"),
             };
         }
 
@@ -580,7 +610,8 @@ impl QuantizedConv {
             QInput::Panels(_) => {
                 panic!("QuantizedConv: AMX panels for a convolution that is not 1×1")
             }
-            QInput::Image(_) => unreachable!("refused by `forward`"),
+            QInput::ImageBf16(_) => unreachable!("refused by `forward`"),
+            QInput::ImageU8(_) => panic!("QuantizedConv: an image for a convolution not direct"),
         };
 
         // A stride-1 window that keeps the size (3×3 pad 1): the input quantised (or copied)

@@ -333,3 +333,122 @@ fn packed_handoff_between_1x1_convolutions_is_the_f32_path() {
     ));
     assert_eq!(y, want);
 }
+
+/// A 1×1 convolution on AMX reading panels, written as the channels-last image of a
+/// following direct convolution ([`QOutput::ImageU8`]): at the pixels, the bytes that the
+/// direct convolution makes of the plain f32 output (by the definition of the layout), zero
+/// in the padding (garbage beforehand), and the direct convolution gives from the image
+/// exactly what it gives from the f32 output; the image is reported invalid when a value
+/// exceeds the direct convolution's range. One to three pairs of row blocks, strides 1 and
+/// 2, 3×3 and 5×5, 1 and 2 threads (the largest shape runs in parallel).
+#[test]
+fn image_output_is_the_f32_output_quantised() {
+    if !Int8Isa::Amx.is_available() {
+        return;
+    }
+    use crate::kernels::amx::packed_words;
+    let isa = Int8Isa::Amx;
+    let mut s = 0x1A6E_0B17u32;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as f32 / (1u32 << 24) as f32
+    };
+    let conv =
+        |cout: usize, cin: usize, size: usize, stride: usize, rnd: &mut dyn FnMut() -> f32| {
+            let weight: Vec<f32> = (0..cout * cin * size * size).map(|_| rnd() - 0.5).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.2).collect();
+            Conv2d::new(cout, cin, size, size, stride, size / 2, weight, bias)
+        };
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (cin, mid, cout, size, stride, h, w) in [
+        (64, 64, 32, 3, 1, 7, 7),
+        (48, 128, 40, 3, 2, 5, 13),
+        (128, 192, 64, 3, 1, 28, 28),
+        (64, 64, 32, 5, 1, 6, 11),
+    ] {
+        let p = h * w;
+        // The first convolution's input, from a previous one that also packs it for the
+        // first, quantised with the first one's range.
+        let zeroth = QuantizedConv::new(&conv(cin, 16, 1, 1, &mut rnd), 1.0).unwrap();
+        let first_conv = conv(mid, cin, 1, 1, &mut rnd);
+        let second_conv = conv(cout, mid, size, stride, &mut rnd);
+        let x0: Vec<f32> = (0..16 * p).map(|_| rnd()).collect();
+        let mut y0 = vec![f32::NAN; cin * p];
+        let mut scratch = QuantScratch::default();
+        let par = Parallelism::Sequential;
+        let io = (QInput::F32(&x0), QOutput::F32(&mut y0));
+        assert!(zeroth.forward(io, h, w, None, true, &mut scratch, par, isa));
+        let m_in = 1.1 * y0.iter().fold(0.0f32, |a, &b| a.max(b));
+        let first = QuantizedConv::new(&first_conv, m_in).unwrap();
+        let k4 = first.panels_k4(isa).expect("a 1×1 on AMX takes panels");
+        let mut panels = vec![0u32; packed_words(k4 / 16, p)];
+        let mut y = vec![f32::NAN; cin * p];
+        let out = QOutput::F32Panels {
+            y: &mut y,
+            panels: &mut panels,
+            limit: m_in,
+            k4,
+        };
+        assert!(zeroth.forward(
+            (QInput::F32(&x0), out),
+            h,
+            w,
+            None,
+            true,
+            &mut scratch,
+            par,
+            isa
+        ));
+        for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            let mut want = vec![f32::NAN; mid * p];
+            let io = (QInput::F32(&y0), QOutput::F32(&mut want));
+            assert!(first.forward(io, h, w, None, true, &mut scratch, par, isa));
+            let top = want.iter().fold(0.0f32, |a, &b| a.max(b));
+            assert!(top > 0.0);
+            for limit in [1.25 * top, 0.5 * top] {
+                let second = QuantizedConv::new(&second_conv, limit).unwrap();
+                let grid = second.image_grid(isa, h, w).expect("a direct convolution");
+                let (pad, wp) = ((size - 1) / 2, grid.wp());
+                let scale = scale_for(limit);
+                let mut want_image = vec![0u8; grid.len()];
+                for c in 0..mid {
+                    for j in 0..p {
+                        let at = ((j / w + pad) * wp + j % w + pad) * mid + c;
+                        want_image[at] = quantize_u8(want[c * p + j], scale);
+                    }
+                }
+                let mut image = vec![0xA5u8; grid.len()];
+                let out = QOutput::ImageU8 {
+                    image: &mut image,
+                    grid,
+                    limit,
+                };
+                let io = (QInput::Panels(&panels), out);
+                let valid = first.forward(io, h, w, None, true, &mut scratch, par, isa);
+                assert_eq!(valid, top <= limit, "{cin}→{mid} limit {limit}");
+                if !valid {
+                    continue;
+                }
+                assert!(
+                    image == want_image,
+                    "{cin}→{mid} {size} {stride} {h}×{w} {par:?}"
+                );
+                let (oh, ow) = second.out_hw(h, w);
+                let mut next = |input: QInput<'_>| {
+                    let mut z = vec![f32::NAN; cout * oh * ow];
+                    let io = (input, QOutput::F32(&mut z));
+                    second.forward(io, h, w, None, true, &mut scratch, par, isa);
+                    bits(&z)
+                };
+                let from_f32 = next(QInput::F32(&want));
+                assert_eq!(
+                    next(QInput::ImageU8(&image)),
+                    from_f32,
+                    "{cin}→{mid}→{cout}"
+                );
+            }
+        }
+    }
+}
