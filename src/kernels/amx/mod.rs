@@ -36,6 +36,7 @@ pub(crate) use product::{
     no_hand_on, prefetch_read, product_or_handoff, BlockSink, Emit, HandOn, Handoff, PanelElem,
 };
 pub(crate) use to_image::product_to_image;
+use to_image::SharedImage;
 
 /// Columns of a pair of activation panels: two tiles of 16.
 pub(crate) const COLS: usize = 32;

@@ -43,11 +43,7 @@ where
     );
     assert_eq!(image.len(), grid.len(), "amx image: image length");
     zero_padding(grid, image);
-    let shared = SharedImage {
-        ptr: image.as_mut_ptr(),
-        len: image.len(),
-        _borrow: std::marker::PhantomData,
-    };
+    let shared = SharedImage::new(image);
     let row_blocks = m / ROWS;
     // Whole cache lines of every pixel per task (two row blocks of bytes), so that no two
     // threads write the same line.
@@ -114,7 +110,7 @@ unsafe fn blocks_avx512<O: AmxOp, P: Copy, V: DirectValues<O::Sum>>(
 
 /// The image of [`product_to_image`], written by its tasks through a raw pointer: each task
 /// writes only the channels of its own row blocks (see [`SharedImage::put`]).
-struct SharedImage<'a, T> {
+pub(super) struct SharedImage<'a, T> {
     ptr: *mut T,
     len: usize,
     _borrow: std::marker::PhantomData<&'a mut [T]>,
@@ -124,14 +120,25 @@ struct SharedImage<'a, T> {
 // threads write disjoint elements through it (`put`), and nothing reads it meanwhile.
 unsafe impl<T: Send> Sync for SharedImage<'_, T> {}
 
-impl<T: Copy> SharedImage<'_, T> {
+impl<'a, T: Copy> SharedImage<'a, T> {
+    /// Shares `image` among the tasks of one product or convolution.
+    pub(super) fn new(image: &'a mut [T]) -> Self {
+        SharedImage {
+            ptr: image.as_mut_ptr(),
+            len: image.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
     /// Writes `run` at `at .. at + 32`.
     ///
     /// # Safety
-    /// No other thread may access those elements during the call: [`product_to_image`]'s
-    /// tasks are disjoint runs of row blocks, and row block `b` owns channels `32·b .. 32·b
-    /// + 32` of every pixel, which only its task writes.
-    unsafe fn put(&self, at: usize, run: &[T; ROWS]) {
+    /// No other thread may access those elements during the call. The writers are tasks
+    /// that own disjoint runs of 32 channels: [`product_to_image`]'s tasks are disjoint runs
+    /// of row blocks, and row block `b` owns channels `32·b .. 32·b + 32` of every pixel;
+    /// [`super::direct::conv_image`]'s are disjoint runs of output-channel pairs, and pair
+    /// `q` owns channels `32·q .. 32·q + 32`.
+    pub(super) unsafe fn put(&self, at: usize, run: &[T; ROWS]) {
         assert!(at + ROWS <= self.len, "amx image: element out of range");
         // SAFETY: in bounds (checked above) of the exclusively borrowed buffer; the caller
         // guarantees that no other thread touches these elements.

@@ -306,7 +306,18 @@ impl Bf16Conv {
                 return direct::conv_panels(op, dw, x, parallel, &rounded, panels, k4);
             }
             QOutput::ImageBf16 { image, grid } => {
-                if residual.is_some() || !self.plain_1x1() {
+                if residual.is_some() {
+                    return false;
+                }
+                if self.direct.is_some() {
+                    let Some((op, dw, x, parallel)) =
+                        self.direct_input(input, h, w, scratch, par, isa)
+                    else {
+                        return false;
+                    };
+                    return direct::conv_image(op, dw, x, parallel, &rounded, image, grid);
+                }
+                if !self.plain_1x1() {
                     return false;
                 }
                 let packed = self.packed();
@@ -785,6 +796,81 @@ mod tests {
                     assert!(!first.forward(io, h, w, Some(&residual), true, &mut s, par, isa));
                     assert!(image == want_image);
                 }
+            }
+        }
+    }
+
+    /// The image of `y` (`[c, h·w]`) for `grid`, by the definition of the layout: pixel
+    /// `(y, x)`'s channels at `((y + pad)·wp + x + pad)·c`, rounded to bf16; zero elsewhere.
+    fn image_of(y: &[f32], grid: Grid) -> Vec<u16> {
+        let (c, p) = (grid.cin, grid.h * grid.w);
+        let (pad, wp) = ((grid.size - 1) / 2, grid.wp());
+        let mut image = vec![0u16; grid.len()];
+        for ch in 0..c {
+            for j in 0..p {
+                let at = ((j / grid.w + pad) * wp + j % grid.w + pad) * c + ch;
+                image[at] = to_bf16(y[ch * p + j]);
+            }
+        }
+        image
+    }
+
+    /// A direct convolution on AMX written as the channels-last image of a following direct
+    /// convolution (ResNet-18's basic blocks): the image is its plain f32 output rounded to
+    /// bf16 at the pixels and zero in the padding (garbage beforehand), by the definition of
+    /// the layout, from an f32 input and from an image of it; the next convolution gives from
+    /// it exactly what it gives from the f32 output. Strides 1 and 2, 3×3 and 5×5, one to
+    /// three pairs of channels, 1 and 2 threads; with a residual it declines.
+    #[test]
+    fn direct_image_output_is_the_rounded_f32_output() {
+        if !Bf16Isa::Amx.is_available() {
+            return;
+        }
+        let isa = Bf16Isa::Amx;
+        let mut rnd = stream(0xD12E_C71A);
+        for (cin, mid, cout, size, stride, h, w) in [
+            (64, 64, 32, 3, 1, 7, 7),
+            (32, 96, 64, 3, 2, 13, 9),
+            (64, 32, 32, 5, 1, 6, 11),
+            (64, 64, 64, 3, 1, 28, 28),
+        ] {
+            let first = Bf16Conv::new(&conv(mid, cin, size, stride, &mut rnd)).unwrap();
+            let second = Bf16Conv::new(&conv(cout, mid, 3, 1, &mut rnd)).unwrap();
+            let (oh, ow) = first.out_hw(h, w);
+            let grid = second
+                .direct_grid(isa, oh, ow)
+                .expect("a direct convolution");
+            let x: Vec<f32> = (0..cin * h * w).map(|_| rnd() - 0.4).collect();
+            let x_image = image_of(&x, first.direct_grid(isa, h, w).unwrap());
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                let mut s = Bf16Scratch::default();
+                let mut want = vec![f32::NAN; mid * oh * ow];
+                first.forward_image(&x, h, w, &mut want, None, true, &mut s, par, isa);
+                let want_image = image_of(&want, grid);
+                let mut want_out = vec![f32::NAN; cout * oh * ow];
+                second.forward_image(&want, oh, ow, &mut want_out, None, true, &mut s, par, isa);
+                for input in [QInput::F32(&x), QInput::ImageBf16(&x_image)] {
+                    let mut image = vec![0xA5A5u16; grid.len()];
+                    let out = QOutput::ImageBf16 {
+                        image: &mut image,
+                        grid,
+                    };
+                    assert!(first.forward((input, out), h, w, None, true, &mut s, par, isa));
+                    assert!(image == want_image, "{cin} {mid} {size} {stride} {h}×{w}");
+                    let mut got = vec![f32::NAN; cout * oh * ow];
+                    let io = (QInput::ImageBf16(&image), QOutput::F32(&mut got));
+                    assert!(second.forward(io, oh, ow, None, true, &mut s, par, isa));
+                    assert_eq!(bits(&got), bits(&want_out), "{cin} {mid} {size} {stride}");
+                }
+                let residual = vec![0.0f32; mid * oh * ow];
+                let mut image = vec![0xA5A5u16; grid.len()];
+                let out = QOutput::ImageBf16 {
+                    image: &mut image,
+                    grid,
+                };
+                let io = (QInput::F32(&x), out);
+                assert!(!first.forward(io, h, w, Some(&residual), true, &mut s, par, isa));
+                assert!(image.iter().all(|&v| v == 0xA5A5));
             }
         }
     }

@@ -93,7 +93,8 @@ pub(crate) use sinks::{DirectBf16, DirectBytes, DirectValues};
 pub(crate) use weights::DirectWeights;
 
 use super::PanelElem;
-use sinks::{DirectSink, Planar, SharedWords, ToPanels};
+use super::SharedImage;
+use sinks::{DirectSink, Planar, SharedWords, ToImage, ToPanels};
 
 /// The convolution of `x` with `w`: `out` is `[m, h·w]` (row-major, `m` the weights' output
 /// channels); calls `emit(c, j0, sums, segment)` for every output channel `c` and run of
@@ -201,6 +202,66 @@ pub(crate) fn conv_panels<O: DirectOp, V: DirectValues<O::Sum>>(
     }
 }
 
+/// The convolution of `x` with `w`, its output made into elements by `values` (bytes
+/// quantised for an int8 convolution, bf16 bits for a bf16 one) and written as the padded
+/// channels-last image of `next`, the grid of a following direct convolution on this output
+/// (`next.cin` = the output channels, a multiple of 32; `next.h × next.w` = the output size);
+/// the padding is zero. Returns `false` when a value exceeded the range of `values` (the
+/// image is then not valid).
+///
+/// # Panics
+/// As [`conv`], or if `next` does not fit the output or `image` has the wrong length.
+pub(crate) fn conv_image<O: DirectOp, V: DirectValues<O::Sum>>(
+    op: O,
+    w: &DirectWeights,
+    x: ChannelsLast<'_, O::Elem>,
+    parallel: bool,
+    values: &V,
+    image: &mut [V::Elem],
+    next: Grid,
+) -> bool {
+    let mut job = Job::new(op, w, x, parallel);
+    assert!(
+        next.cin == w.m && w.m.is_multiple_of(COLS) && (next.h, next.w) == x.grid.out_hw(),
+        "amx direct: an image of {} channels, {}×{}, for {} channels, {:?}",
+        next.cin,
+        next.h,
+        next.w,
+        w.m,
+        x.grid.out_hw()
+    );
+    assert_eq!(image.len(), next.len(), "amx direct: image length");
+    // Whole cache lines of every pixel per task (two pairs of bytes), so that no two threads
+    // write the same line.
+    let per_line = (64 / (COLS * std::mem::size_of::<V::Elem>())).max(1);
+    job.task_pairs = job.task_pairs.next_multiple_of(per_line);
+    zero_padding(next, image);
+    let shared = SharedImage::new(image);
+    let wide = Wide::detect(true);
+    let task = |t: usize| {
+        let oc0 = t * job.task_pairs * COLS;
+        let rows = (job.task_pairs * COLS).min(w.m - oc0);
+        let mut sink = ToImage::new(&job, next, values, &shared, oc0);
+        match wide {
+            Wide::Baseline => job.run(t, rows, &mut sink),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+            Wide::Avx512(_) => unsafe { job.run_avx512(t, rows, &mut sink) },
+        }
+        sink.finish()
+    };
+    let tasks = w.m.div_ceil(job.task_pairs * COLS);
+    if parallel {
+        use rayon::prelude::*;
+        (0..tasks)
+            .into_par_iter()
+            .map(task)
+            .reduce(|| true, |a, b| a & b)
+    } else {
+        (0..tasks).map(task).fold(true, |a, b| a & b)
+    }
+}
+
 /// Zeroes the words of the columns from `n` in the panels (16 columns each, `kw` words per
 /// column): the pixels past the output, which no block writes.
 fn zero_tail_columns(panels: &mut [u32], kw: usize, n: usize) {
@@ -215,7 +276,7 @@ fn zero_tail_columns(panels: &mut [u32], kw: usize, n: usize) {
     }
 }
 
-/// One call of [`conv`] or [`conv_panels`].
+/// One call of [`conv`], [`conv_panels`] or [`conv_image`].
 struct Job<'a, O: DirectOp> {
     op: O,
     w: &'a DirectWeights,

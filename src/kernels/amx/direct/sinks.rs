@@ -4,7 +4,7 @@
 //! bytes ([`DirectBytes`], int8) or bf16 bits ([`DirectBf16`]).
 
 use super::{DirectOp, Grid, Job, Sums, COLS, ROWS};
-use crate::kernels::amx::{Emit, PanelElem};
+use crate::kernels::amx::{Emit, PanelElem, SharedImage};
 use crate::kernels::bf16::to_bf16;
 use crate::kernels::int8::quantize_u8;
 
@@ -289,6 +289,75 @@ impl<S, V: DirectValues<S>> DirectSink<S> for ToPanels<'_, V> {
                 // (see `SharedWords::put`).
                 unsafe { self.panels.put(j, c0 / per + w, V::Elem::word(parts)) };
             }
+        }
+        self.over |= over;
+    }
+}
+
+/// The sink of [`super::conv_image`]: every valid position's 32 channel sums of a block
+/// become elements ([`DirectValues`]) and go, as one run of 32 channels, to the position's
+/// pixel of the padded channels-last image of `next` (the following direct convolution's
+/// grid, whose image is this convolution's output).
+pub(super) struct ToImage<'a, V: DirectValues<S>, S> {
+    grid: Grid,
+    next: Grid,
+    values: &'a V,
+    image: &'a SharedImage<'a, V::Elem>,
+    oc0: usize,
+    over: bool,
+}
+
+impl<'a, S, V: DirectValues<S>> ToImage<'a, V, S> {
+    /// The sink of the task whose output channels start at `oc0`.
+    pub(super) fn new<O: DirectOp>(
+        job: &Job<'_, O>,
+        next: Grid,
+        values: &'a V,
+        image: &'a SharedImage<'a, V::Elem>,
+        oc0: usize,
+    ) -> Self {
+        ToImage {
+            grid: job.x.grid,
+            next,
+            values,
+            image,
+            oc0,
+            over: false,
+        }
+    }
+
+    /// Whether no value exceeded the range.
+    pub(super) fn finish(&self) -> bool {
+        !self.over
+    }
+}
+
+impl<S, V: DirectValues<S>> DirectSink<S> for ToImage<'_, V, S> {
+    #[inline(always)]
+    fn block(&mut self, blk: usize, pair: usize, sums: &Sums<S>) {
+        let (oh, ow) = self.grid.out_hw();
+        let gw = self.grid.gw();
+        let next = self.next;
+        let (pad, wp) = ((next.size - 1) / 2, next.wp());
+        // (The image's channels are whole pairs: `next.cin` is a multiple of 32.)
+        let c0 = self.oc0 + pair * COLS;
+        let consts = self.values.pair(c0, COLS);
+        let mut over = false;
+        for (i, s) in sums.0.iter().enumerate() {
+            let g = blk * ROWS + i;
+            let (oy, ox) = (g / gw, g % gw);
+            if oy >= oh {
+                break;
+            }
+            if ox >= ow {
+                continue;
+            }
+            let mut run = [V::Elem::default(); COLS];
+            over |= self.values.values(&consts, s, &mut run);
+            let at = ((oy + pad) * wp + ox + pad) * next.cin + c0;
+            // SAFETY: channels `c0 .. c0 + 32` of every pixel belong to this task's pair
+            // alone (see `SharedImage::put`).
+            unsafe { self.image.put(at, &run) };
         }
         self.over |= over;
     }

@@ -79,7 +79,8 @@ pub(crate) enum QOutput<'a> {
     },
     /// bf16 only: the output written as the padded channels-last image of `grid` (bf16
     /// bits, [`Grid::len`] of them) that a following direct convolution reads
-    /// ([`QInput::ImageBf16`]), from a plain 1×1 convolution on AMX without a residual.
+    /// ([`QInput::ImageBf16`]), from a plain 1×1 or a direct convolution on AMX without a
+    /// residual.
     ImageBf16 { image: &'a mut [u16], grid: Grid },
     /// int8 only: the output quantised for the following direct convolution (calibrated
     /// range `limit`) and written as the padded channels-last image of `grid` that it reads
