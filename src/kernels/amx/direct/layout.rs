@@ -2,6 +2,7 @@
 //! and the transpositions that fill it from planes.
 
 use super::{ROWS, ROW_BYTES};
+use crate::kernels::wide::Wide;
 
 /// The shape of a convolution on a channels-last padded image: a `size × size` window
 /// (odd) with padding `(size − 1) / 2` ("same" at stride 1) and stride `stride`.
@@ -115,36 +116,95 @@ pub(crate) fn fill_channels_last(planes: &[u8], grid: Grid, dst: &mut [u8], para
 }
 
 /// [`fill_channels_last`] for bf16: the f32 planes `x` rounded to bf16 ([`to_bf16`]) on the
-/// way.
+/// way, with AVX-512 where the CPU has it (every CPU with AMX).
 ///
 /// [`to_bf16`]: crate::kernels::bf16::to_bf16
 pub(crate) fn fill_channels_last_bf16(x: &[f32], grid: Grid, dst: &mut [u16], parallel: bool) {
-    use crate::kernels::bf16::to_bf16;
+    fill_channels_last_bf16_with(Wide::detect(true), x, grid, dst, parallel);
+}
+
+/// [`fill_channels_last_bf16`] with the loops of `wide` (every choice gives the same bits).
+pub(super) fn fill_channels_last_bf16_with(
+    wide: Wide,
+    x: &[f32],
+    grid: Grid,
+    dst: &mut [u16],
+    parallel: bool,
+) {
     let Grid { cin, h, w, .. } = grid;
     assert_eq!(x.len(), cin * h * w, "channels-last: planes length");
-    let plane = h * w;
-    fill_rows(grid, dst, parallel, |y, row| {
-        // 16 channels × 16 pixels at a time: rows of the planes in, pixels out.
-        for c0 in (0..cin).step_by(16) {
-            let cn = 16.min(cin - c0);
-            for x0 in (0..w).step_by(16) {
-                let xn = 16.min(w - x0);
-                let mut block = [[0u16; 16]; 16];
-                for (i, b) in block.iter_mut().enumerate().take(cn) {
-                    let src = &x[(c0 + i) * plane + y * w + x0..][..xn];
-                    for (d, &v) in b.iter_mut().zip(src) {
-                        *d = to_bf16(v);
-                    }
+    assert!(cin.is_multiple_of(2), "channels-last: odd channels");
+    fill_rows(grid, dst, parallel, |y, row| match wide {
+        Wide::Baseline => bf16_row::<false>(x, h * w, y * w, cin, w, row),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+        Wide::Avx512(_) => unsafe { bf16_row_avx512(x, h * w, y * w, cin, w, row) },
+    });
+}
+
+/// `row[x·cin + c] = to_bf16(planes[c·plane + at + x])` for `x < w`, `c < cin` (even): one
+/// image row from f32 planes to channels-last bf16, in blocks of 64 channels × 32 pixels,
+/// each a 32 × 32 matrix of words (two channels' bits per word, the even one low) transposed
+/// at once, after which a pixel's words are its channels in order.
+#[inline(always)]
+fn bf16_row<const AVX512: bool>(
+    planes: &[f32],
+    plane: usize,
+    at: usize,
+    cin: usize,
+    w: usize,
+    row: &mut [u16],
+) {
+    use crate::kernels::bf16::to_bf16;
+    for c0 in (0..cin).step_by(64) {
+        let words = (cin - c0).min(64) / 2;
+        for x0 in (0..w).step_by(32) {
+            let xn = (w - x0).min(32);
+            let mut block = [[0u32; 32]; 32];
+            for (i, b) in block.iter_mut().enumerate().take(words) {
+                let even = &planes[(c0 + 2 * i) * plane + at + x0..][..xn];
+                let odd = &planes[(c0 + 2 * i + 1) * plane + at + x0..][..xn];
+                for ((b, &e), &o) in b.iter_mut().zip(even).zip(odd) {
+                    *b = u32::from(to_bf16(e)) | u32::from(to_bf16(o)) << 16;
                 }
-                for j in 0..xn {
-                    let d = &mut row[(x0 + j) * cin + c0..][..cn];
-                    for (i, d) in d.iter_mut().enumerate() {
-                        *d = block[i][j];
-                    }
+            }
+            let mut t = [[0u32; 32]; 32];
+            #[cfg(target_arch = "x86_64")]
+            if AVX512 {
+                // SAFETY: `AVX512` is true only in `bf16_row_avx512`, which requires AVX512F.
+                unsafe { super::sinks::transpose32_avx512(&block, &mut t) };
+            } else {
+                super::sinks::transpose32(&block, &mut t);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            super::sinks::transpose32(&block, &mut t);
+            for (j, tw) in t.iter().enumerate().take(xn) {
+                let d = &mut row[(x0 + j) * cin + c0..][..2 * words];
+                for (pair, &wd) in d.chunks_exact_mut(2).zip(tw) {
+                    pair[0] = wd as u16;
+                    pair[1] = (wd >> 16) as u16;
                 }
             }
         }
-    });
+    }
+}
+
+/// [`bf16_row`] compiled with AVX-512 (its transposition and rounding loops run 512 bits
+/// wide).
+///
+/// # Safety
+/// The CPU must run AVX512F and AVX512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn bf16_row_avx512(
+    planes: &[f32],
+    plane: usize,
+    at: usize,
+    cin: usize,
+    w: usize,
+    row: &mut [u16],
+) {
+    bf16_row::<true>(planes, plane, at, cin, w, row)
 }
 
 /// Zeroes the padding of `grid`'s channels-last image in `dst` (every element but the

@@ -1,7 +1,7 @@
 //! Unit tests of the direct convolution: the layout by its definition, the sums against naive
 //! convolutions.
 
-use super::layout::transpose16;
+use super::layout::{fill_channels_last_bf16_with, transpose16};
 #[cfg(target_arch = "x86_64")]
 use super::sinks::{transpose32, transpose32_avx512};
 use super::*;
@@ -117,13 +117,15 @@ proptest! {
     }
 
     /// The bf16 layout: every element, each the input rounded to bf16, into a buffer full of
-    /// garbage, in both thread modes.
+    /// garbage, in both thread modes, with the baseline and the AVX-512 loops; images wider
+    /// than a block of 32 pixels and channels that end in half a block of 64.
     #[test]
     fn bf16_fill_matches_the_definition(
-        c32 in 1usize..4, h in 1usize..12, w in 1usize..30, size in prop::sample::select(vec![3usize, 5]),
+        c32 in 1usize..6, h in 1usize..12, w in 1usize..70, size in prop::sample::select(vec![3usize, 5]),
         seed in any::<u32>(),
     ) {
         use crate::kernels::bf16::to_bf16;
+        use crate::kernels::wide::Wide;
         let grid = Grid { cin: 32 * c32, h, w, size, stride: 1 };
         let x: Vec<f32> = (0..grid.cin * h * w)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / 1e9 - 2.0)
@@ -138,10 +140,13 @@ proptest! {
                 }
             }
         }
-        for par in [false, true] {
-            let mut got = vec![0xA5A5u16; grid.len()];
-            fill_channels_last_bf16(&x, grid, &mut got, par);
-            prop_assert!(got == want, "{:?} par {}", grid, par);
+        // The baseline loops and, where the CPU has it, the AVX-512 ones.
+        for wide in [Wide::Baseline, Wide::detect(true)] {
+            for par in [false, true] {
+                let mut got = vec![0xA5A5u16; grid.len()];
+                fill_channels_last_bf16_with(wide, &x, grid, &mut got, par);
+                prop_assert!(got == want, "{:?} par {} {:?}", grid, par, wide);
+            }
         }
     }
 
