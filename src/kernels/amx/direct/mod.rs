@@ -177,29 +177,9 @@ pub(crate) fn conv_panels<O: DirectOp, V: DirectValues<O::Sum>>(
     );
     zero_tail_columns(panels, kw, p);
     let shared = SharedWords::new(panels, kw);
-    let wide = Wide::detect(true);
-    let task = |t: usize| {
-        let oc0 = t * job.task_pairs * COLS;
-        let rows = (job.task_pairs * COLS).min(w.m - oc0);
-        let mut sink = ToPanels::new(&job, values, &shared, oc0, rows);
-        match wide {
-            Wide::Baseline => job.run(t, rows, &mut sink),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
-            Wide::Avx512(_) => unsafe { job.run_avx512(t, rows, &mut sink) },
-        }
-        sink.finish()
-    };
-    let tasks = w.m.div_ceil(job.task_pairs * COLS);
-    if parallel {
-        use rayon::prelude::*;
-        (0..tasks)
-            .into_par_iter()
-            .map(task)
-            .reduce(|| true, |a, b| a & b)
-    } else {
-        (0..tasks).map(task).fold(true, |a, b| a & b)
-    }
+    job.run_tasks(parallel, |oc0, rows| {
+        ToPanels::new(&job, values, &shared, oc0, rows)
+    })
 }
 
 /// The convolution of `x` with `w`, its output made into elements by `values` (bytes
@@ -237,29 +217,9 @@ pub(crate) fn conv_image<O: DirectOp, V: DirectValues<O::Sum>>(
     job.task_pairs = job.task_pairs.next_multiple_of(per_line);
     zero_padding(next, image);
     let shared = SharedImage::new(image);
-    let wide = Wide::detect(true);
-    let task = |t: usize| {
-        let oc0 = t * job.task_pairs * COLS;
-        let rows = (job.task_pairs * COLS).min(w.m - oc0);
-        let mut sink = ToImage::new(&job, next, values, &shared, oc0);
-        match wide {
-            Wide::Baseline => job.run(t, rows, &mut sink),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
-            Wide::Avx512(_) => unsafe { job.run_avx512(t, rows, &mut sink) },
-        }
-        sink.finish()
-    };
-    let tasks = w.m.div_ceil(job.task_pairs * COLS);
-    if parallel {
-        use rayon::prelude::*;
-        (0..tasks)
-            .into_par_iter()
-            .map(task)
-            .reduce(|| true, |a, b| a & b)
-    } else {
-        (0..tasks).map(task).fold(true, |a, b| a & b)
-    }
+    job.run_tasks(parallel, |oc0, _| {
+        ToImage::new(&job, next, values, &shared, oc0)
+    })
 }
 
 /// Zeroes the words of the columns from `n` in the panels (16 columns each, `kw` words per
@@ -309,6 +269,39 @@ impl<'a, O: DirectOp> Job<'a, O> {
             w,
             x,
             task_pairs,
+        }
+    }
+
+    /// Every task, each with the sink that `sink(oc0, rows)` makes for its `rows` output
+    /// channels from `oc0`, on the rayon pool when `parallel`; returns whether every sink
+    /// finished valid ([`DirectSink::valid`]).
+    fn run_tasks<K: DirectSink<O::Sum>>(
+        &self,
+        parallel: bool,
+        sink: impl Fn(usize, usize) -> K + Sync,
+    ) -> bool {
+        let wide = Wide::detect(true);
+        let task = |t: usize| {
+            let oc0 = t * self.task_pairs * COLS;
+            let rows = (self.task_pairs * COLS).min(self.w.m - oc0);
+            let mut sink = sink(oc0, rows);
+            match wide {
+                Wide::Baseline => self.run(t, rows, &mut sink),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+                Wide::Avx512(_) => unsafe { self.run_avx512(t, rows, &mut sink) },
+            }
+            sink.valid()
+        };
+        let tasks = self.w.m.div_ceil(self.task_pairs * COLS);
+        if parallel {
+            use rayon::prelude::*;
+            (0..tasks)
+                .into_par_iter()
+                .map(task)
+                .reduce(|| true, |a, b| a & b)
+        } else {
+            (0..tasks).map(task).fold(true, |a, b| a & b)
         }
     }
 
