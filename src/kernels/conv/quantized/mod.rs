@@ -44,7 +44,6 @@
 //! sum to f32 and of the scaled value, the result is the f32 convolution of the
 //! fake-quantised weights `q_w·s_w` and inputs `q_x·s_x`, which is how the tests check it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -53,20 +52,20 @@ mod direct;
 mod epilogue;
 mod forms;
 
-use epilogue::{dequant_steps, epilogue, Dequant, PanelBytes, Requant};
+use epilogue::Dequant;
 use forms::Plain;
 pub(crate) use forms::{QInput, QOutput};
 
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
-use crate::kernels::amx::direct::{DirectBytes, DirectWeights, Grid};
+use crate::kernels::amx::direct::{DirectWeights, Grid};
 use crate::kernels::amx::{self, no_hand_on, Emit, HandOn, Handoff};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
     amx_k4, gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_prepacked_emit,
-    gemm_u8i8_prepacked_to_image, gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa,
-    PackedWeights, ShiftedPlanes, ZeroPoint, MAX_DEPTH, MAX_SIZE,
+    gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa, PackedWeights, ShiftedPlanes,
+    ZeroPoint, MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -310,189 +309,6 @@ impl QuantizedConv {
     ) {
         let io = (QInput::F32(input), QOutput::F32(out));
         self.forward(io, h, w, residual, relu, scratch, par, isa);
-    }
-
-    /// [`QuantizedConv::forward_image`] with the input and the output in either form: an
-    /// input already quantised for this convolution, and an output quantised for the next one
-    /// (see [`QOutput::Quantized`]). Returns `false` when a quantised output is not valid
-    /// because a value exceeded its range (or because this convolution quantises its input
-    /// per image, which is never chained); the caller then computes it again in f32, so the
-    /// results are always those of the f32 output quantised by the next convolution.
-    ///
-    /// # Panics
-    /// If a slice length does not match the shapes.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward(
-        &self,
-        (input, out): (QInput<'_>, QOutput<'_>),
-        h: usize,
-        w: usize,
-        residual: Option<&[f32]>,
-        relu: bool,
-        scratch: &mut QuantScratch,
-        par: Parallelism,
-        isa: Int8Isa,
-    ) -> bool {
-        let (oh, ow) = self.out_hw(h, w);
-        let p = oh * ow;
-        assert!(
-            !matches!(input, QInput::ImageBf16(_)) && !matches!(out, QOutput::ImageBf16 { .. }),
-            "QuantizedConv: bf16 images are a bf16 form"
-        );
-        if !matches!(input, QInput::Panels(_) | QInput::ImageU8(_)) {
-            assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
-        }
-        if let Some(len) = out.len() {
-            assert_eq!(len, self.cout * p, "QuantizedConv: output length");
-        }
-        if let Some(r) = residual {
-            assert_eq!(r.len(), self.cout * p, "QuantizedConv: residual length");
-        }
-        let (w_step, bias) = (&self.w_step[..], &self.bias[..]);
-        let QuantScratch {
-            x,
-            cols,
-            pack,
-            dequant,
-            offset,
-        } = scratch;
-        let bufs = Bufs { x, cols, pack };
-        match (self.input, input, out) {
-            (InputRange::PerImage, QInput::F32(input), QOutput::F32(out)) => {
-                self.forward_per_image(input, h, w, out, bufs, offset, par, isa, |x_step| {
-                    epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p)
-                });
-                true
-            }
-            (InputRange::PerImage, QInput::F32(input), QOutput::F32Panels { y, .. }) => {
-                self.forward_per_image(input, h, w, y, bufs, offset, par, isa, |x_step| {
-                    epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p)
-                });
-                false
-            }
-            (InputRange::PerImage, ..) => false,
-            (
-                InputRange::Calibrated(limit),
-                input,
-                QOutput::Panels {
-                    panels,
-                    limit: next,
-                    k4,
-                },
-            ) => {
-                if residual.is_some() {
-                    return false;
-                }
-                let bufs = (bufs.x, bufs.cols);
-                let next = (next, panels, k4);
-                self.forward_direct_panels(input, limit, h, w, bufs, dequant, relu, next, par, isa)
-            }
-            (InputRange::Calibrated(limit), input, QOutput::F32(out)) => {
-                let none = no_hand_on();
-                self.forward_calibrated(
-                    input,
-                    limit,
-                    h,
-                    w,
-                    out,
-                    bufs,
-                    par,
-                    isa,
-                    |range| {
-                        epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
-                    },
-                    none,
-                );
-                true
-            }
-            (
-                InputRange::Calibrated(limit),
-                input,
-                QOutput::F32Panels {
-                    y,
-                    panels,
-                    limit: next,
-                    k4,
-                },
-            ) => {
-                let over = AtomicBool::new(false);
-                let bytes = PanelBytes {
-                    scale: scale_for(next),
-                    limit: next,
-                    over: &over,
-                };
-                let hand_on = Some(HandOn {
-                    handoff: &bytes,
-                    panels,
-                    kw: k4,
-                });
-                let handed = self.forward_calibrated(
-                    input,
-                    limit,
-                    h,
-                    w,
-                    y,
-                    bufs,
-                    par,
-                    isa,
-                    |range| {
-                        epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p)
-                    },
-                    hand_on,
-                );
-                handed && !over.load(Ordering::Relaxed)
-            }
-            (_, _, QOutput::ImageBf16 { .. }) => unreachable!("refused above"),
-            (
-                InputRange::Calibrated(limit),
-                QInput::Panels(panels),
-                QOutput::ImageU8 {
-                    image,
-                    grid,
-                    limit: next,
-                },
-            ) if residual.is_none() && self.plain_1x1() => {
-                dequant_steps(dequant, w_step, limit / 255.0);
-                let bytes = DirectBytes {
-                    dequant,
-                    bias,
-                    relu,
-                    scale: scale_for(next),
-                    limit: next,
-                };
-                let ran = gemm_u8i8_prepacked_to_image(
-                    self.packed(),
-                    panels,
-                    grid,
-                    image,
-                    par,
-                    isa,
-                    &bytes,
-                );
-                ran.unwrap_or_else(|| panic!("QuantizedConv: panels for a product not on AMX"))
-            }
-            (_, _, QOutput::ImageU8 { .. }) => false,
-            (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
-                let over = AtomicBool::new(false);
-                let none = no_hand_on();
-                let make = once(|range: f32| Requant {
-                    dequant: epilogue::<false>(
-                        dequant,
-                        w_step,
-                        range / 255.0,
-                        bias,
-                        residual,
-                        relu,
-                        p,
-                    ),
-                    scale: scale_for(next),
-                    limit: next,
-                    over: &over,
-                });
-                self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, make, none);
-                !over.load(Ordering::Relaxed)
-            }
-        }
     }
 
     /// The product of a signed input quantised with its own zero point (see the module
