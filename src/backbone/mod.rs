@@ -360,9 +360,9 @@ impl Backbone {
         let per_image: Vec<PerImage> = if n > 1 {
             (0..n).into_par_iter().map(run).collect()
         } else {
-            // On a pool thread, so that the many short parallel regions of one forward pass
-            // are forked from a worker instead of each one waking the caller's thread.
-            rayon::scope(|_| (0..n).map(run).collect())
+            // On a pool thread, with the pool's other threads spinning between the many short
+            // parallel regions of one forward pass instead of sleeping (`kernels::par`).
+            crate::kernels::par::with_team(|| (0..n).map(run).collect())
         };
         if let Some(cal) = calibration {
             for (_, rec) in &per_image {

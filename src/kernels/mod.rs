@@ -15,6 +15,7 @@ pub(crate) mod cpu;
 pub(crate) mod distance;
 pub mod gemm;
 pub mod int8;
+pub(crate) mod par;
 pub mod pool;
 pub(crate) mod screen;
 mod wide;

@@ -3,8 +3,6 @@
 //! Padding is implicit: padded cells are simply skipped, so they never win (the result equals
 //! PyTorch's `max_pool2d`, which pads with −∞).
 
-use rayon::prelude::*;
-
 use super::wide::Wide;
 
 /// Output size of a max-pool over `n` input cells (`(n + 2·pad − k) / stride + 1`).
@@ -67,9 +65,8 @@ pub fn maxpool2d(
         }
     };
     if input.len() >= 1 << 17 {
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each_init(Vec::new, |colmax, (ch, dst)| plane(ch, dst, colmax));
+        let plane = |colmax: &mut Vec<f32>, ch: usize, dst: &mut [f32]| plane(ch, dst, colmax);
+        crate::kernels::par::chunks_mut(out, oh * ow, Vec::new, plane, (), |_, _| ());
     } else {
         let mut colmax = Vec::new();
         for (ch, dst) in out.chunks_mut(oh * ow).enumerate() {

@@ -171,7 +171,9 @@ fn product_impl<O: AmxOp, P: Copy + Sync, T: Send, H: Handoff<T>>(
     let row_blocks = (out.len() / n).div_ceil(ROWS);
     // Each task streams the activations once: few tasks, but enough to balance the threads.
     let task_blocks = if parallel {
-        row_blocks.div_ceil(2 * rayon::current_num_threads()).max(1)
+        row_blocks
+            .div_ceil(2 * crate::kernels::par::threads())
+            .max(1)
     } else {
         row_blocks
     };
@@ -195,10 +197,7 @@ fn product_impl<O: AmxOp, P: Copy + Sync, T: Send, H: Handoff<T>>(
     };
     let task_len = task_blocks * ROWS * n;
     if parallel {
-        use rayon::prelude::*;
-        out.par_chunks_mut(task_len)
-            .enumerate()
-            .for_each_init(SumsBuf::new, |sums, (i, o)| task(sums, i, o));
+        crate::kernels::par::chunks_mut(out, task_len, SumsBuf::new, task, (), |_, _| ());
     } else {
         task(&mut SumsBuf::new(), 0, out);
     }

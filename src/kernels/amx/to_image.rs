@@ -50,7 +50,7 @@ where
     let per_line = (64 / (ROWS * std::mem::size_of::<V::Elem>())).max(1);
     let task_blocks = if parallel {
         row_blocks
-            .div_ceil(2 * rayon::current_num_threads())
+            .div_ceil(2 * crate::kernels::par::threads())
             .next_multiple_of(per_line)
     } else {
         row_blocks
@@ -73,11 +73,7 @@ where
         }
     };
     let over = if parallel {
-        use rayon::prelude::*;
-        (0..tasks)
-            .into_par_iter()
-            .map_init(SumsBuf::new, task)
-            .reduce(|| false, |a, b| a | b)
+        crate::kernels::par::run(tasks, SumsBuf::new, task, false, |a, b| a | b)
     } else {
         let mut sums = SumsBuf::new();
         (0..tasks).fold(false, |a, t| task(&mut sums, t) | a)

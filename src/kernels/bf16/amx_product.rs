@@ -143,8 +143,7 @@ fn pack<'s, T: Bf16Input>(
     let wide = Wide::detect(true);
     let pack = |(p, dst): (usize, &mut [u16])| pack_b_panel(wide, b, k, n, p * 16, 16, dst);
     if parallel {
-        use rayon::prelude::*;
-        packed.par_chunks_mut(panel_len).enumerate().for_each(pack);
+        crate::kernels::par::for_each_chunk(packed, panel_len, |p, dst| pack((p, dst)));
     } else {
         packed.chunks_mut(panel_len).enumerate().for_each(pack);
     }

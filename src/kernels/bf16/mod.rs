@@ -79,8 +79,6 @@
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use super::amx;
 use super::gemm::Parallelism;
 use super::wide::Wide;
@@ -467,12 +465,9 @@ pub(crate) fn gemm_bf16_rows<T: Bf16Input>(
             }
         }
         Parallelism::Rayon => {
-            packed
-                .par_chunks_mut(panel_len)
-                .enumerate()
-                .for_each(|(p, dst)| {
-                    pack_b_panel(wide, b, k, n, p * NR, dst.len() / (2 * kp), dst)
-                });
+            crate::kernels::par::for_each_chunk(packed, panel_len, |p, dst| {
+                pack_b_panel(wide, b, k, n, p * NR, dst.len() / (2 * kp), dst)
+            });
         }
     }
     let packed = &scratch[..len];
@@ -488,11 +483,11 @@ pub(crate) fn gemm_bf16_rows<T: Bf16Input>(
             // Whole tiles of rows per task; about four tasks per thread when `m` allows. The
             // split changes only who computes an element, never how.
             let tiles = m.div_ceil(MR);
-            let tasks = 4 * rayon::current_num_threads();
+            let tasks = 4 * crate::kernels::par::threads();
             let per_task = tiles.div_ceil(tasks).clamp(1, 8);
-            c.par_chunks_mut(per_task * MR * n)
-                .enumerate()
-                .for_each(|(i, rows)| rows_block(rows, i * per_task));
+            crate::kernels::par::for_each_chunk(c, per_task * MR * n, |i, rows| {
+                rows_block(rows, i * per_task)
+            });
         }
     }
 }

@@ -1,7 +1,5 @@
 //! The epilogue of the im2col path: bias, residual and ReLU on a finished output.
 
-use rayon::prelude::*;
-
 use super::PAR_ELEMS;
 use crate::kernels::gemm::Parallelism;
 
@@ -49,9 +47,7 @@ pub(super) fn epilogue(
         epilogue_segment(o, bias[c], residual.map(|r| &r[c * p..(c + 1) * p]), relu);
     };
     if par == Parallelism::Rayon && out.len() >= PAR_ELEMS {
-        out.par_chunks_mut(p)
-            .enumerate()
-            .for_each(|(c, o)| row(c, o));
+        crate::kernels::par::for_each_chunk(out, p, row);
     } else {
         for (c, o) in out.chunks_mut(p).enumerate() {
             row(c, o);

@@ -1,8 +1,6 @@
 //! The im2col matrix of one image (the general path of [`Conv2d`](super::Conv2d) and of the
 //! int8 and bf16 convolutions).
 
-use rayon::prelude::*;
-
 use super::PAR_ELEMS;
 use crate::kernels::gemm::Parallelism;
 
@@ -90,9 +88,7 @@ impl Window {
             }
         };
         if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
-            cols.par_chunks_mut(p)
-                .enumerate()
-                .for_each(|(r, row)| write_row(r, row));
+            crate::kernels::par::for_each_chunk(cols, p, write_row);
         } else {
             for (r, row) in cols.chunks_mut(p).enumerate() {
                 write_row(r, row);

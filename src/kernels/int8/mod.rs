@@ -33,8 +33,6 @@ mod quantize;
 mod tests;
 mod weights;
 
-use rayon::prelude::*;
-
 use crate::kernels::aligned::{aligned, aligned_mut};
 use crate::kernels::amx::{self, HandOn};
 use crate::kernels::gemm::Parallelism;
@@ -571,9 +569,7 @@ fn for_row_blocks<T: Send>(
     task: impl Fn(usize, &mut [T]) + Sync,
 ) {
     if parallel {
-        out.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, o)| task(i, o));
+        crate::kernels::par::for_each_chunk(out, len, task);
     } else {
         for (i, o) in out.chunks_mut(len).enumerate() {
             task(i, o);

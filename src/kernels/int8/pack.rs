@@ -1,8 +1,6 @@
 //! Packing of the activations for the int8 kernels (see the [module documentation](super)):
 //! each value turned into a byte on the way, four consecutive `k` per 32-bit word.
 
-use rayon::prelude::*;
-
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::wide::Wide;
 
@@ -41,10 +39,9 @@ pub(super) fn pack_b<S: Copy + Sync>(
         }
     };
     if par == Parallelism::Rayon && out.len() >= 1 << 15 {
-        out.par_chunks_exact_mut(k4 * nr)
-            .enumerate()
-            .map(|(p, o)| panel(p, o))
-            .reduce(|| 0.0, f32::max)
+        let whole = out.len() / (k4 * nr) * (k4 * nr);
+        let panel = |_: &mut (), p: usize, o: &mut [u32]| panel(p, o);
+        crate::kernels::par::chunks_mut(&mut out[..whole], k4 * nr, || (), panel, 0.0, f32::max)
     } else {
         out.chunks_exact_mut(k4 * nr)
             .enumerate()
@@ -253,9 +250,8 @@ pub(super) fn pack_b_shifted(
         }
     };
     if par == Parallelism::Rayon && out.len() >= 1 << 15 {
-        out.par_chunks_exact_mut(k4 * nr)
-            .enumerate()
-            .for_each(|(p, o)| panel(p, o));
+        let whole = out.len() / (k4 * nr) * (k4 * nr);
+        crate::kernels::par::for_each_chunk(&mut out[..whole], k4 * nr, panel);
     } else {
         out.chunks_exact_mut(k4 * nr)
             .enumerate()

@@ -244,8 +244,7 @@ fn fill_rows<T: Copy + Default + Send>(
         row(yy - pad, mid);
     };
     if parallel && cin * h * w >= crate::kernels::conv::PAR_ELEMS {
-        use rayon::prelude::*;
-        body.par_chunks_mut(row_len).enumerate().for_each(one);
+        crate::kernels::par::for_each_chunk(body, row_len, |i, r| one((i, r)));
     } else {
         body.chunks_mut(row_len).enumerate().for_each(one);
     }

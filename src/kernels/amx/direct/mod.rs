@@ -134,10 +134,7 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
     };
     let task_len = job.task_pairs * COLS * p;
     if parallel {
-        use rayon::prelude::*;
-        out.par_chunks_mut(task_len)
-            .enumerate()
-            .for_each(|(i, o)| task(i, o));
+        crate::kernels::par::for_each_chunk(out, task_len, task);
     } else {
         task(0, out);
     }
@@ -260,7 +257,7 @@ impl<'a, O: DirectOp> Job<'a, O> {
         );
         let pairs = w.m.div_ceil(COLS);
         let task_pairs = if parallel {
-            pairs.div_ceil(2 * rayon::current_num_threads()).max(1)
+            pairs.div_ceil(2 * crate::kernels::par::threads()).max(1)
         } else {
             pairs
         };
@@ -295,11 +292,7 @@ impl<'a, O: DirectOp> Job<'a, O> {
         };
         let tasks = self.w.m.div_ceil(self.task_pairs * COLS);
         if parallel {
-            use rayon::prelude::*;
-            (0..tasks)
-                .into_par_iter()
-                .map(task)
-                .reduce(|| true, |a, b| a & b)
+            crate::kernels::par::run(tasks, || (), |_, t| task(t), true, |a, b| a & b)
         } else {
             (0..tasks).map(task).fold(true, |a, b| a & b)
         }

@@ -11,7 +11,6 @@ use super::epilogue::{epilogue_row, epilogue_segment};
 use super::im2col::Window;
 use super::{Conv2d, PAR_ELEMS};
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 
 use std::sync::OnceLock;
 
@@ -462,9 +461,9 @@ impl Bf16Conv {
                 }
             };
             if par == Parallelism::Rayon && input.len() >= PAR_ELEMS {
-                x.par_chunks_mut(4096)
-                    .zip(input.par_chunks(4096))
-                    .for_each(|(d, s)| round(d, s));
+                crate::kernels::par::for_each_chunk(x, 4096, |i, d| {
+                    round(d, &input[i * 4096..][..d.len()])
+                });
             } else {
                 round(x, input);
             }

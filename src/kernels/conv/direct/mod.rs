@@ -21,8 +21,6 @@
 //! picks. (Plain loops compiled for AVX-512 kept the sums in registers in some builds and
 //! not in others: with debug info they ran 20× slower.)
 
-use rayon::prelude::*;
-
 use super::epilogue::epilogue_segment;
 use crate::kernels::gemm::Parallelism;
 #[cfg(target_arch = "x86_64")]
@@ -230,10 +228,7 @@ pub(super) fn forward(
         }
     };
     match par {
-        Parallelism::Rayon => out
-            .par_chunks_mut(CO * p)
-            .enumerate()
-            .for_each(|(cb, o)| block(cb, o)),
+        Parallelism::Rayon => crate::kernels::par::for_each_chunk(out, CO * p, block),
         Parallelism::Sequential => out
             .chunks_mut(CO * p)
             .enumerate()
@@ -270,11 +265,16 @@ fn split_phases(g: &Geometry, input: &[f32], phases: &mut [f32], par: Parallelis
         }
     };
     match par {
-        Parallelism::Rayon => phases
-            .par_chunks_exact_mut(s * width)
-            .enumerate()
-            .with_min_len(16)
-            .for_each(|(i, r)| row(i, r)),
+        Parallelism::Rayon => {
+            // 16 rows to a task.
+            let rows = phases.len() / (s * width);
+            let phases = &mut phases[..rows * s * width];
+            crate::kernels::par::for_each_chunk(phases, 16 * s * width, |t, rs| {
+                for (i, r) in rs.chunks_exact_mut(s * width).enumerate() {
+                    row(16 * t + i, r);
+                }
+            })
+        }
         Parallelism::Sequential => phases
             .chunks_exact_mut(s * width)
             .enumerate()

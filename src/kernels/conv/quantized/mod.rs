@@ -46,8 +46,6 @@
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 mod direct;
 mod epilogue;
 mod forms;
@@ -332,9 +330,9 @@ impl QuantizedConv {
         grow(bufs.x, input.len());
         let xq = &mut bufs.x[..input.len()];
         if par == Parallelism::Rayon && input.len() >= PAR_ELEMS {
-            xq.par_chunks_mut(1 << 14)
-                .zip(input.par_chunks(1 << 14))
-                .for_each(|(d, s)| zp.quantize(s, d));
+            crate::kernels::par::for_each_chunk(xq, 1 << 14, |i, d| {
+                zp.quantize(&input[i << 14..][..d.len()], d)
+            });
         } else {
             zp.quantize(input, xq);
         }
@@ -451,12 +449,16 @@ impl QuantizedConv {
                     plane(body, c)
                 };
                 if rayon && cin * hw >= PAR_ELEMS {
-                    planes
-                        .par_chunks_mut(hw + margin)
-                        .enumerate()
-                        .with_min_len((1 << 14) / hw.max(1))
-                        .map(one)
-                        .reduce(|| 0.0, f32::max)
+                    // Planes of at least 16 K bytes to a task.
+                    let per = ((1 << 14) / hw.max(1)).max(1);
+                    let task = |_: &mut (), t: usize, ds: &mut [u8]| {
+                        ds.chunks_mut(hw + margin)
+                            .enumerate()
+                            .map(|(i, d)| one((per * t + i, d)))
+                            .fold(0.0, f32::max)
+                    };
+                    let len = per * (hw + margin);
+                    crate::kernels::par::chunks_mut(planes, len, || (), task, 0.0, f32::max)
                 } else {
                     planes
                         .chunks_mut(hw + margin)
@@ -537,10 +539,10 @@ fn quantize_input(x: &[f32], limit: f32, buf: &mut Vec<u8>, rayon: bool, wide: W
     let xq = &mut buf[..n];
     let quant = |xq: &mut [u8], scale: f32| -> f32 {
         if rayon && n >= PAR_ELEMS {
-            xq.par_chunks_mut(1 << 14)
-                .zip(x.par_chunks(1 << 14))
-                .map(|(d, s)| quantize_max(wide, s, scale, d))
-                .reduce(|| 0.0, f32::max)
+            let chunk = |_: &mut (), i: usize, d: &mut [u8]| {
+                quantize_max(wide, &x[i << 14..][..d.len()], scale, d)
+            };
+            crate::kernels::par::chunks_mut(xq, 1 << 14, || (), chunk, 0.0, f32::max)
         } else {
             quantize_max(wide, x, scale, xq)
         }
