@@ -24,7 +24,9 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-/// The team a pool thread leads, and what its followers watch.
+/// The team a pool thread leads, and what its followers watch (on its own pair of cache
+/// lines, away from the leader's other data).
+#[repr(align(128))]
 struct Team {
     /// Members: the leader and the followers it asked for (some may never join).
     members: usize,
@@ -217,6 +219,8 @@ impl Team {
 /// Hands out the task indices `0..tasks`, each once, in runs of `run` consecutive tasks
 /// (claiming is an atomic operation on a line all members write: a region of many small tasks
 /// claims a few runs per member instead of each task).
+/// On its own pair of cache lines: it lives on the leader's stack, and followers write it.
+#[repr(align(128))]
 struct Claims {
     next: AtomicUsize,
     tasks: usize,
