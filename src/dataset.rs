@@ -230,15 +230,26 @@ mod tests {
         std::fs::write(p, b"x").unwrap();
     }
 
-    fn tmpdir(name: &str) -> PathBuf {
+    /// A fresh folder under the system's temporary folder, deleted when dropped (also when
+    /// the test fails).
+    struct TmpDir(PathBuf);
+
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmpdir(name: &str) -> TmpDir {
         let d = std::env::temp_dir().join(format!("patchcore-ds-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        d
+        TmpDir(d)
     }
 
     #[test]
     fn reads_layout_and_pairs_masks_by_stem() {
-        let d = tmpdir("ok").join("bottle");
+        let root = tmpdir("ok");
+        let d = root.0.join("bottle");
         touch(&d.join("train/good/001.png"));
         touch(&d.join("train/good/000.png"));
         touch(&d.join("test/good/000.png"));
@@ -271,7 +282,8 @@ mod tests {
 
     #[test]
     fn missing_mask_is_named() {
-        let d = tmpdir("nomask").join("cat");
+        let root = tmpdir("nomask");
+        let d = root.0.join("cat");
         touch(&d.join("train/good/000.png"));
         touch(&d.join("test/scratch/007.png"));
         // Without a ground_truth folder: image labels only, no masks.
@@ -290,7 +302,8 @@ mod tests {
 
     #[test]
     fn empty_train_and_stray_files_are_errors() {
-        let d = tmpdir("empty").join("cat");
+        let root = tmpdir("empty");
+        let d = root.0.join("cat");
         std::fs::create_dir_all(d.join("train/good")).unwrap();
         touch(&d.join("test/good/000.png"));
         assert!(matches!(
@@ -301,19 +314,20 @@ mod tests {
         let e = Category::open(&d).unwrap_err();
         assert!(e.to_string().contains("notes.txt"), "{e}");
         assert!(matches!(
-            Category::open(&tmpdir("none")),
+            Category::open(&tmpdir("none").0),
             Err(Error::InvalidInput { .. })
         ));
     }
 
     #[test]
     fn hidden_files_are_skipped_and_extensions_case_insensitive() {
-        let d = tmpdir("hidden");
+        let root = tmpdir("hidden");
+        let d = &root.0;
         touch(&d.join(".DS_Store"));
         touch(&d.join("a.PNG"));
         touch(&d.join("b.jpeg"));
         assert_eq!(
-            list_images(&d).unwrap(),
+            list_images(d).unwrap(),
             vec![d.join("a.PNG"), d.join("b.jpeg")]
         );
     }

@@ -243,5 +243,6 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

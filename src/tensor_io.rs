@@ -105,5 +105,6 @@ mod tests {
             read_f32(&bytes, &p, "x"),
             Err(Error::NonFiniteTensor { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
