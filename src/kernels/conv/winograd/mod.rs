@@ -28,10 +28,9 @@
 //! threads (the products themselves run sequentially inside their task), so results are
 //! bit-identical with 1 or more threads.
 
-use rayon::prelude::*;
-
 use super::PAR_ELEMS;
 use crate::kernels::gemm::{gemm, Backend, MatRef, Parallelism};
+use crate::kernels::par;
 
 mod f2;
 mod f4;
@@ -185,9 +184,7 @@ pub(super) fn forward(
         input_tf(&input[ci * h * w..(ci + 1) * h * w], h, w, th, tw, vc);
     };
     if rayon && v.len() >= PAR_ELEMS {
-        v.par_chunks_mut(points * t)
-            .enumerate()
-            .for_each(|(ci, vc)| fill(ci, vc));
+        par::for_each_chunk(v, points * t, fill);
     } else {
         for (ci, vc) in v.chunks_mut(points * t).enumerate() {
             fill(ci, vc);
@@ -225,10 +222,7 @@ pub(super) fn forward(
     }
     let blocks = &mut blocks[..classes];
     if rayon {
-        blocks
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(k, mk)| product(k, mk));
+        par::for_each_chunk(blocks, 1, |k, mk| product(k, mk[0]));
     } else {
         for (k, mk) in blocks.iter_mut().enumerate() {
             product(k, mk);
@@ -252,9 +246,7 @@ pub(super) fn forward(
         output_tf(&rows, th, tw, oh, ow, o, bias[co], res, relu);
     };
     if rayon && out.len() >= PAR_ELEMS {
-        out.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(co, o)| finish(co, o));
+        par::for_each_chunk(out, plane, finish);
     } else {
         for (co, o) in out.chunks_mut(plane).enumerate() {
             finish(co, o);
