@@ -257,9 +257,7 @@ fn split_phases(g: &Geometry, input: &[f32], phases: &mut [f32], par: Parallelis
             dst[..j0].fill(0.0);
             if j1 > j0 {
                 let first = s * j0 + q - pad;
-                for (d, &v) in dst[j0..j1].iter_mut().zip(src[first..].iter().step_by(s)) {
-                    *d = v;
-                }
+                take_every(s, &src[first..], &mut dst[j0..j1]);
             }
             dst[j1..].fill(0.0);
         }
@@ -279,6 +277,31 @@ fn split_phases(g: &Geometry, input: &[f32], phases: &mut [f32], par: Parallelis
             .chunks_exact_mut(s * width)
             .enumerate()
             .for_each(|(i, r)| row(i, r)),
+    }
+}
+
+/// `dst[j] = src[s·j]` for every `j < dst.len()` (`src` must reach that far), with the
+/// strides of the stem and of 1 written out so that they compile to whole-vector moves.
+fn take_every(s: usize, src: &[f32], dst: &mut [f32]) {
+    fn strided<const S: usize>(src: &[f32], dst: &mut [f32]) {
+        let (whole, _) = src.as_chunks::<S>();
+        let n = dst.len().min(whole.len());
+        for (d, c) in dst[..n].iter_mut().zip(whole) {
+            *d = c[0];
+        }
+        // The last value may have fewer than `S − 1` after it.
+        for (j, d) in dst.iter_mut().enumerate().skip(n) {
+            *d = src[S * j];
+        }
+    }
+    match s {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        2 => strided::<2>(src, dst),
+        _ => {
+            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                *d = v;
+            }
+        }
     }
 }
 

@@ -228,3 +228,21 @@ fn small_shapes() -> impl Iterator<Item = (usize, usize, usize, usize, usize)> {
         })
     })
 }
+
+/// `take_every` against its definition, for every stride the stem and the tests use and every
+/// length of `src` that reaches the last value (the shortest leaves no pair for it).
+#[test]
+fn take_every_takes_every_sth_value() {
+    for s in 1..5 {
+        for n in 0..40 {
+            let shortest = if n == 0 { 0 } else { s * (n - 1) + 1 };
+            for len in shortest..shortest + 2 * s {
+                let src: Vec<f32> = (0..len).map(|i| i as f32).collect();
+                let mut dst = vec![-1.0; n];
+                take_every(s, &src, &mut dst);
+                let want: Vec<f32> = (0..n).map(|j| (s * j) as f32).collect();
+                assert_eq!(dst, want, "stride {s}, {n} values from {len}");
+            }
+        }
+    }
+}
