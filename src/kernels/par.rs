@@ -91,6 +91,22 @@ fn is_leading() -> bool {
     !LEADING.with(Cell::get).is_null()
 }
 
+/// Elements from which a pass is split into parallel tasks on a team's leader: a region
+/// there costs about a microsecond (the followers are spinning), not a thread's wake-up.
+const TEAM_ELEMS: usize = 1 << 12;
+
+/// Whether a pass over `elems` elements is worth splitting into parallel tasks: from
+/// [`TEAM_ELEMS`] on a team's leader, else (rayon) from
+/// [`PAR_ELEMS`](crate::kernels::conv::PAR_ELEMS).
+pub(crate) fn splits(elems: usize) -> bool {
+    let min = if is_leading() {
+        TEAM_ELEMS
+    } else {
+        crate::kernels::conv::PAR_ELEMS
+    };
+    elems >= min
+}
+
 /// The number of threads a region should plan its tasks for: the team's members on a team's
 /// leader, else the rayon pool's threads.
 pub(crate) fn threads() -> usize {

@@ -1,6 +1,5 @@
 //! The epilogue of the im2col path: bias, residual and ReLU on a finished output.
 
-use super::PAR_ELEMS;
 use crate::kernels::gemm::Parallelism;
 
 /// The epilogue of [`epilogue`] on one segment of an output row: `o += bias (+ r)`, then ReLU
@@ -46,7 +45,7 @@ pub(super) fn epilogue(
     let row = |c: usize, o: &mut [f32]| {
         epilogue_segment(o, bias[c], residual.map(|r| &r[c * p..(c + 1) * p]), relu);
     };
-    if par == Parallelism::Rayon && out.len() >= PAR_ELEMS {
+    if par == Parallelism::Rayon && crate::kernels::par::splits(out.len()) {
         crate::kernels::par::for_each_chunk(out, p, row);
     } else {
         for (c, o) in out.chunks_mut(p).enumerate() {

@@ -1,7 +1,6 @@
 //! The im2col matrix of one image (the general path of [`Conv2d`](super::Conv2d) and of the
 //! int8 and bf16 convolutions).
 
-use super::PAR_ELEMS;
 use crate::kernels::gemm::Parallelism;
 
 /// The sliding window of a convolution: kernel size, stride and padding (shared by the f32,
@@ -87,7 +86,7 @@ impl Window {
                 im2col_row(plane, h, w, win, oh, ow, row, fill);
             }
         };
-        if par == Parallelism::Rayon && cols.len() >= PAR_ELEMS {
+        if par == Parallelism::Rayon && crate::kernels::par::splits(cols.len()) {
             crate::kernels::par::for_each_chunk(cols, p, write_row);
         } else {
             for (r, row) in cols.chunks_mut(p).enumerate() {

@@ -243,7 +243,7 @@ fn fill_rows<T: Copy + Default + Send>(
         right.fill(T::default());
         row(yy - pad, mid);
     };
-    if parallel && cin * h * w >= crate::kernels::conv::PAR_ELEMS {
+    if parallel && crate::kernels::par::splits(cin * h * w) {
         crate::kernels::par::for_each_chunk(body, row_len, |i, r| one((i, r)));
     } else {
         body.chunks_mut(row_len).enumerate().for_each(one);

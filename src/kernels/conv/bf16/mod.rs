@@ -9,7 +9,7 @@
 
 use super::epilogue::{epilogue_row, epilogue_segment};
 use super::im2col::Window;
-use super::{Conv2d, PAR_ELEMS};
+use super::Conv2d;
 use crate::error::{Error, Result};
 
 use std::sync::OnceLock;
@@ -460,7 +460,7 @@ impl Bf16Conv {
                     *d = to_bf16(v);
                 }
             };
-            if par == Parallelism::Rayon && input.len() >= PAR_ELEMS {
+            if par == Parallelism::Rayon && crate::kernels::par::splits(input.len()) {
                 crate::kernels::par::for_each_chunk(x, 4096, |i, d| {
                     round(d, &input[i * 4096..][..d.len()])
                 });

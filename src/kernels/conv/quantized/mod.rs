@@ -55,7 +55,7 @@ use forms::Plain;
 pub(crate) use forms::{QInput, QOutput};
 
 use super::im2col::Window;
-use super::{Conv2d, PAR_ELEMS};
+use super::Conv2d;
 use crate::error::{Error, Result};
 use crate::kernels::amx::direct::{DirectWeights, Grid};
 use crate::kernels::amx::{self, no_hand_on, Emit, HandOn, Handoff};
@@ -329,7 +329,7 @@ impl QuantizedConv {
         let zp = ZeroPoint::of(input);
         grow(bufs.x, input.len());
         let xq = &mut bufs.x[..input.len()];
-        if par == Parallelism::Rayon && input.len() >= PAR_ELEMS {
+        if par == Parallelism::Rayon && crate::kernels::par::splits(input.len()) {
             crate::kernels::par::for_each_chunk(xq, 1 << 14, |i, d| {
                 zp.quantize(&input[i << 14..][..d.len()], d)
             });
@@ -448,7 +448,7 @@ impl QuantizedConv {
                     after.fill(0);
                     plane(body, c)
                 };
-                if rayon && cin * hw >= PAR_ELEMS {
+                if rayon && crate::kernels::par::splits(cin * hw) {
                     // Planes of at least 16 K bytes to a task.
                     let per = ((1 << 14) / hw.max(1)).max(1);
                     let task = |_: &mut (), t: usize, ds: &mut [u8]| {
@@ -538,7 +538,7 @@ fn quantize_input(x: &[f32], limit: f32, buf: &mut Vec<u8>, rayon: bool, wide: W
     grow(buf, n);
     let xq = &mut buf[..n];
     let quant = |xq: &mut [u8], scale: f32| -> f32 {
-        if rayon && n >= PAR_ELEMS {
+        if rayon && crate::kernels::par::splits(n) {
             let chunk = |_: &mut (), i: usize, d: &mut [u8]| {
                 quantize_max(wide, &x[i << 14..][..d.len()], scale, d)
             };

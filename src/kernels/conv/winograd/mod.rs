@@ -28,7 +28,6 @@
 //! threads (the products themselves run sequentially inside their task), so results are
 //! bit-identical with 1 or more threads.
 
-use super::PAR_ELEMS;
 use crate::kernels::gemm::{gemm, Backend, MatRef, Parallelism};
 use crate::kernels::par;
 
@@ -183,7 +182,7 @@ pub(super) fn forward(
     let fill = |ci: usize, vc: &mut [f32]| {
         input_tf(&input[ci * h * w..(ci + 1) * h * w], h, w, th, tw, vc);
     };
-    if rayon && v.len() >= PAR_ELEMS {
+    if rayon && par::splits(v.len()) {
         par::for_each_chunk(v, points * t, fill);
     } else {
         for (ci, vc) in v.chunks_mut(points * t).enumerate() {
@@ -245,7 +244,7 @@ pub(super) fn forward(
         let res = residual.map(|r| &r[co * plane..(co + 1) * plane]);
         output_tf(&rows, th, tw, oh, ow, o, bias[co], res, relu);
     };
-    if rayon && out.len() >= PAR_ELEMS {
+    if rayon && par::splits(out.len()) {
         par::for_each_chunk(out, plane, finish);
     } else {
         for (co, o) in out.chunks_mut(plane).enumerate() {
