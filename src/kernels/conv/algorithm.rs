@@ -39,7 +39,7 @@ pub enum ConvAlgorithm {
     /// many partial) 256 ch 1.42 → 1.98, 512 ch 6.0 → 5.8.
     Winograd4x4,
     /// Direct convolution without the im2col copy, for any kernel, stride and padding over
-    /// at most [`DIRECT_MAX_CHANNELS`] input channels: the sums of 6 output channels × 64
+    /// at most [`DIRECT_MAX_CHANNELS`] input channels: the sums of 8 output channels × 48
     /// output columns stay in registers while every tap adds to them (the stem, 3 → 64
     /// channels 7×7 stride 2, reads its image once instead of 49 times). Rounds like im2col
     /// (one multiply-add per tap, fused on CPUs with AVX-512). Not valid for more input
