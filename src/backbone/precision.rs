@@ -24,8 +24,9 @@ pub enum Precision {
     /// with one scale per convolution input taken from a [`Calibration`], exact `i32` sums.
     /// The stem (the 7×7 convolution on the signed, normalised image) stays f32.
     Int8,
-    /// bf16 weights (half the memory) and activations rounded to bf16 at every convolution,
-    /// products accumulated in f32. Needs no calibration.
+    /// bf16 weights (half the memory) and activations rounded to bf16 at every convolution
+    /// after the stem, products accumulated in f32. Needs no calibration. The stem stays f32,
+    /// as in int8.
     Bf16,
 }
 

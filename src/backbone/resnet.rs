@@ -68,12 +68,6 @@ impl LowConv {
 /// The reduced-precision versions of every convolution, block by block.
 #[derive(Clone)]
 pub(crate) struct LowNet {
-    /// The stem, in bf16; `None` in int8, where it stays f32. An int8 stem
-    /// ([`QuantizedConv::per_image`]) is faster on its own (7×7 on 224²: 1.14 against 1.55 ms),
-    /// but whole int8 predictions were 4–5 % slower with it than without it, measured
-    /// between separate builds (never within one process, where it measured 4 % faster); the
-    /// cause was not found.
-    stem: Option<LowConv>,
     /// Per stage, per block: main-path convolutions, then the downsample (if any).
     blocks: Vec<Vec<Vec<LowConv>>>,
     precision: Precision,
@@ -118,14 +112,12 @@ impl LowNet {
 
     /// Bytes of the reduced-precision weights.
     pub(crate) fn bytes(&self) -> usize {
-        self.stem.as_ref().map_or(0, LowConv::bytes)
-            + self
-                .blocks
-                .iter()
-                .flatten()
-                .flatten()
-                .map(LowConv::bytes)
-                .sum::<usize>()
+        self.blocks
+            .iter()
+            .flatten()
+            .flatten()
+            .map(LowConv::bytes)
+            .sum::<usize>()
     }
 
     /// The precision it runs in.
@@ -354,11 +346,6 @@ impl Net {
                 _ => LowConv::Int8(QuantizedConv::new(c, ranges.next().unwrap_or(0.0))?),
             })
         };
-        // bf16 runs the stem too; int8 keeps it in f32 (see `LowNet::stem`).
-        let stem = match precision {
-            Precision::Bf16 => Some(LowConv::Bf16(Bf16Conv::new(&self.stem)?)),
-            _ => None,
-        };
         let mut blocks = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             let mut qs = Vec::with_capacity(stage.len());
@@ -372,7 +359,6 @@ impl Net {
             blocks.push(qs);
         }
         self.quant = Some(LowNet {
-            stem,
             blocks,
             precision,
             isa,
@@ -423,18 +409,17 @@ impl Net {
         let mut out: [Option<Vec<f32>>; 4] = Default::default();
         let mut at = 0usize; // next calibration slot
 
-        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1. A calibrating pass
-        // measures the f32 network.
+        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1. It stays f32 in
+        // every precision: where it runs direct (AVX-512) it is as fast as an int8 stem
+        // (`QuantizedConv::per_image`: 2.89 against 2.91 ms for a ResNet-18 int8 backbone) and
+        // a little faster than a bf16 one (ResNet-18 bf16 3.24 → 3.17 ms, WRN-50-2 bf16
+        // 16.40 → 15.65), with less error (BENCHMARKS.md, tenth session).
         let (sh, sw) = self.stem.out_hw(h, w);
         let c = self.stem.cout;
         let t0 = ensure(&mut wk.t[0], c * sh * sw);
-        let low_stem = match (&self.quant, &record) {
-            (Some(q), None) => q.stem.as_ref().map(|stem| (stem, q.isa)),
-            _ => None,
-        };
         run(
             &self.stem,
-            low_stem,
+            None,
             (QInput::F32(image), QOutput::F32(t0)),
             h,
             w,
