@@ -1,5 +1,6 @@
 //! The sums of the direct convolution with AVX-512 intrinsics: the block's sums are
-//! `CO·N` vector registers (24 for the stem's whole blocks), one fused multiply-add each per tap.
+//! `CO·N` vector registers (24 for the stem's whole blocks), one fused multiply-add each per
+//! tap.
 
 use std::arch::x86_64::*;
 
