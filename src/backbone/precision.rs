@@ -22,11 +22,12 @@ pub enum Precision {
     F32,
     /// Static post-training int8: symmetric per-output-channel `i8` weights, `u8` activations
     /// with one scale per convolution input taken from a [`Calibration`], exact `i32` sums.
-    /// The stem (the 7×7 convolution on the signed, normalised image) stays f32.
+    /// The stem (the 7×7 convolution on the signed, normalised image) quantises its input
+    /// with a zero point from each image's own range, so it needs no calibration.
     Int8,
     /// bf16 weights (half the memory) and activations rounded to bf16 at every convolution
-    /// after the stem, products accumulated in f32. Needs no calibration. The stem stays f32,
-    /// as in int8.
+    /// after the stem, products accumulated in f32. Needs no calibration. The stem stays
+    /// f32.
     Bf16,
 }
 

@@ -68,6 +68,9 @@ impl LowConv {
 /// The reduced-precision versions of every convolution, block by block.
 #[derive(Clone)]
 pub(crate) struct LowNet {
+    /// The stem in int8 (its image quantised with a zero point from the image's own range,
+    /// [`QuantizedConv::per_image`]); `None` in bf16, where it stays f32.
+    stem: Option<LowConv>,
     /// Per stage, per block: main-path convolutions, then the downsample (if any).
     blocks: Vec<Vec<Vec<LowConv>>>,
     precision: Precision,
@@ -112,12 +115,14 @@ impl LowNet {
 
     /// Bytes of the reduced-precision weights.
     pub(crate) fn bytes(&self) -> usize {
-        self.blocks
-            .iter()
-            .flatten()
-            .flatten()
-            .map(LowConv::bytes)
-            .sum::<usize>()
+        self.stem.as_ref().map_or(0, LowConv::bytes)
+            + self
+                .blocks
+                .iter()
+                .flatten()
+                .flatten()
+                .map(LowConv::bytes)
+                .sum::<usize>()
     }
 
     /// The precision it runs in.
@@ -346,6 +351,10 @@ impl Net {
                 _ => LowConv::Int8(QuantizedConv::new(c, ranges.next().unwrap_or(0.0))?),
             })
         };
+        let stem = match precision {
+            Precision::Int8 => Some(LowConv::Int8(QuantizedConv::per_image(&self.stem)?)),
+            _ => None,
+        };
         let mut blocks = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             let mut qs = Vec::with_capacity(stage.len());
@@ -359,6 +368,7 @@ impl Net {
             blocks.push(qs);
         }
         self.quant = Some(LowNet {
+            stem,
             blocks,
             precision,
             isa,
@@ -409,17 +419,23 @@ impl Net {
         let mut out: [Option<Vec<f32>>; 4] = Default::default();
         let mut at = 0usize; // next calibration slot
 
-        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1. It stays f32 in
-        // every precision: where it runs direct (AVX-512) it is as fast as an int8 stem
-        // (`QuantizedConv::per_image`: 2.89 against 2.91 ms for a ResNet-18 int8 backbone) and
-        // a little faster than a bf16 one (ResNet-18 bf16 3.24 → 3.17 ms, WRN-50-2 bf16
-        // 16.40 → 15.65), with less error (BENCHMARKS.md, tenth session).
+        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1. int8 runs it on
+        // the image quantised with its own zero point: on AMX as a narrow channels-last grid
+        // (16 pixels per tile row), which made a ResNet-18 int8 backbone 2.71 → 2.27 ms; the
+        // im2col + AMX version had been no faster than the f32 direct stem (2.89 against
+        // 2.91 ms). bf16 keeps it in f32: the direct f32 stem was a little faster than a bf16
+        // one on im2col (ResNet-18 bf16 3.24 → 3.17 ms), with less error (BENCHMARKS.md,
+        // tenth and eleventh sessions).
         let (sh, sw) = self.stem.out_hw(h, w);
         let c = self.stem.cout;
         let t0 = ensure(&mut wk.t[0], c * sh * sw);
+        let low_stem = match (&self.quant, &record) {
+            (Some(q), None) => q.stem.as_ref().map(|stem| (stem, q.isa)),
+            _ => None,
+        };
         run(
             &self.stem,
-            None,
+            low_stem,
             (QInput::F32(image), QOutput::F32(t0)),
             h,
             w,

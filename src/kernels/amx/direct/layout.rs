@@ -6,6 +6,12 @@ use crate::kernels::wide::Wide;
 
 /// The shape of a convolution on a channels-last padded image: a `size × size` window
 /// (odd) with padding `(size − 1) / 2` ("same" at stride 1) and stride `stride`.
+///
+/// A grid of [`NARROW`] channels is *narrow* (an RGB image with a fourth channel of zero
+/// weight): a tile row of 64 bytes then holds 16 consecutive `u8` pixels (8 bf16 ones), so
+/// the window's columns become words of `k` and each window row is one chunk (`size` chunks,
+/// not `size²`), read from the pixel of column 0. The row's pixels past the window meet zero
+/// weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Grid {
     /// Channels.
@@ -20,7 +26,35 @@ pub(crate) struct Grid {
     pub stride: usize,
 }
 
+/// Channels of a narrow grid (see [`Grid`]).
+pub(crate) const NARROW: usize = 4;
+
 impl Grid {
+    /// Whether a tile row holds several pixels (see [`Grid`]).
+    pub(crate) fn narrow(self) -> bool {
+        self.cin == NARROW
+    }
+
+    /// The taps, and the chunks of input channels per tap, of a tile product: `size²` taps
+    /// of `cin / ch` chunks (`ch` channels per tile row), or for a narrow grid `size` taps
+    /// (the window's rows) of one chunk.
+    pub(super) fn taps_chunks(self, ch: usize) -> (usize, usize) {
+        if self.narrow() {
+            (self.size, 1)
+        } else {
+            (self.size * self.size, self.cin / ch)
+        }
+    }
+
+    /// The window offset `(ky, kx)` that tap `t` of [`Grid::taps_chunks`] reads from.
+    pub(super) fn tap(self, t: usize) -> (usize, usize) {
+        if self.narrow() {
+            (t, 0)
+        } else {
+            (t / self.size, t % self.size)
+        }
+    }
+
     /// Whether the direct path takes a `kh × kw` window with stride `stride` and padding
     /// `pad` (channels and image size aside, see [`Grid::supported`]): square, odd, wider than
     /// 1 (1×1 convolutions keep the packed path, measured faster: their packing is a plain
@@ -75,10 +109,13 @@ impl Grid {
     }
 
     /// Pixels of the buffer: the padded image, and every pixel a tile of the last block reads
-    /// for its last tap.
+    /// for its last tap (a narrow grid's tile rows read 16 pixels of `u8`, 8 of bf16).
     pub(super) fn pixels(self) -> usize {
         let k = self.size - 1;
-        let last = self.base(self.blocks() * ROWS - 16, k, k) + 15 * self.stride + 1;
+        let (ky, kx) = self.tap(self.taps_chunks(ROW_BYTES).0 - 1);
+        debug_assert_eq!((ky, kx), (k, if self.narrow() { 0 } else { k }));
+        let span = if self.narrow() { ROW_BYTES / NARROW } else { 1 };
+        let last = self.base(self.blocks() * ROWS - 16, ky, kx) + 15 * self.stride + span;
         last.max((self.h + 2 * self.pad()) * self.wp())
     }
 
@@ -88,16 +125,16 @@ impl Grid {
     }
 
     /// Whether the direct path handles this shape for inputs of `T` (`u8` or bf16 bits): an
-    /// odd window, stride 1 or 2, whole tile rows of channels (64·n `u8` or 32·n bf16), a
-    /// non-empty image.
+    /// odd window, stride 1 or 2, whole tile rows of channels (64·n `u8` or 32·n bf16) or a
+    /// narrow grid whose window fits a tile row (16 `u8` pixels, 8 bf16), a non-empty image.
     pub(crate) fn supported<T>(self) -> bool {
         let ch = ROW_BYTES / std::mem::size_of::<T>();
-        self.size % 2 == 1
-            && (1..=2).contains(&self.stride)
-            && self.cin > 0
-            && self.cin.is_multiple_of(ch)
-            && self.h > 0
-            && self.w > 0
+        let channels = if self.narrow() {
+            self.size <= ch / NARROW
+        } else {
+            self.cin > 0 && self.cin.is_multiple_of(ch)
+        };
+        self.size % 2 == 1 && (1..=2).contains(&self.stride) && channels && self.h > 0 && self.w > 0
     }
 }
 
@@ -110,7 +147,7 @@ impl Grid {
 pub(crate) fn fill_channels_last(planes: &[u8], grid: Grid, dst: &mut [u8], parallel: bool) {
     let Grid { cin, h, w, .. } = grid;
     assert_eq!(planes.len(), cin * h * w, "channels-last: planes length");
-    fill_rows(grid, dst, parallel, |y, row| {
+    fill_rows(grid, dst, 0, parallel, |y, row| {
         transpose_row(planes, h * w, y * w, cin, w, row)
     });
 }
@@ -134,7 +171,7 @@ pub(super) fn fill_channels_last_bf16_with(
     let Grid { cin, h, w, .. } = grid;
     assert_eq!(x.len(), cin * h * w, "channels-last: planes length");
     assert!(cin.is_multiple_of(2), "channels-last: odd channels");
-    fill_rows(grid, dst, parallel, |y, row| match wide {
+    fill_rows(grid, dst, 0, parallel, |y, row| match wide {
         Wide::Baseline => bf16_row::<false>(x, h * w, y * w, cin, w, row),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
@@ -212,16 +249,34 @@ unsafe fn bf16_row_avx512(
 ///
 /// # Panics
 /// If `dst.len()` is not [`Grid::len`].
-pub(crate) fn zero_padding<T: Copy + Default + Send>(grid: Grid, dst: &mut [T]) {
-    fill_rows(grid, dst, false, |_, _| {});
+pub(crate) fn zero_padding<T: Copy + Default + Send + Sync>(grid: Grid, dst: &mut [T]) {
+    fill_rows(grid, dst, T::default(), false, |_, _| {});
 }
 
-/// The padded rows of `grid` in `dst`: zeros, or `row(y, pixels)` between the padding of
-/// image row `y` (which must write all `w·cin` elements of `pixels`, unless another writer
-/// fills them); zeros after the image.
-fn fill_rows<T: Copy + Default + Send>(
+/// Writes the padded channels-last image of `grid` into `dst` ([`Grid::len`] elements):
+/// `row(y, pixels)` writes the `w·cin` elements of image row `y`, and every other element is
+/// `pad_value` (such as the zero point of an input quantised with one); row by row on the
+/// rayon pool when `parallel`.
+///
+/// # Panics
+/// If `dst.len()` is not [`Grid::len`].
+pub(crate) fn fill_padded<T: Copy + Send + Sync>(
     grid: Grid,
     dst: &mut [T],
+    pad_value: T,
+    parallel: bool,
+    row: impl Fn(usize, &mut [T]) + Sync,
+) {
+    fill_rows(grid, dst, pad_value, parallel, row);
+}
+
+/// The padded rows of `grid` in `dst`: `pad_value`, or `row(y, pixels)` between the padding
+/// of image row `y` (which must write all `w·cin` elements of `pixels`, unless another writer
+/// fills them); `pad_value` after the image.
+fn fill_rows<T: Copy + Send + Sync>(
+    grid: Grid,
+    dst: &mut [T],
+    pad_value: T,
     parallel: bool,
     row: impl Fn(usize, &mut [T]) + Sync,
 ) {
@@ -230,17 +285,17 @@ fn fill_rows<T: Copy + Default + Send>(
     assert_eq!(dst.len(), grid.len(), "channels-last: buffer length");
     let row_len = wp * cin;
     let (body, tail) = dst.split_at_mut((h + 2 * pad) * row_len);
-    tail.fill(T::default());
-    // Padded row `yy`: zeros, or image row `yy − pad` between `pad` zero pixels each side.
+    tail.fill(pad_value);
+    // Padded row `yy`: padding, or image row `yy − pad` between `pad` padding pixels each side.
     let one = |(yy, r): (usize, &mut [T])| {
         if yy < pad || yy >= pad + h {
-            r.fill(T::default());
+            r.fill(pad_value);
             return;
         }
         let (left, rest) = r.split_at_mut(pad * cin);
         let (mid, right) = rest.split_at_mut(w * cin);
-        left.fill(T::default());
-        right.fill(T::default());
+        left.fill(pad_value);
+        right.fill(pad_value);
         row(yy - pad, mid);
     };
     if parallel && crate::kernels::par::splits(cin * h * w) {

@@ -25,6 +25,14 @@
 //!   pixel `(2·oy + ky)·wp + 2·ox + kx`. The positions with `ox` beyond the output row are
 //!   discarded (12.5 % at 28 and 14 columns).
 //!
+//! **Narrow grids.** An image of at most four channels (a stem's) is stored with four per
+//! pixel ([`NARROW`]); a tile row's 64 bytes then hold 16 consecutive `u8` pixels (8 bf16), so
+//! the row of tile row `r` starts at the pixel of window column 0 and the window's columns are
+//! words of `k`: each window row is one chunk (`size` chunks instead of `size²`, for a window
+//! up to 15 pixels wide). The pixels the row reads past the window meet zero weights. The
+//! stem's 7×7 window at stride 2 takes 7 tile products per block instead of 49 of 3/64 useful
+//! bytes, and no im2col matrix.
+//!
 //! **Blocks.** A block is 32 positions (two `A` tiles) × 32 output channels (two `B` tiles):
 //! four sum tiles, summed over `k` in chunks of 64 input channels of one tap (`k` in tap-major
 //! order, so the weights are packed for it: [`DirectWeights`]). The sums come out
@@ -84,7 +92,8 @@ mod tests;
 mod weights;
 
 pub(crate) use layout::{
-    fill_channels_last, fill_channels_last_bf16, zero_padding, ChannelsLast, Grid,
+    fill_channels_last, fill_channels_last_bf16, fill_padded, zero_padding, ChannelsLast, Grid,
+    NARROW,
 };
 pub(super) use sinks::transpose32;
 #[cfg(target_arch = "x86_64")]
@@ -304,14 +313,14 @@ impl<'a, O: DirectOp> Job<'a, O> {
     fn run(&self, t: usize, rows: usize, sink: &mut impl DirectSink<O::Sum>) {
         let _ = self.op;
         let grid = self.x.grid;
-        let (cin, size) = (grid.cin, grid.size);
+        let cin = grid.cin;
         let oc0 = t * self.task_pairs * COLS;
         let chunks = self.w.chunks();
-        let cc = cin / chunk_channels::<O>();
+        let (taps, cc) = grid.taps_chunks(chunk_channels::<O>());
+        debug_assert_eq!(taps * cc, chunks);
         let pair_words = chunks * 2 * 256;
         let row_stride = grid.stride * cin * std::mem::size_of::<O::Elem>();
         let mut group = [Sums([[O::Sum::default(); COLS]; ROWS]); GROUP];
-        let taps = size * size;
         // Taps per k-block: their weights (2 KiB per chunk of the pair) stay in the level-1
         // cache while they meet the group's blocks.
         let kb_taps = (K_BLOCK_BYTES / (cc * 2048)).clamp(1, taps);
@@ -332,7 +341,7 @@ impl<'a, O: DirectOp> Job<'a, O> {
                             unsafe { load(sums) };
                         }
                         for t in t0..(t0 + kb_taps).min(taps) {
-                            let (ky, kx) = (t / size, t % size);
+                            let (ky, kx) = grid.tap(t);
                             let a0 = &self.x.data[grid.base(g, ky, kx) * cin..];
                             let a1 = &self.x.data[grid.base(g + 16, ky, kx) * cin..];
                             let bt = &b[t * cc * 512..][..cc * 512];

@@ -243,6 +243,61 @@ proptest! {
         }
     }
 
+    /// A narrow grid (four channels, a tile row holding 16 pixels: a stem's image) against
+    /// the naive sums (AMX only): windows up to 15 wide (the widest a tile row holds), both
+    /// strides, images narrower than a tile and wider than a block, saturating bytes, the
+    /// packed weights read back, both thread modes.
+    #[test]
+    fn narrow_conv_matches_the_naive_sums(
+        m in 1usize..70, h in 1usize..12, w in 1usize..40,
+        size in prop::sample::select(vec![1usize, 3, 7, 15]), stride in 1usize..3,
+        seed in any::<u32>(), extreme in any::<bool>(),
+    ) {
+        let Some(op) = Int8::detect() else { return Ok(()) };
+        let grid = Grid { cin: NARROW, h, w, size, stride };
+        prop_assert!(grid.narrow() && grid.supported::<u8>());
+        let mut s = seed | 1;
+        let mut rnd = move || { s ^= s << 13; s ^= s >> 17; s ^= s << 5; s };
+        let q: Vec<i8> = (0..m * NARROW * size * size)
+            .map(|_| if extreme { -127 } else { (rnd() % 255) as i8 })
+            .collect();
+        let x: Vec<u8> = (0..NARROW * h * w)
+            .map(|_| if extreme { 255 } else { rnd() as u8 })
+            .collect();
+        let want = naive_conv(&q, &x, m, grid);
+        let dw = DirectWeights::new(&q, m, NARROW, size).unwrap();
+        prop_assert!(dw.matrix() == q, "the packed weights read back");
+        // The bytes after the padded image, which tile rows read only for pixels past the
+        // window (or for positions past the output), hold 255: they must meet zero weights.
+        let mut buf = vec![0u8; grid.len()];
+        fill_channels_last(&x, grid, &mut buf, false);
+        let image_end = (h + 2 * grid.pad()) * grid.wp() * NARROW;
+        buf[image_end..].fill(255);
+        let xs = ChannelsLast::new(&buf, grid).unwrap();
+        for parallel in [false, true] {
+            let (oh, ow) = grid.out_hw();
+            let mut got = vec![i64::MIN; m * oh * ow];
+            let emit = |_: usize, _: usize, sums: &[i32], o: &mut [i64]| {
+                for (o, &v) in o.iter_mut().zip(sums) {
+                    *o = i64::from(v);
+                }
+            };
+            conv(op, &dw, xs, &mut got, parallel, &emit);
+            prop_assert!(got == want, "{:?} m {} parallel {}", grid, m, parallel);
+        }
+    }
+
+    /// A narrow grid is supported only with a window that a tile row holds (16 `u8` pixels, 8
+    /// bf16 ones), and its weights pack only then.
+    #[test]
+    fn narrow_windows_fit_a_tile_row(size in prop::sample::select(vec![7usize, 9, 15, 17])) {
+        let grid = Grid { cin: NARROW, h: 20, w: 20, size, stride: 2 };
+        prop_assert_eq!(grid.supported::<u8>(), size <= 16);
+        prop_assert_eq!(grid.supported::<u16>(), size <= 8);
+        let q = vec![1i8; 2 * NARROW * size * size];
+        prop_assert_eq!(DirectWeights::new(&q, 2, NARROW, size).is_some(), size <= 16);
+    }
+
     /// The panels of `conv_panels` against the naive sums quantised by the definition of
     /// `DirectBytes` (AMX only): every word of the panels, the columns past the output zero,
     /// the groups past the output channels untouched, and the answer whether a value exceeded

@@ -1,13 +1,15 @@
 //! The weights of a direct convolution as AMX `B` tiles.
 
-use super::COLS;
+use super::{COLS, NARROW};
 use crate::kernels::aligned::LineBuf;
 
 /// The weights of a `size × size` convolution as AMX `B` tiles for channels-last inputs:
 /// per pair of 16-channel output tiles, per chunk (tap `t`, one tile row of input channels
 /// from `ch·c`, in the order `t·(cin / ch) + c`, with `ch` = 64 for int8 and 32 for bf16), two
 /// tiles of 16 words (four `i8` or two bf16 input channels each, the lowest channel in the low
-/// bits) × 16 output channels.
+/// bits) × 16 output channels. For a narrow grid ([`NARROW`] input channels) chunk `ky` holds
+/// the window row `ky`: word `w` is pixel `kx = w / (4 / per_word)` of the row (zero for
+/// `kx ≥ size`).
 #[derive(Debug, Clone)]
 pub(crate) struct DirectWeights {
     pub(super) tiles: LineBuf<u32>,
@@ -22,7 +24,7 @@ impl DirectWeights {
     /// Packs the `m × (cin·size²)` int8 weights `q` (row-major, column `ci·size² + t` for
     /// input channel `ci` and tap `t = ky·size + kx`, the im2col order). `None` unless `cin`
     /// is a positive multiple of 64 (every convolution of a torchvision ResNet after the
-    /// stem).
+    /// stem) or [`NARROW`] with `size ≤ 16` (a stem, its image padded to four channels).
     pub(crate) fn new(q: &[i8], m: usize, cin: usize, size: usize) -> Option<DirectWeights> {
         Self::pack(q.len(), m, cin, size, 4, |at| u32::from(q[at] as u8))
     }
@@ -46,38 +48,58 @@ impl DirectWeights {
     ) -> Option<DirectWeights> {
         let taps = size * size;
         let ch = 16 * per_word;
-        if cin == 0 || !cin.is_multiple_of(ch) || m == 0 || len != m * cin * taps {
+        let narrow = cin == NARROW && size <= ch / NARROW;
+        if cin == 0 || !(narrow || cin.is_multiple_of(ch)) || m == 0 || len != m * cin * taps {
             return None;
         }
-        let cc = cin / ch;
-        let chunks = taps * cc;
+        let mut w = DirectWeights {
+            tiles: LineBuf::default(),
+            m,
+            cin,
+            size,
+            per_word,
+        };
+        let chunks = w.chunks();
         let pairs = m.div_ceil(COLS);
         let bits = 32 / per_word;
         let mut tiles = LineBuf::zeroed(pairs * chunks * 2 * 256);
         for (i, tile) in tiles.chunks_exact_mut(256).enumerate() {
             let (pair, rest) = (i / (2 * chunks), i % (2 * chunks));
             let (chunk, half) = (rest / 2, rest % 2);
-            let (t, c) = (chunk / cc, chunk % cc);
             for (word, row) in tile.chunks_exact_mut(16).enumerate() {
+                let Some((t, ci)) = w.slot(chunk, word) else {
+                    continue;
+                };
                 for (j, d) in row.iter_mut().enumerate() {
                     let oc = pair * COLS + half * 16 + j;
                     if oc >= m {
                         continue;
                     }
-                    let ci = c * ch + per_word * word;
                     *d = (0..per_word)
                         .map(|e| elem(oc * cin * taps + (ci + e) * taps + t) << (bits * e))
                         .fold(0, |a, v| a | v);
                 }
             }
         }
-        Some(DirectWeights {
-            tiles,
-            m,
-            cin,
-            size,
-            per_word,
-        })
+        w.tiles = tiles;
+        Some(w)
+    }
+
+    /// What word `word` of a tile row of chunk `chunk` holds: the tap `t = ky·size + kx` and
+    /// the first of its `per_word` input channels, or `None` for a word of zeros (a narrow
+    /// grid's pixels past the window).
+    fn slot(&self, chunk: usize, word: usize) -> Option<(usize, usize)> {
+        let (size, per_word) = (self.size, self.per_word);
+        if self.cin == NARROW {
+            // Chunk `ky`; a pixel is `NARROW / per_word` words.
+            let per_pixel = NARROW / per_word;
+            let (kx, ci) = (word / per_pixel, word % per_pixel * per_word);
+            (kx < size).then_some((chunk * size + kx, ci))
+        } else {
+            let cc = self.cin / (16 * per_word);
+            let (t, c) = (chunk / cc, chunk % cc);
+            Some((t, c * 16 * per_word + per_word * word))
+        }
     }
 
     /// Bytes held.
@@ -88,8 +110,7 @@ impl DirectWeights {
     /// The bits of every element of the weight matrix, read back (im2col order).
     fn elements(&self) -> Vec<u32> {
         let (cin, taps, per_word) = (self.cin, self.size * self.size, self.per_word);
-        let ch = 16 * per_word;
-        let (cc, chunks) = (cin / ch, self.chunks());
+        let chunks = self.chunks();
         let bits = 32 / per_word;
         let mask = if bits == 32 {
             u32::MAX
@@ -99,12 +120,17 @@ impl DirectWeights {
         let mut out = vec![0u32; self.m * cin * taps];
         for (oc, row) in out.chunks_exact_mut(cin * taps).enumerate() {
             let (pair, half, j) = (oc / COLS, oc % COLS / 16, oc % 16);
-            for (col, v) in row.iter_mut().enumerate() {
-                let (ci, t) = (col / taps, col % taps);
-                let (c, word, e) = (ci / ch, ci % ch / per_word, ci % per_word);
-                let chunk = t * cc + c;
-                let w = self.tiles[(((pair * chunks + chunk) * 2 + half) * 16 + word) * 16 + j];
-                *v = w >> (bits * e) & mask;
+            for chunk in 0..chunks {
+                for word in 0..16 {
+                    let Some((t, ci)) = self.slot(chunk, word) else {
+                        continue;
+                    };
+                    let at = (((pair * chunks + chunk) * 2 + half) * 16 + word) * 16 + j;
+                    let w = self.tiles[at];
+                    for e in 0..per_word {
+                        row[(ci + e) * taps + t] = w >> (bits * e) & mask;
+                    }
+                }
             }
         }
         out
@@ -123,8 +149,12 @@ impl DirectWeights {
             .collect()
     }
 
-    /// Chunks (tap × one tile row of input channels).
+    /// Chunks (tap × one tile row of input channels; a narrow grid's window rows).
     pub(super) fn chunks(&self) -> usize {
-        self.size * self.size * (self.cin / (16 * self.per_word))
+        if self.cin == NARROW {
+            self.size
+        } else {
+            self.size * self.size * (self.cin / (16 * self.per_word))
+        }
     }
 }

@@ -18,16 +18,21 @@
 //!   where the sum is exact in `i32` (the kernels of [`crate::kernels::int8`]), `s_x·s_w[c]`
 //!   is one f32 product, and the padding is `q_x = 0`.
 //!
-//! **Signed inputs** (such as a stem's, the normalised image: [`QuantizedConv::per_image`]; the
-//! int8 backbone keeps its stem in f32, which measured faster end to end) are quantised with a
-//! zero point instead, from their own range, so they need no calibration:
+//! **Signed inputs** (such as a stem's, the normalised image: [`QuantizedConv::per_image`]) are
+//! quantised with a zero point instead, from their own range, so they need no calibration:
 //! - `lo = min(0, min_p x)`, `hi = max(0, max_p x)`, step `s_x = (hi − lo) / 255`, zero point
 //!   `z = round(−lo · (255 / (hi − lo)))` and `q_x = clamp(round(x · (255 / (hi − lo)) + z), 0,
 //!   255)` (an empty range quantises everything to `z = 0`);
 //! - the padding is `q_x = z`, which stands for 0 exactly, and the epilogue subtracts the exact
 //!   `i32` offset `z · Σ_j q_w[c, j]`: `y[c, p] = act(f32(Σ_j q_w[c, j]·q_x[j, p] − z·Σ_j
 //!   q_w[c, j]) · (s_x·s_w[c]) + bias[c] (+ residual[c, p]))`, the convolution of `q_w·s_w` and
-//!   `(q_x − z)·s_x`.
+//!   `(q_x − z)·s_x`;
+//! - with AMX, a window of "same" padding on at most four input channels (a ResNet stem:
+//!   3 channels, 7×7, stride 2) reads the quantised image as a narrow channels-last grid: each
+//!   pixel padded to four bytes, 16 pixels to a tile row, so the window's columns are words of
+//!   `k` and each of its rows is one tile product (`amx::direct::Grid`). No im2col matrix is
+//!   written; the sums are the same. ResNet-18 int8 backbone 2.71 → 2.27 ms (BENCHMARKS.md,
+//!   eleventh session).
 //!
 //! **Chained activations.** Between two int8 convolutions of a block's main path the
 //! activation need not exist in f32: [`QuantizedConv::forward`] can write its output as the
@@ -50,6 +55,7 @@ mod direct;
 mod epilogue;
 mod forms;
 
+use direct::fill_narrow;
 use epilogue::Dequant;
 use forms::Plain;
 pub(crate) use forms::{QInput, QOutput};
@@ -57,9 +63,10 @@ pub(crate) use forms::{QInput, QOutput};
 use super::im2col::Window;
 use super::Conv2d;
 use crate::error::{Error, Result};
-use crate::kernels::amx::direct::{DirectWeights, Grid};
+use crate::kernels::aligned::{aligned, aligned_mut};
+use crate::kernels::amx::direct::{ChannelsLast, DirectWeights, Grid, NARROW};
 use crate::kernels::amx::{self, no_hand_on, Emit, HandOn, Handoff};
-use crate::kernels::gemm::Parallelism;
+use crate::kernels::gemm::{Parallelism, PAR_THRESHOLD};
 use crate::kernels::int8::{
     amx_k4, gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_prepacked_emit,
     gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa, PackedWeights, ShiftedPlanes,
@@ -201,14 +208,26 @@ impl QuantizedConv {
             .collect();
         let window = Grid::takes_window(conv.kh, conv.kw, conv.stride, conv.pad);
         let direct = match (window, amx::Int8::detect(), input) {
-            (true, Some(_), InputRange::Calibrated(_)) => {
+            // (Not a narrow grid: the images that a previous convolution writes for this one
+            // hold whole tile rows of channels.)
+            (true, Some(_), InputRange::Calibrated(_)) if conv.cin != NARROW => {
                 DirectWeights::new(&q, conv.cout, conv.cin, conv.kh)
+            }
+            // A stem: its image is made a narrow grid of four channels, the added ones with
+            // zero weights (see `amx::direct::Grid`).
+            (true, Some(_), InputRange::PerImage) if conv.cin <= NARROW => {
+                let taps = conv.kh * conv.kw;
+                let mut wide = vec![0i8; conv.cout * NARROW * taps];
+                for (src, dst) in q.chunks_exact(k).zip(wide.chunks_exact_mut(NARROW * taps)) {
+                    dst[..k].copy_from_slice(src);
+                }
+                DirectWeights::new(&wide, conv.cout, NARROW, conv.kh)
             }
             _ => None,
         };
-        let weights = match direct {
-            Some(_) => OnceLock::new(),
-            None => OnceLock::from(PackedWeights::new(&q, conv.cout, k)),
+        let weights = match (&direct, input) {
+            (Some(_), InputRange::Calibrated(_)) => OnceLock::new(),
+            _ => OnceLock::from(PackedWeights::new(&q, conv.cout, k)),
         };
         Ok(QuantizedConv {
             direct,
@@ -327,6 +346,24 @@ impl QuantizedConv {
         let (oh, ow) = self.out_hw(h, w);
         let (p, k) = (oh * ow, self.cin * self.kh * self.kw);
         let zp = ZeroPoint::of(input);
+        offset.clear();
+        let z = i32::from(zp.zero);
+        offset.extend(self.row_sums.iter().map(|&r| z * r));
+        // With AMX, a stem reads its image as a narrow channels-last grid (`amx::direct`),
+        // without an im2col matrix: the same sums.
+        if let Some((op, weights, grid)) = self.narrow_direct(isa, h, w) {
+            let rayon = par == Parallelism::Rayon;
+            let image = aligned_mut(bufs.x, grid.len());
+            fill_narrow(input, self.cin, zp, grid, image, rayon);
+            // (Always `Some`: the grid is supported and the length is its own.)
+            if let Some(x) = ChannelsLast::new(aligned(bufs.x, grid.len()), grid) {
+                let work = self.cout * p * k;
+                let mut emit = make(zp.step);
+                emit.offset = offset;
+                amx::direct::conv(op, weights, x, out, rayon && work >= PAR_THRESHOLD, &emit);
+                return;
+            }
+        }
         grow(bufs.x, input.len());
         let xq = &mut bufs.x[..input.len()];
         if par == Parallelism::Rayon && crate::kernels::par::splits(input.len()) {
@@ -340,9 +377,6 @@ impl QuantizedConv {
         let cols = &mut bufs.cols[..k * p];
         self.window()
             .im2col_padded(&bufs.x[..input.len()], h, w, cols, par, zp.zero);
-        offset.clear();
-        let z = i32::from(zp.zero);
-        offset.extend(self.row_sums.iter().map(|&r| z * r));
         let mut emit = make(zp.step);
         emit.offset = offset;
         let cols = &bufs.cols[..k * p];

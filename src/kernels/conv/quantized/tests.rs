@@ -452,3 +452,69 @@ fn image_output_is_the_f32_output_quantised() {
         }
     }
 }
+
+/// A stem (an input quantised with its own zero point) on AMX reads its image as a narrow
+/// channels-last grid, padded with the zero point; it gives the bits of the portable kernel's
+/// im2col path: one to four input channels, windows up to 7×7 at both strides, images
+/// narrower than a tile and wider than a block of 32 positions, inputs all negative (the
+/// zero point 255), all positive (0) and mixed, with and without a residual, both thread
+/// modes. Skipped on CPUs without AMX-INT8.
+#[test]
+fn stem_on_amx_is_the_portable_stem() {
+    if !Int8Isa::Amx.is_available() {
+        return;
+    }
+    let mut s = 0x1234_5677u32;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as f32 / (1u32 << 24) as f32
+    };
+    let mut checked = 0;
+    for (cin, k, stride, h, w) in [
+        (3, 7, 2, 19, 37),
+        (3, 7, 2, 1, 1),
+        (1, 3, 1, 5, 40),
+        (2, 5, 2, 8, 9),
+        (4, 3, 1, 3, 17),
+        (3, 7, 1, 6, 6),
+    ] {
+        let cout = 1 + (h * w) % 40;
+        let weight: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd() - 0.5).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.3).collect();
+        let conv = Conv2d::new(cout, cin, k, k, stride, k / 2, weight, bias);
+        let q = QuantizedConv::per_image(&conv).unwrap();
+        let (oh, ow) = q.out_hw(h, w);
+        for shift in [-1.2f32, 0.0, 0.5] {
+            let x: Vec<f32> = (0..cin * h * w)
+                .map(|_| 2.0 * rnd() - 1.0 + shift)
+                .collect();
+            let residual: Vec<f32> = (0..cout * oh * ow).map(|_| rnd() - 0.5).collect();
+            for (res, relu) in [(None, true), (Some(&residual[..]), false)] {
+                let run = |isa: Int8Isa, par: Parallelism| {
+                    let mut out = vec![f32::NAN; cout * oh * ow];
+                    let mut scratch = QuantScratch::default();
+                    let io = (QInput::F32(&x), QOutput::F32(&mut out));
+                    assert!(q.forward(io, h, w, res, relu, &mut scratch, par, isa));
+                    out
+                };
+                let want = run(Int8Isa::Portable, Parallelism::Sequential);
+                assert!(want.iter().all(|v| v.is_finite()));
+                for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                    let got = run(Int8Isa::Amx, par);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{cin}→{cout} {k}×{k}/{stride} {h}×{w} {shift} {par:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 3 * 2 * 2);
+}
