@@ -26,8 +26,9 @@ pub enum Precision {
     /// with a zero point from each image's own range, so it needs no calibration.
     Int8,
     /// bf16 weights (half the memory) and activations rounded to bf16 at every convolution
-    /// after the stem, products accumulated in f32. Needs no calibration. The stem stays
-    /// f32.
+    /// after the stem, products accumulated in f32. Needs no calibration. The stem runs in
+    /// bf16 too where AMX reads the image directly (Xeon Sapphire Rapids and later), and
+    /// stays f32 elsewhere, where it is faster in f32.
     Bf16,
 }
 

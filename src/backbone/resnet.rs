@@ -69,7 +69,8 @@ impl LowConv {
 #[derive(Clone)]
 pub(crate) struct LowNet {
     /// The stem in int8 (its image quantised with a zero point from the image's own range,
-    /// [`QuantizedConv::per_image`]); `None` in bf16, where it stays f32.
+    /// [`QuantizedConv::per_image`]), or in bf16 where AMX reads the image directly
+    /// ([`Bf16Conv::reads_image_directly`]); `None` where it stays f32.
     stem: Option<LowConv>,
     /// Per stage, per block: main-path convolutions, then the downsample (if any).
     blocks: Vec<Vec<Vec<LowConv>>>,
@@ -353,7 +354,14 @@ impl Net {
         };
         let stem = match precision {
             Precision::Int8 => Some(LowConv::Int8(QuantizedConv::per_image(&self.stem)?)),
-            _ => None,
+            // bf16 runs the stem only where AMX reads the image directly; elsewhere (im2col,
+            // then bf16 products) it was slower than the f32 stem.
+            Precision::Bf16 => {
+                let stem = Bf16Conv::new(&self.stem)?;
+                stem.reads_image_directly(isa.bf16)
+                    .then_some(LowConv::Bf16(stem))
+            }
+            Precision::F32 => None,
         };
         let mut blocks = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {

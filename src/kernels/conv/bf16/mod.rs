@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use super::quantized::{QInput, QOutput};
 use crate::kernels::aligned::{aligned, aligned_mut};
 use crate::kernels::amx;
-use crate::kernels::amx::direct::{self, ChannelsLast, DirectBf16, DirectWeights, Grid};
+use crate::kernels::amx::direct::{self, ChannelsLast, DirectBf16, DirectWeights, Grid, NARROW};
 use crate::kernels::amx::HandOn;
 use crate::kernels::bf16::{
     amx_kw, gemm_amx, gemm_amx_to_image, gemm_bf16_rows, to_bf16, AmxInput, Bf16Bits, Bf16Isa,
@@ -45,9 +45,26 @@ pub struct Bf16Conv {
     weights: OnceLock<PackedBf16Weights>,
     /// The weights for the direct AMX path ([`direct`]), when this CPU has AMX-BF16 and the
     /// convolution is an odd window wider than 1 with "same" padding, at stride 1 or 2, on
-    /// 32·n input channels.
+    /// 32·n input channels, or on at most 3 (an image, read as a narrow grid: up to 7×7).
     direct: Option<DirectWeights>,
     bias: Vec<f32>,
+}
+
+/// Writes the `[cin, h, w]` f32 planes `x` (`cin < NARROW`) into `dst` as the padded
+/// channels-last image of the narrow `grid`, rounded to bf16; the padding and the added
+/// channels are zero.
+fn fill_narrow_bf16(x: &[f32], cin: usize, grid: Grid, dst: &mut [u16], parallel: bool) {
+    let (h, w) = (grid.h, grid.w);
+    let plane = h * w;
+    direct::fill_padded(grid, dst, 0, parallel, |y, row| {
+        row.fill(0);
+        for c in 0..cin {
+            let src = &x[c * plane + y * w..][..w];
+            for (px, &v) in row.chunks_exact_mut(NARROW).zip(src) {
+                px[c] = to_bf16(v);
+            }
+        }
+    });
 }
 
 /// Reusable buffers of [`Bf16Conv::forward_image`] (grown, never shrunk).
@@ -85,16 +102,32 @@ impl Bf16Conv {
             ));
         }
         let window = Grid::takes_window(conv.kh, conv.kw, conv.stride, conv.pad);
+        let bits = || weight.iter().map(|&v| to_bf16(v));
+        let narrow = conv.cin < NARROW;
         let direct = match (window, amx::Bf16::detect()) {
+            // An image (a stem): read as a narrow grid of four channels, the added ones with
+            // zero weights (see `amx::direct::Grid`); up to 7×7.
+            (true, Some(_)) if narrow => {
+                let taps = conv.kh * conv.kw;
+                let mut wide = vec![0u16; conv.cout * NARROW * taps];
+                let bits: Vec<u16> = bits().collect();
+                for (src, dst) in bits
+                    .chunks_exact(k)
+                    .zip(wide.chunks_exact_mut(NARROW * taps))
+                {
+                    dst[..k].copy_from_slice(src);
+                }
+                DirectWeights::new_bf16(&wide, conv.cout, NARROW, conv.kh)
+            }
             (true, Some(_)) => {
-                let bits: Vec<u16> = weight.iter().map(|&v| to_bf16(v)).collect();
+                let bits: Vec<u16> = bits().collect();
                 DirectWeights::new_bf16(&bits, conv.cout, conv.cin, conv.kh)
             }
             _ => None,
         };
-        let weights = match direct {
-            Some(_) => OnceLock::new(),
-            None => OnceLock::from(PackedBf16Weights::new(weight, conv.cout, k)),
+        let weights = match (&direct, narrow) {
+            (Some(_), false) => OnceLock::new(),
+            _ => OnceLock::from(PackedBf16Weights::new(weight, conv.cout, k)),
         };
         Ok(Bf16Conv {
             weights,
@@ -133,7 +166,7 @@ impl Bf16Conv {
         w: usize,
     ) -> Option<(&DirectWeights, amx::Bf16, Grid)> {
         let grid = Grid {
-            cin: self.cin,
+            cin: if self.cin < NARROW { NARROW } else { self.cin },
             h,
             w,
             size: self.kh,
@@ -143,6 +176,15 @@ impl Bf16Conv {
             (Bf16Isa::Amx, Some(dw), Some(op)) if grid.supported::<u16>() => Some((dw, op, grid)),
             _ => None,
         }
+    }
+
+    /// Whether this convolution reads its input image (at most 3 channels, a stem's) as a
+    /// narrow channels-last grid on AMX with `isa`, without im2col.
+    pub(crate) fn reads_image_directly(&self, isa: Bf16Isa) -> bool {
+        self.cin < NARROW
+            && self.direct.is_some()
+            && isa == Bf16Isa::Amx
+            && amx::Bf16::detect().is_some()
     }
 
     /// The weights for the packed kernels (see [`Bf16Conv::weights`]).
@@ -189,8 +231,11 @@ impl Bf16Conv {
 
     /// The grid of the direct AMX path for an `h × w` input, when this convolution takes it
     /// with `isa`: the image that a previous convolution writes for it ([`QOutput::ImageBf16`]).
+    /// Never a narrow grid (an image's), which no convolution writes.
     pub(crate) fn direct_grid(&self, isa: Bf16Isa, h: usize, w: usize) -> Option<Grid> {
-        self.direct_path(isa, h, w).map(|(_, _, grid)| grid)
+        self.direct_path(isa, h, w)
+            .map(|(_, _, grid)| grid)
+            .filter(|grid| !grid.narrow())
     }
 
     /// The direct AMX path's op, weights and input, when this convolution takes it with
@@ -223,7 +268,11 @@ impl Bf16Conv {
                 assert_eq!(x.len(), self.cin * h * w, "Bf16Conv: input length");
                 // (`cin` is a multiple of 32, so every pixel's channels start on a line too.)
                 let xs = aligned_mut(&mut scratch.x, grid.len());
-                direct::fill_channels_last_bf16(x, grid, xs, rayon);
+                if grid.narrow() {
+                    fill_narrow_bf16(x, self.cin, grid, xs, rayon);
+                } else {
+                    direct::fill_channels_last_bf16(x, grid, xs, rayon);
+                }
                 aligned(&scratch.x, grid.len())
             }
             QInput::ImageBf16(image) => image,

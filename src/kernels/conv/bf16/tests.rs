@@ -325,3 +325,85 @@ fn direct_image_output_is_the_rounded_f32_output() {
         }
     }
 }
+
+/// A stem (one to three input channels) on AMX reads its image as a narrow channels-last
+/// grid: every output within the f32 summation bound `(k + 2)·2⁻²⁴·(Σ|ŵ·x̂| + |bias|)` of
+/// the exact sum of the bf16-rounded products, computed here in f64 (ReLU keeps the bound);
+/// windows up to 7×7 at both strides, images narrower than a tile and wider than a block,
+/// both thread modes. Skipped on CPUs without AMX-BF16.
+#[test]
+fn stem_on_amx_is_within_the_bound_of_the_exact_sums() {
+    if !Bf16Isa::Amx.is_available() {
+        return;
+    }
+    let mut rnd = stream(0x0BAD_5EED);
+    let round = |v: f32| f64::from(f32::from_bits(u32::from(to_bf16(v)) << 16));
+    let mut checked = 0;
+    for (cin, k, stride, h, w) in [
+        (3, 7, 2, 19, 37),
+        (3, 7, 2, 1, 1),
+        (1, 3, 1, 5, 40),
+        (2, 5, 2, 8, 9),
+        (3, 7, 1, 6, 6),
+    ] {
+        let cout = 1 + (h * w) % 40;
+        let c = conv(cout, cin, k, stride, &mut rnd);
+        let b = Bf16Conv::new(&c).unwrap();
+        assert!(
+            b.reads_image_directly(Bf16Isa::Amx),
+            "{cin} channels, {k}×{k}"
+        );
+        assert!(
+            b.direct_grid(Bf16Isa::Amx, h, w).is_none(),
+            "no image is written for it"
+        );
+        let (oh, ow) = b.out_hw(h, w);
+        let x: Vec<f32> = (0..cin * h * w).map(|_| 4.0 * rnd() - 2.0).collect();
+        let (pad, taps) = (k / 2, k * k);
+        for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            let mut out = vec![f32::NAN; cout * oh * ow];
+            let mut scratch = Bf16Scratch::default();
+            b.forward_image(
+                &x,
+                h,
+                w,
+                &mut out,
+                None,
+                true,
+                &mut scratch,
+                par,
+                Bf16Isa::Amx,
+            );
+            for co in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let bias = f64::from(c.bias()[co]);
+                        let (mut sum, mut abs) = (bias, bias.abs());
+                        for ci in 0..cin {
+                            for t in 0..taps {
+                                let iy = (oy * stride + t / k) as isize - pad as isize;
+                                let ix = (ox * stride + t % k) as isize - pad as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let wv = round(c.weight()[(co * cin + ci) * taps + t]);
+                                let p = wv * round(x[(ci * h + iy as usize) * w + ix as usize]);
+                                sum += p;
+                                abs += p.abs();
+                            }
+                        }
+                        let want = sum.max(0.0);
+                        let got = f64::from(out[(co * oh + oy) * ow + ox]);
+                        let bound = (cin * taps + 2) as f64 * 2f64.powi(-24) * abs;
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{cin}→{cout} {k}×{k}/{stride} {h}×{w} {par:?}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10);
+}
