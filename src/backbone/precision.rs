@@ -22,8 +22,10 @@ pub enum Precision {
     F32,
     /// Static post-training int8: symmetric per-output-channel `i8` weights, `u8` activations
     /// with one scale per convolution input taken from a [`Calibration`], exact `i32` sums.
-    /// The stem (the 7×7 convolution on the signed, normalised image) quantises its input
-    /// with a zero point from each image's own range, so it needs no calibration.
+    /// The stem (the 7×7 convolution on the signed, normalised image) runs in int8 where AMX
+    /// reads the image directly (Xeon Sapphire Rapids and later), its input quantised with a
+    /// zero point from each image's own range (no calibration), and in f32 elsewhere, where
+    /// that is faster.
     Int8,
     /// bf16 weights (half the memory) and activations rounded to bf16 at every convolution
     /// after the stem, products accumulated in f32. Needs no calibration. The stem runs in
@@ -188,8 +190,9 @@ impl Backbone {
     }
 
     /// Selects the precision of forward passes. [`Precision::Int8`] quantises the weights of
-    /// every convolution after the stem with the activation ranges of `calibration`;
-    /// [`Precision::Bf16`] rounds them to bf16; both keep the f32 weights (so the backbone can
+    /// every convolution after the stem with the activation ranges of `calibration` (and the
+    /// stem's, where AMX runs it: see [`Precision::Int8`]); [`Precision::Bf16`] rounds them to
+    /// bf16; both keep the f32 weights (so the backbone can
     /// go back to f32) and pick the fastest kernels of this CPU ([`Backbone::kernels`]).
     /// [`Precision::F32`] drops the reduced-precision weights. `calibration` is only read
     /// for int8.
@@ -231,12 +234,16 @@ impl Backbone {
             .map(|r| r.isa().bf16)
     }
 
-    /// What the convolutions after the stem run on, in words: e.g. `"f32"`,
-    /// `"int8 (avx512-vnni kernels)"`, `"bf16 (avx512-bf16 kernels)"`.
+    /// What the convolutions run on, in words: e.g. `"f32"`, `"int8 (avx512-vnni kernels,
+    /// f32 stem)"`, `"bf16 (amx-bf16 kernels, bf16 stem)"`.
     pub fn kernels(&self) -> String {
+        let stem = |p: &str| match self.net.reduced().is_some_and(|r| r.reduced_stem()) {
+            true => format!("{p} stem"),
+            false => "f32 stem".to_string(),
+        };
         match (self.int8_kernels(), self.bf16_kernels()) {
-            (Some(i), _) => format!("int8 ({} kernels)", i.name()),
-            (_, Some(b)) => format!("bf16 ({} kernels)", b.name()),
+            (Some(i), _) => format!("int8 ({} kernels, {})", i.name(), stem("int8")),
+            (_, Some(b)) => format!("bf16 ({} kernels, {})", b.name(), stem("bf16")),
             _ => "f32".to_string(),
         }
     }

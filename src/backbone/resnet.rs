@@ -69,8 +69,9 @@ impl LowConv {
 #[derive(Clone)]
 pub(crate) struct LowNet {
     /// The stem in int8 (its image quantised with a zero point from the image's own range,
-    /// [`QuantizedConv::per_image`]), or in bf16 where AMX reads the image directly
-    /// ([`Bf16Conv::reads_image_directly`]); `None` where it stays f32.
+    /// [`QuantizedConv::per_image`]) or bf16, where AMX reads the image directly
+    /// ([`QuantizedConv::reads_image_directly`], [`Bf16Conv::reads_image_directly`]); `None`
+    /// where it stays f32.
     stem: Option<LowConv>,
     /// Per stage, per block: main-path convolutions, then the downsample (if any).
     blocks: Vec<Vec<Vec<LowConv>>>,
@@ -129,6 +130,11 @@ impl LowNet {
     /// The precision it runs in.
     pub(crate) fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Whether the stem runs in the reduced precision (else in f32).
+    pub(crate) fn reduced_stem(&self) -> bool {
+        self.stem.is_some()
     }
 
     /// The kernels it runs.
@@ -352,14 +358,18 @@ impl Net {
                 _ => LowConv::Int8(QuantizedConv::new(c, ranges.next().unwrap_or(0.0))?),
             })
         };
+        // The stem runs in int8 or bf16 only on CPUs where AMX can read the image directly
+        // (whichever kernels are asked for, so that every int8 kernel of a CPU gives the same
+        // bits); elsewhere (im2col, then int8 or bf16 products) it was slower than the f32
+        // direct stem (int8 with AVX512-VNNI: 1.12 against 0.83 ms at 224²).
         let stem = match precision {
-            Precision::Int8 => Some(LowConv::Int8(QuantizedConv::per_image(&self.stem)?)),
-            // bf16 runs the stem only where AMX reads the image directly; elsewhere (im2col,
-            // then bf16 products) it was slower than the f32 stem.
+            Precision::Int8 => {
+                let stem = QuantizedConv::per_image(&self.stem)?;
+                stem.reads_image_directly().then_some(LowConv::Int8(stem))
+            }
             Precision::Bf16 => {
                 let stem = Bf16Conv::new(&self.stem)?;
-                stem.reads_image_directly(isa.bf16)
-                    .then_some(LowConv::Bf16(stem))
+                stem.reads_image_directly().then_some(LowConv::Bf16(stem))
             }
             Precision::F32 => None,
         };
@@ -427,13 +437,12 @@ impl Net {
         let mut out: [Option<Vec<f32>>; 4] = Default::default();
         let mut at = 0usize; // next calibration slot
 
-        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1. int8 runs it on
-        // the image quantised with its own zero point: on AMX as a narrow channels-last grid
-        // (16 pixels per tile row), which made a ResNet-18 int8 backbone 2.71 → 2.27 ms; the
-        // im2col + AMX version had been no faster than the f32 direct stem (2.89 against
-        // 2.91 ms). bf16 keeps it in f32: the direct f32 stem was a little faster than a bf16
-        // one on im2col (ResNet-18 bf16 3.24 → 3.17 ms), with less error (BENCHMARKS.md,
-        // tenth and eleventh sessions).
+        // Stem: conv 7×7/2 + folded BN + ReLU, then max-pool 3×3/2 pad 1. In int8 and bf16
+        // it runs in that precision where AMX reads the image as a narrow channels-last grid
+        // (16 `u8` or 8 bf16 pixels per tile row; int8 on the image quantised with its own
+        // zero point): ResNet-18 backbones int8 2.56 → 2.13 ms, bf16 3.12 → 2.65 ms. On
+        // im2col it was no faster than the f32 direct stem, which runs elsewhere
+        // (BENCHMARKS.md, tenth and eleventh sessions).
         let (sh, sw) = self.stem.out_hw(h, w);
         let c = self.stem.cout;
         let t0 = ensure(&mut wk.t[0], c * sh * sw);

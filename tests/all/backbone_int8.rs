@@ -47,6 +47,8 @@ fn fake_quant_zero_point(x: &[f32]) -> Vec<f64> {
 /// How a convolution's input is quantised in a reference.
 #[derive(Debug, Clone, Copy)]
 enum In {
+    /// Not at all: f32 (the stem of the int8 network without AMX).
+    F32,
     /// Zero point 0, calibrated maximum `m` widened to the input's.
     Calibrated(f32),
     /// Zero point, the input's own range.
@@ -56,6 +58,7 @@ enum In {
 impl In {
     fn quantise(self, x: &[f32]) -> Vec<f64> {
         match self {
+            In::F32 => x.iter().map(|&v| v as f64).collect(),
             In::Calibrated(m) => {
                 let m = range(m, x);
                 x.iter().map(|&v| fake_quant_input(v, m)).collect()
@@ -330,8 +333,8 @@ struct Map {
 }
 
 /// Naive convolution + eval BatchNorm (ε = 1e-5) of the torchvision tensors `conv`/`bn`, on an
-/// input fake-quantised as `m` says, with the weights fake-quantised after folding, rounded to
-/// f32 as the loader does.
+/// input fake-quantised as `m` says, with the weights fake-quantised after folding (both left
+/// in f32 for [`In::F32`]), rounded to f32 as the loader does.
 fn conv_bn(
     st: &safetensors::SafeTensors<'_>,
     conv: &str,
@@ -365,7 +368,10 @@ fn conv_bn(
             .iter()
             .map(|&v| (v * scale) as f32)
             .collect();
-        let wq = fake_quant_row(&folded);
+        let wq: Vec<f64> = match m {
+            In::F32 => folded.iter().map(|&v| v as f64).collect(),
+            _ => fake_quant_row(&folded),
+        };
         let bias = ((b[co] - mean[co] * scale) as f32) as f64;
         for oy in 0..oh {
             for ox in 0..ow {
@@ -401,7 +407,7 @@ fn relu(mut m: Map) -> Map {
 
 /// The int8 network equals a fake-quantised f64 reference network written out here (torchvision
 /// tensors, BatchNorm folded here, the stem on its input fake-quantised with a zero point
-/// from the image's own range, every convolution after it on fake-quantised inputs with the
+/// from the image's own range where AMX runs it (else in f32), every convolution after it on fake-quantised inputs with the
 /// calibrated ranges in network order, all on fake-quantised weights) up to the rare inputs whose quantisation flips by one
 /// step because the two sides round differently before it.
 #[test]
@@ -445,7 +451,18 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
                 w: 48,
                 v: x.iter().map(|&v| v as f64).collect(),
             };
-            let stem = relu(conv_bn(&st, "conv1", "bn1", &input, 2, In::PerImage));
+            // The stem runs in int8 on CPUs where AMX reads the image directly, else in f32.
+            let stem_in = match Int8Isa::Amx.is_available() {
+                true => In::PerImage,
+                false => In::F32,
+            };
+            assert_eq!(
+                bb.kernels().ends_with("int8 stem)"),
+                matches!(stem_in, In::PerImage),
+                "{}",
+                bb.kernels()
+            );
+            let stem = relu(conv_bn(&st, "conv1", "bn1", &input, 2, stem_in));
             // Max-pool 3×3 / 2, padding 1 (padding never wins).
             let (ph, pw) = ((stem.h - 1) / 2 + 1, (stem.w - 1) / 2 + 1);
             let mut pooled = vec![f64::NEG_INFINITY; stem.c * ph * pw];

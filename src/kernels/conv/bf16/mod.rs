@@ -178,13 +178,12 @@ impl Bf16Conv {
         }
     }
 
-    /// Whether this convolution reads its input image (at most 3 channels, a stem's) as a
-    /// narrow channels-last grid on AMX with `isa`, without im2col.
-    pub(crate) fn reads_image_directly(&self, isa: Bf16Isa) -> bool {
-        self.cin < NARROW
-            && self.direct.is_some()
-            && isa == Bf16Isa::Amx
-            && amx::Bf16::detect().is_some()
+    /// Whether this convolution's input is an image (at most 3 channels, a stem's) that it
+    /// can read, on this CPU, as a narrow channels-last grid on AMX (with [`Bf16Isa::Amx`];
+    /// another kernel asked for runs im2col).
+    pub(crate) fn reads_image_directly(&self) -> bool {
+        // (Direct weights exist only where AMX-BF16 was detected.)
+        self.cin < NARROW && self.direct.is_some()
     }
 
     /// The weights for the packed kernels (see [`Bf16Conv::weights`]).

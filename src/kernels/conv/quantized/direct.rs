@@ -42,6 +42,14 @@ impl QuantizedConv {
             .then(|| self.direct_grid(h, w))
     }
 
+    /// Whether this convolution quantises its input image (at most 4 channels, a stem's) with
+    /// its own zero point and, on this CPU, can read it as a narrow channels-last grid on AMX
+    /// (with [`Int8Isa::Amx`]; another kernel asked for computes the same sums on im2col).
+    pub(crate) fn reads_image_directly(&self) -> bool {
+        // (Direct weights exist only where AMX-INT8 was detected.)
+        matches!(self.input, InputRange::PerImage) && self.direct.is_some()
+    }
+
     /// The AMX op, weights and narrow grid of a convolution of an input quantised with its
     /// own zero point (a stem) for an `h × w` input, when it takes the direct path with `isa`.
     pub(super) fn narrow_direct(
