@@ -106,22 +106,20 @@ impl ZeroPoint {
     /// `f32::min`/`f32::max` do). A range that is empty or not finite quantises everything to
     /// the zero point (the value 0).
     pub(crate) fn of(x: &[f32]) -> ZeroPoint {
-        const L: usize = 16;
-        let (mut lo, mut hi) = ([0.0f32; L], [0.0f32; L]);
-        let mut chunks = x.chunks_exact(L);
-        for c in &mut chunks {
-            for l in 0..L {
-                lo[l] = lo[l].min(c[l]);
-                hi[l] = hi[l].max(c[l]);
-            }
-        }
-        let (mut l0, mut h0) = (0.0f32, 0.0f32);
-        for &v in chunks.remainder() {
-            l0 = l0.min(v);
-            h0 = h0.max(v);
-        }
-        let lo = lo.iter().fold(l0, |m, &v| m.min(v));
-        let hi = hi.iter().fold(h0, |m, &v| m.max(v));
+        Self::of_with(Wide::detect(true), x)
+    }
+
+    /// [`ZeroPoint::of`] with the loop of `wide` (the same range with either: minima and
+    /// maxima are exact). It runs on one thread before the stem: with AVX-512 its share of
+    /// the int8 stem at 224² (one thread) fell from 7.5 % to 3.8 % (the baseline loop runs
+    /// 128 bits wide).
+    pub(crate) fn of_with(wide: Wide, x: &[f32]) -> ZeroPoint {
+        let (lo, hi) = match wide {
+            Wide::Baseline => min_max(x),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+            Wide::Avx512(_) => unsafe { min_max_avx512(x) },
+        };
         let width = hi - lo;
         if !(width > 0.0 && width.is_finite()) {
             return ZeroPoint {
@@ -147,4 +145,65 @@ impl ZeroPoint {
             *o = quantize_u8(v * s + z, 1.0);
         }
     }
+}
+
+/// `(min(0, min x), max(0, max x))` with NaN ignored (as `f32::min`/`f32::max`), folded in
+/// 16 independent lanes that the compiler vectorises (exact, so any order gives the same).
+/// The lanes compare (`v < lo`: false for NaN, so a NaN is skipped), which is one `minps` /
+/// `maxps`; `f32::min` there was not vectorised with AVX-512 enabled (spilled scalars).
+#[inline(always)]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    const L: usize = 16;
+    let (mut lo, mut hi) = ([0.0f32; L], [0.0f32; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for l in 0..L {
+            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+        }
+    }
+    let (mut l0, mut h0) = (0.0f32, 0.0f32);
+    for &v in chunks.remainder() {
+        l0 = l0.min(v);
+        h0 = h0.max(v);
+    }
+    (
+        lo.iter().fold(l0, |m, &v| m.min(v)),
+        hi.iter().fold(h0, |m, &v| m.max(v)),
+    )
+}
+
+/// [`min_max`] with AVX-512 registers of 16 lanes (`vminps v, lo` keeps `lo` when `v` is
+/// NaN, as the compare of [`min_max`] does; the compiler's own vectorisation of that loop
+/// with AVX-512 enabled ran through mask registers and was slower than the baseline).
+///
+/// # Safety
+/// The CPU must run AVX512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn min_max_avx512(x: &[f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        // SAFETY: `c` holds 16 f32; an unaligned load.
+        let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
+        lo = _mm512_min_ps(v, lo);
+        hi = _mm512_max_ps(v, hi);
+    }
+    let (mut l, mut h) = ([0.0f32; 16], [0.0f32; 16]);
+    // SAFETY: 16 f32 stored into each array; unaligned stores.
+    unsafe {
+        _mm512_storeu_ps(l.as_mut_ptr(), lo);
+        _mm512_storeu_ps(h.as_mut_ptr(), hi);
+    }
+    let (mut l0, mut h0) = (0.0f32, 0.0f32);
+    for &v in chunks.remainder() {
+        l0 = if v < l0 { v } else { l0 };
+        h0 = if v > h0 { v } else { h0 };
+    }
+    (
+        l.iter().fold(l0, |m, &v| m.min(v)),
+        h.iter().fold(h0, |m, &v| m.max(v)),
+    )
 }

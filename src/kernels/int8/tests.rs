@@ -279,3 +279,47 @@ fn shifted_packing_is_packing_of_the_im2col_matrix() {
         }
     }
 }
+
+/// The zero-point quantiser's range against a naive fold (`min(0, min x)`, `max(0, max x)`,
+/// NaN ignored) in both copies of its loop: lengths around the 16 lanes, NaN and infinities
+/// anywhere, inputs all of one sign (the zero point 0 or 255), and an empty or infinite
+/// range (everything to 0).
+#[test]
+fn zero_point_range_is_the_naive_fold_in_both_loops() {
+    for n in [0usize, 1, 5, 15, 16, 17, 31, 48, 333] {
+        for kind in 0..6 {
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    let v = ((i * 53 + 7 * kind) % 97) as f32 * 0.061 - 2.3;
+                    match (kind, i % 11) {
+                        (1, _) => v.abs() + 0.5,
+                        (2, _) => -v.abs() - 0.5,
+                        (3, 4) => f32::NAN,
+                        (4, 9) => f32::INFINITY,
+                        // NaN last in every lane: the extremes seen before must survive it.
+                        (5, _) if i + 16 >= n => f32::NAN,
+                        _ => v,
+                    }
+                })
+                .collect();
+            let lo = x.iter().fold(0.0f32, |m, &v| m.min(v));
+            let hi = x.iter().fold(0.0f32, |m, &v| m.max(v));
+            let width = hi - lo;
+            for wide in [Wide::Baseline, Wide::detect(true)] {
+                let zp = ZeroPoint::of_with(wide, &x);
+                if width > 0.0 && width.is_finite() {
+                    let scale = 255.0 / width;
+                    assert_eq!(zp.scale, scale, "n {n} kind {kind} {wide:?}");
+                    assert_eq!(zp.step, width / 255.0, "n {n} kind {kind} {wide:?}");
+                    assert_eq!(zp.zero, quantize_u8(-lo, scale), "n {n} kind {kind}");
+                } else {
+                    assert_eq!(
+                        (zp.scale, zp.step, zp.zero),
+                        (0.0, 0.0, 0),
+                        "n {n} kind {kind}"
+                    );
+                }
+            }
+        }
+    }
+}
