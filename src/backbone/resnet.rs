@@ -6,6 +6,7 @@ use super::precision::{Calibration, Precision};
 use super::weights::{load_conv_bn, TensorSource};
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::conv::{Bf16Conv, Conv2d, QInput, QOutput, QuantizedConv};
+use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::Int8Isa;
 use crate::kernels::pool::{maxpool2d, maxpool_out};
 use crate::{Error, Result};
@@ -445,28 +446,42 @@ impl Net {
         // (BENCHMARKS.md, tenth and eleventh sessions).
         let (sh, sw) = self.stem.out_hw(h, w);
         let c = self.stem.cout;
+        let (mut ch, mut cw) = (maxpool_out(sh, 3, 2, 1), maxpool_out(sw, 3, 2, 1));
         let t0 = ensure(&mut wk.t[0], c * sh * sw);
+        let x = ensure(&mut wk.x, c * ch * cw);
         let low_stem = match (&self.quant, &record) {
             (Some(q), None) => q.stem.as_ref().map(|stem| (stem, q.isa)),
             _ => None,
         };
-        run(
-            &self.stem,
-            low_stem,
-            (QInput::F32(image), QOutput::F32(t0)),
-            h,
-            w,
-            None,
-            true,
-            &mut Scratch {
-                f32: &mut wk.scratch,
-                q: &mut wk.q,
-                b16: &mut wk.b16,
-            },
-        );
-        let (mut ch, mut cw) = (maxpool_out(sh, 3, 2, 1), maxpool_out(sw, 3, 2, 1));
-        let x = ensure(&mut wk.x, c * ch * cw);
-        maxpool2d(&wk.t[0][..c * sh * sw], c, sh, sw, 3, 2, 1, x);
+        // A reduced stem on AMX is fused with its max-pool (the stem's output is never
+        // written whole).
+        let par = Parallelism::auto(c, sh * sw, self.stem.cin * self.stem.kh * self.stem.kw);
+        let pooled = match low_stem {
+            Some((LowConv::Int8(q), isa)) => {
+                q.forward_pooled(image, h, w, x, true, &mut wk.q, par, isa.int8)
+            }
+            Some((LowConv::Bf16(b), isa)) => {
+                b.forward_pooled(image, h, w, x, true, &mut wk.b16, par, isa.bf16)
+            }
+            None => false,
+        };
+        if !pooled {
+            run(
+                &self.stem,
+                low_stem,
+                (QInput::F32(image), QOutput::F32(t0)),
+                h,
+                w,
+                None,
+                true,
+                &mut Scratch {
+                    f32: &mut wk.scratch,
+                    q: &mut wk.q,
+                    b16: &mut wk.b16,
+                },
+            );
+            maxpool2d(&wk.t[0][..c * sh * sw], c, sh, sw, 3, 2, 1, x);
+        }
         let mut cc = c;
         // (Panels left by an earlier image are never read.)
         wk.panels_ready = None;

@@ -51,6 +51,7 @@
 //! the split nor on the thread.
 
 use super::{AmxOp, Bf16, Emit, Int8, Sums, COLS, ROWS};
+use crate::kernels::pool::maxpool_out;
 use crate::kernels::wide::Wide;
 
 /// Bytes of a tile row: one chunk of input channels (64 `u8` or 32 bf16).
@@ -103,7 +104,7 @@ pub(crate) use weights::DirectWeights;
 
 use super::PanelElem;
 use super::SharedImage;
-use sinks::{DirectSink, Planar, SharedWords, ToImage, ToPanels};
+use sinks::{DirectSink, Planar, Pooled, SharedWords, ToImage, ToPanels};
 
 /// The convolution of `x` with `w`: `out` is `[m, h·w]` (row-major, `m` the weights' output
 /// channels); calls `emit(c, j0, sums, segment)` for every output channel `c` and run of
@@ -126,26 +127,56 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
     let p = oh * ow;
     assert_eq!(out.len(), w.m * p, "amx direct: output length");
     let wide = Wide::detect(true);
-    let task = |t: usize, o: &mut [T]| {
-        let (rows, oc0) = (o.len() / p, t * job.task_pairs * COLS);
-        match wide {
-            Wide::Baseline => {
-                let mut sink = Planar::<O::Sum, _, _, false>::new(&job, emit, o, oc0);
-                job.run(t, rows, &mut sink)
-            }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
-            Wide::Avx512(_) => unsafe {
-                let mut sink = Planar::<O::Sum, _, _, true>::new(&job, emit, o, oc0);
-                job.run_avx512(t, rows, &mut sink)
-            },
-        }
-    };
+    let task = |t: usize, o: &mut [T]| job.run_planar(wide, t, o, emit);
     let task_len = job.task_pairs * COLS * p;
     if parallel {
         crate::kernels::par::for_each_chunk(out, task_len, task);
     } else {
         task(0, out);
+    }
+}
+
+/// [`conv`] followed by the 3×3 / stride 2 / padding 1 max-pool of its output, fused (a
+/// ResNet stem): `pooled` is `[m, ph·pw]` ([`maxpool_out`] of the output size) and holds
+/// [`maxpool2d`]'s result; the output itself is never written whole, only the last three
+/// rows of a task's channels, in cache ([`Pooled`]).
+///
+/// [`maxpool2d`]: crate::kernels::pool::maxpool2d
+///
+/// # Panics
+/// As [`conv`], or if `pooled` has the wrong length.
+pub(crate) fn conv_pooled<O: DirectOp>(
+    op: O,
+    w: &DirectWeights,
+    x: ChannelsLast<'_, O::Elem>,
+    pooled: &mut [f32],
+    parallel: bool,
+    emit: &impl Emit<O::Sum, f32>,
+) {
+    let job = Job::new(op, w, x, parallel);
+    let (ph, pw) = job.pooled_hw();
+    assert_eq!(pooled.len(), w.m * ph * pw, "amx direct: pooled length");
+    let wide = Wide::detect(true);
+    let task = |t: usize, d: &mut [f32]| {
+        let (rows, oc0) = (d.len() / (ph * pw), t * job.task_pairs * COLS);
+        match wide {
+            Wide::Baseline => {
+                let mut sink = Pooled::<O::Sum, _, false>::new(&job, emit, d, oc0);
+                job.run(t, rows, &mut sink)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+            Wide::Avx512(_) => unsafe {
+                let mut sink = Pooled::<O::Sum, _, true>::new(&job, emit, d, oc0);
+                job.run_avx512(t, rows, &mut sink)
+            },
+        }
+    };
+    let task_len = job.task_pairs * COLS * ph * pw;
+    if parallel {
+        crate::kernels::par::for_each_chunk(pooled, task_len, task);
+    } else {
+        task(0, pooled);
     }
 }
 
@@ -304,6 +335,32 @@ impl<'a, O: DirectOp> Job<'a, O> {
             crate::kernels::par::run(tasks, || (), |_, t| task(t), true, |a, b| a & b)
         } else {
             (0..tasks).map(task).fold(true, |a, b| a & b)
+        }
+    }
+
+    /// The size of the 3×3 / stride 2 / padding 1 max-pool of the output.
+    fn pooled_hw(&self) -> (usize, usize) {
+        let (oh, ow) = self.x.grid.out_hw();
+        (maxpool_out(oh, 3, 2, 1), maxpool_out(ow, 3, 2, 1))
+    }
+
+    /// Task `t` of [`conv`]: its output rows `o` (from channel `t·task_pairs·32`) through the
+    /// [`Planar`] sink, with the loops of `wide`.
+    #[inline(always)]
+    fn run_planar<T>(&self, wide: Wide, t: usize, o: &mut [T], emit: &impl Emit<O::Sum, T>) {
+        let (oh, ow) = self.x.grid.out_hw();
+        let (rows, oc0) = (o.len() / (oh * ow), t * self.task_pairs * COLS);
+        match wide {
+            Wide::Baseline => {
+                let mut sink = Planar::<O::Sum, _, _, false>::new(self, emit, o, oc0);
+                self.run(t, rows, &mut sink)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+            Wide::Avx512(_) => unsafe {
+                let mut sink = Planar::<O::Sum, _, _, true>::new(self, emit, o, oc0);
+                self.run_avx512(t, rows, &mut sink)
+            },
         }
     }
 

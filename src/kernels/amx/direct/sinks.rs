@@ -136,6 +136,118 @@ impl<S: Copy, E: Emit<S, T>, T, const AVX512: bool> DirectSink<S> for Planar<'_,
     }
 }
 
+/// The sink of [`super::conv_pooled`]: like [`Planar`], each block transposed and handed to
+/// `emit`, but into a ring of the last three output rows of the pair's 32 channels instead of
+/// the whole output; as soon as an output row completes the window of a pooled row (rows
+/// `2y − 1`, `2y`, `2y + 1`), that row of the 3×3 / stride 2 / padding 1 max-pool is written
+/// into the task's pooled rows `pooled` (from channel `oc0`). Blocks come in grid order for
+/// each pair, so output rows complete in order.
+pub(super) struct Pooled<'a, S, E, const AVX512: bool> {
+    grid: Grid,
+    emit: &'a E,
+    pooled: &'a mut [f32],
+    oc0: usize,
+    rows: usize,
+    tr: Sums<S>,
+    /// Output rows `oy % 3`, each 32 channels of `ow` values.
+    ring: Vec<f32>,
+    colmax: Vec<f32>,
+}
+
+impl<'a, S: Copy + Default, E, const AVX512: bool> Pooled<'a, S, E, AVX512> {
+    /// The sink of the task whose pooled rows are `pooled` (from output channel `oc0`).
+    pub(super) fn new<O: DirectOp>(
+        job: &Job<'_, O>,
+        emit: &'a E,
+        pooled: &'a mut [f32],
+        oc0: usize,
+    ) -> Self {
+        let (ph, pw) = job.pooled_hw();
+        let ow = job.x.grid.out_hw().1;
+        Pooled {
+            grid: job.x.grid,
+            emit,
+            rows: pooled.len() / (ph * pw),
+            pooled,
+            oc0,
+            tr: Sums([[S::default(); COLS]; ROWS]),
+            ring: vec![0.0; 3 * COLS * ow],
+            colmax: vec![0.0; ow],
+        }
+    }
+}
+
+impl<S, E, const AVX512: bool> Pooled<'_, S, E, AVX512> {
+    /// Output row `oy` of the pair's channels is complete: writes the pooled row it completes,
+    /// if any.
+    #[inline(always)]
+    fn row_done(&mut self, oy: usize, pair: usize) {
+        let (oh, ow) = self.grid.out_hw();
+        if oy.is_multiple_of(2) && oy + 1 != oh {
+            return;
+        }
+        let y = oy / 2;
+        let pw = ow.div_ceil(2);
+        let ph = oh.div_ceil(2);
+        let first = (2 * y).saturating_sub(1);
+        for c in 0..COLS.min(self.rows - pair * COLS) {
+            let r = pair * COLS + c;
+            let row = |oy: usize| {
+                let at = ((oy % 3) * COLS + c) * ow;
+                &self.ring[at..at + ow]
+            };
+            let (a, b, d) = (row(first), row(first + 1), row((first + 2).min(oy)));
+            let window: [&[f32]; 3] = [a, b, d];
+            let n = oy + 1 - first;
+            let out = &mut self.pooled[(r * ph + y) * pw..][..pw];
+            crate::kernels::pool::pool_row_3s2p1(&window[..n], &mut self.colmax, out);
+        }
+    }
+}
+
+impl<S: Copy, E: Emit<S, f32>, const AVX512: bool> DirectSink<S> for Pooled<'_, S, E, AVX512> {
+    #[inline(always)]
+    fn block(&mut self, blk: usize, pair: usize, sums: &Sums<S>) {
+        let tr = &mut self.tr;
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            // SAFETY: `AVX512` is true only in the sinks that `Job::run_avx512` runs, which
+            // requires AVX512F.
+            unsafe { transpose32_avx512(&sums.0, &mut tr.0) };
+        } else {
+            transpose32(&sums.0, &mut tr.0);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        transpose32(&sums.0, &mut tr.0);
+        let grid = self.grid;
+        let (oh, ow) = grid.out_hw();
+        let gw = grid.gw();
+        let g0 = blk * ROWS;
+        let g_end = (g0 + ROWS).min(oh * gw);
+        let mut g = g0;
+        while g < g_end {
+            let (oy, ox) = (g / gw, g % gw);
+            if ox >= ow {
+                g += gw - ox;
+                continue;
+            }
+            let len = (ow - ox).min(g_end - g);
+            let j0 = oy * ow + ox;
+            for c in 0..COLS.min(self.rows - pair * COLS) {
+                let s = &self.tr.0[c][g - g0..][..len];
+                let at = ((oy % 3) * COLS + c) * ow + ox;
+                let r = pair * COLS + c;
+                self.emit
+                    .emit(self.oc0 + r, j0, s, &mut self.ring[at..at + len]);
+            }
+            if ox + len == ow {
+                self.row_done(oy, pair);
+            }
+            g += len;
+        }
+    }
+}
+
 /// How [`ToPanels`] makes the elements of the following 1×1 convolution's panels of the sums
 /// of one output position.
 pub(crate) trait DirectValues<S>: Sync {

@@ -446,6 +446,50 @@ impl Bf16Conv {
         }
     }
 
+    /// A stem fused with its max-pool: `pooled` (`[cout, ph, pw]`) is the 3×3 / stride 2 /
+    /// padding 1 max-pool ([`maxpool2d`]'s result) of the output of
+    /// [`Bf16Conv::forward_image`] without a residual, which is never written whole. Only on
+    /// the narrow AMX path (an image of at most 3 channels, with [`Bf16Isa::Amx`]); returns
+    /// `false`, having written nothing, elsewhere.
+    ///
+    /// [`maxpool2d`]: crate::kernels::pool::maxpool2d
+    ///
+    /// # Panics
+    /// If a slice length does not match the shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_pooled(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        pooled: &mut [f32],
+        relu: bool,
+        scratch: &mut Bf16Scratch,
+        par: Parallelism,
+        isa: Bf16Isa,
+    ) -> bool {
+        if !self.reads_image_directly() {
+            return false;
+        }
+        let (oh, ow) = self.out_hw(h, w);
+        let q = crate::kernels::pool::maxpool_out(oh, 3, 2, 1)
+            * crate::kernels::pool::maxpool_out(ow, 3, 2, 1);
+        assert_eq!(pooled.len(), self.cout * q, "Bf16Conv: pooled length");
+        let finish = Finish {
+            bias: &self.bias,
+            residual: None,
+            relu,
+            p: oh * ow,
+        };
+        match self.direct_input(QInput::F32(input), h, w, scratch, par, isa) {
+            Some((op, dw, x, parallel)) => {
+                direct::conv_pooled(op, dw, x, pooled, parallel, &finish);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// One image: `input` is `[cin, h, w]`, `out` is `[cout, oh, ow]`; computes
     /// `out = act(conv(input) + bias (+ residual))` in bf16 with f32 sums. The result does not
     /// depend on `par` or on the number of threads.

@@ -330,7 +330,8 @@ fn direct_image_output_is_the_rounded_f32_output() {
 /// grid: every output within the f32 summation bound `(k + 2)·2⁻²⁴·(Σ|ŵ·x̂| + |bias|)` of
 /// the exact sum of the bf16-rounded products, computed here in f64 (ReLU keeps the bound);
 /// windows up to 7×7 at both strides, images narrower than a tile and wider than a block,
-/// both thread modes. Skipped on CPUs without AMX-BF16.
+/// both thread modes; fused with its 3×3 / stride 2 max-pool, the pool of that output, bit for
+/// bit. Skipped on CPUs without AMX-BF16.
 #[test]
 fn stem_on_amx_is_within_the_bound_of_the_exact_sums() {
     if !Bf16Isa::Amx.is_available() {
@@ -345,8 +346,9 @@ fn stem_on_amx_is_within_the_bound_of_the_exact_sums() {
         (1, 3, 1, 5, 40),
         (2, 5, 2, 8, 9),
         (3, 7, 1, 6, 6),
+        (3, 7, 2, 40, 34),
     ] {
-        let cout = 1 + (h * w) % 40;
+        let cout = 1 + (h * w) % 40 + if h == 40 { 40 } else { 0 };
         let c = conv(cout, cin, k, stride, &mut rnd);
         let b = Bf16Conv::new(&c).unwrap();
         assert!(b.reads_image_directly(), "{cin} channels, {k}×{k}");
@@ -370,6 +372,18 @@ fn stem_on_amx_is_within_the_bound_of_the_exact_sums() {
                 &mut scratch,
                 par,
                 Bf16Isa::Amx,
+            );
+            // Fused with its max-pool: the pool of that output, bit for bit.
+            let (ph, pw) = ((oh - 1) / 2 + 1, (ow - 1) / 2 + 1);
+            let mut want = vec![f32::NAN; cout * ph * pw];
+            crate::kernels::pool::maxpool2d(&out, cout, oh, ow, 3, 2, 1, &mut want);
+            let mut pooled = vec![f32::NAN; cout * ph * pw];
+            let amx = Bf16Isa::Amx;
+            assert!(b.forward_pooled(&x, h, w, &mut pooled, true, &mut scratch, par, amx));
+            assert_eq!(
+                bits(&pooled),
+                bits(&want),
+                "pooled {cin}→{cout} {k}×{k}/{stride} {h}×{w}"
             );
             for co in 0..cout {
                 for oy in 0..oh {
@@ -402,5 +416,5 @@ fn stem_on_amx_is_within_the_bound_of_the_exact_sums() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 10);
+    assert_eq!(checked, 12);
 }

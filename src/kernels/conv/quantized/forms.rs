@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::epilogue::{dequant_steps, epilogue, PanelBytes, Requant};
-use super::{once, Bufs, InputRange, QuantScratch, QuantizedConv};
+use super::{once, Bufs, InputRange, PerImageOut, QuantScratch, QuantizedConv};
 use crate::kernels::amx::direct::{DirectBytes, Grid};
 use crate::kernels::amx::{no_hand_on, HandOn};
 use crate::kernels::gemm::Parallelism;
@@ -162,15 +162,31 @@ impl QuantizedConv {
         let bufs = Bufs { x, cols, pack };
         match (self.input, input, out) {
             (InputRange::PerImage, QInput::F32(input), QOutput::F32(out)) => {
-                self.forward_per_image(input, h, w, out, bufs, offset, par, isa, |x_step| {
-                    epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p)
-                });
+                self.forward_per_image(
+                    input,
+                    h,
+                    w,
+                    PerImageOut::Plain(out),
+                    bufs,
+                    offset,
+                    par,
+                    isa,
+                    |x_step| epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p),
+                );
                 true
             }
             (InputRange::PerImage, QInput::F32(input), QOutput::F32Panels { y, .. }) => {
-                self.forward_per_image(input, h, w, y, bufs, offset, par, isa, |x_step| {
-                    epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p)
-                });
+                self.forward_per_image(
+                    input,
+                    h,
+                    w,
+                    PerImageOut::Plain(y),
+                    bufs,
+                    offset,
+                    par,
+                    isa,
+                    |x_step| epilogue::<true>(dequant, w_step, x_step, bias, residual, relu, p),
+                );
                 false
             }
             (InputRange::PerImage, ..) => false,
@@ -296,5 +312,55 @@ impl QuantizedConv {
                 !over.load(Ordering::Relaxed)
             }
         }
+    }
+}
+
+impl QuantizedConv {
+    /// A stem fused with its max-pool: `pooled` (`[cout, ph, pw]`) is the 3×3 / stride 2 /
+    /// padding 1 max-pool ([`maxpool2d`]'s result) of the output of
+    /// [`QuantizedConv::forward_image`] without a residual, which is never written whole.
+    /// Only on the narrow AMX path (an input quantised with its own zero point, on at most
+    /// four channels, with [`Int8Isa::Amx`]); returns `false`, having written nothing,
+    /// elsewhere.
+    ///
+    /// [`maxpool2d`]: crate::kernels::pool::maxpool2d
+    ///
+    /// # Panics
+    /// If a slice length does not match the shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_pooled(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        pooled: &mut [f32],
+        relu: bool,
+        scratch: &mut QuantScratch,
+        par: Parallelism,
+        isa: Int8Isa,
+    ) -> bool {
+        if self.narrow_direct(isa, h, w).is_none() {
+            return false;
+        }
+        let (oh, ow) = self.out_hw(h, w);
+        let p = oh * ow;
+        let q = crate::kernels::pool::maxpool_out(oh, 3, 2, 1)
+            * crate::kernels::pool::maxpool_out(ow, 3, 2, 1);
+        assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
+        assert_eq!(pooled.len(), self.cout * q, "QuantizedConv: pooled length");
+        let (w_step, bias) = (&self.w_step[..], &self.bias[..]);
+        let QuantScratch {
+            x,
+            cols,
+            pack,
+            dequant,
+            offset,
+        } = scratch;
+        let bufs = Bufs { x, cols, pack };
+        let out = PerImageOut::Pooled(pooled);
+        self.forward_per_image(input, h, w, out, bufs, offset, par, isa, |x_step| {
+            epilogue::<true>(dequant, w_step, x_step, bias, None, relu, p)
+        });
+        true
     }
 }

@@ -329,14 +329,16 @@ impl QuantizedConv {
     }
 
     /// The product of a signed input quantised with its own zero point (see the module
-    /// documentation); `make(s_x)` gives the epilogue, which must subtract `offset`.
+    /// documentation); `make(s_x)` gives the epilogue, which must subtract `offset`. With
+    /// `pooled`, on the narrow AMX path only (the caller checks [`Self::narrow_direct`]), the
+    /// 3×3 / stride 2 max-pool of the output too (`amx::direct::conv_pooled`).
     #[allow(clippy::too_many_arguments)]
     fn forward_per_image<'o>(
         &self,
         input: &[f32],
         h: usize,
         w: usize,
-        out: &mut [f32],
+        out: PerImageOut<'_>,
         bufs: Bufs<'_>,
         offset: &'o mut Vec<i32>,
         par: Parallelism,
@@ -357,13 +359,23 @@ impl QuantizedConv {
             fill_narrow(input, self.cin, zp, grid, image, rayon);
             // (Always `Some`: the grid is supported and the length is its own.)
             if let Some(x) = ChannelsLast::new(aligned(bufs.x, grid.len()), grid) {
-                let work = self.cout * p * k;
+                let parallel = rayon && self.cout * p * k >= PAR_THRESHOLD;
                 let mut emit = make(zp.step);
                 emit.offset = offset;
-                amx::direct::conv(op, weights, x, out, rayon && work >= PAR_THRESHOLD, &emit);
+                match out {
+                    PerImageOut::Pooled(pooled) => {
+                        amx::direct::conv_pooled(op, weights, x, pooled, parallel, &emit)
+                    }
+                    PerImageOut::Plain(out) => {
+                        amx::direct::conv(op, weights, x, out, parallel, &emit)
+                    }
+                }
                 return;
             }
         }
+        let PerImageOut::Plain(out) = out else {
+            panic!("QuantizedConv: a pooled output off the narrow path")
+        };
         grow(bufs.x, input.len());
         let xq = &mut bufs.x[..input.len()];
         if par == Parallelism::Rayon && crate::kernels::par::splits(input.len()) {
@@ -555,6 +567,13 @@ impl QuantizedConv {
         );
         false
     }
+}
+
+/// What [`QuantizedConv::forward_per_image`] writes: the output, or only its 3×3 / stride 2
+/// / padding 1 max-pool (on the narrow AMX path only).
+enum PerImageOut<'a> {
+    Plain(&'a mut [f32]),
+    Pooled(&'a mut [f32]),
 }
 
 /// The byte buffers of one call.

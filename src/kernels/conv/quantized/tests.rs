@@ -4,6 +4,7 @@ use super::{QInput, QOutput, QuantScratch, QuantizedConv};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{quantize_u8, scale_for, Int8Isa};
+use crate::kernels::pool::maxpool2d;
 
 /// The quantised forms are the f32 forms quantised: a quantised output has exactly the
 /// bytes the next convolution makes of the f32 output (and says so only when no value
@@ -458,7 +459,8 @@ fn image_output_is_the_f32_output_quantised() {
 /// im2col path: one to four input channels, windows up to 7×7 at both strides, images
 /// narrower than a tile and wider than a block of 32 positions, inputs all negative (the
 /// zero point 255), all positive (0) and mixed, with and without a residual, both thread
-/// modes. Skipped on CPUs without AMX-INT8.
+/// modes; fused with its 3×3 / stride 2 max-pool, the pool of that output. Skipped on CPUs
+/// without AMX-INT8.
 #[test]
 fn stem_on_amx_is_the_portable_stem() {
     if !Int8Isa::Amx.is_available() {
@@ -479,8 +481,9 @@ fn stem_on_amx_is_the_portable_stem() {
         (2, 5, 2, 8, 9),
         (4, 3, 1, 3, 17),
         (3, 7, 1, 6, 6),
+        (3, 7, 2, 40, 34),
     ] {
-        let cout = 1 + (h * w) % 40;
+        let cout = 1 + (h * w) % 40 + if h == 40 { 40 } else { 0 };
         let weight: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd() - 0.5).collect();
         let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.3).collect();
         let conv = Conv2d::new(cout, cin, k, k, stride, k / 2, weight, bias);
@@ -501,6 +504,10 @@ fn stem_on_amx_is_the_portable_stem() {
                 };
                 let want = run(Int8Isa::Portable, Parallelism::Sequential);
                 assert!(want.iter().all(|v| v.is_finite()));
+                // The stem fused with its max-pool against the pool of the portable output.
+                let (ph, pw) = ((oh - 1) / 2 + 1, (ow - 1) / 2 + 1);
+                let mut pooled_want = vec![f32::NAN; cout * ph * pw];
+                maxpool2d(&want, cout, oh, ow, 3, 2, 1, &mut pooled_want);
                 for par in [Parallelism::Sequential, Parallelism::Rayon] {
                     let got = run(Int8Isa::Amx, par);
                     let same = got
@@ -511,10 +518,25 @@ fn stem_on_amx_is_the_portable_stem() {
                         same,
                         "{cin}→{cout} {k}×{k}/{stride} {h}×{w} {shift} {par:?}"
                     );
+                    if res.is_none() {
+                        let mut pooled = vec![f32::NAN; cout * ph * pw];
+                        let mut s = QuantScratch::default();
+                        let fused = |isa, pooled: &mut [f32], s: &mut QuantScratch| {
+                            q.forward_pooled(&x, h, w, pooled, relu, s, par, isa)
+                        };
+                        assert!(fused(Int8Isa::Amx, &mut pooled, &mut s));
+                        let same = pooled
+                            .iter()
+                            .zip(&pooled_want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "pooled {cin}→{cout} {k}×{k}/{stride} {h}×{w} {par:?}");
+                        // Not on the other kernels (which write nothing).
+                        assert!(!fused(Int8Isa::Portable, &mut pooled, &mut s));
+                    }
                     checked += 1;
                 }
             }
         }
     }
-    assert_eq!(checked, 6 * 3 * 2 * 2);
+    assert_eq!(checked, 7 * 3 * 2 * 2);
 }
