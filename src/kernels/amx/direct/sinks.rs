@@ -100,39 +100,57 @@ impl<'a, S: Copy + Default, E, T, const AVX512: bool> Planar<'a, S, E, T, AVX512
 impl<S: Copy, E: Emit<S, T>, T, const AVX512: bool> DirectSink<S> for Planar<'_, S, E, T, AVX512> {
     #[inline(always)]
     fn block(&mut self, blk: usize, pair: usize, sums: &Sums<S>) {
-        let tr = &mut self.tr;
-        #[cfg(target_arch = "x86_64")]
-        if AVX512 {
-            // SAFETY: `AVX512` is true only in the sinks that `Job::run_avx512` runs, which
-            // requires AVX512F.
-            unsafe { transpose32_avx512(&sums.0, &mut tr.0) };
-        } else {
-            transpose32(&sums.0, &mut tr.0);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        transpose32(&sums.0, &mut tr.0);
-        let grid = self.grid;
-        let (oh, ow) = grid.out_hw();
-        let (gw, p) = (grid.gw(), oh * ow);
-        let g0 = blk * ROWS;
-        let g_end = (g0 + ROWS).min(oh * gw);
-        let mut g = g0;
-        while g < g_end {
-            let (oy, ox) = (g / gw, g % gw);
-            if ox >= ow {
-                g += gw - ox;
-                continue;
-            }
-            let len = (ow - ox).min(g_end - g);
+        let (oh, ow) = self.grid.out_hw();
+        let p = oh * ow;
+        let (emit, o, oc0) = (self.emit, &mut *self.o, self.oc0);
+        let channels = COLS.min(self.rows - pair * COLS);
+        transposed_runs::<S, AVX512>(self.grid, blk, sums, &mut self.tr, |tr, at, oy, ox, len| {
             let j0 = oy * ow + ox;
-            for c in 0..COLS.min(self.rows - pair * COLS) {
+            for c in 0..channels {
                 let r = pair * COLS + c;
-                let s = &tr.0[c][g - g0..][..len];
-                self.emit
-                    .emit(self.oc0 + r, j0, s, &mut self.o[r * p + j0..][..len]);
+                let s = &tr.0[c][at..][..len];
+                emit.emit(oc0 + r, j0, s, &mut o[r * p + j0..][..len]);
             }
-            g += len;
+        });
+    }
+}
+
+/// Transposes the block `blk` of sums into `tr` (with AVX-512 when `AVX512`: only in the
+/// sinks that `Job::run_avx512` runs), then calls `run(tr, at, oy, ox, len)` for each run of
+/// `len` output pixels from `(oy, ox)` in it (never across an output row), in order, `at`
+/// being the run's first column of `tr`.
+#[inline(always)]
+fn transposed_runs<S: Copy, const AVX512: bool>(
+    grid: Grid,
+    blk: usize,
+    sums: &Sums<S>,
+    tr: &mut Sums<S>,
+    mut run: impl FnMut(&Sums<S>, usize, usize, usize, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // SAFETY: `AVX512` is true only in the sinks that `Job::run_avx512` runs, which
+        // requires AVX512F.
+        unsafe { transpose32_avx512(&sums.0, &mut tr.0) };
+    } else {
+        transpose32(&sums.0, &mut tr.0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    transpose32(&sums.0, &mut tr.0);
+    let (oh, ow) = grid.out_hw();
+    let gw = grid.gw();
+    let g0 = blk * ROWS;
+    let g_end = (g0 + ROWS).min(oh * gw);
+    let mut g = g0;
+    while g < g_end {
+        let (oy, ox) = (g / gw, g % gw);
+        if ox >= ow {
+            g += gw - ox;
+            continue;
         }
+        let len = (ow - ox).min(g_end - g);
+        run(tr, g - g0, oy, ox, len);
+        g += len;
     }
 }
 
@@ -177,74 +195,63 @@ impl<'a, S: Copy + Default, E, const AVX512: bool> Pooled<'a, S, E, AVX512> {
     }
 }
 
-impl<S, E, const AVX512: bool> Pooled<'_, S, E, AVX512> {
-    /// Output row `oy` of the pair's channels is complete: writes the pooled row it completes,
-    /// if any.
-    #[inline(always)]
-    fn row_done(&mut self, oy: usize, pair: usize) {
-        let (oh, ow) = self.grid.out_hw();
-        if oy.is_multiple_of(2) && oy + 1 != oh {
-            return;
-        }
-        let y = oy / 2;
-        let pw = ow.div_ceil(2);
-        let ph = oh.div_ceil(2);
-        let first = (2 * y).saturating_sub(1);
-        for c in 0..COLS.min(self.rows - pair * COLS) {
-            let r = pair * COLS + c;
-            let row = |oy: usize| {
-                let at = ((oy % 3) * COLS + c) * ow;
-                &self.ring[at..at + ow]
-            };
-            let (a, b, d) = (row(first), row(first + 1), row((first + 2).min(oy)));
-            let window: [&[f32]; 3] = [a, b, d];
-            let n = oy + 1 - first;
-            let out = &mut self.pooled[(r * ph + y) * pw..][..pw];
-            crate::kernels::pool::pool_row_3s2p1(&window[..n], &mut self.colmax, out);
-        }
-    }
-}
-
 impl<S: Copy, E: Emit<S, f32>, const AVX512: bool> DirectSink<S> for Pooled<'_, S, E, AVX512> {
     #[inline(always)]
     fn block(&mut self, blk: usize, pair: usize, sums: &Sums<S>) {
-        let tr = &mut self.tr;
-        #[cfg(target_arch = "x86_64")]
-        if AVX512 {
-            // SAFETY: `AVX512` is true only in the sinks that `Job::run_avx512` runs, which
-            // requires AVX512F.
-            unsafe { transpose32_avx512(&sums.0, &mut tr.0) };
-        } else {
-            transpose32(&sums.0, &mut tr.0);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        transpose32(&sums.0, &mut tr.0);
-        let grid = self.grid;
-        let (oh, ow) = grid.out_hw();
-        let gw = grid.gw();
-        let g0 = blk * ROWS;
-        let g_end = (g0 + ROWS).min(oh * gw);
-        let mut g = g0;
-        while g < g_end {
-            let (oy, ox) = (g / gw, g % gw);
-            if ox >= ow {
-                g += gw - ox;
-                continue;
-            }
-            let len = (ow - ox).min(g_end - g);
+        let Pooled {
+            grid,
+            emit,
+            pooled,
+            oc0,
+            rows,
+            tr,
+            ring,
+            colmax,
+        } = self;
+        let (grid, emit, oc0) = (*grid, *emit, *oc0);
+        let ow = grid.out_hw().1;
+        let channels = COLS.min(*rows - pair * COLS);
+        transposed_runs::<S, AVX512>(grid, blk, sums, tr, |tr, at, oy, ox, len| {
             let j0 = oy * ow + ox;
-            for c in 0..COLS.min(self.rows - pair * COLS) {
-                let s = &self.tr.0[c][g - g0..][..len];
-                let at = ((oy % 3) * COLS + c) * ow + ox;
-                let r = pair * COLS + c;
-                self.emit
-                    .emit(self.oc0 + r, j0, s, &mut self.ring[at..at + len]);
+            for c in 0..channels {
+                let s = &tr.0[c][at..][..len];
+                let ring_at = ((oy % 3) * COLS + c) * ow + ox;
+                emit.emit(oc0 + pair * COLS + c, j0, s, &mut ring[ring_at..][..len]);
             }
+            // A completed row is pooled before the next one overwrites its ring slot.
             if ox + len == ow {
-                self.row_done(oy, pair);
+                pool_completed(grid, oy, pair, channels, ring, colmax, pooled);
             }
-            g += len;
-        }
+        });
+    }
+}
+
+/// Output row `oy` of a pair's `channels` channels is complete in the ring of [`Pooled`]:
+/// writes the pooled row it completes, if any (row `y` is complete with output row
+/// `min(2y + 1, oh − 1)`), into `pooled` (`[rows][ph·pw]`).
+#[inline(always)]
+fn pool_completed(
+    grid: Grid,
+    oy: usize,
+    pair: usize,
+    channels: usize,
+    ring: &[f32],
+    colmax: &mut [f32],
+    pooled: &mut [f32],
+) {
+    let (oh, ow) = grid.out_hw();
+    if oy.is_multiple_of(2) && oy + 1 != oh {
+        return;
+    }
+    let (ph, pw) = (oh.div_ceil(2), ow.div_ceil(2));
+    let y = oy / 2;
+    let first = (2 * y).saturating_sub(1);
+    for c in 0..channels {
+        let r = pair * COLS + c;
+        let row = |oy: usize| &ring[((oy % 3) * COLS + c) * ow..][..ow];
+        let window = [row(first), row(first + 1), row((first + 2).min(oy))];
+        let out = &mut pooled[(r * ph + y) * pw..][..pw];
+        crate::kernels::pool::pool_row_3s2p1(&window[..oy + 1 - first], colmax, out);
     }
 }
 
