@@ -454,7 +454,7 @@ impl Net {
             _ => None,
         };
         // A reduced stem on AMX is fused with its max-pool (the stem's output is never
-        // written whole).
+        // written whole): ResNet-18 int8 2.24 → 2.07 ms, bf16 2.77 → 2.68 ms.
         let par = Parallelism::auto(c, sh * sw, self.stem.cin * self.stem.kh * self.stem.kw);
         let pooled = match low_stem {
             Some((LowConv::Int8(q), isa)) => {

@@ -26,12 +26,13 @@
 //!   discarded (12.5 % at 28 and 14 columns).
 //!
 //! **Narrow grids.** An image of at most four channels (a stem's) is stored with four per
-//! pixel ([`NARROW`]); a tile row's 64 bytes then hold 16 consecutive `u8` pixels (8 bf16), so
-//! the row of tile row `r` starts at the pixel of window column 0 and the window's columns are
-//! words of `k`: each window row is one chunk (`size` chunks instead of `size²`, for a window
-//! up to 15 pixels wide). The pixels the row reads past the window meet zero weights. The
-//! stem's 7×7 window at stride 2 takes 7 tile products per block instead of 49 of 3/64 useful
-//! bytes, and no im2col matrix.
+//! pixel ([`NARROW`]); a tile row's 64 bytes then hold 16 consecutive `u8` pixels (8 bf16).
+//! Tile row `r` (position `r`) starts at the pixel under window column 0, so it holds the whole
+//! row of the window and the window's columns are words of `k`: each window row is one chunk
+//! (`size` chunks instead of `size²`, for a window up to 15 `u8` or 7 bf16 pixels wide). The
+//! pixels a tile row reads past the window meet zero weights. The stem's 7×7 window at
+//! stride 2 takes 7 tile products per block (instead of 49 taps with 3 of 64 bytes useful),
+//! and no im2col matrix. With [`conv_pooled`] its 3×3 / stride 2 max-pool is fused in.
 //!
 //! **Blocks.** A block is 32 positions (two `A` tiles) × 32 output channels (two `B` tiles):
 //! four sum tiles, summed over `k` in chunks of 64 input channels of one tap (`k` in tap-major
