@@ -2,6 +2,7 @@
 //! and the transpositions that fill it from planes.
 
 use super::{ROWS, ROW_BYTES};
+use crate::kernels::pool::maxpool_out;
 use crate::kernels::wide::Wide;
 
 /// The shape of a convolution on a channels-last padded image: a `size × size` window
@@ -89,6 +90,13 @@ impl Grid {
         } else {
             self.out_hw().1.next_multiple_of(16)
         }
+    }
+
+    /// Rows and columns of the 3×3 / stride 2 / padding 1 max-pool of the output (a ResNet
+    /// stem's, [`super::conv_pooled`]).
+    pub(crate) fn pooled_hw(self) -> (usize, usize) {
+        let (oh, ow) = self.out_hw();
+        (maxpool_out(oh, 3, 2, 1), maxpool_out(ow, 3, 2, 1))
     }
 
     /// Blocks of 32 grid positions.

@@ -52,7 +52,6 @@
 //! the split nor on the thread.
 
 use super::{AmxOp, Bf16, Emit, Int8, Sums, COLS, ROWS};
-use crate::kernels::pool::maxpool_out;
 use crate::kernels::wide::Wide;
 
 /// Bytes of a tile row: one chunk of input channels (64 `u8` or 32 bf16).
@@ -138,7 +137,7 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
 }
 
 /// [`conv`] followed by the 3×3 / stride 2 / padding 1 max-pool of its output, fused (a
-/// ResNet stem): `pooled` is `[m, ph·pw]` ([`maxpool_out`] of the output size) and holds
+/// ResNet stem): `pooled` is `[m, ph·pw]` ([`Grid::pooled_hw`]) and holds
 /// [`maxpool2d`]'s result; the output itself is never written whole, only the last three
 /// rows of a task's channels, in cache ([`Pooled`]).
 ///
@@ -155,7 +154,7 @@ pub(crate) fn conv_pooled<O: DirectOp>(
     emit: &impl Emit<O::Sum, f32>,
 ) {
     let job = Job::new(op, w, x, parallel);
-    let (ph, pw) = job.pooled_hw();
+    let (ph, pw) = x.grid.pooled_hw();
     assert_eq!(pooled.len(), w.m * ph * pw, "amx direct: pooled length");
     let wide = Wide::detect(true);
     let task = |t: usize, d: &mut [f32]| {
@@ -337,12 +336,6 @@ impl<'a, O: DirectOp> Job<'a, O> {
         } else {
             (0..tasks).map(task).fold(true, |a, b| a & b)
         }
-    }
-
-    /// The size of the 3×3 / stride 2 / padding 1 max-pool of the output.
-    fn pooled_hw(&self) -> (usize, usize) {
-        let (oh, ow) = self.x.grid.out_hw();
-        (maxpool_out(oh, 3, 2, 1), maxpool_out(ow, 3, 2, 1))
     }
 
     /// Task `t` of [`conv`]: its output rows `o` (from channel `t·task_pairs·32`) through the

@@ -287,6 +287,37 @@ proptest! {
         }
     }
 
+    /// The weights of an image of 1–4 channels pack as those of four, the added channels
+    /// zero (read back against the widening written out here), in int8 and bf16.
+    #[test]
+    fn narrow_weights_add_zero_channels(
+        m in 1usize..40, cin in 1usize..5, size in prop::sample::select(vec![1usize, 3, 7]),
+        seed in any::<u32>(),
+    ) {
+        let taps = size * size;
+        let bits: Vec<u16> = (0..m * cin * taps)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as u16 | 1)
+            .collect();
+        let mut wide = vec![0u16; m * NARROW * taps];
+        for oc in 0..m {
+            for ci in 0..cin {
+                for t in 0..taps {
+                    wide[(oc * NARROW + ci) * taps + t] = bits[(oc * cin + ci) * taps + t];
+                }
+            }
+        }
+        let q: Vec<i8> = bits.iter().map(|&b| b as u8 as i8).collect();
+        let q_wide: Vec<i8> = wide.iter().map(|&b| b as u8 as i8).collect();
+        let dw = DirectWeights::new_narrow(&q, m, cin, size).unwrap();
+        prop_assert!(dw.matrix() == q_wide);
+        let dw = DirectWeights::new_narrow_bf16(&bits, m, cin, size).unwrap();
+        let f_wide: Vec<u32> = wide.iter().map(|&b| u32::from(b) << 16).collect();
+        let got: Vec<u32> = dw.matrix_bf16().iter().map(|v| v.to_bits()).collect();
+        prop_assert!(got == f_wide);
+        prop_assert!(DirectWeights::new_narrow(&q, m, cin, 17).is_none());
+        prop_assert!(DirectWeights::new_narrow_bf16(&bits, m, cin, 9).is_none());
+    }
+
     /// A narrow grid is supported only with a window that a tile row holds (16 `u8` pixels, 8
     /// bf16 ones), and its weights pack only then.
     #[test]

@@ -37,6 +37,45 @@ impl DirectWeights {
         Self::pack(w.len(), m, cin, size, 2, |at| u32::from(w[at]))
     }
 
+    /// [`DirectWeights::new`] for a narrow grid: the `m × (cin·size²)` int8 weights `q` of an
+    /// image of `cin ≤ NARROW` channels, the channels up to [`NARROW`] added with zero weights.
+    pub(crate) fn new_narrow(q: &[i8], m: usize, cin: usize, size: usize) -> Option<DirectWeights> {
+        Self::pack_narrow(q.len(), m, cin, size, 4, |at| u32::from(q[at] as u8))
+    }
+
+    /// [`DirectWeights::new_narrow`] for bf16 weights (the bits of each).
+    pub(crate) fn new_narrow_bf16(
+        w: &[u16],
+        m: usize,
+        cin: usize,
+        size: usize,
+    ) -> Option<DirectWeights> {
+        Self::pack_narrow(w.len(), m, cin, size, 2, |at| u32::from(w[at]))
+    }
+
+    /// [`DirectWeights::pack`] of the weights of `cin ≤ NARROW` channels, `elem(i)` giving the
+    /// bits of element `i` of their `m × (cin·size²)` matrix, as those of [`NARROW`] channels.
+    fn pack_narrow(
+        len: usize,
+        m: usize,
+        cin: usize,
+        size: usize,
+        per_word: usize,
+        elem: impl Fn(usize) -> u32,
+    ) -> Option<DirectWeights> {
+        let taps = size * size;
+        if cin == 0 || cin > NARROW || len != m * cin * taps {
+            return None;
+        }
+        Self::pack(m * NARROW * taps, m, NARROW, size, per_word, |at| {
+            let (oc, rest) = (at / (NARROW * taps), at % (NARROW * taps));
+            match rest < cin * taps {
+                true => elem(oc * cin * taps + rest),
+                false => 0,
+            }
+        })
+    }
+
     /// The layout, `elem(i)` giving the bits of element `i` of the weight matrix.
     fn pack(
         len: usize,

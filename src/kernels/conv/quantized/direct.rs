@@ -6,10 +6,10 @@
 use super::epilogue::dequant_steps;
 use super::{quantize_input, InputRange, QInput, QuantizedConv};
 use crate::kernels::aligned::{aligned, aligned_mut};
-use crate::kernels::amx::direct::{ChannelsLast, DirectBytes, DirectWeights, Grid, NARROW};
+use crate::kernels::amx::direct::{ChannelsLast, DirectBytes, DirectWeights, Grid};
 use crate::kernels::amx::{self, direct};
 use crate::kernels::gemm::{Parallelism, PAR_THRESHOLD};
-use crate::kernels::int8::{quantize_u8, scale_for, Int8Isa, ZeroPoint};
+use crate::kernels::int8::{scale_for, Int8Isa};
 use crate::kernels::wide::Wide;
 
 /// What a direct convolution runs on: the op, the weights, the channels-last input, the range
@@ -42,36 +42,8 @@ impl QuantizedConv {
             .then(|| self.direct_grid(h, w))
     }
 
-    /// Whether this convolution quantises its input image (at most 4 channels, a stem's) with
-    /// its own zero point and, on this CPU, can read it as a narrow channels-last grid on AMX
-    /// (with [`Int8Isa::Amx`]; another kernel asked for computes the same sums on im2col).
-    pub(crate) fn reads_image_directly(&self) -> bool {
-        // (Direct weights exist only where AMX-INT8 was detected.)
-        matches!(self.input, InputRange::PerImage) && self.direct.is_some()
-    }
-
-    /// The AMX op, weights and narrow grid of a convolution of an input quantised with its
-    /// own zero point (a stem) for an `h × w` input, when it takes the direct path with `isa`.
-    pub(super) fn narrow_direct(
-        &self,
-        isa: Int8Isa,
-        h: usize,
-        w: usize,
-    ) -> Option<(amx::Int8, &DirectWeights, Grid)> {
-        let (Int8Isa::Amx, InputRange::PerImage, Some(weights), Some(op)) =
-            (isa, self.input, &self.direct, amx::Int8::detect())
-        else {
-            return None;
-        };
-        let grid = Grid {
-            cin: NARROW,
-            ..self.direct_grid(h, w)
-        };
-        grid.supported::<u8>().then_some((op, weights, grid))
-    }
-
     /// The channels-last grid of the direct convolution of an `h × w` input.
-    fn direct_grid(&self, h: usize, w: usize) -> Grid {
+    pub(super) fn direct_grid(&self, h: usize, w: usize) -> Grid {
         Grid {
             cin: self.cin,
             h,
@@ -170,35 +142,4 @@ impl QuantizedConv {
         };
         direct::conv_panels(d.op, d.weights, d.x, d.parallel, &bytes, panels, k4)
     }
-}
-
-/// Writes the `[cin, h, w]` f32 planes `x` (`cin ≤ NARROW`) into `dst` as the padded
-/// channels-last image of the narrow `grid`, quantised by `zp` (`q = clamp(round(v·scale +
-/// z), 0, 255)`, as [`ZeroPoint::quantize`]); the padding and the added channels are the zero
-/// point `z`, which stands for 0 (the added channels have zero weights anyway).
-pub(super) fn fill_narrow(
-    x: &[f32],
-    cin: usize,
-    zp: ZeroPoint,
-    grid: Grid,
-    dst: &mut [u8],
-    parallel: bool,
-) {
-    let (h, w) = (grid.h, grid.w);
-    assert!(
-        grid.narrow() && cin <= NARROW && x.len() == cin * h * w,
-        "fill_narrow: {cin} planes of {h}×{w} for a grid of {} channels",
-        grid.cin
-    );
-    let (s, z) = (zp.scale, f32::from(zp.zero));
-    let plane = h * w;
-    direct::fill_padded(grid, dst, zp.zero, parallel, |y, row| {
-        row.fill(zp.zero);
-        for c in 0..cin {
-            let src = &x[c * plane + y * w..][..w];
-            for (px, &v) in row.chunks_exact_mut(NARROW).zip(src) {
-                px[c] = quantize_u8(v * s + z, 1.0);
-            }
-        }
-    });
 }

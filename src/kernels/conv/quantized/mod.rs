@@ -31,8 +31,9 @@
 //!   3 channels, 7×7, stride 2) reads the quantised image as a narrow channels-last grid: each
 //!   pixel padded to four bytes, 16 pixels to a tile row, so the window's columns are words of
 //!   `k` and each of its rows is one tile product (`amx::direct::Grid`). No im2col matrix is
-//!   written; the sums are the same. ResNet-18 int8 backbone 2.71 → 2.27 ms (BENCHMARKS.md,
-//!   eleventh session).
+//!   written; the sums are the same, and the stem's max-pool can be fused in
+//!   (`per_image.rs`). ResNet-18 int8 backbone 2.56 → 2.13 ms, then 2.24 → 2.07 ms with the
+//!   fused max-pool (BENCHMARKS.md, eleventh session).
 //!
 //! **Chained activations.** Between two int8 convolutions of a block's main path the
 //! activation need not exist in f32: [`QuantizedConv::forward`] can write its output as the
@@ -54,23 +55,23 @@ use std::sync::OnceLock;
 mod direct;
 mod epilogue;
 mod forms;
+mod per_image;
 
-use direct::fill_narrow;
-use epilogue::Dequant;
+use per_image::PerImageOut;
+
 use forms::Plain;
 pub(crate) use forms::{QInput, QOutput};
 
 use super::im2col::Window;
 use super::Conv2d;
 use crate::error::{Error, Result};
-use crate::kernels::aligned::{aligned, aligned_mut};
-use crate::kernels::amx::direct::{ChannelsLast, DirectWeights, Grid, NARROW};
+use crate::kernels::amx::direct::{DirectWeights, Grid, NARROW};
 use crate::kernels::amx::{self, no_hand_on, Emit, HandOn, Handoff};
-use crate::kernels::gemm::{Parallelism, PAR_THRESHOLD};
+use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
     amx_k4, gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_prepacked_emit,
     gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa, PackedWeights, ShiftedPlanes,
-    ZeroPoint, MAX_DEPTH, MAX_SIZE,
+    MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -216,12 +217,7 @@ impl QuantizedConv {
             // A stem: its image is made a narrow grid of four channels, the added ones with
             // zero weights (see `amx::direct::Grid`).
             (true, Some(_), InputRange::PerImage) if conv.cin <= NARROW => {
-                let taps = conv.kh * conv.kw;
-                let mut wide = vec![0i8; conv.cout * NARROW * taps];
-                for (src, dst) in q.chunks_exact(k).zip(wide.chunks_exact_mut(NARROW * taps)) {
-                    dst[..k].copy_from_slice(src);
-                }
-                DirectWeights::new(&wide, conv.cout, NARROW, conv.kh)
+                DirectWeights::new_narrow(&q, conv.cout, conv.cin, conv.kh)
             }
             _ => None,
         };
@@ -326,83 +322,6 @@ impl QuantizedConv {
     ) {
         let io = (QInput::F32(input), QOutput::F32(out));
         self.forward(io, h, w, residual, relu, scratch, par, isa);
-    }
-
-    /// The product of a signed input quantised with its own zero point (see the module
-    /// documentation); `make(s_x)` gives the epilogue, which must subtract `offset`. With
-    /// `pooled`, on the narrow AMX path only (the caller checks [`Self::narrow_direct`]), the
-    /// 3×3 / stride 2 max-pool of the output too (`amx::direct::conv_pooled`).
-    #[allow(clippy::too_many_arguments)]
-    fn forward_per_image<'o>(
-        &self,
-        input: &[f32],
-        h: usize,
-        w: usize,
-        out: PerImageOut<'_>,
-        bufs: Bufs<'_>,
-        offset: &'o mut Vec<i32>,
-        par: Parallelism,
-        isa: Int8Isa,
-        make: impl FnOnce(f32) -> Dequant<'o, true>,
-    ) {
-        let (oh, ow) = self.out_hw(h, w);
-        let (p, k) = (oh * ow, self.cin * self.kh * self.kw);
-        let zp = ZeroPoint::of(input);
-        offset.clear();
-        let z = i32::from(zp.zero);
-        offset.extend(self.row_sums.iter().map(|&r| z * r));
-        // With AMX, a stem reads its image as a narrow channels-last grid (`amx::direct`),
-        // without an im2col matrix: the same sums.
-        if let Some((op, weights, grid)) = self.narrow_direct(isa, h, w) {
-            let rayon = par == Parallelism::Rayon;
-            let image = aligned_mut(bufs.x, grid.len());
-            fill_narrow(input, self.cin, zp, grid, image, rayon);
-            // (Always `Some`: the grid is supported and the length is its own.)
-            if let Some(x) = ChannelsLast::new(aligned(bufs.x, grid.len()), grid) {
-                let parallel = rayon && self.cout * p * k >= PAR_THRESHOLD;
-                let mut emit = make(zp.step);
-                emit.offset = offset;
-                match out {
-                    PerImageOut::Pooled(pooled) => {
-                        amx::direct::conv_pooled(op, weights, x, pooled, parallel, &emit)
-                    }
-                    PerImageOut::Plain(out) => {
-                        amx::direct::conv(op, weights, x, out, parallel, &emit)
-                    }
-                }
-                return;
-            }
-        }
-        let PerImageOut::Plain(out) = out else {
-            panic!("QuantizedConv: a pooled output off the narrow path")
-        };
-        grow(bufs.x, input.len());
-        let xq = &mut bufs.x[..input.len()];
-        if par == Parallelism::Rayon && crate::kernels::par::splits(input.len()) {
-            crate::kernels::par::for_each_chunk(xq, 1 << 14, |i, d| {
-                zp.quantize(&input[i << 14..][..d.len()], d)
-            });
-        } else {
-            zp.quantize(input, xq);
-        }
-        grow(bufs.cols, k * p);
-        let cols = &mut bufs.cols[..k * p];
-        self.window()
-            .im2col_padded(&bufs.x[..input.len()], h, w, cols, par, zp.zero);
-        let mut emit = make(zp.step);
-        emit.offset = offset;
-        let cols = &bufs.cols[..k * p];
-        gemm_u8i8_emit(
-            self.packed(),
-            cols,
-            p,
-            out,
-            bufs.pack,
-            par,
-            isa,
-            emit,
-            no_hand_on(),
-        );
     }
 
     /// The product of an input quantised with the calibrated range `limit` (widened to an f32
@@ -567,13 +486,6 @@ impl QuantizedConv {
         );
         false
     }
-}
-
-/// What [`QuantizedConv::forward_per_image`] writes: the output, or only its 3×3 / stride 2
-/// / padding 1 max-pool (on the narrow AMX path only).
-enum PerImageOut<'a> {
-    Plain(&'a mut [f32]),
-    Pooled(&'a mut [f32]),
 }
 
 /// The byte buffers of one call.
