@@ -371,22 +371,30 @@ impl Backbone {
                 }
             }
         }
-        let per_image: Vec<_> = per_image.into_iter().map(|(t, _)| t).collect();
+        let mut per_image: Vec<_> = per_image.into_iter().map(|(t, _)| t).collect();
         self.taps
             .iter()
             .map(|&t| {
                 let (tc, th, tw) = self.tap_shape(t, h, w);
-                let mut data = Vec::with_capacity(n * tc * th * tw);
-                for img in &per_image {
-                    match &img[t.index()] {
-                        Some(v) if v.len() == tc * th * tw => data.extend_from_slice(v),
-                        _ => {
-                            return Err(Error::input(format!(
-                                "internal error: tap {t} has an unexpected size"
-                            )))
+                let len = tc * th * tw;
+                let wrong =
+                    || Error::input(format!("internal error: tap {t} has an unexpected size"));
+                // One image: its tap is the tensor's data as it is (no copy).
+                let data = if let [img] = &mut per_image[..] {
+                    img[t.index()]
+                        .take()
+                        .filter(|v| v.len() == len)
+                        .ok_or_else(wrong)?
+                } else {
+                    let mut data = Vec::with_capacity(n * len);
+                    for img in &per_image {
+                        match &img[t.index()] {
+                            Some(v) if v.len() == len => data.extend_from_slice(v),
+                            _ => return Err(wrong()),
                         }
                     }
-                }
+                    data
+                };
                 Array4::from_shape_vec((n, tc, th, tw), data)
                     .map_err(|e| Error::input(format!("internal error building tap {t}: {e}")))
             })
