@@ -249,18 +249,17 @@ impl Block {
                 }
             }
             // Likewise in int8 (quantised for the next one), from a plain 1×1 convolution
-            // reading panels, unless a value exceeds the range (about 0.35 ms of an 11.6 ms
-            // WRN-50-2 backbone). From a direct convolution (ResNet-18's basic blocks) it
-            // gained nothing: the byte transposition it saves is cheap.
-            if let (
-                true,
-                QInput::Panels(_),
-                Some((LowConv::Int8(_), isa)),
-                Some((LowConv::Int8(next), _)),
-            ) = (chain, src, qconv(i), qconv(i + 1))
+            // reading panels (about 0.35 ms of an 11.6 ms WRN-50-2 backbone) or a direct one
+            // (ResNet-18's basic blocks: 2.04 → 1.75 ms, with the direct convolution's tasks
+            // split by positions where its channels give too few), unless a value exceeds
+            // the range. (Split by channels only, as before, the direct one gained nothing:
+            // a 64-channel image of bytes was then written by one task.)
+            if let (true, Some((LowConv::Int8(qc), isa)), Some((LowConv::Int8(next), _))) =
+                (chain, qconv(i), qconv(i + 1))
             {
-                if let (Some(grid), Some(limit)) =
-                    (next.image_grid(isa.int8, oh, ow), next.input_max())
+                let on_amx = matches!(src, QInput::Panels(_)) || qc.direct_panels(isa.int8, mh, mw);
+                if let (true, Some(grid), Some(limit)) =
+                    (on_amx, next.image_grid(isa.int8, oh, ow), next.input_max())
                 {
                     let out = QOutput::ImageU8 {
                         image: aligned_mut(u_dst, grid.len()),

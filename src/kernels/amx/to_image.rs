@@ -133,7 +133,8 @@ impl<'a, T: Copy> SharedImage<'a, T> {
     /// that own disjoint runs of 32 channels: [`product_to_image`]'s tasks are disjoint runs
     /// of row blocks, and row block `b` owns channels `32·b .. 32·b + 32` of every pixel;
     /// [`super::direct::conv_image`]'s are disjoint runs of output-channel pairs, and pair
-    /// `q` owns channels `32·q .. 32·q + 32`.
+    /// `q` owns channels `32·q .. 32·q + 32`, or disjoint runs of blocks of positions, and
+    /// each owns every channel of its blocks' pixels (a pixel is in one block).
     pub(super) unsafe fn put(&self, at: usize, run: &[T; ROWS]) {
         assert!(at + ROWS <= self.len, "amx image: element out of range");
         // SAFETY: in bounds (checked above) of the exclusively borrowed buffer; the caller

@@ -41,8 +41,11 @@
 //! path ([`Emit`]), one output channel and one run of valid positions at a time ([`conv`]),
 //! or, for a following 1×1 convolution, quantised position by position straight into its
 //! AMX panels (four output channels of a position are one word of the panels: [`conv_panels`],
-//! no transposition). A task is a run of output-channel pairs (disjoint rows of the output);
-//! within it, each pair of output channels meets every block of positions, so that its
+//! no transposition). A task is a run of output-channel pairs (disjoint rows of the output),
+//! or, when those would be too few for the threads and the sink writes through a shared
+//! pointer ([`conv_panels`], [`conv_image`]), every pair at a run of blocks of positions
+//! (ResNet-18's 64- and 128-channel convolutions; [`Job::split_blocks_if_few_pairs`]);
+//! within a task, each pair of output channels meets every block of its positions, so that its
 //! weights stay in the level-2 cache, in groups of [`GROUP`] blocks that go through the taps
 //! together, [`K_BLOCK_BYTES`] of weights at a time (their sums stored and reloaded in
 //! between), so that those weights are read from the level-1 cache by all but the first block
@@ -162,13 +165,13 @@ pub(crate) fn conv_pooled<O: DirectOp>(
         match wide {
             Wide::Baseline => {
                 let mut sink = Pooled::<O::Sum, _, false>::new(&job, emit, d, oc0);
-                job.run(t, rows, &mut sink)
+                job.run(job.part(t, rows), &mut sink)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
             Wide::Avx512(_) => unsafe {
                 let mut sink = Pooled::<O::Sum, _, true>::new(&job, emit, d, oc0);
-                job.run_avx512(t, rows, &mut sink)
+                job.run_avx512(job.part(t, rows), &mut sink)
             },
         }
     };
@@ -199,7 +202,8 @@ pub(crate) fn conv_panels<O: DirectOp, V: DirectValues<O::Sum>>(
     panels: &mut [u32],
     kw: usize,
 ) -> bool {
-    let job = Job::new(op, w, x, parallel);
+    let mut job = Job::new(op, w, x, parallel);
+    job.split_blocks_if_few_pairs(parallel, 1);
     let (oh, ow) = x.grid.out_hw();
     let p = oh * ow;
     assert!(
@@ -249,9 +253,11 @@ pub(crate) fn conv_image<O: DirectOp, V: DirectValues<O::Sum>>(
     );
     assert_eq!(image.len(), next.len(), "amx direct: image length");
     // Whole cache lines of every pixel per task (two pairs of bytes), so that no two threads
-    // write the same line.
+    // write the same line; by blocks of positions (all channels of a pixel in one task)
+    // when that leaves too few tasks.
     let per_line = (64 / (COLS * std::mem::size_of::<V::Elem>())).max(1);
     job.task_pairs = job.task_pairs.next_multiple_of(per_line);
+    job.split_blocks_if_few_pairs(parallel, per_line);
     zero_padding(next, image);
     let shared = SharedImage::new(image);
     job.run_tasks(parallel, |oc0, _| {
@@ -278,7 +284,20 @@ struct Job<'a, O: DirectOp> {
     op: O,
     w: &'a DirectWeights,
     x: ChannelsLast<'a, O::Elem>,
+    /// Output-channel pairs per task.
     task_pairs: usize,
+    /// Blocks of positions per task: all of them, unless split by blocks
+    /// ([`Job::split_blocks_if_few_pairs`]).
+    task_blocks: usize,
+}
+
+/// The part of the output a task computes: `rows` output channels from `oc0`, at the blocks of
+/// positions `blocks.0 .. blocks.1`.
+#[derive(Clone, Copy)]
+struct Part {
+    oc0: usize,
+    rows: usize,
+    blocks: (usize, usize),
 }
 
 impl<'a, O: DirectOp> Job<'a, O> {
@@ -306,6 +325,41 @@ impl<'a, O: DirectOp> Job<'a, O> {
             w,
             x,
             task_pairs,
+            task_blocks: grid.blocks(),
+        }
+    }
+
+    /// The tasks: runs of `task_pairs` output-channel pairs, each split into runs of
+    /// `task_blocks` blocks of positions.
+    fn tasks(&self) -> usize {
+        self.w.m.div_ceil(self.task_pairs * COLS) * self.x.grid.blocks().div_ceil(self.task_blocks)
+    }
+
+    /// The part of the output of task `t` (of [`Job::tasks`]), whose channels' output holds
+    /// `rows` channels (fewer than `task_pairs · 32` in the last run of pairs).
+    fn part(&self, t: usize, rows: usize) -> Part {
+        let blocks = self.x.grid.blocks();
+        let runs = blocks.div_ceil(self.task_blocks);
+        let (pairs_run, blocks_run) = (t / runs, t % runs);
+        let b0 = blocks_run * self.task_blocks;
+        Part {
+            oc0: pairs_run * self.task_pairs * COLS,
+            rows,
+            blocks: (b0, (b0 + self.task_blocks).min(blocks)),
+        }
+    }
+
+    /// When the runs of output-channel pairs (`task_pairs` a multiple of `per_line`) give
+    /// fewer than two tasks per thread, every task takes all pairs and a run of blocks of
+    /// positions instead, about four per thread (ResNet-18's 64- and 128-channel
+    /// convolutions). Only for sinks that write through a shared pointer.
+    fn split_blocks_if_few_pairs(&mut self, parallel: bool, per_line: usize) {
+        let threads = crate::kernels::par::threads();
+        let pairs = self.w.m.div_ceil(COLS);
+        let blocks = self.x.grid.blocks();
+        if parallel && pairs.div_ceil(self.task_pairs) < 2 * threads && blocks >= 2 * threads {
+            self.task_pairs = pairs.next_multiple_of(per_line);
+            self.task_blocks = blocks.div_ceil(4 * threads);
         }
     }
 
@@ -319,18 +373,18 @@ impl<'a, O: DirectOp> Job<'a, O> {
     ) -> bool {
         let wide = Wide::detect(true);
         let task = |t: usize| {
-            let oc0 = t * self.task_pairs * COLS;
-            let rows = (self.task_pairs * COLS).min(self.w.m - oc0);
-            let mut sink = sink(oc0, rows);
+            let mut part = self.part(t, 0);
+            part.rows = (self.task_pairs * COLS).min(self.w.m - part.oc0);
+            let mut sink = sink(part.oc0, part.rows);
             match wide {
-                Wide::Baseline => self.run(t, rows, &mut sink),
+                Wide::Baseline => self.run(part, &mut sink),
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
-                Wide::Avx512(_) => unsafe { self.run_avx512(t, rows, &mut sink) },
+                Wide::Avx512(_) => unsafe { self.run_avx512(part, &mut sink) },
             }
             sink.valid()
         };
-        let tasks = self.w.m.div_ceil(self.task_pairs * COLS);
+        let tasks = self.tasks();
         if parallel {
             crate::kernels::par::run(tasks, || (), |_, t| task(t), true, |a, b| a & b)
         } else {
@@ -347,25 +401,28 @@ impl<'a, O: DirectOp> Job<'a, O> {
         match wide {
             Wide::Baseline => {
                 let mut sink = Planar::<O::Sum, _, _, false>::new(self, emit, o, oc0);
-                self.run(t, rows, &mut sink)
+                self.run(self.part(t, rows), &mut sink)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
             Wide::Avx512(_) => unsafe {
                 let mut sink = Planar::<O::Sum, _, _, true>::new(self, emit, o, oc0);
-                self.run_avx512(t, rows, &mut sink)
+                self.run_avx512(self.part(t, rows), &mut sink)
             },
         }
     }
 
-    /// Task `t`: the `rows` output channels from `t·task_pairs·32`, each finished block of
-    /// sums handed to `sink`.
+    /// The part of a task, each finished block of sums handed to `sink`.
     #[inline(always)]
-    fn run(&self, t: usize, rows: usize, sink: &mut impl DirectSink<O::Sum>) {
+    fn run(&self, part: Part, sink: &mut impl DirectSink<O::Sum>) {
         let _ = self.op;
         let grid = self.x.grid;
         let cin = grid.cin;
-        let oc0 = t * self.task_pairs * COLS;
+        let Part {
+            oc0,
+            rows,
+            blocks: (b0, b1),
+        } = part;
         let chunks = self.w.chunks();
         let (taps, cc) = grid.taps_chunks(chunk_channels::<O>());
         debug_assert_eq!(taps * cc, chunks);
@@ -380,8 +437,8 @@ impl<'a, O: DirectOp> Job<'a, O> {
         unsafe { super::configure() };
         for pair in 0..rows.div_ceil(COLS) {
             let b = &self.w.tiles[((oc0 / COLS) + pair) * pair_words..][..pair_words];
-            for g0 in (0..grid.blocks()).step_by(GROUP) {
-                let gn = GROUP.min(grid.blocks() - g0);
+            for g0 in (b0..b1).step_by(GROUP) {
+                let gn = GROUP.min(b1 - g0);
                 for t0 in (0..taps).step_by(kb_taps) {
                     for (i, sums) in group[..gn].iter_mut().enumerate() {
                         let blk = g0 + i;
@@ -420,8 +477,8 @@ impl<'a, O: DirectOp> Job<'a, O> {
     /// The CPU must run AVX512F and AVX512BW.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn run_avx512(&self, t: usize, rows: usize, sink: &mut impl DirectSink<O::Sum>) {
-        self.run(t, rows, sink)
+    unsafe fn run_avx512(&self, part: Part, sink: &mut impl DirectSink<O::Sum>) {
+        self.run(part, sink)
     }
 }
 

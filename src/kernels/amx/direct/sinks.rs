@@ -384,7 +384,8 @@ impl<'a> SharedWords<'a> {
     ///
     /// # Safety
     /// No other thread may access that word during the call: the tasks of [`super::conv_panels`]
-    /// own disjoint runs of whole pairs of output channels, so disjoint words.
+    /// own disjoint runs of whole pairs of output channels, or all channels of disjoint runs
+    /// of blocks of positions (so of disjoint columns), so disjoint words.
     unsafe fn put(&self, j: usize, g: usize, word: u32) {
         let at = ((j / 16) * self.kw + g) * 16 + j % 16;
         assert!(
@@ -447,8 +448,8 @@ impl<S, V: DirectValues<S>> DirectSink<S> for ToPanels<'_, V> {
             over |= self.values.values(&consts, &sums.0[i], &mut q);
             let j = oy * ow + ox;
             for (w, parts) in q.chunks_exact(per).enumerate() {
-                // SAFETY: the words `c0 / per ..` of this task's channels belong to it alone
-                // (see `SharedWords::put`).
+                // SAFETY: the words `c0 / per ..` of this task's channels at this block's
+                // columns belong to it alone (see `SharedWords::put`).
                 unsafe { self.panels.put(j, c0 / per + w, V::Elem::word(parts)) };
             }
         }
@@ -506,8 +507,8 @@ impl<S, V: DirectValues<S>> DirectSink<S> for ToImage<'_, V, S> {
             let mut run = [V::Elem::default(); COLS];
             over |= self.values.values(&consts, &sums.0[i], &mut run);
             let at = ((oy + pad) * wp + ox + pad) * next.cin + c0;
-            // SAFETY: channels `c0 .. c0 + 32` of every pixel belong to this task's pair
-            // alone (see `SharedImage::put`).
+            // SAFETY: channels `c0 .. c0 + 32` of this block's pixels belong to this task
+            // alone: its pair, or its run of blocks (see `SharedImage::put`).
             unsafe { self.image.put(at, &run) };
         }
         self.over |= over;

@@ -142,4 +142,40 @@ impl QuantizedConv {
         };
         direct::conv_panels(d.op, d.weights, d.x, d.parallel, &bytes, panels, k4)
     }
+
+    /// The direct convolution written as the channels-last image of a following direct
+    /// convolution ([`QOutput::ImageU8`](super::QOutput::ImageU8)): `next` is that
+    /// convolution's calibrated range, its image and grid. The bytes are those of
+    /// [`Self::forward_direct_panels`]. Returns whether the image is valid: this convolution
+    /// takes the direct path and no value exceeded the following range.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_direct_image(
+        &self,
+        input: QInput<'_>,
+        limit: f32,
+        h: usize,
+        w: usize,
+        bufs: (&mut Vec<u8>, &mut Vec<u8>),
+        dequant: &mut Vec<f32>,
+        relu: bool,
+        (next, image, grid): (f32, &mut [u8], Grid),
+        par: Parallelism,
+        isa: Int8Isa,
+    ) -> bool {
+        if !matches!(self.input, InputRange::Calibrated(_)) {
+            return false;
+        }
+        let Some(d) = self.direct_input(input, limit, h, w, isa, bufs, par) else {
+            return false;
+        };
+        dequant_steps(dequant, &self.w_step, d.range / 255.0);
+        let bytes = DirectBytes {
+            dequant,
+            bias: &self.bias,
+            relu,
+            scale: scale_for(next),
+            limit: next,
+        };
+        direct::conv_image(d.op, d.weights, d.x, d.parallel, &bytes, image, grid)
+    }
 }

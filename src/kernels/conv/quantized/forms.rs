@@ -91,8 +91,8 @@ pub(crate) enum QOutput<'a> {
     ImageBf16 { image: &'a mut [u16], grid: Grid },
     /// int8 only: the output quantised for the following direct convolution (calibrated
     /// range `limit`) and written as the padded channels-last image of `grid` that it reads
-    /// ([`QInput::ImageU8`]), from a plain 1×1 convolution on AMX reading panels, without a
-    /// residual. [`QuantizedConv::forward`](super::QuantizedConv::forward) returns whether
+    /// ([`QInput::ImageU8`]), from a plain 1×1 convolution on AMX reading panels or a direct
+    /// convolution on AMX, without a residual. [`QuantizedConv::forward`](super::QuantizedConv::forward) returns whether
     /// the image is valid (written, and no value exceeded `limit`).
     ImageU8 {
         image: &'a mut [u8],
@@ -289,6 +289,19 @@ impl QuantizedConv {
                     &bytes,
                 );
                 ran.unwrap_or_else(|| panic!("QuantizedConv: panels for a product not on AMX"))
+            }
+            (
+                InputRange::Calibrated(limit),
+                input,
+                QOutput::ImageU8 {
+                    image,
+                    grid,
+                    limit: next,
+                },
+            ) if residual.is_none() && self.direct.is_some() => {
+                let bufs = (bufs.x, bufs.cols);
+                let next = (next, image, grid);
+                self.forward_direct_image(input, limit, h, w, bufs, dequant, relu, next, par, isa)
             }
             (_, _, QOutput::ImageU8 { .. }) => false,
             (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {

@@ -454,6 +454,92 @@ fn image_output_is_the_f32_output_quantised() {
     }
 }
 
+/// A direct convolution on AMX written as the channels-last image of a following direct
+/// convolution ([`QOutput::ImageU8`], a ResNet basic block's first convolution): at the
+/// pixels, the bytes that the following convolution makes of the plain f32 output, zero in
+/// the padding (garbage beforehand), and invalid when a value exceeds the following range.
+/// Shapes whose tasks split by blocks of positions (64 and 128 channels) and by output
+/// channels (256), strides 1 and 2, an f32 and a quantised input, sequential and in pools of
+/// 1 and 2 threads.
+#[test]
+fn direct_image_output_is_the_f32_output_quantised() {
+    if !Int8Isa::Amx.is_available() {
+        return;
+    }
+    let isa = Int8Isa::Amx;
+    let mut s = 0x0D1E_C7A5u32;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as f32 / (1u32 << 24) as f32
+    };
+    let conv = |cout: usize, cin: usize, stride: usize, rnd: &mut dyn FnMut() -> f32| {
+        let weight: Vec<f32> = (0..cout * cin * 9).map(|_| rnd() - 0.5).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.2).collect();
+        Conv2d::new(cout, cin, 3, 3, stride, 1, weight, bias)
+    };
+    for (cin, mid, stride, h, w) in [
+        (64, 64, 1, 30, 29),
+        (64, 128, 2, 27, 28),
+        (128, 256, 1, 14, 14),
+    ] {
+        let m_in = 0.9f32;
+        let first = QuantizedConv::new(&conv(mid, cin, stride, &mut rnd), m_in).unwrap();
+        let (oh, ow) = first.out_hw(h, w);
+        let p = oh * ow;
+        let x: Vec<f32> = (0..cin * h * w).map(|_| rnd() * m_in).collect();
+        let xq: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale_for(m_in))).collect();
+        let second = |limit| QuantizedConv::new(&conv(32, mid, 1, &mut || 0.5), limit).unwrap();
+        for threads in [0, 1, 2] {
+            let (par, pool) = match threads {
+                0 => (Parallelism::Sequential, 1),
+                n => (Parallelism::Rayon, n),
+            };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(pool)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut scratch = QuantScratch::default();
+                let mut want = vec![f32::NAN; mid * p];
+                let io = (QInput::F32(&x), QOutput::F32(&mut want));
+                assert!(first.forward(io, h, w, None, true, &mut scratch, par, isa));
+                let top = want.iter().fold(0.0f32, |a, &b| a.max(b));
+                assert!(top > 0.0);
+                for limit in [1.25 * top, 0.5 * top] {
+                    let next = second(limit);
+                    let grid = next.image_grid(isa, oh, ow).expect("a direct convolution");
+                    let wp = grid.wp();
+                    let scale = scale_for(limit);
+                    let mut want_image = vec![0u8; grid.len()];
+                    for c in 0..mid {
+                        for j in 0..p {
+                            let at = ((j / ow + 1) * wp + j % ow + 1) * mid + c;
+                            want_image[at] = quantize_u8(want[c * p + j], scale);
+                        }
+                    }
+                    for input in [QInput::F32(&x), QInput::Quantized(&xq)] {
+                        let mut image = vec![0xA5u8; grid.len()];
+                        let out = QOutput::ImageU8 {
+                            image: &mut image,
+                            grid,
+                            limit,
+                        };
+                        let valid =
+                            first.forward((input, out), h, w, None, true, &mut scratch, par, isa);
+                        let what = format!("{cin}→{mid} /{stride} {h}×{w} {threads} {limit}");
+                        assert_eq!(valid, top <= limit, "{what}");
+                        if valid {
+                            assert!(image == want_image, "{what}");
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// A stem (an input quantised with its own zero point) on AMX reads its image as a narrow
 /// channels-last grid, padded with the zero point; it gives the bits of the portable kernel's
 /// im2col path: one to four input channels, windows up to 7×7 at both strides, images
