@@ -278,6 +278,37 @@ pub(crate) fn fill_padded<T: Copy + Send + Sync>(
     fill_rows(grid, dst, pad_value, parallel, row);
 }
 
+/// `px[i] = [f(x[0·plane + at + i]), …, f(x[(cin − 1)·plane + at + i]), pad, …]` for every
+/// pixel `i` of `px`: one row of a narrow image (a stem's, [`NARROW`] elements per pixel)
+/// from `cin ≤ NARROW` f32 planes, a whole pixel at a time (storing one element at a time
+/// does not vectorise: the scalar loop took 50 µs of a 1.7 ms ResNet-18 int8 backbone).
+#[inline(always)]
+pub(crate) fn narrow_row<T: Copy>(
+    x: &[f32],
+    plane: usize,
+    at: usize,
+    cin: usize,
+    pad: T,
+    f: impl Fn(f32) -> T,
+    px: &mut [[T; NARROW]],
+) {
+    let w = px.len();
+    let src = |c: usize| (c < cin).then(|| &x[c * plane + at..][..w]);
+    match (src(0), src(1), src(2), src(3)) {
+        // A stem's three channels (the case worth a loop of its own).
+        (Some(r), Some(g), Some(b), None) => {
+            for (((p, &r), &g), &b) in px.iter_mut().zip(r).zip(g).zip(b) {
+                *p = [f(r), f(g), f(b), pad];
+            }
+        }
+        _ => {
+            for (i, p) in px.iter_mut().enumerate() {
+                *p = std::array::from_fn(|c| src(c).map_or(pad, |x| f(x[i])));
+            }
+        }
+    }
+}
+
 /// The padded rows of `grid` in `dst`: `pad_value`, or `row(y, pixels)` between the padding
 /// of image row `y` (which must write all `w·cin` elements of `pixels`, unless another writer
 /// fills them); `pad_value` after the image.

@@ -96,8 +96,8 @@ mod tests;
 mod weights;
 
 pub(crate) use layout::{
-    fill_channels_last, fill_channels_last_bf16, fill_padded, zero_padding, ChannelsLast, Grid,
-    NARROW,
+    fill_channels_last, fill_channels_last_bf16, fill_padded, narrow_row, zero_padding,
+    ChannelsLast, Grid, NARROW,
 };
 pub(super) use sinks::transpose32;
 #[cfg(target_arch = "x86_64")]
