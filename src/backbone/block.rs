@@ -209,9 +209,12 @@ impl Block {
             // is a direct convolution on AMX and the last one reads panels (int8 WRN-50-2
             // backbone 11.3 → 10.1 ms: no transposition, no planar bytes, no packing), unless
             // a value exceeds the range.
+            // (Not when the next one's last input exceeded its range, which this output would
+            // likely exceed too: see `QuantizedConv::exceeded_last`.)
+            let bytes_for_next = !qconv(i + 1).is_some_and(|(next, _)| next.exceeded_last());
             if let (true, Some((qc, isa)), Some((last, _))) = (i + 2 == n, qconv(i), qconv(n - 1)) {
                 if let (true, true, Some(k4), Some(limit)) = (
-                    qc.hands_on_to(last, chain),
+                    qc.hands_on_to(last, chain) && bytes_for_next,
                     qc.direct_panels(isa, mh, mw),
                     last.panels_kw(isa),
                     last.panels_limit(),
@@ -255,7 +258,7 @@ impl Block {
             // the range. (Split by channels only, as before, the direct one gained nothing:
             // a 64-channel image of bytes was then written by one task.)
             if let (true, Some((LowConv::Int8(qc), isa)), Some((LowConv::Int8(next), _))) =
-                (chain, qconv(i), qconv(i + 1))
+                (chain && bytes_for_next, qconv(i), qconv(i + 1))
             {
                 let on_amx = matches!(src, QInput::Panels(_)) || qc.direct_panels(isa.int8, mh, mw);
                 if let (true, Some(grid), Some(limit)) =
@@ -277,7 +280,7 @@ impl Block {
             // its range; then (or otherwise) in f32.
             let mut quantised = false;
             let int8 = matches!(qconv(i), Some((LowConv::Int8(_), _)));
-            if let (true, true, Some(limit)) = (chain, int8, int8_range(i + 1)) {
+            if let (true, true, Some(limit)) = (chain && bytes_for_next, int8, int8_range(i + 1)) {
                 if u_dst.len() < len_out {
                     u_dst.resize(len_out, 0);
                 }

@@ -54,6 +54,15 @@ impl LowConv {
         }
     }
 
+    /// Whether its last input exceeded its calibrated range (int8,
+    /// [`QuantizedConv::exceeded_last`]; never for bf16).
+    pub(crate) fn exceeded_last(&self) -> bool {
+        match self {
+            LowConv::Int8(q) => q.exceeded_last(),
+            LowConv::Bf16(_) => false,
+        }
+    }
+
     /// Whether `self` can hand its output on to `next` as panels, as far as their kinds go:
     /// both int8 with activations chained (`chain`, see [`CHAIN_MIN_IMAGES`]), or both bf16
     /// (whose panels hold exactly the values `next` would make of the f32 output).

@@ -578,3 +578,49 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
         }
     }
 }
+
+/// An int8 backbone remembers which convolutions' inputs exceeded their calibrated ranges on
+/// the last image, to compute those outputs in f32 at once on the next one; its results
+/// never depend on it: every image of a sequence that alternates images within and beyond
+/// the ranges gives the bits that a fresh copy of the backbone gives it. A basic-block and a
+/// bottleneck network (64 channels: the AMX forms where the CPU has AMX), calibrated on 8
+/// images so that activations stay quantised between convolutions.
+#[test]
+fn int8_results_do_not_depend_on_earlier_images() {
+    let bottleneck = ResNetSpec {
+        name: "bottleneck64".into(),
+        block: patchcore::backbone::BlockKind::Bottleneck,
+        blocks: [1, 2, 1, 1],
+        stem_channels: 64,
+        planes: [64, 64, 64, 64],
+        width_per_group: 64,
+    };
+    for spec in [ResNetSpec::resnet18(), bottleneck] {
+        let taps = [Layer::Layer2, Layer::Layer3];
+        let mut bb = Backbone::random(&spec, &taps, 5).unwrap();
+        let mut cal = bb.new_calibration();
+        bb.forward_calibrating(image(8, 64, 3).view(), &mut cal)
+            .unwrap();
+        bb.set_precision(Precision::Int8, Some(&cal)).unwrap();
+        let within = image(1, 64, 4);
+        let beyond = within.mapv(|v| v * 1.8);
+        let fresh = |x: &Array4<f32>| bb.clone().forward(x.view()).unwrap();
+        let (want_within, want_beyond) = (fresh(&within), fresh(&beyond));
+        assert_ne!(want_within, want_beyond);
+        for (i, beyond_now) in [false, true, true, false, false, true, false]
+            .into_iter()
+            .enumerate()
+        {
+            let (x, want) = match beyond_now {
+                true => (&beyond, &want_beyond),
+                false => (&within, &want_within),
+            };
+            assert_eq!(
+                &bb.forward(x.view()).unwrap(),
+                want,
+                "{}: image {i}",
+                spec.name
+            );
+        }
+    }
+}

@@ -93,6 +93,7 @@ impl QuantizedConv {
             QInput::ImageU8(image) => (image, limit),
             QInput::Panels(_) | QInput::ImageBf16(_) => return None,
         };
+        self.note_range(range, limit);
         // (Always `Some` for a filled image: the grid is supported and the length is its own.)
         let x = ChannelsLast::new(image, grid)?;
         let (oh, ow) = self.out_hw(h, w);

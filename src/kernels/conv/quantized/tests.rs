@@ -626,3 +626,59 @@ fn stem_on_amx_is_the_portable_stem() {
     }
     assert_eq!(checked, 7 * 3 * 2 * 2);
 }
+
+/// A convolution notes whether its last f32 input exceeded its calibrated range (the hint of
+/// [`QuantizedConv::exceeded_last`]), on every path that quantises an f32 input (1×1, 3×3
+/// "same", strided im2col, and the direct one on AMX), with every kernel; a clone starts
+/// afresh; an input that arrives quantised never exceeded.
+#[test]
+fn convolutions_note_inputs_beyond_their_range() {
+    let mut s = 0x7E57_AB1Eu32;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as f32 / (1u32 << 24) as f32
+    };
+    for (k, stride, pad, cin) in [(1, 1, 0, 8), (3, 1, 1, 8), (3, 2, 1, 8), (3, 1, 1, 64)] {
+        let (cout, h, w) = (32, 9, 10);
+        let weight: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd() - 0.5).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.3).collect();
+        let conv = Conv2d::new(cout, cin, k, k, stride, pad, weight, bias);
+        let q = QuantizedConv::new(&conv, 1.0).unwrap();
+        let (oh, ow) = q.out_hw(h, w);
+        let within: Vec<f32> = (0..cin * h * w).map(|_| rnd() * 0.9).collect();
+        let mut beyond = within.clone();
+        beyond[cin * h * w / 2] = 1.5;
+        let bytes: Vec<u8> = within
+            .iter()
+            .map(|&v| quantize_u8(v, scale_for(1.0)))
+            .collect();
+        for isa in Int8Isa::all_available() {
+            let mut scratch = QuantScratch::default();
+            let mut out = vec![0f32; cout * oh * ow];
+            let mut run = |x: QInput<'_>| {
+                let io = (x, QOutput::F32(&mut out));
+                q.forward(
+                    io,
+                    h,
+                    w,
+                    None,
+                    true,
+                    &mut scratch,
+                    Parallelism::Sequential,
+                    isa,
+                );
+                q.exceeded_last()
+            };
+            let what = format!("{k}×{k} /{stride} {cin} channels {isa:?}");
+            assert!(!run(QInput::F32(&within)), "{what}");
+            assert!(run(QInput::F32(&beyond)), "{what}");
+            assert!(!q.clone().exceeded_last(), "{what}: a clone");
+            assert!(run(QInput::F32(&beyond)), "{what}");
+            assert!(!run(QInput::Quantized(&bytes)), "{what}: bytes");
+            assert!(run(QInput::F32(&beyond)), "{what}");
+            assert!(!run(QInput::F32(&within)), "{what}");
+        }
+    }
+}
