@@ -107,14 +107,15 @@ impl QuantizedConv {
         })
     }
 
-    /// The direct convolution written as the panels of a following 1×1 convolution
-    /// ([`QOutput::Panels`](super::QOutput::Panels)): `next` is that convolution's calibrated
-    /// range, the panels and their words of `k` per column. The bytes are those of the
+    /// The direct convolution written, as bytes for a following convolution whose calibrated
+    /// range is `next`, into `to`: the panels of a following 1×1 convolution
+    /// ([`QOutput::Panels`](super::QOutput::Panels)) or the channels-last image of a following
+    /// direct one ([`QOutput::ImageU8`](super::QOutput::ImageU8)). The bytes are those of the
     /// `Requant` epilogue without a residual (the steps of [`dequant_steps`], in the same order
-    /// of operations). Returns whether the panels are valid: this convolution takes the direct
-    /// path and no value exceeded the following range.
+    /// of operations). Returns whether they are valid: this convolution takes the direct path
+    /// and no value exceeded the following range.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward_direct_panels(
+    pub(super) fn forward_direct_bytes(
         &self,
         input: QInput<'_>,
         limit: f32,
@@ -123,7 +124,7 @@ impl QuantizedConv {
         bufs: (&mut Vec<u8>, &mut Vec<u8>),
         dequant: &mut Vec<f32>,
         relu: bool,
-        (next, panels, k4): (f32, &mut [u32], usize),
+        (next, to): (f32, BytesFor<'_>),
         par: Parallelism,
         isa: Int8Isa,
     ) -> bool {
@@ -141,42 +142,21 @@ impl QuantizedConv {
             scale: scale_for(next),
             limit: next,
         };
-        direct::conv_panels(d.op, d.weights, d.x, d.parallel, &bytes, panels, k4)
+        match to {
+            BytesFor::Panels { panels, k4 } => {
+                direct::conv_panels(d.op, d.weights, d.x, d.parallel, &bytes, panels, k4)
+            }
+            BytesFor::Image { image, grid } => {
+                direct::conv_image(d.op, d.weights, d.x, d.parallel, &bytes, image, grid)
+            }
+        }
     }
+}
 
-    /// The direct convolution written as the channels-last image of a following direct
-    /// convolution ([`QOutput::ImageU8`](super::QOutput::ImageU8)): `next` is that
-    /// convolution's calibrated range, its image and grid. The bytes are those of
-    /// [`Self::forward_direct_panels`]. Returns whether the image is valid: this convolution
-    /// takes the direct path and no value exceeded the following range.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward_direct_image(
-        &self,
-        input: QInput<'_>,
-        limit: f32,
-        h: usize,
-        w: usize,
-        bufs: (&mut Vec<u8>, &mut Vec<u8>),
-        dequant: &mut Vec<f32>,
-        relu: bool,
-        (next, image, grid): (f32, &mut [u8], Grid),
-        par: Parallelism,
-        isa: Int8Isa,
-    ) -> bool {
-        if !matches!(self.input, InputRange::Calibrated(_)) {
-            return false;
-        }
-        let Some(d) = self.direct_input(input, limit, h, w, isa, bufs, par) else {
-            return false;
-        };
-        dequant_steps(dequant, &self.w_step, d.range / 255.0);
-        let bytes = DirectBytes {
-            dequant,
-            bias: &self.bias,
-            relu,
-            scale: scale_for(next),
-            limit: next,
-        };
-        direct::conv_image(d.op, d.weights, d.x, d.parallel, &bytes, image, grid)
-    }
+/// Where [`QuantizedConv::forward_direct_bytes`] writes.
+pub(super) enum BytesFor<'a> {
+    /// AMX panels with `k4` words of `k` per column.
+    Panels { panels: &'a mut [u32], k4: usize },
+    /// The padded channels-last image of `grid`.
+    Image { image: &'a mut [u8], grid: Grid },
 }

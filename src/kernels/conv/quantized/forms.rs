@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::direct::BytesFor;
 use super::epilogue::{dequant_steps, epilogue, PanelBytes, Requant};
 use super::{once, Bufs, InputRange, PerImageOut, QuantScratch, QuantizedConv};
 use crate::kernels::amx::direct::{DirectBytes, Grid};
@@ -203,8 +204,8 @@ impl QuantizedConv {
                     return false;
                 }
                 let bufs = (bufs.x, bufs.cols);
-                let next = (next, panels, k4);
-                self.forward_direct_panels(input, limit, h, w, bufs, dequant, relu, next, par, isa)
+                let next = (next, BytesFor::Panels { panels, k4 });
+                self.forward_direct_bytes(input, limit, h, w, bufs, dequant, relu, next, par, isa)
             }
             (InputRange::Calibrated(limit), input, QOutput::F32(out)) => {
                 let none = no_hand_on();
@@ -300,8 +301,8 @@ impl QuantizedConv {
                 },
             ) if residual.is_none() && self.direct.is_some() => {
                 let bufs = (bufs.x, bufs.cols);
-                let next = (next, image, grid);
-                self.forward_direct_image(input, limit, h, w, bufs, dequant, relu, next, par, isa)
+                let next = (next, BytesFor::Image { image, grid });
+                self.forward_direct_bytes(input, limit, h, w, bufs, dequant, relu, next, par, isa)
             }
             (_, _, QOutput::ImageU8 { .. }) => false,
             (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
