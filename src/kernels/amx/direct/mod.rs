@@ -93,6 +93,7 @@ mod layout;
 mod sinks;
 #[cfg(test)]
 mod tests;
+mod tiles;
 mod weights;
 
 pub(crate) use layout::{
@@ -108,6 +109,7 @@ pub(crate) use weights::DirectWeights;
 use super::PanelElem;
 use super::SharedImage;
 use sinks::{DirectSink, Planar, Pooled, SharedWords, ToImage, ToPanels};
+use tiles::{chunk_run, load, store};
 
 /// The convolution of `x` with `w`: `out` is `[m, h·w]` (row-major, `m` the weights' output
 /// channels); calls `emit(c, j0, sums, segment)` for every output channel `c` and run of
@@ -161,17 +163,18 @@ pub(crate) fn conv_pooled<O: DirectOp>(
     assert_eq!(pooled.len(), w.m * ph * pw, "amx direct: pooled length");
     let wide = Wide::detect(true);
     let task = |t: usize, d: &mut [f32]| {
-        let (rows, oc0) = (d.len() / (ph * pw), t * job.task_pairs * COLS);
+        let part = job.part(t);
+        debug_assert_eq!(d.len(), part.rows * ph * pw);
         match wide {
             Wide::Baseline => {
-                let mut sink = Pooled::<O::Sum, _, false>::new(&job, emit, d, oc0);
-                job.run(job.part(t, rows), &mut sink)
+                let mut sink = Pooled::<O::Sum, _, false>::new(&job, emit, d, part.oc0);
+                job.run(part, &mut sink)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
             Wide::Avx512(_) => unsafe {
-                let mut sink = Pooled::<O::Sum, _, true>::new(&job, emit, d, oc0);
-                job.run_avx512(job.part(t, rows), &mut sink)
+                let mut sink = Pooled::<O::Sum, _, true>::new(&job, emit, d, part.oc0);
+                job.run_avx512(part, &mut sink)
             },
         }
     };
@@ -203,7 +206,7 @@ pub(crate) fn conv_panels<O: DirectOp, V: DirectValues<O::Sum>>(
     kw: usize,
 ) -> bool {
     let mut job = Job::new(op, w, x, parallel);
-    job.split_blocks_if_few_pairs(parallel, 1);
+    job.split_blocks_if_few_pairs(parallel);
     let (oh, ow) = x.grid.out_hw();
     let p = oh * ow;
     assert!(
@@ -257,7 +260,7 @@ pub(crate) fn conv_image<O: DirectOp, V: DirectValues<O::Sum>>(
     // when that leaves too few tasks.
     let per_line = (64 / (COLS * std::mem::size_of::<V::Elem>())).max(1);
     job.task_pairs = job.task_pairs.next_multiple_of(per_line);
-    job.split_blocks_if_few_pairs(parallel, per_line);
+    job.split_blocks_if_few_pairs(parallel);
     zero_padding(next, image);
     let shared = SharedImage::new(image);
     job.run_tasks(parallel, |oc0, _| {
@@ -335,30 +338,29 @@ impl<'a, O: DirectOp> Job<'a, O> {
         self.w.m.div_ceil(self.task_pairs * COLS) * self.x.grid.blocks().div_ceil(self.task_blocks)
     }
 
-    /// The part of the output of task `t` (of [`Job::tasks`]), whose channels' output holds
-    /// `rows` channels (fewer than `task_pairs · 32` in the last run of pairs).
-    fn part(&self, t: usize, rows: usize) -> Part {
+    /// The part of the output of task `t` (of [`Job::tasks`]).
+    fn part(&self, t: usize) -> Part {
         let blocks = self.x.grid.blocks();
         let runs = blocks.div_ceil(self.task_blocks);
         let (pairs_run, blocks_run) = (t / runs, t % runs);
+        let oc0 = pairs_run * self.task_pairs * COLS;
         let b0 = blocks_run * self.task_blocks;
         Part {
-            oc0: pairs_run * self.task_pairs * COLS,
-            rows,
+            oc0,
+            rows: (self.task_pairs * COLS).min(self.w.m - oc0),
             blocks: (b0, (b0 + self.task_blocks).min(blocks)),
         }
     }
 
-    /// When the runs of output-channel pairs (`task_pairs` a multiple of `per_line`) give
-    /// fewer than two tasks per thread, every task takes all pairs and a run of blocks of
+    /// When the runs of output-channel pairs give fewer than two tasks per thread, every task takes all pairs and a run of blocks of
     /// positions instead, about four per thread (ResNet-18's 64- and 128-channel
     /// convolutions). Only for sinks that write through a shared pointer.
-    fn split_blocks_if_few_pairs(&mut self, parallel: bool, per_line: usize) {
+    fn split_blocks_if_few_pairs(&mut self, parallel: bool) {
         let threads = crate::kernels::par::threads();
         let pairs = self.w.m.div_ceil(COLS);
         let blocks = self.x.grid.blocks();
         if parallel && pairs.div_ceil(self.task_pairs) < 2 * threads && blocks >= 2 * threads {
-            self.task_pairs = pairs.next_multiple_of(per_line);
+            self.task_pairs = pairs;
             self.task_blocks = blocks.div_ceil(4 * threads);
         }
     }
@@ -373,8 +375,7 @@ impl<'a, O: DirectOp> Job<'a, O> {
     ) -> bool {
         let wide = Wide::detect(true);
         let task = |t: usize| {
-            let mut part = self.part(t, 0);
-            part.rows = (self.task_pairs * COLS).min(self.w.m - part.oc0);
+            let part = self.part(t);
             let mut sink = sink(part.oc0, part.rows);
             match wide {
                 Wide::Baseline => self.run(part, &mut sink),
@@ -397,17 +398,18 @@ impl<'a, O: DirectOp> Job<'a, O> {
     #[inline(always)]
     fn run_planar<T>(&self, wide: Wide, t: usize, o: &mut [T], emit: &impl Emit<O::Sum, T>) {
         let (oh, ow) = self.x.grid.out_hw();
-        let (rows, oc0) = (o.len() / (oh * ow), t * self.task_pairs * COLS);
+        let part = self.part(t);
+        debug_assert_eq!(o.len(), part.rows * oh * ow);
         match wide {
             Wide::Baseline => {
-                let mut sink = Planar::<O::Sum, _, _, false>::new(self, emit, o, oc0);
-                self.run(self.part(t, rows), &mut sink)
+                let mut sink = Planar::<O::Sum, _, _, false>::new(self, emit, o, part.oc0);
+                self.run(part, &mut sink)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
             Wide::Avx512(_) => unsafe {
-                let mut sink = Planar::<O::Sum, _, _, true>::new(self, emit, o, oc0);
-                self.run_avx512(self.part(t, rows), &mut sink)
+                let mut sink = Planar::<O::Sum, _, _, true>::new(self, emit, o, part.oc0);
+                self.run_avx512(part, &mut sink)
             },
         }
     }
@@ -479,162 +481,5 @@ impl<'a, O: DirectOp> Job<'a, O> {
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn run_avx512(&self, part: Part, sink: &mut impl DirectSink<O::Sum>) {
         self.run(part, sink)
-    }
-}
-
-/// Stores the four sum tiles into `s` (position-major: `s[i][j]` for grid position `i` and
-/// output channel `j` of the block).
-///
-/// # Safety
-/// The tiles must be configured on this thread and hold a block's sums (after
-/// [`chunk_run`]).
-#[cfg(target_arch = "x86_64")]
-unsafe fn store<S>(s: &mut Sums<S>) {
-    let out = s.0.as_mut_ptr().cast::<u8>();
-    // SAFETY: four stores of 16 rows × 64 bytes at stride 128 into the 32 × 128-byte `s`: the
-    // corners (0, 0), (0, 64), (16·128, 0) and (16·128, 64), all inside it.
-    unsafe {
-        std::arch::asm!(
-            "tilestored [{o} + {s128}*1], tmm0",
-            "tilestored [{o} + {s128}*1 + 64], tmm1",
-            "tilestored [{o2} + {s128}*1], tmm2",
-            "tilestored [{o2} + {s128}*1 + 64], tmm3",
-            o = in(reg) out,
-            o2 = in(reg) out.wrapping_add(16 * COLS * 4),
-            s128 = in(reg) 128usize,
-            options(nostack),
-        );
-    }
-}
-
-/// Loads a block's sums (as [`store`] wrote them) into the sum tiles.
-///
-/// # Safety
-/// The tiles must be configured on this thread.
-#[cfg(target_arch = "x86_64")]
-unsafe fn load<S>(s: &Sums<S>) {
-    let at = s.0.as_ptr().cast::<u8>();
-    // SAFETY: four loads of 16 rows × 64 bytes at stride 128 from the 32 × 128-byte `s`, at
-    // the corners that `store` writes, all inside it.
-    unsafe {
-        std::arch::asm!(
-            "tileloadd tmm0, [{o} + {s128}*1]",
-            "tileloadd tmm1, [{o} + {s128}*1 + 64]",
-            "tileloadd tmm2, [{o2} + {s128}*1]",
-            "tileloadd tmm3, [{o2} + {s128}*1 + 64]",
-            o = in(reg) at,
-            o2 = in(reg) at.wrapping_add(16 * COLS * 4),
-            s128 = in(reg) 128usize,
-            options(nostack, readonly),
-        );
-    }
-}
-
-/// Never called: no [`Int8`] has a value off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn load<S>(_: &Sums<S>) {
-    unreachable!("AMX ops exist only on x86-64")
-}
-
-/// Never called: no [`Int8`] has a value off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn store<S>(_: &mut Sums<S>) {
-    unreachable!("AMX ops exist only on x86-64")
-}
-
-/// Never called: no [`Int8`] has a value off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn chunk_run<O: DirectOp, E>(_: &[E], _: &[E], _: usize, _: &[u32], _: usize, _: bool) {
-    let _ = O::BF16;
-    unreachable!("AMX ops exist only on x86-64")
-}
-
-/// The sums of one tap: `len` chunks of one tile row of input channels, `s += A · B` (or
-/// `s = A · B` when `first`) with `O`'s instruction (`tdpbusd` or `tdpbf16ps`): `A` the two
-/// tiles of 16 pixels × 64 bytes of channels from `a0` and `a1` (row stride `stride` bytes),
-/// `B` the two weight tiles of each chunk (`b`, 2 KiB per chunk). While the tiles of one chunk
-/// multiply, the rows of the next chunk's `A` tiles are prefetched.
-///
-/// # Safety
-/// [`super::configure`] must have run on this thread with no other tile use since, except
-/// this function and [`store`]; the CPU must run `O`'s instruction (a value of `O` exists).
-/// `a0` and `a1` must each hold `15·stride + 64·len` bytes, `b` must hold `512·len` words, and
-/// `len ≥ 1`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn chunk_run<O: DirectOp, E>(
-    a0: &[E],
-    a1: &[E],
-    stride: usize,
-    b: &[u32],
-    len: usize,
-    first: bool,
-) {
-    use std::arch::asm;
-    let need = 15 * stride + ROW_BYTES * len;
-    debug_assert!(
-        len >= 1
-            && std::mem::size_of_val(a0) >= need
-            && std::mem::size_of_val(a1) >= need
-            && b.len() >= 512 * len
-    );
-    // SAFETY: the `A` tiles of chunk q read 16 rows of 64 bytes at `a0 + 64·q + r·stride` and
-    // `a1 + 64·q + r·stride` (r < 16): the last byte read is `15·stride + 64·len − 1`, inside
-    // both (caller's contract); the weight tiles read 2 KiB at `b + 2048·q`, inside `b`. The
-    // prefetches may point past `a0` or `a1` and touch nothing (a prefetch never faults). The
-    // loop runs `len ≥ 1` times. Compiled code never uses the tile registers.
-    unsafe {
-        if first {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem, preserves_flags),
-            );
-        }
-        // One loop per instruction; the assembler text differs only in the product's name.
-        macro_rules! chunk_loop {
-            ($op:literal) => {
-                asm!(
-                    "2:",
-                    "lea {p}, [{a0} + 64]",
-                    ".rept 16",
-                    "prefetcht0 [{p}]",
-                    "add {p}, {sc}",
-                    ".endr",
-                    "lea {p}, [{a1} + 64]",
-                    ".rept 16",
-                    "prefetcht0 [{p}]",
-                    "add {p}, {sc}",
-                    ".endr",
-                    "tileloadd tmm4, [{a0} + {sc}*1]",
-                    "tileloadd tmm6, [{b} + {s64}*1]",
-                    concat!($op, " tmm0, tmm4, tmm6"),
-                    "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-                    concat!($op, " tmm1, tmm4, tmm7"),
-                    "tileloadd tmm5, [{a1} + {sc}*1]",
-                    concat!($op, " tmm2, tmm5, tmm6"),
-                    concat!($op, " tmm3, tmm5, tmm7"),
-                    "add {a0}, 64",
-                    "add {a1}, 64",
-                    "add {b}, 2048",
-                    "dec {n}",
-                    "jnz 2b",
-                    a0 = inout(reg) a0.as_ptr() => _,
-                    a1 = inout(reg) a1.as_ptr() => _,
-                    b = inout(reg) b.as_ptr() => _,
-                    n = inout(reg) len => _,
-                    p = out(reg) _,
-                    sc = in(reg) stride,
-                    s64 = in(reg) 64usize,
-                    options(nostack),
-                )
-            };
-        }
-        if O::BF16 {
-            chunk_loop!("tdpbf16ps");
-        } else {
-            chunk_loop!("tdpbusd");
-        }
     }
 }

@@ -93,7 +93,6 @@ impl QuantizedConv {
             QInput::ImageU8(image) => (image, limit),
             QInput::Panels(_) | QInput::ImageBf16(_) => return None,
         };
-        self.note_range(range, limit);
         // (Always `Some` for a filled image: the grid is supported and the length is its own.)
         let x = ChannelsLast::new(image, grid)?;
         let (oh, ow) = self.out_hw(h, w);
@@ -134,6 +133,7 @@ impl QuantizedConv {
         let Some(d) = self.direct_input(input, limit, h, w, isa, bufs, par) else {
             return false;
         };
+        self.note_range(d.range, limit);
         dequant_steps(dequant, &self.w_step, d.range / 255.0);
         let bytes = DirectBytes {
             dequant,

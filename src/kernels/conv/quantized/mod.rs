@@ -579,4 +579,6 @@ fn grow<T: Copy + Default>(buf: &mut Vec<T>, n: usize) {
 }
 
 #[cfg(test)]
+mod handoff_tests;
+#[cfg(test)]
 mod tests;

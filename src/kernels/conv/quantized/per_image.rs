@@ -183,9 +183,7 @@ fn fill_narrow(x: &[f32], cin: usize, zp: ZeroPoint, grid: Grid, dst: &mut [u8],
         grid.cin
     );
     let plane = h * w;
-    // (The stem's only image has every one of 224² pixels written here, a pass that took
-    // 50 µs of a 1.7 ms ResNet-18 int8 backbone in the scalar loop, which stores one byte at a
-    // time; with AVX-512 whole pixels.)
+    // (Whole pixels at a time, with AVX-512: see `direct::narrow_row`.)
     let wide = Wide::detect(true);
     direct::fill_padded(grid, dst, zp.zero, parallel, |y, row| {
         let px = row.as_chunks_mut::<NARROW>().0;
@@ -240,7 +238,11 @@ fn narrow_row_avx512(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::uniform;
+    use super::super::{QInput, QOutput};
     use super::*;
+    use crate::kernels::conv::Conv2d;
+    use crate::kernels::pool::maxpool2d;
 
     /// A row of narrow pixels holds, per pixel, the bytes of its channels quantised with the
     /// zero point, then the zero point: written out here byte by byte, for 1 to 4 channels,
@@ -248,13 +250,7 @@ mod tests {
     /// portable loop and (where the CPU has it) the AVX-512 one.
     #[test]
     fn narrow_rows_hold_the_quantised_channels_then_the_zero_point() {
-        let mut s = 0x5EED_0A11u32;
-        let mut rnd = move || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32
-        };
+        let mut rnd = uniform(0x5EED_0A11);
         for (cin, w) in [(3, 37), (1, 5), (2, 16), (4, 33), (3, 1)] {
             let (plane, at) = (w * 3 + 2, w + 1);
             let x: Vec<f32> = (0..cin * plane).map(|_| 6.0 * rnd() - 3.5).collect();
@@ -281,5 +277,86 @@ mod tests {
                 assert_eq!(got, want, "{cin} channels, {w} pixels, AVX-512");
             }
         }
+    }
+
+    /// A stem (an input quantised with its own zero point) on AMX reads its image as a narrow
+    /// channels-last grid, padded with the zero point; it gives the bits of the portable kernel's
+    /// im2col path: one to four input channels, windows up to 7×7 at both strides, images
+    /// narrower than a tile and wider than a block of 32 positions, inputs all negative (the
+    /// zero point 255), all positive (0) and mixed, with and without a residual, both thread
+    /// modes; fused with its 3×3 / stride 2 max-pool, the pool of that output. Skipped on CPUs
+    /// without AMX-INT8.
+    #[test]
+    fn stem_on_amx_is_the_portable_stem() {
+        if !Int8Isa::Amx.is_available() {
+            return;
+        }
+        let mut rnd = uniform(0x1234_5677u32);
+        let mut checked = 0;
+        for (cin, k, stride, h, w) in [
+            (3, 7, 2, 19, 37),
+            (3, 7, 2, 1, 1),
+            (1, 3, 1, 5, 40),
+            (2, 5, 2, 8, 9),
+            (4, 3, 1, 3, 17),
+            (3, 7, 1, 6, 6),
+            (3, 7, 2, 40, 34),
+        ] {
+            let cout = 1 + (h * w) % 40 + if h == 40 { 40 } else { 0 };
+            let weight: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd() - 0.5).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.3).collect();
+            let conv = Conv2d::new(cout, cin, k, k, stride, k / 2, weight, bias);
+            let q = QuantizedConv::per_image(&conv).unwrap();
+            let (oh, ow) = q.out_hw(h, w);
+            for shift in [-1.2f32, 0.0, 0.5] {
+                let x: Vec<f32> = (0..cin * h * w)
+                    .map(|_| 2.0 * rnd() - 1.0 + shift)
+                    .collect();
+                let residual: Vec<f32> = (0..cout * oh * ow).map(|_| rnd() - 0.5).collect();
+                for (res, relu) in [(None, true), (Some(&residual[..]), false)] {
+                    let run = |isa: Int8Isa, par: Parallelism| {
+                        let mut out = vec![f32::NAN; cout * oh * ow];
+                        let mut scratch = QuantScratch::default();
+                        let io = (QInput::F32(&x), QOutput::F32(&mut out));
+                        assert!(q.forward(io, h, w, res, relu, &mut scratch, par, isa));
+                        out
+                    };
+                    let want = run(Int8Isa::Portable, Parallelism::Sequential);
+                    assert!(want.iter().all(|v| v.is_finite()));
+                    // The stem fused with its max-pool against the pool of the portable output.
+                    let (ph, pw) = ((oh - 1) / 2 + 1, (ow - 1) / 2 + 1);
+                    let mut pooled_want = vec![f32::NAN; cout * ph * pw];
+                    maxpool2d(&want, cout, oh, ow, 3, 2, 1, &mut pooled_want);
+                    for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                        let got = run(Int8Isa::Amx, par);
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{cin}→{cout} {k}×{k}/{stride} {h}×{w} {shift} {par:?}"
+                        );
+                        if res.is_none() {
+                            let mut pooled = vec![f32::NAN; cout * ph * pw];
+                            let mut s = QuantScratch::default();
+                            let fused = |isa, pooled: &mut [f32], s: &mut QuantScratch| {
+                                q.forward_pooled(&x, h, w, pooled, relu, s, par, isa)
+                            };
+                            assert!(fused(Int8Isa::Amx, &mut pooled, &mut s));
+                            let same = pooled
+                                .iter()
+                                .zip(&pooled_want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(same, "pooled {cin}→{cout} {k}×{k}/{stride} {h}×{w} {par:?}");
+                            // Not on the other kernels (which write nothing).
+                            assert!(!fused(Int8Isa::Portable, &mut pooled, &mut s));
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 7 * 3 * 2 * 2);
     }
 }
