@@ -140,25 +140,6 @@ fn pool_plane(
     }
 }
 
-/// One output row of the 3×3 / stride 2 / padding 1 pool (ResNet's stem) from the valid
-/// input rows of its window, in order (one to three rows of `w` values): their column maxima
-/// into `colmax` (`w` values), then [`row_3s2p1`] into `out`. The operations of
-/// [`maxpool2d`]'s loop for that row, in the same order (so the same bits: a fused stem uses
-/// it on rows it keeps in cache).
-///
-/// # Panics
-/// If `rows` is empty or a length does not match.
-#[inline(always)]
-pub(crate) fn pool_row_3s2p1(rows: &[&[f32]], colmax: &mut [f32], out: &mut [f32]) {
-    colmax.copy_from_slice(rows[0]);
-    for r in &rows[1..] {
-        for (m, &v) in colmax.iter_mut().zip(*r) {
-            *m = m.max(v);
-        }
-    }
-    row_3s2p1(colmax, out);
-}
-
 /// The horizontal pass of a 3×3 / stride 2 / padding 1 pool (ResNet's stem) over one row of
 /// column maxima `c`: `d[ox] = max(c[2·ox − 1], c[2·ox], c[2·ox + 1])` over the cells that
 /// exist, the maxima taken in that order as in the general loop. The interior is one plain

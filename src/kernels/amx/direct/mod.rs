@@ -103,7 +103,7 @@ pub(crate) use layout::{
 pub(super) use sinks::transpose32;
 #[cfg(target_arch = "x86_64")]
 pub(super) use sinks::transpose32_avx512;
-pub(crate) use sinks::{DirectBf16, DirectBytes, DirectValues};
+pub(crate) use sinks::{DirectBf16, DirectBytes, DirectValues, PositionEpilogue};
 pub(crate) use weights::DirectWeights;
 
 use super::PanelElem;
@@ -142,9 +142,10 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
 }
 
 /// [`conv`] followed by the 3×3 / stride 2 / padding 1 max-pool of its output, fused (a
-/// ResNet stem): `pooled` is `[m, ph·pw]` ([`Grid::pooled_hw`]) and holds
-/// [`maxpool2d`]'s result; the output itself is never written whole, only the last three
-/// rows of a task's channels, in cache ([`Pooled`]).
+/// ResNet stem), the output made by `epilogue` (no residual) position by position:
+/// `pooled` is `[m, ph·pw]` ([`Grid::pooled_hw`]) and holds [`maxpool2d`]'s result; the
+/// output itself is never written whole, only the last three rows of a task's channels, in
+/// cache ([`Pooled`]).
 ///
 /// [`maxpool2d`]: crate::kernels::pool::maxpool2d
 ///
@@ -156,7 +157,7 @@ pub(crate) fn conv_pooled<O: DirectOp>(
     x: ChannelsLast<'_, O::Elem>,
     pooled: &mut [f32],
     parallel: bool,
-    emit: &impl Emit<O::Sum, f32>,
+    epilogue: &impl PositionEpilogue<O::Sum>,
 ) {
     let job = Job::new(op, w, x, parallel);
     let (ph, pw) = x.grid.pooled_hw();
@@ -167,13 +168,13 @@ pub(crate) fn conv_pooled<O: DirectOp>(
         debug_assert_eq!(d.len(), part.rows * ph * pw);
         match wide {
             Wide::Baseline => {
-                let mut sink = Pooled::<O::Sum, _, false>::new(&job, emit, d, part.oc0);
+                let mut sink = Pooled::<O::Sum, _, false>::new(&job, epilogue, d, part.oc0);
                 job.run(part, &mut sink)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
             Wide::Avx512(_) => unsafe {
-                let mut sink = Pooled::<O::Sum, _, true>::new(&job, emit, d, part.oc0);
+                let mut sink = Pooled::<O::Sum, _, true>::new(&job, epilogue, d, part.oc0);
                 job.run_avx512(part, &mut sink)
             },
         }

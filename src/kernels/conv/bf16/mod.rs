@@ -459,6 +459,27 @@ impl amx::Emit<f32, f32> for Finish<'_> {
     }
 }
 
+/// Position by position for a pooled stem ([`direct::conv_pooled`]): the values of
+/// [`epilogue_row`] without a residual, whose expressions this repeats.
+impl direct::PositionEpilogue<f32> for Finish<'_> {
+    type Pair = [f32; amx::COLS];
+
+    #[inline(always)]
+    fn pair(&self, c0: usize, valid: usize) -> Self::Pair {
+        assert!(self.residual.is_none(), "a residual position by position");
+        let mut bias = [0.0; amx::COLS];
+        bias[..valid].copy_from_slice(&self.bias[c0..c0 + valid]);
+        bias
+    }
+
+    #[inline(always)]
+    fn values(&self, bias: &Self::Pair, sums: &[f32; amx::COLS], out: &mut [f32; amx::COLS]) {
+        for ((o, &s), &b) in out.iter_mut().zip(sums).zip(bias) {
+            *o = if self.relu { (s + b).max(0.0) } else { s + b };
+        }
+    }
+}
+
 /// Grows `buf` to at least `n` elements (contents unspecified; callers overwrite them).
 fn grow(buf: &mut Vec<u16>, n: usize) {
     if buf.len() < n {

@@ -3,7 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::kernels::amx::{prefetch_read, Emit, Handoff};
+use crate::kernels::amx::direct::PositionEpilogue;
+use crate::kernels::amx::{prefetch_read, Emit, Handoff, COLS};
 use crate::kernels::int8::quantize_u8;
 
 /// The epilogue of a call whose input step is `x_step` (see the module documentation of the
@@ -158,6 +159,34 @@ impl Handoff<f32> for PanelBytes<'_> {
         }
         if over {
             self.over.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Position by position for a pooled stem ([`amx::direct::conv_pooled`]): the values of
+/// [`Dequant::emit`], whose expression this repeats. Only without a residual.
+///
+/// [`amx::direct::conv_pooled`]: crate::kernels::amx::direct::conv_pooled
+impl<const ZP: bool> PositionEpilogue<i32> for Dequant<'_, ZP> {
+    type Pair = ([i32; COLS], [f32; COLS], [f32; COLS]);
+
+    #[inline(always)]
+    fn pair(&self, c0: usize, valid: usize) -> Self::Pair {
+        assert!(self.residual.is_none(), "a residual position by position");
+        let (mut off, mut step, mut bias) = ([0; COLS], [0.0; COLS], [0.0; COLS]);
+        if ZP {
+            off[..valid].copy_from_slice(&self.offset[c0..c0 + valid]);
+        }
+        step[..valid].copy_from_slice(&self.dequant[c0..c0 + valid]);
+        bias[..valid].copy_from_slice(&self.bias[c0..c0 + valid]);
+        (off, step, bias)
+    }
+
+    #[inline(always)]
+    fn values(&self, (off, step, bias): &Self::Pair, sums: &[i32; COLS], out: &mut [f32; COLS]) {
+        for j in 0..COLS {
+            let y = (sums[j] - off[j]) as f32 * step[j] + bias[j];
+            out[j] = if self.relu { y.max(0.0) } else { y };
         }
     }
 }
