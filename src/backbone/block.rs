@@ -31,6 +31,9 @@ pub(super) struct Work {
     /// The output of the block's middle (direct) convolution packed for its last one
     /// ([`QOutput::Panels`]).
     pub(super) panels_mid: Vec<u32>,
+    /// The block input's panels subsampled for a strided downsample
+    /// ([`crate::kernels::amx::subsample_panels`]).
+    pub(super) panels_ds: Vec<u32>,
     /// The output of a convolution as the channels-last image of the next (direct) one, in
     /// bf16 ([`QOutput::ImageBf16`]).
     pub(super) image: [Vec<u16>; 2],
@@ -316,8 +319,39 @@ impl Block {
         let identity: &[f32] = match &self.downsample {
             Some(ds) => {
                 let d = ensure(&mut wk.ds, ds.cout * oh * ow);
-                let io = (QInput::F32(x), QOutput::F32(d));
-                run(ds, qconv(n), io, h, w, None, false, &mut scratch);
+                // The panels of the block's input that the first convolution read, when the
+                // downsample can read them too (the same bytes: its range is the first one's),
+                // subsampled at its stride: not quantised (or rounded) and packed again (int8
+                // WRN-50-2 backbone 9.18 → 9.01 ms, bf16 14.70 → 14.06).
+                let shared = match (panels_in, qconv(n), qconv(0)) {
+                    (Some(words), Some((dq, isa)), Some((first, _))) => {
+                        dq.reads_panels_of(first, isa).map(|kw| (words, kw))
+                    }
+                    _ => None,
+                };
+                let src = match shared {
+                    Some((words, _)) if ds.stride == 1 => {
+                        QInput::Panels(aligned(&wk.panels, words))
+                    }
+                    Some((words, kw)) => {
+                        let len = crate::kernels::amx::packed_words(kw / 16, oh * ow);
+                        let dst = aligned_mut(&mut wk.panels_ds, len);
+                        let src = aligned(&wk.panels, words);
+                        crate::kernels::amx::subsample_panels(src, kw, (h, w), ds.stride, dst);
+                        QInput::Panels(aligned(&wk.panels_ds, len))
+                    }
+                    None => QInput::F32(x),
+                };
+                run(
+                    ds,
+                    qconv(n),
+                    (src, QOutput::F32(d)),
+                    h,
+                    w,
+                    None,
+                    false,
+                    &mut scratch,
+                );
                 &wk.ds[..oc * oh * ow]
             }
             None => x,

@@ -27,6 +27,19 @@ impl LowConv {
         }
     }
 
+    /// Whether it can read, with `isa`, the AMX panels that `first` reads, subsampled at its
+    /// stride ([`crate::kernels::amx::subsample_panels`]), and with how many words of `k` per
+    /// column: a 1×1 convolution on the same input and of the same precision, such as a
+    /// block's downsample beside its first convolution.
+    pub(crate) fn reads_panels_of(&self, first: &LowConv, isa: Isas) -> Option<usize> {
+        let reads = match (self, first) {
+            (LowConv::Int8(c), LowConv::Int8(f)) => c.reads_panels_of(f, isa.int8),
+            (LowConv::Bf16(c), LowConv::Bf16(f)) => c.reads_panels_of(f, isa.bf16),
+            _ => false,
+        };
+        reads.then(|| first.panels_kw(isa)).flatten()
+    }
+
     /// Whether it reads its input as AMX panels ([`QInput::Panels`]) with `isa`, and with
     /// how many words of `k` per column.
     pub(crate) fn panels_kw(&self, isa: Isas) -> Option<usize> {

@@ -28,6 +28,7 @@
 
 pub(crate) mod direct;
 mod product;
+mod subsample;
 mod to_image;
 
 use super::aligned::LineBuf;
@@ -35,6 +36,7 @@ use super::aligned::LineBuf;
 pub(crate) use product::{
     no_hand_on, prefetch_read, product_or_handoff, BlockSink, Emit, HandOn, Handoff, PanelElem,
 };
+pub(crate) use subsample::subsample_panels;
 pub(crate) use to_image::product_to_image;
 use to_image::SharedImage;
 

@@ -158,6 +158,19 @@ impl Bf16Conv {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
 
+    /// Whether, with `isa`, this convolution can read the AMX panels that `first` reads
+    /// ([`Self::panels_kw`]), subsampled at its stride ([`amx::subsample_panels`]): a 1×1
+    /// convolution without padding on the same input channels with the same words of `k` per
+    /// column (the bf16 bits of an input do not depend on the convolution). A ResNet block's
+    /// downsample and its first convolution, which read the block's input.
+    pub(crate) fn reads_panels_of(&self, first: &Bf16Conv, isa: Bf16Isa) -> bool {
+        let pointwise = self.kh == 1 && self.kw == 1 && self.pad == 0;
+        pointwise
+            && self.cin == first.cin
+            && first.panels_kw(isa).is_some()
+            && amx_kw(self.packed(), isa) == first.panels_kw(isa)
+    }
+
     /// Whether this convolution reads its input as AMX panels ([`QInput::Panels`]) with
     /// `isa`, and with how many words of `k` per column: a plain 1×1 convolution on the AMX
     /// kernel.
@@ -171,7 +184,8 @@ impl Bf16Conv {
     /// network ([`QInput`], [`QOutput`]; the `limit`s are not used: bf16 values have no
     /// range). The values are those of [`Bf16Conv::forward_image`], bit for bit. Inputs:
     /// - `F32`;
-    /// - `Panels`, for a plain 1×1 convolution on AMX ([`Bf16Conv::panels_kw`]);
+    /// - `Panels`, for a plain 1×1 convolution on AMX ([`Bf16Conv::panels_kw`]), or a strided
+    ///   one, of the pixels it reads ([`Bf16Conv::reads_panels_of`]);
     /// - `Image`, for a direct convolution on AMX ([`Bf16Conv::direct_grid`]).
     ///
     /// Outputs, and what it returns:

@@ -56,9 +56,10 @@ fn check_layout(panels: &[u32], y: &[f32], m: usize, n: usize, kw: usize) {
 /// A 1×1 convolution on AMX that also packs its output for the next 1×1 convolution
 /// ([`QOutput::F32Panels`]): its f32 output is the plain one, bit for bit, the panels hold
 /// that output rounded to bf16 in the layout the next one reads, and the next one gives
-/// from them exactly what it gives from the f32 output. Odd pixel counts, channels that
-/// fill part of a row block or of a tile's 32 `k`, with and without a residual, 1 and 2
-/// threads.
+/// from them exactly what it gives from the f32 output, as does a strided 1×1 convolution
+/// from them subsampled ([`Bf16Conv::reads_panels_of`], a block's downsample). Odd pixel
+/// counts, channels that fill part of a row block or of a tile's 32 `k`, with and without a
+/// residual, 1 and 2 threads.
 #[test]
 fn handed_on_panels_are_the_rounded_f32_output() {
     if !Bf16Isa::Amx.is_available() {
@@ -76,6 +77,9 @@ fn handed_on_panels_are_the_rounded_f32_output() {
         let p = h * w;
         let first = Bf16Conv::new(&conv(mid, cin, 1, 1, &mut rnd)).unwrap();
         let second = Bf16Conv::new(&conv(cout, mid, 1, 1, &mut rnd)).unwrap();
+        let strided: Vec<Bf16Conv> = [1, 2, 3]
+            .map(|stride| Bf16Conv::new(&conv(cout, mid, 1, stride, &mut rnd)).unwrap())
+            .into();
         let kw = second.panels_kw(isa).expect("a 1×1 on AMX takes panels");
         assert_eq!(kw, mid.div_ceil(32) * 16);
         let x: Vec<f32> = (0..cin * p).map(|_| rnd() - 0.4).collect();
@@ -104,6 +108,25 @@ fn handed_on_panels_are_the_rounded_f32_output() {
                 let io = (QInput::Panels(&panels), QOutput::F32(&mut got));
                 assert!(second.forward(io, h, w, None, false, &mut s, par, isa));
                 assert_eq!(bits(&got), bits(&want_out), "{cin} {mid} {cout} {h}×{w}");
+                // A strided 1×1 convolution on the same input (a block's downsample) reads
+                // the same panels subsampled, and gives what it gives from the f32 output.
+                for ds in &strided {
+                    assert!(ds.reads_panels_of(&second, isa));
+                    let (oh, ow) = ds.out_hw(h, w);
+                    let mut sub = vec![0u32; packed_words(kw / 16, oh * ow)];
+                    crate::kernels::amx::subsample_panels(&panels, kw, (h, w), ds.stride, &mut sub);
+                    let mut from_panels = vec![f32::NAN; cout * oh * ow];
+                    let io = (QInput::Panels(&sub), QOutput::F32(&mut from_panels));
+                    assert!(ds.forward(io, h, w, None, false, &mut s, par, isa));
+                    let mut from_f32 = vec![f32::NAN; cout * oh * ow];
+                    ds.forward_image(&want, h, w, &mut from_f32, None, false, &mut s, par, isa);
+                    let stride = ds.stride;
+                    assert_eq!(
+                        bits(&from_panels),
+                        bits(&from_f32),
+                        "{mid} {h}×{w} / {stride}"
+                    );
+                }
             }
         }
     }

@@ -11,8 +11,9 @@ use crate::kernels::int8::{quantize_u8, scale_for, Int8Isa};
 /// A 1×1 convolution on AMX that also packs its output for the next 1×1 convolution
 /// ([`QOutput::F32Panels`]): its f32 output is the plain one, bit for bit, and the next
 /// convolution reading those panels ([`QInput::Panels`]) gives exactly what it gives from the
-/// f32 output; the panels are reported invalid when a value exceeds the next range. Odd pixel
-/// counts, output channels that fill part of a row block or of the next depth's 64, inputs
+/// f32 output, and so does a strided 1×1 convolution with the same range reading them
+/// subsampled ([`QuantizedConv::reads_panels_of`], a block's downsample); the panels are
+/// reported invalid when a value exceeds the next range. Odd pixel counts, output channels that fill part of a row block or of the next depth's 64, inputs
 /// in f32 and already quantised, with and without a residual, 1 and 2 threads.
 #[test]
 fn packed_handoff_between_1x1_convolutions_is_the_f32_path() {
@@ -39,6 +40,11 @@ fn packed_handoff_between_1x1_convolutions_is_the_f32_path() {
         let second_conv = conv(cout, mid, &mut rnd);
         // The next convolution, calibrated to `limit`.
         let second = |limit: f32| QuantizedConv::new(&second_conv, limit).unwrap();
+        // A 1×1 convolution at `stride` on the same input (a block's downsample).
+        let strided = |stride: usize| {
+            let (weight, bias) = (second_conv.weight().to_vec(), second_conv.bias().to_vec());
+            Conv2d::new(cout, mid, 1, 1, stride, 0, weight, bias)
+        };
         let x: Vec<f32> = (0..cin * p).map(|_| rnd() * m_in).collect();
         let xq: Vec<u8> = x.iter().map(|&v| quantize_u8(v, scale_for(m_in))).collect();
         let residual: Vec<f32> = (0..mid * p).map(|_| rnd() * 0.6 - 0.3).collect();
@@ -93,6 +99,36 @@ fn packed_handoff_between_1x1_convolutions_is_the_f32_path() {
                         next(QInput::F32(&y), &mut scratch),
                         "{cin}→{mid}→{cout} {h}×{w} {par:?}"
                     );
+                    // A strided 1×1 convolution with the same range (a block's downsample)
+                    // reads the same panels, subsampled, and gives what it gives from the f32
+                    // output; with another range it does not read them.
+                    for stride in [1, 2, 3] {
+                        let ds = |limit| QuantizedConv::new(&strided(stride), limit).unwrap();
+                        assert!(!ds(1.5 * limit).reads_panels_of(&second, Int8Isa::Amx));
+                        let ds = ds(limit);
+                        assert!(ds.reads_panels_of(&second, Int8Isa::Amx), "stride {stride}");
+                        let (oh, ow) = ds.out_hw(h, w);
+                        let mut sub =
+                            vec![0u32; crate::kernels::amx::packed_words(k4 / 16, oh * ow)];
+                        crate::kernels::amx::subsample_panels(
+                            &panels,
+                            k4,
+                            (h, w),
+                            stride,
+                            &mut sub,
+                        );
+                        let run = |input: QInput<'_>, scratch: &mut QuantScratch| {
+                            let mut z = vec![f32::NAN; cout * oh * ow];
+                            let io = (input, QOutput::F32(&mut z));
+                            ds.forward(io, h, w, None, false, scratch, par, Int8Isa::Amx);
+                            bits(&z)
+                        };
+                        assert_eq!(
+                            run(QInput::Panels(&sub), &mut scratch),
+                            run(QInput::F32(&y), &mut scratch),
+                            "{cin}→{mid}→{cout} {h}×{w} stride {stride} {par:?}"
+                        );
+                    }
                     checked = true;
                 }
                 assert!(checked, "the panels were never used");

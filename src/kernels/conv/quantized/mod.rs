@@ -301,6 +301,22 @@ impl QuantizedConv {
             .flatten()
     }
 
+    /// Whether, with `isa`, this convolution can read the AMX panels that `first` reads
+    /// ([`Self::panels_k4`]), subsampled at its stride ([`amx::subsample_panels`]): a 1×1
+    /// convolution without padding on the same input channels, with the same calibrated range
+    /// (so the same bytes) and words of `k` per column. A ResNet block's downsample and its
+    /// first convolution, which read the block's input.
+    pub(crate) fn reads_panels_of(&self, first: &QuantizedConv, isa: Int8Isa) -> bool {
+        let pointwise = self.kh == 1 && self.kw == 1 && self.pad == 0;
+        let range = self.input_max();
+        pointwise
+            && self.cin == first.cin
+            && range.is_some()
+            && range == first.input_max()
+            && first.panels_k4(isa).is_some()
+            && amx_k4(self.packed(), isa) == first.panels_k4(isa)
+    }
+
     /// A 1×1 convolution at stride 1 without padding: its input is its matrix of activations.
     fn plain_1x1(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -405,6 +421,14 @@ impl QuantizedConv {
         // A plain 1×1 convolution's input is its matrix of activations: quantised while it is
         // packed, without a byte copy (or packed as it is when already quantised, or not at
         // all when the previous convolution packed it).
+        // Panels of a strided 1×1 convolution's input hold only the pixels it reads (see
+        // `reads_panels_of`).
+        if let (true, QInput::Panels(panels)) =
+            (self.kh == 1 && self.kw == 1 && self.pad == 0, input)
+        {
+            let map = make(limit);
+            return gemm_u8i8_prepacked_emit(self.packed(), panels, p, out, par, isa, map, hand_on);
+        }
         if self.plain_1x1() {
             let w = self.packed();
             return match input {
