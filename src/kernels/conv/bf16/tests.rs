@@ -441,3 +441,52 @@ fn stem_on_amx_is_within_the_bound_of_the_exact_sums() {
     }
     assert_eq!(checked, 12);
 }
+
+/// A strided 1×1 convolution (a downsample) gives, with every kernel of this CPU, the bits of
+/// the same convolution at stride 1 on the pixels it reads, taken out here: strides 2 and 3,
+/// odd sizes, channels that fill part of a tile's 32 `k`, 1 and 2 threads.
+#[test]
+fn strided_1x1_reads_only_its_pixels() {
+    let mut rnd = stream(0x0D05_A3B1);
+    for (cin, cout, h, w, stride) in [(64, 128, 14, 14, 2), (20, 9, 7, 11, 2), (32, 40, 9, 10, 3)] {
+        let strided = conv(cout, cin, 1, stride, &mut rnd);
+        let plain = Conv2d::new(
+            cout,
+            cin,
+            1,
+            1,
+            1,
+            0,
+            strided.weight().to_vec(),
+            strided.bias().to_vec(),
+        );
+        let (strided, plain) = (
+            Bf16Conv::new(&strided).unwrap(),
+            Bf16Conv::new(&plain).unwrap(),
+        );
+        let (oh, ow) = strided.out_hw(h, w);
+        let x: Vec<f32> = (0..cin * h * w).map(|_| 2.0 * rnd() - 0.8).collect();
+        let mut picked = Vec::with_capacity(cin * oh * ow);
+        for c in 0..cin {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    picked.push(x[(c * h + stride * oy) * w + stride * ox]);
+                }
+            }
+        }
+        for isa in Bf16Isa::all_available() {
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                let mut s = Bf16Scratch::default();
+                let mut got = vec![f32::NAN; cout * oh * ow];
+                strided.forward_image(&x, h, w, &mut got, None, true, &mut s, par, isa);
+                let mut want = vec![f32::NAN; cout * oh * ow];
+                plain.forward_image(&picked, oh, ow, &mut want, None, true, &mut s, par, isa);
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{cin}→{cout} {h}×{w} / {stride} {isa:?}"
+                );
+            }
+        }
+    }
+}
