@@ -183,13 +183,18 @@ pub(crate) trait PositionEpilogue<S>: Sync {
 }
 
 /// The sink of [`super::conv_pooled`]: each block's outputs made position by position
-/// ([`PositionEpilogue`], 32 channels at a time, no transposition) into a ring of the last
-/// three output rows of the pair, channels-last; as soon as an output row completes the
-/// window of a pooled row (rows `2y − 1`, `2y`, `2y + 1`), that row of the 3×3 / stride 2 /
-/// padding 1 max-pool is taken 32 channels at a time, transposed and written into the task's
-/// pooled rows `pooled` (from channel `oc0`). Blocks come in grid order for each pair, so
-/// output rows complete in order. (Transposed block by block and pooled channel by channel,
-/// as the other sinks do, int8 ResNet-18 took 1.69 ms against 1.62.)
+/// ([`PositionEpilogue`], 32 channels at a time, no transposition) and taken straight into
+/// the column maxima of the pooled rows whose windows hold them (output row `r` is in the
+/// windows of pooled rows `r / 2` and, when odd, `r / 2 + 1`: rows `2y − 1`, `2y`, `2y + 1`
+/// make pooled row `y`), two such rows of the pair, channels-last; as soon as an output row
+/// completes a window, that row of the 3×3 / stride 2 / padding 1 max-pool is taken along
+/// the row 32 channels at a time, transposed and written into the task's pooled rows `pooled`
+/// (from channel `oc0`). Blocks come in grid order for each pair, so output rows complete in
+/// order, and the maxima are taken in the order of
+/// [`maxpool2d`](crate::kernels::pool::maxpool2d)'s loop (so the same bits). (Transposed
+/// block by block and pooled channel by channel, as the other sinks do, int8 ResNet-18 took
+/// 1.69 ms against 1.62; with a ring of the last three output rows, pooled once complete,
+/// the ResNet-18 stem took about 295 µs against 265 in int8, 345 against 315 in bf16.)
 pub(super) struct Pooled<'a, S, E: PositionEpilogue<S>, const AVX512: bool> {
     grid: Grid,
     epilogue: &'a E,
@@ -198,9 +203,7 @@ pub(super) struct Pooled<'a, S, E: PositionEpilogue<S>, const AVX512: bool> {
     rows: usize,
     /// The pair of the last block and its constants.
     pair: Option<(usize, E::Pair)>,
-    /// Output rows `oy % 3`, each `ow` positions of 32 channels.
-    ring: Vec<[f32; COLS]>,
-    /// The column maxima of a pooled row's window, `ow` positions.
+    /// The column maxima of pooled rows `y % 2`, `ow` positions each.
     colmax: Vec<[f32; COLS]>,
     /// A pooled row, position-major, `pw` rounded up to whole blocks of 32.
     row: Vec<[f32; COLS]>,
@@ -226,8 +229,7 @@ impl<'a, S, E: PositionEpilogue<S>, const AVX512: bool> Pooled<'a, S, E, AVX512>
             pooled,
             oc0,
             pair: None,
-            ring: vec![[0.0; COLS]; 3 * ow],
-            colmax: vec![[0.0; COLS]; ow],
+            colmax: vec![[0.0; COLS]; 2 * ow],
             row: vec![[0.0; COLS]; pw.next_multiple_of(ROWS)],
             tr: Box::new([[0.0; COLS]; ROWS]),
             _sums: std::marker::PhantomData,
@@ -239,7 +241,7 @@ impl<S, E: PositionEpilogue<S>, const AVX512: bool> DirectSink<S> for Pooled<'_,
     #[inline(always)]
     fn block(&mut self, blk: usize, pair: usize, sums: &Sums<S>) {
         let (grid, epilogue) = (self.grid, self.epilogue);
-        let ow = grid.out_hw().1;
+        let (oh, ow) = grid.out_hw();
         let channels = COLS.min(self.rows - pair * COLS);
         if self.pair.as_ref().is_none_or(|(p, _)| *p != pair) {
             self.pair = Some((pair, epilogue.pair(self.oc0 + pair * COLS, channels)));
@@ -248,62 +250,66 @@ impl<S, E: PositionEpilogue<S>, const AVX512: bool> DirectSink<S> for Pooled<'_,
             unreachable!("set above")
         };
         for (at, oy, ox, len) in block_runs(grid, blk) {
-            let ring = &mut self.ring[(oy % 3) * ow + ox..][..len];
-            for (out, s) in ring.iter_mut().zip(&sums.0[at..at + len]) {
-                epilogue.values(consts, s, out);
+            // Pooled row `y` (window rows `2y − 1 ..= 2y + 1`) takes this row; an odd row
+            // also opens the window of row `y + 1`. The first row of a window is copied, the
+            // others taken into the maxima after it.
+            let y = oy / 2;
+            let (this, next) = self.colmax.split_at_mut(ow);
+            let (this, next) = if y % 2 == 0 {
+                (this, next)
+            } else {
+                (next, this)
+            };
+            let this = &mut this[ox..][..len];
+            let next = &mut next[ox..][..len];
+            let sums = &sums.0[at..at + len];
+            let mut v = [0.0f32; COLS];
+            for ((m, n), s) in this.iter_mut().zip(next.iter_mut()).zip(sums) {
+                epilogue.values(consts, s, &mut v);
+                if oy == 0 {
+                    *m = v;
+                } else {
+                    for (m, &v) in m.iter_mut().zip(&v) {
+                        *m = m.max(v);
+                    }
+                }
+                if oy % 2 == 1 {
+                    *n = v;
+                }
                 // One position at a time, its channels in two vectors: without the fence the
                 // compiler vectorises across positions, with gathers (twice the stem's time).
                 std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
             }
-            // A completed row is pooled before the next one overwrites its ring slot.
-            if ox + len == ow {
+            // The row completes the window of pooled row `y` when it is its last row.
+            if ox + len == ow && (oy % 2 == 1 || oy + 1 == oh) {
+                let colmax = &self.colmax[(y % 2) * ow..][..ow];
                 let Pooled {
-                    ring,
-                    colmax,
-                    row,
-                    tr,
-                    pooled,
-                    ..
+                    row, tr, pooled, ..
                 } = self;
-                pool_completed::<AVX512>(grid, oy, pair, channels, ring, colmax, row, tr, pooled);
+                pool_row::<AVX512>(grid, y, pair, channels, colmax, row, tr, pooled);
             }
         }
     }
 }
 
-/// Output row `oy` of a pair's `channels` channels is complete in the channels-last `ring` of
-/// [`Pooled`]: writes the pooled row it completes, if any (row `y` is complete with output row
-/// `min(2y + 1, oh − 1)`), into `pooled` (`[rows][ph·pw]`). The maxima are taken in the order
-/// of [`maxpool2d`](crate::kernels::pool::maxpool2d)'s loop for that row (so the same bits):
-/// down the window's rows, then `max(c[2x − 1], c[2x], c[2x + 1])` along the row.
+/// Pooled row `y` of a pair's `channels` channels from the column maxima of its window
+/// (`colmax`, channels-last): `max(c[2x − 1], c[2x], c[2x + 1])` along the row (the cells
+/// that exist, in that order, as [`maxpool2d`](crate::kernels::pool::maxpool2d)), transposed
+/// through `row` and `tr` into `pooled` (`[rows][ph·pw]`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pool_completed<const AVX512: bool>(
+fn pool_row<const AVX512: bool>(
     grid: Grid,
-    oy: usize,
+    y: usize,
     pair: usize,
     channels: usize,
-    ring: &[[f32; COLS]],
-    colmax: &mut [[f32; COLS]],
+    colmax: &[[f32; COLS]],
     row: &mut [[f32; COLS]],
     tr: &mut [[f32; COLS]; ROWS],
     pooled: &mut [f32],
 ) {
-    let (oh, ow) = grid.out_hw();
-    if oy.is_multiple_of(2) && oy + 1 != oh {
-        return;
-    }
+    let ow = colmax.len();
     let (ph, pw) = grid.pooled_hw();
-    let y = oy / 2;
-    let first = (2 * y).saturating_sub(1);
-    let ring_row = |r: usize| &ring[(r % 3) * ow..][..ow];
-    colmax.copy_from_slice(ring_row(first));
-    for r in first + 1..=oy {
-        let v = ring_row(r).as_flattened();
-        for (m, &v) in colmax.as_flattened_mut().iter_mut().zip(v) {
-            *m = m.max(v);
-        }
-    }
     let max3 = |d: &mut [f32; COLS], a: &[f32; COLS], b: &[f32; COLS], c: Option<&[f32; COLS]>| {
         for j in 0..COLS {
             let m = a[j].max(b[j]);
@@ -334,8 +340,22 @@ fn pool_completed<const AVX512: bool>(
         transpose_rows::<f32, AVX512>(block, tr);
         for (c, t) in tr.iter().enumerate().take(channels) {
             let r = pair * COLS + c;
-            pooled[(r * ph + y) * pw + x0..][..len].copy_from_slice(&t[..len]);
+            copy_run(&t[..len], &mut pooled[(r * ph + y) * pw + x0..][..len]);
         }
+    }
+}
+
+/// `dst = src` for a run of at most 32 values, in moves of 8 (a `copy_from_slice` of a
+/// variable length is a call of `memcpy`: most of the pooled stem's time went there).
+#[inline(always)]
+fn copy_run(src: &[f32], dst: &mut [f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 

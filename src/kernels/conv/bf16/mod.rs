@@ -504,8 +504,10 @@ impl direct::PositionEpilogue<f32> for Finish<'_> {
 
     #[inline(always)]
     fn values(&self, bias: &Self::Pair, sums: &[f32; amx::COLS], out: &mut [f32; amx::COLS]) {
-        for ((o, &s), &b) in out.iter_mut().zip(sums).zip(bias) {
-            *o = if self.relu { (s + b).max(0.0) } else { s + b };
+        let relu = self.relu;
+        for j in 0..amx::COLS {
+            let y = sums[j] + bias[j];
+            out[j] = if relu { y.max(0.0) } else { y };
         }
     }
 }
