@@ -144,8 +144,8 @@ pub(crate) fn conv<O: DirectOp, T: Send>(
 /// [`conv`] followed by the 3×3 / stride 2 / padding 1 max-pool of its output, fused (a
 /// ResNet stem), the output made by `epilogue` (no residual) position by position:
 /// `pooled` is `[m, ph·pw]` ([`Grid::pooled_hw`]) and holds [`maxpool2d`]'s result; the
-/// output itself is never written whole, only the last three rows of a task's channels, in
-/// cache ([`Pooled`]).
+/// output itself is never written, only taken into the column maxima of two pooled rows of a
+/// task's channels, in cache ([`Pooled`]).
 ///
 /// [`maxpool2d`]: crate::kernels::pool::maxpool2d
 ///
