@@ -135,3 +135,43 @@ fn bf16_backbone_is_close_to_f32_and_independent_of_threads() {
     bb.set_precision(Precision::F32, None).unwrap();
     assert_eq!(bb.forward(x.view()).unwrap(), f32_out, "back to f32");
 }
+
+/// A bottleneck network in bf16 (where AMX runs it: each block's last convolution packs its
+/// output for the next block's first one, and a strided downsample reads those panels
+/// subsampled) stays within a per cent of f32 and gives the same bits with one and two
+/// threads. A wrong pixel in the downsample's panels moves its block's output far beyond that.
+#[test]
+fn bf16_bottleneck_backbone_is_close_to_f32_and_independent_of_threads() {
+    use patchcore::backbone::BlockKind;
+    let spec = ResNetSpec {
+        name: "tiny-bottleneck".into(),
+        block: BlockKind::Bottleneck,
+        blocks: [2, 2, 2, 1],
+        stem_channels: 16,
+        planes: [64, 64, 32, 16],
+        width_per_group: 64,
+    };
+    let taps = [Layer::Layer2, Layer::Layer3];
+    let mut bb = Backbone::random(&spec, &taps, 5).unwrap();
+    let x = image(1, 48, 3);
+    let f32_out = bb.forward(x.view()).unwrap();
+    bb.set_precision(Precision::Bf16, None).unwrap();
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let one = pool(1).install(|| bb.forward(x.view()).unwrap());
+    let two = pool(2).install(|| bb.forward(x.view()).unwrap());
+    assert_eq!(one, two, "1 vs 2 threads");
+    for (q, f) in one.iter().zip(&f32_out) {
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (&a, &b) in q.iter().zip(f) {
+            num += (a as f64 - b as f64).powi(2);
+            den += (b as f64).powi(2);
+        }
+        let e = (num / den).sqrt();
+        assert!(e < 0.01 && e > 0.0, "relative error {e}");
+    }
+}
