@@ -93,6 +93,24 @@ proptest! {
     }
 }
 
+/// A rayon pool of `n` threads.
+fn pool(n: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .unwrap()
+}
+
+/// `‖q − f‖ / ‖f‖`, in f64.
+fn rel_l2<'a>(q: impl Iterator<Item = &'a f32>, f: impl Iterator<Item = &'a f32>) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&a, &b) in q.zip(f) {
+        num += (a as f64 - b as f64).powi(2);
+        den += (b as f64).powi(2);
+    }
+    (num / den).sqrt()
+}
+
 fn image(n: usize, hw: usize, seed: u64) -> Array4<f32> {
     let mut rnd = stream(seed);
     Array4::from_shape_fn((n, 3, hw, hw), |_| rnd() * 2.0)
@@ -113,22 +131,11 @@ fn bf16_backbone_is_close_to_f32_and_independent_of_threads() {
     assert!(bb.kernels().starts_with("bf16 ("), "{}", bb.kernels());
     // bf16 weights (the stem too, where AMX runs it): about half of the f32 weights.
     assert!(bb.reduced_weight_bytes() < bb.weight_bytes() * 55 / 100);
-    let pool = |n| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-    };
     let one = pool(1).install(|| bb.forward(x.view()).unwrap());
     let two = pool(2).install(|| bb.forward(x.view()).unwrap());
     assert_eq!(one, two, "1 vs 2 threads");
     for (q, f) in one.iter().zip(&f32_out) {
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (&a, &b) in q.iter().zip(f) {
-            num += (a as f64 - b as f64).powi(2);
-            den += (b as f64).powi(2);
-        }
-        let e = (num / den).sqrt();
+        let e = rel_l2(q.iter(), f.iter());
         // Measured about 0.004 (8-bit significands, 2⁻⁹ relative per rounding).
         assert!(e < 0.02 && e > 0.0, "relative error {e}");
     }
@@ -156,22 +163,11 @@ fn bf16_bottleneck_backbone_is_close_to_f32_and_independent_of_threads() {
     let x = image(1, 48, 3);
     let f32_out = bb.forward(x.view()).unwrap();
     bb.set_precision(Precision::Bf16, None).unwrap();
-    let pool = |n| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-    };
     let one = pool(1).install(|| bb.forward(x.view()).unwrap());
     let two = pool(2).install(|| bb.forward(x.view()).unwrap());
     assert_eq!(one, two, "1 vs 2 threads");
     for (q, f) in one.iter().zip(&f32_out) {
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (&a, &b) in q.iter().zip(f) {
-            num += (a as f64 - b as f64).powi(2);
-            den += (b as f64).powi(2);
-        }
-        let e = (num / den).sqrt();
+        let e = rel_l2(q.iter(), f.iter());
         assert!(e < 0.01 && e > 0.0, "relative error {e}");
     }
 }

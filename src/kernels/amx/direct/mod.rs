@@ -90,6 +90,7 @@ pub(crate) const fn chunk_channels<O: DirectOp>() -> usize {
 }
 
 mod layout;
+mod pooled;
 mod sinks;
 #[cfg(test)]
 mod tests;
@@ -100,15 +101,17 @@ pub(crate) use layout::{
     fill_channels_last, fill_channels_last_bf16, fill_padded, narrow_row, zero_padding,
     ChannelsLast, Grid, NARROW,
 };
+pub(crate) use pooled::PositionEpilogue;
 pub(super) use sinks::transpose32;
 #[cfg(target_arch = "x86_64")]
 pub(super) use sinks::transpose32_avx512;
-pub(crate) use sinks::{DirectBf16, DirectBytes, DirectValues, PositionEpilogue};
+pub(crate) use sinks::{DirectBf16, DirectBytes, DirectValues};
 pub(crate) use weights::DirectWeights;
 
 use super::PanelElem;
 use super::SharedImage;
-use sinks::{DirectSink, Planar, Pooled, SharedWords, ToImage, ToPanels};
+use pooled::Pooled;
+use sinks::{DirectSink, Planar, SharedWords, ToImage, ToPanels};
 use tiles::{chunk_run, load, store};
 
 /// The convolution of `x` with `w`: `out` is `[m, h·w]` (row-major, `m` the weights' output
