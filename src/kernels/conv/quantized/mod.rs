@@ -307,14 +307,18 @@ impl QuantizedConv {
     /// (so the same bytes) and words of `k` per column. A ResNet block's downsample and its
     /// first convolution, which read the block's input.
     pub(crate) fn reads_panels_of(&self, first: &QuantizedConv, isa: Int8Isa) -> bool {
-        let pointwise = self.kh == 1 && self.kw == 1 && self.pad == 0;
         let range = self.input_max();
-        pointwise
+        self.pointwise()
             && self.cin == first.cin
             && range.is_some()
             && range == first.input_max()
             && first.panels_k4(isa).is_some()
             && amx_k4(self.packed(), isa) == first.panels_k4(isa)
+    }
+
+    /// A 1×1 convolution without padding, at any stride.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.pad == 0
     }
 
     /// A 1×1 convolution at stride 1 without padding: its input is its matrix of activations.
@@ -421,11 +425,9 @@ impl QuantizedConv {
         // A plain 1×1 convolution's input is its matrix of activations: quantised while it is
         // packed, without a byte copy (or packed as it is when already quantised, or not at
         // all when the previous convolution packed it).
-        // Panels of a strided 1×1 convolution's input hold only the pixels it reads (see
-        // `reads_panels_of`).
-        if let (true, QInput::Panels(panels)) =
-            (self.kh == 1 && self.kw == 1 && self.pad == 0, input)
-        {
+        // Panels of a 1×1 convolution's input hold the pixels it reads: all of them at stride
+        // 1, every `stride`-th one otherwise (see `reads_panels_of`).
+        if let (true, QInput::Panels(panels)) = (self.pointwise(), input) {
             let map = make(limit);
             return gemm_u8i8_prepacked_emit(self.packed(), panels, p, out, par, isa, map, hand_on);
         }
@@ -438,9 +440,7 @@ impl QuantizedConv {
                 QInput::Quantized(q) => {
                     gemm_u8i8_emit(w, q, p, out, pack, par, isa, make(limit), hand_on)
                 }
-                QInput::Panels(panels) => {
-                    gemm_u8i8_prepacked_emit(w, panels, p, out, par, isa, make(limit), hand_on)
-                }
+                QInput::Panels(_) => unreachable!("read above"),
                 QInput::ImageBf16(_) => unreachable!("refused by `forward`"),
                 QInput::ImageU8(_) => panic!("QuantizedConv: an image for a 1×1 convolution"),
             };
