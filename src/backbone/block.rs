@@ -3,7 +3,7 @@
 
 use super::resnet::{Isas, LowConv};
 use crate::kernels::aligned::{aligned, aligned_mut};
-use crate::kernels::conv::{Bf16Scratch, Conv2d, QInput, QOutput, QuantScratch};
+use crate::kernels::conv::{Bf16Scratch, Conv2d, QInput, QOutput, QuantScratch, Residual};
 use crate::kernels::gemm::Parallelism;
 
 /// One residual block with BatchNorm folded into every convolution.
@@ -20,6 +20,15 @@ pub(super) struct Block {
 pub(super) struct Work {
     pub(super) x: Vec<f32>,
     pub(super) y: Vec<f32>,
+    /// The block input as bytes with the step of one unit (`value = q · step`), when the
+    /// previous block's last convolution wrote it so for this block ([`QOutput::Bytes`]);
+    /// `wk.x` is then not valid.
+    pub(super) xq: Vec<u8>,
+    pub(super) x_step: Option<f32>,
+    /// The block output as bytes and their step, when it was written so (`wk.y` is then not
+    /// valid).
+    pub(super) yq: Vec<u8>,
+    pub(super) y_step: Option<f32>,
     pub(super) t: [Vec<f32>; 2],
     pub(super) ds: Vec<f32>,
     /// Activations kept quantised between two int8 convolutions.
@@ -75,10 +84,17 @@ pub(super) fn run(
     (src, dst): (QInput<'_>, QOutput<'_>),
     h: usize,
     w: usize,
-    residual: Option<&[f32]>,
+    residual: Option<Residual<'_>>,
     relu: bool,
     wk: &mut Scratch<'_>,
 ) -> bool {
+    // Only an int8 block's output is ever kept as bytes.
+    let f32_residual = || {
+        residual.map(|r| match r {
+            Residual::F32(r) => r,
+            Residual::Bytes { .. } => unreachable!("a residual of bytes for a non-int8 conv"),
+        })
+    };
     let par = |cout: usize, (oh, ow): (usize, usize)| {
         Parallelism::auto(cout, oh * ow, conv.cin * conv.kh * conv.kw)
     };
@@ -89,10 +105,10 @@ pub(super) fn run(
         }
         (Some((LowConv::Bf16(bc), isa)), src, dst) => {
             let p = par(bc.cout, bc.out_hw(h, w));
-            bc.forward((src, dst), h, w, residual, relu, wk.b16, p, isa.bf16)
+            bc.forward((src, dst), h, w, f32_residual(), relu, wk.b16, p, isa.bf16)
         }
         (None, QInput::F32(src), QOutput::F32(dst)) => {
-            conv.forward_image(src, h, w, dst, residual, relu, wk.f32);
+            conv.forward_image(src, h, w, dst, f32_residual(), relu, wk.f32);
             true
         }
         // Quantised forms and panels are only ever asked of int8 and bf16 convolutions.
@@ -121,6 +137,10 @@ pub(super) struct LowBlock<'a> {
     /// The calibrated range and AMX words of `k` of the next block's first convolution, when
     /// it reads AMX panels (see [`Block::forward`]).
     pub(super) next: Option<(f32, usize)>,
+    /// The calibrated range of the next block's first convolution, when the block's output
+    /// is kept as bytes for it if no value exceeds that range (see [`Block::forward`]), and
+    /// whether to write the bytes at once (else f32 first, quantised after).
+    pub(super) bytes_next: Option<(f32, bool)>,
 }
 
 /// Where a block's current main-path activation is.
@@ -155,6 +175,13 @@ impl Block {
     /// did; the first convolution reads its input from there when `wk.panels_ready` is set
     /// (and clears it).
     ///
+    /// With `q.bytes_next`, the output is kept as bytes for the next block (`wk.yq`, and
+    /// `wk.y_step` set) unless a value exceeds that range: the last convolution writes them
+    /// ([`QOutput::Bytes`]), together with its panels when there are any, or, when asked
+    /// for f32 first (or a value exceeded the range), it writes f32 as above and the bytes
+    /// are made of that (the same bytes). A block whose input is bytes (`wk.x_step`) reads
+    /// them as its first convolution's input and as its residual ([`Residual::Bytes`]).
+    ///
     /// [`QuantizedConv::panels_k4`]: crate::kernels::conv::QuantizedConv
     pub(super) fn forward(
         &self,
@@ -168,6 +195,41 @@ impl Block {
         // Panels from the previous block are for this block's first convolution only.
         let panels_in = wk.panels_ready.take();
         let n = self.convs.len();
+        wk.y_step = None;
+        let qconv = |i: usize| q.map(|l| (&l.convs[i], l.isa));
+        // The bytes of an input kept as bytes are the first convolution's quantised input,
+        // and the downsample's when its range is the same; anything else reads f32.
+        let first_range = match qconv(0) {
+            Some((LowConv::Int8(qc), _)) => qc.input_max(),
+            _ => None,
+        };
+        let same_range = |i: usize| match qconv(i) {
+            Some((LowConv::Int8(qc), _)) => {
+                qc.input_max().is_some() && qc.input_max() == first_range
+            }
+            _ => false,
+        };
+        let x_bytes = match wk.x_step.take() {
+            Some(step)
+                if n >= 2
+                    && record.is_none()
+                    && same_range(0)
+                    && (self.downsample.is_none() || same_range(n)) =>
+            {
+                Some(step)
+            }
+            Some(step) => {
+                let len = c * h * w;
+                let x = ensure(&mut wk.x, len);
+                for (x, &q) in x.iter_mut().zip(&wk.xq[..len]) {
+                    *x = f32::from(q) * step;
+                }
+                None
+            }
+            None => None,
+        };
+        // (Empty when the input is bytes: an f32 read of it would fail its length check.)
+        let x_len = if x_bytes.is_some() { 0 } else { c * h * w };
         if let Some(r) = record.as_deref_mut() {
             // The first convolution and the downsample both read the block's input.
             let m = max_of(&wk.x[..c * h * w]);
@@ -176,7 +238,6 @@ impl Block {
                 r[n] = m;
             }
         }
-        let qconv = |i: usize| q.map(|l| (&l.convs[i], l.isa));
         let chain = q.is_some_and(|l| l.chain);
         let next = q.and_then(|l| l.next);
         // The range of convolution `i`'s input, when it is int8 with a calibrated range.
@@ -190,12 +251,13 @@ impl Block {
         for (i, conv) in self.convs[..n - 1].iter().enumerate() {
             let (oh, ow) = conv.out_hw(mh, mw);
             let (d, len_in, len_out) = (i % 2, mc * mh * mw, conv.cout * oh * ow);
-            let x = &wk.x[..c * h * w];
+            let x = &wk.x[..x_len];
             let (t_src, t_dst) = other_and(&mut wk.t, d);
             let (u_src, u_dst) = other_and(&mut wk.u, d);
             let (image_src, image_dst) = other_and(&mut wk.image, d);
             let src = match (act, panels_in) {
                 (Act::Input, Some(words)) => QInput::Panels(aligned(&wk.panels, words)),
+                (Act::Input, None) if x_bytes.is_some() => QInput::Quantized(&wk.xq[..len_in]),
                 (Act::Input, None) => QInput::F32(x),
                 (Act::F32(_), _) => QInput::F32(&t_src[..len_in]),
                 (Act::U8(_), _) => QInput::Quantized(&u_src[..len_in]),
@@ -310,13 +372,13 @@ impl Block {
         let last = &self.convs[n - 1];
         let (oh, ow) = last.out_hw(mh, mw);
         let oc = last.cout;
-        let x = &wk.x[..c * h * w];
+        let x = &wk.x[..x_len];
         let mut scratch = Scratch {
             f32: &mut wk.scratch,
             q: &mut wk.q,
             b16: &mut wk.b16,
         };
-        let identity: &[f32] = match &self.downsample {
+        let identity: Residual<'_> = match &self.downsample {
             Some(ds) => {
                 let d = ensure(&mut wk.ds, ds.cout * oh * ow);
                 // The panels of the block's input that the first convolution read, when the
@@ -340,6 +402,7 @@ impl Block {
                         crate::kernels::amx::subsample_panels(src, kw, (h, w), ds.stride, dst);
                         QInput::Panels(aligned(&wk.panels_ds, len))
                     }
+                    None if x_bytes.is_some() => QInput::Quantized(&wk.xq[..c * h * w]),
                     None => QInput::F32(x),
                 };
                 run(
@@ -352,21 +415,29 @@ impl Block {
                     false,
                     &mut scratch,
                 );
-                &wk.ds[..oc * oh * ow]
+                Residual::F32(&wk.ds[..oc * oh * ow])
             }
-            None => x,
+            None => match x_bytes {
+                Some(step) => Residual::Bytes {
+                    q: &wk.xq[..c * h * w],
+                    step,
+                },
+                None => Residual::F32(x),
+            },
         };
         debug_assert_eq!(identity.len(), oc * oh * ow);
         let len_in = mc * mh * mw;
         let src = match act {
-            Act::Input => QInput::F32(x),
+            Act::Input => {
+                debug_assert!(x_bytes.is_none(), "bytes are read by the first convolution");
+                QInput::F32(x)
+            }
             Act::F32(j) => QInput::F32(&wk.t[j][..len_in]),
             Act::U8(j) => QInput::Quantized(&wk.u[j][..len_in]),
             Act::Panels(words) => QInput::Panels(aligned(&wk.panels_mid, words)),
             Act::ImageBf16(j, len) => QInput::ImageBf16(aligned(&wk.image[j], len)),
             Act::ImageU8(j, len) => QInput::ImageU8(aligned(&wk.u[j], len)),
         };
-        let y = ensure(&mut wk.y, oc * oh * ow);
         // Packed for the next block's first convolution too, when both can.
         let words = match (next, qconv(n - 1)) {
             (Some((_, k4)), Some((lc, isa))) if lc.panels_kw(isa).is_some() => {
@@ -374,6 +445,42 @@ impl Block {
             }
             _ => None,
         };
+        // As bytes for the next block when it can, with its panels when there are any
+        // (a value beyond the range: in f32 below, computed a second time).
+        if let Some((limit, true)) = q.and_then(|l| l.bytes_next) {
+            let len = oc * oh * ow;
+            if wk.yq.len() < len {
+                wk.yq.resize(len, 0);
+            }
+            let panels = match (next, words) {
+                (Some((panels_limit, k4)), Some(words)) => {
+                    debug_assert_eq!(panels_limit, limit, "one range for bytes and panels");
+                    Some((aligned_mut(&mut wk.panels, words), k4))
+                }
+                _ => None,
+            };
+            let out = QOutput::Bytes {
+                q: &mut wk.yq[..len],
+                panels,
+                limit,
+            };
+            let io = (src, out);
+            if run(
+                last,
+                qconv(n - 1),
+                io,
+                mh,
+                mw,
+                Some(identity),
+                true,
+                &mut scratch,
+            ) {
+                wk.y_step = Some(limit / 255.0);
+                wk.panels_ready = words;
+                return (oc, oh, ow);
+            }
+        }
+        let y = ensure(&mut wk.y, oc * oh * ow);
         let out = match (next, words) {
             (Some((limit, k4)), Some(words)) => {
                 QOutput::F32Panels {
@@ -397,6 +504,21 @@ impl Block {
             &mut scratch,
         );
         wk.panels_ready = words.filter(|_| packed);
+        if let Some((limit, _)) = q.and_then(|l| l.bytes_next) {
+            // The bytes the last convolution would have written, unless a value exceeds the
+            // range (so that results never depend on the order tried).
+            let y = &wk.y[..oc * oh * ow];
+            if max_of(y) <= limit {
+                let scale = crate::kernels::int8::scale_for(limit);
+                if wk.yq.len() < y.len() {
+                    wk.yq.resize(y.len(), 0);
+                }
+                for (q, &v) in wk.yq.iter_mut().zip(y) {
+                    *q = crate::kernels::int8::quantize_u8(v, scale);
+                }
+                wk.y_step = Some(limit / 255.0);
+            }
+        }
         (oc, oh, ow)
     }
 }

@@ -138,6 +138,33 @@ impl LowNet {
         Some((first.panels_limit()?, first.panels_kw(self.isa)?))
     }
 
+    /// For block `b` of stage `s`: the calibrated range of the next block's first convolution
+    /// when block `b`'s output is kept as bytes for it if no value exceeds that range (both
+    /// int8 with activations chained, and a calibrated range), and whether block `b`'s last
+    /// convolution should write them at once: not when that input exceeded its range on the
+    /// last image ([`QuantizedConv::exceeded_last`]: the bytes would not be valid, and the
+    /// output computed twice); the bytes are then made of the f32 output if it fits. The
+    /// next block reads its residual as those bytes too, where f32 kept every bit: on
+    /// WRN-50-2 int8 the f32 outputs of layer1 (3.2 MB each) were written and read back at
+    /// the memory's pace.
+    ///
+    /// [`QOutput::Bytes`]: crate::kernels::conv::QOutput
+    pub(crate) fn bytes_for_next(&self, s: usize, b: usize) -> Option<(f32, bool)> {
+        if !self.chain {
+            return None;
+        }
+        let next = match self.blocks[s].get(b + 1) {
+            Some(block) => block,
+            None => self.blocks.get(s + 1)?.first()?,
+        };
+        match (self.blocks[s][b].first()?, next.first()?) {
+            (LowConv::Int8(_), LowConv::Int8(first)) => {
+                Some((first.input_max()?, !first.exceeded_last()))
+            }
+            _ => None,
+        }
+    }
+
     /// Bytes of the reduced-precision weights.
     pub(crate) fn bytes(&self) -> usize {
         self.stem.as_ref().map_or(0, LowConv::bytes)
@@ -505,8 +532,9 @@ impl Net {
             maxpool2d(&wk.t[0][..c * sh * sw], c, sh, sw, 3, 2, 1, x);
         }
         let mut cc = c;
-        // (Panels left by an earlier image are never read.)
+        // (Panels and bytes left by an earlier image are never read.)
         wk.panels_ready = None;
+        wk.x_step = None;
 
         for (s, blocks) in self.stages.iter().enumerate() {
             for (b, block) in blocks.iter().enumerate() {
@@ -520,15 +548,23 @@ impl Net {
                     isa: q.isa,
                     chain: q.chain,
                     next: q.panels_for_next(s, b),
+                    // Not the stage's output when that is wanted (in f32).
+                    bytes_next: match want[s] && b + 1 == blocks.len() {
+                        true => None,
+                        false => q.bytes_for_next(s, b),
+                    },
                 });
                 let slots = block.convs.len() + usize::from(block.downsample.is_some());
                 let rec = record.as_deref_mut().map(|r| &mut r[at..at + slots]);
                 at += slots;
                 let (nc, nh, nw) = block.forward(wk, cc, ch, cw, q, rec);
                 std::mem::swap(&mut wk.x, &mut wk.y);
+                std::mem::swap(&mut wk.xq, &mut wk.yq);
+                wk.x_step = wk.y_step.take();
                 (cc, ch, cw) = (nc, nh, nw);
             }
             if want[s] {
+                debug_assert!(wk.x_step.is_none(), "a wanted stage's output is f32");
                 out[s] = Some(wk.x[..cc * ch * cw].to_vec());
             }
         }

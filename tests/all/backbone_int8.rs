@@ -494,7 +494,7 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
                 w: pw,
                 v: pooled,
             };
-            let mut ranges = cal.maxima().iter().copied();
+            let mut ranges = cal.maxima().iter().copied().peekable();
             let mut outs = Vec::new();
             for s in 0..3 {
                 for b in 0..spec.blocks[s] {
@@ -541,6 +541,17 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
                     y.v.iter_mut()
                         .zip(&identity.v)
                         .for_each(|(a, b)| *a = (*a + b).max(0.0));
+                    // Chained (8 images or more), a block's output that is not a wanted
+                    // stage's is kept quantised for the next block's first convolution (the
+                    // next range), as its input and its residual, unless a value exceeds
+                    // that range.
+                    let wanted = s >= 1 && b + 1 == spec.blocks[s];
+                    if let (true, false, Some(&m)) = (n_cal >= 8, wanted, ranges.peek()) {
+                        if y.v.iter().all(|&v| v as f32 <= m) {
+                            y.v.iter_mut()
+                                .for_each(|v| *v = fake_quant_input(*v as f32, m));
+                        }
+                    }
                     cur = y;
                 }
                 if s >= 1 {

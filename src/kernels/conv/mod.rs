@@ -52,7 +52,7 @@ pub use algorithm::{
 };
 pub use batchnorm::fold_batchnorm;
 pub use bf16::{Bf16Conv, Bf16Scratch};
-pub(crate) use quantized::{QInput, QOutput};
+pub(crate) use quantized::{QInput, QOutput, Residual};
 pub use quantized::{QuantScratch, QuantizedConv};
 
 use epilogue::epilogue;

@@ -236,7 +236,7 @@ impl Bf16Conv {
             relu,
         };
         let (y, hand_on) = match out {
-            QOutput::Quantized { .. } | QOutput::ImageU8 { .. } => {
+            QOutput::Quantized { .. } | QOutput::Bytes { .. } | QOutput::ImageU8 { .. } => {
                 panic!("Bf16Conv: a quantised output")
             }
             QOutput::Panels { panels, k4, .. } => {

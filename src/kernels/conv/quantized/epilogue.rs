@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::Residual;
 use crate::kernels::amx::direct::PositionEpilogue;
 use crate::kernels::amx::{prefetch_read, Emit, Handoff, COLS};
 use crate::kernels::int8::quantize_u8;
@@ -17,7 +18,7 @@ pub(super) fn epilogue<'a, const ZP: bool>(
     w_step: &[f32],
     x_step: f32,
     bias: &'a [f32],
-    residual: Option<&'a [f32]>,
+    residual: Option<Residual<'a>>,
     relu: bool,
     p: usize,
 ) -> Dequant<'a, ZP> {
@@ -47,7 +48,7 @@ pub(super) struct Dequant<'a, const ZP: bool> {
     /// `z·Σ_j q_w[c, j]` per output channel (read only with `ZP`).
     pub(super) offset: &'a [i32],
     bias: &'a [f32],
-    residual: Option<&'a [f32]>,
+    residual: Option<Residual<'a>>,
     relu: bool,
     p: usize,
 }
@@ -69,10 +70,16 @@ impl<const ZP: bool> Dequant<'_, ZP> {
         let off = if ZP { self.offset[c] } else { 0 };
         let act = |v: f32| if relu { v.max(0.0) } else { v };
         match self.residual {
-            Some(r) => {
+            Some(Residual::F32(r)) => {
                 let r = &r[c * self.p + j0..][..o.len()];
                 for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
                     put(o, act((a - off) as f32 * s + b + r));
+                }
+            }
+            Some(Residual::Bytes { q, step }) => {
+                let r = &q[c * self.p + j0..][..o.len()];
+                for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
+                    put(o, act((a - off) as f32 * s + b + f32::from(r) * step));
                 }
             }
             None => {
@@ -88,8 +95,10 @@ impl<const ZP: bool> Dequant<'_, ZP> {
     /// Asks for the residual of row `c`, columns `j0 .. j0 + len` (see [`Emit::prefetch`]).
     #[inline(always)]
     fn prefetch_residual(&self, c: usize, j0: usize, len: usize) {
-        if let Some(r) = self.residual {
-            prefetch_read(&r[c * self.p + j0..][..len]);
+        match self.residual {
+            Some(Residual::F32(r)) => prefetch_read(&r[c * self.p + j0..][..len]),
+            Some(Residual::Bytes { q, .. }) => prefetch_read(&q[c * self.p + j0..][..len]),
+            None => {}
         }
     }
 }
@@ -160,6 +169,21 @@ impl Handoff<f32> for PanelBytes<'_> {
         if over {
             self.over.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// The bytes of a [`Requant`] output as they are, for [`Handoff`]: the output quantised for
+/// the next convolution is also its panels ([`QOutput::Bytes`]).
+///
+/// [`QOutput::Bytes`]: super::QOutput::Bytes
+pub(super) struct SameBytes;
+
+impl Handoff<u8> for SameBytes {
+    type Elem = u8;
+
+    #[inline(always)]
+    fn values(&self, row: &[u8], bytes: &mut [u8]) {
+        bytes.copy_from_slice(row);
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::direct::BytesFor;
-use super::epilogue::{dequant_steps, epilogue, PanelBytes, Requant};
+use super::epilogue::{dequant_steps, epilogue, PanelBytes, Requant, SameBytes};
 use super::{once, Bufs, InputRange, PerImageOut, QuantScratch, QuantizedConv};
 use crate::kernels::amx::direct::{DirectBytes, Grid};
 use crate::kernels::amx::{no_hand_on, HandOn};
@@ -43,6 +43,26 @@ impl QInput<'_> {
             QInput::Panels(p) => p.len(),
             QInput::ImageBf16(i) => i.len(),
             QInput::ImageU8(i) => i.len(),
+        }
+    }
+}
+
+/// The residual a convolution adds before its ReLU: f32, or bytes (`value = q · step`, the
+/// block input as the previous block's last convolution quantised it for this block's first
+/// one: [`QOutput::Bytes`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Residual<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// Bytes and the step of one unit.
+    Bytes { q: &'a [u8], step: f32 },
+}
+
+impl Residual<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Residual::F32(r) => r.len(),
+            Residual::Bytes { q, .. } => q.len(),
         }
     }
 }
@@ -85,6 +105,18 @@ pub(crate) enum QOutput<'a> {
         limit: f32,
         k4: usize,
     },
+    /// int8 only: the activations quantised for the next convolution (calibrated range
+    /// `limit`) as in [`QOutput::Quantized`], and, when `panels` is given (`k4` words of `k`
+    /// per column, from a plain 1×1 convolution on AMX), the same bytes packed for it as in
+    /// [`QOutput::F32Panels`]: the output of a block read by the next block both as its first
+    /// convolution's input and as its residual ([`Residual::Bytes`]), without f32.
+    /// [`QuantizedConv::forward`](super::QuantizedConv::forward) returns whether both are
+    /// valid (written, and no value exceeded `limit`).
+    Bytes {
+        q: &'a mut [u8],
+        panels: Option<(&'a mut [u32], usize)>,
+        limit: f32,
+    },
     /// bf16 only: the output written as the padded channels-last image of `grid` (bf16
     /// bits, [`Grid::len`] of them) that a following direct convolution reads
     /// ([`QInput::ImageBf16`]), from a plain 1×1 or a direct convolution on AMX without a
@@ -108,7 +140,7 @@ impl QOutput<'_> {
     pub(super) fn len(&self) -> Option<usize> {
         match self {
             QOutput::F32(y) => Some(y.len()),
-            QOutput::Quantized { q, .. } => Some(q.len()),
+            QOutput::Quantized { q, .. } | QOutput::Bytes { q, .. } => Some(q.len()),
             QOutput::F32Panels { y, .. } => Some(y.len()),
             QOutput::Panels { .. } | QOutput::ImageBf16 { .. } | QOutput::ImageU8 { .. } => None,
         }
@@ -131,7 +163,7 @@ impl QuantizedConv {
         (input, out): (QInput<'_>, QOutput<'_>),
         h: usize,
         w: usize,
-        residual: Option<&[f32]>,
+        residual: Option<Residual<'_>>,
         relu: bool,
         scratch: &mut QuantScratch,
         par: Parallelism,
@@ -305,7 +337,49 @@ impl QuantizedConv {
                 self.forward_direct_bytes(input, limit, h, w, bufs, dequant, relu, next, par, isa)
             }
             (_, _, QOutput::ImageU8 { .. }) => false,
-            (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
+            (
+                InputRange::Calibrated(limit),
+                input,
+                QOutput::Bytes {
+                    q,
+                    panels: Some((panels, k4)),
+                    limit: next,
+                },
+            ) => {
+                let over = AtomicBool::new(false);
+                let make = once(|range: f32| Requant {
+                    dequant: epilogue::<false>(
+                        dequant,
+                        w_step,
+                        range / 255.0,
+                        bias,
+                        residual,
+                        relu,
+                        p,
+                    ),
+                    scale: scale_for(next),
+                    limit: next,
+                    over: &over,
+                });
+                let hand_on = Some(HandOn {
+                    handoff: &SameBytes,
+                    panels,
+                    kw: k4,
+                });
+                let handed =
+                    self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, make, hand_on);
+                handed && !over.load(Ordering::Relaxed)
+            }
+            (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next })
+            | (
+                InputRange::Calibrated(limit),
+                input,
+                QOutput::Bytes {
+                    q,
+                    panels: None,
+                    limit: next,
+                },
+            ) => {
                 let over = AtomicBool::new(false);
                 let none = no_hand_on();
                 let make = once(|range: f32| Requant {

@@ -3,7 +3,7 @@
 //! f32 path.
 
 use super::tests::uniform;
-use super::{QInput, QOutput, QuantScratch, QuantizedConv};
+use super::{QInput, QOutput, QuantScratch, QuantizedConv, Residual};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{quantize_u8, scale_for, Int8Isa};
@@ -60,6 +60,7 @@ fn packed_handoff_between_1x1_convolutions_is_the_f32_path() {
             ] {
                 let mut scratch = QuantScratch::default();
                 let run = |out: QOutput<'_>, scratch: &mut QuantScratch| {
+                    let res = res.map(Residual::F32);
                     first.forward((input, out), h, w, res, true, scratch, par, Int8Isa::Amx)
                 };
                 let mut want = vec![f32::NAN; mid * p];

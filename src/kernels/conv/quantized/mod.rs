@@ -61,7 +61,7 @@ mod per_image;
 use per_image::PerImageOut;
 
 use forms::Plain;
-pub(crate) use forms::{QInput, QOutput};
+pub(crate) use forms::{QInput, QOutput, Residual};
 
 use super::im2col::Window;
 use super::Conv2d;
@@ -382,6 +382,7 @@ impl QuantizedConv {
         isa: Int8Isa,
     ) {
         let io = (QInput::F32(input), QOutput::F32(out));
+        let residual = residual.map(Residual::F32);
         self.forward(io, h, w, residual, relu, scratch, par, isa);
     }
 

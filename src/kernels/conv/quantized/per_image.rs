@@ -239,7 +239,7 @@ fn narrow_row_avx512(
 #[cfg(test)]
 mod tests {
     use super::super::tests::uniform;
-    use super::super::{QInput, QOutput};
+    use super::super::{QInput, QOutput, Residual};
     use super::*;
     use crate::kernels::conv::Conv2d;
     use crate::kernels::pool::maxpool2d;
@@ -318,7 +318,16 @@ mod tests {
                         let mut out = vec![f32::NAN; cout * oh * ow];
                         let mut scratch = QuantScratch::default();
                         let io = (QInput::F32(&x), QOutput::F32(&mut out));
-                        assert!(q.forward(io, h, w, res, relu, &mut scratch, par, isa));
+                        assert!(q.forward(
+                            io,
+                            h,
+                            w,
+                            res.map(Residual::F32),
+                            relu,
+                            &mut scratch,
+                            par,
+                            isa
+                        ));
                         out
                     };
                     let want = run(Int8Isa::Portable, Parallelism::Sequential);

@@ -1,6 +1,6 @@
 //! Unit tests of the int8 convolution's input and output forms and of its byte rounding.
 
-use super::{QInput, QOutput, QuantScratch, QuantizedConv};
+use super::{QInput, QOutput, QuantScratch, QuantizedConv, Residual};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{quantize_u8, scale_for, Int8Isa};
@@ -46,7 +46,16 @@ fn quantised_forms_are_the_f32_forms_quantised() {
                     // Quantised input, f32 output.
                     let mut got = vec![f32::NAN; want.len()];
                     let io = (QInput::Quantized(&xq), QOutput::F32(&mut got));
-                    assert!(q.forward(io, h, w, res, true, &mut scratch, par, isa));
+                    assert!(q.forward(
+                        io,
+                        h,
+                        w,
+                        res.map(Residual::F32),
+                        true,
+                        &mut scratch,
+                        par,
+                        isa
+                    ));
                     assert_eq!(got, want, "k {k} s {stride} {isa:?} {par:?}");
                     // Quantised output, for a range below and above the largest value.
                     let top = want.iter().fold(0f32, |a, &v| a.max(v));
@@ -60,7 +69,16 @@ fn quantised_forms_are_the_f32_forms_quantised() {
                                     limit,
                                 },
                             );
-                            let ok = q.forward(io, h, w, res, true, &mut scratch, par, isa);
+                            let ok = q.forward(
+                                io,
+                                h,
+                                w,
+                                res.map(Residual::F32),
+                                true,
+                                &mut scratch,
+                                par,
+                                isa,
+                            );
                             assert_eq!(ok, top <= limit, "k {k} limit {limit} top {top}");
                             if ok {
                                 let sc = scale_for(limit);
@@ -178,7 +196,16 @@ fn direct_amx_path_matches_the_portable_kernel() {
                 q.forward_image(&x, h, w, &mut want, res, true, &mut scratch, seq, pt);
                 let mut want_q = vec![0f32; cout * oh * ow];
                 let io = (QInput::Quantized(&xq), QOutput::F32(&mut want_q));
-                q.forward(io, h, w, res, true, &mut scratch, seq, pt);
+                q.forward(
+                    io,
+                    h,
+                    w,
+                    res.map(Residual::F32),
+                    true,
+                    &mut scratch,
+                    seq,
+                    pt,
+                );
                 let limit = want.iter().fold(0f32, |a, &v| a.max(v)) * 1.1;
                 let sc = scale_for(limit);
                 let want_bytes: Vec<u8> = want.iter().map(|&v| quantize_u8(v, sc)).collect();
@@ -190,7 +217,16 @@ fn direct_amx_path_matches_the_portable_kernel() {
                     q.forward_image(&x, h, w, &mut got, res, true, &mut scratch, par, amx);
                     assert_eq!(got, want, "{what}");
                     let io = (QInput::Quantized(&xq), QOutput::F32(&mut got));
-                    assert!(q.forward(io, h, w, res, true, &mut scratch, par, amx));
+                    assert!(q.forward(
+                        io,
+                        h,
+                        w,
+                        res.map(Residual::F32),
+                        true,
+                        &mut scratch,
+                        par,
+                        amx
+                    ));
                     assert_eq!(got, want_q, "{what}, quantised input");
                     let mut bytes = vec![0xA5u8; want.len()];
                     let io = (
@@ -200,7 +236,16 @@ fn direct_amx_path_matches_the_portable_kernel() {
                             limit,
                         },
                     );
-                    assert!(q.forward(io, h, w, res, true, &mut scratch, par, amx));
+                    assert!(q.forward(
+                        io,
+                        h,
+                        w,
+                        res.map(Residual::F32),
+                        true,
+                        &mut scratch,
+                        par,
+                        amx
+                    ));
                     assert_eq!(bytes, want_bytes, "{what}, quantised output");
                 }
             }
