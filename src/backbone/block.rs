@@ -29,6 +29,13 @@ pub(super) struct Work {
     /// valid).
     pub(super) yq: Vec<u8>,
     pub(super) y_step: Option<f32>,
+    /// The block input as bf16 bits, when the previous block's last convolution wrote it so
+    /// ([`QOutput::Bf16`]): `wk.x` is then not valid.
+    pub(super) xb: Vec<u16>,
+    pub(super) x_bf16: bool,
+    /// The block output as bf16 bits, when it was written so.
+    pub(super) yb: Vec<u16>,
+    pub(super) y_bf16: bool,
     pub(super) t: [Vec<f32>; 2],
     pub(super) ds: Vec<f32>,
     /// Activations kept quantised between two int8 convolutions.
@@ -88,11 +95,11 @@ pub(super) fn run(
     relu: bool,
     wk: &mut Scratch<'_>,
 ) -> bool {
-    // Only an int8 block's output is ever kept as bytes.
+    // Only reduced-precision blocks keep their outputs as bytes or bits.
     let f32_residual = || {
         residual.map(|r| match r {
             Residual::F32(r) => r,
-            Residual::Bytes { .. } => unreachable!("a residual of bytes for a non-int8 conv"),
+            _ => unreachable!("a residual of bytes or bits for an f32 convolution"),
         })
     };
     let par = |cout: usize, (oh, ow): (usize, usize)| {
@@ -105,7 +112,7 @@ pub(super) fn run(
         }
         (Some((LowConv::Bf16(bc), isa)), src, dst) => {
             let p = par(bc.cout, bc.out_hw(h, w));
-            bc.forward((src, dst), h, w, f32_residual(), relu, wk.b16, p, isa.bf16)
+            bc.forward((src, dst), h, w, residual, relu, wk.b16, p, isa.bf16)
         }
         (None, QInput::F32(src), QOutput::F32(dst)) => {
             conv.forward_image(src, h, w, dst, f32_residual(), relu, wk.f32);
@@ -141,6 +148,9 @@ pub(super) struct LowBlock<'a> {
     /// is kept as bytes for it if no value exceeds that range (see [`Block::forward`]), and
     /// whether to write the bytes at once (else f32 first, quantised after).
     pub(super) bytes_next: Option<(f32, bool)>,
+    /// Whether the block's output may be kept as bf16 bits for the next block, with its
+    /// panels (see [`Block::forward`]).
+    pub(super) bits_next: bool,
 }
 
 /// Where a block's current main-path activation is.
@@ -182,6 +192,11 @@ impl Block {
     /// are made of that (the same bytes). A block whose input is bytes (`wk.x_step`) reads
     /// them as its first convolution's input and as its residual ([`Residual::Bytes`]).
     ///
+    /// With `q.bits_next` (bf16), the last convolution writes its output as bf16 bits for
+    /// the next block (`wk.yb`, `wk.y_bf16` set; [`QOutput::Bf16`]) together with its panels,
+    /// when it runs on AMX and the next block reads panels; the next block reads those as
+    /// its residual ([`Residual::Bf16`]).
+    ///
     /// [`QuantizedConv::panels_k4`]: crate::kernels::conv::QuantizedConv
     pub(super) fn forward(
         &self,
@@ -196,6 +211,7 @@ impl Block {
         let panels_in = wk.panels_ready.take();
         let n = self.convs.len();
         wk.y_step = None;
+        wk.y_bf16 = false;
         let qconv = |i: usize| q.map(|l| (&l.convs[i], l.isa));
         // The bytes of an input kept as bytes are the first convolution's quantised input,
         // and the downsample's when its range is the same; anything else reads f32.
@@ -228,8 +244,36 @@ impl Block {
             }
             None => None,
         };
-        // (Empty when the input is bytes: an f32 read of it would fail its length check.)
-        let x_len = if x_bytes.is_some() { 0 } else { c * h * w };
+        // The panels of the block input that the first convolution reads, when the
+        // downsample can read them too (see below).
+        let ds_shared = match (
+            panels_in,
+            self.downsample.as_ref().and_then(|_| qconv(n)),
+            qconv(0),
+        ) {
+            (Some(words), Some((dq, isa)), Some((first, _))) => {
+                dq.reads_panels_of(first, isa).map(|kw| (words, kw))
+            }
+            _ => None,
+        };
+        // The bits of an input kept as bf16 are read from its panels and as the residual;
+        // anything else reads f32.
+        let mut x_bits = std::mem::take(&mut wk.x_bf16);
+        if x_bits && (panels_in.is_none() || (self.downsample.is_some() && ds_shared.is_none())) {
+            let len = c * h * w;
+            let x = ensure(&mut wk.x, len);
+            for (x, &b) in x.iter_mut().zip(&wk.xb[..len]) {
+                *x = crate::kernels::bf16::from_bf16(b);
+            }
+            x_bits = false;
+        }
+        // (Empty when the input is bytes or bits: an f32 read of it would fail its length
+        // check.)
+        let x_len = if x_bytes.is_some() || x_bits {
+            0
+        } else {
+            c * h * w
+        };
         if let Some(r) = record.as_deref_mut() {
             // The first convolution and the downsample both read the block's input.
             let m = max_of(&wk.x[..c * h * w]);
@@ -385,13 +429,7 @@ impl Block {
                 // downsample can read them too (the same bytes: its range is the first one's),
                 // subsampled at its stride: not quantised (or rounded) and packed again (int8
                 // WRN-50-2 backbone 9.18 → 9.01 ms, bf16 14.70 → 14.06).
-                let shared = match (panels_in, qconv(n), qconv(0)) {
-                    (Some(words), Some((dq, isa)), Some((first, _))) => {
-                        dq.reads_panels_of(first, isa).map(|kw| (words, kw))
-                    }
-                    _ => None,
-                };
-                let src = match shared {
+                let src = match ds_shared {
                     Some((words, _)) if ds.stride == 1 => {
                         QInput::Panels(aligned(&wk.panels, words))
                     }
@@ -422,6 +460,7 @@ impl Block {
                     q: &wk.xq[..c * h * w],
                     step,
                 },
+                None if x_bits => Residual::Bf16(&wk.xb[..c * h * w]),
                 None => Residual::F32(x),
             },
         };
@@ -477,6 +516,33 @@ impl Block {
             ) {
                 wk.y_step = Some(limit / 255.0);
                 wk.panels_ready = words;
+                return (oc, oh, ow);
+            }
+        }
+        // As bf16 bits with the panels, when it can.
+        if let (true, Some((_, k4)), Some(words)) = (q.is_some_and(|l| l.bits_next), next, words) {
+            let len = oc * oh * ow;
+            if wk.yb.len() < len {
+                wk.yb.resize(len, 0);
+            }
+            let out = QOutput::Bf16 {
+                y: &mut wk.yb[..len],
+                panels: aligned_mut(&mut wk.panels, words),
+                k4,
+            };
+            let io = (src, out);
+            if run(
+                last,
+                qconv(n - 1),
+                io,
+                mh,
+                mw,
+                Some(identity),
+                true,
+                &mut scratch,
+            ) {
+                wk.y_bf16 = true;
+                wk.panels_ready = Some(words);
                 return (oc, oh, ow);
             }
         }

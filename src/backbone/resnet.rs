@@ -535,6 +535,7 @@ impl Net {
         // (Panels and bytes left by an earlier image are never read.)
         wk.panels_ready = None;
         wk.x_step = None;
+        wk.x_bf16 = false;
 
         for (s, blocks) in self.stages.iter().enumerate() {
             for (b, block) in blocks.iter().enumerate() {
@@ -553,6 +554,8 @@ impl Net {
                         true => None,
                         false => q.bytes_for_next(s, b),
                     },
+                    bits_next: !(want[s] && b + 1 == blocks.len())
+                        && q.precision == Precision::Bf16,
                 });
                 let slots = block.convs.len() + usize::from(block.downsample.is_some());
                 let rec = record.as_deref_mut().map(|r| &mut r[at..at + slots]);
@@ -561,10 +564,15 @@ impl Net {
                 std::mem::swap(&mut wk.x, &mut wk.y);
                 std::mem::swap(&mut wk.xq, &mut wk.yq);
                 wk.x_step = wk.y_step.take();
+                std::mem::swap(&mut wk.xb, &mut wk.yb);
+                wk.x_bf16 = std::mem::take(&mut wk.y_bf16);
                 (cc, ch, cw) = (nc, nh, nw);
             }
             if want[s] {
-                debug_assert!(wk.x_step.is_none(), "a wanted stage's output is f32");
+                debug_assert!(
+                    wk.x_step.is_none() && !wk.x_bf16,
+                    "a wanted stage's output is f32"
+                );
                 out[s] = Some(wk.x[..cc * ch * cw].to_vec());
             }
         }

@@ -80,6 +80,64 @@ pub(crate) fn gemm_amx<T: Bf16Input, H: Handoff<f32>>(
     Some(handed)
 }
 
+/// [`gemm_amx`] whose output `y` is bf16 bits, each finished segment written by `emit`, and
+/// handed on as the same bits to the panels of a following product ([`SameBits`]; `kw`
+/// words of `k` per column). Returns `None` when products with `w` do not run on AMX with
+/// `isa` (nothing was computed), else `Some(true)`.
+///
+/// # Panics
+/// As [`gemm_amx`], and if `panels` does not have the length of `kw` and `n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_amx_bits<T: Bf16Input>(
+    w: &PackedBf16Weights,
+    input: AmxInput<'_, T>,
+    n: usize,
+    y: &mut [u16],
+    scratch: &mut Vec<u16>,
+    par: Parallelism,
+    isa: Bf16Isa,
+    emit: &impl amx::Emit<f32, u16>,
+    (panels, kw): (&mut [u32], usize),
+) -> Option<bool> {
+    let (op, aw) = amx_kernel(w, isa)?;
+    let k = w.k;
+    assert_eq!(y.len(), w.m * n, "gemm_bf16: y must be m × n");
+    let parallel = par == Parallelism::Rayon && y.len() * k >= PAR_THRESHOLD;
+    let hand_on = Some(HandOn {
+        handoff: &SameBits,
+        panels,
+        kw,
+    });
+    Some(match input {
+        AmxInput::Matrix(b) => {
+            let packed = pack(aw, b, k, n, scratch, parallel);
+            amx::product_or_handoff(op, aw, packed, n, y, parallel, emit, hand_on)
+        }
+        AmxInput::Panels(panels) => {
+            let words = amx::packed_words(aw.chunks(), n);
+            assert_eq!(
+                panels.len(),
+                words,
+                "gemm_bf16: prepacked panels of the wrong length"
+            );
+            amx::product_or_handoff(op, aw, panels, n, y, parallel, emit, hand_on)
+        }
+    })
+}
+
+/// The handoff of a product whose output is already bf16 bits ([`gemm_amx_bits`]): the
+/// same bits.
+pub(crate) struct SameBits;
+
+impl Handoff<u16> for SameBits {
+    type Elem = u16;
+
+    #[inline(always)]
+    fn values(&self, row: &[u16], bits: &mut [u16]) {
+        bits.copy_from_slice(row);
+    }
+}
+
 /// `w · input` on AMX tiles written as the padded channels-last image of `grid` (`w`'s rows
 /// are its channels, `input`'s columns its pixels) by `values`, for a following direct
 /// convolution ([`amx::product_to_image`]). Returns `None` when products with `w` do not run

@@ -83,7 +83,9 @@ use super::amx;
 use super::gemm::Parallelism;
 use super::wide::Wide;
 
-pub(crate) use amx_product::{amx_kw, gemm_amx, gemm_amx_to_image, AmxInput, Bf16Bits};
+pub(crate) use amx_product::{
+    amx_kw, gemm_amx, gemm_amx_bits, gemm_amx_to_image, AmxInput, Bf16Bits,
+};
 pub use pack::Bf16Input;
 use pack::{pack_b_panel, packed_b_len};
 

@@ -16,13 +16,13 @@ use crate::error::{Error, Result};
 
 use std::sync::OnceLock;
 
-use super::quantized::{QInput, QOutput};
+use super::quantized::{QInput, QOutput, Residual};
 use crate::kernels::amx;
 use crate::kernels::amx::direct::{self, DirectBf16, DirectWeights, Grid, NARROW};
 use crate::kernels::amx::HandOn;
 use crate::kernels::bf16::{
-    amx_kw, gemm_amx, gemm_amx_to_image, gemm_bf16_rows, to_bf16, AmxInput, Bf16Bits, Bf16Isa,
-    PackedBf16Weights, RowMap,
+    amx_kw, from_bf16, gemm_amx, gemm_amx_bits, gemm_amx_to_image, gemm_bf16_rows, to_bf16,
+    AmxInput, Bf16Bits, Bf16Isa, PackedBf16Weights, RowMap,
 };
 use crate::kernels::gemm::Parallelism;
 
@@ -213,7 +213,7 @@ impl Bf16Conv {
         (input, out): (QInput<'_>, QOutput<'_>),
         h: usize,
         w: usize,
-        residual: Option<&[f32]>,
+        residual: Option<Residual<'_>>,
         relu: bool,
         scratch: &mut Bf16Scratch,
         par: Parallelism,
@@ -238,6 +238,19 @@ impl Bf16Conv {
         let (y, hand_on) = match out {
             QOutput::Quantized { .. } | QOutput::Bytes { .. } | QOutput::ImageU8 { .. } => {
                 panic!("Bf16Conv: a quantised output")
+            }
+            QOutput::Bf16 { y, panels, k4 } => {
+                assert_eq!(y.len(), self.cout * p, "Bf16Conv: output length");
+                let pointwise = matches!(input, QInput::Panels(_)) || self.plain_1x1();
+                if !pointwise || matches!(input, QInput::ImageBf16(_)) {
+                    return false;
+                }
+                let x = self.amx_input(input, h, w);
+                let emit = Rounded(&finish);
+                let pack = &mut scratch.pack;
+                let ran =
+                    gemm_amx_bits(self.packed(), x, p, y, pack, par, isa, &emit, (panels, k4));
+                return ran.unwrap_or_else(|| self.not_on_amx(x));
             }
             QOutput::Panels { panels, k4, .. } => {
                 if residual.is_some() || self.direct.is_none() {
@@ -309,6 +322,17 @@ impl Bf16Conv {
         let QInput::F32(x) = input else {
             unreachable!("every other input returned above")
         };
+        // (The block keeps its output as bits only on AMX: off it, a residual of another
+        // form is made f32 here.)
+        let widened: Vec<f32>;
+        let residual = match residual {
+            None => None,
+            Some(Residual::F32(r)) => Some(r),
+            Some(other) => {
+                widened = (0..other.len()).map(|i| other.value(i)).collect();
+                Some(&widened[..])
+            }
+        };
         self.forward_image(x, h, w, y, residual, relu, scratch, par, isa);
         done
     }
@@ -374,7 +398,7 @@ impl Bf16Conv {
         // Bias, residual and ReLU on each finished segment of sums, while it is in cache.
         let finish = Finish {
             bias: &self.bias,
-            residual,
+            residual: residual.map(Residual::F32),
             relu,
             p,
         };
@@ -454,24 +478,97 @@ impl Bf16Conv {
 /// of a bf16 prediction).
 struct Finish<'a> {
     bias: &'a [f32],
-    residual: Option<&'a [f32]>,
+    residual: Option<Residual<'a>>,
     relu: bool,
     /// Output pixels per channel.
     p: usize,
 }
 
+impl Finish<'_> {
+    /// `put(o[i], y)` for the value `y` of each sum `sums[i]` of row `c` from column `j0`,
+    /// with a residual of bytes or bits (an f32 one goes through [`epilogue_row`]).
+    #[inline(always)]
+    fn each<T>(
+        &self,
+        c: usize,
+        j0: usize,
+        sums: &[f32],
+        o: &mut [T],
+        mut put: impl FnMut(&mut T, f32),
+    ) {
+        let (b, relu) = (self.bias[c], self.relu);
+        let act = |v: f32| if relu { v.max(0.0) } else { v };
+        let at = c * self.p + j0;
+        match self.residual {
+            None => {
+                for (o, &s) in o.iter_mut().zip(sums) {
+                    put(o, act(s + b));
+                }
+            }
+            Some(Residual::F32(r)) => {
+                for ((o, &s), &r) in o.iter_mut().zip(sums).zip(&r[at..][..sums.len()]) {
+                    put(o, act(s + b + r));
+                }
+            }
+            Some(Residual::Bf16(r)) => {
+                for ((o, &s), &r) in o.iter_mut().zip(sums).zip(&r[at..][..sums.len()]) {
+                    put(o, act(s + b + from_bf16(r)));
+                }
+            }
+            Some(Residual::Bytes { q, step }) => {
+                for ((o, &s), &r) in o.iter_mut().zip(sums).zip(&q[at..][..sums.len()]) {
+                    put(o, act(s + b + f32::from(r) * step));
+                }
+            }
+        }
+    }
+}
+
 impl RowMap for Finish<'_> {
     #[inline(always)]
     fn map(&self, c: usize, j0: usize, o: &mut [f32]) {
-        let r = self.residual.map(|r| &r[c * self.p + j0..][..o.len()]);
-        epilogue_segment(o, self.bias[c], r, self.relu);
+        match self.residual {
+            None => epilogue_segment(o, self.bias[c], None, self.relu),
+            Some(Residual::F32(r)) => {
+                let r = &r[c * self.p + j0..][..o.len()];
+                epilogue_segment(o, self.bias[c], Some(r), self.relu);
+            }
+            Some(_) => {
+                // (The sums are the output: read each before it is written.)
+                for i in 0..o.len() {
+                    let s = [o[i]];
+                    self.each(c, j0 + i, &s, &mut o[i..i + 1], |o, y| *o = y);
+                }
+            }
+        }
     }
 
     /// In one pass from the sums, without copying them out first.
     #[inline(always)]
     fn map_from(&self, c: usize, j0: usize, sums: &[f32], o: &mut [f32]) {
-        let r = self.residual.map(|r| &r[c * self.p + j0..][..o.len()]);
-        epilogue_row(o, sums, self.bias[c], r, self.relu);
+        match self.residual {
+            None => epilogue_row(o, sums, self.bias[c], None, self.relu),
+            Some(Residual::F32(r)) => {
+                let r = &r[c * self.p + j0..][..o.len()];
+                epilogue_row(o, sums, self.bias[c], Some(r), self.relu);
+            }
+            Some(_) => self.each(c, j0, sums, o, |o, y| *o = y),
+        }
+    }
+}
+
+/// [`Finish`] rounded to bf16 bits ([`QOutput::Bf16`]).
+struct Rounded<'a>(&'a Finish<'a>);
+
+impl amx::Emit<f32, u16> for Rounded<'_> {
+    #[inline(always)]
+    fn emit(&self, c: usize, j0: usize, sums: &[f32], o: &mut [u16]) {
+        self.0.each(c, j0, sums, o, |o, y| *o = to_bf16(y));
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, c: usize, j0: usize, len: usize) {
+        amx::Emit::<f32, f32>::prefetch(self.0, c, j0, len);
     }
 }
 
@@ -483,8 +580,12 @@ impl amx::Emit<f32, f32> for Finish<'_> {
 
     #[inline(always)]
     fn prefetch(&self, c: usize, j0: usize, len: usize) {
-        if let Some(r) = self.residual {
-            amx::prefetch_read(&r[c * self.p + j0..][..len]);
+        let at = c * self.p + j0;
+        match self.residual {
+            Some(Residual::F32(r)) => amx::prefetch_read(&r[at..][..len]),
+            Some(Residual::Bf16(r)) => amx::prefetch_read(&r[at..][..len]),
+            Some(Residual::Bytes { q, .. }) => amx::prefetch_read(&q[at..][..len]),
+            None => {}
         }
     }
 }

@@ -101,7 +101,7 @@ fn handed_on_panels_are_the_rounded_f32_output() {
                     k4: kw,
                 };
                 let io = (QInput::F32(&x), out);
-                assert!(first.forward(io, h, w, res, true, &mut s, par, isa));
+                assert!(first.forward(io, h, w, res.map(Residual::F32), true, &mut s, par, isa));
                 assert_eq!(bits(&y), bits(&want), "{cin} {mid} {h}×{w}");
                 check_layout(&panels, &want, mid, p, kw);
                 let mut got = vec![f32::NAN; cout * p];
@@ -188,7 +188,16 @@ fn direct_panels_are_the_rounded_f32_output() {
                 k4: kw,
             };
             let io = (QInput::F32(&x), out);
-            assert!(!first.forward(io, h, w, Some(&residual), relu, &mut s, par, isa));
+            assert!(!first.forward(
+                io,
+                h,
+                w,
+                Some(Residual::F32(&residual)),
+                relu,
+                &mut s,
+                par,
+                isa
+            ));
             assert_eq!(panels, before);
         }
     }
@@ -267,7 +276,16 @@ fn image_output_is_the_rounded_f32_output() {
                     grid,
                 };
                 let io = (input, out);
-                assert!(!first.forward(io, h, w, Some(&residual), true, &mut s, par, isa));
+                assert!(!first.forward(
+                    io,
+                    h,
+                    w,
+                    Some(Residual::F32(&residual)),
+                    true,
+                    &mut s,
+                    par,
+                    isa
+                ));
                 assert!(image == want_image);
             }
         }
@@ -343,7 +361,16 @@ fn direct_image_output_is_the_rounded_f32_output() {
                 grid,
             };
             let io = (QInput::F32(&x), out);
-            assert!(!first.forward(io, h, w, Some(&residual), true, &mut s, par, isa));
+            assert!(!first.forward(
+                io,
+                h,
+                w,
+                Some(Residual::F32(&residual)),
+                true,
+                &mut s,
+                par,
+                isa
+            ));
             assert!(image.iter().all(|&v| v == 0xA5A5));
         }
     }

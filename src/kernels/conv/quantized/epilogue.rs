@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::Residual;
 use crate::kernels::amx::direct::PositionEpilogue;
 use crate::kernels::amx::{prefetch_read, Emit, Handoff, COLS};
+use crate::kernels::bf16::from_bf16;
 use crate::kernels::int8::quantize_u8;
 
 /// The epilogue of a call whose input step is `x_step` (see the module documentation of the
@@ -82,6 +83,12 @@ impl<const ZP: bool> Dequant<'_, ZP> {
                     put(o, act((a - off) as f32 * s + b + f32::from(r) * step));
                 }
             }
+            Some(Residual::Bf16(bits)) => {
+                let r = &bits[c * self.p + j0..][..o.len()];
+                for ((o, &a), &r) in o.iter_mut().zip(sums).zip(r) {
+                    put(o, act((a - off) as f32 * s + b + from_bf16(r)));
+                }
+            }
             None => {
                 for (o, &a) in o.iter_mut().zip(sums) {
                     put(o, act((a - off) as f32 * s + b));
@@ -98,6 +105,7 @@ impl<const ZP: bool> Dequant<'_, ZP> {
         match self.residual {
             Some(Residual::F32(r)) => prefetch_read(&r[c * self.p + j0..][..len]),
             Some(Residual::Bytes { q, .. }) => prefetch_read(&q[c * self.p + j0..][..len]),
+            Some(Residual::Bf16(b)) => prefetch_read(&b[c * self.p + j0..][..len]),
             None => {}
         }
     }

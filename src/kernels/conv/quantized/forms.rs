@@ -47,15 +47,18 @@ impl QInput<'_> {
     }
 }
 
-/// The residual a convolution adds before its ReLU: f32, or bytes (`value = q · step`, the
-/// block input as the previous block's last convolution quantised it for this block's first
-/// one: [`QOutput::Bytes`]).
+/// The residual a convolution adds before its ReLU: f32, bytes (`value = q · step`, the
+/// block input as the previous block's last int8 convolution quantised it for this block's
+/// first one: [`QOutput::Bytes`]), or bf16 bits (as the previous block's last bf16
+/// convolution rounded it: [`QOutput::Bf16`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Residual<'a> {
     /// f32 values.
     F32(&'a [f32]),
     /// Bytes and the step of one unit.
     Bytes { q: &'a [u8], step: f32 },
+    /// bf16 bits.
+    Bf16(&'a [u16]),
 }
 
 impl Residual<'_> {
@@ -63,6 +66,16 @@ impl Residual<'_> {
         match self {
             Residual::F32(r) => r.len(),
             Residual::Bytes { q, .. } => q.len(),
+            Residual::Bf16(b) => b.len(),
+        }
+    }
+
+    /// The value of element `i`.
+    pub(crate) fn value(&self, i: usize) -> f32 {
+        match self {
+            Residual::F32(r) => r[i],
+            Residual::Bytes { q, step } => f32::from(q[i]) * step,
+            Residual::Bf16(b) => crate::kernels::bf16::from_bf16(b[i]),
         }
     }
 }
@@ -117,6 +130,17 @@ pub(crate) enum QOutput<'a> {
         panels: Option<(&'a mut [u32], usize)>,
         limit: f32,
     },
+    /// bf16 only: the output rounded to bf16 (`y`, bits), as the next convolution rounds its
+    /// input, and the same bits packed for that one (a plain 1×1 convolution on AMX, `k4`
+    /// words of `k` per column) into `panels`: the output of a block read by the next block
+    /// both as its first convolution's input and as its residual ([`Residual::Bf16`]).
+    /// [`QuantizedConv::forward`](super::QuantizedConv::forward) refuses it; `Bf16Conv`'s
+    /// returns whether it was written (only on AMX).
+    Bf16 {
+        y: &'a mut [u16],
+        panels: &'a mut [u32],
+        k4: usize,
+    },
     /// bf16 only: the output written as the padded channels-last image of `grid` (bf16
     /// bits, [`Grid::len`] of them) that a following direct convolution reads
     /// ([`QInput::ImageBf16`]), from a plain 1×1 or a direct convolution on AMX without a
@@ -141,6 +165,7 @@ impl QOutput<'_> {
         match self {
             QOutput::F32(y) => Some(y.len()),
             QOutput::Quantized { q, .. } | QOutput::Bytes { q, .. } => Some(q.len()),
+            QOutput::Bf16 { y, .. } => Some(y.len()),
             QOutput::F32Panels { y, .. } => Some(y.len()),
             QOutput::Panels { .. } | QOutput::ImageBf16 { .. } | QOutput::ImageU8 { .. } => None,
         }
@@ -172,8 +197,9 @@ impl QuantizedConv {
         let (oh, ow) = self.out_hw(h, w);
         let p = oh * ow;
         assert!(
-            !matches!(input, QInput::ImageBf16(_)) && !matches!(out, QOutput::ImageBf16 { .. }),
-            "QuantizedConv: bf16 images are a bf16 form"
+            !matches!(input, QInput::ImageBf16(_))
+                && !matches!(out, QOutput::ImageBf16 { .. } | QOutput::Bf16 { .. }),
+            "QuantizedConv: bf16 images and bits are a bf16 form"
         );
         if !matches!(input, QInput::Panels(_) | QInput::ImageU8(_)) {
             assert_eq!(input.len(), self.cin * h * w, "QuantizedConv: input length");
@@ -294,7 +320,9 @@ impl QuantizedConv {
                 );
                 handed && !over.load(Ordering::Relaxed)
             }
-            (_, _, QOutput::ImageBf16 { .. }) => unreachable!("refused above"),
+            (_, _, QOutput::ImageBf16 { .. } | QOutput::Bf16 { .. }) => {
+                unreachable!("refused above")
+            }
             (
                 InputRange::Calibrated(limit),
                 QInput::Panels(panels),
