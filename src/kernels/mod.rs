@@ -18,4 +18,4 @@ pub mod int8;
 pub(crate) mod par;
 pub mod pool;
 pub(crate) mod screen;
-mod wide;
+pub(crate) mod wide;
