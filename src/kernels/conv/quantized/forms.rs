@@ -365,68 +365,86 @@ impl QuantizedConv {
                 self.forward_direct_bytes(input, limit, h, w, bufs, dequant, relu, next, par, isa)
             }
             (_, _, QOutput::ImageU8 { .. }) => false,
+            (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next }) => {
+                let out = (q, None, next);
+                self.forward_requantised(
+                    input,
+                    limit,
+                    h,
+                    w,
+                    out,
+                    (bufs, dequant),
+                    residual,
+                    relu,
+                    par,
+                    isa,
+                )
+            }
             (
                 InputRange::Calibrated(limit),
                 input,
                 QOutput::Bytes {
                     q,
-                    panels: Some((panels, k4)),
-                    limit: next,
-                },
-            ) => {
-                let over = AtomicBool::new(false);
-                let make = once(|range: f32| Requant {
-                    dequant: epilogue::<false>(
-                        dequant,
-                        w_step,
-                        range / 255.0,
-                        bias,
-                        residual,
-                        relu,
-                        p,
-                    ),
-                    scale: scale_for(next),
-                    limit: next,
-                    over: &over,
-                });
-                let hand_on = Some(HandOn {
-                    handoff: &SameBytes,
                     panels,
-                    kw: k4,
-                });
-                let handed =
-                    self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, make, hand_on);
-                handed && !over.load(Ordering::Relaxed)
-            }
-            (InputRange::Calibrated(limit), input, QOutput::Quantized { q, limit: next })
-            | (
-                InputRange::Calibrated(limit),
-                input,
-                QOutput::Bytes {
-                    q,
-                    panels: None,
                     limit: next,
                 },
             ) => {
-                let over = AtomicBool::new(false);
-                let none = no_hand_on();
-                let make = once(|range: f32| Requant {
-                    dequant: epilogue::<false>(
-                        dequant,
-                        w_step,
-                        range / 255.0,
-                        bias,
-                        residual,
-                        relu,
-                        p,
-                    ),
-                    scale: scale_for(next),
-                    limit: next,
-                    over: &over,
-                });
-                self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, make, none);
-                !over.load(Ordering::Relaxed)
+                let out = (q, panels, next);
+                self.forward_requantised(
+                    input,
+                    limit,
+                    h,
+                    w,
+                    out,
+                    (bufs, dequant),
+                    residual,
+                    relu,
+                    par,
+                    isa,
+                )
             }
         }
+    }
+}
+
+impl QuantizedConv {
+    /// The output quantised for the next convolution (range `next`), and, with `panels`,
+    /// packed for it too ([`QOutput::Quantized`], [`QOutput::Bytes`]); returns whether it
+    /// is valid (no value exceeded `next`, and the panels, if asked for, were written).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_requantised(
+        &self,
+        input: QInput<'_>,
+        limit: f32,
+        h: usize,
+        w: usize,
+        (q, panels, next): (&mut [u8], Option<(&mut [u32], usize)>, f32),
+        bufs: (Bufs<'_>, &mut Vec<f32>),
+        residual: Option<Residual<'_>>,
+        relu: bool,
+        par: Parallelism,
+        isa: Int8Isa,
+    ) -> bool {
+        let (bufs, dequant) = bufs;
+        let p = {
+            let (oh, ow) = self.out_hw(h, w);
+            oh * ow
+        };
+        let over = AtomicBool::new(false);
+        let (w_step, bias) = (&self.w_step[..], &self.bias[..]);
+        let make = once(|range: f32| Requant {
+            dequant: epilogue::<false>(dequant, w_step, range / 255.0, bias, residual, relu, p),
+            scale: scale_for(next),
+            limit: next,
+            over: &over,
+        });
+        let want_panels = panels.is_some();
+        let hand_on = panels.map(|(panels, kw)| HandOn {
+            handoff: &SameBytes,
+            panels,
+            kw,
+        });
+        let handed = self.forward_calibrated(input, limit, h, w, q, bufs, par, isa, make, hand_on);
+        (handed || !want_panels) && !over.load(Ordering::Relaxed)
     }
 }
