@@ -407,6 +407,9 @@ impl QuantizedConv {
     }
 }
 
+/// Panels to write for a following 1×1 convolution, and its words of `k` per column.
+type PanelsOut<'a> = (&'a mut [u32], usize);
+
 impl QuantizedConv {
     /// The output quantised for the next convolution (range `next`), and, with `panels`,
     /// packed for it too ([`QOutput::Quantized`], [`QOutput::Bytes`]); returns whether it
@@ -418,7 +421,7 @@ impl QuantizedConv {
         limit: f32,
         h: usize,
         w: usize,
-        (q, panels, next): (&mut [u8], Option<(&mut [u32], usize)>, f32),
+        (q, panels, next): (&mut [u8], Option<PanelsOut<'_>>, f32),
         bufs: (Bufs<'_>, &mut Vec<f32>),
         residual: Option<Residual<'_>>,
         relu: bool,
