@@ -22,6 +22,9 @@ pub enum Precision {
     F32,
     /// Static post-training int8: symmetric per-output-channel `i8` weights, `u8` activations
     /// with one scale per convolution input taken from a [`Calibration`], exact `i32` sums.
+    /// An image whose activations exceed a calibrated range has that input quantised with its
+    /// own maximum instead, never clipped: a defect's strong response is kept (see
+    /// [`Backbone::int8_last_ranges`]).
     /// The stem (the 7×7 convolution on the signed, normalised image) runs in int8 where AMX
     /// reads the image directly (Xeon Sapphire Rapids and later), its input quantised with a
     /// zero point from each image's own range (no calibration), and in f32 elsewhere, where
@@ -224,6 +227,21 @@ impl Backbone {
             .reduced()
             .filter(|r| r.precision() == Precision::Int8)
             .map(|r| r.isa().int8)
+    }
+
+    /// The ranges `[0, r]` that the int8 convolutions after the stem quantised their inputs
+    /// with on the last image, in the order of [`Calibration::maxima`]: each convolution's
+    /// calibrated maximum, or the image's own maximum where that was larger (the range widens
+    /// rather than clipping, see [`Precision::Int8`]). A range wider than its calibrated one
+    /// says that the image drives that layer beyond every fitted image, as a defect or a
+    /// changed scene can. `None` unless the backbone runs in int8; `None` for a convolution
+    /// that has seen no image yet. With forward passes running at once on several threads,
+    /// the ranges may come from different images.
+    pub fn int8_last_ranges(&self) -> Option<Vec<Option<f32>>> {
+        self.net
+            .reduced()
+            .filter(|r| r.precision() == Precision::Int8)
+            .map(|r| r.last_ranges())
     }
 
     /// The instruction set of the bf16 kernels, when the backbone runs in bf16.

@@ -120,6 +120,21 @@ pub(crate) struct Isas {
 }
 
 impl LowNet {
+    /// [`QuantizedConv::last_range`] of every convolution after the stem, block by block
+    /// (main path, then downsample): the order of the calibration's maxima. `None` for a bf16
+    /// convolution.
+    pub(crate) fn last_ranges(&self) -> Vec<Option<f32>> {
+        self.blocks
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|c| match c {
+                LowConv::Int8(q) => q.last_range(),
+                LowConv::Bf16(_) => None,
+            })
+            .collect()
+    }
+
     /// For block `b` of stage `s`: the range ([`LowConv::panels_limit`]) and AMX words of
     /// `k` of the next block's first convolution when it reads its input as AMX panels
     /// ([`LowConv::panels_kw`]), so that block `b`'s last convolution packs its output for

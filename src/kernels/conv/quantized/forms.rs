@@ -332,6 +332,8 @@ impl QuantizedConv {
                     limit: next,
                 },
             ) if residual.is_none() && self.plain_1x1() => {
+                // (Panels hold bytes of the calibrated range.)
+                self.note_range(limit, limit);
                 dequant_steps(dequant, w_step, limit / 255.0);
                 let bytes = DirectBytes {
                     dequant,

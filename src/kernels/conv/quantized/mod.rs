@@ -50,7 +50,7 @@
 //! sum to f32 and of the scaled value, the result is the f32 convolution of the
 //! fake-quantised weights `q_w·s_w` and inputs `q_x·s_x`, which is how the tests check it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 mod direct;
@@ -106,22 +106,29 @@ pub struct QuantizedConv {
     /// convolution is an odd window wider than 1 with "same" padding, at stride 1 or 2, on 64·n
     /// input channels.
     direct: Option<DirectWeights>,
-    /// Whether the last input this convolution quantised exceeded its calibrated range
-    /// ([`QuantizedConv::exceeded_last`]).
-    exceeded: Exceeded,
+    /// The range the last input was quantised with ([`QuantizedConv::last_range`], and
+    /// [`QuantizedConv::exceeded_last`] when it is wider than the calibrated one).
+    last: LastRange,
 }
 
-/// Whether a convolution's last input exceeded its calibrated range: a hint that its next
-/// input will too, so that the convolution before it writes f32 at once instead of bytes that
-/// would be thrown away ([`QuantizedConv::exceeded_last`]). It only ever changes which path
-/// computes a result, never the result (every path gives the same bits), so it may race
-/// between threads; a clone starts afresh.
-#[derive(Debug, Default)]
-struct Exceeded(AtomicBool);
+/// The range a convolution's last input was quantised with, as the bits of an `f32` (NaN
+/// before the first): whether it exceeded the calibrated range is a hint that the next input
+/// will too, so that the convolution before it writes f32 at once instead of bytes that would
+/// be thrown away ([`QuantizedConv::exceeded_last`]). It only ever changes which path computes
+/// a result, never the result (every path gives the same bits), so it may race between
+/// threads; a clone starts afresh.
+#[derive(Debug)]
+struct LastRange(AtomicU32);
 
-impl Clone for Exceeded {
+impl Default for LastRange {
+    fn default() -> Self {
+        LastRange(AtomicU32::new(f32::NAN.to_bits()))
+    }
+}
+
+impl Clone for LastRange {
     fn clone(&self) -> Self {
-        Exceeded::default()
+        LastRange::default()
     }
 }
 
@@ -256,7 +263,7 @@ impl QuantizedConv {
             bias: conv.bias().to_vec(),
             input,
             row_sums,
-            exceeded: Exceeded::default(),
+            last: LastRange::default(),
         })
     }
 
@@ -270,15 +277,28 @@ impl QuantizedConv {
     /// does not exceed any more clears the hint when it is quantised. Results never depend on
     /// it.
     pub(crate) fn exceeded_last(&self) -> bool {
-        self.exceeded.0.load(Ordering::Relaxed)
+        match (self.input, self.last_range()) {
+            (InputRange::Calibrated(m), Some(range)) => range > m,
+            _ => false,
+        }
     }
 
-    /// Notes whether an input of calibrated range `limit` was quantised with the wider
-    /// `range` (see [`QuantizedConv::exceeded_last`]).
-    fn note_range(&self, range: f32, limit: f32) {
-        let exceeded = range > limit;
-        if self.exceeded.0.load(Ordering::Relaxed) != exceeded {
-            self.exceeded.0.store(exceeded, Ordering::Relaxed);
+    /// The range `[0, r]` that the last input of this convolution was quantised with: its
+    /// calibrated range, or the input's maximum where that was larger (see the module
+    /// documentation); `None` before the first input, for a clone, and for a convolution that
+    /// quantises each input with its own range ([`QuantizedConv::per_image`]).
+    pub(crate) fn last_range(&self) -> Option<f32> {
+        let r = f32::from_bits(self.last.0.load(Ordering::Relaxed));
+        (!r.is_nan()).then_some(r)
+    }
+
+    /// Notes that an input of calibrated range `limit` was quantised with `range` (`limit`, or
+    /// wider: see [`QuantizedConv::last_range`]).
+    pub(super) fn note_range(&self, range: f32, limit: f32) {
+        debug_assert!(range >= limit);
+        // Stored only when it changed: one cache line that other threads read.
+        if self.last.0.load(Ordering::Relaxed) != range.to_bits() {
+            self.last.0.store(range.to_bits(), Ordering::Relaxed);
         }
     }
 
