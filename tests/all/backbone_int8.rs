@@ -1,6 +1,8 @@
 //! The int8 backbone: the quantised convolution against a fake-quantised f32 reference
-//! computed here (f64 sums), the calibration against the tapped activations, thread-count
-//! independence, and the way back to f32.
+//! computed here (f64 sums), the network against a reference network (exact integer sums and
+//! the documented f32 epilogue, [`crate::reference_resnet`]), the calibration against the
+//! tapped activations, the reported ranges, thread-count independence, and the way back to
+//! f32.
 
 use ndarray::Array4;
 use patchcore::backbone::{Backbone, Calibration, Layer, Precision, ResNetSpec};
@@ -8,6 +10,8 @@ use patchcore::kernels::conv::{Conv2d, QuantScratch, QuantizedConv};
 use patchcore::kernels::gemm::Parallelism;
 use patchcore::kernels::int8::Int8Isa;
 use proptest::prelude::*;
+
+use crate::reference_resnet::{image_map, tiny_network, walk, Folded, Map, RefNet};
 
 /// The documented input quantisation, written out independently: `q = clamp(round(x · (255 /
 /// m)), 0, 255)`, dequantised as `q · (m / 255)`; `m` is the range (the calibrated maximum
@@ -312,23 +316,6 @@ fn int8_backbone_is_close_to_f32_and_independent_of_threads() {
     assert_eq!(bb.forward(x.view()).unwrap(), f32_out, "back to f32");
 }
 
-/// A tensor of the weights file as f64.
-fn tensor(st: &safetensors::SafeTensors<'_>, name: &str) -> Vec<f64> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    t.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-        .collect()
-}
-
-/// A feature map `[c, h, w]` in f64.
-struct Map {
-    c: usize,
-    h: usize,
-    w: usize,
-    v: Vec<f64>,
-}
-
 /// An input as the int8 convolution sees it: codes `q`, zero point `z` and step, the value of
 /// code `q` being `(q − z)·step`.
 struct Codes {
@@ -388,96 +375,91 @@ impl In {
     }
 }
 
-/// Naive convolution + eval BatchNorm (ε = 1e-5) of the torchvision tensors `conv`/`bn`, the
-/// weights folded in f64 and rounded to f32 as the loader does. On an input quantised as `m`
-/// says, with the weights quantised per output channel: the exact integer sums
-/// `a = Σ (q_x − z)·q_w`, then the documented epilogue in f32, `a·(s_x·s_w) + b` (the
-/// residual and ReLU follow in the caller, in f32 too), so that every activation is the f32
-/// value the int8 network must compute, bit for bit. For [`In::F32`], f64 sums of the f32
-/// operands.
-fn conv_bn(
-    st: &safetensors::SafeTensors<'_>,
-    conv: &str,
-    bn: &str,
-    x: &Map,
-    stride: usize,
-    m: In,
-) -> Map {
-    let w = tensor(st, &format!("{conv}.weight"));
-    let shape = st
-        .tensor(&format!("{conv}.weight"))
-        .unwrap()
-        .shape()
-        .to_vec();
-    let (cout, cin, k) = (shape[0], shape[1], shape[2]);
-    assert_eq!(cin, x.c);
-    let [g, b, mean, var] =
-        ["weight", "bias", "running_mean", "running_var"].map(|f| tensor(st, &format!("{bn}.{f}")));
-    let pad = k / 2;
-    let (oh, ow) = (
-        (x.h + 2 * pad - k) / stride + 1,
-        (x.w + 2 * pad - k) / stride + 1,
-    );
+/// Convolution `f` (BatchNorm folded by the loader's rule) on an input quantised as `m` says,
+/// with the weights quantised per output channel: the exact integer sums
+/// `a = Σ (q_x − z)·q_w`, then the documented epilogue in f32, `a·(s_x·s_w) + b` (the residual
+/// and ReLU follow in f32 too, [`Int8Net`]), so that every activation is the f32 value the
+/// int8 network must compute, bit for bit. For [`In::F32`], f64 sums of the f32 operands.
+fn conv_q(f: &Folded, x: &Map, stride: usize, m: In) -> Map {
     let xf: Vec<f32> = x.v.iter().map(|&v| v as f32).collect();
     let codes = m.codes(&xf);
-    let per = cin * k * k;
-    let mut out = vec![0.0; cout * oh * ow];
-    for co in 0..cout {
-        let scale = g[co] / (var[co] + 1e-5).sqrt();
-        let folded: Vec<f32> = w[co * per..(co + 1) * per]
-            .iter()
-            .map(|&v| (v * scale) as f32)
-            .collect();
-        let bias = (b[co] - mean[co] * scale) as f32;
-        // The weights' codes and step (the documented per-channel quantiser).
-        let amax = folded.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let (qw, w_step): (Vec<i64>, f32) = if amax == 0.0 {
-            (vec![0; per], 0.0)
-        } else {
-            let inv = 127.0f32 / amax;
-            let q = folded
-                .iter()
-                .map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i64)
-                .collect();
-            (q, amax / 127.0)
-        };
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (mut acc, mut s) = (0i64, bias as f64);
-                for ci in 0..cin {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let iy = (oy * stride + ky) as isize - pad as isize;
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < x.h && (ix as usize) < x.w {
-                                let at = (ci * x.h + iy as usize) * x.w + ix as usize;
-                                let wi = (ci * k + ky) * k + kx;
-                                match &codes {
-                                    Some(c) => acc += (c.q[at] - c.z) * qw[wi],
-                                    None => s += xf[at] as f64 * folded[wi] as f64,
-                                }
-                            }
-                        }
-                    }
+    let per = f.cin * f.k * f.k;
+    // The weights' codes and step per output channel (the documented quantiser).
+    let rows: Vec<(Vec<i64>, f32)> =
+        f.w.chunks_exact(per)
+            .map(|row| {
+                let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                if amax == 0.0 {
+                    return (vec![0; per], 0.0);
                 }
-                out[(co * oh + oy) * ow + ox] = match &codes {
-                    Some(c) => ((acc as i32 as f32) * (c.step * w_step) + bias) as f64,
-                    None => s,
-                };
+                let inv = 127.0f32 / amax;
+                let q = row
+                    .iter()
+                    .map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i64)
+                    .collect();
+                (q, amax / 127.0)
+            })
+            .collect();
+    f.conv(x, stride, |co, taps| match &codes {
+        Some(c) => {
+            let (qw, w_step) = &rows[co];
+            let acc: i64 = taps.iter().map(|&(at, wi)| (c.q[at] - c.z) * qw[wi]).sum();
+            ((acc as i32 as f32) * (c.step * w_step) + f.b[co]) as f64
+        }
+        None => {
+            let row = &f.w[co * per..];
+            taps.iter()
+                .map(|&(at, wi)| xf[at] as f64 * row[wi] as f64)
+                .sum::<f64>()
+                + f.b[co] as f64
+        }
+    })
+}
+
+/// The int8 network's arithmetic for [`walk`]: the stem's input quantised as `stem` says,
+/// each later convolution's with the range the network reports (checked, [`In::Used`]),
+/// residuals added in f32, and (when `chain`) a block output that is not a tap kept
+/// quantised for the next block's first convolution unless a value exceeds its range.
+struct Int8Net<'a> {
+    stem: In,
+    ranges: std::iter::Peekable<std::slice::Iter<'a, f32>>,
+    used: std::slice::Iter<'a, Option<f32>>,
+    chain: bool,
+}
+
+impl RefNet for Int8Net<'_> {
+    fn conv(&mut self, f: &Folded, x: &Map, stride: usize, stem: bool) -> Map {
+        let m = match stem {
+            true => self.stem,
+            false => In::Used {
+                m: *self.ranges.next().expect("a range per convolution"),
+                used: self
+                    .used
+                    .next()
+                    .copied()
+                    .flatten()
+                    .expect("every convolution quantised an input"),
+            },
+        };
+        conv_q(f, x, stride, m)
+    }
+
+    fn add(&self, y: f64, r: f64) -> f64 {
+        (y as f32 + r as f32) as f64
+    }
+
+    fn block_out(&mut self, s: usize, _: usize, last: bool, y: &mut Map) {
+        // Chained (8 images or more), a block's output that is not a tap (layer2, layer3)
+        // is kept quantised for the next block's first convolution (the next range), as its
+        // input and its residual, unless a value exceeds that range.
+        let tap = s >= 1 && last;
+        if let (true, false, Some(&&m)) = (self.chain, tap, self.ranges.peek()) {
+            if y.v.iter().all(|&v| v as f32 <= m) {
+                y.v.iter_mut()
+                    .for_each(|v| *v = fake_quant_input(*v as f32, m));
             }
         }
     }
-    Map {
-        c: cout,
-        h: oh,
-        w: ow,
-        v: out,
-    }
-}
-
-fn relu(mut m: Map) -> Map {
-    m.v.iter_mut().for_each(|v| *v = v.max(0.0));
-    m
 }
 
 /// The int8 network equals a reference network written out here, bit for bit where AMX runs
@@ -485,7 +467,7 @@ fn relu(mut m: Map) -> Map {
 /// quantised with a zero point from the image's own range (where AMX runs it, else in f32 and
 /// f64 sums), every convolution after it on inputs quantised with the calibrated ranges in
 /// network order (widened to an input's maximum where it exceeds them), all on quantised
-/// weights, with exact integer sums and the documented f32 epilogue (`conv_bn`). With an f32
+/// weights, with exact integer sums and the documented f32 epilogue (`conv_q`). With an f32
 /// stem, its f64 sums round differently from the network's f32 ones, so the test allows the
 /// rare input whose quantisation flips by one step.
 ///
@@ -507,20 +489,7 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
         if wide && !Int8Isa::Amx.is_available() {
             continue;
         }
-        let size = if wide { 64 } else { 48 };
-        let spec = ResNetSpec {
-            name: "tiny".into(),
-            block,
-            blocks: [2, 1, 2, 1],
-            stem_channels: if wide { 64 } else { 8 },
-            planes: if wide { [64; 4] } else { [4, 8, 8, 8] },
-            width_per_group: if block == Basic || wide { 64 } else { 32 },
-        };
-        let bytes = Backbone::random_weights_safetensors(&spec, Layer::Layer3, 4).unwrap();
-        let taps = [Layer::Layer2, Layer::Layer3];
-        let mut bb =
-            Backbone::from_safetensors_bytes(&bytes, std::path::Path::new("tiny"), &spec, &taps)
-                .unwrap();
+        let (spec, bytes, size, mut bb) = tiny_network(block, wide);
         // Calibrated on 2 images (activations dequantised between convolutions) and on 8
         // (kept quantised, see `CHAIN_MIN_IMAGES`); an image like the calibration ones and one
         // beyond every range (each input's range widened to its maximum; each chained output
@@ -536,12 +505,7 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
             let got = bb.forward(x.view()).unwrap();
 
             let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            let input = Map {
-                c: 3,
-                h: size,
-                w: size,
-                v: x.iter().map(|&v| v as f64).collect(),
-            };
+            let input = image_map(&x);
             // The stem runs in int8 on CPUs where AMX reads the image directly, else in f32.
             let stem_in = match Int8Isa::Amx.is_available() {
                 true => In::PerImage,
@@ -553,121 +517,16 @@ fn int8_network_equals_a_fake_quantised_reference_network() {
                 "{}",
                 bb.kernels()
             );
-            let stem = relu(conv_bn(&st, "conv1", "bn1", &input, 2, stem_in));
-            // Max-pool 3×3 / 2, padding 1 (padding never wins).
-            let (ph, pw) = ((stem.h - 1) / 2 + 1, (stem.w - 1) / 2 + 1);
-            let mut pooled = vec![f64::NEG_INFINITY; stem.c * ph * pw];
-            for c in 0..stem.c {
-                for y in 0..ph {
-                    for xx in 0..pw {
-                        for dy in 0..3 {
-                            for dx in 0..3 {
-                                let (iy, ix) =
-                                    ((2 * y + dy) as isize - 1, (2 * xx + dx) as isize - 1);
-                                if iy >= 0
-                                    && ix >= 0
-                                    && (iy as usize) < stem.h
-                                    && (ix as usize) < stem.w
-                                {
-                                    let v =
-                                        stem.v[(c * stem.h + iy as usize) * stem.w + ix as usize];
-                                    let o = &mut pooled[(c * ph + y) * pw + xx];
-                                    *o = o.max(v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            let mut cur = Map {
-                c: stem.c,
-                h: ph,
-                w: pw,
-                v: pooled,
-            };
-            let mut ranges = cal.maxima().iter().copied().peekable();
             let last = bb.int8_last_ranges().expect("an int8 backbone");
             assert_eq!(last.len(), cal.maxima().len());
-            let mut used = last.iter().map(|r| {
-                r.unwrap_or_else(|| panic!("every convolution quantised an input: {last:?}"))
-            });
-            // The range of the next convolution's input: its calibrated maximum `m`, and the
-            // range the network used.
-            let mut next_in =
-                |ranges: &mut std::iter::Peekable<std::iter::Copied<std::slice::Iter<'_, f32>>>| {
-                    let m = ranges.next().unwrap();
-                    In::Used {
-                        m,
-                        used: used.next().unwrap(),
-                    }
-                };
-            let mut outs = Vec::new();
-            for s in 0..3 {
-                for b in 0..spec.blocks[s] {
-                    let p = format!("layer{}.{b}", s + 1);
-                    let stride = if b == 0 && s > 0 { 2 } else { 1 };
-                    let n = match block {
-                        Basic => 2,
-                        _ => 3,
-                    };
-                    let strided = if n == 2 { 1 } else { 2 }; // which convolution carries the stride
-                    let mut y = Map {
-                        c: cur.c,
-                        h: cur.h,
-                        w: cur.w,
-                        v: cur.v.clone(),
-                    };
-                    for i in 1..=n {
-                        let st_i = if i == strided { stride } else { 1 };
-                        let z = conv_bn(
-                            &st,
-                            &format!("{p}.conv{i}"),
-                            &format!("{p}.bn{i}"),
-                            &y,
-                            st_i,
-                            next_in(&mut ranges),
-                        );
-                        y = if i < n { relu(z) } else { z };
-                    }
-                    let has_ds = st.tensor(&format!("{p}.downsample.0.weight")).is_ok();
-                    let identity = if has_ds {
-                        conv_bn(
-                            &st,
-                            &format!("{p}.downsample.0"),
-                            &format!("{p}.downsample.1"),
-                            &cur,
-                            stride,
-                            next_in(&mut ranges),
-                        )
-                    } else {
-                        cur
-                    };
-                    y.v.iter_mut()
-                        .zip(&identity.v)
-                        .for_each(|(a, &b)| *a = (*a as f32 + b as f32).max(0.0) as f64);
-                    // Chained (8 images or more), a block's output that is not a wanted
-                    // stage's is kept quantised for the next block's first convolution (the
-                    // next range), as its input and its residual, unless a value exceeds
-                    // that range.
-                    let wanted = s >= 1 && b + 1 == spec.blocks[s];
-                    if let (true, false, Some(&m)) = (n_cal >= 8, wanted, ranges.peek()) {
-                        if y.v.iter().all(|&v| v as f32 <= m) {
-                            y.v.iter_mut()
-                                .for_each(|v| *v = fake_quant_input(*v as f32, m));
-                        }
-                    }
-                    cur = y;
-                }
-                if s >= 1 {
-                    outs.push(Map {
-                        c: cur.c,
-                        h: cur.h,
-                        w: cur.w,
-                        v: cur.v.clone(),
-                    });
-                }
-            }
-            assert!(ranges.next().is_none(), "every range used once");
+            let mut net = Int8Net {
+                stem: stem_in,
+                ranges: cal.maxima().iter().peekable(),
+                used: last.iter(),
+                chain: n_cal >= 8,
+            };
+            let outs = walk(&spec, &st, &input, &mut net).split_off(1);
+            assert!(net.ranges.next().is_none(), "every range used once");
             for (g, want) in got.iter().zip(&outs) {
                 assert_eq!(g.shape(), &[1, want.c, want.h, want.w]);
                 let scale = want.v.iter().fold(0.0f64, |m, v| m.max(v.abs()));

@@ -71,6 +71,7 @@ mod preprocess_errors;
 mod preprocess_fixtures;
 mod preprocess_formats;
 mod preprocess_resize_prop;
+mod reference_resnet;
 mod reliability_files;
 mod scoring_image;
 mod segmentation_cases;
