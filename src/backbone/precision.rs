@@ -235,8 +235,9 @@ impl Backbone {
     /// rather than clipping, see [`Precision::Int8`]). A range wider than its calibrated one
     /// says that the image drives that layer beyond every fitted image, as a defect or a
     /// changed scene can. `None` unless the backbone runs in int8; `None` for a convolution
-    /// that has seen no image yet. With forward passes running at once on several threads,
-    /// the ranges may come from different images.
+    /// that has seen no image yet. Pass images one at a time to read them per image: the
+    /// images of a batch may run at once, as may forward passes on several threads, and the
+    /// ranges may then come from different images.
     pub fn int8_last_ranges(&self) -> Option<Vec<Option<f32>>> {
         self.net
             .reduced()
