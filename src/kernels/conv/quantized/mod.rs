@@ -50,18 +50,19 @@
 //! sum to f32 and of the scaled value, the result is the f32 convolution of the
 //! fake-quantised weights `q_w·s_w` and inputs `q_x·s_x`, which is how the tests check it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 mod direct;
 mod epilogue;
 mod forms;
+mod input;
 mod per_image;
 
 use per_image::PerImageOut;
 
 use forms::Plain;
 pub(crate) use forms::{QInput, QOutput, Residual};
+use input::{quantize_input, InputRange, LastRange};
 
 use super::im2col::Window;
 use super::Conv2d;
@@ -109,36 +110,6 @@ pub struct QuantizedConv {
     /// The range the last input was quantised with ([`QuantizedConv::last_range`], and
     /// [`QuantizedConv::exceeded_last`] when it is wider than the calibrated one).
     last: LastRange,
-}
-
-/// The range a convolution's last input was quantised with, as the bits of an `f32` (NaN
-/// before the first): whether it exceeded the calibrated range is a hint that the next input
-/// will too, so that the convolution before it writes f32 at once instead of bytes that would
-/// be thrown away ([`QuantizedConv::exceeded_last`]). It only ever changes which path computes
-/// a result, never the result (every path gives the same bits), so it may race between
-/// threads; a clone starts afresh.
-#[derive(Debug)]
-struct LastRange(AtomicU32);
-
-impl Default for LastRange {
-    fn default() -> Self {
-        LastRange(AtomicU32::new(f32::NAN.to_bits()))
-    }
-}
-
-impl Clone for LastRange {
-    fn clone(&self) -> Self {
-        LastRange::default()
-    }
-}
-
-/// How a convolution's input is quantised (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum InputRange {
-    /// `[0, max(m, max x)]`, zero point 0: `m` is the calibrated maximum.
-    Calibrated(f32),
-    /// `[min(0, min x), max(0, max x)]` with a zero point: signed inputs.
-    PerImage,
 }
 
 /// Reusable buffers of [`QuantizedConv::forward_image`] (grown, never shrunk).
@@ -265,50 +236,6 @@ impl QuantizedConv {
             row_sums,
             last: LastRange::default(),
         })
-    }
-
-    /// Whether the last input that this convolution quantised itself (an f32 input) exceeded
-    /// its calibrated range, so that it was widened. The convolution before it then writes its
-    /// output in f32 rather than as bytes for it: bytes for a range that the input exceeds are
-    /// not valid, and the output would be computed a second time. On WRN-50-2 with the
-    /// backbone bench's calibration (16 noise images) four of 50 outputs exceed their range on
-    /// the test image, and computing them twice took 10 % of an int8 pass. Images that
-    /// resemble each other (an inspection line) tend to exceed the same ranges; an input that
-    /// does not exceed any more clears the hint when it is quantised. Results never depend on
-    /// it.
-    pub(crate) fn exceeded_last(&self) -> bool {
-        match (self.input, self.last_range()) {
-            (InputRange::Calibrated(m), Some(range)) => range > m,
-            _ => false,
-        }
-    }
-
-    /// The range `[0, r]` that the last input of this convolution was quantised with: its
-    /// calibrated range, or the input's maximum where that was larger (see the module
-    /// documentation); `None` before the first input, for a clone, and for a convolution that
-    /// quantises each input with its own range ([`QuantizedConv::per_image`]).
-    pub(crate) fn last_range(&self) -> Option<f32> {
-        let r = f32::from_bits(self.last.0.load(Ordering::Relaxed));
-        (!r.is_nan()).then_some(r)
-    }
-
-    /// Notes that an input of calibrated range `limit` was quantised with `range` (`limit`, or
-    /// wider: see [`QuantizedConv::last_range`]).
-    pub(super) fn note_range(&self, range: f32, limit: f32) {
-        debug_assert!(range >= limit);
-        // Stored only when it changed: one cache line that other threads read.
-        if self.last.0.load(Ordering::Relaxed) != range.to_bits() {
-            self.last.0.store(range.to_bits(), Ordering::Relaxed);
-        }
-    }
-
-    /// The calibrated input maximum `m`, or `None` for a convolution that quantises each input
-    /// with its own range ([`QuantizedConv::per_image`]).
-    pub fn input_max(&self) -> Option<f32> {
-        match self.input {
-            InputRange::Calibrated(m) => Some(m),
-            InputRange::PerImage => None,
-        }
     }
 
     /// Whether this convolution reads its input as AMX panels ([`QInput::Panels`]) with
@@ -583,31 +510,6 @@ struct Bufs<'a> {
     x: &'a mut Vec<u8>,
     cols: &'a mut Vec<u8>,
     pack: &'a mut Vec<u32>,
-}
-
-/// Quantises `x` into `buf[..x.len()]` (grown if short) with the calibrated range `limit`,
-/// widened to `x`'s maximum when that is larger (quantised a second time then); returns the
-/// range used.
-fn quantize_input(x: &[f32], limit: f32, buf: &mut Vec<u8>, rayon: bool, wide: Wide) -> f32 {
-    let n = x.len();
-    grow(buf, n);
-    let xq = &mut buf[..n];
-    let quant = |xq: &mut [u8], scale: f32| -> f32 {
-        if rayon && crate::kernels::par::splits(n) {
-            let chunk = |_: &mut (), i: usize, d: &mut [u8]| {
-                quantize_max(wide, &x[i << 14..][..d.len()], scale, d)
-            };
-            crate::kernels::par::chunks_mut(xq, 1 << 14, || (), chunk, 0.0, f32::max)
-        } else {
-            quantize_max(wide, x, scale, xq)
-        }
-    };
-    let seen = quant(xq, scale_for(limit));
-    let range = limit.max(seen);
-    if seen > limit {
-        quant(xq, scale_for(range));
-    }
-    range
 }
 
 /// `f` as a `FnOnce` (a closure bound to a name is otherwise inferred `FnMut`, and one that
