@@ -209,7 +209,7 @@ impl Block {
         mut record: Option<&mut [f32]>,
     ) -> (usize, usize, usize) {
         // Panels from the previous block are for this block's first convolution only.
-        let panels_in = wk.panels_ready.take();
+        let mut panels_in = wk.panels_ready.take();
         let n = self.convs.len();
         wk.y_step = None;
         wk.y_bf16 = false;
@@ -245,6 +245,26 @@ impl Block {
             }
             None => None,
         };
+        // An f32 input (the first block's, from the stem) packed once for the first
+        // convolution and the downsample when both read the same panels, instead of packed by
+        // each (and, for the first, read as panels it writes its output as the next one's
+        // channels-last image), unless a value exceeds the range.
+        if let (None, None, false, Some((first, isa)), Some((dq, _))) = (
+            panels_in,
+            x_bytes,
+            wk.x_bf16,
+            qconv(0),
+            self.downsample.as_ref().and_then(|_| qconv(n)),
+        ) {
+            if let (LowConv::Int8(fq), Some(kw)) = (first, dq.reads_panels_of(first, isa)) {
+                let words = crate::kernels::amx::packed_words(kw / 16, h * w);
+                let par = Parallelism::auto(fq.cout, h * w, c);
+                let panels = aligned_mut(&mut wk.panels, words);
+                if fq.pack_panels(&wk.x[..c * h * w], h, w, panels, par, isa.int8) {
+                    panels_in = Some(words);
+                }
+            }
+        }
         // The panels of the block input that the first convolution reads, when the
         // downsample can read them too (see below).
         let ds_shared = match (

@@ -283,6 +283,53 @@ pub(crate) fn gemm_u8i8_prepacked_to_image<V: amx::direct::DirectValues<i32, Ele
     ))
 }
 
+/// `x` (`k × n`, f32) quantised with the calibrated range `limit` (`quantize_u8(v,
+/// scale_for(limit))`) and packed into `panels` as a product with `w` on AMX reads its
+/// activations ([`gemm_u8i8_prepacked_emit`]: [`amx::packed_words`] of `w`'s chunks and `n`,
+/// the words past the columns zero): the bytes [`gemm_quantizing_widened`] packs when no
+/// value exceeds `limit`. Returns the input's maximum `max(0, x…)` (the panels hold bytes of
+/// `limit` only when it is at most `limit`), or `None` (nothing written) when products with
+/// `w` do not run on AMX with `isa`.
+///
+/// # Panics
+/// If `x.len() != k·n` or `panels` has the wrong length.
+pub(crate) fn pack_panels_quantizing(
+    w: &PackedWeights,
+    x: &[f32],
+    limit: f32,
+    n: usize,
+    panels: &mut [u32],
+    par: Parallelism,
+    isa: Int8Isa,
+) -> Option<f32> {
+    let (_, aw) = amx_kernel(w, isa)?;
+    assert_eq!(x.len(), w.k * n, "pack_panels: x must be k × n");
+    let k4 = aw.chunks() * amx::WORDS;
+    assert_eq!(
+        panels.len(),
+        amx::packed_words(aw.chunks(), n),
+        "pack_panels: panels of the wrong length"
+    );
+    let used = n.div_ceil(16) * k4 * 16;
+    let scale = scale_for(limit);
+    let (body, tail) = panels.split_at_mut(used);
+    let wide = Wide::detect(true);
+    let seen = pack_b(
+        wide,
+        x,
+        |v| quantize_u8(v, scale),
+        |v| v,
+        w.k,
+        k4,
+        n,
+        16,
+        body,
+        par,
+    );
+    tail.fill(0);
+    Some(seen)
+}
+
 /// The AMX words of `k` per column ([`HandOn::kw`]) of a product with `w`, when it runs on
 /// AMX with `isa`.
 pub(crate) fn amx_k4(w: &PackedWeights, isa: Int8Isa) -> Option<usize> {

@@ -357,3 +357,67 @@ fn direct_image_output_is_the_f32_output_quantised() {
         }
     }
 }
+
+/// [`QuantizedConv::pack_panels`] (a block's f32 input packed once for its first 1×1
+/// convolution and its downsample): the convolution reading those panels gives exactly what
+/// it gives from the f32 input, and so does a strided 1×1 convolution with the same range
+/// reading them subsampled; every word is written (garbage beforehand); an input beyond the
+/// range is refused. Channels not a multiple of 4 or 64, odd pixel counts, both thread modes.
+#[test]
+fn f32_input_packed_once_is_the_f32_path() {
+    if !Int8Isa::Amx.is_available() {
+        return;
+    }
+    let mut rnd = uniform(0x0BAC_C0DEu32);
+    let m_in = 0.9f32;
+    for (cin, cout, h, w) in [(64, 32, 7, 7), (30, 9, 5, 13), (100, 40, 3, 17)] {
+        let conv = |stride: usize, rnd: &mut dyn FnMut() -> f32| {
+            let weight: Vec<f32> = (0..cout * cin).map(|_| rnd() - 0.5).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| rnd() - 0.2).collect();
+            let conv = Conv2d::new(cout, cin, 1, 1, stride, 0, weight, bias);
+            QuantizedConv::new(&conv, m_in).unwrap()
+        };
+        let first = conv(1, &mut rnd);
+        let ds = conv(2, &mut rnd);
+        let p = h * w;
+        // Values up to the range, and one exactly at it.
+        let mut x: Vec<f32> = (0..cin * p).map(|_| rnd() * m_in).collect();
+        x[p / 2] = m_in;
+        let k4 = first
+            .panels_k4(Int8Isa::Amx)
+            .expect("a 1×1 on AMX takes panels");
+        let words = crate::kernels::amx::packed_words(k4 / 16, p);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            let mut scratch = QuantScratch::default();
+            let mut panels = vec![0xDEAD_BEEFu32; words];
+            assert!(first.pack_panels(&x, h, w, &mut panels, par, Int8Isa::Amx));
+            let run = |qc: &QuantizedConv, input: QInput<'_>, scratch: &mut QuantScratch| {
+                let (oh, ow) = qc.out_hw(h, w);
+                let mut y = vec![f32::NAN; cout * oh * ow];
+                let io = (input, QOutput::F32(&mut y));
+                qc.forward(io, h, w, None, true, scratch, par, Int8Isa::Amx);
+                bits(&y)
+            };
+            assert_eq!(
+                run(&first, QInput::Panels(&panels), &mut scratch),
+                run(&first, QInput::F32(&x), &mut scratch),
+                "{cin}→{cout} {h}×{w} {par:?}"
+            );
+            // A downsample at stride 2 on the same input, with the same range.
+            assert!(ds.reads_panels_of(&first, Int8Isa::Amx));
+            let (oh, ow) = ds.out_hw(h, w);
+            let mut sub = vec![0u32; crate::kernels::amx::packed_words(k4 / 16, oh * ow)];
+            crate::kernels::amx::subsample_panels(&panels, k4, (h, w), 2, &mut sub);
+            assert_eq!(
+                run(&ds, QInput::Panels(&sub), &mut scratch),
+                run(&ds, QInput::F32(&x), &mut scratch),
+                "downsample {cin}→{cout} {h}×{w} {par:?}"
+            );
+            // One value beyond the range: refused.
+            let mut over = x.clone();
+            over[cin * p - 1] = 1.01 * m_in;
+            assert!(!first.pack_panels(&over, h, w, &mut panels, par, Int8Isa::Amx));
+        }
+    }
+}

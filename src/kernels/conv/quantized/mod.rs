@@ -72,8 +72,8 @@ use crate::kernels::amx::{self, no_hand_on, Emit, HandOn, Handoff};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::int8::{
     amx_k4, gemm_quantizing_widened, gemm_u8i8_emit, gemm_u8i8_prepacked_emit,
-    gemm_u8i8_shifted_emit, quantize_max, scale_for, Int8Isa, PackedWeights, ShiftedPlanes,
-    MAX_DEPTH, MAX_SIZE,
+    gemm_u8i8_shifted_emit, pack_panels_quantizing, quantize_max, scale_for, Int8Isa,
+    PackedWeights, ShiftedPlanes, MAX_DEPTH, MAX_SIZE,
 };
 use crate::kernels::wide::Wide;
 
@@ -246,6 +246,33 @@ impl QuantizedConv {
         (self.plain_1x1() && calibrated)
             .then(|| amx_k4(self.packed(), isa))
             .flatten()
+    }
+
+    /// An f32 input (`[cin, h, w]`) quantised with the calibrated range and packed into
+    /// `panels` as [`QInput::Panels`] for this convolution (a plain 1×1 one on AMX,
+    /// [`Self::panels_k4`]): the bytes its f32 path packs. Returns whether the panels are
+    /// valid (packed, and no value exceeded the range; otherwise they are not used and the
+    /// input is read as f32, where the range widens).
+    ///
+    /// # Panics
+    /// If a length does not match.
+    pub(crate) fn pack_panels(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        panels: &mut [u32],
+        par: Parallelism,
+        isa: Int8Isa,
+    ) -> bool {
+        let Some(limit) = self.input_max() else {
+            return false;
+        };
+        if !self.plain_1x1() {
+            return false;
+        }
+        let seen = pack_panels_quantizing(self.packed(), x, limit, h * w, panels, par, isa);
+        seen.is_some_and(|seen| seen <= limit)
     }
 
     /// Whether, with `isa`, this convolution can read the AMX panels that `first` reads
