@@ -1,9 +1,9 @@
-//! One residual block's forward pass, in f32 or reduced precision, and the work buffers of
-//! one image.
+//! One residual block's forward pass, in f32 or reduced precision.
 
 use super::resnet::{Isas, LowConv};
+use super::work::{ensure, Scratch, Work};
 use crate::kernels::aligned::{aligned, aligned_mut};
-use crate::kernels::conv::{Bf16Scratch, Conv2d, QInput, QOutput, QuantScratch, Residual};
+use crate::kernels::conv::{Conv2d, QInput, QOutput, Residual};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::wide::Wide;
 
@@ -14,64 +14,6 @@ pub(super) struct Block {
     pub(super) convs: Vec<Conv2d>,
     /// 1×1 projection of the identity branch, when channels or stride change.
     pub(super) downsample: Option<Conv2d>,
-}
-
-/// Reusable buffers for one image.
-#[derive(Default)]
-pub(super) struct Work {
-    pub(super) x: Vec<f32>,
-    pub(super) y: Vec<f32>,
-    /// The block input as bytes with the step of one unit (`value = q · step`), when the
-    /// previous block's last convolution wrote it so for this block ([`QOutput::Bytes`]);
-    /// `wk.x` is then not valid.
-    pub(super) xq: Vec<u8>,
-    pub(super) x_step: Option<f32>,
-    /// The block output as bytes and their step, when it was written so (`wk.y` is then not
-    /// valid).
-    pub(super) yq: Vec<u8>,
-    pub(super) y_step: Option<f32>,
-    /// The block input as bf16 bits, when the previous block's last convolution wrote it so
-    /// ([`QOutput::Bf16`]): `wk.x` is then not valid.
-    pub(super) xb: Vec<u16>,
-    pub(super) x_bf16: bool,
-    /// The block output as bf16 bits, when it was written so.
-    pub(super) yb: Vec<u16>,
-    pub(super) y_bf16: bool,
-    pub(super) t: [Vec<f32>; 2],
-    pub(super) ds: Vec<f32>,
-    /// Activations kept quantised between two int8 convolutions.
-    pub(super) u: [Vec<u8>; 2],
-    /// The block input packed for its first convolution on AMX by the previous block's last
-    /// one ([`QOutput::F32Panels`]), and how many words of it are valid (`None`: not valid).
-    pub(super) panels: Vec<u32>,
-    pub(super) panels_ready: Option<usize>,
-    /// The output of the block's middle (direct) convolution packed for its last one
-    /// ([`QOutput::Panels`]).
-    pub(super) panels_mid: Vec<u32>,
-    /// The block input's panels subsampled for a strided downsample
-    /// ([`crate::kernels::amx::subsample_panels`]).
-    pub(super) panels_ds: Vec<u32>,
-    /// The output of a convolution as the channels-last image of the next (direct) one, in
-    /// bf16 ([`QOutput::ImageBf16`]).
-    pub(super) image: [Vec<u16>; 2],
-    pub(super) scratch: Vec<f32>,
-    pub(super) q: QuantScratch,
-    pub(super) b16: Bf16Scratch,
-}
-
-/// `buf[..n]`, growing `buf` if needed (contents unspecified; callers overwrite them).
-pub(super) fn ensure(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if buf.len() < n {
-        buf.resize(n, 0.0);
-    }
-    &mut buf[..n]
-}
-
-/// The work buffers of one convolution call.
-pub(super) struct Scratch<'a> {
-    pub(super) f32: &'a mut Vec<f32>,
-    pub(super) q: &'a mut QuantScratch,
-    pub(super) b16: &'a mut Bf16Scratch,
 }
 
 /// The largest value of `x` (0 for an empty or all-negative slice).

@@ -26,6 +26,7 @@ mod layout;
 mod precision;
 mod resnet;
 mod weights;
+mod work;
 
 use std::fmt;
 use std::path::Path;

@@ -1,9 +1,10 @@
 //! The folded network and its single-image forward pass.
 
 use super::arch::{BlockKind, Layer, ResNetSpec};
-use super::block::{ensure, run, Block, LowBlock, Scratch, Work};
+use super::block::{run, Block, LowBlock};
 use super::precision::{Calibration, Precision};
 use super::weights::{load_conv_bn, TensorSource};
+use super::work::{ensure, Scratch, Work};
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::conv::{Bf16Conv, Conv2d, QInput, QOutput, QuantizedConv};
 use crate::kernels::gemm::Parallelism;

@@ -28,6 +28,7 @@ mod avx_vnni;
 mod neon_dot;
 mod pack;
 mod portable;
+mod prepacked;
 mod quantize;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,10 @@ use crate::kernels::wide::Wide;
 
 use pack::{pack_b, pack_b_shifted};
 pub(crate) use pack::{ShiftedPlanes, MAX_SIZE};
+use prepacked::into_amx_panels;
+pub(crate) use prepacked::{
+    amx_k4, gemm_u8i8_prepacked_emit, gemm_u8i8_prepacked_to_image, pack_panels_quantizing,
+};
 pub use quantize::quantize_u8;
 pub(crate) use quantize::{max_or_zero, quantize_max, scale_for, ZeroPoint};
 #[cfg(test)]
@@ -213,127 +218,6 @@ where
         map
     };
     gemm_impl(w, n, out, scratch, par, isa, pack, hand_on)
-}
-
-/// The product of `w` with activations already packed for the AMX kernel (by a previous
-/// product's [`HandOn`]): `panels` holds `n` columns in [`amx::packed_words`]`(chunks, n)`
-/// words for `w`'s AMX chunks.
-///
-/// With `hand_on`, the output is also written as the packed activations of a following
-/// product ([`HandOn`]); returns whether it was (always, when asked).
-///
-/// # Panics
-/// If the CPU does not run the AMX kernel, `isa` is not [`Int8Isa::Amx`], the weights have no
-/// AMX layout, or `panels` does not have that length.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_u8i8_prepacked_emit<T, F, H>(
-    w: &PackedWeights,
-    panels: &[u32],
-    n: usize,
-    out: &mut [T],
-    par: Parallelism,
-    isa: Int8Isa,
-    map: F,
-    hand_on: Option<HandOn<'_, H>>,
-) -> bool
-where
-    T: Send,
-    F: amx::Emit<i32, T>,
-    H: amx::Handoff<T>,
-{
-    let Some((kernel, aw)) = amx_kernel(w, isa) else {
-        panic!("gemm_u8i8: prepacked activations need the AMX kernel");
-    };
-    assert_eq!(out.len(), w.m * n, "gemm_u8i8: c must be m × n");
-    assert_eq!(
-        panels.len(),
-        amx::packed_words(aw.chunks(), n),
-        "gemm_u8i8: prepacked activations of the wrong length"
-    );
-    let parallel = runs_parallel(par, w.m, n, w.k);
-    amx::product_or_handoff(kernel, aw, panels, n, out, parallel, &map, hand_on)
-}
-
-/// The product of `w` with activations already packed for the AMX kernel (as
-/// [`gemm_u8i8_prepacked_emit`] reads them) written as the padded channels-last image of
-/// `grid` by `values` ([`amx::product_to_image`]); `None` when products with `w` do not run
-/// on AMX with `isa` (nothing was computed), else whether the image is valid.
-///
-/// # Panics
-/// As [`amx::product_to_image`], or if `panels` has the wrong length.
-pub(crate) fn gemm_u8i8_prepacked_to_image<V: amx::direct::DirectValues<i32, Elem = u8>>(
-    w: &PackedWeights,
-    panels: &[u32],
-    grid: amx::direct::Grid,
-    image: &mut [u8],
-    par: Parallelism,
-    isa: Int8Isa,
-    values: &V,
-) -> Option<bool> {
-    let (kernel, aw) = amx_kernel(w, isa)?;
-    let n = grid.h * grid.w;
-    assert_eq!(
-        panels.len(),
-        amx::packed_words(aw.chunks(), n),
-        "gemm_u8i8: prepacked activations of the wrong length"
-    );
-    let parallel = runs_parallel(par, w.m, n, w.k);
-    Some(amx::product_to_image(
-        kernel, aw, panels, grid, parallel, values, image,
-    ))
-}
-
-/// `x` (`k × n`, f32) quantised with the calibrated range `limit` (`quantize_u8(v,
-/// scale_for(limit))`) and packed into `panels` as a product with `w` on AMX reads its
-/// activations ([`gemm_u8i8_prepacked_emit`]: [`amx::packed_words`] of `w`'s chunks and `n`,
-/// the words past the columns zero): the bytes [`gemm_quantizing_widened`] packs when no
-/// value exceeds `limit`. Returns the input's maximum `max(0, x…)` (the panels hold bytes of
-/// `limit` only when it is at most `limit`), or `None` (nothing written) when products with
-/// `w` do not run on AMX with `isa`.
-///
-/// # Panics
-/// If `x.len() != k·n` or `panels` has the wrong length.
-pub(crate) fn pack_panels_quantizing(
-    w: &PackedWeights,
-    x: &[f32],
-    limit: f32,
-    n: usize,
-    panels: &mut [u32],
-    par: Parallelism,
-    isa: Int8Isa,
-) -> Option<f32> {
-    let (_, aw) = amx_kernel(w, isa)?;
-    assert_eq!(x.len(), w.k * n, "pack_panels: x must be k × n");
-    let k4 = aw.chunks() * amx::WORDS;
-    assert_eq!(
-        panels.len(),
-        amx::packed_words(aw.chunks(), n),
-        "pack_panels: panels of the wrong length"
-    );
-    let used = n.div_ceil(16) * k4 * 16;
-    let scale = scale_for(limit);
-    let (body, tail) = panels.split_at_mut(used);
-    let wide = Wide::detect(true);
-    let seen = pack_b(
-        wide,
-        x,
-        |v| quantize_u8(v, scale),
-        |v| v,
-        w.k,
-        k4,
-        n,
-        16,
-        body,
-        par,
-    );
-    tail.fill(0);
-    Some(seen)
-}
-
-/// The AMX words of `k` per column ([`HandOn::kw`]) of a product with `w`, when it runs on
-/// AMX with `isa`.
-pub(crate) fn amx_k4(w: &PackedWeights, isa: Int8Isa) -> Option<usize> {
-    amx_kernel(w, isa).map(|(_, aw)| aw.chunks() * amx::WORDS)
 }
 
 /// The AMX kernel and `w`'s AMX layout, when products with `w` run on AMX with `isa`.
@@ -525,14 +409,11 @@ where
     }
     let parallel = runs_parallel(par, m, n, k);
     if let Some((kernel, aw)) = amx_kernel(w, isa) {
-        let k4 = aw.chunks() * amx::WORDS;
         // Panels of 16 columns (one tile each), an even number of them.
         let words = amx::packed_words(aw.chunks(), n);
         // From a cache line, as every tile row then is.
         let buf = aligned_mut(scratch, words);
-        let used = n.div_ceil(16) * k4 * 16;
-        let map = pack(wide, &mut buf[..used], k4, 16);
-        buf[used..].fill(0);
+        let map = into_amx_panels(aw, n, buf, |body, k4| pack(wide, body, k4, 16));
         let packed: &[u32] = aligned(scratch, words);
         return amx::product_or_handoff(kernel, aw, packed, n, out, parallel, &map, hand_on);
     }
