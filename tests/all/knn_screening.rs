@@ -37,6 +37,24 @@ fn data(kind: u8, rows: usize, d: usize, rng: &mut ChaCha8Rng) -> Array2<f32> {
     }
 }
 
+/// Floor of `check` for a selection from exact distances (the screened path).
+const EXACT_FLOOR: f64 = 1e-6;
+
+/// Floor of `check` for a selection by the f32 GEMM identity ‖q‖² + ‖b‖² − 2 q·b. Its
+/// error is a few f32 ulps of ‖q‖² + ‖b‖², whatever the distance: two rows whose true
+/// distances to a query are 1.57e-8 and 1.58e-8 (d = 1, values in [0, 1)) cannot be told
+/// apart, since an ulp of 1 is 1.2e-7. With `tol = 1e-4` this floor allows 1e-6 of the
+/// largest ‖q‖² + ‖b‖², about 8 ulps.
+fn identity_floor(bank: &Array2<f32>, q: &Array2<f32>) -> f64 {
+    let max_norm = |m: &Array2<f32>| {
+        m.rows()
+            .into_iter()
+            .map(|r| r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>())
+            .fold(0.0, f64::max)
+    };
+    1e-2 * (max_norm(bank) + max_norm(q))
+}
+
 /// Exact squared distance in f64.
 fn exact(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
@@ -50,7 +68,10 @@ fn exact(a: &[f32], b: &[f32]) -> f64 {
 /// separated by more than `tol` (relative), distances at every rank within `tol`. Every
 /// reported distance must also be the exact distance of the reported row rounded to f32
 /// (relative 1e-6: one f32 rounding of an f64 sum); with `tol = ∞` only that is checked.
-fn check(index: &BruteForce, bank: &Array2<f32>, q: &Array2<f32>, k: usize, tol: f64) {
+/// `floor` is the smallest distance the relative `tol` is taken of: `EXACT_FLOOR` where the
+/// selection compares exact distances (screened), `identity_floor` where it used the f32
+/// GEMM identity, whose error scales with the norms, not with the distance.
+fn check(index: &BruteForce, bank: &Array2<f32>, q: &Array2<f32>, k: usize, tol: f64, floor: f64) {
     let nn = index.k_nearest(q.view(), k).unwrap();
     for i in 0..q.nrows() {
         let qi = q.row(i).to_vec();
@@ -73,7 +94,7 @@ fn check(index: &BruteForce, bank: &Array2<f32>, q: &Array2<f32>, k: usize, tol:
             }
             let (want_d, want_j) = all[t];
             assert!(
-                (got_d - want_d).abs() <= tol * want_d.max(1e-6),
+                (got_d - want_d).abs() <= tol * want_d.max(floor),
                 "query {i} rank {t}: distance {got_d} vs {want_d}"
             );
             if t > 0 {
@@ -86,7 +107,7 @@ fn check(index: &BruteForce, bank: &Array2<f32>, q: &Array2<f32>, k: usize, tol:
                 f64::INFINITY
             };
             let after = all.get(t + 1).map_or(f64::INFINITY, |n| n.0 - want_d);
-            if before.min(after) > tol * want_d.max(1e-6) {
+            if before.min(after) > tol * want_d.max(floor) {
                 assert_eq!(got_j, want_j, "query {i} rank {t}");
             }
         }
@@ -116,12 +137,12 @@ proptest! {
         // its cancellation error (1e-4 relative, as in tests/all/knn_bruteforce.rs).
         // Without AVX512-BF16 (f32 path everywhere) the offset data (kind 2) is beyond the
         // GEMM identity's precision: only the reported distances are checked there.
-        let tol = match (index.screening(), kind) {
-            (true, 0..=2) => 1e-6,
-            (_, 2) => f64::INFINITY,
-            _ => 1e-4,
+        let (tol, floor) = match (index.screening(), kind) {
+            (true, 0..=2) => (1e-6, EXACT_FLOOR),
+            (_, 2) => (f64::INFINITY, EXACT_FLOOR),
+            _ => (1e-4, identity_floor(&bank, &q)),
         };
-        check(&index, &bank, &q, k, tol);
+        check(&index, &bank, &q, k, tol, floor);
     }
 }
 
@@ -154,8 +175,12 @@ fn screening_on_and_off_agree() {
             assert!(same * 100 >= 99 * q.nrows() * k, "{kind} {k}: {same}");
         }
         // Both paths against the naive search.
-        check(&on, &bank, &q, 3, if on.screening() { 1e-6 } else { 1e-4 });
-        check(&off, &bank, &q, 3, 1e-4);
+        if on.screening() {
+            check(&on, &bank, &q, 3, 1e-6, EXACT_FLOOR);
+        } else {
+            check(&on, &bank, &q, 3, 1e-4, identity_floor(&bank, &q));
+        }
+        check(&off, &bank, &q, 3, 1e-4, identity_floor(&bank, &q));
     }
 }
 
@@ -166,10 +191,10 @@ fn offset_data_is_exact_with_screening() {
     let q = data(2, 150, 96, &mut rng);
     let index = BruteForce::new(bank.clone()).unwrap();
     if index.screening() {
-        check(&index, &bank, &q, 3, 1e-6);
+        check(&index, &bank, &q, 3, 1e-6, EXACT_FLOOR);
     } else {
         // f32 path: cancellation error of the GEMM identity is about 1e-7 · 2‖b‖².
-        check(&index, &bank, &q, 3, 1e-4 * 1e4);
+        check(&index, &bank, &q, 3, 1e-4 * 1e4, EXACT_FLOOR);
     }
 }
 
@@ -247,5 +272,5 @@ fn huge_values_use_the_f32_path_and_stay_correct() {
     let bank = data(0, 50, 8, &mut rng).mapv(|v| v * 1e17);
     let q = data(0, 5, 8, &mut rng).mapv(|v| v * 1e17);
     let index = BruteForce::new(bank.clone()).unwrap();
-    check(&index, &bank, &q, 2, 1e-4);
+    check(&index, &bank, &q, 2, 1e-4, identity_floor(&bank, &q));
 }
