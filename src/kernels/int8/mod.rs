@@ -421,24 +421,72 @@ where
     let words = n.div_ceil(NR) * k4 * NR;
     let map = pack(wide, aligned_mut(scratch, words), k4, NR);
     let packed: &[u32] = aligned(scratch, words);
-    let kernel = TileKernel::new(isa);
+    let panel = RowPanel {
+        kernel: TileKernel::new(isa),
+        w,
+        packed,
+        k4,
+        n,
+        map: &map,
+    };
     // One task = one panel of MR rows of c (all columns): disjoint output slices, so the
     // result does not depend on how tasks are spread over threads.
-    let rows_task = |p: usize, o: &mut [T]| {
-        let a = w.panel(p);
-        let rows = o.len() / n;
-        for (q, bp) in packed.chunks_exact(k4 * NR).enumerate() {
-            let c0 = q * NR;
-            let cols = NR.min(n - c0);
-            let mut tile = [[0i32; NR]; MR];
-            kernel.tile(w, p, a, bp, k4, &mut tile);
-            for (r, t) in tile.iter().enumerate().take(rows) {
-                map.emit(p * MR + r, c0, &t[..cols], &mut o[r * n + c0..][..cols]);
-            }
-        }
+    let rows_task = |p: usize, o: &mut [T]| match wide {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+        Wide::Avx512(_) => unsafe { panel.run_avx512(p, o) },
+        Wide::Baseline => panel.run(p, o),
     };
     for_row_blocks(out, MR * n, parallel, rows_task);
     false
+}
+
+/// One task of a product on a tile kernel: weight panel `p` against every packed activation
+/// panel, each finished tile through the epilogue `map`.
+struct RowPanel<'a, F> {
+    kernel: TileKernel,
+    w: &'a PackedWeights,
+    packed: &'a [u32],
+    k4: usize,
+    n: usize,
+    map: &'a F,
+}
+
+impl<F> RowPanel<'_, F> {
+    /// The rows `o` (`MR` or, for the last panel, fewer rows of `n`) of weight panel `p`.
+    #[inline(always)]
+    fn run<T>(&self, p: usize, o: &mut [T])
+    where
+        F: amx::Emit<i32, T>,
+    {
+        let (k4, n) = (self.k4, self.n);
+        let a = self.w.panel(p);
+        let rows = o.len() / n;
+        for (q, bp) in self.packed.chunks_exact(k4 * NR).enumerate() {
+            let c0 = q * NR;
+            let cols = NR.min(n - c0);
+            let mut tile = [[0i32; NR]; MR];
+            self.kernel.tile(self.w, p, a, bp, k4, cols, &mut tile);
+            for (r, t) in tile.iter().enumerate().take(rows) {
+                self.map
+                    .emit(p * MR + r, c0, &t[..cols], &mut o[r * n + c0..][..cols]);
+            }
+        }
+    }
+
+    /// [`Self::run`] compiled with AVX-512, so that an epilogue whose `emit` is
+    /// `#[inline(always)]` is too (the baseline copy vectorises it to 128 bits only).
+    ///
+    /// # Safety
+    /// The CPU must run AVX512F and AVX512BW.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn run_avx512<T>(&self, p: usize, o: &mut [T])
+    where
+        F: amx::Emit<i32, T>,
+    {
+        self.run(p, o)
+    }
 }
 
 /// The tile kernel of an [`Int8Isa`] (other than AMX, which has its own driver), each with the
@@ -467,7 +515,9 @@ impl TileKernel {
         kernel.unwrap_or(TileKernel::Portable)
     }
 
-    /// The [`MR`] × [`NR`] sums of weight panel `p` (words `a`) and the activation panel `b`.
+    /// The [`MR`] × [`NR`] sums of weight panel `p` (words `a`) and the activation panel `b`,
+    /// of which the first `cols` columns are used (a kernel may leave the others as they are).
+    #[allow(clippy::too_many_arguments)]
     fn tile(
         self,
         w: &PackedWeights,
@@ -475,11 +525,12 @@ impl TileKernel {
         a: &[i32],
         b: &[u32],
         k4: usize,
+        cols: usize,
         tile: &mut [[i32; NR]; MR],
     ) {
         match self {
             TileKernel::Portable => portable::tile(a, b, k4, tile),
-            TileKernel::Zmm(v) => v.tile(a, b, k4, tile),
+            TileKernel::Zmm(v) => v.tile(a, b, k4, cols, tile),
             TileKernel::Ymm(v) => v.tile(a, b, k4, tile),
             #[cfg(target_arch = "aarch64")]
             TileKernel::Neon(v) => v.tile(a, &w.row_sums[p * MR..(p + 1) * MR], b, k4, tile),
