@@ -237,8 +237,9 @@ proptest! {
 
 #[test]
 fn shapes_with_several_k_blocks_and_panels() {
-    // k = 1101: three cache blocks of pairs (256, 256, 39) with an odd tail; n = 113: two full
-    // panels and a 17-column one; m = 19: a partial row tile.
+    // k = 16463: three cache blocks of pairs (4096, 4096, 40) with an odd tail; n = 113: two
+    // full panels and a 17-column one; m = 19: a partial row tile.
+    check_shape(19, 16463, 113, 1);
     check_shape(19, 1101, 113, 1);
     check_shape(9, 513, 49, 2);
     check_shape(64, 576, 50, 3);
