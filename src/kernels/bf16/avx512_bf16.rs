@@ -26,15 +26,26 @@ impl Avx512Bf16 {
 
     /// See [`super::Kernel::tile`].
     #[inline]
-    pub(super) fn tile(self, a: &[u32], b: &[u16], kp: usize, width: usize, acc: &mut Tile) {
+    pub(super) fn tile(
+        self,
+        a: &[u32],
+        b: &[u16],
+        kp: usize,
+        width: usize,
+        acc: &mut Tile,
+        fresh: bool,
+    ) {
         assert!(a.len() >= kp * MR && b.len() >= kp * width * 2);
         // SAFETY: `self` exists, so the CPU supports AVX512F and AVX512-BF16 (see `detect`);
         // the assert above is each kernel's bounds requirement for its `W = 16·NV = width`.
         unsafe {
-            match width {
-                48 => tile_nv::<3>(a.as_ptr(), b.as_ptr(), kp, acc),
-                32 => tile_nv::<2>(a.as_ptr(), b.as_ptr(), kp, acc),
-                16 => tile_nv::<1>(a.as_ptr(), b.as_ptr(), kp, acc),
+            match (width, fresh) {
+                (48, true) => tile_nv::<3, true>(a.as_ptr(), b.as_ptr(), kp, acc),
+                (48, false) => tile_nv::<3, false>(a.as_ptr(), b.as_ptr(), kp, acc),
+                (32, true) => tile_nv::<2, true>(a.as_ptr(), b.as_ptr(), kp, acc),
+                (32, false) => tile_nv::<2, false>(a.as_ptr(), b.as_ptr(), kp, acc),
+                (16, true) => tile_nv::<1, true>(a.as_ptr(), b.as_ptr(), kp, acc),
+                (16, false) => tile_nv::<1, false>(a.as_ptr(), b.as_ptr(), kp, acc),
                 _ => unreachable!("panel width {width} is not 16, 32 or 48"),
             }
         }
@@ -50,15 +61,21 @@ fn as_bh(v: __m512i) -> __m512bh {
 
 /// `acc[r][j] += Σ_t` (odd, then even element of pair `t`) for rows `r < 8`, columns
 /// `j < 16·NV`, pairs `t < kp`: `vdpbf16ps` computes exactly that per lane (Intel's
-/// pseudo-code: `+= src1.bf16[2i+1]·src2.bf16[2i+1]`, then `+= …[2i+0]`).
+/// pseudo-code: `+= src1.bf16[2i+1]·src2.bf16[2i+1]`, then `+= …[2i+0]`). With `FRESH` the
+/// sums start from zero instead of `acc` (which is then only written).
 ///
 /// # Safety
 /// The CPU must support `avx512f` and `avx512bf16`; `a` must be readable for `kp·8` `u32`
 /// and `b` for `kp·16·NV·2` `u16`.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile_nv<const NV: usize>(a: *const u32, b: *const u16, kp: usize, acc: &mut Tile) {
+unsafe fn tile_nv<const NV: usize, const FRESH: bool>(
+    a: *const u32,
+    b: *const u16,
+    kp: usize,
+    acc: &mut Tile,
+) {
     let mut c = [[_mm512_setzero_ps(); NV]; MR];
-    for (cr, ar) in c.iter_mut().zip(acc.iter()) {
+    for (cr, ar) in c.iter_mut().zip(acc.iter()).filter(|_| !FRESH) {
         for (v, cv) in cr.iter_mut().enumerate() {
             // SAFETY: each accumulator row holds 48 ≥ 16·NV f32; unaligned load.
             *cv = unsafe { _mm512_loadu_ps(ar.as_ptr().add(16 * v)) };

@@ -333,15 +333,22 @@ impl Kernel {
 
     /// `acc[r][j] (+)= Σ_t` over the `kp` pairs of `a` (`kp·8` pairs, see the packed layout)
     /// and `b` (`kp·width` pairs), in the [module's order](self#summation-order-the-same-for-every-isa-but-amx),
-    /// for rows `r < 8` and columns `j < width`; `width` is 16, 32 or 48.
+    /// for rows `r < 8` and columns `j < width`; `width` is 16, 32 or 48. With `fresh` the
+    /// sums start from zero (`acc`'s contents are not read): `=` instead of `+=`.
     #[inline]
-    fn tile(self, a: &[u32], b: &[u16], kp: usize, width: usize, acc: &mut Tile) {
+    fn tile(self, a: &[u32], b: &[u16], kp: usize, width: usize, acc: &mut Tile, fresh: bool) {
+        fn zero_first(acc: &mut Tile, fresh: bool) -> &mut Tile {
+            if fresh {
+                *acc = [[0.0; NR]; MR];
+            }
+            acc
+        }
         match self {
-            Kernel::Portable => portable::tile(a, b, kp, width, acc),
+            Kernel::Portable => portable::tile(a, b, kp, width, zero_first(acc, fresh)),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(k) => k.tile(a, b, kp, width, acc),
+            Kernel::Avx512(k) => k.tile(a, b, kp, width, acc, fresh),
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon(k) => k.tile(a, b, kp, width, acc),
+            Kernel::Neon(k) => k.tile(a, b, kp, width, zero_first(acc, fresh)),
         }
     }
 }
@@ -564,8 +571,10 @@ fn compute_rows_body(
             let bblock = &panel[t0 * width * 2..(t0 + kb) * width * 2];
             for tile in 0..tiles {
                 let rt = MR.min(rows - tile * MR);
-                for (r, acc_row) in acc.iter_mut().enumerate() {
-                    if t0 == 0 || r >= rt {
+                // The first block starts from zero in the kernel (`fresh`); a later one from
+                // the sums so far.
+                for (r, acc_row) in acc.iter_mut().enumerate().filter(|_| t0 > 0) {
+                    if r >= rt {
                         *acc_row = [0.0; NR];
                     } else if let Ok(row) =
                         <&[f32; NR]>::try_from(&c_rows[(tile * MR + r) * n + j0..][..wv])
@@ -577,7 +586,14 @@ fn compute_rows_body(
                     }
                 }
                 let a0 = ((tile0 + tile) * kp + t0) * MR;
-                kernel.tile(&data[a0..a0 + kb * MR], bblock, kb, width, &mut acc);
+                kernel.tile(
+                    &data[a0..a0 + kb * MR],
+                    bblock,
+                    kb,
+                    width,
+                    &mut acc,
+                    t0 == 0,
+                );
                 for (r, acc_row) in acc.iter().enumerate().take(rt) {
                     let row = &mut c_rows[(tile * MR + r) * n + j0..][..wv];
                     if let Ok(row) = <&mut [f32; NR]>::try_from(&mut *row) {
