@@ -483,9 +483,14 @@ pub(crate) fn gemm_bf16_rows<T: Bf16Input>(
             });
         }
     }
-    let packed = &scratch[..len];
+    let job = RowsJob {
+        kernel,
+        w,
+        packed: &scratch[..len],
+        n,
+    };
     let rows_block = |c_rows: &mut [f32], tile0: usize| {
-        compute_rows(wide, kernel, w, packed, n, c_rows, tile0);
+        job.run(wide, c_rows, tile0);
         for (r, row) in c_rows.chunks_exact_mut(n).enumerate() {
             map.map(tile0 * MR + r, 0, row);
         }
@@ -505,105 +510,102 @@ pub(crate) fn gemm_bf16_rows<T: Bf16Input>(
     }
 }
 
-/// Computes the rows of `c` given in `c_rows` (whole tiles, starting with tile `tile0`, the
-/// last one possibly partial): for each panel of `B`, for each block of `KC` pairs, every
-/// tile of rows. `wide` picks the copy of the loop (the kernel is the same).
-fn compute_rows(
-    wide: Wide,
+/// The product of the weights `w` and the packed activations `packed` (`n` columns) on the
+/// rows of `c` of one task.
+#[derive(Clone, Copy)]
+struct RowsJob<'a> {
     kernel: Kernel,
-    w: &PackedBf16Weights,
-    packed: &[u16],
+    w: &'a PackedBf16Weights,
+    packed: &'a [u16],
     n: usize,
-    c_rows: &mut [f32],
-    tile0: usize,
-) {
-    match wide {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
-        Wide::Avx512(_) => unsafe { compute_rows_avx512(kernel, w, packed, n, c_rows, tile0) },
-        Wide::Baseline => compute_rows_body(kernel, w, packed, n, c_rows, tile0),
+}
+
+impl RowsJob<'_> {
+    /// Computes the rows of `c` given in `c_rows` (whole tiles, starting with tile `tile0`,
+    /// the last one possibly partial): for each panel of `B`, for each block of `KC` pairs,
+    /// every tile of rows. `wide` picks the copy of the loop (the kernel is the same).
+    fn run(self, wide: Wide, c_rows: &mut [f32], tile0: usize) {
+        match wide {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Wide::Avx512` exists only when AVX512F and AVX512BW were detected.
+            Wide::Avx512(_) => unsafe { self.run_avx512(c_rows, tile0) },
+            Wide::Baseline => self.body(c_rows, tile0),
+        }
     }
-}
 
-/// [`compute_rows_body`] compiled with AVX-512 (its copies of whole tile rows become three
-/// vector moves).
-///
-/// # Safety
-/// The CPU must run AVX512F and AVX512BW.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn compute_rows_avx512(
-    kernel: Kernel,
-    w: &PackedBf16Weights,
-    packed: &[u16],
-    n: usize,
-    c_rows: &mut [f32],
-    tile0: usize,
-) {
-    compute_rows_body(kernel, w, packed, n, c_rows, tile0)
-}
+    /// [`Self::body`] compiled with AVX-512 (its copies of whole tile rows become three
+    /// vector moves).
+    ///
+    /// # Safety
+    /// The CPU must run AVX512F and AVX512BW.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn run_avx512(self, c_rows: &mut [f32], tile0: usize) {
+        self.body(c_rows, tile0)
+    }
 
-/// The loop of [`compute_rows`]. A tile's rows go between `c` and the kernel's accumulators
-/// once per block of `KC` pairs; a full panel's (all [`NR`] columns in use, every panel but
-/// the last) as fixed-size copies, which compile to vector moves where a copy of a run-time
-/// length is a call to `memmove`.
-#[inline(always)]
-fn compute_rows_body(
-    kernel: Kernel,
-    w: &PackedBf16Weights,
-    packed: &[u16],
-    n: usize,
-    c_rows: &mut [f32],
-    tile0: usize,
-) {
-    let kp = w.k.div_ceil(2);
-    let data = w.data();
-    let rows = c_rows.len() / n;
-    let tiles = rows.div_ceil(MR);
-    let mut acc: Tile = [[0.0; NR]; MR];
-    for (p, panel) in packed.chunks(NR * kp * 2).enumerate() {
-        let j0 = p * NR;
-        let width = panel.len() / (2 * kp);
-        let wv = width.min(n - j0);
-        let mut t0 = 0;
-        while t0 < kp {
-            let kb = KC.min(kp - t0);
-            let bblock = &panel[t0 * width * 2..(t0 + kb) * width * 2];
-            for tile in 0..tiles {
-                let rt = MR.min(rows - tile * MR);
-                // The first block starts from zero in the kernel (`fresh`); a later one from
-                // the sums so far.
-                for (r, acc_row) in acc.iter_mut().enumerate().filter(|_| t0 > 0) {
-                    if r >= rt {
-                        *acc_row = [0.0; NR];
-                    } else if let Ok(row) =
-                        <&[f32; NR]>::try_from(&c_rows[(tile * MR + r) * n + j0..][..wv])
-                    {
-                        *acc_row = *row;
-                    } else {
-                        acc_row[..wv].copy_from_slice(&c_rows[(tile * MR + r) * n + j0..][..wv]);
-                        acc_row[wv..width].fill(0.0);
+    /// The loop of [`Self::run`]. From the second block of `KC` pairs on, a tile's rows go
+    /// between `c` and the kernel's accumulators once per block; a full panel's (all [`NR`]
+    /// columns in use, every panel but the last) as fixed-size copies, which compile to
+    /// vector moves where a copy of a run-time length is a call to `memmove`.
+    #[inline(always)]
+    fn body(self, c_rows: &mut [f32], tile0: usize) {
+        let RowsJob {
+            kernel,
+            w,
+            packed,
+            n,
+        } = self;
+        let kp = w.k.div_ceil(2);
+        let data = w.data();
+        let rows = c_rows.len() / n;
+        let tiles = rows.div_ceil(MR);
+        let mut acc: Tile = [[0.0; NR]; MR];
+        for (p, panel) in packed.chunks(NR * kp * 2).enumerate() {
+            let j0 = p * NR;
+            let width = panel.len() / (2 * kp);
+            let wv = width.min(n - j0);
+            let mut t0 = 0;
+            while t0 < kp {
+                let kb = KC.min(kp - t0);
+                let bblock = &panel[t0 * width * 2..(t0 + kb) * width * 2];
+                for tile in 0..tiles {
+                    let rt = MR.min(rows - tile * MR);
+                    // The first block starts from zero in the kernel (`fresh`); a later one from
+                    // the sums so far.
+                    for (r, acc_row) in acc.iter_mut().enumerate().filter(|_| t0 > 0) {
+                        if r >= rt {
+                            *acc_row = [0.0; NR];
+                        } else if let Ok(row) =
+                            <&[f32; NR]>::try_from(&c_rows[(tile * MR + r) * n + j0..][..wv])
+                        {
+                            *acc_row = *row;
+                        } else {
+                            acc_row[..wv]
+                                .copy_from_slice(&c_rows[(tile * MR + r) * n + j0..][..wv]);
+                            acc_row[wv..width].fill(0.0);
+                        }
+                    }
+                    let a0 = ((tile0 + tile) * kp + t0) * MR;
+                    kernel.tile(
+                        &data[a0..a0 + kb * MR],
+                        bblock,
+                        kb,
+                        width,
+                        &mut acc,
+                        t0 == 0,
+                    );
+                    for (r, acc_row) in acc.iter().enumerate().take(rt) {
+                        let row = &mut c_rows[(tile * MR + r) * n + j0..][..wv];
+                        if let Ok(row) = <&mut [f32; NR]>::try_from(&mut *row) {
+                            *row = *acc_row;
+                        } else {
+                            row.copy_from_slice(&acc_row[..wv]);
+                        }
                     }
                 }
-                let a0 = ((tile0 + tile) * kp + t0) * MR;
-                kernel.tile(
-                    &data[a0..a0 + kb * MR],
-                    bblock,
-                    kb,
-                    width,
-                    &mut acc,
-                    t0 == 0,
-                );
-                for (r, acc_row) in acc.iter().enumerate().take(rt) {
-                    let row = &mut c_rows[(tile * MR + r) * n + j0..][..wv];
-                    if let Ok(row) = <&mut [f32; NR]>::try_from(&mut *row) {
-                        *row = *acc_row;
-                    } else {
-                        row.copy_from_slice(&acc_row[..wv]);
-                    }
-                }
+                t0 += kb;
             }
-            t0 += kb;
         }
     }
 }
