@@ -75,10 +75,12 @@ unsafe fn tile_nv<const NV: usize, const FRESH: bool>(
     acc: &mut Tile,
 ) {
     let mut c = [[_mm512_setzero_ps(); NV]; MR];
-    for (cr, ar) in c.iter_mut().zip(acc.iter()).filter(|_| !FRESH) {
-        for (v, cv) in cr.iter_mut().enumerate() {
-            // SAFETY: each accumulator row holds 48 ≥ 16·NV f32; unaligned load.
-            *cv = unsafe { _mm512_loadu_ps(ar.as_ptr().add(16 * v)) };
+    if !FRESH {
+        for (cr, ar) in c.iter_mut().zip(acc.iter()) {
+            for (v, cv) in cr.iter_mut().enumerate() {
+                // SAFETY: each accumulator row holds 48 ≥ 16·NV f32; unaligned load.
+                *cv = unsafe { _mm512_loadu_ps(ar.as_ptr().add(16 * v)) };
+            }
         }
     }
     for t in 0..kp {
